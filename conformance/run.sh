@@ -1,0 +1,228 @@
+#!/usr/bin/env bash
+# Run the Autobahn WebSocket testsuite against a server or a client, without Docker.
+#
+# Usage:
+#   conformance/run.sh server [options] [-- summarize.py options]
+#       start the server command, point `wstest -m fuzzingclient` at ws://127.0.0.1:PORT (wss:// with --tls)
+#   conformance/run.sh client [options] [-- summarize.py options]
+#       start `wstest -m fuzzingserver` on 127.0.0.1:PORT (default 9001) and run the client command against it
+#   conformance/run.sh install [--force]
+#       only install wstest (same as conformance/install.sh)
+#
+# Options:
+#   --cmd CMD         server or client command, run with bash (placeholders below); defaults:
+#                       server: {python} conformance/echo_server.py --port {port}
+#                               (+ --certfile {certfile} --keyfile {keyfile} with --tls)
+#                       client: {python} conformance/echo_client.py
+#                               (+ --url {url} --cafile {cafile} with --tls)
+#   --agent NAME      agent name in the reports (server mode; a client names itself), default uringws
+#   --port N          server mode: port for the server (default: a free one); client mode: wstest port (9001)
+#   --tls             use wss:// with a throwaway certificate made at run time by trustme
+#   --cases LIST      comma-separated case ids or patterns, e.g. '1.*,2.*,9.1.1' (default '*')
+#   --exclude LIST    comma-separated case ids or patterns to skip, e.g. '12.*,13.*'
+#   --outdir DIR      report directory (default reports/autobahn/<mode>[-tls]/<agent>, gitignored)
+#   --timeout SEC     give up after SEC seconds (default 1200)
+#   --python PY       Python 3 for {python}, trustme and summarize.py (default .venv/bin/python or python3)
+#   --quiet           do not stream wstest's per-case output (it always goes to <outdir>/wstest.log)
+# Everything after `--` goes to summarize.py, e.g. `-- --max-failed 0 --min-ok 500` to gate CI.
+#
+# Placeholders in --cmd: {python} {port} {url} {agent} {certfile} {keyfile} {cafile} {repo}. The same values
+# are exported as AUTOBAHN_URL, AUTOBAHN_PORT, AUTOBAHN_AGENT, AUTOBAHN_CERTFILE, AUTOBAHN_KEYFILE, AUTOBAHN_CAFILE.
+#
+# Exit status: summarize.py's (0 unless a gate from `--` failed), or 2 usage, 3 no Python 2.7, 4 harness failure
+# (peer did not start, wstest crashed or timed out, no report written).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/.." && pwd)"
+
+die() { printf 'run.sh: %s\n' "$*" >&2; exit "${2:-4}"; }
+log() { printf 'run.sh: %s\n' "$*" >&2; }
+usage() { sed -n '2,35p' "$0"; }
+
+mode="${1:-}"
+[[ -n "$mode" ]] || { usage; exit 2; }
+shift
+case "$mode" in
+    server|client) ;;
+    install) exec "$HERE/install.sh" "$@" ;;
+    -h|--help|help) usage; exit 0 ;;
+    *) usage >&2; exit 2 ;;
+esac
+
+cmd="" agent="uringws" port="" tls=0 cases="*" exclude="" outdir="" timeout_s=1200 python="" quiet=0
+summarize_args=()
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --cmd) cmd="$2"; shift 2 ;;
+        --agent) agent="$2"; shift 2 ;;
+        --port) port="$2"; shift 2 ;;
+        --tls) tls=1; shift ;;
+        --cases) cases="$2"; shift 2 ;;
+        --exclude) exclude="$2"; shift 2 ;;
+        --outdir) outdir="$2"; shift 2 ;;
+        --timeout) timeout_s="$2"; shift 2 ;;
+        --python) python="$2"; shift 2 ;;
+        --quiet) quiet=1; shift ;;
+        --) shift; summarize_args=("$@"); break ;;
+        *) die "unknown option: $1 (see --help)" 2 ;;
+    esac
+done
+
+if [[ -z "$python" ]]; then
+    if [[ -x "$REPO/.venv/bin/python" ]]; then python="$REPO/.venv/bin/python"; else python="$(command -v python3)"; fi
+fi
+
+# Install (or verify) wstest first; install.sh is a no-op when the virtualenv is already good.
+set +e
+wstest="$("$HERE/install.sh" | tail -n 1)"
+rc=$?
+set -e
+[[ $rc -eq 0 ]] || exit "$rc"
+
+scheme="ws" suffix=""
+if [[ $tls -eq 1 ]]; then scheme="wss" suffix="-tls"; fi
+if [[ -z "$port" ]]; then
+    if [[ "$mode" == client ]]; then
+        port=9001
+    else
+        port="$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    fi
+fi
+url="$scheme://127.0.0.1:$port"
+[[ -n "$outdir" ]] || outdir="$REPO/reports/autobahn/$mode$suffix/$agent"
+mkdir -p "$outdir"
+outdir="$(cd "$outdir" && pwd)"
+# A stale index.json from an earlier run would be summarized as if it were this run's.
+rm -f "$outdir/index.json"
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/uringws-autobahn.XXXXXX")"
+peer_pid=""
+cleanup() {
+    # Stop the process group we started (setsid below), politely first.
+    if [[ -n "$peer_pid" ]] && kill -0 "$peer_pid" 2>/dev/null; then
+        kill -TERM -- "-$peer_pid" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$peer_pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL -- "-$peer_pid" 2>/dev/null || true
+    fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+certfile="" keyfile="" cafile=""
+if [[ $tls -eq 1 ]]; then
+    certfile="$work/cert.pem" keyfile="$work/key.pem" cafile="$work/ca.pem"
+    "$python" - "$certfile" "$keyfile" "$cafile" <<'EOF' || die "could not make a certificate with trustme (pip install trustme)"
+import sys
+import trustme
+
+certfile, keyfile, cafile = sys.argv[1:4]
+ca = trustme.CA()
+cert = ca.issue_cert("127.0.0.1", "localhost")
+with open(certfile, "wb") as f:
+    f.write(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+cert.private_key_pem.write_to_path(keyfile)
+ca.cert_pem.write_to_path(cafile)
+EOF
+fi
+
+if [[ -z "$cmd" ]]; then
+    if [[ "$mode" == server ]]; then
+        cmd="{python} conformance/echo_server.py --port {port}"
+        [[ $tls -eq 1 ]] && cmd+=" --certfile {certfile} --keyfile {keyfile}"
+    else
+        cmd="{python} conformance/echo_client.py"
+        [[ $tls -eq 1 ]] && cmd+=" --url {url} --cafile {cafile}"
+    fi
+fi
+expand() {
+    local s="$1"
+    s="${s//\{python\}/$python}"; s="${s//\{port\}/$port}"; s="${s//\{url\}/$url}"; s="${s//\{agent\}/$agent}"
+    s="${s//\{certfile\}/$certfile}"; s="${s//\{keyfile\}/$keyfile}"; s="${s//\{cafile\}/$cafile}"
+    s="${s//\{repo\}/$REPO}"
+    printf '%s' "$s"
+}
+cmd="$(expand "$cmd")"
+export AUTOBAHN_URL="$url" AUTOBAHN_PORT="$port" AUTOBAHN_AGENT="$agent"
+export AUTOBAHN_CERTFILE="$certfile" AUTOBAHN_KEYFILE="$keyfile" AUTOBAHN_CAFILE="$cafile"
+
+# wstest reads case patterns and excludes from its spec file; the JSON is written by Python so that any
+# characters in the arguments are quoted correctly.
+spec="$work/spec.json"
+"$python" - "$mode" "$spec" "$url" "$agent" "$outdir" "$cases" "$exclude" <<'EOF'
+import json
+import sys
+
+mode, path, url, agent, outdir, cases, exclude = sys.argv[1:8]
+split = lambda text: [item.strip() for item in text.split(",") if item.strip()]
+spec = {
+    "outdir": outdir,
+    "cases": split(cases) or ["*"],
+    "exclude-cases": split(exclude),
+    "exclude-agent-cases": {},
+}
+if mode == "server":
+    # No "hostname" key: wstest then uses Twisted's ClientContextFactory, which does not verify the
+    # certificate, so a throwaway self-signed one works for wss://.
+    spec["options"] = {"failByDrop": False}
+    spec["servers"] = [{"agent": agent, "url": url}]
+else:
+    spec["url"] = url
+with open(path, "w") as f:
+    json.dump(spec, f, indent=2)
+EOF
+cp "$spec" "$outdir/spec.json"
+
+wait_port() {  # wait_port PID SECONDS: until 127.0.0.1:$port accepts TCP, or PID exits, or time is up
+    local pid="$1" deadline=$((SECONDS + $2))
+    while (( SECONDS < deadline )); do
+        kill -0 "$pid" 2>/dev/null || return 1
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    return 1
+}
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
+
+tee_log() { if [[ $quiet -eq 1 ]]; then cat > "$1"; else tee "$1"; fi; }
+
+start=$SECONDS
+cd "$REPO"
+port_busy && die "port $port on 127.0.0.1 is already in use"
+if [[ "$mode" == server ]]; then
+    log "server: $cmd"
+    setsid bash -c "exec $cmd" > "$outdir/peer.log" 2>&1 &
+    peer_pid=$!
+    wait_port "$peer_pid" 30 || { tail -n 20 "$outdir/peer.log" >&2; die "server did not listen on port $port within 30 s (log: $outdir/peer.log)"; }
+    log "fuzzingclient -> $url, cases '$cases' exclude '$exclude', reports in $outdir"
+    set +e
+    (cd "$work" && timeout --signal=INT --kill-after=10 "$timeout_s" "$wstest" -m fuzzingclient -s "$spec") 2>&1 | tee_log "$outdir/wstest.log"
+    rc=${PIPESTATUS[0]}
+    set -e
+    [[ $rc -eq 0 ]] || die "wstest exited with $rc$([[ $rc -eq 124 ]] && echo " (timed out after $timeout_s s)") (log: $outdir/wstest.log)"
+    kill -0 "$peer_pid" 2>/dev/null || log "warning: the server exited during the run (log: $outdir/peer.log)"
+else
+    tls_args=()
+    [[ $tls -eq 1 ]] && tls_args=(-c "$certfile" -k "$keyfile")
+    log "fuzzingserver on $url, cases '$cases' exclude '$exclude', reports in $outdir"
+    # -u 0: no embedded web server (it would take port 8080).
+    (cd "$work" && exec setsid "$wstest" -m fuzzingserver -s "$spec" -u 0 "${tls_args[@]}") > "$outdir/wstest.log" 2>&1 &
+    peer_pid=$!
+    wait_port "$peer_pid" 60 || { tail -n 20 "$outdir/wstest.log" >&2; die "wstest fuzzingserver did not listen on port $port"; }
+    log "client: $cmd"
+    set +e
+    timeout --kill-after=10 "$timeout_s" bash -c "exec $cmd" 2>&1 | tee_log "$outdir/peer.log"
+    rc=${PIPESTATUS[0]}
+    set -e
+    [[ $rc -eq 0 ]] || log "warning: client exited with $rc$([[ $rc -eq 124 ]] && echo " (timed out after $timeout_s s)") (log: $outdir/peer.log)"
+fi
+elapsed=$((SECONDS - start))
+
+[[ -f "$outdir/index.json" ]] || die "no report was written ($outdir/index.json missing; logs in $outdir)"
+log "finished in ${elapsed} s; report index: $outdir/index.json"
+echo "elapsed_seconds=$elapsed" > "$outdir/timing.txt"
+# Not exec: the EXIT trap must still stop the peer and remove the temporary directory.
+set +e
+"$python" "$HERE/summarize.py" "$outdir/index.json" "${summarize_args[@]}"
+exit $?
