@@ -1,0 +1,584 @@
+"""An io_uring instance: mmap'ed SQ/CQ rings, batched submission, completion dispatch by user_data.
+
+Every operation takes a ``callback(res, flags)`` that runs when its CQE arrives (``res`` is the kernel's result:
+a byte count, an fd, or ``-errno``). Operations are queued in the SQ and handed to the kernel in one
+``io_uring_enter`` per :meth:`Ring.wait` (or earlier if the SQ fills). The ring keeps a reference to every buffer,
+address and timespec until the operation's last CQE (one without ``IORING_CQE_F_MORE``), so the kernel never
+touches freed memory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import itertools
+import logging
+import mmap
+import os
+import socket
+import struct
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import _sys
+from .io_uring import (
+    CQE_SIZE,
+    CQE_STRUCT,
+    IORING_ACCEPT_MULTISHOT,
+    IORING_ASYNC_CANCEL_ALL,
+    IORING_ASYNC_CANCEL_ANY,
+    IORING_CQE_F_MORE,
+    IORING_ENTER_EXT_ARG,
+    IORING_ENTER_GETEVENTS,
+    IORING_FEAT_EXT_ARG,
+    IORING_FEAT_NODROP,
+    IORING_FEAT_SINGLE_MMAP,
+    IORING_OFF_CQ_RING,
+    IORING_OFF_SQ_RING,
+    IORING_OFF_SQES,
+    IORING_OP_ACCEPT,
+    IORING_OP_ASYNC_CANCEL,
+    IORING_OP_CLOSE,
+    IORING_OP_CONNECT,
+    IORING_OP_LINK_TIMEOUT,
+    IORING_OP_NOP,
+    IORING_OP_POLL_ADD,
+    IORING_OP_POLL_REMOVE,
+    IORING_OP_READ,
+    IORING_OP_RECV,
+    IORING_OP_SEND,
+    IORING_OP_SENDMSG,
+    IORING_OP_SHUTDOWN,
+    IORING_OP_TIMEOUT,
+    IORING_POLL_ADD_MULTI,
+    IORING_SETUP_COOP_TASKRUN,
+    IORING_SETUP_CQSIZE,
+    IORING_SETUP_SUBMIT_ALL,
+    IORING_SETUP_TASKRUN_FLAG,
+    IORING_SQ_CQ_OVERFLOW,
+    IORING_SQ_TASKRUN,
+    IOSQE_IO_HARDLINK,
+    IOSQE_IO_LINK,
+    SQE_SIZE,
+    io_uring_getevents_arg,
+    io_uring_params,
+    iovec,
+    kernel_timespec,
+    msghdr,
+)
+
+log = logging.getLogger("uringws.ring")
+
+Callback = Callable[[int, int], Any]
+
+_U32 = 0xFFFFFFFF
+# Only the first 40 bytes (up to user_data) of an SQE are written; see _claim().
+_PACK = struct.Struct("<BBHiQQIIQ").pack_into
+_LINKS = IOSQE_IO_LINK | IOSQE_IO_HARDLINK
+
+# Buffers of operations the kernel never completed before the ring had to go (should not happen; see close()).
+# Kept forever: leaking memory is better than letting the kernel write into freed memory.
+_ORPHANED: list[Any] = []
+
+
+class RingError(RuntimeError):
+    """Misuse of a ring, or a ring that cannot do what was asked."""
+
+
+class RingClosedError(RingError):
+    """The ring was closed; no more operations can be submitted."""
+
+
+def _timespec(seconds: float) -> kernel_timespec:
+    if seconds < 0:
+        seconds = 0.0
+    sec = int(seconds)
+    return kernel_timespec(sec, int((seconds - sec) * 1e9))
+
+
+class Ring:
+    """One io_uring instance. Not thread-safe: use it from the thread that runs the loop."""
+
+    #: setup flags tried first; dropped one by one on kernels that refuse them (EINVAL)
+    PREFERRED_SETUP_FLAGS = IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG
+
+    def __init__(self, entries: int = 256, *, cq_entries: int | None = None, setup_flags: int | None = None,
+                 on_callback_error: Callable[[BaseException, int], Any] | None = None) -> None:
+        if entries < 1 or entries > 32768:
+            raise ValueError("entries must be between 1 and 32768")
+        self._closed = True  # until fully set up
+        self.on_callback_error = on_callback_error
+        cq_entries = cq_entries if cq_entries is not None else entries * 4
+        wanted = self.PREFERRED_SETUP_FLAGS if setup_flags is None else setup_flags
+        candidates = [wanted] if setup_flags is not None else [
+            wanted, IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN, IORING_SETUP_SUBMIT_ALL, 0]
+        last_exc: OSError | None = None
+        for flags in candidates:
+            params = io_uring_params()
+            params.flags = flags | IORING_SETUP_CQSIZE
+            params.cq_entries = cq_entries
+            try:
+                fd = _sys.io_uring_setup(entries, ctypes.addressof(params))
+                break
+            except OSError as exc:
+                last_exc = exc
+                if exc.errno != errno.EINVAL:
+                    raise
+        else:
+            assert last_exc is not None
+            raise last_exc
+        self.fd: int = fd
+        self.params = params
+        self.setup_flags: int = params.flags
+        self.features: int = params.features
+        self._maps: list[mmap.mmap] = []
+        self._views: list[memoryview] = []
+        try:
+            self._map_rings(params)
+        except BaseException:
+            self._release_maps()
+            os.close(fd)
+            raise
+        self._pending: dict[int, Callback | None] = {}
+        self._keep: dict[int, Any] = {}  # buffers/addresses the kernel may still touch, by user_data
+        self._ud = itertools.count(1)
+        self._submitted = self._sq_tail  # SQ tail value already handed to the kernel
+        self._room = self.sq_entries
+        self._chain = 0  # trailing unsubmitted SQEs that belong to an open link chain
+        self._backlog: list[tuple[int, int, int]] = []
+        self._in_dispatch = False
+        self._ext_arg = bool(self.features & IORING_FEAT_EXT_ARG)
+        self._wait_ts = kernel_timespec()
+        self._wait_arg = io_uring_getevents_arg()
+        self._wait_arg.ts = ctypes.addressof(self._wait_ts)
+        self._wait_arg_addr = ctypes.addressof(self._wait_arg)
+        self._closed = False
+
+    # ------------------------------------------------------------------------------------------------ set-up
+    def _mmap(self, size: int, offset: int) -> mmap.mmap:
+        # 3.13+: don't let mmap keep a dup() of the ring fd (it would outlive close() until the map is freed).
+        kw: dict[str, Any] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
+        m = mmap.mmap(self.fd, size, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
+                      prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=offset, **kw)
+        self._maps.append(m)
+        return m
+
+    def _u32(self, mm: mmap.mmap, off: int) -> memoryview:
+        v = memoryview(mm)[off:off + 4].cast("I")
+        self._views.append(v)
+        return v
+
+    def _map_rings(self, p: io_uring_params) -> None:
+        sq_size = p.sq_off.array + p.sq_entries * 4
+        cq_size = p.cq_off.cqes + p.cq_entries * CQE_SIZE
+        if p.features & IORING_FEAT_SINGLE_MMAP:
+            sq_mm = cq_mm = self._mmap(max(sq_size, cq_size), IORING_OFF_SQ_RING)
+        else:
+            sq_mm = self._mmap(sq_size, IORING_OFF_SQ_RING)
+            cq_mm = self._mmap(cq_size, IORING_OFF_CQ_RING)
+        self._sqes = self._mmap(p.sq_entries * SQE_SIZE, IORING_OFF_SQES)
+        self.sq_entries = p.sq_entries
+        self.cq_entries = p.cq_entries
+        self._sq_mask = self._u32(sq_mm, p.sq_off.ring_mask)[0]
+        self._sq_khead = self._u32(sq_mm, p.sq_off.head)
+        self._sq_ktail = self._u32(sq_mm, p.sq_off.tail)
+        self._sq_kflags = self._u32(sq_mm, p.sq_off.flags)
+        self._sq_dropped = self._u32(sq_mm, p.sq_off.dropped)
+        # The SQ index array maps ring slots to SQEs; an identity map set once means we never write it again.
+        array = memoryview(sq_mm)[p.sq_off.array:p.sq_off.array + p.sq_entries * 4].cast("I")
+        for i in range(p.sq_entries):
+            array[i] = i
+        array.release()
+        self._sq_tail = self._sq_ktail[0]
+        self._cq_mask = self._u32(cq_mm, p.cq_off.ring_mask)[0]
+        self._cq_khead = self._u32(cq_mm, p.cq_off.head)
+        self._cq_ktail = self._u32(cq_mm, p.cq_off.tail)
+        self._cq_overflow = self._u32(cq_mm, p.cq_off.overflow)
+        self._cqes_off = p.cq_off.cqes
+        self._cq_mm = cq_mm
+        self._cq_view = memoryview(cq_mm)
+        self._views.append(self._cq_view)
+
+    # ------------------------------------------------------------------------------------------------ info
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def in_flight(self) -> int:
+        """Operations submitted or queued whose final CQE has not been dispatched yet."""
+        return len(self._pending)
+
+    @property
+    def unsubmitted(self) -> int:
+        return (self._sq_tail - self._submitted) & _U32
+
+    def has_feature(self, feat: int) -> bool:
+        return bool(self.features & feat)
+
+    def fileno(self) -> int:
+        return self.fd
+
+    # ------------------------------------------------------------------------------------------------ SQEs
+    # The hot operations (nop, send, recv) inline the slot claim: a Python method call costs as much as the
+    # SQE store itself. Only the first 40 bytes of an SQE are written; the rest (buf_index, personality,
+    # splice_fd_in, addr3) is zeroed at set-up and none of our operations uses it.
+    def _claim(self, sqe_flags: int) -> int:
+        """Claim the next SQE slot; returns its byte offset in the SQE array."""
+        room = self._room
+        if room <= 0:
+            room = self._make_room()
+        self._room = room - 1
+        tail = self._sq_tail
+        self._sq_tail = tail + 1
+        if sqe_flags & _LINKS:
+            self._chain += 1
+        elif self._chain:
+            self._chain = 0
+        return (tail & self._sq_mask) << 6
+
+    def _make_room(self) -> int:
+        """No free SQ slot: hand the kernel everything but an unfinished link chain (chains must stay whole)."""
+        if self._closed:
+            raise RingClosedError("the ring is closed")
+        to_submit = self.unsubmitted - self._chain
+        if to_submit <= 0:
+            raise RingError(f"a link chain of {self._chain} SQEs fills the whole SQ ({self.sq_entries} entries)")
+        self._enter(to_submit, 0, 0, block=False)
+        if self._room <= 0:
+            raise RingError("the kernel did not consume any SQE from a full SQ")
+        return self._room
+
+    def _prep(self, opcode: int, sqe_flags: int, ioprio: int, fd: int, off: int, addr: int, length: int,
+              op_flags: int, callback: Callback | None, keep: Any) -> int:
+        ud = next(self._ud)
+        self._pending[ud] = callback
+        if keep is not None:
+            self._keep[ud] = keep
+        _PACK(self._sqes, self._claim(sqe_flags), opcode, sqe_flags, ioprio, fd, off, addr, length, op_flags, ud)
+        return ud
+
+    def nop(self, callback: Callback | None, *, sqe_flags: int = 0) -> int:
+        room = self._room
+        if room <= 0 or sqe_flags or self._chain:
+            return self._prep(IORING_OP_NOP, sqe_flags, 0, -1, 0, 0, 0, 0, callback, None)
+        self._room = room - 1
+        tail = self._sq_tail
+        self._sq_tail = tail + 1
+        ud = next(self._ud)
+        self._pending[ud] = callback
+        _PACK(self._sqes, (tail & self._sq_mask) << 6, IORING_OP_NOP, 0, 0, -1, 0, 0, 0, 0, ud)
+        return ud
+
+    def send(self, fd: int, data: Any, callback: Callback | None, *, flags: int = 0, sqe_flags: int = 0) -> int:
+        """SEND: completes with the number of bytes the kernel took, which may be fewer than ``len(data)``."""
+        addr, n, keep = _sys.buffer_address(data)
+        room = self._room
+        if room <= 0 or sqe_flags or self._chain:
+            return self._prep(IORING_OP_SEND, sqe_flags, 0, fd, 0, addr, n, flags, callback, keep)
+        self._room = room - 1
+        tail = self._sq_tail
+        self._sq_tail = tail + 1
+        ud = next(self._ud)
+        self._pending[ud] = callback
+        self._keep[ud] = keep
+        _PACK(self._sqes, (tail & self._sq_mask) << 6, IORING_OP_SEND, 0, 0, fd, 0, addr, n, flags, ud)
+        return ud
+
+    def recv(self, fd: int, buf: Any, callback: Callback | None, *, flags: int = 0, sqe_flags: int = 0) -> int:
+        """RECV into a writable buffer; completes with the byte count (0 at EOF)."""
+        addr, n, keep = _sys.buffer_address(buf, writable=True)
+        room = self._room
+        if room <= 0 or sqe_flags or self._chain:
+            return self._prep(IORING_OP_RECV, sqe_flags, 0, fd, 0, addr, n, flags, callback, keep)
+        self._room = room - 1
+        tail = self._sq_tail
+        self._sq_tail = tail + 1
+        ud = next(self._ud)
+        self._pending[ud] = callback
+        self._keep[ud] = keep
+        _PACK(self._sqes, (tail & self._sq_mask) << 6, IORING_OP_RECV, 0, 0, fd, 0, addr, n, flags, ud)
+        return ud
+
+    def sendmsg(self, fd: int, buffers: Sequence[Any], callback: Callback | None, *, flags: int = 0,
+                sqe_flags: int = 0) -> int:
+        """SENDMSG with an iovec of ``buffers`` (gather write); completes with the total bytes taken."""
+        count = len(buffers)
+        if count == 0:
+            raise ValueError("sendmsg() needs at least one buffer")
+        iov = (iovec * count)()
+        keeps: list[Any] = []
+        for i, b in enumerate(buffers):
+            addr, n, keep = _sys.buffer_address(b)
+            iov[i].iov_base = addr
+            iov[i].iov_len = n
+            keeps.append(keep)
+        msg = msghdr()
+        msg.msg_iov = ctypes.addressof(iov)
+        msg.msg_iovlen = count
+        return self._prep(IORING_OP_SENDMSG, sqe_flags, 0, fd, 0, ctypes.addressof(msg), 1, flags, callback,
+                          (iov, msg, keeps))
+
+    def read(self, fd: int, buf: Any, callback: Callback | None, *, offset: int = -1, sqe_flags: int = 0) -> int:
+        """READ (for an eventfd, a pipe); ``offset=-1`` reads at the current position."""
+        addr, n, keep = _sys.buffer_address(buf, writable=True)
+        return self._prep(IORING_OP_READ, sqe_flags, 0, fd, offset & 0xFFFFFFFFFFFFFFFF, addr, n, 0, callback,
+                          keep)
+
+    def accept(self, fd: int, callback: Callback | None, *, multishot: bool = False,
+               flags: int = socket.SOCK_CLOEXEC, sqe_flags: int = 0) -> int:
+        """ACCEPT; completes with the new fd. With ``multishot`` one request yields a CQE per connection."""
+        return self._prep(IORING_OP_ACCEPT, sqe_flags, IORING_ACCEPT_MULTISHOT if multishot else 0, fd, 0, 0, 0,
+                          flags, callback, None)
+
+    def connect(self, fd: int, address: bytes, callback: Callback | None, *, sqe_flags: int = 0) -> int:
+        """CONNECT to an encoded ``struct sockaddr`` (see :func:`uringws.ring.sockaddr`)."""
+        if not isinstance(address, bytes):
+            raise TypeError("connect() needs an encoded sockaddr (bytes); use uringws.ring.sockaddr()")
+        addr, n, keep = _sys.buffer_address(address)
+        return self._prep(IORING_OP_CONNECT, sqe_flags, 0, fd, n, addr, 0, 0, callback, keep)
+
+    def shutdown(self, fd: int, how: int, callback: Callback | None, *, sqe_flags: int = 0) -> int:
+        return self._prep(IORING_OP_SHUTDOWN, sqe_flags, 0, fd, 0, 0, how, 0, callback, None)
+
+    def close_fd(self, fd: int, callback: Callback | None, *, sqe_flags: int = 0) -> int:
+        """CLOSE an fd asynchronously (the caller must not use or close it afterwards)."""
+        return self._prep(IORING_OP_CLOSE, sqe_flags, 0, fd, 0, 0, 0, 0, callback, None)
+
+    def poll_add(self, fd: int, events: int, callback: Callback | None, *, multishot: bool = False,
+                 sqe_flags: int = 0) -> int:
+        """POLL_ADD; completes with the ready ``poll(2)`` mask. Multishot posts a CQE per wake-up (F_MORE)."""
+        return self._prep(IORING_OP_POLL_ADD, sqe_flags, 0, fd, 0, 0, IORING_POLL_ADD_MULTI if multishot else 0,
+                          events & _U32, callback, None)
+
+    def poll_remove(self, target: int, callback: Callback | None = None, *, sqe_flags: int = 0) -> int:
+        """Remove the poll request whose user_data is ``target``; it then completes with -ECANCELED."""
+        return self._prep(IORING_OP_POLL_REMOVE, sqe_flags, 0, -1, 0, target, 0, 0, callback, None)
+
+    def cancel(self, target: int, callback: Callback | None = None, *, cancel_flags: int = 0,
+               sqe_flags: int = 0) -> int:
+        """ASYNC_CANCEL the request whose user_data is ``target`` (0 with CANCEL_ANY|ALL: everything)."""
+        return self._prep(IORING_OP_ASYNC_CANCEL, sqe_flags, 0, -1, 0, target, 0, cancel_flags, callback, None)
+
+    def timeout(self, seconds: float, callback: Callback | None, *, count: int = 0, sqe_flags: int = 0) -> int:
+        """TIMEOUT: completes with -ETIME after ``seconds``, or with 0 once ``count`` other CQEs were posted."""
+        ts = _timespec(seconds)
+        return self._prep(IORING_OP_TIMEOUT, sqe_flags, 0, -1, count, ctypes.addressof(ts), 1, 0, callback, ts)
+
+    def link_timeout(self, seconds: float, callback: Callback | None = None) -> int:
+        """LINK_TIMEOUT for the operation prepared just before (which must have been given IOSQE_IO_LINK).
+
+        If the timer fires first, that operation completes with -ECANCELED and this one with -ETIME.
+        """
+        if self._chain == 0 or self.unsubmitted == 0:
+            raise RingError("link_timeout() must directly follow an operation prepared with IOSQE_IO_LINK")
+        ts = _timespec(seconds)
+        return self._prep(IORING_OP_LINK_TIMEOUT, 0, 0, -1, 0, ctypes.addressof(ts), 1, 0, callback, ts)
+
+    # ------------------------------------------------------------------------------------------------ enter
+    def _enter(self, to_submit: int, min_complete: int, flags: int, *, block: bool,
+               arg: int = 0, argsz: int = 0) -> int:
+        if to_submit:
+            self._sq_ktail[0] = (self._submitted + to_submit) & _U32
+        while True:
+            ret = _sys.io_uring_enter(self.fd, to_submit, min_complete, flags, arg, argsz, block=block)
+            if ret >= 0:
+                if to_submit:
+                    self._room = self.sq_entries - ((self._sq_tail - self._sq_khead[0]) & _U32)
+                    # Without SUBMIT_ALL the kernel may stop early at an SQE it could not even prepare (it
+                    # posted a CQE for it); the rest stays below the kernel's tail and goes with the next enter.
+                    self._submitted = (self._submitted + ret) & _U32
+                    self._sq_tail &= _U32
+                return ret
+            err = -ret
+            if err == errno.EINTR:
+                if to_submit:
+                    continue
+                return 0
+            if err in (errno.EAGAIN, errno.EBUSY):
+                # The CQ is full (overflow backlog) or the kernel is short of memory: make room by moving CQEs
+                # into our own backlog, then try again.
+                if not self._drain_cq_to_backlog():
+                    time.sleep(0.0005)
+                continue
+            if err == errno.ETIME:
+                return 0
+            raise OSError(err, f"io_uring_enter: {os.strerror(err)}")
+
+    def submit(self) -> int:
+        """Hand every queued SQE to the kernel (no waiting). Returns how many it took."""
+        if self._closed:
+            raise RingClosedError("the ring is closed")
+        n = self.unsubmitted
+        if not n:
+            return 0
+        return self._enter(n, 0, 0, block=False)
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Submit queued SQEs, wait up to ``timeout`` seconds (None: forever, 0: don't) for a completion, and
+        run the callbacks of every completion available. Returns the number of CQEs dispatched."""
+        if self._closed:
+            raise RingClosedError("the ring is closed")
+        if self._in_dispatch:
+            raise RingError("Ring.wait() called from a completion callback")
+        to_submit = self.unsubmitted
+        ready = self._backlog or self._cq_ktail[0] != self._cq_khead[0]
+        if ready or timeout == 0:
+            flags = 0
+            if self._sq_kflags[0] & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW):
+                flags = IORING_ENTER_GETEVENTS  # run deferred task work / flush overflowed CQEs
+            if to_submit or flags:
+                self._enter(to_submit, 0, flags, block=False)
+        elif self._ext_arg:
+            if timeout is None:
+                self._wait_arg.ts = 0
+            else:
+                self._wait_arg.ts = ctypes.addressof(self._wait_ts)
+                sec = int(timeout)
+                self._wait_ts.tv_sec = sec
+                self._wait_ts.tv_nsec = int((timeout - sec) * 1e9)
+            self._enter(to_submit, 1, IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, block=True,
+                        arg=self._wait_arg_addr, argsz=ctypes.sizeof(io_uring_getevents_arg))
+        else:
+            if timeout is not None:
+                # Old kernels: a TIMEOUT that also completes as soon as one other CQE is posted.
+                self.timeout(timeout, None, count=1)
+                to_submit = self.unsubmitted
+            self._enter(to_submit, 1, IORING_ENTER_GETEVENTS, block=True)
+        return self._dispatch()
+
+    # ------------------------------------------------------------------------------------------------ CQEs
+    def _read_cqes(self) -> list[tuple[int, int, int]]:
+        head = self._cq_khead[0]
+        tail = self._cq_ktail[0]
+        count = (tail - head) & _U32
+        if not count:
+            return []
+        mask = self._cq_mask
+        start = head & mask
+        base = self._cqes_off
+        end = start + count
+        view = self._cq_view
+        if end <= mask + 1:
+            out = list(CQE_STRUCT.iter_unpack(view[base + start * CQE_SIZE:base + end * CQE_SIZE]))
+        else:
+            out = list(CQE_STRUCT.iter_unpack(view[base + start * CQE_SIZE:base + (mask + 1) * CQE_SIZE]))
+            out += CQE_STRUCT.iter_unpack(view[base:base + (end - mask - 1) * CQE_SIZE])
+        self._cq_khead[0] = tail
+        return out
+
+    def _drain_cq_to_backlog(self) -> bool:
+        cqes = self._read_cqes()
+        self._backlog.extend(cqes)
+        return bool(cqes)
+
+    def _dispatch(self) -> int:
+        total = 0
+        while True:
+            cqes = self._read_cqes()
+            if self._backlog:
+                cqes = self._backlog + cqes
+                self._backlog = []
+            if not cqes:
+                if self._sq_kflags[0] & IORING_SQ_CQ_OVERFLOW:
+                    # IORING_FEAT_NODROP kept the CQEs that did not fit; GETEVENTS flushes them into the CQ.
+                    self._enter(0, 0, IORING_ENTER_GETEVENTS, block=False)
+                    continue
+                return total
+            total += len(cqes)
+            pending = self._pending
+            keep = self._keep
+            self._in_dispatch = True
+            try:
+                for ud, res, flags in cqes:
+                    if flags & IORING_CQE_F_MORE:
+                        cb = pending.get(ud)
+                    else:
+                        cb = pending.pop(ud, None)
+                        if keep:
+                            keep.pop(ud, None)
+                    if cb is None:
+                        continue
+                    try:
+                        cb(res, flags)
+                    except Exception as exc:  # a callback's bug must not stop the other completions
+                        if self.on_callback_error is not None:
+                            self.on_callback_error(exc, ud)
+                        else:
+                            log.exception("io_uring completion callback failed (user_data=%d)", ud)
+            finally:
+                self._in_dispatch = False
+
+    # ------------------------------------------------------------------------------------------------ close
+    def close(self, timeout: float = 2.0) -> None:
+        """Cancel everything in flight, reap every CQE (callbacks see -ECANCELED), unmap and close the fd."""
+        if self._closed:
+            return
+        try:
+            if self._pending or self._keep:
+                self._cancel_all()
+                deadline = time.monotonic() + timeout
+                while self._pending:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self.wait(min(left, 0.05))
+            if self._pending:
+                log.warning("io_uring: %d operations did not complete before close; their buffers are kept",
+                            len(self._pending))
+                _ORPHANED.extend(self._keep.values())
+                self._pending.clear()
+                self._keep.clear()
+        finally:
+            self._closed = True
+            self._room = 0  # every later operation goes through _make_room(), which raises RingClosedError
+            self._release_maps()
+            os.close(self.fd)
+            self.fd = -1
+
+    def _cancel_all(self) -> None:
+        try:
+            self.cancel(0, None, cancel_flags=IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL)
+            self.submit()
+        except OSError:
+            pass
+        # Kernels before 5.19 reject CANCEL_ANY (-EINVAL): cancel each request by user_data as well.
+        for ud in list(self._pending):
+            self.cancel(ud, None)
+        self.submit()
+
+    def _release_maps(self) -> None:
+        for v in self._views:
+            v.release()
+        self._views.clear()
+        for m in self._maps:
+            m.close()
+        self._maps.clear()
+
+    def __enter__(self) -> Ring:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            warnings.warn(f"unclosed io_uring {self.fd}", ResourceWarning, stacklevel=1)
+            try:
+                self.close(timeout=0.5)
+            except Exception:
+                pass
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"fd={self.fd} sq={self.sq_entries} in_flight={len(self._pending)}"
+        return f"<Ring {state}>"
+
+
+def cqe_flags_more(flags: int) -> bool:
+    return bool(flags & IORING_CQE_F_MORE)
+
+
+__all__ = ["IORING_FEAT_NODROP", "Callback", "Ring", "RingClosedError", "RingError"]
