@@ -1,0 +1,1 @@
+"""Command-line tools: doctor, serve, torture, bench."""
