@@ -1,0 +1,94 @@
+"""Exceptions of the WebSocket layer. Each says what happened and carries what the peer should be told."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConnectionClosed",
+    "ConnectionClosedError",
+    "ConnectionClosedOK",
+    "InvalidHandshake",
+    "InvalidState",
+    "InvalidStatus",
+    "InvalidURI",
+    "InvalidUTF8",
+    "NegotiationError",
+    "PayloadTooBig",
+    "ProtocolError",
+    "WebSocketError",
+]
+
+
+class WebSocketError(Exception):
+    """Base class of every uringws WebSocket error."""
+
+
+class InvalidHandshake(WebSocketError):
+    """The opening handshake failed; a server answers with ``status`` (400 unless said otherwise)."""
+
+    def __init__(self, reason: str, status: int = 400, headers: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.headers: list[tuple[str, str]] = headers or []
+
+
+class NegotiationError(InvalidHandshake):
+    """An extension or subprotocol could not be agreed on."""
+
+
+class InvalidStatus(InvalidHandshake):
+    """The server answered the opening handshake with something other than 101 Switching Protocols."""
+
+    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes = b"") -> None:
+        super().__init__(f"server rejected WebSocket connection: HTTP {status}", status, headers)
+        self.body = body
+
+
+class InvalidURI(WebSocketError):
+    """The URI given to ``connect`` is not a ws:// or wss:// URI."""
+
+
+class ProtocolError(WebSocketError):
+    """The peer broke RFC 6455/7692; the connection is failed with ``code`` (1002 unless said otherwise)."""
+
+    def __init__(self, reason: str, code: int = 1002) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+
+
+class PayloadTooBig(ProtocolError):
+    """A message exceeded ``max_size``; the connection is failed with 1009."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, 1009)
+
+
+class InvalidUTF8(ProtocolError):
+    """A text message or close reason is not valid UTF-8; the connection is failed with 1007."""
+
+    def __init__(self, reason: str = "invalid UTF-8 in text message") -> None:
+        super().__init__(reason, 1007)
+
+
+class InvalidState(WebSocketError):
+    """An operation is not allowed in the connection's current state (e.g. sending after close)."""
+
+
+class ConnectionClosed(WebSocketError):
+    """The connection is closed; ``code``/``reason`` are the peer's close frame (1006 if none came)."""
+
+    def __init__(self, code: int, reason: str, sent_code: int | None = None) -> None:
+        self.code = code
+        self.reason = reason
+        self.sent_code = sent_code
+        detail = f"{code} ({reason})" if reason else f"{code}"
+        super().__init__(f"WebSocket connection closed: {detail}")
+
+
+class ConnectionClosedOK(ConnectionClosed):
+    """Closed cleanly (1000 or 1001, or no status in the close frame)."""
+
+
+class ConnectionClosedError(ConnectionClosed):
+    """Closed with an error code, or without a closing handshake (1006)."""

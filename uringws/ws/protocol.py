@@ -1,0 +1,523 @@
+"""The WebSocket connection state machine (RFC 6455 §5-7, RFC 7692), sans-I/O.
+
+Feed received bytes with ``receive_data``; take parsed events with ``events_received``; take bytes to write
+with ``data_to_send``; when ``close_expected`` is True, close the transport. No sockets, no asyncio, no timers:
+timeouts (keepalive, closing handshake) belong to the front-end.
+
+States::
+
+    OPEN --send_close / close frame received / fail--> CLOSING --receive_eof--> CLOSED
+
+(the opening handshake, state CONNECTING, is done by ``handshake.py`` before this object is created).
+
+Errors from the peer never raise out of ``receive_data``: they fail the connection (RFC 6455 §7.1.7) by
+queueing a close frame with the right code (1002 protocol error, 1007 invalid UTF-8, 1009 too big) and setting
+``close_expected``; the cause is kept in ``failure``.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from .deflate import PerMessageDeflate
+from .exceptions import InvalidState, InvalidUTF8, PayloadTooBig, ProtocolError
+from .frames import (
+    FrameHeader,
+    apply_mask,
+    parse_close,
+    parse_header,
+    serialize_close,
+    serialize_header,
+)
+from .utf8 import IncrementalUTF8Decoder
+
+__all__ = ["Close", "Event", "Fragment", "Message", "Ping", "Pong", "Protocol", "Side", "State"]
+
+
+class Side(enum.Enum):
+    SERVER = "server"
+    CLIENT = "client"
+
+
+class State(enum.IntEnum):
+    CONNECTING = 0
+    OPEN = 1
+    CLOSING = 2
+    CLOSED = 3
+
+
+class Message(NamedTuple):
+    """A complete data message: ``str`` for text, ``bytes`` for binary."""
+
+    data: str | bytes
+
+
+class Fragment(NamedTuple):
+    """One received data frame, when the protocol streams fragments instead of assembling messages."""
+
+    data: str | bytes
+    fin: bool
+    text: bool
+
+
+class Ping(NamedTuple):
+    payload: bytes
+
+
+class Pong(NamedTuple):
+    payload: bytes
+
+
+class Close(NamedTuple):
+    """The peer's close frame (1005 = it carried no status code)."""
+
+    code: int
+    reason: str
+
+
+Event = Message | Fragment | Ping | Pong | Close
+
+_CONT, _TEXT, _BINARY, _CLOSE, _PING, _PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+# Payloads below this are joined with their header into one bytes object; bigger ones are handed to the
+# transport as a separate buffer to avoid copying them.
+_JOIN_LIMIT = 4096
+
+
+class Protocol:
+    """One WebSocket connection after the opening handshake.
+
+    ``max_size`` bounds each assembled (and decompressed) message; None = unlimited. ``deflate`` is the
+    negotiated permessage-deflate state, or None. ``stream_fragments``: emit a ``Fragment`` per data frame
+    instead of one ``Message`` per message (``max_size`` still bounds the whole message).
+    """
+
+    def __init__(
+        self,
+        side: Side,
+        *,
+        max_size: int | None = 1 << 20,
+        deflate: PerMessageDeflate | None = None,
+        stream_fragments: bool = False,
+    ) -> None:
+        self.side = side
+        self.state = State.OPEN
+        self.max_size = max_size
+        self.deflate = deflate
+        self.stream_fragments = stream_fragments
+        self._is_client = side is Side.CLIENT
+        # Clients receive unmasked frames, servers require masked ones.
+        self._expect_masked = not self._is_client
+        # Compressed frames may be slightly larger than their content; bound the wire bytes of a compressed
+        # message too, so a stream of frames that inflate to nothing cannot buffer without limit.
+        self._wire_limit = None if max_size is None else max_size + (max_size >> 8) + 1024
+
+        self._buf = bytearray()
+        self._events: list[Event] = []
+        self._out: list[bytes] = []
+
+        # Frame being received: its header, and where its payload starts in _buf.
+        self._hdr: FrameHeader | None = None
+        self._hdr_end = 0
+        self._fed = 0  # bytes of the current (uncompressed text) frame already validated as UTF-8
+
+        # Message being received.
+        self._msg_opcode = 0  # 0: no message in progress
+        self._msg_compressed = False
+        self._msg_size = 0
+        self._msg_wire = 0
+        self._msg_parts: list[bytes] | list[str] = []
+        self._decoder = IncrementalUTF8Decoder()
+
+        # Message being sent in fragments.
+        self._send_opcode = 0
+        self._send_compressed = False
+
+        self._discard_input = False
+        self._close_transport = False
+        self.close_rcvd: Close | None = None
+        self.close_sent: Close | None = None
+        self.close_rcvd_then_sent: bool | None = None
+        self.failure: ProtocolError | None = None
+        self.eof_received = False
+
+    # -- results -----------------------------------------------------------------------------------------
+
+    def events_received(self) -> list[Event]:
+        """Return and forget the events parsed so far."""
+        events = self._events
+        self._events = []
+        return events
+
+    def data_to_send(self) -> list[bytes]:
+        """Return and forget the buffers to write to the transport, in order."""
+        out = self._out
+        self._out = []
+        return out
+
+    @property
+    def close_expected(self) -> bool:
+        """True when the front-end should close the transport (after writing ``data_to_send``).
+
+        Set after a fatal error, and on the server once the closing handshake is complete: the server closes
+        the TCP connection first (RFC 6455 §7.1.1). A client waits for the server to close, with a timeout.
+        """
+        return self._close_transport
+
+    @property
+    def close_code(self) -> int:
+        """The code from the peer's close frame; 1006 if none was received."""
+        return 1006 if self.close_rcvd is None else self.close_rcvd.code
+
+    @property
+    def close_reason(self) -> str:
+        return "" if self.close_rcvd is None else self.close_rcvd.reason
+
+    @property
+    def closing_handshake_done(self) -> bool:
+        return self.close_rcvd is not None and self.close_sent is not None
+
+    # -- receiving ---------------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Parse received bytes; never raises for bad input (the connection is failed instead)."""
+        if self._discard_input or not data:
+            return
+        buf = self._buf
+        buf += data
+        pos = 0
+        try:
+            while True:
+                hdr = self._hdr
+                if hdr is None:
+                    hdr = parse_header(
+                        buf,
+                        pos,
+                        masked=self._expect_masked,
+                        allow_rsv1=self.deflate is not None,
+                        max_length=self._frame_limit(),
+                    )
+                    if hdr is None:
+                        break
+                    self._check_sequence(hdr)
+                    start = hdr.header_end
+                    self._hdr = hdr
+                    self._hdr_end = start
+                else:
+                    start = self._hdr_end
+                end = start + hdr.length
+                if len(buf) < end:
+                    # Incomplete frame: validate text as it arrives, so invalid UTF-8 fails fast.
+                    if (hdr.opcode == _TEXT or (hdr.opcode == _CONT and self._msg_opcode == _TEXT)) and not (
+                        self._msg_compressed_for(hdr)
+                    ):
+                        self._feed_partial_text(hdr, buf, start, len(buf))
+                    break
+                self._hdr = None
+                pos = end
+                fed = self._fed
+                if fed:
+                    self._fed = 0
+                    payload = bytes(buf[start + fed : end])
+                    if hdr.mask is not None:
+                        k = fed & 3
+                        payload = apply_mask(payload, hdr.mask[k:] + hdr.mask[:k])
+                    self._on_text_rest(hdr, payload)
+                else:
+                    payload = bytes(buf[start:end])
+                    if hdr.mask is not None:
+                        payload = apply_mask(payload, hdr.mask)
+                    if hdr.opcode >= 8:
+                        self._on_control(hdr.opcode, payload)
+                    else:
+                        self._on_data(hdr, payload)
+                if self._discard_input:
+                    break
+        except ProtocolError as exc:
+            self.fail(exc.code, exc.reason, exc)
+        if self._discard_input:
+            buf.clear()
+            self._hdr = None
+            return
+        if pos:
+            del buf[:pos]
+            if self._hdr is not None:
+                self._hdr_end -= pos
+
+    def receive_eof(self) -> None:
+        """The transport was closed or the peer sent EOF: the connection is CLOSED."""
+        self.eof_received = True
+        self.state = State.CLOSED
+        self._discard_input = True
+        self._close_transport = True
+
+    def _frame_limit(self) -> int | None:
+        if self.max_size is None:
+            return None
+        in_message = self._msg_opcode != 0
+        if self.deflate is not None:
+            # RSV1 is not known yet; the exact check for uncompressed frames follows in _check_sequence.
+            assert self._wire_limit is not None
+            return self._wire_limit - self._msg_wire if in_message else self._wire_limit
+        return self.max_size - self._msg_size if in_message else self.max_size
+
+    def _msg_compressed_for(self, hdr: FrameHeader) -> bool:
+        return hdr.rsv1 if hdr.opcode != _CONT else self._msg_compressed
+
+    def _check_sequence(self, hdr: FrameHeader) -> None:
+        opcode = hdr.opcode
+        if opcode >= 8:
+            return
+        if opcode == _CONT:
+            if not self._msg_opcode:
+                raise ProtocolError("continuation frame without a message in progress")
+            if hdr.rsv1:
+                raise ProtocolError("RSV1 set on a continuation frame")
+            compressed = self._msg_compressed
+        else:
+            if self._msg_opcode:
+                raise ProtocolError("new data frame while a fragmented message is in progress")
+            compressed = hdr.rsv1
+            self._msg_size = 0
+            self._msg_wire = 0
+        if self.max_size is not None and not compressed and self._msg_size + hdr.length > self.max_size:
+            raise PayloadTooBig(
+                f"message of at least {self._msg_size + hdr.length} bytes exceeds the size limit of "
+                f"{self.max_size} bytes"
+            )
+
+    def _start_message(self, hdr: FrameHeader) -> None:
+        self._msg_opcode = hdr.opcode
+        self._msg_compressed = hdr.rsv1
+        self._msg_size = 0
+        self._msg_wire = 0
+        self._msg_parts = []
+        self._decoder.reset()
+
+    def _feed_partial_text(self, hdr: FrameHeader, buf: bytearray, start: int, avail_end: int) -> None:
+        if hdr.opcode == _TEXT and self._fed == 0 and self._msg_opcode == 0:
+            self._start_message(hdr)
+        fed = self._fed
+        chunk = bytes(buf[start + fed : avail_end])
+        if not chunk:
+            return
+        if hdr.mask is not None:
+            k = fed & 3
+            chunk = apply_mask(chunk, hdr.mask[k:] + hdr.mask[:k])
+        self._fed = fed + len(chunk)
+        self._msg_size += len(chunk)
+        self._msg_parts.append(self._decoder.decode(chunk, False))  # type: ignore[arg-type]
+
+    def _on_text_rest(self, hdr: FrameHeader, rest: bytes) -> None:
+        """The last bytes of an uncompressed text frame whose beginning was already validated."""
+        self._msg_size += len(rest)
+        parts: list[str] = self._msg_parts  # type: ignore[assignment]
+        parts.append(self._decoder.decode(rest, hdr.fin))
+        self._msg_wire += hdr.length
+        if self.stream_fragments:
+            self._msg_parts = []
+            self._events.append(Fragment("".join(parts), hdr.fin, True))
+            if hdr.fin:
+                self._msg_opcode = 0
+            return
+        if hdr.fin:
+            self._msg_opcode = 0
+            self._msg_parts = []
+            self._events.append(Message("".join(parts)))
+
+    def _on_data(self, hdr: FrameHeader, payload: bytes) -> None:
+        opcode = hdr.opcode
+        fin = hdr.fin
+        if opcode != _CONT:
+            # Fast path: a whole uncompressed message in one frame.
+            if fin and not hdr.rsv1 and not self.stream_fragments:
+                if opcode == _TEXT:
+                    try:
+                        self._events.append(Message(payload.decode("utf-8")))
+                    except UnicodeDecodeError:
+                        raise InvalidUTF8() from None
+                else:
+                    self._events.append(Message(payload))
+                return
+            self._start_message(hdr)
+        text = self._msg_opcode == _TEXT
+        self._msg_wire += len(payload)
+        if self._msg_compressed:
+            assert self.deflate is not None
+            limit = None if self.max_size is None else self.max_size - self._msg_size
+            data = self.deflate.decompress(payload, fin, limit)
+        else:
+            data = payload
+        self._msg_size += len(data)
+        if self.stream_fragments:
+            item: str | bytes = self._decoder.decode(data, fin) if text else data
+            self._events.append(Fragment(item, fin, text))
+            if fin:
+                self._msg_opcode = 0
+            return
+        if text:
+            self._msg_parts.append(self._decoder.decode(data, fin))  # type: ignore[arg-type]
+        else:
+            self._msg_parts.append(data)  # type: ignore[arg-type]
+        if fin:
+            parts = self._msg_parts
+            self._msg_parts = []
+            self._msg_opcode = 0
+            if text:
+                self._events.append(Message("".join(parts)))  # type: ignore[arg-type]
+            else:
+                self._events.append(Message(b"".join(parts)))  # type: ignore[arg-type]
+
+    def _on_control(self, opcode: int, payload: bytes) -> None:
+        if opcode == _PING:
+            self._events.append(Ping(payload))
+            if self.state is State.OPEN:
+                self._send_frame(_PONG, payload)
+        elif opcode == _PONG:
+            self._events.append(Pong(payload))
+        else:
+            code, reason = parse_close(payload)
+            close = Close(code, reason)
+            self.close_rcvd = close
+            self._events.append(close)
+            self._discard_input = True  # nothing may follow a close frame
+            if self.close_sent is None:
+                self.close_rcvd_then_sent = True
+                # Echo the status code (RFC 6455 §5.5.1); 1005 means "none", so echo an empty payload.
+                self._send_close(None if code == 1005 else code, "")
+            else:
+                self.close_rcvd_then_sent = False
+            self.state = State.CLOSING
+            if not self._is_client:
+                self._close_transport = True
+
+    # -- sending -----------------------------------------------------------------------------------------
+
+    def _send_frame(self, opcode: int, payload: bytes, fin: bool = True, rsv1: bool = False) -> None:
+        n = len(payload)
+        if self._is_client:
+            mask = os.urandom(4)
+            self._out.append(serialize_header(opcode, n, fin, rsv1, True) + mask + apply_mask(payload, mask))
+        elif n < _JOIN_LIMIT:
+            self._out.append(serialize_header(opcode, n, fin, rsv1) + payload)
+        else:
+            self._out.append(serialize_header(opcode, n, fin, rsv1))
+            self._out.append(payload)
+
+    def _check_open(self) -> None:
+        if self.state is not State.OPEN:
+            raise InvalidState(f"cannot send data: connection is {self.state.name}")
+
+    def _send_data(self, opcode: int, data: bytes, fin: bool) -> None:
+        deflate = self.deflate
+        if deflate is not None:
+            self._send_frame(opcode, deflate.compress(data, fin), fin, opcode != _CONT)
+        else:
+            self._send_frame(opcode, data, fin)
+
+    def send_text(self, data: str | bytes, fin: bool = True) -> None:
+        """Send a text message, or the first frame of one when ``fin`` is False (bytes must be UTF-8)."""
+        self._check_open()
+        if self._send_opcode:
+            raise InvalidState("a fragmented message is in progress: finish it with send_continuation")
+        payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        self._send_data(_TEXT, payload, fin)
+        if not fin:
+            self._send_opcode = _TEXT
+
+    def send_binary(self, data: bytes | bytearray | memoryview, fin: bool = True) -> None:
+        """Send a binary message, or the first frame of one when ``fin`` is False."""
+        self._check_open()
+        if self._send_opcode:
+            raise InvalidState("a fragmented message is in progress: finish it with send_continuation")
+        self._send_data(_BINARY, bytes(data), fin)
+        if not fin:
+            self._send_opcode = _BINARY
+
+    def send_continuation(self, data: str | bytes | bytearray | memoryview, fin: bool) -> None:
+        """Send the next frame of a fragmented message."""
+        self._check_open()
+        if not self._send_opcode:
+            raise InvalidState("no fragmented message in progress")
+        payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        self._send_data(_CONT, payload, fin)
+        if fin:
+            self._send_opcode = 0
+
+    def send_fragments(self, fragments: Iterable[str | bytes]) -> None:
+        """Send one message as one frame per fragment; all fragments must be str, or all bytes-like."""
+        iterator = iter(fragments)
+        try:
+            current = next(iterator)
+        except StopIteration:
+            raise ValueError("send_fragments needs at least one fragment") from None
+        text = isinstance(current, str)
+        first = True
+        for following in iterator:
+            if isinstance(following, str) is not text:
+                raise TypeError("all fragments of a message must be str, or all bytes")
+            self._send_one_fragment(current, text, first, False)
+            first = False
+            current = following
+        self._send_one_fragment(current, text, first, True)
+
+    def _send_one_fragment(self, data: str | bytes, text: bool, first: bool, fin: bool) -> None:
+        if not first:
+            self.send_continuation(data, fin)
+        elif text:
+            self.send_text(data, fin)
+        else:
+            self.send_binary(data, fin)  # type: ignore[arg-type]
+
+    @property
+    def fragmenting(self) -> bool:
+        """True while a fragmented message is being sent (no other data message may start)."""
+        return bool(self._send_opcode)
+
+    def send_ping(self, payload: bytes = b"") -> None:
+        """Send a ping; payloads are at most 125 bytes."""
+        self._check_open()
+        if len(payload) > 125:
+            raise ValueError("ping payload longer than 125 bytes")
+        self._send_frame(_PING, bytes(payload))
+
+    def send_pong(self, payload: bytes = b"") -> None:
+        """Send an unsolicited pong (pings are answered automatically)."""
+        self._check_open()
+        if len(payload) > 125:
+            raise ValueError("pong payload longer than 125 bytes")
+        self._send_frame(_PONG, bytes(payload))
+
+    def send_close(self, code: int | None = 1000, reason: str = "") -> None:
+        """Start the closing handshake; ``code`` None sends a close frame without a status code."""
+        if self.close_sent is not None or self.state is State.CLOSED:
+            raise InvalidState("close frame already sent")
+        if self.state is State.CLOSING and self.close_rcvd is not None:
+            return  # the peer's close was already answered
+        self._send_close(code, reason)
+        self.state = State.CLOSING
+
+    def _send_close(self, code: int | None, reason: str) -> None:
+        payload = serialize_close(code, reason)
+        self._send_frame(_CLOSE, payload)
+        self.close_sent = Close(1005 if code is None else code, reason)
+        self.state = State.CLOSING
+        if self.close_rcvd is not None and not self._is_client:
+            self._close_transport = True
+
+    def fail(self, code: int, reason: str = "", exc: ProtocolError | None = None) -> None:
+        """Fail the connection (RFC 6455 §7.1.7): send a close frame with ``code``, then close the transport.
+
+        1006 (abnormal closure) never goes on the wire: the transport is just closed.
+        """
+        if self.failure is None:
+            self.failure = exc if exc is not None else ProtocolError(reason or f"connection failed ({code})", code)
+        if self.state is State.OPEN and self.close_sent is None and code != 1006:
+            # Keep the reason within the 123 bytes a close frame allows.
+            data = reason.encode("utf-8")[:123].decode("utf-8", "ignore")
+            self._send_close(code, data)
+        self.state = State.CLOSING if self.state is not State.CLOSED else State.CLOSED
+        self._discard_input = True
+        self._close_transport = True
