@@ -1,0 +1,35 @@
+"""TLS layer: TLS over any asyncio stream transport via memory BIOs (stdlib ssl / OpenSSL).
+
+Public API:
+
+- :class:`TLSProtocol` / :class:`TLSTransport` — the TLS endpoint, same loop contract as asyncio's sslproto.
+- :func:`make_ssl_transport` / :func:`start_tls` — bodies for an event loop's ``_make_ssl_transport`` and
+  ``start_tls``.
+- :func:`server_context` / :func:`client_context` — SSLContext factories (TLS 1.2 minimum).
+- :mod:`uringws.tls.devcert` — cached self-signed development certificate (needs ``cryptography``).
+"""
+
+from .context import client_context, server_context
+from .protocol import (
+    HANDSHAKE_TIMEOUT,
+    SHUTDOWN_TIMEOUT,
+    WRITE_HIGH_WATER,
+    TLSProtocol,
+    TLSTransport,
+    TLSTruncatedError,
+    make_ssl_transport,
+    start_tls,
+)
+
+__all__ = [
+    "HANDSHAKE_TIMEOUT",
+    "SHUTDOWN_TIMEOUT",
+    "WRITE_HIGH_WATER",
+    "TLSProtocol",
+    "TLSTransport",
+    "TLSTruncatedError",
+    "client_context",
+    "make_ssl_transport",
+    "server_context",
+    "start_tls",
+]

@@ -12,7 +12,7 @@ import os
 import ssl
 from collections.abc import Sequence
 
-__all__ = ["server_context", "client_context"]
+__all__ = ["client_context", "server_context"]
 
 StrPath = str | os.PathLike[str]
 

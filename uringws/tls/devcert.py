@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["DevCert", "generate", "ensure_devcert", "default_directory", "fingerprint"]
+__all__ = ["DevCert", "default_directory", "ensure_devcert", "fingerprint", "generate"]
 
 DNS_NAMES = ("localhost",)
 IP_ADDRESSES = ("127.0.0.1", "::1")
@@ -49,7 +49,7 @@ def generate(valid_days: int = VALID_DAYS) -> tuple[bytes, bytes]:
             x509.NameAttribute(NameOID.COMMON_NAME, "localhost"),
         ]
     )
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     san = x509.SubjectAlternativeName(
         [x509.DNSName(n) for n in DNS_NAMES] + [x509.IPAddress(ipaddress.ip_address(a)) for a in IP_ADDRESSES]
     )
@@ -111,7 +111,7 @@ def _usable(cert_path: Path, key_path: Path) -> datetime.datetime | None:
     if cert.public_key().public_numbers() != key.public_key().public_numbers():  # type: ignore[union-attr]
         return None
     not_after = cert.not_valid_after_utc
-    if not_after - datetime.datetime.now(datetime.timezone.utc) < datetime.timedelta(days=RENEW_DAYS):
+    if not_after - datetime.datetime.now(datetime.UTC) < datetime.timedelta(days=RENEW_DAYS):
         return None
     return not_after
 

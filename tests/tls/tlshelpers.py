@@ -1,0 +1,196 @@
+"""Helpers for the TLS tests and benchmarks: servers/clients built on TLSProtocol over the stdlib loop."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from uringws.tls.protocol import TLSProtocol, TLSTransport, make_ssl_transport
+from uringws.tls.protocol import start_tls as tls_start_tls
+
+
+class TLSSelectorEventLoop(asyncio.SelectorEventLoop):
+    """The stdlib selector loop with uringws TLS in place of asyncio's sslproto (what the uring loop will do)."""
+
+    def _make_ssl_transport(  # type: ignore[override]
+        self,
+        rawsock: socket.socket,
+        protocol: asyncio.BaseProtocol,
+        sslcontext: ssl.SSLContext,
+        waiter: asyncio.Future[None] | None = None,
+        *,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        extra: dict[str, Any] | None = None,
+        server: Any = None,
+        ssl_handshake_timeout: float | None = None,
+        ssl_shutdown_timeout: float | None = None,
+        call_connection_made: bool = True,
+    ) -> TLSTransport:
+        return make_ssl_transport(
+            self,
+            rawsock,
+            protocol,
+            sslcontext,
+            waiter,
+            server_side=server_side,
+            server_hostname=server_hostname,
+            extra=extra,
+            server=server,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+            call_connection_made=call_connection_made,
+        )
+
+    async def start_tls(  # type: ignore[override]
+        self,
+        transport: asyncio.BaseTransport,
+        protocol: asyncio.BaseProtocol,
+        sslcontext: ssl.SSLContext,
+        *,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        ssl_handshake_timeout: float | None = None,
+        ssl_shutdown_timeout: float | None = None,
+    ) -> TLSTransport:
+        return await tls_start_tls(
+            self,
+            transport,
+            protocol,
+            sslcontext,
+            server_side=server_side,
+            server_hostname=server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
+
+
+class Recorder(asyncio.Protocol):
+    """Application protocol that records everything and can echo."""
+
+    def __init__(self, echo: bool = False) -> None:
+        self.echo = echo
+        self.transport: asyncio.Transport | None = None
+        self.data = bytearray()
+        self.eof = False
+        self.lost: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+        self.made = asyncio.get_running_loop().create_future()
+        self.paused = 0
+        self.resumed = 0
+        self.waiters: list[tuple[int, asyncio.Future[None]]] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if not self.made.done():
+            self.made.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+        if self.echo:
+            assert self.transport is not None
+            self.transport.write(data)
+        for n, fut in self.waiters:
+            if len(self.data) >= n and not fut.done():
+                fut.set_result(None)
+
+    async def wait_bytes(self, n: int, timeout: float = 10.0) -> bytes:
+        if len(self.data) < n:
+            fut = asyncio.get_running_loop().create_future()
+            self.waiters.append((n, fut))
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
+        return bytes(self.data)
+
+    def eof_received(self) -> bool | None:
+        self.eof = True
+        return None
+
+    def pause_writing(self) -> None:
+        self.paused += 1
+
+    def resume_writing(self) -> None:
+        self.resumed += 1
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+
+async def tls_server(
+    ctx: ssl.SSLContext,
+    factory: Callable[[], asyncio.BaseProtocol],
+    host: str = "127.0.0.1",
+    **kw: Any,
+) -> tuple[asyncio.Server, int, list[TLSProtocol]]:
+    """Start a server whose connections use TLSProtocol directly over the stdlib loop's TCP transport."""
+    loop = asyncio.get_running_loop()
+    protos: list[TLSProtocol] = []
+
+    def make() -> TLSProtocol:
+        p = TLSProtocol(loop, factory(), ctx, None, server_side=True, **kw)
+        protos.append(p)
+        return p
+
+    server = await loop.create_server(make, host, 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, port, protos
+
+
+async def tls_client(
+    ctx: ssl.SSLContext,
+    app: asyncio.BaseProtocol,
+    port: int,
+    host: str = "127.0.0.1",
+    server_hostname: str | None = "localhost",
+    sock: socket.socket | None = None,
+    **kw: Any,
+) -> tuple[TLSTransport, TLSProtocol]:
+    """Connect with TLSProtocol as client; returns once the handshake completed (raises if it failed)."""
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+    tls = TLSProtocol(loop, app, ctx, waiter, False, server_hostname, **kw)
+    if sock is not None:
+        await loop.create_connection(lambda: tls, sock=sock)
+    else:
+        await loop.create_connection(lambda: tls, host, port)
+    await waiter
+    return tls.app_transport, tls
+
+
+def payload(n: int, seed: int = 1) -> bytes:
+    """Deterministic pseudo-random bytes (seeded PRNG, as DESIGN.md section 5 asks)."""
+    return random.Random(seed).randbytes(n)
+
+
+def sha(data: bytes | bytearray) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class ThreadPeer:
+    """A blocking-socket peer running ``target(sock)`` in a thread; exceptions are re-raised by join()."""
+
+    def __init__(self, target: Callable[..., Any], *args: Any) -> None:
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self.result = target(*args)
+            except BaseException as exc:  # noqa: BLE001 - handed to the test via join()
+                self.error = exc
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    async def join(self, timeout: float = 20.0) -> Any:
+        await asyncio.get_running_loop().run_in_executor(None, self.thread.join, timeout)
+        if self.thread.is_alive():
+            raise TimeoutError("peer thread did not finish")
+        if self.error is not None:
+            raise self.error
+        return self.result

@@ -1,0 +1,1021 @@
+"""TLS over any asyncio stream transport, with memory BIOs and no per-connection buffers while idle.
+
+:class:`TLSProtocol` sits between a byte-stream transport (TCP, below) and an application protocol (above),
+with the same constructor and loop contract as CPython's ``asyncio.sslproto.SSLProtocol`` (3.11+), so an
+event loop can use it from ``_make_ssl_transport`` (see :func:`make_ssl_transport`) and ``start_tls`` (see
+:func:`start_tls`).  The application sees a :class:`TLSTransport`.
+
+Why it exists (DESIGN.md section 1): every encrypted byte must reach the peer exactly once and in order.  This
+layer writes ALL of its output (handshake, records, alerts, close_notify) through the one transport's
+``write()``, in the order OpenSSL produced it, and never holds output back in a second queue.
+
+Memory: asyncio keeps a 256 KiB receive buffer per connection.  Here the receive buffer and the plaintext
+buffer are shared by all connections of a thread (:class:`_SharedBuffers`); a connection owns only its
+``SSLObject`` and two ``MemoryBIO`` objects, which are empty while idle (CPython sets
+``SSL_MODE_RELEASE_BUFFERS``, so OpenSSL frees its record buffers too).  Plaintext waiting behind a paused
+TCP transport is kept as the application's own (immutable) objects and encrypted only when the transport can
+take it.
+
+Errors: handshake failures, TLS alerts and record errors close the connection, are logged on the
+``uringws.tls`` logger with the peer address, and reach the application as the ``ssl.SSLError`` that
+OpenSSL raised (waiter exception during the handshake, ``connection_lost(exc)`` afterwards).  A TCP EOF
+without close_notify at a record boundary is reported like asyncio (``eof_received()`` then
+``connection_lost(None)``); an EOF in the middle of a record is an error, :class:`TLSTruncatedError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import ssl
+import threading
+from typing import Any
+
+__all__ = [
+    "HANDSHAKE_TIMEOUT",
+    "SHUTDOWN_TIMEOUT",
+    "WRITE_HIGH_WATER",
+    "TLSProtocol",
+    "TLSTransport",
+    "TLSTruncatedError",
+    "make_ssl_transport",
+    "start_tls",
+]
+
+logger = logging.getLogger("uringws.tls")
+
+# Limits and sizes, in one place (defaults as asyncio where asyncio has one).
+HANDSHAKE_TIMEOUT = 60.0  # seconds, asyncio.constants.SSL_HANDSHAKE_TIMEOUT
+SHUTDOWN_TIMEOUT = 30.0  # seconds, asyncio.constants.SSL_SHUTDOWN_TIMEOUT
+WRITE_HIGH_WATER = 64 * 1024  # default high-water mark of the write buffer; low = high // 4
+RECV_BUFFER_SIZE = 256 * 1024  # shared per thread: large reads cost no per-connection memory
+PRIVATE_RECV_SIZE = 16 * 1024 + 512  # fallback when the shared buffer is lent out: about one TLS record
+PLAINTEXT_BUFFER_SIZE = 256 * 1024  # shared per thread: decrypted bytes gathered for one data_received()
+WRITE_CHUNK = 256 * 1024  # larger writes are encrypted and handed down in pieces of this size
+_WARN_WRITES_AFTER_CLOSE = 5  # asyncio.constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES
+
+# Connection states.
+_UNWRAPPED = 0  # before connection_made()
+_HANDSHAKE = 1
+_WRAPPED = 2  # handshake done, application data flows
+_SHUTDOWN = 3  # our close_notify sent, waiting for the peer's (or EOF, or the shutdown timeout)
+_CLOSED = 4
+
+# Application protocol states.
+_APP_INIT = 0
+_APP_MADE = 1
+_APP_EOF = 2
+_APP_LOST = 3
+
+
+class TLSTruncatedError(ssl.SSLEOFError):
+    """The peer closed TCP in the middle of a TLS record: data was lost on the way."""
+
+
+class _SharedBuffers:
+    """Per-thread buffers shared by every :class:`TLSProtocol` of that thread.
+
+    ``recv`` is lent by ``get_buffer()`` until ``buffer_updated()``; ``owner`` says to whom, so a loop that
+    keeps a buffer across other callbacks (e.g. a completion-based recv) gets a private buffer instead of a
+    shared one that another connection could overwrite.  ``plain`` is only used inside one synchronous call.
+    """
+
+    __slots__ = ("owner", "plain", "recv")
+
+    def __init__(self) -> None:
+        self.recv = memoryview(bytearray(RECV_BUFFER_SIZE))
+        self.plain = memoryview(bytearray(PLAINTEXT_BUFFER_SIZE))
+        self.owner: TLSProtocol | None = None
+
+
+_thread_local = threading.local()
+
+
+def _shared_buffers() -> _SharedBuffers:
+    """Return this thread's shared buffers, creating them on first use."""
+    try:
+        return _thread_local.buffers
+    except AttributeError:
+        buffers = _thread_local.buffers = _SharedBuffers()
+        return buffers
+
+
+def _immutable(data: Any) -> bytes | memoryview:
+    """Data that can be kept after write() returns: the app may reuse a bytearray, so copy anything mutable."""
+    if type(data) is bytes:
+        return data
+    mv = memoryview(data)
+    if mv.readonly and isinstance(mv.obj, bytes):
+        return mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv
+    return mv.tobytes()
+
+
+def _flow_limits(high: int | None, low: int | None) -> tuple[int, int]:
+    """asyncio's defaulting rules for (high, low) water marks."""
+    if high is None:
+        high = WRITE_HIGH_WATER if low is None else 4 * low
+    if low is None:
+        low = high // 4
+    if not high >= low >= 0:
+        raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+    return high, low
+
+
+class TLSTransport(asyncio.Transport):
+    """The transport the application protocol sees; every call is forwarded to its :class:`TLSProtocol`."""
+
+    __slots__ = ("_tls",)
+
+    def __init__(self, tls: TLSProtocol) -> None:
+        super().__init__()
+        self._tls = tls
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """TLS extras (ssl_object, sslcontext, peercert, cipher, compression), else the TCP transport's."""
+        return self._tls._get_extra_info(name, default)
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._tls._set_app_protocol(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._tls._app
+
+    def is_closing(self) -> bool:
+        tls = self._tls
+        return tls._app_closing or tls._state == _CLOSED
+
+    def close(self) -> None:
+        """Send close_notify after any buffered data, then close the TCP connection."""
+        self._tls._app_close()
+
+    def abort(self) -> None:
+        """Close the TCP connection now, dropping buffered data and skipping close_notify."""
+        self._tls._abort()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Encrypt ``data`` and pass the records to the TCP transport (or buffer it while that is paused)."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data: expecting a bytes-like instance, got {type(data).__name__}")
+        if data:
+            self._tls._app_write(data)
+
+    def writelines(self, list_of_data: Any) -> None:
+        """Encrypt each buffer, then hand all resulting records to the TCP transport in one write()."""
+        self._tls._app_writelines(list_of_data)
+
+    def write_eof(self) -> None:
+        raise NotImplementedError("TLS does not support half-closes (write_eof); use close()")
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def is_reading(self) -> bool:
+        tls = self._tls
+        return not tls._app_read_paused and tls._state != _CLOSED
+
+    def pause_reading(self) -> None:
+        self._tls._pause_reading()
+
+    def resume_reading(self) -> None:
+        self._tls._resume_reading()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        """Limits apply to our plaintext backlog plus the TCP transport's buffer (set on it too)."""
+        self._tls._set_write_buffer_limits(high, low)
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        tls = self._tls
+        return tls._low, tls._high
+
+    def get_write_buffer_size(self) -> int:
+        """Plaintext waiting here plus encrypted bytes waiting in the TCP transport."""
+        tls = self._tls
+        t = tls._transport
+        return tls._backlog_size + (t.get_write_buffer_size() if t is not None else 0)
+
+    def get_read_buffer_size(self) -> int:
+        """Encrypted bytes received but not yet decrypted (non-zero only while reading is paused)."""
+        tls = self._tls
+        return tls._incoming.pending if tls._incoming is not None else 0
+
+    def __repr__(self) -> str:
+        return f"<TLSTransport {self._tls!r}>"
+
+
+class TLSProtocol(asyncio.BufferedProtocol):
+    """TLS endpoint: a buffered protocol towards the TCP transport, a transport towards the application.
+
+    Constructor arguments follow ``asyncio.sslproto.SSLProtocol``: ``waiter`` (optional future) gets the
+    result when the handshake completes or the exception that ended it; ``call_connection_made=False`` is
+    for ``start_tls``, where the application protocol is already connected.  :attr:`app_transport` is the
+    transport to return to the caller.
+    """
+
+    __slots__ = (
+        "_app",
+        "_app_buffered",
+        "_app_closing",
+        "_app_read_paused",
+        "_app_state",
+        "_app_transport",
+        "_app_write_paused",
+        "_backlog",
+        "_backlog_size",
+        "_ctx",
+        "_eof_pending",
+        "_error",
+        "_hdr",
+        "_high",
+        "_hs_timeout",
+        "_incoming",
+        "_lent",
+        "_loop",
+        "_low",
+        "_outgoing",
+        "_rec_left",
+        "_sd_timeout",
+        "_server_hostname",
+        "_server_side",
+        "_shared",
+        "_sslobj",
+        "_state",
+        "_tcp_paused",
+        "_timer",
+        "_transport",
+        "_waiter",
+        "_writes_after_close",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        app_protocol: asyncio.BaseProtocol,
+        sslcontext: ssl.SSLContext | None,
+        waiter: asyncio.Future[None] | None = None,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        call_connection_made: bool = True,
+        ssl_handshake_timeout: float | None = None,
+        ssl_shutdown_timeout: float | None = None,
+    ) -> None:
+        if ssl_handshake_timeout is None:
+            ssl_handshake_timeout = HANDSHAKE_TIMEOUT
+        elif ssl_handshake_timeout <= 0:
+            raise ValueError(f"ssl_handshake_timeout should be a positive number, got {ssl_handshake_timeout}")
+        if ssl_shutdown_timeout is None:
+            ssl_shutdown_timeout = SHUTDOWN_TIMEOUT
+        elif ssl_shutdown_timeout <= 0:
+            raise ValueError(f"ssl_shutdown_timeout should be a positive number, got {ssl_shutdown_timeout}")
+        if sslcontext is None:
+            if server_side:
+                raise ValueError("server side TLS needs a valid SSLContext")
+            sslcontext = ssl.create_default_context()
+            if not server_hostname:
+                sslcontext.check_hostname = False
+        self._loop = loop
+        self._ctx = sslcontext
+        self._waiter = waiter
+        self._server_side = server_side
+        self._server_hostname = server_hostname if server_hostname and not server_side else None
+        self._hs_timeout = ssl_handshake_timeout
+        self._sd_timeout = ssl_shutdown_timeout
+        self._incoming: ssl.MemoryBIO | None = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._sslobj: ssl.SSLObject | None = sslcontext.wrap_bio(
+            self._incoming, self._outgoing, server_side=server_side, server_hostname=self._server_hostname
+        )
+        self._transport: Any = None  # any asyncio stream transport (write, close, abort, pause_reading...)
+        self._app_transport = TLSTransport(self)
+        self._state = _UNWRAPPED
+        self._app_state = _APP_INIT if call_connection_made else _APP_MADE
+        self._app_closing = False
+        self._error: BaseException | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._backlog: collections.deque[bytes | memoryview] | None = None  # created only when needed
+        self._backlog_size = 0
+        self._tcp_paused = False
+        self._app_write_paused = False
+        self._app_read_paused = False
+        self._high, self._low = _flow_limits(None, None)
+        self._shared = _shared_buffers()
+        self._lent: memoryview | None = None
+        self._rec_left = 0  # bytes of the current TLS record body not yet received
+        self._hdr = b""  # partial record header carried over between reads
+        self._eof_pending = False
+        self._writes_after_close = 0
+        self._app: Any = None
+        self._app_buffered = False
+        self._set_app_protocol(app_protocol)
+
+    # -- public helpers ---------------------------------------------------------------------------
+
+    @property
+    def app_transport(self) -> TLSTransport:
+        """The transport handed to the application protocol."""
+        return self._app_transport
+
+    def __repr__(self) -> str:
+        side = "server" if self._server_side else "client"
+        return f"<TLSProtocol {side} state={self._state} transport={self._transport!r}>"
+
+    def _set_app_protocol(self, app_protocol: asyncio.BaseProtocol) -> None:
+        self._app = app_protocol
+        self._app_buffered = isinstance(app_protocol, asyncio.BufferedProtocol)
+
+    def _peer(self) -> Any:
+        t = self._transport
+        return t.get_extra_info("peername") if t is not None else None
+
+    def _get_extra_info(self, name: str, default: Any = None) -> Any:
+        sslobj = self._sslobj
+        if name == "ssl_object":
+            return sslobj
+        if name == "sslcontext":
+            return self._ctx
+        if name in ("peercert", "cipher", "compression"):
+            # Computed on demand rather than stored: nothing per connection unless someone asks.
+            if sslobj is None or self._state < _WRAPPED:
+                return default
+            try:
+                if name == "peercert":
+                    return sslobj.getpeercert()
+                return sslobj.cipher() if name == "cipher" else sslobj.compression()
+            except ValueError:  # handshake not done (e.g. it failed)
+                return default
+        t = self._transport
+        return t.get_extra_info(name, default) if t is not None else default
+
+    # -- towards the TCP transport: connection events --------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Start the handshake (the client sends its ClientHello now)."""
+        self._transport = transport
+        self._state = _HANDSHAKE
+        self._timer = self._loop.call_later(self._hs_timeout, self._handshake_timed_out)
+        self._do_handshake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Report the end to the waiter and the application, then drop per-connection state."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._shared.owner is self:
+            self._shared.owner = None
+        self._lent = None
+        err = self._error if self._error is not None else exc
+        handshaking = self._state <= _HANDSHAKE
+        self._state = _CLOSED
+        self._app_closing = True
+        self._backlog = None
+        self._backlog_size = 0
+        if handshaking:
+            self._wake_waiter(err if err is not None else ConnectionResetError("Connection lost during TLS handshake"))
+        else:
+            self._wake_waiter(err)
+        if self._app_state in (_APP_MADE, _APP_EOF):
+            self._app_state = _APP_LOST
+            self._app.connection_lost(err)
+        self._transport = None
+        self._incoming = None
+
+    def pause_writing(self) -> None:
+        """The TCP transport's buffer is above its high-water mark: stop encrypting, tell the app."""
+        self._tcp_paused = True
+        self._update_app_writing()
+
+    def resume_writing(self) -> None:
+        """The TCP transport drained: encrypt the backlog, then let the app write again."""
+        self._tcp_paused = False
+        if self._backlog and self._state == _WRAPPED:
+            self._drain_backlog()
+        self._update_app_writing()
+
+    def eof_received(self) -> bool:
+        """TCP FIN from the peer.  Returns True only to keep the transport open while app reading is paused."""
+        state = self._state
+        if state == _HANDSHAKE:
+            err = ConnectionResetError("peer closed the connection during the TLS handshake")
+            logger.info("TLS handshake with %s failed: %s", self._peer(), err)
+            self._end_handshake(err)
+        elif state == _WRAPPED:
+            if self._app_read_paused:
+                self._eof_pending = True
+                return True
+            self._handle_eof()
+        elif state == _SHUTDOWN:
+            self._state = _CLOSED
+        return False
+
+    # -- towards the TCP transport: incoming bytes ------------------------------------------------
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """Lend the thread's shared receive buffer (or a small private one if it is already lent)."""
+        shared = self._shared
+        if shared.owner is None or shared.owner is self:
+            shared.owner = self
+            self._lent = shared.recv
+        else:
+            self._lent = memoryview(bytearray(PRIVATE_RECV_SIZE))
+        return self._lent
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` arrived in the lent buffer: feed them to OpenSSL and process."""
+        view = self._lent
+        self._lent = None
+        if self._shared.owner is self:
+            self._shared.owner = None
+        if view is not None:
+            self._feed(view[:nbytes])
+
+    def data_received(self, data: bytes) -> None:
+        """For transports that do not support buffered protocols."""
+        self._feed(data)
+
+    def _feed(self, data: bytes | memoryview) -> None:
+        incoming = self._incoming
+        if incoming is None or self._state == _CLOSED:
+            return
+        self._track_records(data)
+        incoming.write(data)
+        state = self._state
+        if state == _WRAPPED:
+            if not self._app_read_paused:
+                self._read()
+        elif state == _HANDSHAKE:
+            self._do_handshake()
+        elif state == _SHUTDOWN:
+            self._read_shutdown()
+
+    def _track_records(self, data: bytes | memoryview) -> None:
+        """Follow TLS record boundaries (5-byte headers) so an EOF can tell truncation from a clean end."""
+        n = len(data)
+        left = self._rec_left
+        if left >= n:  # the whole chunk is inside one record body
+            self._rec_left = left - n
+            return
+        i = left
+        hdr = self._hdr
+        while i < n:
+            if hdr or n - i < 5:
+                take = min(5 - len(hdr), n - i)
+                hdr += bytes(data[i : i + take])
+                i += take
+                if len(hdr) < 5:
+                    break
+                length = (hdr[3] << 8) | hdr[4]
+                hdr = b""
+            else:
+                length = (data[i + 3] << 8) | data[i + 4]
+                i += 5
+            i += length
+        self._rec_left = i - n if i > n else 0
+        self._hdr = hdr
+
+    def _flush(self) -> None:
+        """Hand everything OpenSSL produced to the TCP transport, in order."""
+        outgoing = self._outgoing
+        if outgoing.pending:
+            data = outgoing.read()
+            t = self._transport
+            if t is not None:
+                t.write(data)
+
+    # -- handshake ---------------------------------------------------------------------------------
+
+    def _do_handshake(self) -> None:
+        sslobj = self._sslobj
+        assert sslobj is not None
+        try:
+            sslobj.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush()
+            return
+        except ssl.SSLError as exc:
+            self._flush()  # OpenSSL queued an alert that tells the peer why
+            logger.warning("TLS handshake with %s failed: %s", self._peer(), exc)
+            self._end_handshake(exc)
+            return
+        self._flush()  # last flight; TLS 1.3 servers also send session tickets here
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._state = _WRAPPED
+        if self._app_state == _APP_INIT:
+            self._app_state = _APP_MADE
+            try:
+                self._app.connection_made(self._app_transport)
+            except Exception as exc:  # noqa: BLE001 - app errors go to the loop handler
+                self._fatal(exc, "Error calling connection_made()")
+                self._wake_waiter(exc)
+                return
+        self._wake_waiter(None)
+        if self._state != _WRAPPED:
+            return
+        self._update_app_writing()  # the TCP transport may have paused us during the handshake
+        if self._backlog and not self._tcp_paused:
+            self._drain_backlog()
+        if self._app_closing and not self._backlog:
+            self._send_close_notify()
+        elif not self._app_read_paused:
+            self._read()  # data may have arrived together with the peer's Finished
+
+    def _handshake_timed_out(self) -> None:
+        self._timer = None
+        if self._state == _HANDSHAKE:
+            err = ConnectionAbortedError(
+                f"TLS handshake is taking longer than {self._hs_timeout} seconds: aborting the connection"
+            )
+            logger.warning("TLS handshake with %s failed: %s", self._peer(), err)
+            self._error = err
+            self._state = _CLOSED
+            self._wake_waiter(err)
+            if self._transport is not None:
+                self._transport.abort()
+
+    def _end_handshake(self, err: BaseException) -> None:
+        """The handshake failed: report to the waiter and close (flushing any alert first)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._error = err
+        self._state = _CLOSED
+        self._wake_waiter(err)
+        self._close_transport()
+
+    def _wake_waiter(self, exc: BaseException | None) -> None:
+        waiter = self._waiter
+        if waiter is None:
+            return
+        self._waiter = None
+        if not waiter.done():
+            if exc is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(exc)
+
+    # -- reading application data ----------------------------------------------------------------
+
+    def _read(self) -> None:
+        """Decrypt what is buffered and deliver it; handle close_notify, alerts and record errors."""
+        sslobj = self._sslobj
+        incoming = self._incoming
+        assert sslobj is not None and incoming is not None
+        if not incoming.pending and not sslobj.pending():
+            return
+        app = self._app
+        got_close_notify = False
+        n: Any  # SSLObject.read(len, buffer) returns a count (typeshed says bytes)
+        try:
+            if self._app_buffered:
+                while True:
+                    buf = app.get_buffer(-1)
+                    size = len(buf)
+                    if not size:
+                        raise RuntimeError("get_buffer() returned an empty buffer")
+                    try:
+                        n = sslobj.read(size, buf)
+                    except ssl.SSLWantReadError:
+                        break
+                    if not n:
+                        got_close_notify = True
+                        break
+                    app.buffer_updated(n)
+                    if self._state != _WRAPPED or self._app_read_paused:
+                        break
+                    if not incoming.pending and not sslobj.pending():
+                        break
+            else:
+                view = self._shared.plain
+                size = len(view)
+                off = 0
+                try:
+                    while True:
+                        n = sslobj.read(size - off, view[off:] if off else view)
+                        if not n:
+                            got_close_notify = True
+                            break
+                        off += n
+                        if off == size:
+                            off = 0
+                            app.data_received(view.tobytes())
+                            if self._state != _WRAPPED or self._app_read_paused:
+                                break
+                        # Skip the read that could only raise SSLWantReadError: exceptions cost.
+                        if not incoming.pending and not sslobj.pending():
+                            break
+                except ssl.SSLWantReadError:
+                    pass
+                except ssl.SSLError:
+                    if off:  # deliver what decrypted cleanly before the bad record
+                        app.data_received(view[:off].tobytes())
+                    raise
+                if off:
+                    app.data_received(view[:off].tobytes())
+        except ssl.SSLZeroReturnError:
+            got_close_notify = True
+        except ssl.SSLError as exc:
+            self._tls_error(exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - app errors go to the loop handler
+            self._fatal(exc, "Fatal error in application protocol receiving TLS data")
+            return
+        if self._outgoing.pending:  # e.g. a KeyUpdate answer
+            self._flush()
+        if got_close_notify and self._state == _WRAPPED:
+            self._on_close_notify()
+        elif self._backlog and not self._tcp_paused and self._state == _WRAPPED:
+            self._drain_backlog()  # a write that waited for a renegotiation step
+
+    def _tls_error(self, exc: ssl.SSLError) -> None:
+        """A record error or alert from the peer: log, send our alert if any, close."""
+        self._flush()
+        logger.warning("TLS error on connection with %s: %s", self._peer(), exc)
+        self._error = exc
+        self._state = _CLOSED
+        self._close_transport()
+
+    def _on_close_notify(self) -> None:
+        """The peer sent close_notify: tell the app (EOF), answer with ours, close."""
+        self._call_eof_received()
+        if self._state == _CLOSED:
+            return
+        sslobj = self._sslobj
+        assert sslobj is not None
+        try:
+            sslobj.unwrap()  # sends our close_notify; complete since the peer's was received
+        except ssl.SSLError as exc:
+            logger.debug("TLS shutdown with %s: %s", self._peer(), exc)
+        self._flush()
+        self._state = _CLOSED
+        self._close_transport()
+
+    def _call_eof_received(self) -> None:
+        if self._app_state != _APP_MADE:
+            return
+        self._app_state = _APP_EOF
+        try:
+            keep_open = self._app.eof_received()
+        except Exception as exc:  # noqa: BLE001 - app errors go to the loop handler
+            self._fatal(exc, "Error calling eof_received()")
+            return
+        if keep_open:
+            logger.warning("returning true from eof_received() has no effect when using TLS")
+
+    def _handle_eof(self) -> None:
+        """TCP EOF while wrapped: deliver what is complete, then judge how the stream ended."""
+        self._read()
+        if self._state != _WRAPPED:
+            return
+        self._state = _CLOSED
+        if self._rec_left or self._hdr:
+            err = TLSTruncatedError(
+                "peer closed the connection in the middle of a TLS record "
+                f"({self._rec_left or 5 - len(self._hdr)} bytes missing): data was lost"
+            )
+            logger.warning("TLS error on connection with %s: %s", self._peer(), err)
+            self._error = err
+        else:
+            # Like asyncio: many peers close TCP without close_notify; at a record boundary it is an EOF.
+            logger.debug("%s closed the connection without TLS close_notify", self._peer())
+            self._call_eof_received()
+
+    def _read_shutdown(self) -> None:
+        """After our close_notify: discard data until the peer's close_notify, then close."""
+        sslobj = self._sslobj
+        assert sslobj is not None
+        view = self._shared.plain
+        try:
+            while sslobj.read(len(view), view):
+                pass
+        except ssl.SSLWantReadError:
+            self._flush()
+            return
+        except ssl.SSLZeroReturnError:
+            pass
+        except ssl.SSLError as exc:
+            logger.debug("TLS error during shutdown with %s: %s", self._peer(), exc)
+        self._flush()
+        self._state = _CLOSED
+        if self._transport is not None:
+            self._transport.close()
+
+    # -- flow control for reading ------------------------------------------------------------------
+
+    def _pause_reading(self) -> None:
+        if self._app_read_paused or self._state == _CLOSED:
+            return
+        self._app_read_paused = True
+        # Pausing TCP too bounds what piles up in the incoming BIO to one recv.
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if not self._app_read_paused:
+            return
+        self._app_read_paused = False
+        if self._state == _CLOSED:
+            return
+        if self._transport is not None:
+            self._transport.resume_reading()
+        self._loop.call_soon(self._resume_read)
+
+    def _resume_read(self) -> None:
+        if self._state != _WRAPPED or self._app_read_paused:
+            return
+        self._read()
+        if self._eof_pending and self._state == _WRAPPED:
+            self._eof_pending = False
+            self._handle_eof()
+            if self._transport is not None:
+                self._transport.close()
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    def _app_write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._state != _WRAPPED or self._app_closing:
+            if self._state == _HANDSHAKE and not self._app_closing:
+                self._queue(_immutable(data))
+                return
+            self._writes_after_close += 1
+            if self._writes_after_close >= _WARN_WRITES_AFTER_CLOSE:
+                logger.warning("TLS connection is closed")
+            return
+        if self._backlog:  # keep order behind what is already waiting
+            self._queue(_immutable(data))
+            self._update_app_writing()
+            return
+        if len(data) <= WRITE_CHUNK and not self._tcp_paused:
+            # Fast path: one SSL_write, one BIO read, one transport write; no copy of our own.
+            try:
+                self._sslobj.write(data)  # type: ignore[union-attr]
+            except ssl.SSLWantReadError:  # TLS 1.2 renegotiation in progress
+                self._flush()
+                self._queue(_immutable(data))
+                return
+            except ssl.SSLError as exc:
+                self._tls_error(exc)
+                return
+            self._transport.write(self._outgoing.read())
+            return
+        self._encrypt(_immutable(data))
+        self._update_app_writing()
+
+    def _app_writelines(self, list_of_data: Any) -> None:
+        if self._state != _WRAPPED or self._app_closing or self._backlog or self._tcp_paused:
+            for data in list_of_data:
+                if data:
+                    self._app_write(data)
+            return
+        sslobj = self._sslobj
+        assert sslobj is not None
+        list_of_data = list(list_of_data)
+        for i, data in enumerate(list_of_data):
+            if len(data) > WRITE_CHUNK:
+                # Rare: hand over what is encrypted so far, then take the chunked path for the rest.
+                self._flush()
+                for rest in list_of_data[i:]:
+                    if rest:
+                        self._app_write(rest)
+                return
+            if data:
+                try:
+                    sslobj.write(data)
+                except ssl.SSLWantReadError:
+                    self._flush()
+                    for rest in list_of_data[i:]:
+                        if rest:
+                            self._queue(_immutable(rest))
+                    return
+                except ssl.SSLError as exc:
+                    self._tls_error(exc)
+                    return
+        self._flush()  # one transport write for all the records
+
+    def _queue(self, data: bytes | memoryview) -> None:
+        if self._backlog is None:
+            self._backlog = collections.deque()
+        self._backlog.append(data)
+        self._backlog_size += len(data)
+
+    def _encrypt(self, data: bytes | memoryview) -> None:
+        """Encrypt in WRITE_CHUNK pieces while the TCP transport accepts; queue the rest (order kept)."""
+        sslobj = self._sslobj
+        assert sslobj is not None
+        mv = memoryview(data)
+        n = len(mv)
+        off = 0
+        try:
+            while off < n:
+                if self._tcp_paused:
+                    rest = mv[off:]
+                    if self._backlog is None:
+                        self._backlog = collections.deque()
+                    self._backlog.appendleft(rest)  # callers pass data that is not ahead of the backlog
+                    self._backlog_size += len(rest)
+                    return
+                end = off + WRITE_CHUNK
+                sslobj.write(mv[off:end])
+                off = min(n, end)
+                self._transport.write(self._outgoing.read())  # may call pause_writing() right away
+        except ssl.SSLWantReadError:
+            self._flush()
+            if self._backlog is None:
+                self._backlog = collections.deque()
+            self._backlog.appendleft(mv[off:])
+            self._backlog_size += n - off
+        except ssl.SSLError as exc:
+            self._tls_error(exc)
+
+    def _drain_backlog(self) -> None:
+        """Encrypt queued plaintext in order while the TCP transport takes it."""
+        backlog = self._backlog
+        while backlog and not self._tcp_paused and self._state == _WRAPPED:
+            data = backlog.popleft()
+            self._backlog_size -= len(data)
+            self._encrypt(data)
+            if self._backlog is not backlog:  # connection ended meanwhile
+                return
+        if not backlog and self._app_closing and self._state == _WRAPPED:
+            self._send_close_notify()
+
+    def _update_app_writing(self) -> None:
+        """Pause the app above the high-water mark (TCP paused or backlog), resume at or below low."""
+        if self._app_state not in (_APP_MADE, _APP_EOF):
+            return
+        if self._tcp_paused or self._backlog_size > self._high:
+            if not self._app_write_paused:
+                self._app_write_paused = True
+                self._call_app_flow("pause_writing")
+        elif self._app_write_paused and self._backlog_size <= self._low:
+            self._app_write_paused = False
+            self._call_app_flow("resume_writing")
+
+    def _call_app_flow(self, name: str) -> None:
+        try:
+            getattr(self._app, name)()
+        except Exception as exc:  # noqa: BLE001 - app errors go to the loop handler
+            self._loop.call_exception_handler(
+                {
+                    "message": f"protocol.{name}() failed",
+                    "exception": exc,
+                    "transport": self._app_transport,
+                    "protocol": self._app,
+                }
+            )
+
+    def _set_write_buffer_limits(self, high: int | None, low: int | None) -> None:
+        self._high, self._low = _flow_limits(high, low)
+        t = self._transport
+        if t is not None and hasattr(t, "set_write_buffer_limits"):
+            t.set_write_buffer_limits(self._high, self._low)
+        self._update_app_writing()
+
+    # -- closing -----------------------------------------------------------------------------------
+
+    def _app_close(self) -> None:
+        if self._app_closing or self._state == _CLOSED:
+            return
+        self._app_closing = True
+        if self._state <= _HANDSHAKE:
+            # Like asyncio: closing before the handshake finished is an abort.
+            self._abort()
+            return
+        self._timer = self._loop.call_later(self._sd_timeout, self._shutdown_timed_out)
+        if not self._backlog:
+            self._send_close_notify()
+        # else: _drain_backlog() sends close_notify once the backlog is out
+
+    def _send_close_notify(self) -> None:
+        sslobj = self._sslobj
+        assert sslobj is not None
+        try:
+            sslobj.unwrap()
+        except ssl.SSLWantReadError:  # close_notify sent; the peer's has not arrived yet
+            pass
+        except ssl.SSLError as exc:
+            logger.debug("TLS shutdown with %s: %s", self._peer(), exc)
+            self._flush()
+            self._state = _CLOSED
+            self._close_transport()
+            return
+        else:  # the peer's close_notify was already here
+            self._flush()
+            self._state = _CLOSED
+            self._close_transport()
+            return
+        self._flush()
+        self._state = _SHUTDOWN
+        if self._app_read_paused and self._transport is not None:
+            self._transport.resume_reading()  # we must read the peer's close_notify
+        if self._incoming is not None and self._incoming.pending:
+            self._read_shutdown()
+
+    def _shutdown_timed_out(self) -> None:
+        self._timer = None
+        if self._state in (_WRAPPED, _SHUTDOWN) or (self._state == _CLOSED and self._transport is not None):
+            err = TimeoutError("TLS shutdown timed out")
+            logger.warning("TLS connection with %s: %s", self._peer(), err)
+            if self._error is None:
+                self._error = err
+            self._state = _CLOSED
+            if self._transport is not None:
+                self._transport.abort()
+
+    def _close_transport(self) -> None:
+        """Close TCP after what is queued (our alert or close_notify); abort if that takes too long."""
+        t = self._transport
+        if t is None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_later(self._sd_timeout, self._shutdown_timed_out)
+        t.close()
+
+    def _abort(self) -> None:
+        self._app_closing = True
+        self._state = _CLOSED
+        self._backlog = None
+        self._backlog_size = 0
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _fatal(self, exc: BaseException, message: str) -> None:
+        """An error in our caller's code: report through the loop's exception handler and abort."""
+        self._loop.call_exception_handler(
+            {"message": message, "exception": exc, "transport": self._transport, "protocol": self}
+        )
+        self._error = exc
+        self._abort()
+
+
+def make_ssl_transport(
+    loop: Any,
+    rawsock: Any,
+    protocol: asyncio.BaseProtocol,
+    sslcontext: ssl.SSLContext,
+    waiter: asyncio.Future[None] | None = None,
+    *,
+    server_side: bool = False,
+    server_hostname: str | None = None,
+    extra: dict[str, Any] | None = None,
+    server: Any = None,
+    ssl_handshake_timeout: float | None = None,
+    ssl_shutdown_timeout: float | None = None,
+    call_connection_made: bool = True,
+) -> TLSTransport:
+    """Body for a loop's ``_make_ssl_transport``: wrap ``protocol`` in TLS over ``_make_socket_transport``."""
+    tls = TLSProtocol(
+        loop,
+        protocol,
+        sslcontext,
+        waiter,
+        server_side,
+        server_hostname,
+        call_connection_made=call_connection_made,
+        ssl_handshake_timeout=ssl_handshake_timeout,
+        ssl_shutdown_timeout=ssl_shutdown_timeout,
+    )
+    loop._make_socket_transport(rawsock, tls, extra=extra, server=server)
+    return tls.app_transport
+
+
+async def start_tls(
+    loop: asyncio.AbstractEventLoop,
+    transport: asyncio.BaseTransport,
+    protocol: asyncio.BaseProtocol,
+    sslcontext: ssl.SSLContext,
+    *,
+    server_side: bool = False,
+    server_hostname: str | None = None,
+    ssl_handshake_timeout: float | None = None,
+    ssl_shutdown_timeout: float | None = None,
+) -> TLSTransport:
+    """Upgrade an existing connection to TLS; same semantics as ``loop.start_tls``."""
+    if not isinstance(sslcontext, ssl.SSLContext):
+        raise TypeError(f"sslcontext is expected to be an instance of ssl.SSLContext, got {sslcontext!r}")
+    waiter: asyncio.Future[None] = loop.create_future()
+    tls = TLSProtocol(
+        loop,
+        protocol,
+        sslcontext,
+        waiter,
+        server_side,
+        server_hostname,
+        call_connection_made=False,
+        ssl_handshake_timeout=ssl_handshake_timeout,
+        ssl_shutdown_timeout=ssl_shutdown_timeout,
+    )
+    # Pause so nothing is read between set_protocol() and the handshake start (as asyncio does).
+    transport.pause_reading()  # type: ignore[attr-defined]
+    transport.set_protocol(tls)
+    conmade = loop.call_soon(tls.connection_made, transport)
+    resume = loop.call_soon(transport.resume_reading)  # type: ignore[attr-defined]
+    try:
+        await waiter
+    except BaseException:
+        transport.close()
+        conmade.cancel()
+        resume.cancel()
+        raise
+    return tls.app_transport
