@@ -209,7 +209,8 @@ class TLSProtocol(asyncio.BufferedProtocol):
     Constructor arguments follow ``asyncio.sslproto.SSLProtocol``: ``waiter`` (optional future) gets the
     result when the handshake completes or the exception that ended it; ``call_connection_made=False`` is
     for ``start_tls``, where the application protocol is already connected.  :attr:`app_transport` is the
-    transport to return to the caller.
+    transport to return to the caller.  ``session`` (client only) resumes a session taken from a previous
+    connection's ``get_extra_info("ssl_object").session``.
     """
 
     __slots__ = (
@@ -258,6 +259,8 @@ class TLSProtocol(asyncio.BufferedProtocol):
         call_connection_made: bool = True,
         ssl_handshake_timeout: float | None = None,
         ssl_shutdown_timeout: float | None = None,
+        *,
+        session: ssl.SSLSession | None = None,
     ) -> None:
         if ssl_handshake_timeout is None:
             ssl_handshake_timeout = HANDSHAKE_TIMEOUT
@@ -283,7 +286,11 @@ class TLSProtocol(asyncio.BufferedProtocol):
         self._incoming: ssl.MemoryBIO | None = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._sslobj: ssl.SSLObject | None = sslcontext.wrap_bio(
-            self._incoming, self._outgoing, server_side=server_side, server_hostname=self._server_hostname
+            self._incoming,
+            self._outgoing,
+            server_side=server_side,
+            server_hostname=self._server_hostname,
+            session=session,
         )
         self._transport: Any = None  # any asyncio stream transport (write, close, abort, pause_reading...)
         self._app_transport = TLSTransport(self)
