@@ -29,7 +29,7 @@ def _proto(*argtypes: Any, release_gil: bool) -> Any:
     if not release_gil:
         flags |= ctypes._FUNCFLAG_PYTHONAPI  # type: ignore[attr-defined]
 
-    class _Fn(ctypes._CFuncPtr):  # type: ignore[name-defined,misc]
+    class _Fn(ctypes._CFuncPtr):  # type: ignore[name-defined]
         _argtypes_ = argtypes
         _restype_ = _c_long
         _flags_ = flags

@@ -21,7 +21,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Self
 
 from . import _sys
 from .io_uring import (
@@ -62,6 +62,7 @@ from .io_uring import (
     IORING_SQ_TASKRUN,
     IOSQE_IO_HARDLINK,
     IOSQE_IO_LINK,
+    OP_NAMES,
     SQE_SIZE,
     io_uring_getevents_arg,
     io_uring_params,
@@ -75,9 +76,10 @@ log = logging.getLogger("uringws.ring")
 Callback = Callable[[int, int], Any]
 
 _U32 = 0xFFFFFFFF
-# Only the first 40 bytes (up to user_data) of an SQE are written; see _claim().
+# Only the first 40 bytes (up to user_data) of an SQE are written; see the SQE section of Ring.
 _PACK = struct.Struct("<BBHiQQIIQ").pack_into
 _LINKS = IOSQE_IO_LINK | IOSQE_IO_HARDLINK
+_buffer_address = _sys.buffer_address
 
 # Buffers of operations the kernel never completed before the ring had to go (should not happen; see close()).
 # Kept forever: leaking memory is better than letting the kernel write into freed memory.
@@ -226,20 +228,11 @@ class Ring:
     # The hot operations (nop, send, recv) inline the slot claim: a Python method call costs as much as the
     # SQE store itself. Only the first 40 bytes of an SQE are written; the rest (buf_index, personality,
     # splice_fd_in, addr3) is zeroed at set-up and none of our operations uses it.
-    def _claim(self, sqe_flags: int) -> int:
-        """Claim the next SQE slot; returns its byte offset in the SQE array."""
-        room = self._room
-        if room <= 0:
-            room = self._make_room()
-        self._room = room - 1
-        tail = self._sq_tail
-        self._sq_tail = tail + 1
-        if sqe_flags & _LINKS:
-            self._chain += 1
-        elif self._chain:
-            self._chain = 0
-        return (tail & self._sq_mask) << 6
-
+    #
+    # Order matters everywhere below: the SQE is packed into the free slot *before* the tail, the room and the
+    # pending/keep tables change. If packing fails (a value out of range), nothing was committed: a slot whose
+    # tail was advanced but not rewritten would hand the kernel a stale SQE (an old user_data, an old buffer
+    # address that may since have been freed).
     def _make_room(self) -> int:
         """No free SQ slot: hand the kernel everything but an unfinished link chain (chains must stay whole)."""
         if self._closed:
@@ -254,53 +247,73 @@ class Ring:
 
     def _prep(self, opcode: int, sqe_flags: int, ioprio: int, fd: int, off: int, addr: int, length: int,
               op_flags: int, callback: Callback | None, keep: Any) -> int:
+        room = self._room
+        if room <= 0:
+            room = self._make_room()
+        tail = self._sq_tail
         ud = next(self._ud)
+        try:
+            _PACK(self._sqes, (tail & self._sq_mask) << 6, opcode, sqe_flags, ioprio, fd, off, addr, length,
+                  op_flags, ud)
+        except struct.error as exc:
+            raise ValueError(f"{OP_NAMES.get(opcode, opcode)}: an argument is out of range ({exc})") from None
+        self._room = room - 1
+        self._sq_tail = tail + 1
+        if sqe_flags & _LINKS:
+            self._chain += 1
+        elif self._chain:
+            self._chain = 0
         self._pending[ud] = callback
         if keep is not None:
             self._keep[ud] = keep
-        _PACK(self._sqes, self._claim(sqe_flags), opcode, sqe_flags, ioprio, fd, off, addr, length, op_flags, ud)
         return ud
 
     def nop(self, callback: Callback | None, *, sqe_flags: int = 0) -> int:
         room = self._room
         if room <= 0 or sqe_flags or self._chain:
             return self._prep(IORING_OP_NOP, sqe_flags, 0, -1, 0, 0, 0, 0, callback, None)
-        self._room = room - 1
         tail = self._sq_tail
-        self._sq_tail = tail + 1
         ud = next(self._ud)
-        self._pending[ud] = callback
         _PACK(self._sqes, (tail & self._sq_mask) << 6, IORING_OP_NOP, 0, 0, -1, 0, 0, 0, 0, ud)
+        self._room = room - 1
+        self._sq_tail = tail + 1
+        self._pending[ud] = callback
         return ud
 
     def send(self, fd: int, data: Any, callback: Callback | None, *, flags: int = 0, sqe_flags: int = 0) -> int:
         """SEND: completes with the number of bytes the kernel took, which may be fewer than ``len(data)``."""
-        addr, n, keep = _sys.buffer_address(data)
+        addr, n, keep = _buffer_address(data)
         room = self._room
         if room <= 0 or sqe_flags or self._chain:
             return self._prep(IORING_OP_SEND, sqe_flags, 0, fd, 0, addr, n, flags, callback, keep)
-        self._room = room - 1
         tail = self._sq_tail
-        self._sq_tail = tail + 1
         ud = next(self._ud)
+        try:
+            _PACK(self._sqes, (tail & self._sq_mask) << 6, IORING_OP_SEND, 0, 0, fd, 0, addr, n, flags, ud)
+        except struct.error:
+            return self._prep(IORING_OP_SEND, sqe_flags, 0, fd, 0, addr, n, flags, callback, keep)  # raises
+        self._room = room - 1
+        self._sq_tail = tail + 1
         self._pending[ud] = callback
         self._keep[ud] = keep
-        _PACK(self._sqes, (tail & self._sq_mask) << 6, IORING_OP_SEND, 0, 0, fd, 0, addr, n, flags, ud)
         return ud
 
     def recv(self, fd: int, buf: Any, callback: Callback | None, *, flags: int = 0, sqe_flags: int = 0) -> int:
         """RECV into a writable buffer; completes with the byte count (0 at EOF)."""
-        addr, n, keep = _sys.buffer_address(buf, writable=True)
+        addr, n, keep = _buffer_address(buf, writable=True)
         room = self._room
         if room <= 0 or sqe_flags or self._chain:
             return self._prep(IORING_OP_RECV, sqe_flags, 0, fd, 0, addr, n, flags, callback, keep)
-        self._room = room - 1
         tail = self._sq_tail
-        self._sq_tail = tail + 1
         ud = next(self._ud)
+        try:
+            _PACK(self._sqes, (tail & self._sq_mask) << 6, IORING_OP_RECV, 0, 0, fd, 0, addr, n, flags, ud)
+        except struct.error:
+            return self._prep(IORING_OP_RECV, sqe_flags, 0, fd, 0, addr, n, flags, callback, keep)  # raises
+        self._room = room - 1
+        self._sq_tail = tail + 1
         self._pending[ud] = callback
         self._keep[ud] = keep
-        _PACK(self._sqes, (tail & self._sq_mask) << 6, IORING_OP_RECV, 0, 0, fd, 0, addr, n, flags, ud)
         return ud
 
     def sendmsg(self, fd: int, buffers: Sequence[Any], callback: Callback | None, *, flags: int = 0,
@@ -383,6 +396,7 @@ class Ring:
                arg: int = 0, argsz: int = 0) -> int:
         if to_submit:
             self._sq_ktail[0] = (self._submitted + to_submit) & _U32
+        busy = 0
         while True:
             ret = _sys.io_uring_enter(self.fd, to_submit, min_complete, flags, arg, argsz, block=block)
             if ret >= 0:
@@ -392,6 +406,10 @@ class Ring:
                     # posted a CQE for it); the rest stays below the kernel's tail and goes with the next enter.
                     self._submitted = (self._submitted + ret) & _U32
                     self._sq_tail &= _U32
+                    if self._chain:
+                        # An open chain handed to the kernel was ended by this enter (chains never span
+                        # two enters); only what is still unsubmitted can belong to a chain now.
+                        self._chain = min(self._chain, self.unsubmitted)
                 return ret
             err = -ret
             if err == errno.EINTR:
@@ -400,8 +418,11 @@ class Ring:
                 return 0
             if err in (errno.EAGAIN, errno.EBUSY):
                 # The CQ is full (overflow backlog) or the kernel is short of memory: make room by moving CQEs
-                # into our own backlog, then try again.
+                # into our own backlog, then try again -- for a bounded time, not forever.
                 if not self._drain_cq_to_backlog():
+                    busy += 1
+                    if busy > 2000:
+                        raise OSError(err, f"io_uring_enter: {os.strerror(err)} for more than a second")
                     time.sleep(0.0005)
                 continue
             if err == errno.ETIME:
@@ -426,7 +447,7 @@ class Ring:
             raise RingError("Ring.wait() called from a completion callback")
         to_submit = self.unsubmitted
         ready = self._backlog or self._cq_ktail[0] != self._cq_khead[0]
-        if ready or timeout == 0:
+        if ready or (timeout is not None and timeout <= 0):
             flags = 0
             if self._sq_kflags[0] & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW):
                 flags = IORING_ENTER_GETEVENTS  # run deferred task work / flush overflowed CQEs
@@ -492,8 +513,10 @@ class Ring:
             pending = self._pending
             keep = self._keep
             self._in_dispatch = True
+            i = 0
             try:
                 for ud, res, flags in cqes:
+                    i += 1
                     if flags & IORING_CQE_F_MORE:
                         cb = pending.get(ud)
                     else:
@@ -509,6 +532,13 @@ class Ring:
                             self.on_callback_error(exc, ud)
                         else:
                             log.exception("io_uring completion callback failed (user_data=%d)", ud)
+            except BaseException:
+                # KeyboardInterrupt/SystemExit (or an on_callback_error that raised): the CQEs of this batch
+                # are already consumed from the CQ, so keep the rest for the next wait() -- each must still
+                # be delivered exactly once.
+                if i < len(cqes):
+                    self._backlog[:0] = cqes[i:]
+                raise
             finally:
                 self._in_dispatch = False
 
@@ -517,48 +547,74 @@ class Ring:
         """Cancel everything in flight, reap every CQE (callbacks see -ECANCELED), unmap and close the fd."""
         if self._closed:
             return
+        if self._in_dispatch:
+            # The dispatch loop still reads the CQ we would unmap; close after wait() has returned.
+            raise RingError("Ring.close() called from a completion callback")
         try:
-            if self._pending or self._keep:
-                self._cancel_all()
-                deadline = time.monotonic() + timeout
-                while self._pending:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    self.wait(min(left, 0.05))
             if self._pending:
+                self._cancel_all(time.monotonic() + timeout)
+        finally:
+            self._closed = True
+            self._room = 0  # every later operation goes through _make_room(), which raises RingClosedError
+            if self._pending or self._keep:
                 log.warning("io_uring: %d operations did not complete before close; their buffers are kept",
                             len(self._pending))
                 _ORPHANED.extend(self._keep.values())
                 self._pending.clear()
                 self._keep.clear()
-        finally:
-            self._closed = True
-            self._room = 0  # every later operation goes through _make_room(), which raises RingClosedError
-            self._release_maps()
-            os.close(self.fd)
-            self.fd = -1
+            self._backlog.clear()
+            try:
+                self._release_maps()
+            finally:
+                os.close(self.fd)
+                self.fd = -1
 
-    def _cancel_all(self) -> None:
-        try:
-            self.cancel(0, None, cancel_flags=IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL)
-            self.submit()
-        except OSError:
-            pass
-        # Kernels before 5.19 reject CANCEL_ANY (-EINVAL): cancel each request by user_data as well.
-        for ud in list(self._pending):
-            self.cancel(ud, None)
+    def _cancel_all(self, deadline: float) -> None:
+        """Cancel every request and reap until none is left (or the deadline passes)."""
+        # SQEs still queued (maybe an open link chain that fills the SQ) go first, so that they can be cancelled.
+        self._chain = 0
         self.submit()
+        ours: set[int] = set()  # the cancel requests themselves
+        answer: list[int] = []
+        ours.add(self.cancel(0, lambda res, _f: answer.append(res),
+                             cancel_flags=IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL))
+        self.submit()
+        done: set[int] = set(ours)
+        while self._pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self.wait(min(left, 0.05))
+            # Kernels before 5.19 reject CANCEL_ANY (-EINVAL); callbacks may also have queued new requests
+            # while we reaped: cancel whatever is left by user_data, once each.
+            if answer and (answer[0] < 0 or len(self._pending) > len(ours)):
+                for ud in [u for u in self._pending if u not in done]:
+                    done.add(ud)
+                    c = self.cancel(ud, None)
+                    ours.add(c)
+                    done.add(c)
+                self.submit()
+            ours.intersection_update(self._pending)
 
     def _release_maps(self) -> None:
+        # Release every view and unmap every region even if one of them refuses (exported pointers).
+        errors: list[BaseException] = []
         for v in self._views:
-            v.release()
+            try:
+                v.release()
+            except BufferError as exc:
+                errors.append(exc)
         self._views.clear()
         for m in self._maps:
-            m.close()
+            try:
+                m.close()
+            except BufferError as exc:
+                errors.append(exc)
         self._maps.clear()
+        if errors:
+            raise errors[0]
 
-    def __enter__(self) -> Ring:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -569,8 +625,8 @@ class Ring:
             warnings.warn(f"unclosed io_uring {self.fd}", ResourceWarning, stacklevel=1)
             try:
                 self.close(timeout=0.5)
-            except Exception:
-                pass
+            except Exception:  # a finalizer must not raise; log why instead
+                log.debug("closing an unclosed io_uring from __del__ failed", exc_info=True)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"fd={self.fd} sq={self.sq_entries} in_flight={len(self._pending)}"
