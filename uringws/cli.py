@@ -17,7 +17,40 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Report the kernel, whether io_uring is usable (and why not), the "
                             "supported operations and the backend uringws would choose.")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
+
+    t = sub.add_parser("torture", help="prove that a ws:// or wss:// echo server keeps every byte",
+                       description="Open N connections with tiny receive windows and slow, bursty reads (forcing "
+                       "the server into short writes), send messages from a seeded PRNG and check every echo by "
+                       "length and SHA-256. Exit 1 on any lost, reordered or corrupt byte or TLS error.")
+    t.add_argument("url", help="ws:// or wss:// URL of an echo endpoint")
+    t.add_argument("-c", "--connections", type=int, default=20, help="concurrent connections (default 20)")
+    t.add_argument("-n", "--messages", type=int, default=20, help="messages per connection (default 20)")
+    t.add_argument("--min-size", type=_size, default=1, help="smallest message (default 1)")
+    t.add_argument("--max-size", type=_size, default=16 << 20, help="largest message, e.g. 16M (default 16M)")
+    t.add_argument("--seed", type=int, default=1, help="PRNG seed for sizes, payloads and read pacing")
+    t.add_argument("--rcvbuf", type=_size, default=4096, help="client SO_RCVBUF (default 4096)")
+    t.add_argument("--read-chunk", type=_size, default=4096, help="largest single read (default 4096)")
+    t.add_argument("--window", type=int, default=2, help="messages in flight per connection (default 2)")
+    t.add_argument("--tls-version", choices=["1.2", "1.3"], help="pin the TLS version (wss://)")
+    t.add_argument("--cafile", help="CA bundle to verify the server certificate (wss://)")
+    t.add_argument("--insecure", action="store_true", help="do not verify the server certificate (wss://)")
+    t.add_argument("--server-hostname", help="SNI / certificate name if it differs from the URL host")
+    t.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds (default 600)")
+    t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default: when stderr is a terminal)")
     return parser
+
+
+def _size(text: str) -> int:
+    """Parse 4096, 64K, 16M, 1G."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    text = text.strip().lower().removesuffix("ib").removesuffix("b")
+    try:
+        if text and text[-1] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 4096, 64K, 16M)") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -27,6 +60,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .tools import doctor
 
         return doctor.main(as_json=args.json)
+    if args.command == "torture":
+        from .tools import torture
+
+        cfg = torture.TortureConfig(
+            url=args.url, connections=args.connections, messages=args.messages, min_size=args.min_size,
+            max_size=args.max_size, seed=args.seed, rcvbuf=args.rcvbuf, read_chunk=args.read_chunk,
+            window=args.window, tls_version=args.tls_version, cafile=args.cafile, insecure=args.insecure,
+            server_hostname=args.server_hostname, timeout=args.timeout)
+        try:
+            torture.parse_uri(args.url)
+        except Exception as exc:
+            print(f"uringws torture: {exc}", file=sys.stderr)
+            return 2
+        return torture.main(cfg, progress=args.progress)
     parser.print_help()
     return 2
 
