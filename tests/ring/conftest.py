@@ -1,0 +1,69 @@
+"""Shared fixtures for the io_uring layer: a ring per test, socket helpers, a bounded reap loop."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from uringws.ring.probe import availability
+
+if not availability():
+    pytest.skip(f"io_uring unusable here: {availability().reason}", allow_module_level=True)
+
+from uringws.ring import Ring  # noqa: E402
+
+
+@pytest.fixture
+def ring() -> Iterator[Ring]:
+    r = Ring(64)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def submit(ring: Any, method: str, *args: Any, **kw: Any) -> tuple[int, list[tuple[int, int]]]:
+    """Call ``ring.<method>(*args, callback, **kw)`` and return (user_data, list that receives (res, flags))."""
+    got: list[tuple[int, int]] = []
+    ud = getattr(ring, method)(*args, lambda res, flags: got.append((res, flags)), **kw)
+    return ud, got
+
+
+def reap_until(ring: Any, pred: Callable[[], bool], timeout: float = 5.0) -> None:
+    """wait() until ``pred()`` holds; fail (never hang) after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError("timed out waiting for completions")
+        ring.wait(min(left, 0.05))
+
+
+def tcp_pair(family: int = socket.AF_INET, *, sndbuf: int | None = None,
+             rcvbuf: int | None = None) -> tuple[socket.socket, socket.socket]:
+    """A connected loopback TCP pair (client, server); buffer sizes are set before connecting."""
+    host = "127.0.0.1" if family == socket.AF_INET else "::1"
+    with socket.socket(family, socket.SOCK_STREAM) as lsock:
+        lsock.bind((host, 0))
+        lsock.listen(1)
+        c = socket.socket(family, socket.SOCK_STREAM)
+        if sndbuf is not None:
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        if rcvbuf is not None:
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        c.connect(lsock.getsockname())
+        s, _ = lsock.accept()
+    return c, s
+
+
+def has_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
