@@ -185,13 +185,52 @@ class Protocol:
         """Parse received bytes; never raises for bad input (the connection is failed instead)."""
         if self._discard_input or not data:
             return
-        buf = self._buf
-        buf += data
+        if self._buf:
+            buf: bytes | bytearray = self._buf
+            buf += data
+        else:
+            # Common case: nothing left over, parse straight from the received bytes without copying.
+            buf = data if isinstance(data, bytes | bytearray) else bytes(data)
+        n = len(buf)
         pos = 0
+        expect = 0x80 if self._expect_masked else 0
+        small_ok = self.max_size is None or self.max_size >= 65535
         try:
             while True:
                 hdr = self._hdr
                 if hdr is None:
+                    # Fast path: a whole unfragmented, uncompressed text/binary message of < 64 KiB.
+                    if n - pos >= 2 and small_ok and not self._msg_opcode and not self.stream_fragments:
+                        b0 = buf[pos]
+                        b1 = buf[pos + 1]
+                        if (b0 == 0x82 or b0 == 0x81) and (b1 & 0x80) == expect and (b1 & 0x7F) < 127:
+                            length = b1 & 0x7F
+                            start = pos + 2
+                            if length == 126:
+                                if n - pos < 4:
+                                    break
+                                length = (buf[pos + 2] << 8) | buf[pos + 3]
+                                start = pos + 4
+                            if expect:
+                                end = start + 4 + length
+                                if end > n:
+                                    hdr = None  # incomplete: let the general path handle it
+                                else:
+                                    payload = apply_mask(buf[start + 4 : end], buf[start : start + 4])
+                            else:
+                                end = start + length
+                                if end <= n:
+                                    payload = bytes(buf[start:end])
+                            if end <= n:
+                                pos = end
+                                if b0 == 0x81:
+                                    try:
+                                        self._events.append(Message(payload.decode("utf-8")))
+                                    except UnicodeDecodeError:
+                                        raise InvalidUTF8() from None
+                                else:
+                                    self._events.append(Message(payload))
+                                continue
                     hdr = parse_header(
                         buf,
                         pos,
@@ -208,12 +247,12 @@ class Protocol:
                 else:
                     start = self._hdr_end
                 end = start + hdr.length
-                if len(buf) < end:
+                if n < end:
                     # Incomplete frame: validate text as it arrives, so invalid UTF-8 fails fast.
                     if (hdr.opcode == _TEXT or (hdr.opcode == _CONT and self._msg_opcode == _TEXT)) and not (
                         self._msg_compressed_for(hdr)
                     ):
-                        self._feed_partial_text(hdr, buf, start, len(buf))
+                        self._feed_partial_text(hdr, buf, start, n)
                     break
                 self._hdr = None
                 pos = end
@@ -238,13 +277,16 @@ class Protocol:
         except ProtocolError as exc:
             self.fail(exc.code, exc.reason, exc)
         if self._discard_input:
-            buf.clear()
+            self._buf = bytearray()
             self._hdr = None
             return
-        if pos:
-            del buf[:pos]
-            if self._hdr is not None:
-                self._hdr_end -= pos
+        if buf is self._buf:
+            if pos:
+                del buf[:pos]
+        elif pos < n:
+            self._buf = bytearray(buf[pos:])
+        if pos and self._hdr is not None:
+            self._hdr_end -= pos
 
     def receive_eof(self) -> None:
         """The transport was closed or the peer sent EOF: the connection is CLOSED."""
