@@ -76,7 +76,7 @@ _XOR_TABLES: list[bytes] = [bytes(i ^ k for i in range(256)) for k in range(256)
 _TRANSLATE_THRESHOLD = 4096
 
 
-def apply_mask(data: bytes | bytearray | memoryview, mask: bytes) -> bytes:
+def apply_mask(data: bytes | bytearray | memoryview, mask: bytes | bytearray) -> bytes:
     """XOR ``data`` with the 4-byte ``mask`` repeated (RFC 6455 §5.3); masking and unmasking are the same."""
     n = len(data)
     if n < _TRANSLATE_THRESHOLD:

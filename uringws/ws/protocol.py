@@ -338,7 +338,7 @@ class Protocol:
         self._msg_parts = []
         self._decoder.reset()
 
-    def _feed_partial_text(self, hdr: FrameHeader, buf: bytearray, start: int, avail_end: int) -> None:
+    def _feed_partial_text(self, hdr: FrameHeader, buf: bytes | bytearray, start: int, avail_end: int) -> None:
         if hdr.opcode == _TEXT and self._fed == 0 and self._msg_opcode == 0:
             self._start_message(hdr)
         fed = self._fed
