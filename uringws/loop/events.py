@@ -1,0 +1,205 @@
+"""The asyncio event loop on io_uring, with an epoll fallback.
+
+`EventLoop` is asyncio's own unix selector loop driven by a `RingSelector`: add_reader/add_writer, signals,
+subprocesses, pipes, UDP, executors and the sock_* methods all come from asyncio and run over io_uring polls.
+TCP and Unix stream connections get the ring-native `RingSocketTransport` (its send path is the reason this
+project exists). `call_soon_threadsafe` wakes the ring through an eventfd READ instead of the self-pipe; the
+self-pipe stays because ``signal.set_wakeup_fd`` writes signal numbers into it.
+
+`new_event_loop()` returns the ring loop when io_uring is usable here, else the same class over
+`selectors.EpollSelector` (``backend == "epoll"``, stdlib transports), logging once why.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import socket
+import threading
+from asyncio import constants, sslproto
+from asyncio.unix_events import _UnixSelectorEventLoop  # type: ignore[attr-defined]
+from collections.abc import Callable
+from typing import Any
+
+from ..ring import Ring
+from ..ring.probe import availability
+from .selector import RingSelector
+from .transports import RingSocketTransport, SendStats
+
+__all__ = ["DEFAULT_RING_ENTRIES", "READ_BUFFER_SIZE", "EventLoop", "new_event_loop"]
+
+log = logging.getLogger("uringws.loop")
+
+#: SQ entries of the loop's ring (the CQ gets 4x as many)
+DEFAULT_RING_ENTRIES = 1024
+#: size of the loop-wide scratch buffer a plain Protocol's data is received into (asyncio reads 256 KiB too)
+READ_BUFFER_SIZE = 256 * 1024
+
+_STREAM_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
+
+
+class EventLoop(_UnixSelectorEventLoop):  # type: ignore[misc]
+    """asyncio's unix selector event loop over io_uring (``backend="io_uring"``) or epoll (``"epoll"``).
+
+    ``ring`` (an object with `Ring`'s interface, e.g. a fault-injecting double) or ``ring_factory(entries)``
+    replaces the real ring; ``transport_class`` replaces the stream transport (tests); ``direct_send`` lets
+    write() try one non-blocking send(2) while nothing is queued or in flight (False: every byte goes through
+    the ring). Constructing it with the io_uring backend raises OSError where io_uring is unusable; use
+    `new_event_loop()` to fall back automatically.
+    """
+
+    def __init__(self, *, backend: str = "io_uring", ring: Any = None,
+                 ring_factory: Callable[[int], Any] | None = None, ring_entries: int = DEFAULT_RING_ENTRIES,
+                 direct_send: bool = True, transport_class: type[RingSocketTransport] | None = None) -> None:
+        if backend not in ("io_uring", "epoll"):
+            raise ValueError(f"backend must be 'io_uring' or 'epoll', not {backend!r}")
+        self.backend = backend
+        self.send_stats = SendStats()
+        self.direct_send = direct_send
+        self._stream_transport_class = transport_class or RingSocketTransport
+        self._efd: int | None = None
+        self._efd_lock = threading.Lock()
+        self._efd_buf = bytearray(8)
+        self._ring: Any = None
+        selector: selectors.BaseSelector
+        if backend == "epoll":
+            if ring is not None or ring_factory is not None:
+                raise ValueError("ring/ring_factory make no sense with the epoll backend")
+            selector = selectors.EpollSelector()
+        else:
+            if ring is None:
+                ring = (ring_factory or Ring)(ring_entries)
+            self._ring = ring
+            ring.on_callback_error = self._on_ring_callback_error
+            selector = RingSelector(ring)
+        self._read_buffer = bytearray(READ_BUFFER_SIZE)
+        self._read_view = memoryview(self._read_buffer)
+        try:
+            super().__init__(selector)
+            if self._ring is not None:
+                self._efd = os.eventfd(0, os.EFD_CLOEXEC)
+                self._arm_wakeup()
+        except BaseException:
+            selector.close()
+            raise
+
+    @property
+    def ring(self) -> Any:
+        """The loop's ring (None on the epoll backend). Only for use from the loop's thread."""
+        return self._ring
+
+    def __repr__(self) -> str:
+        return (f"<{self.__class__.__name__} backend={self.backend} running={self.is_running()} "
+                f"closed={self.is_closed()} debug={self.get_debug()}>")
+
+    # -- wake-up ------------------------------------------------------------------------------------------
+    def _arm_wakeup(self) -> None:
+        assert self._efd is not None
+        self._ring.read(self._efd, self._efd_buf, self._on_wakeup)
+
+    def _on_wakeup(self, res: int, flags: int) -> None:
+        # Reading resets the eventfd counter; re-arm so the next call_soon_threadsafe() wakes us again.
+        if self._selector is None or self._selector.closing or self._efd is None:
+            return
+        if res < 0 and res != -4:  # anything but EINTR: broken, and re-arming would spin
+            import errno as _errno
+
+            if res != -_errno.ECANCELED:
+                log.error("eventfd wake-up read failed: %s; call_soon_threadsafe() may not wake the loop",
+                          os.strerror(-res))
+                return
+        self._arm_wakeup()
+
+    def _write_to_self(self) -> None:
+        if self._efd is None and self._ring is None:
+            super()._write_to_self()
+            return
+        # The lock keeps a thread from writing into an fd number that close() just freed (and that may be
+        # reused by then).
+        with self._efd_lock:
+            efd = self._efd
+            if efd is None:
+                return
+            try:
+                os.eventfd_write(efd, 1)
+            except OSError:
+                if self._debug:
+                    log.debug("Fail to write to the wake-up eventfd", exc_info=True)
+
+    def _on_ring_callback_error(self, exc: BaseException, user_data: int) -> None:
+        self.call_exception_handler({
+            "message": f"Exception in an io_uring completion callback (user_data={user_data})",
+            "exception": exc,
+        })
+
+    # -- transports ---------------------------------------------------------------------------------------
+    def _ring_stream(self, sock: socket.socket) -> bool:
+        return self._ring is not None and sock.type == socket.SOCK_STREAM and sock.family in _STREAM_FAMILIES
+
+    def _make_socket_transport(self, sock: socket.socket, protocol: Any, waiter: Any = None, *,
+                               extra: Any = None, server: Any = None) -> Any:
+        if not self._ring_stream(sock):
+            return super()._make_socket_transport(sock, protocol, waiter, extra=extra, server=server)
+        self._ensure_fd_no_transport(sock)
+        return self._stream_transport_class(self, sock, protocol, waiter, extra, server)
+
+    def _make_ssl_transport(self, rawsock: socket.socket, protocol: Any, sslcontext: Any, waiter: Any = None,
+                            *, server_side: bool = False, server_hostname: str | None = None,
+                            extra: Any = None, server: Any = None,
+                            ssl_handshake_timeout: float | None = constants.SSL_HANDSHAKE_TIMEOUT,
+                            ssl_shutdown_timeout: float | None = constants.SSL_SHUTDOWN_TIMEOUT) -> Any:
+        if not self._ring_stream(rawsock):
+            return super()._make_ssl_transport(
+                rawsock, protocol, sslcontext, waiter, server_side=server_side, server_hostname=server_hostname,
+                extra=extra, server=server, ssl_handshake_timeout=ssl_handshake_timeout,
+                ssl_shutdown_timeout=ssl_shutdown_timeout)
+        # asyncio's TLS-over-memory-BIO protocol, on top of the ring transport.
+        self._ensure_fd_no_transport(rawsock)
+        ssl_protocol = sslproto.SSLProtocol(
+            self, protocol, sslcontext, waiter, server_side, server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout)
+        self._stream_transport_class(self, rawsock, ssl_protocol, extra=extra, server=server)
+        return ssl_protocol._app_transport
+
+    # -- closing ------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the loop; on the ring backend, cancel and reap every ring operation, then close the ring."""
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self.is_closed():
+            return
+        try:
+            super().close()
+        finally:
+            with self._efd_lock:
+                efd, self._efd = self._efd, None
+            if efd is not None:
+                os.close(efd)  # after the ring: its READ held the eventfd until it was cancelled and reaped
+
+
+_fallback_logged = False
+
+
+def new_event_loop(**kwargs: Any) -> EventLoop:
+    """A new `EventLoop`: on io_uring when usable here, else on epoll (and log once why).
+
+    Usable as ``asyncio.run(main(), loop_factory=new_event_loop)`` (3.12+) or
+    ``asyncio.Runner(loop_factory=new_event_loop)`` (3.11+). Keyword arguments go to `EventLoop`.
+    """
+    global _fallback_logged
+    avail = availability()
+    if avail.usable:
+        try:
+            return EventLoop(**kwargs)
+        except OSError as exc:
+            reason = f"creating an io_uring instance failed: {exc}"
+    else:
+        reason = avail.reason
+    if not _fallback_logged:
+        _fallback_logged = True
+        log.warning("uringws: using the epoll backend: %s", reason)
+    kwargs.pop("ring", None)
+    kwargs.pop("ring_factory", None)
+    kwargs.pop("ring_entries", None)
+    return EventLoop(backend="epoll", **kwargs)

@@ -1,0 +1,512 @@
+"""The ring-native stream transport (TCP v4/v6, Unix stream sockets): the ordered, loss-free send path.
+
+Writes go through a `SendQueue` (DESIGN.md §3): exactly one SEND (one buffer) or SENDMSG (iovec) is in flight
+per socket; its completion advances the stream by exactly ``res`` bytes and the remainder goes out before
+anything newer. ``-EAGAIN`` waits for POLLOUT before the resubmit (resubmitting at once would spin), ``-EINTR``
+and ``-ECANCELED`` resubmit, any other error aborts the connection: a stream with a gap is worse than a closed one.
+
+Reads keep an idle connection cheap: a one-shot POLLIN poll, then one non-blocking ``recv_into`` straight into the
+protocol's buffer (BufferedProtocol) or into a loop-wide scratch buffer (Protocol). No memory is reserved per
+idle connection. (Provided buffer rings could replace the poll + recv later; `_arm_read` is the place.)
+
+The fd is closed only after every ring operation that names it has completed: an SQE still queued or in flight
+when the fd number is reused by a new socket would otherwise read from, or send into, the wrong connection.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import socket
+import sys
+import warnings
+from asyncio import constants, futures, protocols, transports, trsock
+from asyncio.base_events import _set_nodelay  # type: ignore[attr-defined]
+from typing import Any
+
+from .sendqueue import SendQueue
+
+__all__ = ["RingSocketTransport", "SendStats"]
+
+log = logging.getLogger("uringws.loop")
+
+_POLLIN = select.POLLIN
+_POLLOUT = select.POLLOUT
+_SEND_FLAGS = socket.MSG_NOSIGNAL  # never SIGPIPE; io_uring itself tries non-blocking first
+_DIRECT_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL  # the socket is blocking (O_NONBLOCK cleared)
+_ECANCELED = errno.ECANCELED
+_EAGAIN = errno.EAGAIN
+_SERVER_ATTACH_TAKES_TRANSPORT = sys.version_info >= (3, 13)
+
+# States of the send side. At most one operation of the send side is outstanding at any time.
+_IDLE = 0  # nothing in flight
+_SENDING = 1  # a SEND/SENDMSG is in flight
+_WAIT_WRITABLE = 2  # the last send failed with EAGAIN; a POLLOUT poll is in flight, the resubmit follows it
+
+
+class SendStats:
+    """Counters of the send path, per loop (tests use them to prove they exercised short completions)."""
+
+    __slots__ = ("direct_sends", "direct_short", "eagain", "retries", "send_bytes", "sends", "short_sends")
+
+    def __init__(self) -> None:
+        self.sends = 0  # SEND/SENDMSG submitted to the ring
+        self.send_bytes = 0  # bytes confirmed by their completions
+        self.short_sends = 0  # completions with 0 <= res < submitted
+        self.eagain = 0  # completions with -EAGAIN (followed by a POLLOUT wait)
+        self.retries = 0  # completions with -EINTR / -ECANCELED, resubmitted
+        self.direct_sends = 0  # write() fast path: send(2) with MSG_DONTWAIT while nothing was queued
+        self.direct_short = 0  # ... that took only part of the data
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __repr__(self) -> str:
+        return f"SendStats({self.as_dict()})"
+
+
+class RingSocketTransport(transports.Transport):
+    """asyncio stream transport whose sends are io_uring operations with exactly one in flight per socket."""
+
+    _start_tls_compatible = True
+    # loop.sendfile() goes through transport.write() (the native path is built for the selector transport)
+    _sendfile_compatible = constants._SendfileMode.FALLBACK
+    _sock: socket.socket | None = None  # for __del__ if __init__ failed early
+
+    def __init__(self, loop: Any, sock: socket.socket, protocol: protocols.BaseProtocol,
+                 waiter: futures.Future[Any] | None = None, extra: dict[str, Any] | None = None,
+                 server: Any = None, *, direct_send: bool | None = None) -> None:
+        super().__init__(extra)
+        self._extra["socket"] = trsock.TransportSocket(sock)
+        try:
+            self._extra["sockname"] = sock.getsockname()
+        except OSError:
+            self._extra["sockname"] = None
+        if "peername" not in self._extra:
+            try:
+                self._extra["peername"] = sock.getpeername()
+            except OSError:
+                self._extra["peername"] = None
+        self._loop = loop
+        self._ring = loop._ring
+        self._selector = loop._selector
+        self._stats: SendStats = loop.send_stats
+        self._sock = sock
+        self._sock_fd = sock.fileno()
+        self._direct_send = loop.direct_send if direct_send is None else direct_send
+        self._queue = SendQueue()
+        self._send_state = _IDLE
+        self._send_ud = 0
+        self._send_len = 0
+        self._flush_scheduled = False
+        self._read_ud: int | None = None
+        self._ops = 0  # ring operations naming our fd that have not completed yet
+        self._release_wanted = False  # close the fd as soon as _ops drops to 0
+        self._cancel_sent = False
+        self._paused = False  # pause_reading()
+        self._read_eof = False  # EOF received and eof_received() asked to keep the connection half-open
+        self._closing = False
+        self._conn_lost = 0
+        self._eof = False  # write_eof() called
+        self._protocol_paused = False  # pause_writing() told to the protocol (read by asyncio's sendfile)
+        self._protocol: Any = None
+        self._protocol_connected = False
+        self._read_cb: Any = None
+        self.set_protocol(protocol)
+        self._server = server
+        # asyncio sets O_NONBLOCK; a SENDMSG punted to io-wq would then fail with EAGAIN (DESIGN.md §2). Our
+        # direct syscalls pass MSG_DONTWAIT instead.
+        sock.setblocking(True)
+        _set_nodelay(sock)
+        if server is not None:
+            if _SERVER_ATTACH_TAKES_TRANSPORT:
+                server._attach(self)
+            else:
+                server._attach()
+        loop._transports[self._sock_fd] = self
+        loop.call_soon(self._protocol.connection_made, self)
+        loop.call_soon(self._start_reading)  # only once connection_made() ran
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    def __repr__(self) -> str:
+        info = [self.__class__.__name__]
+        if self._sock is None:
+            info.append("closed")
+        elif self._closing:
+            info.append("closing")
+        info.append(f"fd={self._sock_fd}")
+        info.append(f"read={'polling' if self._read_ud is not None else 'idle'}")
+        info.append(f"write=<{('idle', 'sending', 'wait-writable')[self._send_state]}, "
+                    f"bufsize={self._queue.buffered}>")
+        return "<{}>".format(" ".join(info))
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        if self._sock is not None and not self._ops:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            self._sock.close()
+            self._sock = None
+            if self._server is not None:
+                self._server._detach(self) if _SERVER_ATTACH_TAKES_TRANSPORT else self._server._detach()
+
+    # -- protocol / state ---------------------------------------------------------------------------------
+    def set_protocol(self, protocol: protocols.BaseProtocol) -> None:
+        if isinstance(protocol, protocols.BufferedProtocol):
+            self._read_cb = self._read_into_protocol
+        else:
+            self._read_cb = self._read_data_received
+        self._protocol = protocol
+        self._protocol_connected = True
+
+    def get_protocol(self) -> protocols.BaseProtocol:
+        return self._protocol  # type: ignore[no-any-return]
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def is_reading(self) -> bool:
+        return not self._closing and not self._paused
+
+    def get_write_buffer_size(self) -> int:
+        return self._queue.buffered
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._queue.get_limits()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if self._queue.set_limits(high, low):
+            self._pause_protocol()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    # -- reading ------------------------------------------------------------------------------------------
+    def _start_reading(self) -> None:
+        if self.is_reading() and not self._read_eof:
+            self._arm_read()
+
+    def _arm_read(self) -> None:
+        if self._read_ud is None and not self._release_wanted and not self._selector.closing:
+            self._read_ud = self._ring.poll_add(self._sock_fd, _POLLIN, self._on_readable)
+            self._ops += 1
+
+    def _on_readable(self, res: int, flags: int) -> None:
+        self._ops -= 1
+        self._read_ud = None
+        if self._release_wanted:
+            self._maybe_release()
+            return
+        if self._closing or self._paused or self._read_eof or self._selector.closing:
+            return
+        if res == -_ECANCELED:
+            self._arm_read()  # not ours (we only cancel when releasing): poll again
+            return
+        # res < 0 otherwise: let recv() report the error.
+        self._read_cb()
+        if not self._closing and not self._paused and not self._read_eof:
+            self._arm_read()
+
+    def pause_reading(self) -> None:
+        # The outstanding poll, if any, stays: when it fires while paused it is ignored, and resume re-arms.
+        if not self.is_reading():
+            return
+        self._paused = True
+
+    def resume_reading(self) -> None:
+        if self._closing or not self._paused:
+            return
+        self._paused = False
+        if not self._read_eof:
+            self._arm_read()
+
+    def _read_into_protocol(self) -> None:
+        protocol = self._protocol
+        try:
+            buf = protocol.get_buffer(-1)
+            if not len(buf):
+                raise RuntimeError("get_buffer() returned an empty buffer")
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
+            return
+        try:
+            n = self._sock.recv_into(buf, 0, socket.MSG_DONTWAIT)  # type: ignore[union-attr]
+        except (BlockingIOError, InterruptedError):
+            return
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal read error on socket transport")
+            return
+        if not n:
+            self._on_eof()
+            return
+        try:
+            protocol.buffer_updated(n)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
+
+    def _read_data_received(self) -> None:
+        view = self._loop._read_view
+        try:
+            n = self._sock.recv_into(view, 0, socket.MSG_DONTWAIT)  # type: ignore[union-attr]
+        except (BlockingIOError, InterruptedError):
+            return
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal read error on socket transport")
+            return
+        if not n:
+            self._on_eof()
+            return
+        try:
+            self._protocol.data_received(view[:n].tobytes())
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+
+    def _on_eof(self) -> None:
+        try:
+            keep_open = self._protocol.eof_received()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
+            return
+        if keep_open:
+            self._read_eof = True  # half-closed: keep writing, stop polling for input
+        else:
+            self.close()
+
+    # -- writing ------------------------------------------------------------------------------------------
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
+        if self._eof:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        if not data:
+            return
+        queue = self._queue
+        if self._conn_lost or queue.closed:
+            if self._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+                log.warning("socket.send() raised exception.")
+            self._conn_lost += 1
+            return
+        if self._direct_send and self._send_state == _IDLE and queue.drained:
+            # Nothing queued, nothing in flight: a direct send cannot overtake anything.
+            try:
+                n = self._sock.send(data, _DIRECT_FLAGS)  # type: ignore[union-attr]
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal write error on socket transport")
+                return
+            self._stats.direct_sends += 1
+            if n == len(data):
+                return
+            self._stats.direct_short += 1
+            if n:
+                data = memoryview(data)[n:]
+        if queue.write(data):
+            self._pause_protocol()
+        if self._send_state == _IDLE and not self._flush_scheduled:
+            # Submitted just before the loop enters the kernel: writes of this iteration coalesce into one send.
+            self._flush_scheduled = True
+            self._selector.before_wait.append(self._flush)
+
+    def writelines(self, list_of_data: Any) -> None:
+        for data in list_of_data:
+            self.write(data)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._send_state == _IDLE and not self._release_wanted and not self._selector.closing:
+            self._submit_send()
+
+    def _submit_send(self) -> None:
+        """Submit the queue's next batch as the one send in flight (the remainder of a short send comes first)."""
+        bufs = self._queue.next_send()
+        if bufs is None:
+            return
+        if len(bufs) == 1:
+            buf = bufs[0]
+            self._send_len = len(buf)
+            self._send_ud = self._ring.send(self._sock_fd, buf, self._on_sent, flags=_SEND_FLAGS)
+        else:
+            self._send_len = sum(map(len, bufs))
+            self._send_ud = self._ring.sendmsg(self._sock_fd, bufs, self._on_sent, flags=_SEND_FLAGS)
+        self._send_state = _SENDING
+        self._ops += 1
+        self._stats.sends += 1
+
+    def _on_sent(self, res: int, flags: int) -> None:
+        self._ops -= 1
+        self._send_state = _IDLE
+        queue = self._queue
+        stats = self._stats
+        if res >= 0:
+            stats.send_bytes += res
+            if res < self._send_len:
+                stats.short_sends += 1
+            if queue.completed(res):
+                self._resume_protocol()
+        else:
+            err = -res
+            if queue.failed(err):
+                if err == _EAGAIN:
+                    stats.eagain += 1
+                    if not self._release_wanted and not self._selector.closing:
+                        self._send_ud = self._ring.poll_add(self._sock_fd, _POLLOUT, self._on_writable)
+                        self._send_state = _WAIT_WRITABLE
+                        self._ops += 1
+                        return
+                else:
+                    stats.retries += 1
+            elif not queue.closed or queue.error is not None:
+                self._fatal_error(OSError(err, os.strerror(err)), "Fatal write error on socket transport")
+        self._after_send()
+
+    def _on_writable(self, res: int, flags: int) -> None:
+        self._ops -= 1
+        self._send_state = _IDLE
+        self._after_send()  # whatever the poll said, the resubmitted send reports the socket's state
+
+    def _after_send(self) -> None:
+        if self._release_wanted:
+            self._maybe_release()
+            return
+        if self._selector.closing:
+            return
+        queue = self._queue
+        if queue.drained:
+            if self._closing and not self._conn_lost:
+                self._conn_lost += 1
+                self._loop.call_soon(self._call_connection_lost, None)
+            elif self._eof:
+                self._shutdown_write()
+        elif not queue.closed and not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._selector.before_wait.append(self._flush)
+
+    def _shutdown_write(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_WR)  # type: ignore[union-attr]
+        except OSError as exc:
+            self._fatal_error(exc, "Fatal error on socket shutdown")
+
+    def write_eof(self) -> None:
+        if self._closing or self._eof:
+            return
+        self._eof = True
+        if self._queue.drained and self._send_state == _IDLE:
+            self._shutdown_write()
+
+    def _pause_protocol(self) -> None:
+        self._protocol_paused = True
+        try:
+            self._protocol.pause_writing()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler({
+                "message": "protocol.pause_writing() failed",
+                "exception": exc,
+                "transport": self,
+                "protocol": self._protocol,
+            })
+
+    def _resume_protocol(self) -> None:
+        self._protocol_paused = False
+        try:
+            self._protocol.resume_writing()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler({
+                "message": "protocol.resume_writing() failed",
+                "exception": exc,
+                "transport": self,
+                "protocol": self._protocol,
+            })
+
+    # -- closing ------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop reading, send what is queued, then close the socket and call connection_lost(None)."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._queue.drained and self._send_state == _IDLE and not self._conn_lost:
+            self._conn_lost += 1
+            self._loop.call_soon(self._call_connection_lost, None)
+
+    def abort(self) -> None:
+        """Drop what is queued and close now (an in-flight send is cancelled; the fd waits for its CQE)."""
+        self._force_close(None)
+
+    def _fatal_error(self, exc: BaseException, message: str = "Fatal error on transport") -> None:
+        if isinstance(exc, OSError):
+            if self._loop.get_debug():
+                log.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler({
+                "message": message,
+                "exception": exc,
+                "transport": self,
+                "protocol": self._protocol,
+            })
+        self._force_close(exc)
+
+    def _force_close(self, exc: BaseException | None) -> None:
+        if self._conn_lost:
+            return
+        self._queue.abort()
+        self._closing = True
+        self._conn_lost += 1
+        self._cancel_ops()
+        self._loop.call_soon(self._call_connection_lost, exc)
+
+    def _call_connection_lost(self, exc: BaseException | None) -> None:
+        try:
+            if self._protocol_connected:
+                self._protocol.connection_lost(exc)
+        finally:
+            self._queue.abort()
+            self._release_wanted = True
+            self._maybe_release()
+            self._protocol = None
+            server = self._server
+            if server is not None:
+                server._detach(self) if _SERVER_ATTACH_TAKES_TRANSPORT else server._detach()
+                self._server = None
+
+    def _cancel_ops(self) -> None:
+        """Ask the kernel to finish our outstanding operations early (their CQEs still arrive)."""
+        if self._cancel_sent or self._selector.closing or not self._ops:
+            return
+        self._cancel_sent = True
+        ring = self._ring
+        if self._read_ud is not None:
+            ring.poll_remove(self._read_ud)
+        if self._send_state == _SENDING:
+            ring.cancel(self._send_ud)
+        elif self._send_state == _WAIT_WRITABLE:
+            ring.poll_remove(self._send_ud)
+
+    def _maybe_release(self) -> None:
+        """Close the socket once no ring operation names its fd any more (see the module docstring)."""
+        if self._sock is None:
+            return
+        if self._ops:
+            self._cancel_ops()
+            return
+        self._sock.close()
+        self._sock = None
