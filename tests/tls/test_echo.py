@@ -212,7 +212,7 @@ def test_large_message_slow_reader(run: Any, server_ctx: ssl.SSLContext, client_
             return h.hexdigest()
 
     async def main() -> None:
-        server, port, protos = await tls_server(server_ctx, factory)
+        server, port, _protos = await tls_server(server_ctx, factory)
         peer = ThreadPeer(slow_client, port)
         for _ in range(200):
             if apps and apps[0].data:
@@ -271,7 +271,7 @@ def test_alpn_and_sni(run: Any, server_cert: trustme.LeafCert, ca: trustme.CA) -
 
     async def main() -> None:
         apps: list[Recorder] = []
-        server, port, protos = await tls_server(sctx, lambda: apps.append(Recorder()) or apps[-1])
+        server, port, _protos = await tls_server(sctx, lambda: apps.append(Recorder()) or apps[-1])
         app = Recorder()
         tr, _ = await tls_client(cctx, app, port, server_hostname="example.test")
         assert tr.get_extra_info("ssl_object").selected_alpn_protocol() == "http/1.1"
