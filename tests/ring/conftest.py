@@ -74,3 +74,7 @@ def has_ipv6() -> bool:
         return True
     except OSError:
         return False
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "needs_no_ring: runs even where io_uring is unusable (mocked kernel)")

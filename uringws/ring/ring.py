@@ -544,7 +544,11 @@ class Ring:
 
     # ------------------------------------------------------------------------------------------------ close
     def close(self, timeout: float = 2.0) -> None:
-        """Cancel everything in flight, reap every CQE (callbacks see -ECANCELED), unmap and close the fd."""
+        """Cancel everything in flight, reap every CQE, unmap and close the fd.
+
+        Callbacks see -ECANCELED (or -EINTR for a request a kernel worker thread was running). Operations that
+        were queued but not submitted yet are submitted first so that they are cancelled the same way.
+        """
         if self._closed:
             return
         if self._in_dispatch:
