@@ -102,17 +102,20 @@ def availability() -> Availability:
 def _explain_setup_error(err: int, disabled: int | None) -> str:
     if disabled == 2:
         return "io_uring is disabled for everyone by sysctl kernel.io_uring_disabled=2"
-    if disabled == 1:
+    if disabled == 1 and err == errno.EPERM:
         gid = _read_int("/proc/sys/kernel/io_uring_group")
+        if gid is None or gid < 0:
+            # io_uring_group=-1 (the default): only CAP_SYS_ADMIN may create rings.
+            return ("io_uring is limited to privileged processes (CAP_SYS_ADMIN) by sysctl "
+                    "kernel.io_uring_disabled=1; set kernel.io_uring_group to a group this process is in")
         name = str(gid)
-        if gid is not None and gid >= 0:
-            try:
-                name = grp.getgrgid(gid).gr_name
-            except KeyError:
-                pass
-            if not _in_group(gid):
-                return (f"io_uring is limited to group {name} by sysctl kernel.io_uring_disabled=1 "
-                        "and this process is not in it")
+        try:
+            name = grp.getgrgid(gid).gr_name
+        except KeyError:
+            pass
+        if not _in_group(gid):
+            return (f"io_uring is limited to group {name} by sysctl kernel.io_uring_disabled=1 "
+                    "and this process is not in it")
     if err == errno.ENOSYS:
         return ("io_uring_setup() is not implemented: a kernel built without CONFIG_IO_URING, or a seccomp "
                 "filter (containers' default profiles) that blocks it")
