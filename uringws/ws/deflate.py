@@ -282,6 +282,21 @@ class PerMessageDeflate:
                 self._compressor = self._new_compressor()
         return out
 
+    def compress_standalone(self, data: bytes | bytearray | memoryview) -> bytes:
+        """Compress a whole message with a fresh context, leaving ours untouched.
+
+        Valid on the wire only when our side has no context takeover; then the result is identical for
+        every connection with the same settings, so a broadcast can compress once (see ``settings_key``).
+        """
+        c = self._new_compressor()
+        out = c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH)
+        return out[:-4] if out.endswith(_TAIL) else out
+
+    @property
+    def settings_key(self) -> tuple[int, int, int]:
+        """Connections with equal keys (and no context takeover) produce identical compressed messages."""
+        return (self._local_wbits, self._level, self._mem_level)
+
     def decompress(self, data: bytes, fin: bool, max_length: int | None) -> bytes:
         """Inflate one frame's payload, producing at most ``max_length`` bytes (None: unlimited).
 

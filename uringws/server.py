@@ -1,0 +1,251 @@
+"""WebSocket server on any asyncio event loop: ``serve``, ``broadcast`` and a tiny path ``Router``.
+
+::
+
+    async def echo(ws):
+        async for message in ws:
+            await ws.send(message)
+
+    async with serve(echo, "127.0.0.1", 8765) as server:
+        await server.serve_forever()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl as ssl_module
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
+from typing import Any
+
+from .ws.config import WSConfig
+from .ws.connection import Connection, Data, ProcessRequest
+from .ws.frames import serialize_header
+from .ws.handshake import Request, ServerHandshake
+from .ws.options import make_config, split_options
+from .ws.protocol import Side, State
+
+__all__ = ["Router", "Server", "ServerConnection", "broadcast", "serve"]
+
+logger = logging.getLogger("uringws.server")
+
+ServerConnection = Connection
+Handler = Callable[[Connection], Awaitable[Any]]
+
+
+class Server:
+    """A listening WebSocket server; use ``async with serve(...) as server`` or ``server = await serve(...)``."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        host: str | Sequence[str] | None,
+        port: int | None,
+        *,
+        config: WSConfig,
+        ssl: ssl_module.SSLContext | None = None,
+        process_request: ProcessRequest | None = None,
+        subprotocols: Sequence[str] | None = None,
+        select_subprotocol: Callable[[Request, list[str]], str | None] | None = None,
+        origins: Sequence[str | None] | None = None,
+        server_header: str | None = "uringws",
+        create_server_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.handler = handler
+        self.host = host
+        self.port = port
+        self.config = config
+        self.ssl = ssl
+        self.process_request = process_request
+        self.subprotocols = subprotocols
+        self.select_subprotocol = select_subprotocol
+        self.origins = origins
+        self.server_header = server_header
+        self._create_server_kwargs = create_server_kwargs or {}
+        #: Open connections (handshake done or not); use with ``broadcast``.
+        self.connections: set[Connection] = set()
+        self.server: asyncio.Server | None = None
+        self._closed = False
+
+    def _make_connection(self) -> Connection:
+        handshake = ServerHandshake(
+            self.config,
+            subprotocols=self.subprotocols,
+            select_subprotocol=self.select_subprotocol,
+            origins=self.origins,
+            server_header=self.server_header,
+        )
+        conn = Connection(
+            Side.SERVER,
+            self.config,
+            server_handshake=handshake,
+            handler=self.handler,
+            process_request=self.process_request,
+            on_lost=self.connections.discard,
+        )
+        self.connections.add(conn)
+        return conn
+
+    async def start(self) -> Server:
+        """Start listening (called by ``async with`` / ``await``)."""
+        if self.server is None:
+            loop = asyncio.get_running_loop()
+            self.server = await loop.create_server(
+                self._make_connection, self.host, self.port, ssl=self.ssl, **self._create_server_kwargs
+            )
+        return self
+
+    def __await__(self) -> Generator[Any, None, Server]:
+        return self.start().__await__()
+
+    async def __aenter__(self) -> Server:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+    @property
+    def sockets(self) -> tuple[Any, ...]:
+        return () if self.server is None else tuple(self.server.sockets)
+
+    @property
+    def port_bound(self) -> int:
+        """The port of the first listening socket (handy with port=0)."""
+        return int(self.sockets[0].getsockname()[1])
+
+    def close(self, close_connections: bool = True, code: int = 1001, reason: str = "server shutting down") -> None:
+        """Stop accepting connections and start closing open ones with ``code`` (1001, going away)."""
+        self._closed = True
+        if self.server is not None:
+            self.server.close()
+        if close_connections:
+            for conn in list(self.connections):
+                if conn.proto is not None:
+                    if conn.proto.state is State.OPEN:
+                        conn._start_close(code, reason)
+                else:
+                    conn._close_transport()
+
+    async def wait_closed(self) -> None:
+        """Wait until the listener and every connection are closed."""
+        if self.server is not None:
+            self.server.close()
+        pending = [conn.lost for conn in list(self.connections)]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self.server is not None:
+            await self.server.wait_closed()
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        assert self.server is not None
+        await self.server.serve_forever()
+
+
+def serve(
+    handler: Handler,
+    host: str | Sequence[str] | None = None,
+    port: int | None = None,
+    *,
+    ssl: ssl_module.SSLContext | None = None,
+    process_request: ProcessRequest | None = None,
+    subprotocols: Sequence[str] | None = None,
+    select_subprotocol: Callable[[Request, list[str]], str | None] | None = None,
+    origins: Sequence[str | None] | None = None,
+    compression: Any = "deflate",
+    config: WSConfig | None = None,
+    server_header: str | None = "uringws",
+    **kwargs: Any,
+) -> Server:
+    """Create a WebSocket server; ``handler(ws)`` runs for each connection after the handshake.
+
+    Keyword arguments named like ``WSConfig`` fields (``max_size``, ``max_queue``, ``ping_interval``,
+    ``ping_timeout``, ``open_timeout``, ``close_timeout``, ``write_limit_high``, ...) set those limits; the
+    rest go to ``loop.create_server`` (e.g. ``reuse_port``, ``backlog``, ``sock``). ``compression``:
+    "deflate" (default), a ``DeflateConfig``, or None. ``subprotocols`` are picked in the server's order.
+    """
+    ws_options, rest = split_options(kwargs)
+    return Server(
+        handler,
+        host,
+        port,
+        config=make_config(config, compression, ws_options),
+        ssl=ssl,
+        process_request=process_request,
+        subprotocols=subprotocols,
+        select_subprotocol=select_subprotocol,
+        origins=origins,
+        server_header=server_header,
+        create_server_kwargs=rest,
+    )
+
+
+def broadcast(connections: Iterable[Connection], message: Data) -> int:
+    """Send ``message`` to every open connection without waiting; return how many it was written to.
+
+    The frame is built once (and compressed once per group of connections whose compressor keeps no
+    context); connections with a context-keeping compressor compress it themselves. Policy for slow
+    consumers: a connection whose transport already buffers more than ``write_limit_high`` bytes is
+    SKIPPED — it misses this message rather than blocking the others or growing memory without bound.
+    Connections in the middle of sending a fragmented message are skipped too (a frame cannot be inserted).
+    """
+    if isinstance(message, str):
+        opcode, payload = 0x1, message.encode("utf-8")
+    elif isinstance(message, bytes | bytearray | memoryview):
+        opcode, payload = 0x2, bytes(message)
+    else:
+        raise TypeError(f"cannot broadcast {type(message).__name__}: use str or bytes")
+    plain: bytes | None = None
+    compressed: dict[tuple[int, int, int], bytes] = {}
+    written = 0
+    for conn in connections:
+        proto = conn.proto
+        transport = conn.transport
+        if proto is None or transport is None or proto.state is not State.OPEN or transport.is_closing():
+            continue
+        if proto.fragmenting or transport.get_write_buffer_size() > conn.config.write_limit_high:
+            continue
+        deflate = proto.deflate
+        if conn.side is Side.CLIENT or (deflate is not None and not deflate.local_no_context_takeover):
+            # Masked (client) or context-keeping compression: this connection needs its own frame.
+            if opcode == 0x1:
+                proto.send_text(payload)
+            else:
+                proto.send_binary(payload)
+            conn._flush()
+        elif deflate is None:
+            if plain is None:
+                plain = serialize_header(opcode, len(payload)) + payload
+            transport.write(plain)
+        else:
+            key = deflate.settings_key
+            frame = compressed.get(key)
+            if frame is None:
+                data = deflate.compress_standalone(payload)
+                frame = compressed[key] = serialize_header(opcode, len(data), True, True) + data
+            transport.write(frame)
+        written += 1
+    return written
+
+
+class Router:
+    """Dispatch connections to handlers by request path (exact match, query string ignored).
+
+    ``async with serve(router.handler, host, port, process_request=router.process_request)``: unknown
+    paths get an HTTP 404 before any upgrade.
+    """
+
+    def __init__(self, routes: Mapping[str, Handler]) -> None:
+        self.routes = dict(routes)
+
+    def process_request(
+        self, connection: Connection, request: Request
+    ) -> tuple[int, list[tuple[str, str]], bytes] | None:
+        path = request.path.partition("?")[0]
+        if path not in self.routes:
+            return 404, [], b"Not Found\n"
+        return None
+
+    async def handler(self, connection: Connection) -> None:
+        await self.routes[connection.path](connection)

@@ -1,0 +1,589 @@
+"""The asyncio front-end of a WebSocket connection, shared by ``uringws.server`` and ``uringws.client``.
+
+The only module of ``uringws.ws`` that imports asyncio. It is an ``asyncio.Protocol`` (not streams), so that
+every frame goes straight from the sans-I/O core to ``transport.write`` on any asyncio event loop, and flow
+control is the transport's: ``pause_writing``/``resume_writing`` make ``send`` wait while more than
+``write_limit_high`` bytes are buffered; more than ``max_queue`` unread messages pause reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
+
+from .config import WSConfig
+from .exceptions import (
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    InvalidHandshake,
+    InvalidState,
+)
+from .handshake import (
+    ClientHandshake,
+    Negotiated,
+    Request,
+    Response,
+    ServerHandshake,
+    serialize_response,
+)
+from .protocol import Close, Message, Ping, Pong, Protocol, Side, State
+
+__all__ = ["Connection", "Data", "ProcessRequest"]
+
+logger = logging.getLogger("uringws")
+
+Data = str | bytes
+#: ``process_request(connection, request)``: return None to continue the WebSocket handshake, or a Response /
+#: (status, headers, body) tuple to answer plain HTTP instead (e.g. a health check or a 404).
+HTTPAnswer = Response | tuple[int, Iterable[tuple[str, str]], bytes | str]
+ProcessRequest = Callable[["Connection", Request], "HTTPAnswer | Awaitable[HTTPAnswer | None] | None"]
+
+
+class Connection(asyncio.Protocol):
+    """One WebSocket connection: ``recv``/``send``/``ping``/``close`` and ``async for message in ws``."""
+
+    def __init__(
+        self,
+        side: Side,
+        config: WSConfig,
+        *,
+        server_handshake: ServerHandshake | None = None,
+        client_handshake: ClientHandshake | None = None,
+        handler: Callable[[Connection], Awaitable[Any]] | None = None,
+        process_request: ProcessRequest | None = None,
+        on_lost: Callable[[Connection], None] | None = None,
+    ) -> None:
+        self.side = side
+        self.config = config
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.proto: Protocol | None = None  # the sans-I/O core, once the handshake succeeded
+        #: The handshake request (received on a server, sent by a client) and response.
+        self.request: Request | None = None
+        self.response: Response | None = None
+        self.subprotocol: str | None = None
+        self.remote_address: Any = None
+        self.local_address: Any = None
+        self._server_hs = server_handshake
+        self._client_hs = client_handshake
+        self._handler = handler
+        self._process_request = process_request
+        self._on_lost = on_lost
+
+        self._messages: collections.deque[Data] = collections.deque()
+        self._recv_waiter: asyncio.Future[None] | None = None
+        self._reading_paused = False
+        self._write_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._send_lock = asyncio.Lock()
+        self._pings: dict[bytes, tuple[asyncio.Future[float], float]] = {}
+        self._request_ready: asyncio.Future[Request] = self.loop.create_future()
+        self.handshake_done: asyncio.Future[None] = self.loop.create_future()
+        self.lost: asyncio.Future[None] = self.loop.create_future()
+        self._keepalive_task: asyncio.Task[None] | None = None
+        self._main_task: asyncio.Task[None] | None = None
+        self._abort_handle: asyncio.TimerHandle | None = None
+        self._lost_exc: BaseException | None = None
+        self._closing_reason: tuple[int, str] | None = None
+
+    # -- public API --------------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        if self.proto is not None:
+            return self.proto.state
+        return State.CLOSED if self.lost.done() else State.CONNECTING
+
+    @property
+    def close_code(self) -> int | None:
+        """The peer's close code (1005: none given, 1006: no close frame); None while open."""
+        if self.proto is None:
+            return 1006 if self.lost.done() else None
+        if self.proto.close_rcvd is None and self.proto.state is not State.CLOSED:
+            return None
+        return self.proto.close_code
+
+    @property
+    def close_reason(self) -> str | None:
+        code = self.close_code
+        return None if code is None else (self.proto.close_reason if self.proto is not None else "")
+
+    @property
+    def path(self) -> str:
+        """The request path without the query string."""
+        return "" if self.request is None else self.request.path.partition("?")[0]
+
+    async def recv(self) -> Data:
+        """The next message (str for text, bytes for binary). Raises ConnectionClosed once closed."""
+        messages = self._messages
+        while not messages:
+            if self._recv_waiter is not None:
+                raise RuntimeError("another coroutine is already waiting in recv()")
+            if self.proto is None or self.proto.state is State.CLOSED or self.lost.done():
+                raise self._closed_exception()
+            if self.proto.close_rcvd is not None or self.proto.failure is not None:
+                # Nothing more will arrive; wait for the TCP close to report the final codes.
+                await asyncio.shield(self.lost)
+                continue
+            waiter = self.loop.create_future()
+            self._recv_waiter = waiter
+            try:
+                await waiter
+            finally:
+                self._recv_waiter = None
+        message = messages.popleft()
+        if self._reading_paused and len(messages) <= self._resume_threshold():
+            self._reading_paused = False
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.resume_reading()
+        return message
+
+    def __aiter__(self) -> AsyncIterator[Data]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Data]:
+        try:
+            while True:
+                yield await self.recv()
+        except ConnectionClosedOK:
+            return
+
+    async def send(self, message: Data | bytearray | memoryview | Iterable[Data] | AsyncIterable[Data]) -> None:
+        """Send a message: str (text), bytes-like (binary), or an (async) iterable of fragments.
+
+        Waits while the transport's write buffer is above ``write_limit_high``.
+        """
+        if self._send_lock.locked():
+            async with self._send_lock:  # an async fragmented message is being sent: wait for its end
+                await self._send(message)
+        else:
+            await self._send(message)
+
+    async def _send(self, message: Any) -> None:
+        proto = self._open_proto()
+        try:
+            if isinstance(message, str):
+                proto.send_text(message)
+            elif isinstance(message, bytes | bytearray | memoryview):
+                proto.send_binary(message)
+            elif isinstance(message, dict):
+                raise TypeError("cannot send a dict; encode it (e.g. json.dumps) first")
+            elif isinstance(message, AsyncIterable):
+                async with self._send_lock:
+                    await self._send_async_fragments(message)
+                return
+            elif isinstance(message, Iterable):
+                proto.send_fragments(message)
+            else:
+                raise TypeError(f"cannot send {type(message).__name__}: use str, bytes or an iterable of them")
+        except InvalidState:
+            raise self._closed_exception() from None
+        self._flush()
+        if self._write_paused:
+            await self._drain()
+
+    async def _send_async_fragments(self, fragments: AsyncIterable[Data]) -> None:
+        iterator = fragments.__aiter__()
+        try:
+            current = await iterator.__anext__()
+        except StopAsyncIteration:
+            raise ValueError("cannot send an empty sequence of fragments") from None
+        text = isinstance(current, str)
+        first = True
+        async for following in iterator:
+            self._send_fragment(current, text, first, False)
+            first = False
+            current = following
+            if self._write_paused:
+                await self._drain()
+        self._send_fragment(current, text, first, True)
+        if self._write_paused:
+            await self._drain()
+
+    def _send_fragment(self, data: Data, text: bool, first: bool, fin: bool) -> None:
+        proto = self._open_proto()
+        if isinstance(data, str) is not text:
+            raise TypeError("all fragments of a message must be str, or all bytes")
+        try:
+            if not first:
+                proto.send_continuation(data, fin)
+            elif text:
+                proto.send_text(data, fin)
+            else:
+                proto.send_binary(data, fin)  # type: ignore[arg-type]
+        except InvalidState:
+            raise self._closed_exception() from None
+        self._flush()
+
+    async def ping(self, data: str | bytes | None = None) -> float:
+        """Send a ping and return the round-trip time in seconds once its pong arrives.
+
+        A pong also acknowledges every earlier ping (RFC 6455 §5.5.3 lets a peer answer only the latest).
+        """
+        waiter = self._send_ping(data)
+        return await asyncio.shield(waiter)
+
+    def _send_ping(self, data: str | bytes | None) -> asyncio.Future[float]:
+        proto = self._open_proto()
+        if data is None:
+            data = os.urandom(4)
+            while data in self._pings:
+                data = os.urandom(4)
+        elif isinstance(data, str):
+            data = data.encode("utf-8")
+        if data in self._pings:
+            raise RuntimeError("a ping with this payload is already waiting for its pong")
+        waiter: asyncio.Future[float] = self.loop.create_future()
+        proto.send_ping(data)
+        self._pings[data] = (waiter, self.loop.time())
+        self._flush()
+        return waiter
+
+    async def pong(self, data: str | bytes = b"") -> None:
+        """Send an unsolicited pong (pings are answered automatically)."""
+        proto = self._open_proto()
+        proto.send_pong(data.encode("utf-8") if isinstance(data, str) else data)
+        self._flush()
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Run the closing handshake and wait (at most ``close_timeout``) for the TCP connection to close."""
+        self._start_close(code, reason)
+        await self.wait_closed()
+
+    async def wait_closed(self) -> None:
+        """Wait until the TCP connection is closed."""
+        await asyncio.shield(self.lost)
+
+    def _start_close(self, code: int, reason: str) -> None:
+        proto = self.proto
+        if proto is None:
+            self._close_transport()
+            return
+        if proto.state is State.OPEN:
+            proto.send_close(code, reason)
+            self._flush()
+            if proto.close_expected:
+                self._close_transport()
+            else:
+                self._arm_abort()  # the peer must answer within close_timeout
+
+    # -- asyncio.Protocol --------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.remote_address = transport.get_extra_info("peername")
+        self.local_address = transport.get_extra_info("sockname")
+        transport.set_write_buffer_limits(high=self.config.write_limit_high, low=self.config.write_limit_low)
+        if self._client_hs is not None:
+            self.request = self._client_hs.request
+            transport.write(self._client_hs.data_to_send())
+        else:
+            self._main_task = self.loop.create_task(self._run_server())
+
+    def data_received(self, data: bytes) -> None:
+        proto = self.proto
+        if proto is not None:
+            proto.receive_data(data)
+            self._process()
+        elif self._server_hs is not None:
+            self._server_handshake_data(data)
+        elif self._client_hs is not None:
+            self._client_handshake_data(data)
+
+    def eof_received(self) -> bool | None:
+        if self.proto is None and self._client_hs is not None and not self.handshake_done.done():
+            self._client_handshake_data(b"")
+        return None  # let the transport close itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost_exc = exc
+        if self.proto is not None:
+            self.proto.receive_eof()
+        if self._abort_handle is not None:
+            self._abort_handle.cancel()
+        if not self._request_ready.done():
+            self._request_ready.set_exception(ConnectionError("connection closed during the opening handshake"))
+            self._request_ready.exception()  # mark retrieved
+        if not self.handshake_done.done():
+            self.handshake_done.set_exception(ConnectionError("connection closed during the opening handshake"))
+            self.handshake_done.exception()
+        if self._recv_waiter is not None and not self._recv_waiter.done():
+            self._recv_waiter.set_result(None)
+        closed = self._closed_exception()
+        for waiter, _ in self._pings.values():
+            if not waiter.done():
+                waiter.set_exception(closed)
+                waiter.exception()
+        self._pings.clear()
+        for drain in self._drain_waiters:
+            if not drain.done():
+                drain.set_result(None)
+        self._drain_waiters.clear()
+        if self._keepalive_task is not None:
+            self._keepalive_task.cancel()
+        if not self.lost.done():
+            self.lost.set_result(None)
+        if self._on_lost is not None:
+            self._on_lost(self)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        for drain in self._drain_waiters:
+            if not drain.done():
+                drain.set_result(None)
+        self._drain_waiters.clear()
+
+    # -- internals ---------------------------------------------------------------------------------------
+
+    def _resume_threshold(self) -> int:
+        max_queue = self.config.max_queue
+        return 0 if max_queue is None else max_queue // 4
+
+    def _open_proto(self) -> Protocol:
+        proto = self.proto
+        if proto is None:
+            raise InvalidState("the opening handshake is not complete")
+        if proto.state is not State.OPEN:
+            raise self._closed_exception()
+        return proto
+
+    def _closed_exception(self) -> ConnectionClosed:
+        proto = self.proto
+        if proto is None:
+            return ConnectionClosedError(1006, "")
+        rcvd, sent = proto.close_rcvd, proto.close_sent
+        sent_code = None if sent is None else sent.code
+        ok_codes = (1000, 1001, 1005)
+        if rcvd is not None and rcvd.code in ok_codes and (sent is None or sent.code in ok_codes):
+            return ConnectionClosedOK(rcvd.code, rcvd.reason, sent_code)
+        if rcvd is None:
+            return ConnectionClosedError(1006, "", sent_code)
+        return ConnectionClosedError(rcvd.code, rcvd.reason, sent_code)
+
+    async def _drain(self) -> None:
+        if self.lost.done():
+            raise self._closed_exception()
+        waiter: asyncio.Future[None] = self.loop.create_future()
+        self._drain_waiters.append(waiter)
+        await waiter
+        if self.lost.done() and (self.proto is None or self.proto.close_rcvd is None):
+            raise self._closed_exception()
+
+    def _flush(self) -> None:
+        proto = self.proto
+        transport = self.transport
+        if proto is None or transport is None:
+            return
+        out = proto.data_to_send()
+        if out and not transport.is_closing():
+            if len(out) == 1:
+                transport.write(out[0])
+            else:
+                transport.writelines(out)
+
+    def _process(self) -> None:
+        proto = self.proto
+        assert proto is not None
+        events = proto.events_received()
+        for event in events:
+            if type(event) is Message:
+                self._messages.append(event.data)
+            elif type(event) is Pong:
+                self._on_pong(event.payload)
+            elif type(event) is Close:
+                if self.side is Side.CLIENT:
+                    # The server should close TCP now; if it does not, we do after close_timeout.
+                    self._arm_abort()
+            elif type(event) is Ping:
+                pass  # answered by the core
+        if self._messages:
+            if self._recv_waiter is not None and not self._recv_waiter.done():
+                self._recv_waiter.set_result(None)
+            max_queue = self.config.max_queue
+            if max_queue is not None and len(self._messages) >= max_queue and not self._reading_paused:
+                self._reading_paused = True
+                assert self.transport is not None
+                self.transport.pause_reading()
+        self._flush()
+        if proto.close_expected:
+            if proto.failure is not None and self._recv_waiter is not None and not self._recv_waiter.done():
+                self._recv_waiter.set_result(None)
+            self._close_transport()
+        elif proto.close_rcvd is not None and self._recv_waiter is not None and not self._recv_waiter.done():
+            self._recv_waiter.set_result(None)
+
+    def _on_pong(self, payload: bytes) -> None:
+        if payload not in self._pings:
+            return
+        now = self.loop.time()
+        while self._pings:
+            key = next(iter(self._pings))
+            waiter, sent_at = self._pings.pop(key)
+            if not waiter.done():
+                waiter.set_result(now - sent_at)
+            if key == payload:
+                break
+
+    def _close_transport(self) -> None:
+        transport = self.transport
+        if transport is None or self.lost.done():
+            return
+        if not transport.is_closing():
+            transport.close()  # flushes what is buffered, then closes
+        self._arm_abort()
+
+    def _arm_abort(self) -> None:
+        """Abort the TCP connection if it is still open after ``close_timeout``."""
+        timeout = self.config.close_timeout
+        if self._abort_handle is None and timeout is not None and not self.lost.done():
+            self._abort_handle = self.loop.call_later(timeout, self._abort)
+
+    def _abort(self) -> None:
+        if self.transport is not None and not self.lost.done():
+            self.transport.abort()
+
+    def _fail(self, code: int, reason: str) -> None:
+        if self.proto is not None:
+            self.proto.fail(code, reason)
+            self._flush()
+        self._close_transport()
+
+    def _start_open(self, negotiated: Negotiated, trailing: bytes) -> None:
+        self.subprotocol = negotiated.subprotocol
+        self.proto = Protocol(self.side, max_size=self.config.max_size, deflate=negotiated.deflate)
+        if self.config.ping_interval is not None:
+            self._keepalive_task = self.loop.create_task(self._keepalive())
+        if not self.handshake_done.done():
+            self.handshake_done.set_result(None)
+        if trailing:
+            self.proto.receive_data(trailing)
+            self._process()
+
+    async def _keepalive(self) -> None:
+        interval = self.config.ping_interval
+        timeout = self.config.ping_timeout
+        assert interval is not None
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                if self.proto is None or self.proto.state is not State.OPEN:
+                    return
+                waiter = self._send_ping(None)
+                if timeout is None:
+                    continue
+                try:
+                    await asyncio.wait_for(asyncio.shield(waiter), timeout)
+                except TimeoutError:
+                    logger.info("keepalive ping timeout after %s s; closing %s", timeout, self.remote_address)
+                    self._fail(1011, "keepalive ping timeout")
+                    return
+        except ConnectionClosed:
+            return
+
+    # -- server side -------------------------------------------------------------------------------------
+
+    def _server_handshake_data(self, data: bytes) -> None:
+        hs = self._server_hs
+        assert hs is not None
+        if self._request_ready.done():
+            hs.trailing_data += data  # arrived while the request is being processed
+            return
+        try:
+            request = hs.receive_data(data)
+        except InvalidHandshake as exc:
+            self._write_response(hs.reject_exception(exc))
+            self._request_ready.set_exception(exc)
+            self._request_ready.exception()
+            self._close_transport()
+            return
+        if request is not None:
+            self._request_ready.set_result(request)
+
+    def _write_response(self, response: Response) -> None:
+        self.response = response
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(serialize_response(response))
+
+    async def _run_server(self) -> None:
+        hs = self._server_hs
+        assert hs is not None
+        try:
+            async with asyncio.timeout(self.config.open_timeout):
+                request = await self._request_ready
+                self.request = request
+                if self._process_request is not None:
+                    answer = self._process_request(self, request)
+                    if isinstance(answer, Awaitable):
+                        answer = await answer
+                    if answer is not None:
+                        if not isinstance(answer, Response):
+                            status, headers, body = answer
+                            answer = hs.reject(status, body, headers)
+                        self._write_response(answer)
+                        self._close_transport()
+                        return
+                try:
+                    response, negotiated = hs.accept(request)
+                except InvalidHandshake as exc:
+                    logger.info("rejected WebSocket handshake from %s: %s", self.remote_address, exc.reason)
+                    self._write_response(hs.reject_exception(exc))
+                    self._close_transport()
+                    return
+                self._write_response(response)
+                self._start_open(negotiated, hs.trailing_data)
+                hs.trailing_data = b""
+        except TimeoutError:
+            logger.info("opening handshake timed out for %s", self.remote_address)
+            self._abort()
+            return
+        except (ConnectionError, InvalidHandshake):
+            return  # already answered (bad request) or gone
+        except Exception:
+            logger.exception("error while processing the opening handshake")
+            if not self.lost.done() and self.proto is None:
+                self._write_response(hs.reject(500, "Internal Server Error\n"))
+            self._close_transport()
+            return
+        assert self._handler is not None
+        try:
+            await self._handler(self)
+        except ConnectionClosed:
+            pass
+        except Exception:
+            logger.exception("connection handler failed")
+            if self.proto is not None and self.proto.state is State.OPEN:
+                self._start_close(1011, "internal error")
+        else:
+            if self.proto is not None and self.proto.state is State.OPEN:
+                self._start_close(1000, "")
+        await self.wait_closed()
+
+    # -- client side -------------------------------------------------------------------------------------
+
+    def _client_handshake_data(self, data: bytes) -> None:
+        hs = self._client_hs
+        assert hs is not None
+        if self.handshake_done.done():
+            return
+        try:
+            response = hs.receive_data(data)
+            if response is None:
+                if data == b"":
+                    raise ConnectionError("connection closed during the opening handshake")
+                return
+            self.response = response
+            negotiated = hs.accept(response)
+        except (InvalidHandshake, ConnectionError) as exc:
+            self.handshake_done.set_exception(exc)
+            self._close_transport()
+            return
+        self._start_open(negotiated, hs.trailing_data)
