@@ -13,7 +13,7 @@ import trustme
 
 from uringws.tls.protocol import TLSProtocol
 
-from .tlshelpers import Recorder, ThreadPeer, payload, sha, tls_client, tls_server
+from .tlshelpers import Recorder, ThreadPeer, collecting, payload, sha, tls_client, tls_server
 
 SIZES = [1, 64, 16384, 16385, 100_000, 1_000_000]
 
@@ -149,11 +149,16 @@ def test_start_tls_upgrade(run: Any, server_ctx: ssl.SSLContext, client_ctx: ssl
                 self.transport.write(b"GO\n")  # type: ignore[attr-defined]
 
                 async def up() -> None:
-                    tr = await loop.start_tls(self.transport, app, server_ctx, server_side=True)
+                    tr = await loop.start_tls(
+                        self.transport,  # type: ignore[arg-type]
+                        app,
+                        server_ctx,
+                        server_side=True,
+                    )
                     tr.write(b"pong" * 1000)  # type: ignore[union-attr]
                     upgraded.set_result(tr)  # type: ignore[arg-type]
 
-                loop.create_task(up())
+                self.task = loop.create_task(up())
 
         server = await loop.create_server(Upgrading, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
@@ -239,7 +244,7 @@ def test_large_upload_to_server(run: Any, server_ctx: ssl.SSLContext, client_ctx
 
     async def main() -> None:
         apps: list[Recorder] = []
-        server, port, _ = await tls_server(server_ctx, lambda: apps.append(Recorder()) or apps[-1])
+        server, port, _ = await tls_server(server_ctx, collecting(apps, Recorder))
         app = Recorder()
         tr, _ = await tls_client(client_ctx, app, port)
         tr.write(data)
@@ -264,14 +269,14 @@ def test_alpn_and_sni(run: Any, server_cert: trustme.LeafCert, ca: trustme.CA) -
     sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_cert.configure_cert(sctx)
     sctx.set_alpn_protocols(["h2", "http/1.1"])
-    sctx.sni_callback = lambda sslobj, name, ctx: seen.append(name)  # type: ignore[assignment,misc,func-returns-value]
+    sctx.sni_callback = lambda sslobj, name, ctx: seen.append(name)
     cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ca.configure_trust(cctx)
     cctx.set_alpn_protocols(["http/1.1"])
 
     async def main() -> None:
         apps: list[Recorder] = []
-        server, port, _protos = await tls_server(sctx, lambda: apps.append(Recorder()) or apps[-1])
+        server, port, _protos = await tls_server(sctx, collecting(apps, Recorder))
         app = Recorder()
         tr, _ = await tls_client(cctx, app, port, server_hostname="example.test")
         assert tr.get_extra_info("ssl_object").selected_alpn_protocol() == "http/1.1"
@@ -310,7 +315,7 @@ def test_client_certificates(
 
     async def main() -> None:
         apps: list[Recorder] = []
-        server, port, _ = await tls_server(sctx, lambda: apps.append(Recorder(echo=True)) or apps[-1])
+        server, port, _ = await tls_server(sctx, collecting(apps, lambda: Recorder(echo=True)))
         app = Recorder()
         tr, _ = await tls_client(with_cert, app, port)
         tr.write(b"hello")

@@ -16,57 +16,7 @@ import trustme
 
 from uringws.tls.protocol import TLSProtocol, TLSTruncatedError
 
-from .tlshelpers import Recorder, ThreadPeer, payload, sha, tls_client, tls_server
-
-
-class ManualClient:
-    """A TLS client driven by hand (SSLObject + memory BIOs over a raw socket) so a test can forge bytes."""
-
-    def __init__(self, ctx: ssl.SSLContext, sock: socket.socket) -> None:
-        self.inc = ssl.MemoryBIO()
-        self.out = ssl.MemoryBIO()
-        self.obj = ctx.wrap_bio(self.inc, self.out, server_hostname="localhost")
-        self.sock = sock
-        self.loop = asyncio.get_running_loop()
-
-    @classmethod
-    async def connect(cls, ctx: ssl.SSLContext, port: int) -> ManualClient:
-        sock = socket.socket()
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-        self = cls(ctx, sock)
-        while True:
-            try:
-                self.obj.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                await self.loop.sock_sendall(sock, self.out.read())
-                data = await asyncio.wait_for(self.loop.sock_recv(sock, 65536), 10)
-                assert data, "server closed during handshake"
-                self.inc.write(data)
-        await self.loop.sock_sendall(sock, self.out.read())
-        return self
-
-    def record(self, data: bytes) -> bytes:
-        """The encrypted record(s) for ``data``, not sent."""
-        self.obj.write(data)
-        return self.out.read()
-
-    async def send_raw(self, data: bytes) -> None:
-        await self.loop.sock_sendall(self.sock, data)
-
-    async def read_until_closed(self, timeout: float = 10.0) -> bytes:
-        """Raw bytes from the server until it closes TCP (or resets)."""
-        got = bytearray()
-        while True:
-            try:
-                data = await asyncio.wait_for(self.loop.sock_recv(self.sock, 65536), timeout)
-            except ConnectionResetError:
-                break
-            if not data:
-                break
-            got += data
-        return bytes(got)
+from .tlshelpers import ManualClient, Recorder, ThreadPeer, collecting, payload, sha, tls_client, tls_server
 
 
 def _messages(caplog: pytest.LogCaptureFixture) -> str:
@@ -92,7 +42,7 @@ def test_handshake_timeout_stalled_client(
         loop = asyncio.get_running_loop()
         apps: list[Recorder] = []
         server, port, _ = await tls_server(
-            server_ctx, lambda: apps.append(Recorder(echo=True)) or apps[-1], ssl_handshake_timeout=0.3
+            server_ctx, collecting(apps, lambda: Recorder(echo=True)), ssl_handshake_timeout=0.3
         )
         stalled = socket.socket()
         stalled.setblocking(False)
@@ -146,7 +96,7 @@ def test_garbage_instead_of_client_hello(
     async def main() -> None:
         loop = asyncio.get_running_loop()
         apps: list[Recorder] = []
-        server, port, protos = await tls_server(server_ctx, lambda: apps.append(Recorder(echo=True)) or apps[-1])
+        server, port, protos = await tls_server(server_ctx, collecting(apps, lambda: Recorder(echo=True)))
         # A good connection open across the bad one keeps working.
         good = Recorder()
         tr, _ = await tls_client(client_ctx, good, port)
@@ -185,7 +135,7 @@ def test_truncated_record(
 
     async def main() -> None:
         apps: list[Recorder] = []
-        server, port, _ = await tls_server(server_ctx, lambda: apps.append(Recorder()) or apps[-1])
+        server, port, _ = await tls_server(server_ctx, collecting(apps, Recorder))
         client = await ManualClient.connect(client_ctx, port)
         await client.send_raw(client.record(b"complete"))
         rec = client.record(b"truncated record" * 10)
@@ -214,7 +164,7 @@ def test_eof_without_close_notify_at_record_boundary(
 
     async def main() -> None:
         apps: list[Recorder] = []
-        server, port, _ = await tls_server(server_ctx, lambda: apps.append(Recorder()) or apps[-1])
+        server, port, _ = await tls_server(server_ctx, collecting(apps, Recorder))
         client = await ManualClient.connect(client_ctx, port)
         await client.send_raw(client.record(b"last words"))
         client.sock.shutdown(socket.SHUT_WR)
@@ -243,7 +193,7 @@ def test_unexpected_alert_after_handshake(
     async def main() -> None:
         loop = asyncio.get_running_loop()
         apps: list[Recorder] = []
-        server, port, _ = await tls_server(server_ctx, lambda: apps.append(Greeter()) or apps[-1])
+        server, port, _ = await tls_server(server_ctx, collecting(apps, Greeter))
         client = await ManualClient.connect(client_ctx, port)
         # In TLS 1.2 the greeting can arrive with the server's Finished and still sit in the BIO.
         if client.inc.pending:
@@ -302,7 +252,7 @@ def test_garbage_after_handshake(
 ) -> None:
     async def main() -> None:
         apps: list[Recorder] = []
-        server, port, _ = await tls_server(server_ctx, lambda: apps.append(Recorder()) or apps[-1])
+        server, port, _ = await tls_server(server_ctx, collecting(apps, Recorder))
         client = await ManualClient.connect(client_ctx, port)
         await client.send_raw(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)  # an application record that cannot decrypt
         exc = await asyncio.wait_for(apps[0].lost, 10)
@@ -345,7 +295,7 @@ def test_close_sends_close_notify(run: Any, server_ctx: ssl.SSLContext, client_c
 
     async def main() -> None:
         apps: list[Recorder] = []
-        server, port, _ = await tls_server(server_ctx, lambda: apps.append(Closer()) or apps[-1])
+        server, port, _ = await tls_server(server_ctx, collecting(apps, Closer))
         assert await ThreadPeer(peer, port, b"close").join() == (150_000, "close_notify")
         assert await asyncio.wait_for(apps[0].lost, 10) is None
         # Negative control: the same peer check notices a missing close_notify.
@@ -363,9 +313,7 @@ def test_shutdown_timeout(run: Any, server_ctx: ssl.SSLContext, client_ctx: ssl.
     async def main() -> None:
         loop = asyncio.get_running_loop()
         apps: list[Recorder] = []
-        server, port, _ = await tls_server(
-            server_ctx, lambda: apps.append(Recorder()) or apps[-1], ssl_shutdown_timeout=0.3
-        )
+        server, port, _ = await tls_server(server_ctx, collecting(apps, Recorder), ssl_shutdown_timeout=0.3)
         client = await ManualClient.connect(client_ctx, port)
         await client.send_raw(client.record(b"x"))
         await apps[0].wait_bytes(1)
@@ -495,7 +443,7 @@ def test_app_exception_goes_to_loop_handler(run: Any, server_ctx: ssl.SSLContext
         reported: list[dict[str, Any]] = []
         loop.set_exception_handler(lambda _loop, ctx: reported.append(ctx))
         apps: list[Recorder] = []
-        server, port, _ = await tls_server(server_ctx, lambda: apps.append(Broken()) or apps[-1])
+        server, port, _ = await tls_server(server_ctx, collecting(apps, Broken))
         app = Recorder()
         tr, _ = await tls_client(client_ctx, app, port)
         tr.write(b"boom")

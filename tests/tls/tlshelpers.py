@@ -9,7 +9,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from uringws.tls.protocol import TLSProtocol, TLSTransport, make_ssl_transport
 from uringws.tls.protocol import start_tls as tls_start_tls
@@ -18,7 +18,7 @@ from uringws.tls.protocol import start_tls as tls_start_tls
 class TLSSelectorEventLoop(asyncio.SelectorEventLoop):
     """The stdlib selector loop with uringws TLS in place of asyncio's sslproto (what the uring loop will do)."""
 
-    def _make_ssl_transport(  # type: ignore[override]
+    def _make_ssl_transport(
         self,
         rawsock: socket.socket,
         protocol: asyncio.BaseProtocol,
@@ -48,7 +48,7 @@ class TLSSelectorEventLoop(asyncio.SelectorEventLoop):
             call_connection_made=call_connection_made,
         )
 
-    async def start_tls(  # type: ignore[override]
+    async def start_tls(
         self,
         transport: asyncio.BaseTransport,
         protocol: asyncio.BaseProtocol,
@@ -123,7 +123,7 @@ class Recorder(asyncio.Protocol):
 
 async def tls_server(
     ctx: ssl.SSLContext,
-    factory: Callable[[], asyncio.BaseProtocol],
+    factory: Callable[[], Any],
     host: str = "127.0.0.1",
     **kw: Any,
 ) -> tuple[asyncio.Server, int, list[TLSProtocol]]:
@@ -162,6 +162,20 @@ async def tls_client(
     return tls.app_transport, tls
 
 
+R = TypeVar("R", bound=asyncio.BaseProtocol)
+
+
+def collecting(apps: list[R], make: Callable[[], R]) -> Callable[[], R]:
+    """A protocol factory that also appends each protocol it makes to ``apps``."""
+
+    def factory() -> R:
+        app = make()
+        apps.append(app)
+        return app
+
+    return factory
+
+
 def payload(n: int, seed: int = 1) -> bytes:
     """Deterministic pseudo-random bytes (seeded PRNG, as DESIGN.md section 5 asks)."""
     return random.Random(seed).randbytes(n)
@@ -194,3 +208,53 @@ class ThreadPeer:
         if self.error is not None:
             raise self.error
         return self.result
+
+
+class ManualClient:
+    """A TLS client driven by hand (SSLObject + memory BIOs over a raw socket) so a test can forge bytes."""
+
+    def __init__(self, ctx: ssl.SSLContext, sock: socket.socket) -> None:
+        self.inc = ssl.MemoryBIO()
+        self.out = ssl.MemoryBIO()
+        self.obj = ctx.wrap_bio(self.inc, self.out, server_hostname="localhost")
+        self.sock = sock
+        self.loop = asyncio.get_running_loop()
+
+    @classmethod
+    async def connect(cls, ctx: ssl.SSLContext, port: int) -> ManualClient:
+        sock = socket.socket()
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        self = cls(ctx, sock)
+        while True:
+            try:
+                self.obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                await self.loop.sock_sendall(sock, self.out.read())
+                data = await asyncio.wait_for(self.loop.sock_recv(sock, 65536), 10)
+                assert data, "server closed during handshake"
+                self.inc.write(data)
+        await self.loop.sock_sendall(sock, self.out.read())
+        return self
+
+    def record(self, data: bytes) -> bytes:
+        """The encrypted record(s) for ``data``, not sent."""
+        self.obj.write(data)
+        return self.out.read()
+
+    async def send_raw(self, data: bytes) -> None:
+        await self.loop.sock_sendall(self.sock, data)
+
+    async def read_until_closed(self, timeout: float = 10.0) -> bytes:
+        """Raw bytes from the server until it closes TCP (or resets)."""
+        got = bytearray()
+        while True:
+            try:
+                data = await asyncio.wait_for(self.loop.sock_recv(self.sock, 65536), timeout)
+            except ConnectionResetError:
+                break
+            if not data:
+                break
+            got += data
+        return bytes(got)
