@@ -50,6 +50,7 @@ class Server:
         origins: Sequence[str | None] | None = None,
         server_header: str | None = "uringws",
         create_server_kwargs: dict[str, Any] | None = None,
+        sndbuf: int | None = None,
     ) -> None:
         self.handler = handler
         self.host = host
@@ -62,6 +63,7 @@ class Server:
         self.origins = origins
         self.server_header = server_header
         self._create_server_kwargs = create_server_kwargs or {}
+        self.sndbuf = sndbuf
         #: Open connections (handshake done or not); use with ``broadcast``.
         self.connections: set[Connection] = set()
         self.server: asyncio.Server | None = None
@@ -82,6 +84,7 @@ class Server:
             handler=self.handler,
             process_request=self.process_request,
             on_lost=self.connections.discard,
+            sndbuf=self.sndbuf,
         )
         self.connections.add(conn)
         return conn
@@ -156,6 +159,7 @@ def serve(
     compression: Any = "deflate",
     config: WSConfig | None = None,
     server_header: str | None = "uringws",
+    sndbuf: int | None = None,
     **kwargs: Any,
 ) -> Server:
     """Create a WebSocket server; ``handler(ws)`` runs for each connection after the handshake.
@@ -164,6 +168,9 @@ def serve(
     ``ping_timeout``, ``open_timeout``, ``close_timeout``, ``write_limit_high``, ...) set those limits; the
     rest go to ``loop.create_server`` (e.g. ``reuse_port``, ``backlog``, ``sock``). ``compression``:
     "deflate" (default), a ``DeflateConfig``, or None. ``subprotocols`` are picked in the server's order.
+    ``write_limit``: int high-water mark (low = high // 4) or (high, low). ``sndbuf``: SO_SNDBUF of each
+    accepted socket (small values force short writes, for tests). ``process_request(ws, request)`` may
+    return ``ws.respond(status, headers, body)`` (or a (status, headers, body) tuple) to answer plain HTTP.
     """
     ws_options, rest = split_options(kwargs)
     return Server(
@@ -178,6 +185,7 @@ def serve(
         origins=origins,
         server_header=server_header,
         create_server_kwargs=rest,
+        sndbuf=sndbuf,
     )
 
 

@@ -12,6 +12,7 @@ import asyncio
 import collections
 import logging
 import os
+import socket
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
@@ -57,6 +58,7 @@ class Connection(asyncio.Protocol):
         handler: Callable[[Connection], Awaitable[Any]] | None = None,
         process_request: ProcessRequest | None = None,
         on_lost: Callable[[Connection], None] | None = None,
+        sndbuf: int | None = None,
     ) -> None:
         self.side = side
         self.config = config
@@ -74,6 +76,7 @@ class Connection(asyncio.Protocol):
         self._handler = handler
         self._process_request = process_request
         self._on_lost = on_lost
+        self._sndbuf = sndbuf
 
         self._messages: collections.deque[Data] = collections.deque()
         self._recv_waiter: asyncio.Future[None] | None = None
@@ -117,6 +120,12 @@ class Connection(asyncio.Protocol):
     def path(self) -> str:
         """The request path without the query string."""
         return "" if self.request is None else self.request.path.partition("?")[0]
+
+    def respond(self, status: int, headers: Iterable[tuple[str, str]] = (), body: bytes | str = b"") -> Response:
+        """A plain HTTP response for ``process_request`` to return instead of upgrading (server side)."""
+        if self._server_hs is None:
+            raise InvalidState("respond() is for server connections during process_request")
+        return self._server_hs.reject(status, body, headers)
 
     async def recv(self) -> Data:
         """The next message (str for text, bytes for binary). Raises ConnectionClosed once closed."""
@@ -280,6 +289,11 @@ class Connection(asyncio.Protocol):
         self.remote_address = transport.get_extra_info("peername")
         self.local_address = transport.get_extra_info("sockname")
         transport.set_write_buffer_limits(high=self.config.write_limit_high, low=self.config.write_limit_low)
+        if self._sndbuf is not None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                # A small kernel send buffer forces short writes (used by stress tests and demos).
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._sndbuf)
         if self._client_hs is not None:
             self.request = self._client_hs.request
             transport.write(self._client_hs.data_to_send())

@@ -15,7 +15,12 @@ WS_OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(WSConfig)) - {"co
 def split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split keyword arguments into WSConfig fields and the rest (for create_server/create_connection)."""
     ws = {k: v for k, v in kwargs.items() if k in WS_OPTION_NAMES}
-    rest = {k: v for k, v in kwargs.items() if k not in WS_OPTION_NAMES}
+    rest = {k: v for k, v in kwargs.items() if k not in WS_OPTION_NAMES and k != "write_limit"}
+    if "write_limit" in kwargs:
+        # websockets-style: an int (high water; low = high // 4) or a (high, low) pair.
+        limit = kwargs["write_limit"]
+        high, low = (limit, limit // 4) if isinstance(limit, int) else limit
+        ws["write_limit_high"], ws["write_limit_low"] = high, low
     return ws, rest
 
 
