@@ -452,7 +452,22 @@ class Connection(asyncio.Protocol):
         if transport is None or self.lost.done():
             return
         if not transport.is_closing():
-            transport.close()  # flushes what is buffered, then closes
+            proto = self.proto
+            if (
+                proto is not None
+                and proto.failure is not None
+                and proto.close_rcvd is None
+                and (transport.can_write_eof())
+            ):
+                # Failing while the peer may still be sending: closing now with unread bytes in the kernel
+                # makes it send RST, which can destroy our close frame at the peer before it is read. Send
+                # FIN instead and keep reading (and discarding) until the peer closes, or close_timeout.
+                transport.write_eof()
+                if self._reading_paused:
+                    self._reading_paused = False
+                    transport.resume_reading()
+            else:
+                transport.close()  # flushes what is buffered, then closes
         self._arm_abort()
 
     def _arm_abort(self) -> None:
