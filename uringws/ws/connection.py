@@ -399,10 +399,11 @@ class Connection(asyncio.Protocol):
             return
         out = proto.data_to_send()
         if out and not transport.is_closing():
-            if len(out) == 1:
-                transport.write(out[0])
-            else:
-                transport.writelines(out)
+            # write() per buffer, not writelines(): CPython 3.12+'s selector writelines() never calls
+            # pause_writing(), which would silently disable our flow control.
+            write = transport.write
+            for data in out:
+                write(data)
 
     def _process(self) -> None:
         proto = self.proto
