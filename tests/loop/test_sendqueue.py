@@ -21,13 +21,12 @@ import weakref
 from typing import Any, ClassVar
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
     invariant,
-    precondition,
     rule,
     run_state_machine_as_test,
 )
@@ -140,7 +139,7 @@ class SendQueueMachine(RuleBasedStateMachine):
 
     @initialize(
         max_batch_bytes=st.sampled_from([1, 100, 4096, 256 * 1024]),
-        max_iov=st.sampled_from([1, 2, 3, 64]),
+        max_iov=st.sampled_from([1, 2, 3, 64, 64]),
         join_below=st.sampled_from([0, 1, 64, 16 * 1024]),
         high=st.integers(0, 2 * MiB),
         low_frac=st.floats(0, 1),
@@ -171,6 +170,12 @@ class SendQueueMachine(RuleBasedStateMachine):
         if kind in BY_REFERENCE and immutable is not None and len(immutable) >= 2:
             # Size >= 2: CPython caches the 0- and 1-byte bytes objects, whose refcounts mean nothing.
             self.tracked.append(([immutable], len(self.written)))
+
+    @rule(items=st.lists(st.tuples(st.sampled_from(KINDS), st.integers(0, 40 * 1024)), min_size=2, max_size=20))
+    def write_burst(self, items: list[tuple[str, int]]) -> None:
+        """Many writes between two completions (a broadcast): exercises joining and iovec batches."""
+        for kind, size in items:
+            self.write(kind, size)
 
     @rule(high=st.integers(0, 2 * MiB), low_frac=st.floats(0, 1))
     def set_limits(self, high: int, low_frac: float) -> None:
@@ -208,6 +213,7 @@ class SendQueueMachine(RuleBasedStateMachine):
         assert self.q.next_send() is None, "next_send() twice without a completion: a second send in flight"
         self.batch = [weakref.ref(v) for v in views]
         self.batch_len = total
+        event(f"send of {min(len(views), 4)}{'+' if len(views) >= 4 else ''} buffers")
         del views, v
 
     @rule(data=st.data())
@@ -217,6 +223,9 @@ class SendQueueMachine(RuleBasedStateMachine):
                 self.q.completed(0)
             return
         n = data.draw(st.one_of(st.just(self.batch_len), st.integers(0, self.batch_len)), label="n")
+        event("short completion" if n < self.batch_len else "full completion")
+        if self.paused:
+            event("completed while paused")
         sent = read_views(self.batch)[:n]
         pos = self.accepted
         if sent != self.written[pos : pos + n]:
@@ -241,10 +250,24 @@ class SendQueueMachine(RuleBasedStateMachine):
         self.dead_batches.extend(self.batch)
         self.batch = None
 
-    @precondition(lambda self: self.batch is not None)
+    @rule(data=st.data(), steps=st.integers(1, 8))
+    def kernel_runs(self, data: st.DataObject, steps: int) -> None:
+        """Several send/complete rounds in a row, as a busy ring would produce them."""
+        for _ in range(steps):
+            if self.batch is None:
+                self.submit()
+                if self.batch is None:
+                    return
+            elif data.draw(st.integers(0, 9), label="retry?") == 0:
+                self.fail_retry(data.draw(st.sampled_from(RETRY), label="errno"))
+            else:
+                self.complete(data)
+
     @rule(extra=st.integers(1, 10))
     def complete_too_much(self, extra: int) -> None:
         """A count beyond what was submitted is a caller bug: it raises and changes nothing."""
+        if self.batch is None:
+            return
         with pytest.raises(SendQueueUsageError):
             self.q.completed(self.batch_len + extra)
         with pytest.raises(SendQueueUsageError):
@@ -307,14 +330,22 @@ class SendQueueMachine(RuleBasedStateMachine):
 
 
 MACHINE_SETTINGS = settings(
-    max_examples=150,
-    stateful_step_count=40,
+    max_examples=200,
+    stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
 TestSendQueueStateful = SendQueueMachine.TestCase
 TestSendQueueStateful.settings = MACHINE_SETTINGS
+
+
+@pytest.mark.slow
+def test_sendqueue_stateful_long() -> None:
+    """The same machine, much longer runs and many more of them (run with -m slow)."""
+    run_state_machine_as_test(
+        SendQueueMachine, settings=settings(MACHINE_SETTINGS, max_examples=3000, stateful_step_count=120)
+    )
 
 
 # -- the property can fail: deliberately naive queues ------------------------------------------------------
