@@ -398,8 +398,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
             self._drain_backlog()
         self._update_app_writing()
 
-    def eof_received(self) -> bool:
-        """TCP FIN from the peer.  Returns True only to keep the transport open while app reading is paused."""
+    def _on_eof(self) -> bool:
         state = self._state
         if state == _HANDSHAKE:
             err = ConnectionResetError("peer closed the connection during the TLS handshake")
@@ -419,12 +418,14 @@ class TLSProtocol(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         """Lend the thread's shared receive buffer (or a small private one if it is already lent)."""
         shared = self._shared
-        if shared.owner is None or shared.owner is self:
+        owner = shared.owner
+        # A lender that never called buffer_updated() (EAGAIN, EOF, error) and is gone cannot be using it.
+        if owner is None or owner is self or owner._state == _CLOSED:
             shared.owner = self
-            self._lent = shared.recv
+            self._lent = view = shared.recv
         else:
-            self._lent = memoryview(bytearray(PRIVATE_RECV_SIZE))
-        return self._lent
+            self._lent = view = memoryview(bytearray(PRIVATE_RECV_SIZE))
+        return view
 
     def buffer_updated(self, nbytes: int) -> None:
         """``nbytes`` arrived in the lent buffer: feed them to OpenSSL and process."""
@@ -432,19 +433,19 @@ class TLSProtocol(asyncio.BufferedProtocol):
         self._lent = None
         if self._shared.owner is self:
             self._shared.owner = None
-        if view is not None:
-            self._feed(view[:nbytes])
-
-    def data_received(self, data: bytes) -> None:
-        """For transports that do not support buffered protocols."""
-        self._feed(data)
-
-    def _feed(self, data: bytes | memoryview) -> None:
-        incoming = self._incoming
-        if incoming is None or self._state == _CLOSED:
+        if view is None or self._state == _CLOSED:
             return
-        self._track_records(data)
-        incoming.write(data)
+        data = view[:nbytes]
+        # Record tracking, common case inline: the chunk ends inside the current record, or it is exactly
+        # the end of the current record plus one whole record (a small message).
+        left = self._rec_left
+        if left >= nbytes:
+            self._rec_left = left - nbytes
+        elif self._hdr or left + 5 > nbytes or left + 5 + ((view[left + 3] << 8) | view[left + 4]) != nbytes:
+            self._track_records(data)
+        else:
+            self._rec_left = 0
+        self._incoming.write(data)  # type: ignore[union-attr]
         state = self._state
         if state == _WRAPPED:
             if not self._app_read_paused:
@@ -453,6 +454,27 @@ class TLSProtocol(asyncio.BufferedProtocol):
             self._do_handshake()
         elif state == _SHUTDOWN:
             self._read_shutdown()
+
+    def data_received(self, data: bytes) -> None:
+        """For transports that do not support buffered protocols."""
+        if self._state == _CLOSED:
+            return
+        self._track_records(data)
+        self._incoming.write(data)  # type: ignore[union-attr]
+        state = self._state
+        if state == _WRAPPED:
+            if not self._app_read_paused:
+                self._read()
+        elif state == _HANDSHAKE:
+            self._do_handshake()
+        elif state == _SHUTDOWN:
+            self._read_shutdown()
+
+    def eof_received(self) -> bool:
+        """TCP FIN from the peer.  Returns True only to keep the transport open while app reading is paused."""
+        if self._shared.owner is self:  # the transport lent our buffer but got EOF instead of data
+            self._shared.owner = None
+        return self._on_eof()
 
     def _track_records(self, data: bytes | memoryview) -> None:
         """Follow TLS record boundaries (5-byte headers) so an EOF can tell truncation from a clean end."""
