@@ -239,7 +239,7 @@ class Runner:
         pid = self.args.server_pid
         # One connection and one echo first, so lazily built state (TLS, imports, caches) is in the baseline.
         payload = b"x" * 64
-        probe, listener = await self.connect(lambda: Echoer(self.st, payload, 1))
+        _probe, listener = await self.connect(lambda: Echoer(self.st, payload, 1))
         self.st.running = False
         listener.start()
         while self.st.messages < 1:
@@ -291,7 +291,7 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=2.0)
     p.add_argument("--idle", type=float, default=1.0)
     args = p.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     try:
         result = uvloop.run(amain(args))

@@ -255,7 +255,7 @@ class ServerProcess:
         if scenario.tls:
             cmd += ["--certfile", cert[0], "--keyfile", cert[1]]
         self.log_path = logdir / f"{name}-{scenario.name}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(_pinned(cmd, SERVER_CPU, plan.pin), stdout=subprocess.PIPE, stderr=self._log)
         if plan.pin and not shutil.which("taskset"):
             os.sched_setaffinity(self.proc.pid, {SERVER_CPU})
@@ -457,6 +457,7 @@ def markdown_table(plan: Plan, summary: dict[str, Any]) -> str:
 def write_plot(plan: Plan, summary: dict[str, Any], path: str) -> None:
     """Horizontal bars per metric and peer: uringws's performance relative to the peer (> 1: uringws better)."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -486,6 +487,15 @@ def write_plot(plan: Plan, summary: dict[str, Any], path: str) -> None:
     ax.invert_yaxis()
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_xscale("log")
+    finite = [v for vs in values.values() for v in vs if v == v and v > 0]
+    lo = min([*finite, 0.5]) / 1.2
+    hi = max([*finite, 2.0]) * 1.2
+    ax.set_xlim(lo, hi)
+    ticks = [t for t in (1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1, 2, 4, 8, 16, 32, 64) if lo <= t <= hi]
+    ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FixedFormatter([f"{t:g}×" if t >= 1 else f"1/{1 / t:g}×"
+                                                                   for t in ticks]))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("uringws relative to peer (> 1: uringws better; latency, CPU and memory inverted)")
     ax.set_title("uringws vs peers, medians of the same run")
     ax.legend(fontsize=8)
@@ -503,7 +513,7 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    versions = {}
+    versions: dict[str, str | None] = {}
     for dist in ("uringws", "websockets", "picows", "aiofastnet", "aiohttp", "uvloop"):
         try:
             versions[dist] = importlib.metadata.version(dist)
