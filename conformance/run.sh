@@ -187,7 +187,7 @@ port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
 
 tee_log() { if [[ $quiet -eq 1 ]]; then cat > "$1"; else tee "$1"; fi; }
 
-start=$SECONDS
+start=$EPOCHREALTIME
 cd "$REPO"
 port_busy && die "port $port on 127.0.0.1 is already in use"
 if [[ "$mode" == server ]]; then
@@ -217,7 +217,7 @@ else
     set -e
     [[ $rc -eq 0 ]] || log "warning: client exited with $rc$([[ $rc -eq 124 ]] && echo " (timed out after $timeout_s s)") (log: $outdir/peer.log)"
 fi
-elapsed=$((SECONDS - start))
+elapsed="$(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')"
 
 [[ -f "$outdir/index.json" ]] || die "no report was written ($outdir/index.json missing; logs in $outdir)"
 log "finished in ${elapsed} s; report index: $outdir/index.json"

@@ -86,9 +86,13 @@ def case_detail(report_dir: str, agent_cases: dict[str, Any], case_id: str) -> s
             report = json.load(f)
     except (OSError, ValueError):
         return "(report file missing)"
-    reason = report.get("result", "")
-    close = report.get("resultClose", "")
-    return f"{reason} | close: {close} ({report.get('behaviorClose', '')})"
+    # wstest's "result" text is generic ("Did not receive message within 100 seconds" also when the peer
+    # closed at once), so the close code and reason the peer sent are printed too: they usually name the cause.
+    remote = f"peer closed {report.get('remoteCloseCode')} {report.get('remoteCloseReason') or ''}".rstrip()
+    return (
+        f"{report.get('result', '')} | close: {report.get('resultClose', '')} ({report.get('behaviorClose', '')})"
+        f" | {remote} | {report.get('duration', '?')} ms"
+    )
 
 
 def print_summary(summary: AgentSummary, details: dict[str, str], elapsed: str | None) -> None:
@@ -192,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                 "failed": summary.failed,
                 "non_strict": summary.cases.get("NON-STRICT", []),
                 "unclean": summary.unclean,
-                "elapsed_seconds": int(elapsed) if elapsed and elapsed.isdigit() else None,
+                "elapsed_seconds": float(elapsed) if elapsed else None,
             }
             continue
         details: dict[str, str] = {}
