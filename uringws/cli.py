@@ -13,6 +13,33 @@ def build_parser() -> argparse.ArgumentParser:
         description="WebSockets over TLS on Linux io_uring.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = sub.add_parser("serve", help="serve HTTPS + WSS (no arguments: 127.0.0.1:8443, dev certificate, demo app)",
+                           description="Serve WebSockets over TLS. With no arguments: https://127.0.0.1:8443/ with a "
+                           "self-signed development certificate (generated on first run, cached) and the demo app.")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (default 8443, or 8080 with --no-tls)")
+    serve.add_argument("--certfile", help="PEM certificate chain (default: a cached self-signed dev certificate)")
+    serve.add_argument("--keyfile", help="PEM private key (default: inside --certfile)")
+    serve.add_argument("--app", default="demo", help="demo (page, /echo, /broadcast), echo, or MODULE:HANDLER")
+    serve.add_argument("--no-tls", dest="tls", action="store_false", help="plain HTTP and ws:// (insecure)")
+    serve.add_argument("--backend", choices=["auto", "uring", "epoll"], default="auto",
+                       help="event loop backend (default auto: io_uring when usable)")
+    serve.add_argument("--max-size", type=_opt_size, default=16 << 20,
+                       help="largest message accepted, e.g. 1M, or 'none' (default 16M)")
+    serve.add_argument("--max-queue", type=_opt_int, default=16, help="messages buffered per connection (default 16)")
+    serve.add_argument("--ping-interval", type=_opt_float, default=20.0,
+                       help="seconds between keepalive pings, 'none' to disable (default 20)")
+    serve.add_argument("--ping-timeout", type=_opt_float, default=20.0,
+                       help="seconds to wait for a pong before closing with 1011 (default 20)")
+    serve.add_argument("--no-compression", dest="compression", action="store_false",
+                       help="disable permessage-deflate")
+    serve.add_argument("--write-limit", type=_size, default=64 << 10,
+                       help="per-connection write buffer high-water mark (default 64K)")
+    serve.add_argument("--close-timeout", type=float, default=10.0, help="seconds for closing handshakes (default 10)")
+    serve.add_argument("--sndbuf", type=_size, default=None,
+                       help="SO_SNDBUF of accepted sockets (testing: a tiny value forces short writes)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                       help="logging level (default info)")
     doctor = sub.add_parser("doctor", help="report what this machine offers (kernel, io_uring, backend)",
                             description="Report the kernel, whether io_uring is usable (and why not), the "
                             "supported operations and the backend uringws would choose.")
@@ -41,6 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _opt_int(text: str) -> int | None:
+    return None if text.lower() == "none" else int(text)
+
+
+def _opt_float(text: str) -> float | None:
+    return None if text.lower() == "none" else float(text)
+
+
+def _opt_size(text: str) -> int | None:
+    return None if text.lower() == "none" else _size(text)
+
+
 def _size(text: str) -> int:
     """Parse 4096, 64K, 16M, 1G."""
     units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -56,6 +95,19 @@ def _size(text: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        import logging
+
+        from .tools import serve
+
+        logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        port = args.port if args.port is not None else (8443 if args.tls else 8080)
+        opts = serve.ServeOptions(
+            host=args.host, port=port, certfile=args.certfile, keyfile=args.keyfile, app=args.app, tls=args.tls,
+            backend=args.backend, max_size=args.max_size, max_queue=args.max_queue,
+            ping_interval=args.ping_interval, ping_timeout=args.ping_timeout, compression=args.compression,
+            write_limit=args.write_limit, close_timeout=args.close_timeout, sndbuf=args.sndbuf)
+        return serve.main(opts)
     if args.command == "doctor":
         from .tools import doctor
 
@@ -70,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             server_hostname=args.server_hostname, timeout=args.timeout)
         try:
             torture.parse_uri(args.url)
-        except Exception as exc:
+        except torture.WebSocketError as exc:
             print(f"uringws torture: {exc}", file=sys.stderr)
             return 2
         return torture.main(cfg, progress=args.progress)

@@ -1,0 +1,215 @@
+"""``uringws serve``: the embedded defaults work, torture passes against it, and every user error is one line
+with exit status 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .test_torture import free_port, wait_port
+
+
+def serve_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "uringws", "serve", *args]
+
+
+@pytest.fixture
+def data_home(tmp_path: Path) -> dict[str, str]:
+    return dict(os.environ, XDG_DATA_HOME=str(tmp_path / "data"))
+
+
+def start(args: list[str], env: dict[str, str], port: int) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(serve_cmd(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_port(port)
+    except BaseException:
+        proc.kill()
+        print(proc.communicate()[0])
+        raise
+    return proc
+
+
+def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> str:
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=30)
+    return out
+
+
+@pytest.fixture
+def echo_proc(data_home: dict[str, str]) -> Iterator[tuple[int, subprocess.Popen[str]]]:
+    port = free_port()
+    proc = start(["--port", str(port), "--app", "echo", "--sndbuf", "4096", "--no-compression"], data_home, port)
+    yield port, proc
+    out = stop(proc)
+    assert proc.returncode == 0, out
+
+
+@pytest.fixture
+def echo_server(echo_proc: tuple[int, subprocess.Popen[str]]) -> int:
+    return echo_proc[0]
+
+
+def test_defaults_print_certificate_and_backend(data_home: dict[str, str]) -> None:
+    port = free_port()
+    proc = start(["--port", str(port)], data_home, port)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with urllib.request.urlopen(f"https://127.0.0.1:{port}/info", context=ctx, timeout=10) as r:
+        info = json.load(r)
+    with urllib.request.urlopen(f"https://127.0.0.1:{port}/", context=ctx, timeout=10) as r:
+        page = r.read()
+    out = stop(proc, signal.SIGINT)
+    assert proc.returncode == 0, out
+    assert b"Integrity self-test" in page
+    assert info["backend"] in ("io_uring", "epoll")
+    assert f"https://127.0.0.1:{port}/" in out
+    assert "SHA-256 fingerprint" in out
+    assert "backend:" in out
+    cert = Path(data_home["XDG_DATA_HOME"]) / "uringws" / "devcert.pem"
+    assert cert.exists() and str(cert) in out
+
+
+def test_torture_passes_against_our_server(echo_server: int) -> None:
+    proc = subprocess.run([sys.executable, "-m", "uringws", "torture", f"wss://127.0.0.1:{echo_server}/",
+                           "--insecure", "-c", "6", "-n", "6", "--max-size", "2M", "--no-progress"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "6 passed, 0 failed"
+
+
+PICOWS_ECHO = """
+import asyncio, ssl, sys
+import uvloop
+from picows import ws_create_server, WSListener, WSMsgType, WSFrame, WSTransport
+
+class Echo(WSListener):
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type == WSMsgType.CLOSE:
+            transport.send_close(frame.get_close_code(), frame.get_close_message())
+            transport.disconnect()
+        elif frame.msg_type == WSMsgType.PING:
+            transport.send_pong(frame.get_payload_as_bytes())
+        else:
+            transport.send(frame.msg_type, frame.get_payload_as_memoryview(), frame.fin)
+
+async def main():
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(sys.argv[2])
+    server = await ws_create_server(lambda r: Echo(), "127.0.0.1", int(sys.argv[1]), ssl=ctx,
+                                    max_frame_size=64 << 20)
+    await server.serve_forever()
+uvloop.run(main())
+"""
+
+
+def test_torture_passes_against_picows(tmp_path: Path) -> None:
+    pytest.importorskip("picows")
+    pytest.importorskip("uvloop")
+    import trustme
+
+    ca = trustme.CA()
+    pem = tmp_path / "server.pem"
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(pem))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-c", PICOWS_ECHO, str(port), str(pem)])
+    try:
+        wait_port(port)
+        # picows echoes frame by frame: fragmented messages come back fragmented, which torture reassembles.
+        proc = subprocess.run([sys.executable, "-m", "uringws", "torture", f"wss://127.0.0.1:{port}/",
+                               "--cafile", str(tmp_path / "ca.pem"), "-c", "4", "-n", "5", "--max-size", "2M",
+                               "--no-progress"], capture_output=True, text=True, timeout=300)
+    finally:
+        server.kill()
+        server.wait()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "4 passed, 0 failed"
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("uringws serve: ")
+    return lines[0]
+
+
+def test_port_in_use(data_home: dict[str, str]) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        proc = subprocess.run(serve_cmd("--port", str(port)), env=data_home, capture_output=True, text=True,
+                              timeout=60)
+    line = one_line_error(proc)
+    assert f"port {port}" in line and "--port" in line
+
+
+def test_unreadable_certificate(data_home: dict[str, str], tmp_path: Path) -> None:
+    bad = tmp_path / "cert.pem"
+    bad.write_text("not a certificate\n")
+    proc = subprocess.run(serve_cmd("--port", str(free_port()), "--certfile", str(bad)), env=data_home,
+                          capture_output=True, text=True, timeout=60)
+    assert str(bad) in one_line_error(proc)
+    missing = tmp_path / "nope.pem"
+    proc = subprocess.run(serve_cmd("--port", str(free_port()), "--certfile", str(missing)), env=data_home,
+                          capture_output=True, text=True, timeout=60)
+    assert str(missing) in one_line_error(proc)
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("no_such_module_xyz:handler", "cannot import"),
+    ("json:no_such_handler", "no attribute"),
+    ("just_a_name", "MODULE:HANDLER"),
+])
+def test_handler_that_cannot_be_imported(data_home: dict[str, str], spec: str, words: str) -> None:
+    proc = subprocess.run(serve_cmd("--port", str(free_port()), "--app", spec), env=data_home,
+                          capture_output=True, text=True, timeout=60)
+    assert words in one_line_error(proc)
+
+
+def test_custom_handler_module_and_plain_ws(data_home: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "myapp.py").write_text(
+        "async def shout(ws):\n    async for m in ws:\n        await ws.send(m.upper())\n")
+    env = dict(data_home, PYTHONPATH=str(tmp_path))
+    port = free_port()
+    proc = start(["--port", str(port), "--app", "myapp:shout", "--no-tls"], env, port)
+    try:
+        from websockets.sync.client import connect
+
+        with connect(f"ws://127.0.0.1:{port}/x") as ws:
+            ws.send("hello")
+            assert ws.recv(timeout=10) == "HELLO"
+    finally:
+        out = stop(proc)
+    assert proc.returncode == 0, out
+    assert "WARNING: --no-tls" in out
+
+
+def test_sigterm_closes_connections_with_1001(echo_proc: tuple[int, subprocess.Popen[str]]) -> None:
+    # The fixture's teardown asserts exit status 0; here, a client sees close code 1001 on shutdown.
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    port, server = echo_proc
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with connect(f"wss://127.0.0.1:{port}/", ssl=ctx) as ws:
+        ws.send("ping")
+        assert ws.recv(timeout=10) == "ping"
+        server.send_signal(signal.SIGTERM)
+        with pytest.raises(ConnectionClosed) as info:
+            ws.recv(timeout=20)
+    assert info.value.rcvd is not None and info.value.rcvd.code == 1001
