@@ -510,3 +510,41 @@ async def test_connect_errors() -> None:
     with pytest.raises(TimeoutError):
         await connect(f"ws://127.0.0.1:{port}/", open_timeout=0.3)
     srv.close()
+
+
+@run
+async def test_open_timeout_drops_silent_clients() -> None:
+    async with serve(echo, "127.0.0.1", 0, open_timeout=0.3) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port_bound)
+        writer.write(b"GET / HTTP/1.1\r\n")  # an incomplete request, then silence
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        try:
+            assert await reader.read() == b""
+        except ConnectionResetError:
+            pass  # aborted: fine too
+        assert 0.25 <= loop.time() - start < 3.0
+        writer.close()
+
+
+@run
+async def test_close_timeout_when_peer_never_answers_close() -> None:
+    async def mute_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        from uringws.ws.handshake import ServerHandshake, serialize_response
+
+        hs = ServerHandshake(WSConfig(compression=None))
+        request = None
+        while request is None:
+            request = hs.receive_data(await reader.read(4096))
+        writer.write(serialize_response(hs.accept(request)[0]))
+        await asyncio.sleep(10)  # never reads, never answers the close frame
+
+    srv = await asyncio.start_server(mute_server, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    ws = await connect(f"ws://127.0.0.1:{port}/", close_timeout=0.3, ping_interval=None)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await ws.close()
+    assert 0.25 <= loop.time() - start < 3.0
+    assert ws.close_code == 1006
+    srv.close()
