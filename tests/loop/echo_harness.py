@@ -75,6 +75,10 @@ async def _client(index: int, port: int, family: int, seed: int, msgs: int, max_
     sock = socket.socket(family, socket.SOCK_STREAM)
     if rcvbuf:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        # Loopback's MSS (~64 KiB) dwarfs a 4 KiB window: silly-window avoidance then leaves the sender to
+        # zero-window probes with exponential backoff (stalls of a minute, with any event loop). An Ethernet-
+        # sized MSS keeps the tiny window moving, and many more, smaller segments = more short sends.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1400)
     sock.setblocking(False)
     loop = asyncio.get_running_loop()
     host = "::1" if family == socket.AF_INET6 else "127.0.0.1"

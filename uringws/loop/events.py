@@ -54,6 +54,7 @@ class EventLoop(_UnixSelectorEventLoop):  # type: ignore[misc]
                  direct_send: bool = True, transport_class: type[RingSocketTransport] | None = None) -> None:
         if backend not in ("io_uring", "epoll"):
             raise ValueError(f"backend must be 'io_uring' or 'epoll', not {backend!r}")
+        self._closed = True  # until asyncio's __init__ ran: lets __del__ cope with a failed construction
         self.backend = backend
         self.send_stats = SendStats()
         self.direct_send = direct_send
