@@ -103,24 +103,25 @@ def scenarios(broadcast_connections: int = 1000, rss_connections: int = 5000) ->
     out: dict[str, Scenario] = {}
     for tls in (True, False):
         suffix = "" if tls else "-tcp"
+        over = "" if tls else ", plain TCP"
 
         def fl(f: Callable[[Floor], float | None], tls: bool = tls) -> Callable[[Floor], float | None] | None:
             return f if tls else None
 
         out["pingpong" + suffix] = Scenario(
-            "pingpong" + suffix, "(a) ping-pong 64 B, 1 conn", "pingpong", 64, tls=tls, metrics=(
+            "pingpong" + suffix, "(a) ping-pong 64 B, 1 conn" + over, "pingpong", 64, tls=tls, metrics=(
                 Metric("p50_us", "p50 latency µs", False), Metric("p99_us", "p99 latency µs", False),
                 Metric("messages_per_s", "round trips/s", True),
                 Metric("server_cpu_us_per_msg", "server CPU µs/msg", False, fl(_leg(64))), CLIENT_PCT))
         out["echo64" + suffix] = Scenario(
-            "echo64" + suffix, "(b) echo 64 B, 50 conn × 8 in flight", "echo", 64, 50, 8, tls=tls, metrics=(
+            "echo64" + suffix, "(b) echo 64 B, 50 conn × 8 in flight" + over, "echo", 64, 50, 8, tls=tls, metrics=(
                 Metric("messages_per_s", "messages/s", True, fl(_leg_rate(64))),
                 Metric("server_cpu_us_per_msg", "server CPU µs/msg", False, fl(_leg(64))), CLIENT_PCT))
         for size, name in ((64 * KiB, "echo64k"), (MiB, "echo1m")):
             label = "64 KiB" if size == 64 * KiB else "1 MiB"
             inflight = 4 if size == 64 * KiB else 2
             out[name + suffix] = Scenario(
-                name + suffix, f"(c) echo {label}, 1 conn × {inflight} in flight", "echo", size, 1, inflight,
+                name + suffix, f"(c) echo {label}, 1 conn × {inflight} in flight{over}", "echo", size, 1, inflight,
                 tls=tls, metrics=(
                     Metric("mb_per_s", "MB/s (echoed payload)", True, fl(_leg_mbs(size))),
                     Metric("server_cpu_ns_per_byte", "server CPU ns/B", False, fl(_leg_ns_per_byte(size))),
@@ -504,6 +505,12 @@ def write_plot(plan: Plan, summary: dict[str, Any], path: str) -> None:
     plt.close(fig)
 
 
+def client_bound(raw: dict[str, Any], threshold: float = 90.0) -> list[str]:
+    """Runs whose load client was busy for at least ``threshold`` % of the window: they measure the client."""
+    return [f"round {r['round']} {r['scenario']} {r['server']} ({r['result']['client_cpu_pct']:.0f}%)"
+            for r in raw["runs"] if r["result"].get("client_cpu_pct", 0.0) >= threshold]
+
+
 def machine() -> dict[str, Any]:
     cpu = "?"
     try:
@@ -545,13 +552,16 @@ def main(args: argparse.Namespace) -> int:
     print(f"TLS floor: {floor.get('version')} {floor.get('cipher')}, {floor.get('openssl')}; servers pinned to CPU "
           f"{SERVER_CPU}, load client to CPU {CLIENT_CPU}; {plan.rounds} round(s) × {plan.duration:g} s windows; "
           f"compression off on every server; {time.monotonic() - t0:.0f} s")
+    busy = client_bound(raw)
+    if busy:
+        print("load client ≥ 90% busy (the result may be client-bound): " + ", ".join(busy))
     doc = {"date": started.isoformat(timespec="seconds"), "command": " ".join(sys.argv), "machine": info,
            "config": {"rounds": plan.rounds, "duration_s": plan.duration, "warmup_s": plan.warmup,
                       "pinned": plan.pin, "servers": {s: SERVERS[s].note for s in plan.servers},
                       "skipped": plan.skipped,
                       "scenarios": {s.name: {"title": s.title, "size": s.size, "connections": s.connections,
                                              "inflight": s.inflight, "tls": s.tls} for s in plan.scenarios}},
-           **summary, "markdown": markdown_table(plan, summary), **raw}
+           **summary, "client_bound": busy, "markdown": markdown_table(plan, summary), **raw}
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(doc, indent=1) + "\n")
     if args.plot:
