@@ -174,9 +174,12 @@ def test_pause_resume_writing_delivers_everything(backend_loop: EventLoop) -> No
 
 
 def test_half_close_both_ways(backend_loop: EventLoop) -> None:
+    made: list[Any] = []
+
     class HalfCloser(asyncio.Protocol):
         def connection_made(self, transport: Any) -> None:
             self.transport = transport
+            made.append(self)
             self.data = b""
 
         def data_received(self, data: bytes) -> None:
@@ -199,6 +202,7 @@ def test_half_close_both_ways(backend_loop: EventLoop) -> None:
             answer += chunk
         assert answer == b"got:question"
         sock.close()
+        made[0].transport.close()  # both directions are shut; 3.12+ wait_closed() waits for the transport
         server.close()
         await server.wait_closed()
 
