@@ -106,9 +106,7 @@ class SendQueue:
         if max_batch_bytes < 1:
             raise ValueError(f"max_batch_bytes must be >= 1, got {max_batch_bytes!r}")
         if not 1 <= max_iov <= _UIO_MAXIOV:
-            raise ValueError(
-                f"max_iov must be in 1..{_UIO_MAXIOV} (the kernel's UIO_MAXIOV), got {max_iov!r}"
-            )
+            raise ValueError(f"max_iov must be in 1..{_UIO_MAXIOV} (the kernel's UIO_MAXIOV), got {max_iov!r}")
         if join_below < 0:
             raise ValueError(f"join_below must be >= 0, got {join_below!r}")
         # Unsent bytes in stream order; the first `_offset` bytes of the head chunk are already confirmed.
@@ -182,6 +180,20 @@ class SendQueue:
         """next_send() for two or more queued chunks: pick, join and mark in flight."""
         chunks = self._chunks
         off = self._offset
+        buffered = self._buffered
+        if buffered <= self._max_batch_bytes and max(map(len, chunks)) < self._join_below:
+            # The usual burst (many small messages written while a send was in flight): everything fits one
+            # batch and all of it is to be joined, so do it in one C-level join instead of the loop below.
+            if off:
+                chunks[0] = memoryview(chunks[0])[off:]
+                self._offset = 0
+            whole = b"".join(chunks)
+            chunks.clear()
+            chunks.append(whole)
+            views = [memoryview(whole)]
+            self._inflight = views
+            self._inflight_n = buffered
+            return views
         max_bytes = self._max_batch_bytes
         max_iov = self._max_iov
         join_below = self._join_below
