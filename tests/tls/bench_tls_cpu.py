@@ -186,7 +186,8 @@ def main() -> None:
             }
             results["floor"].append(floor)
             print(
-                f"round {r} floor    CPU/msg: 64B {floor['cpu_64B'] * 1e6:7.2f} us   1MiB {floor['cpu_1MiB'] * 1e3:7.3f} ms",
+                f"round {r} floor    CPU/msg: 64B {floor['cpu_64B'] * 1e6:7.2f} us   "
+                f"1MiB {floor['cpu_1MiB'] * 1e3:7.3f} ms",
                 flush=True,
             )
     med = {
