@@ -59,6 +59,7 @@ class Scenario:
     mode: str = "echo"  # server --mode
     tls: bool = True
     metrics: tuple[Metric, ...] = ()
+    first_round_only: bool = False  # RSS growth is not a rate: one measurement per server is enough
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,8 @@ def scenarios(broadcast_connections: int = 1000, rss_connections: int = 5000) ->
             Metric("server_cpu_us_per_conn", "server CPU µs/conn", False, lambda f: f["handshake_us"]),
             CLIENT_PCT))
     out["rss"] = Scenario(
-        "rss", f"(f) idle TLS connections: {rss_connections}", "rss", connections=rss_connections, metrics=(
+        "rss", f"(f) idle TLS connections: {rss_connections}", "rss", connections=rss_connections,
+        first_round_only=True, metrics=(
             Metric("rss_kib_per_conn", "server RSS KiB/conn", False),
             Metric("server_cpu_us_per_conn", "server CPU µs/conn (mass connect)", False,
                    lambda f: f["handshake_us"])))
@@ -158,10 +160,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--servers", default=",".join(SERVERS),
                         help="comma-separated, from " + ", ".join(SERVERS) + " (default: all)")
     parser.add_argument("--full", action="store_true",
-                        help="the full run: 3 rounds, 2 s windows, TLS + plain TCP, 5000 idle connections "
-                        "(about 10-15 minutes)")
+                        help="the full run: 3 rounds, 1.5 s windows, TLS + plain TCP, 5000 idle connections "
+                        "(about 15 minutes)")
     parser.add_argument("--rounds", type=int, help="rounds; servers alternate within each (default 1, --full 3)")
-    parser.add_argument("--duration", type=float, help="measured window per run, seconds (default 1, --full 2)")
+    parser.add_argument("--duration", type=float, help="measured window per run, seconds (default 1, --full 1.5)")
     parser.add_argument("--warmup", type=float, help="warm-up before each window, seconds (default 0.3, --full 0.5)")
     parser.add_argument("--tcp", action="store_true", help="also run (a)-(c) over plain TCP")
     parser.add_argument("--rss-connections", type=int, help="idle connections of (f) (default 1000, --full 5000)")
@@ -219,7 +221,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     if missing and args.python == sys.executable:
         raise BenchError(f"the load client needs {' and '.join(missing)}: pip install 'uringws[bench]'")
     plan = Plan([table[n] for n in names], [], args.rounds or (3 if full else 1),
-                args.duration or (2.0 if full else 1.0), args.warmup or (0.5 if full else 0.3), bench_dir,
+                args.duration or (1.5 if full else 1.0), args.warmup or (0.5 if full else 0.3), bench_dir,
                 args.python, bool(args.pin) and (os.cpu_count() or 1) >= 2)
     for s in servers:
         absent = [m for m in SERVERS[s].modules if _find_spec(m) is None]
@@ -340,7 +342,8 @@ def execute(plan: Plan, progress: bool) -> dict[str, Any]:
 
     runs: list[dict[str, Any]] = []
     floors: list[Floor] = []
-    total = plan.rounds * (1 + len(plan.scenarios) * len(plan.servers))
+    total = sum(1 + sum(len(plan.servers) for sc in plan.scenarios if rnd == 0 or not sc.first_round_only)
+                for rnd in range(plan.rounds))
     console = Console(stderr=True)
     with tempfile.TemporaryDirectory(prefix="uringws-bench-") as tmp:
         certs = devcert.ensure_devcert(tmp)  # a fresh self-signed ECDSA P-256 certificate, deleted afterwards
@@ -356,6 +359,8 @@ def execute(plan: Plan, progress: bool) -> dict[str, Any]:
                 k = rnd % len(plan.servers)
                 order = plan.servers[k:] + plan.servers[:k]  # alternate: a different server goes first each round
                 for sc in plan.scenarios:
+                    if rnd > 0 and sc.first_round_only:
+                        continue
                     for name in order:
                         bar.update(task, description=f"round {rnd + 1}/{plan.rounds} {sc.name} {name}")
                         try:
