@@ -12,6 +12,7 @@ self-pipe stays because ``signal.set_wakeup_fd`` writes signal numbers into it.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import selectors
@@ -103,13 +104,11 @@ class EventLoop(_UnixSelectorEventLoop):  # type: ignore[misc]
         # Reading resets the eventfd counter; re-arm so the next call_soon_threadsafe() wakes us again.
         if self._selector is None or self._selector.closing or self._efd is None:
             return
-        if res < 0 and res != -4:  # anything but EINTR: broken, and re-arming would spin
-            import errno as _errno
-
-            if res != -_errno.ECANCELED:
-                log.error("eventfd wake-up read failed: %s; call_soon_threadsafe() may not wake the loop",
-                          os.strerror(-res))
-                return
+        if res < 0 and res not in (-errno.EINTR, -errno.ECANCELED, -errno.EAGAIN):
+            # Broken (re-arming would spin): say so loudly, cross-thread wake-ups now wait for other events.
+            log.error("eventfd wake-up read failed: %s; call_soon_threadsafe() may not wake the loop",
+                      os.strerror(-res))
+            return
         self._arm_wakeup()
 
     def _write_to_self(self) -> None:

@@ -67,8 +67,12 @@ class SendStats:
         return f"SendStats({self.as_dict()})"
 
 
-class RingSocketTransport(transports.Transport):
-    """asyncio stream transport whose sends are io_uring operations with exactly one in flight per socket."""
+class RingSocketTransport(transports._FlowControlMixin, transports.Transport):  # type: ignore[misc]
+    """asyncio stream transport whose sends are io_uring operations with exactly one in flight per socket.
+
+    A `_FlowControlMixin` only because asyncio's sendfile fallback insists on one; the flow control itself
+    (limits, pause/resume crossings) is the SendQueue's.
+    """
 
     _start_tls_compatible = True
     # loop.sendfile() goes through transport.write() (the native path is built for the selector transport)
@@ -78,7 +82,7 @@ class RingSocketTransport(transports.Transport):
     def __init__(self, loop: Any, sock: socket.socket, protocol: protocols.BaseProtocol,
                  waiter: futures.Future[Any] | None = None, extra: dict[str, Any] | None = None,
                  server: Any = None, *, direct_send: bool | None = None) -> None:
-        super().__init__(extra)
+        super().__init__(extra, loop)
         self._extra["socket"] = trsock.TransportSocket(sock)
         try:
             self._extra["sockname"] = sock.getsockname()
@@ -351,6 +355,11 @@ class RingSocketTransport(transports.Transport):
     def _on_sent(self, res: int, flags: int) -> None:
         self._ops -= 1
         self._send_state = _IDLE
+        if self._selector.closing:
+            # The ring is being torn down with the loop: nothing may be scheduled or submitted any more.
+            if self._release_wanted:
+                self._maybe_release()
+            return
         queue = self._queue
         stats = self._stats
         if res >= 0:

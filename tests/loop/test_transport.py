@@ -1,0 +1,185 @@
+"""The ring transport's asyncio surface: BufferedProtocol, flow-control knobs, pause/resume reading,
+set_protocol, start_tls, loop.sendfile, connect_accepted_socket (on both backends where it applies)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import ssl
+import tempfile
+from typing import Any
+
+import pytest
+
+from uringws.loop import EventLoop, RingSocketTransport
+
+
+class Collect(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.eof = asyncio.get_running_loop().create_future()
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+
+    def eof_received(self) -> bool:
+        self.eof.set_result(None)
+        return False
+
+
+class BufCollect(asyncio.BufferedProtocol):
+    """Receives straight into its own small buffer (no copy by the transport)."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray(1000)
+        self.data = bytearray()
+        self.calls = 0
+        self.eof = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return self.buf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.calls += 1
+        self.data += self.buf[:nbytes]
+
+    def eof_received(self) -> bool:
+        self.eof.set_result(None)
+        return False
+
+
+async def _pair(proto_factory: Any) -> tuple[Any, Any, socket.socket]:
+    """A server-side transport of our loop with `proto_factory`, and the raw peer socket."""
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    transport, proto = await loop.connect_accepted_socket(proto_factory, a)
+    b.setblocking(False)
+    return transport, proto, b
+
+
+def test_buffered_protocol_and_connect_accepted_socket(backend_loop: EventLoop) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        transport, proto, peer = await _pair(BufCollect)
+        if backend_loop.backend == "io_uring":
+            assert isinstance(transport, RingSocketTransport)
+        payload = os.urandom(50_000)
+        await loop.sock_sendall(peer, payload)
+        peer.shutdown(socket.SHUT_WR)
+        await asyncio.wait_for(proto.eof, 5)
+        assert bytes(proto.data) == payload
+        assert proto.calls >= 50  # at most 1000 bytes per call: it really used our buffer
+        peer.close()
+
+    backend_loop.run_until_complete(asyncio.wait_for(main(), 10))
+
+
+def test_flow_control_knobs_and_reading(backend_loop: EventLoop) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        transport, proto, peer = await _pair(Collect)
+        assert transport.get_write_buffer_limits() == (16384, 65536)
+        transport.set_write_buffer_limits(high=1000)
+        assert transport.get_write_buffer_limits() == (250, 1000)
+        with pytest.raises(ValueError):
+            transport.set_write_buffer_limits(high=1, low=2)
+        assert transport.is_reading()
+        transport.pause_reading()
+        assert not transport.is_reading()
+        await loop.sock_sendall(peer, b"held")
+        await asyncio.sleep(0.05)
+        assert proto.data == b""  # paused: nothing delivered
+        transport.resume_reading()
+        for _ in range(100):
+            if proto.data:
+                break
+            await asyncio.sleep(0.01)
+        assert proto.data == b"held"
+        other = Collect()
+        transport.set_protocol(other)
+        assert transport.get_protocol() is other
+        await loop.sock_sendall(peer, b"to other")
+        for _ in range(100):
+            if other.data:
+                break
+            await asyncio.sleep(0.01)
+        assert other.data == b"to other"
+        transport.write(b"bye")
+        transport.close()
+        assert transport.is_closing() and not transport.is_reading()
+        got = b""
+        while chunk := await loop.sock_recv(peer, 100):
+            got += chunk
+        assert got == b"bye"  # close() flushed before closing
+        peer.close()
+
+    backend_loop.run_until_complete(asyncio.wait_for(main(), 10))
+
+
+def test_loop_sendfile_over_transport(backend_loop: EventLoop) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        transport, proto, peer = await _pair(Collect)
+        content = os.urandom(3 * 1024 * 1024 + 5)
+        with tempfile.TemporaryFile() as f:
+            f.write(content)
+            f.seek(0)
+
+            async def read_all() -> bytes:
+                out = bytearray()
+                while len(out) < len(content):
+                    out += await loop.sock_recv(peer, 65536)
+                return bytes(out)
+
+            reader = asyncio.ensure_future(read_all())
+            sent = await loop.sendfile(transport, f)
+            assert sent == len(content)
+            assert await reader == content
+        transport.close()
+        peer.close()
+
+    backend_loop.run_until_complete(asyncio.wait_for(main(), 20))
+
+
+def test_start_tls_upgrade(backend_loop: EventLoop) -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert await reader.readline() == b"STARTTLS\n"
+        writer.write(b"OK\n")
+        await writer.drain()
+        await writer.start_tls(server_ctx)
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+        writer.write(b"STARTTLS\n")
+        assert await reader.readline() == b"OK\n"
+        await writer.start_tls(client_ctx, server_hostname="localhost")
+        assert writer.get_extra_info("ssl_object") is not None
+        payload = os.urandom(500_000)
+        writer.write(payload)
+        assert await reader.readexactly(len(payload)) == payload
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    backend_loop.run_until_complete(asyncio.wait_for(main(), 20))
