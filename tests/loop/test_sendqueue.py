@@ -506,6 +506,22 @@ def test_small_chunks_are_joined_into_one_buffer() -> None:
     assert views[0].obj is q._chunks[0]
 
 
+def test_remainder_is_joined_with_later_small_writes() -> None:
+    q = SendQueue()
+    q.write(b"abcdef")
+    q.next_send()
+    q.write(b"gh")
+    q.write(bytearray(b"ij"))
+    q.completed(2)
+    views = q.next_send()
+    assert views is not None and [bytes(v) for v in views] == [b"cdefghij"]
+    assert q.chunk_count == 1
+    q.completed(3)
+    q.write(b"k")
+    views = q.next_send()
+    assert views is not None and [bytes(v) for v in views] == [b"fghijk"]
+
+
 def test_large_chunks_go_by_reference_as_iovec() -> None:
     q = SendQueue(max_iov=3, max_batch_bytes=1 << 30)
     parts = [bytes([i]) * 20_000 for i in range(5)]
