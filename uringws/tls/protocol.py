@@ -16,6 +16,14 @@ buffer are shared by all connections of a thread (:class:`_SharedBuffers`); a co
 TCP transport is kept as the application's own (immutable) objects and encrypted only when the transport can
 take it.
 
+Loop integration: ``TLSProtocol`` is a ``BufferedProtocol`` towards the transport (``data_received`` works
+too).  ``get_buffer()`` lends a per-thread shared buffer until ``buffer_updated()``; a transport that keeps
+a buffer across other callbacks (e.g. a recv submitted to the kernel) still works, because a second lender
+gets a private ~16 KiB buffer, but then each such connection holds one: a completion-based loop should
+receive into its own (provided) buffers and copy into ``get_buffer()`` right before ``buffer_updated()``.
+The transport must implement ``write``, ``close``, ``abort``, ``pause_reading``, ``resume_reading``,
+``get_extra_info``, ``get_write_buffer_size`` and call ``pause_writing``/``resume_writing`` on us.
+
 Errors: handshake failures, TLS alerts and record errors close the connection, are logged on the
 ``uringws.tls`` logger with the peer address, and reach the application as the ``ssl.SSLError`` that
 OpenSSL raised (waiter exception during the handshake, ``connection_lost(exc)`` afterwards).  A TCP EOF
