@@ -21,7 +21,7 @@
 #   --cases LIST      comma-separated case ids or patterns, e.g. '1.*,2.*,9.1.1' (default '*')
 #   --exclude LIST    comma-separated case ids or patterns to skip, e.g. '12.*,13.*'
 #   --outdir DIR      report directory (default reports/autobahn/<mode>[-tls]/<agent>, gitignored)
-#   --timeout SEC     give up after SEC seconds (default 1200)
+#   --timeout SEC     give up after SEC seconds (default 3600; a full run takes 4-15 min, more when loaded)
 #   --python PY       Python 3 for {python}, trustme and summarize.py (default .venv/bin/python or python3)
 #   --quiet           do not stream wstest's per-case output (it always goes to <outdir>/wstest.log)
 # Everything after `--` goes to summarize.py, e.g. `-- --max-failed 0 --min-ok 500` to gate CI.
@@ -50,7 +50,7 @@ case "$mode" in
     *) usage >&2; exit 2 ;;
 esac
 
-cmd="" agent="uringws" port="" tls=0 cases="*" exclude="" outdir="" timeout_s=1200 python="" quiet=0
+cmd="" agent="uringws" port="" tls=0 cases="*" exclude="" outdir="" timeout_s=3600 python="" quiet=0
 summarize_args=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -93,12 +93,27 @@ url="$scheme://127.0.0.1:$port"
 [[ -n "$outdir" ]] || outdir="$REPO/reports/autobahn/$mode$suffix/$agent"
 mkdir -p "$outdir"
 outdir="$(cd "$outdir" && pwd)"
+# Two runs writing one directory overwrite each other's case files (seen on the shared machine), so a run holds
+# a lock on its directory; a second run with the same default directory moves to a fresh one.
+exec 9>"$outdir/.lock"
+if ! flock -n 9; then
+    outdir="$outdir.$$"
+    log "another run is using the report directory; writing to $outdir instead"
+    mkdir -p "$outdir"
+    exec 9>"$outdir/.lock"
+    flock -n 9 || die "cannot lock $outdir"
+fi
 # A stale index.json from an earlier run would be summarized as if it were this run's.
 rm -f "$outdir/index.json"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/uringws-autobahn.XXXXXX")"
-peer_pid=""
+peer_pid="" job_pid=""
 cleanup() {
+    # The foreground job (wstest or the client) runs under `timeout`, which forwards TERM to its child.
+    if [[ -n "$job_pid" ]] && kill -0 "$job_pid" 2>/dev/null; then
+        kill -TERM "$job_pid" 2>/dev/null || true
+        wait "$job_pid" 2>/dev/null || true
+    fi
     # Stop the process group we started (setsid below), politely first.
     if [[ -n "$peer_pid" ]] && kill -0 "$peer_pid" 2>/dev/null; then
         kill -TERM -- "-$peer_pid" 2>/dev/null || true
@@ -185,7 +200,20 @@ wait_port() {  # wait_port PID SECONDS: until 127.0.0.1:$port accepts TCP, or PI
 }
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
 
-tee_log() { if [[ $quiet -eq 1 ]]; then cat > "$1"; else tee "$1"; fi; }
+# run_job LOG CMD...: run CMD in the background with output to LOG (streamed unless --quiet) and wait for it.
+# In the background, not the foreground: bash runs traps only between foreground commands, so a TERM to this
+# script would otherwise leave wstest running until it finished on its own.
+run_job() {
+    local logfile="$1" tail_pid="" rc=0
+    shift
+    "$@" > "$logfile" 2>&1 &
+    job_pid=$!
+    if [[ $quiet -eq 0 ]]; then tail -n +1 -f --pid="$job_pid" "$logfile" & tail_pid=$!; fi
+    wait "$job_pid" || rc=$?
+    job_pid=""
+    [[ -z "$tail_pid" ]] || wait "$tail_pid" 2>/dev/null || true
+    return "$rc"
+}
 
 start=$EPOCHREALTIME
 cd "$REPO"
@@ -196,10 +224,8 @@ if [[ "$mode" == server ]]; then
     peer_pid=$!
     wait_port "$peer_pid" 30 || { tail -n 20 "$outdir/peer.log" >&2; die "server did not listen on port $port within 30 s (log: $outdir/peer.log)"; }
     log "fuzzingclient -> $url, cases '$cases' exclude '$exclude', reports in $outdir"
-    set +e
-    (cd "$work" && timeout --signal=INT --kill-after=10 "$timeout_s" "$wstest" -m fuzzingclient -s "$spec") 2>&1 | tee_log "$outdir/wstest.log"
-    rc=${PIPESTATUS[0]}
-    set -e
+    rc=0
+    run_job "$outdir/wstest.log" timeout --kill-after=10 "$timeout_s" "$wstest" -m fuzzingclient -s "$spec" || rc=$?
     [[ $rc -eq 0 ]] || die "wstest exited with $rc$([[ $rc -eq 124 ]] && echo " (timed out after $timeout_s s)") (log: $outdir/wstest.log)"
     kill -0 "$peer_pid" 2>/dev/null || log "warning: the server exited during the run (log: $outdir/peer.log)"
 else
@@ -211,10 +237,8 @@ else
     peer_pid=$!
     wait_port "$peer_pid" 60 || { tail -n 20 "$outdir/wstest.log" >&2; die "wstest fuzzingserver did not listen on port $port"; }
     log "client: $cmd"
-    set +e
-    timeout --kill-after=10 "$timeout_s" bash -c "exec $cmd" 2>&1 | tee_log "$outdir/peer.log"
-    rc=${PIPESTATUS[0]}
-    set -e
+    rc=0
+    run_job "$outdir/peer.log" timeout --kill-after=10 "$timeout_s" bash -c "exec $cmd" || rc=$?
     [[ $rc -eq 0 ]] || log "warning: client exited with $rc$([[ $rc -eq 124 ]] && echo " (timed out after $timeout_s s)") (log: $outdir/peer.log)"
 fi
 elapsed="$(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')"
