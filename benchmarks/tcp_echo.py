@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-SERVERS = ("stdlib", "uvloop", "uringws")
+SERVERS = ("stdlib", "uvloop", "uringws", "uringws-ring")
 
 
 def proc_cpu(pid: int) -> float:
@@ -51,10 +51,11 @@ def serve(kind: str) -> None:
         import uvloop
 
         loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    elif kind == "uringws":
+    elif kind.startswith("uringws"):
         import uringws.loop
 
-        loop = uringws.loop.new_event_loop()
+        # "uringws-ring": every send goes through the ring (no direct send(2) fast path in write()).
+        loop = uringws.loop.new_event_loop(direct_send=kind == "uringws")
         if loop.backend != "io_uring":  # type: ignore[attr-defined]
             print("uringws fell back to epoll; this benchmark would not measure io_uring", file=sys.stderr)
     else:
@@ -183,12 +184,14 @@ def main() -> None:
     for k in kinds:
         m = med[k]
         print(f"{k:8s} {m['msg_s']:9.0f} {m['us_msg']:7.2f} {m['mib_s']:8.1f} {m['ms_mib']:7.2f}")
-    if "uringws" in med:
-        for ref in kinds:
-            if ref == "uringws":
+    for ours in ("uringws", "uringws-ring"):
+        if ours not in med:
+            continue
+        for ref in ("stdlib", "uvloop"):
+            if ref not in med:
                 continue
-            a, b = med["uringws"], med[ref]
-            print(f"uringws/{ref}: server CPU per 64 B msg x{a['us_msg'] / b['us_msg']:.2f}, "
+            a, b = med[ours], med[ref]
+            print(f"{ours}/{ref}: server CPU per 64 B msg x{a['us_msg'] / b['us_msg']:.2f}, "
                   f"msg/s x{a['msg_s'] / b['msg_s']:.2f}, CPU per MiB x{a['ms_mib'] / b['ms_mib']:.2f}, "
                   f"MiB/s x{a['mib_s'] / b['mib_s']:.2f}")
     if args.json:

@@ -28,14 +28,12 @@ from ..ring.probe import availability
 from .selector import RingSelector
 from .transports import RingSocketTransport, SendStats
 
-__all__ = ["DEFAULT_RING_ENTRIES", "READ_BUFFER_SIZE", "EventLoop", "new_event_loop"]
+__all__ = ["DEFAULT_RING_ENTRIES", "EventLoop", "new_event_loop"]
 
 log = logging.getLogger("uringws.loop")
 
 #: SQ entries of the loop's ring (the CQ gets 4x as many)
 DEFAULT_RING_ENTRIES = 1024
-#: size of the loop-wide scratch buffer a plain Protocol's data is received into (asyncio reads 256 KiB too)
-READ_BUFFER_SIZE = 256 * 1024
 
 _STREAM_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
 
@@ -75,8 +73,6 @@ class EventLoop(_UnixSelectorEventLoop):  # type: ignore[misc]
             self._ring = ring
             ring.on_callback_error = self._on_ring_callback_error
             selector = RingSelector(ring)
-        self._read_buffer = bytearray(READ_BUFFER_SIZE)
-        self._read_view = memoryview(self._read_buffer)
         try:
             super().__init__(selector)
             if self._ring is not None:
