@@ -422,3 +422,41 @@ def test_constructor_validation() -> None:
         assert p.app_transport.get_write_buffer_limits() == (16384, 65536)
     finally:
         loop.close()
+
+
+def test_many_concurrent_echoes_with_tiny_send_buffer(
+    run: Any, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    """20 connections at once, 4 KiB SO_SNDBUF on the server (real short sends), sizes 1 B..1 MiB, hashed.
+
+    All connections share one receive buffer and one plaintext buffer per thread; interleaving must not mix
+    their bytes.
+    """
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        lsock = socket.create_server(("127.0.0.1", 0))
+        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # inherited by accepted sockets
+        lsock.setblocking(False)
+        server = await loop.create_server(
+            lambda: TLSProtocol(loop, Recorder(echo=True), server_ctx, None, server_side=True), sock=lsock
+        )
+        port = lsock.getsockname()[1]
+
+        async def one(i: int) -> None:
+            app = Recorder()
+            tr, _ = await tls_client(client_ctx, app, port)
+            data = payload([1, 64, 1000, 70_000, 1_000_000][i % 5] + i, seed=1000 + i)
+            for k in range(0, len(data), 50_000):
+                tr.write(data[k : k + 50_000])
+                await asyncio.sleep(0)
+            got = await app.wait_bytes(len(data), timeout=60)
+            assert sha(got) == sha(data), i
+            tr.close()
+            assert await asyncio.wait_for(app.lost, 10) is None
+
+        await asyncio.gather(*(one(i) for i in range(20)))
+        server.close()
+        await server.wait_closed()
+
+    run(main())
