@@ -197,6 +197,7 @@ class SendQueueMachine(RuleBasedStateMachine):
     @rule()
     def submit(self) -> None:
         self._begin()
+        chunks_before, head_offset = self.q.chunk_count, self.q._offset
         views = self.q.next_send()
         if self.batch is not None:
             assert views is None, "a second send was handed out while one is in flight"
@@ -220,6 +221,8 @@ class SendQueueMachine(RuleBasedStateMachine):
         self.batch = [weakref.ref(v) for v in views]
         self.batch_len = total
         event(f"send of {min(len(views), 4)}{'+' if len(views) >= 4 else ''} buffers")
+        if chunks_before > 1 and self.q.chunk_count < chunks_before:
+            event("joined after a short send" if head_offset else "joined")
         del views, v
 
     @rule(data=st.data())
@@ -416,6 +419,87 @@ def test_property_catches_forgotten_remainder() -> None:
 def test_property_catches_second_send_in_flight() -> None:
     with pytest.raises(AssertionError, match="second send"):
         _run_against(ManyInFlightQueue, bookkeeping=True)
+
+
+# -- seeded random workloads: many thousands of steps, cheaper than hypothesis per step ---------------------
+
+
+def simulate(queue: SendQueue, rng: random.Random, steps: int, *, max_write: int) -> None:
+    """Drive `queue` as a writer and a kernel with random choices; raise StreamMismatch on any stream damage.
+
+    Writes (mostly small, sometimes large, every kind), short completions, retries, and bursts of writes while a
+    send is in flight. The kernel reads its buffers only at completion time, after the writer has scribbled
+    over its mutable ones.
+    """
+    written = bytearray()
+    accepted = 0
+    batch: list[memoryview] | None = None
+    for _ in range(steps):
+        action = rng.random()
+        if action < 0.45:
+            size = rng.randrange(max_write) if rng.random() < 0.1 else rng.randrange(min(max_write, 200))
+            kind = rng.choice(KINDS)
+            obj, content, _ = make_payload(kind, size, rng.randrange(MiB))
+            queue.write(obj)
+            scribble(obj)
+            written += content
+        elif batch is None:
+            batch = queue.next_send()
+        elif action < 0.5:
+            assert queue.failed(rng.choice(RETRY)) is True
+            batch = None
+        else:
+            total = sum(v.nbytes for v in batch)
+            n = total if rng.random() < 0.5 else rng.randint(0, total)
+            sent = b"".join(v.tobytes() for v in batch)[:n]
+            if sent != written[accepted : accepted + n]:
+                raise StreamMismatch(f"kernel got different bytes at stream offset {accepted} (+{n})")
+            queue.completed(n)
+            accepted += n
+            batch = None
+        if queue.buffered != len(written) - accepted:
+            raise StreamMismatch(f"queue holds {queue.buffered} bytes, {len(written) - accepted} are unsent")
+    while True:
+        if batch is None:
+            batch = queue.next_send()
+            if batch is None:
+                break
+        total = sum(v.nbytes for v in batch)
+        if b"".join(v.tobytes() for v in batch) != written[accepted : accepted + total]:
+            raise StreamMismatch(f"kernel got different bytes at stream offset {accepted}")
+        queue.completed(total)
+        accepted += total
+        batch = None
+    if accepted != len(written):
+        raise StreamMismatch(f"the kernel accepted {accepted} bytes of {len(written)} written")
+
+
+CONFIGS = [
+    {},
+    {"join_below": 0},
+    {"join_below": 64, "max_iov": 4},
+    {"max_batch_bytes": 1000, "max_iov": 2},
+    {"max_batch_bytes": 1, "max_iov": 1},
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "defaults")
+@pytest.mark.parametrize("seed", range(3))
+def test_random_workload_keeps_the_stream(config: dict[str, int], seed: int) -> None:
+    simulate(SendQueue(**config), random.Random(seed), 10_000, max_write=70_000)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", CONFIGS)
+def test_random_workload_keeps_the_stream_long(config: dict[str, int]) -> None:
+    for seed in range(20):
+        simulate(SendQueue(**config), random.Random(1000 + seed), 50_000, max_write=2 * MiB)
+
+
+@pytest.mark.parametrize("queue_cls", [ForgetsRemainderQueue])
+def test_random_workload_catches_naive_queue(queue_cls: type[SendQueue]) -> None:
+    with pytest.raises(StreamMismatch):
+        simulate(queue_cls(), random.Random(0), 3000, max_write=70_000)
 
 
 # -- fatal errors ------------------------------------------------------------------------------------------
@@ -626,6 +710,16 @@ def test_usage_errors() -> None:
     assert q.in_flight and q.buffered == 3  # nothing changed
     q.completed(3)
     assert q.drained
+    for parts in ([b"ab", b"cd"], [b"ab", b"x" * 20_000]):  # a joined batch, an iovec batch
+        for p in parts:
+            q.write(p)
+        views = q.next_send()
+        assert views is not None
+        total = sum(v.nbytes for v in views)
+        with pytest.raises(SendQueueUsageError):
+            q.completed(total + 1)
+        q.completed(total)
+        assert q.drained
 
 
 def test_abort_while_in_flight_keeps_buffers_until_completion() -> None:
