@@ -13,8 +13,8 @@
 #   --cmd CMD         server or client command, run with bash (placeholders below); defaults:
 #                       server: {python} conformance/echo_server.py --port {port}
 #                               (+ --certfile {certfile} --keyfile {keyfile} with --tls)
-#                       client: {python} conformance/echo_client.py
-#                               (+ --url {url} --cafile {cafile} with --tls)
+#                       client: {python} conformance/echo_client.py --url {url}
+#                               (+ --cafile {cafile} with --tls)
 #   --agent NAME      agent name in the reports (server mode; a client names itself), default uringws
 #   --port N          server mode: port for the server (default: a free one); client mode: wstest port (9001)
 #   --tls             use wss:// with a throwaway certificate made at run time by trustme
@@ -107,7 +107,7 @@ fi
 rm -f "$outdir/index.json"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/uringws-autobahn.XXXXXX")"
-peer_pid="" job_pid=""
+peer_pid="" job_pid="" job_cpu="?" peer_cpu="?"
 cleanup() {
     # The foreground job (wstest or the client) runs under `timeout`, which forwards TERM to its child.
     if [[ -n "$job_pid" ]] && kill -0 "$job_pid" 2>/dev/null; then
@@ -147,8 +147,8 @@ if [[ -z "$cmd" ]]; then
         cmd="{python} conformance/echo_server.py --port {port}"
         [[ $tls -eq 1 ]] && cmd+=" --certfile {certfile} --keyfile {keyfile}"
     else
-        cmd="{python} conformance/echo_client.py"
-        [[ $tls -eq 1 ]] && cmd+=" --url {url} --cafile {cafile}"
+        cmd="{python} conformance/echo_client.py --url {url}"
+        [[ $tls -eq 1 ]] && cmd+=" --cafile {cafile}"
     fi
 fi
 expand() {
@@ -200,6 +200,11 @@ wait_port() {  # wait_port PID SECONDS: until 127.0.0.1:$port accepts TCP, or PI
 }
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
 
+# cpu_of PID: user+system CPU seconds of a running process (and its waited-for children), from /proc.
+cpu_of() {
+    awk -v hz="$(getconf CLK_TCK)" '{ printf "%.1f", ($14 + $15 + $16 + $17) / hz }' "/proc/$1/stat" 2>/dev/null || echo "?"
+}
+
 # run_job LOG CMD...: run CMD in the background with output to LOG (streamed unless --quiet) and wait for it.
 # In the background, not the foreground: bash runs traps only between foreground commands, so a TERM to this
 # script would otherwise leave wstest running until it finished on its own.
@@ -209,7 +214,11 @@ run_job() {
     "$@" > "$logfile" 2>&1 &
     job_pid=$!
     if [[ $quiet -eq 0 ]]; then tail -n +1 -f --pid="$job_pid" "$logfile" & tail_pid=$!; fi
-    wait "$job_pid" || rc=$?
+    # The `time` keyword reports the CPU of the job and everything it waited for (wstest under `timeout`);
+    # wall time alone says little on a shared 2-core machine.
+    local TIMEFORMAT="%U %S"
+    { time wait "$job_pid" 2>/dev/null; } 2>"$work/job_cpu" || rc=$?
+    job_cpu="$(awk '{ printf "%.1f", $1 + $2 }' "$work/job_cpu")"
     job_pid=""
     [[ -z "$tail_pid" ]] || wait "$tail_pid" 2>/dev/null || true
     return "$rc"
@@ -228,6 +237,8 @@ if [[ "$mode" == server ]]; then
     run_job "$outdir/wstest.log" timeout --kill-after=10 "$timeout_s" "$wstest" -m fuzzingclient -s "$spec" || rc=$?
     [[ $rc -eq 0 ]] || die "wstest exited with $rc$([[ $rc -eq 124 ]] && echo " (timed out after $timeout_s s)") (log: $outdir/wstest.log)"
     kill -0 "$peer_pid" 2>/dev/null || log "warning: the server exited during the run (log: $outdir/peer.log)"
+    peer_cpu="$(cpu_of "$peer_pid")"
+    wstest_cpu="$job_cpu"
 else
     tls_args=()
     [[ $tls -eq 1 ]] && tls_args=(-c "$certfile" -k "$keyfile")
@@ -239,13 +250,16 @@ else
     log "client: $cmd"
     rc=0
     run_job "$outdir/peer.log" timeout --kill-after=10 "$timeout_s" bash -c "exec $cmd" || rc=$?
+    peer_cpu="$job_cpu"
+    wstest_cpu="$(cpu_of "$peer_pid")"
     [[ $rc -eq 0 ]] || log "warning: client exited with $rc$([[ $rc -eq 124 ]] && echo " (timed out after $timeout_s s)") (log: $outdir/peer.log)"
 fi
 elapsed="$(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')"
 
 [[ -f "$outdir/index.json" ]] || die "no report was written ($outdir/index.json missing; logs in $outdir)"
-log "finished in ${elapsed} s; report index: $outdir/index.json"
-echo "elapsed_seconds=$elapsed" > "$outdir/timing.txt"
+log "finished in ${elapsed} s (CPU: wstest ${wstest_cpu} s, $mode ${peer_cpu} s; load average $(cut -d' ' -f1-3 /proc/loadavg)); report index: $outdir/index.json"
+printf 'elapsed_seconds=%s\nwstest_cpu_seconds=%s\npeer_cpu_seconds=%s\nloadavg=%s\n' \
+    "$elapsed" "$wstest_cpu" "$peer_cpu" "$(cut -d' ' -f1-3 /proc/loadavg)" > "$outdir/timing.txt"
 # Not exec: the EXIT trap must still stop the peer and remove the temporary directory.
 set +e
 "$python" "$HERE/summarize.py" "$outdir/index.json" "${summarize_args[@]}"

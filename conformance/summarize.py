@@ -95,9 +95,29 @@ def case_detail(report_dir: str, agent_cases: dict[str, Any], case_id: str) -> s
     )
 
 
-def print_summary(summary: AgentSummary, details: dict[str, str], elapsed: str | None) -> None:
+def read_timing(report_dir: str) -> dict[str, str]:
+    """The key=value lines run.sh writes to timing.txt (empty when the index came from elsewhere)."""
+    try:
+        with open(os.path.join(report_dir, "timing.txt")) as f:
+            return dict(line.strip().partition("=")[::2] for line in f if "=" in line)
+    except OSError:
+        return {}
+
+
+def describe_timing(timing: dict[str, str]) -> str:
+    """' in 201.3 s (CPU: wstest 150.2 s, peer 40.1 s; load 1.2 0.9 0.8)', or '' without timing."""
+    if "elapsed_seconds" not in timing:
+        return ""
+    text = f" in {timing['elapsed_seconds']} s"
+    if "wstest_cpu_seconds" in timing:
+        text += f" (CPU: wstest {timing['wstest_cpu_seconds']} s, peer {timing.get('peer_cpu_seconds', '?')} s"
+        text += f"; load {timing.get('loadavg', '?')})"
+    return text
+
+
+def print_summary(summary: AgentSummary, details: dict[str, str], timing: str) -> None:
     """Human-readable report for one agent."""
-    print(f"agent {summary.agent}: {summary.total} cases" + (f" in {elapsed} s" if elapsed else ""))
+    print(f"agent {summary.agent}: {summary.total} cases{timing}")
     names = list(BEHAVIORS) + sorted(set(summary.counts) - set(BEHAVIORS))
     print("  " + "  ".join(f"{name}={summary.counts.get(name, 0)}" for name in names))
     close = "  ".join(f"{name}={count}" for name, count in sorted(summary.close_counts.items()))
@@ -177,11 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"summarize.py: agent(s) {missing or '(none)'} not in {path}; found {sorted(index)}", file=sys.stderr)
         return 2
     report_dir = os.path.dirname(os.path.abspath(path))
-    elapsed = None
-    timing = os.path.join(report_dir, "timing.txt")
-    if os.path.exists(timing):
-        with open(timing) as f:
-            elapsed = f.read().strip().partition("=")[2] or None
+    timing = read_timing(report_dir)
 
     problems: list[str] = []
     output: dict[str, Any] = {}
@@ -196,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                 "failed": summary.failed,
                 "non_strict": summary.cases.get("NON-STRICT", []),
                 "unclean": summary.unclean,
-                "elapsed_seconds": float(elapsed) if elapsed else None,
+                "timing": timing,
             }
             continue
         details: dict[str, str] = {}
@@ -204,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             for behavior, ids in summary.cases.items():
                 if behavior not in ("OK", "UNIMPLEMENTED"):
                     details.update({c: case_detail(report_dir, index[agent], c) for c in ids})
-        print_summary(summary, details, elapsed)
+        print_summary(summary, details, describe_timing(timing))
     if args.json:
         print(json.dumps(output, indent=2))
     for problem in problems:
