@@ -8,7 +8,9 @@ and ``-ECANCELED`` resubmit, any other error aborts the connection: a stream wit
 Reads keep an idle connection cheap: a one-shot POLLIN poll, then one non-blocking ``recv_into`` straight into the
 protocol's buffer (BufferedProtocol), or one ``recv`` of up to `READ_SIZE` bytes (Protocol: the kernel copies
 straight into the bytes object handed to data_received; a loop-wide scratch buffer plus a copy measured ~40%
-more server CPU per MiB). No memory is reserved per idle connection. (Provided buffer rings could replace the poll + recv later; `_arm_read` is the place.)
+more server CPU per MiB). No memory is reserved per idle connection. (A multishot poll was tried and dropped: a
+short read does not prove the socket empty, since a FIN that came in the same wake-up shows only at the next
+recv, so every wake-up would need a read until EAGAIN.) (Provided buffer rings could replace the poll + recv later; `_arm_read` is the place.)
 
 The fd is closed only after every ring operation that names it has completed: an SQE still queued or in flight
 when the fd number is reused by a new socket would otherwise read from, or send into, the wrong connection.
