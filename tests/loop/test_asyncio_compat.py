@@ -158,9 +158,8 @@ def test_subprocess(backend_loop: EventLoop) -> None:
         proc2 = await asyncio.create_subprocess_exec("true")
         assert await proc2.wait() == 0
 
-    if sys.version_info < (3, 12):
-        # 3.11: the child watcher is attached to the loop through the policy.
-        asyncio.get_event_loop_policy().get_child_watcher().attach_loop(backend_loop)
+    # No watcher set-up: 3.11's default ThreadedChildWatcher wakes the loop with call_soon_threadsafe (our
+    # eventfd), 3.12+ use a pidfd watched with add_reader (a ring poll) where the kernel has pidfds.
     run(backend_loop, main())
 
 
