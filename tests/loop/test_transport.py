@@ -183,3 +183,51 @@ def test_start_tls_upgrade(backend_loop: EventLoop) -> None:
         await server.wait_closed()
 
     backend_loop.run_until_complete(asyncio.wait_for(main(), 20))
+
+
+def test_idle_connection_memory(ring_loop: EventLoop) -> None:
+    """An idle ring connection holds no read buffer: its Python heap stays small (TLS needs <= 32 KiB total)."""
+    import gc
+    import tracemalloc
+
+    n = 200
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        transports: list[Any] = []
+
+        class Idle(asyncio.Protocol):
+            def connection_made(self, transport: Any) -> None:
+                transports.append(transport)
+
+        server = await loop.create_server(Idle, "127.0.0.1", 0, backlog=n)
+        addr = server.sockets[0].getsockname()
+        clients: list[socket.socket] = []
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for _ in range(n):
+                s = socket.socket()
+                s.setblocking(False)
+                await loop.sock_connect(s, addr)
+                clients.append(s)
+            while len(transports) < n:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
+            gc.collect()
+            per_conn = (tracemalloc.get_traced_memory()[0] - before) / n
+        finally:
+            tracemalloc.stop()
+        assert all(isinstance(t, RingSocketTransport) for t in transports)
+        for t in transports:
+            t.close()
+        for s in clients:
+            s.close()
+        server.close()
+        await server.wait_closed()
+        return per_conn
+
+    per_conn = ring_loop.run_until_complete(asyncio.wait_for(main(), 30))
+    # Both ends' Python objects are counted (client socket + server transport, protocol, queue, handles).
+    assert per_conn < 8 * 1024, per_conn
