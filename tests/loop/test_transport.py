@@ -231,3 +231,36 @@ def test_idle_connection_memory(ring_loop: EventLoop) -> None:
     per_conn = ring_loop.run_until_complete(asyncio.wait_for(main(), 30))
     # Both ends' Python objects are counted (client socket + server transport, protocol, queue, handles).
     assert per_conn < 8 * 1024, per_conn
+
+
+def test_callback_errors_reach_the_exception_handler(ring_loop: EventLoop) -> None:
+    """A failing completion callback, or a protocol that raises inside one, is reported, not swallowed."""
+    seen: list[dict[str, Any]] = []
+    ring_loop.set_exception_handler(lambda loop, ctx: seen.append(ctx))
+
+    class Boom(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+            self.lost = asyncio.get_running_loop().create_future()
+
+        def data_received(self, data: bytes) -> None:
+            raise ValueError("protocol bug")
+
+        def connection_lost(self, exc: BaseException | None) -> None:
+            self.lost.set_result(exc)
+
+    async def main() -> None:
+        def bad(res: int, flags: int) -> None:
+            raise KeyError("callback bug")
+
+        ring_loop.ring.nop(bad)
+        await asyncio.sleep(0.01)
+        transport, proto, peer = await _pair(Boom)
+        peer.send(b"x")
+        exc = await asyncio.wait_for(proto.lost, 5)
+        assert isinstance(exc, ValueError)
+        peer.close()
+
+    ring_loop.run_until_complete(asyncio.wait_for(main(), 10))
+    assert any(isinstance(c.get("exception"), KeyError) and "io_uring" in c["message"] for c in seen), seen
+    assert any(isinstance(c.get("exception"), ValueError) and "data_received" in c["message"] for c in seen), seen
