@@ -78,6 +78,9 @@ Callback = Callable[[int, int], Any]
 _U32 = 0xFFFFFFFF
 # Only the first 40 bytes (up to user_data) of an SQE are written; see the SQE section of Ring.
 _PACK = struct.Struct("<BBHiQQIIQ").pack_into
+# The same 40 bytes with fewer fields (opcode|flags|ioprio as one u32, fd, off, addr, len|op_flags, user_data) for
+# NOP, where all but user_data are constants: fewer arguments to convert, all of them small ints.
+_PACK_NOP = struct.Struct("<IiQQQQ").pack_into
 _LINKS = IOSQE_IO_LINK | IOSQE_IO_HARDLINK
 _buffer_address = _sys.buffer_address
 
@@ -148,7 +151,10 @@ class Ring:
         self._keep: dict[int, Any] = {}  # buffers/addresses the kernel may still touch, by user_data
         self._ud = itertools.count(1)
         self._submitted = self._sq_tail  # SQ tail value already handed to the kernel
-        self._room = self.sq_entries
+        # SQ slots are free while _sq_tail < _limit. The hot operations compare against _fast instead, which is
+        # _limit when they may take the short path and -1 when they must not (an open link chain, a closed ring).
+        self._limit = self._sq_tail + self.sq_entries
+        self._fast = self._limit
         self._chain = 0  # trailing unsubmitted SQEs that belong to an open link chain
         self._backlog: list[tuple[int, int, int]] = []
         self._in_dispatch = False
@@ -233,7 +239,7 @@ class Ring:
     # pending/keep tables change. If packing fails (a value out of range), nothing was committed: a slot whose
     # tail was advanced but not rewritten would hand the kernel a stale SQE (an old user_data, an old buffer
     # address that may since have been freed).
-    def _make_room(self) -> int:
+    def _make_room(self) -> None:
         """No free SQ slot: hand the kernel everything but an unfinished link chain (chains must stay whole)."""
         if self._closed:
             raise RingClosedError("the ring is closed")
@@ -241,15 +247,13 @@ class Ring:
         if to_submit <= 0:
             raise RingError(f"a link chain of {self._chain} SQEs fills the whole SQ ({self.sq_entries} entries)")
         self._enter(to_submit, 0, 0, block=False)
-        if self._room <= 0:
+        if self._sq_tail >= self._limit:
             raise RingError("the kernel did not consume any SQE from a full SQ")
-        return self._room
 
     def _prep(self, opcode: int, sqe_flags: int, ioprio: int, fd: int, off: int, addr: int, length: int,
               op_flags: int, callback: Callback | None, keep: Any) -> int:
-        room = self._room
-        if room <= 0:
-            room = self._make_room()
+        if self._sq_tail >= self._limit:
+            self._make_room()
         tail = self._sq_tail
         ud = next(self._ud)
         try:
@@ -257,25 +261,24 @@ class Ring:
                   op_flags, ud)
         except struct.error as exc:
             raise ValueError(f"{OP_NAMES.get(opcode, opcode)}: an argument is out of range ({exc})") from None
-        self._room = room - 1
         self._sq_tail = tail + 1
         if sqe_flags & _LINKS:
             self._chain += 1
+            self._fast = -1
         elif self._chain:
             self._chain = 0
+            self._fast = self._limit
         self._pending[ud] = callback
         if keep is not None:
             self._keep[ud] = keep
         return ud
 
     def nop(self, callback: Callback | None, *, sqe_flags: int = 0) -> int:
-        room = self._room
-        if room <= 0 or sqe_flags or self._chain:
-            return self._prep(IORING_OP_NOP, sqe_flags, 0, -1, 0, 0, 0, 0, callback, None)
         tail = self._sq_tail
+        if sqe_flags or tail >= self._fast:
+            return self._prep(IORING_OP_NOP, sqe_flags, 0, -1, 0, 0, 0, 0, callback, None)
         ud = next(self._ud)
-        _PACK(self._sqes, (tail & self._sq_mask) << 6, IORING_OP_NOP, 0, 0, -1, 0, 0, 0, 0, ud)
-        self._room = room - 1
+        _PACK_NOP(self._sqes, (tail & self._sq_mask) << 6, IORING_OP_NOP, -1, 0, 0, 0, ud)
         self._sq_tail = tail + 1
         self._pending[ud] = callback
         return ud
@@ -283,16 +286,14 @@ class Ring:
     def send(self, fd: int, data: Any, callback: Callback | None, *, flags: int = 0, sqe_flags: int = 0) -> int:
         """SEND: completes with the number of bytes the kernel took, which may be fewer than ``len(data)``."""
         addr, n, keep = _buffer_address(data)
-        room = self._room
-        if room <= 0 or sqe_flags or self._chain:
-            return self._prep(IORING_OP_SEND, sqe_flags, 0, fd, 0, addr, n, flags, callback, keep)
         tail = self._sq_tail
+        if sqe_flags or tail >= self._fast:
+            return self._prep(IORING_OP_SEND, sqe_flags, 0, fd, 0, addr, n, flags, callback, keep)
         ud = next(self._ud)
         try:
             _PACK(self._sqes, (tail & self._sq_mask) << 6, IORING_OP_SEND, 0, 0, fd, 0, addr, n, flags, ud)
         except struct.error:
             return self._prep(IORING_OP_SEND, sqe_flags, 0, fd, 0, addr, n, flags, callback, keep)  # raises
-        self._room = room - 1
         self._sq_tail = tail + 1
         self._pending[ud] = callback
         self._keep[ud] = keep
@@ -301,16 +302,14 @@ class Ring:
     def recv(self, fd: int, buf: Any, callback: Callback | None, *, flags: int = 0, sqe_flags: int = 0) -> int:
         """RECV into a writable buffer; completes with the byte count (0 at EOF)."""
         addr, n, keep = _buffer_address(buf, writable=True)
-        room = self._room
-        if room <= 0 or sqe_flags or self._chain:
-            return self._prep(IORING_OP_RECV, sqe_flags, 0, fd, 0, addr, n, flags, callback, keep)
         tail = self._sq_tail
+        if sqe_flags or tail >= self._fast:
+            return self._prep(IORING_OP_RECV, sqe_flags, 0, fd, 0, addr, n, flags, callback, keep)
         ud = next(self._ud)
         try:
             _PACK(self._sqes, (tail & self._sq_mask) << 6, IORING_OP_RECV, 0, 0, fd, 0, addr, n, flags, ud)
         except struct.error:
             return self._prep(IORING_OP_RECV, sqe_flags, 0, fd, 0, addr, n, flags, callback, keep)  # raises
-        self._room = room - 1
         self._sq_tail = tail + 1
         self._pending[ud] = callback
         self._keep[ud] = keep
@@ -400,16 +399,17 @@ class Ring:
         while True:
             ret = _sys.io_uring_enter(self.fd, to_submit, min_complete, flags, arg, argsz, block=block)
             if ret >= 0:
-                if to_submit:
-                    self._room = self.sq_entries - ((self._sq_tail - self._sq_khead[0]) & _U32)
+                if to_submit and not self._closed:
                     # Without SUBMIT_ALL the kernel may stop early at an SQE it could not even prepare (it
                     # posted a CQE for it); the rest stays below the kernel's tail and goes with the next enter.
                     self._submitted = (self._submitted + ret) & _U32
-                    self._sq_tail &= _U32
+                    tail = self._sq_tail = self._sq_tail & _U32
+                    self._limit = tail + self.sq_entries - ((tail - self._sq_khead[0]) & _U32)
                     if self._chain:
                         # An open chain handed to the kernel was ended by this enter (chains never span
                         # two enters); only what is still unsubmitted can belong to a chain now.
                         self._chain = min(self._chain, self.unsubmitted)
+                    self._fast = -1 if self._chain else self._limit
                 return ret
             err = -ret
             if err == errno.EINTR:
@@ -513,34 +513,34 @@ class Ring:
             pending = self._pending
             keep = self._keep
             self._in_dispatch = True
-            i = 0
+            it = iter(cqes)
             try:
-                for ud, res, flags in cqes:
-                    i += 1
-                    if flags & IORING_CQE_F_MORE:
+                for ud, res, flags in it:
+                    if flags and flags & IORING_CQE_F_MORE:  # most CQEs have no flags: skip the AND
                         cb = pending.get(ud)
                     else:
                         cb = pending.pop(ud, None)
                         if keep:
                             keep.pop(ud, None)
-                    if cb is None:
-                        continue
-                    try:
-                        cb(res, flags)
-                    except Exception as exc:  # a callback's bug must not stop the other completions
-                        if self.on_callback_error is not None:
-                            self.on_callback_error(exc, ud)
-                        else:
-                            log.exception("io_uring completion callback failed (user_data=%d)", ud)
+                    if cb is not None:
+                        try:
+                            cb(res, flags)
+                        except Exception as exc:  # noqa: BLE001 -- one callback's bug must not stop the others
+                            self._callback_failed(exc, ud)
             except BaseException:
                 # KeyboardInterrupt/SystemExit (or an on_callback_error that raised): the CQEs of this batch
                 # are already consumed from the CQ, so keep the rest for the next wait() -- each must still
-                # be delivered exactly once.
-                if i < len(cqes):
-                    self._backlog[:0] = cqes[i:]
+                # be delivered exactly once. The iterator knows where we stopped (no per-CQE counter).
+                self._backlog[:0] = it
                 raise
             finally:
                 self._in_dispatch = False
+
+    def _callback_failed(self, exc: Exception, ud: int) -> None:
+        if self.on_callback_error is not None:
+            self.on_callback_error(exc, ud)
+        else:
+            log.exception("io_uring completion callback failed (user_data=%d)", ud, exc_info=exc)
 
     # ------------------------------------------------------------------------------------------------ close
     def close(self, timeout: float = 2.0) -> None:
@@ -559,7 +559,8 @@ class Ring:
                 self._cancel_all(time.monotonic() + timeout)
         finally:
             self._closed = True
-            self._room = 0  # every later operation goes through _make_room(), which raises RingClosedError
+            # Every later operation goes through _make_room(), which raises RingClosedError.
+            self._limit = self._fast = -1
             if self._pending or self._keep:
                 log.warning("io_uring: %d operations did not complete before close; their buffers are kept",
                             len(self._pending))
