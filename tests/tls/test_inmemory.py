@@ -11,7 +11,7 @@ import ssl
 from typing import Any
 
 import trustme
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from uringws.tls.protocol import TLSProtocol
@@ -122,7 +122,13 @@ ops = st.lists(
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# No shrink phase: with multi-megabyte writes shrinking can take minutes; the unshrunk example is printed.
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+)
 @given(
     tls13=st.booleans(),
     handshake_chunk=st.integers(7, 3000),

@@ -795,7 +795,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
                 return
             self._transport.write(self._outgoing.read())
             return
-        self._encrypt(_immutable(data))
+        self._encrypt(data)  # copies only what it has to queue
         self._update_app_writing()
 
     def _app_writelines(self, list_of_data: Any) -> None:
@@ -835,34 +835,37 @@ class TLSProtocol(asyncio.BufferedProtocol):
         self._backlog.append(data)
         self._backlog_size += len(data)
 
-    def _encrypt(self, data: bytes | memoryview) -> None:
-        """Encrypt in WRITE_CHUNK pieces while the TCP transport accepts; queue the rest (order kept)."""
+    def _encrypt(self, data: bytes | bytearray | memoryview) -> None:
+        """Encrypt in WRITE_CHUNK pieces while the TCP transport accepts; queue the rest (order kept).
+
+        Callers pass data that is not behind anything in the backlog, so a remainder goes to its front.
+        """
         sslobj = self._sslobj
         assert sslobj is not None
         mv = memoryview(data)
-        n = len(mv)
+        n = mv.nbytes
+        if mv.format != "B" or mv.ndim != 1:
+            mv = mv.cast("B")
         off = 0
         try:
             while off < n:
                 if self._tcp_paused:
-                    rest = mv[off:]
-                    if self._backlog is None:
-                        self._backlog = collections.deque()
-                    self._backlog.appendleft(rest)  # callers pass data that is not ahead of the backlog
-                    self._backlog_size += len(rest)
-                    return
+                    break
                 end = off + WRITE_CHUNK
                 sslobj.write(mv[off:end])
-                off = min(n, end)
+                off = min(end, n)
                 self._transport.write(self._outgoing.read())  # may call pause_writing() right away
-        except ssl.SSLWantReadError:
+        except ssl.SSLWantReadError:  # renegotiation step: wait for the peer, keep the rest
             self._flush()
-            if self._backlog is None:
-                self._backlog = collections.deque()
-            self._backlog.appendleft(mv[off:])
-            self._backlog_size += n - off
         except ssl.SSLError as exc:
             self._tls_error(exc)
+            return
+        if off < n:
+            rest = _immutable(mv[off:])  # the app may reuse a mutable buffer after write() returns
+            if self._backlog is None:
+                self._backlog = collections.deque()
+            self._backlog.appendleft(rest)
+            self._backlog_size += len(rest)
 
     def _drain_backlog(self) -> None:
         """Encrypt queued plaintext in order while the TCP transport takes it."""
