@@ -113,7 +113,7 @@ async def _client(index: int, port: int, family: int, seed: int, msgs: int, max_
             if stall and brng.random() < 0.05:
                 await asyncio.sleep(brng.uniform(0, stall))  # a slow reader, in bursts
         await sender
-    except Exception as exc:  # a reset or a broken echo: report it, the test decides
+    except Exception as exc:  # noqa: BLE001  (a reset or a broken echo: report it, the test decides)
         error = f"{type(exc).__name__}: {exc}"
         sender.cancel()
     finally:
@@ -132,7 +132,7 @@ def _run_clients(port: int, family: int, connections: int, seed: int, msgs: int,
     loop = asyncio.SelectorEventLoop()
     try:
         loop.run_until_complete(main())
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001  (handed to the test's thread, re-raised there)
         errors.append(exc)
     finally:
         loop.close()

@@ -113,7 +113,7 @@ def test_reset_mid_send_and_stalled_peer(backend_loop: EventLoop) -> None:
         # The stalled peer: the writer is paused and memory stays bounded (high water + one chunk).
         stalled = producers[1]
         assert stalled.paused and stalled.pauses == 1
-        low, high = stalled.transport.get_write_buffer_limits()
+        _low, high = stalled.transport.get_write_buffer_limits()
         assert stalled.max_buffered <= high + stalled.chunk
         assert stalled.written < 4 * 1024 * 1024
         await _healthy_roundtrip(echo_port)  # other connections are unaffected
@@ -147,8 +147,6 @@ def test_pause_resume_writing_delivers_everything(backend_loop: EventLoop) -> No
             data = await loop.sock_recv(sock, 32 * 1024)
             assert data
             # Verify content: block k is 64 KiB of byte k % 251.
-            for i in range(0, len(data)):
-                pass
             pos = got
             while data:
                 block = pos // (64 * 1024)
@@ -241,7 +239,7 @@ def test_many_connections_no_fd_leak(backend_loop: EventLoop) -> None:
 def test_write_after_close_is_ignored(backend_loop: EventLoop, caplog: pytest.LogCaptureFixture) -> None:
     async def main() -> None:
         server = await asyncio.start_server(_echo_handler, "127.0.0.1", 0)
-        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+        _reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
         writer.transport.abort()
         await asyncio.sleep(0.01)
         for _ in range(10):

@@ -127,7 +127,7 @@ def test_flow_control_knobs_and_reading(backend_loop: EventLoop) -> None:
 def test_loop_sendfile_over_transport(backend_loop: EventLoop) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        transport, proto, peer = await _pair(Collect)
+        transport, _proto, peer = await _pair(Collect)
         content = os.urandom(3 * 1024 * 1024 + 5)
         with tempfile.TemporaryFile() as f:
             f.write(content)
@@ -255,7 +255,7 @@ def test_callback_errors_reach_the_exception_handler(ring_loop: EventLoop) -> No
 
         ring_loop.ring.nop(bad)
         await asyncio.sleep(0.01)
-        transport, proto, peer = await _pair(Boom)
+        _transport, proto, peer = await _pair(Boom)
         peer.send(b"x")
         exc = await asyncio.wait_for(proto.lost, 5)
         assert isinstance(exc, ValueError)

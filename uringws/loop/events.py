@@ -19,9 +19,8 @@ import selectors
 import socket
 import threading
 from asyncio import constants, sslproto
-from asyncio.unix_events import _UnixSelectorEventLoop  # type: ignore[attr-defined]
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..ring import Ring
 from ..ring.probe import availability
@@ -38,7 +37,14 @@ DEFAULT_RING_ENTRIES = 1024
 _STREAM_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
 
 
-class EventLoop(_UnixSelectorEventLoop):  # type: ignore[misc]
+if TYPE_CHECKING:
+    # typeshed does not describe asyncio's private hooks that this class overrides and calls.
+    _UnixSelectorEventLoop = Any
+else:
+    from asyncio.unix_events import _UnixSelectorEventLoop
+
+
+class EventLoop(_UnixSelectorEventLoop):
     """asyncio's unix selector event loop over io_uring (``backend="io_uring"``) or epoll (``"epoll"``).
 
     ``ring`` (an object with `Ring`'s interface, e.g. a fault-injecting double) or ``ring_factory(entries)``
@@ -143,8 +149,8 @@ class EventLoop(_UnixSelectorEventLoop):  # type: ignore[misc]
     def _make_ssl_transport(self, rawsock: socket.socket, protocol: Any, sslcontext: Any, waiter: Any = None,
                             *, server_side: bool = False, server_hostname: str | None = None,
                             extra: Any = None, server: Any = None,
-                            ssl_handshake_timeout: float | None = constants.SSL_HANDSHAKE_TIMEOUT,
-                            ssl_shutdown_timeout: float | None = constants.SSL_SHUTDOWN_TIMEOUT) -> Any:
+                            ssl_handshake_timeout: Any = constants.SSL_HANDSHAKE_TIMEOUT,
+                            ssl_shutdown_timeout: Any = constants.SSL_SHUTDOWN_TIMEOUT) -> Any:
         if not self._ring_stream(rawsock):
             return super()._make_ssl_transport(
                 rawsock, protocol, sslcontext, waiter, server_side=server_side, server_hostname=server_hostname,

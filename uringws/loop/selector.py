@@ -15,7 +15,7 @@ from __future__ import annotations
 import errno
 import select as _select
 import selectors
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 __all__ = ["RingSelector"]
@@ -51,7 +51,7 @@ class _Map(Mapping[Any, selectors.SelectorKey]):
         except KeyError:
             raise KeyError(f"{fileobj!r} is not registered") from None
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Any]:
         return iter(self._selector._keys)
 
 

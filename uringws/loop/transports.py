@@ -10,7 +10,8 @@ protocol's buffer (BufferedProtocol), or one ``recv`` of up to `READ_SIZE` bytes
 straight into the bytes object handed to data_received; a loop-wide scratch buffer plus a copy measured ~40%
 more server CPU per MiB). No memory is reserved per idle connection. (A multishot poll was tried and dropped: a
 short read does not prove the socket empty, since a FIN that came in the same wake-up shows only at the next
-recv, so every wake-up would need a read until EAGAIN.) (Provided buffer rings could replace the poll + recv later; `_arm_read` is the place.)
+recv, so every wake-up would need a read until EAGAIN.) Provided buffer rings could replace the poll + recv
+later (probe-gated); `_arm_read` is the place.
 
 The fd is closed only after every ring operation that names it has completed: an SQE still queued or in flight
 when the fd number is reused by a new socket would otherwise read from, or send into, the wrong connection.
@@ -27,7 +28,7 @@ import sys
 import warnings
 from asyncio import constants, futures, protocols, transports, trsock
 from asyncio.base_events import _set_nodelay  # type: ignore[attr-defined]
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .sendqueue import SendQueue
 
@@ -73,7 +74,13 @@ class SendStats:
         return f"SendStats({self.as_dict()})"
 
 
-class RingSocketTransport(transports._FlowControlMixin, transports.Transport):  # type: ignore[misc]
+if TYPE_CHECKING:
+    _FlowControlMixin = Any  # typeshed does not describe asyncio's private transport internals used here
+else:
+    _FlowControlMixin = transports._FlowControlMixin
+
+
+class RingSocketTransport(_FlowControlMixin, transports.Transport):
     """asyncio stream transport whose sends are io_uring operations with exactly one in flight per socket.
 
     A `_FlowControlMixin` only because asyncio's sendfile fallback insists on one; the flow control itself
@@ -88,7 +95,7 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):  
     def __init__(self, loop: Any, sock: socket.socket, protocol: protocols.BaseProtocol,
                  waiter: futures.Future[Any] | None = None, extra: dict[str, Any] | None = None,
                  server: Any = None, *, direct_send: bool | None = None) -> None:
-        super().__init__(extra, loop)
+        super().__init__(extra, loop)  # type: ignore[call-arg]  # (_FlowControlMixin's signature)
         self._extra["socket"] = trsock.TransportSocket(sock)
         try:
             self._extra["sockname"] = sock.getsockname()
@@ -136,10 +143,10 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):  
             else:
                 server._attach()
         loop._transports[self._sock_fd] = self
-        loop.call_soon(self._protocol.connection_made, self)
+        loop.call_soon(protocol.connection_made, self)
         loop.call_soon(self._start_reading)  # only once connection_made() ran
         if waiter is not None:
-            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)  # type: ignore[attr-defined]
 
     def __repr__(self) -> str:
         info = [self.__class__.__name__]
@@ -171,7 +178,7 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):  
         self._protocol_connected = True
 
     def get_protocol(self) -> protocols.BaseProtocol:
-        return self._protocol  # type: ignore[no-any-return]
+        return self._protocol
 
     def is_closing(self) -> bool:
         return self._closing
@@ -239,7 +246,7 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):  
                 raise RuntimeError("get_buffer() returned an empty buffer")
         except (SystemExit, KeyboardInterrupt):
             raise
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001  (asyncio's contract: CancelledError included)
             self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
             return
         try:
@@ -248,7 +255,7 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):  
             return
         except (SystemExit, KeyboardInterrupt):
             raise
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001  (asyncio's contract: CancelledError included)
             self._fatal_error(exc, "Fatal read error on socket transport")
             return
         if not n:
@@ -258,7 +265,7 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):  
             protocol.buffer_updated(n)
         except (SystemExit, KeyboardInterrupt):
             raise
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001  (asyncio's contract: CancelledError included)
             self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
 
     def _read_data_received(self) -> None:
@@ -268,7 +275,7 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):  
             return
         except (SystemExit, KeyboardInterrupt):
             raise
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001  (asyncio's contract: CancelledError included)
             self._fatal_error(exc, "Fatal read error on socket transport")
             return
         if not data:
@@ -278,7 +285,7 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):  
             self._protocol.data_received(data)
         except (SystemExit, KeyboardInterrupt):
             raise
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001  (asyncio's contract: CancelledError included)
             self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
 
     def _on_eof(self) -> None:
@@ -286,7 +293,7 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):  
             keep_open = self._protocol.eof_received()
         except (SystemExit, KeyboardInterrupt):
             raise
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001  (asyncio's contract: CancelledError included)
             self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
             return
         if keep_open:
@@ -316,7 +323,7 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):  
                 n = 0
             except (SystemExit, KeyboardInterrupt):
                 raise
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001  (asyncio's contract: CancelledError included)
                 self._fatal_error(exc, "Fatal write error on socket transport")
                 return
             self._stats.direct_sends += 1
@@ -430,7 +437,7 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):  
             self._protocol.pause_writing()
         except (SystemExit, KeyboardInterrupt):
             raise
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001  (asyncio's contract: CancelledError included)
             self._loop.call_exception_handler({
                 "message": "protocol.pause_writing() failed",
                 "exception": exc,
@@ -444,7 +451,7 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):  
             self._protocol.resume_writing()
         except (SystemExit, KeyboardInterrupt):
             raise
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001  (asyncio's contract: CancelledError included)
             self._loop.call_exception_handler({
                 "message": "protocol.resume_writing() failed",
                 "exception": exc,
