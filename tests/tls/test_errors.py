@@ -9,6 +9,7 @@ import asyncio
 import logging
 import socket
 import ssl
+import time
 from typing import Any
 
 import pytest
@@ -451,6 +452,49 @@ def test_app_exception_goes_to_loop_handler(run: Any, server_ctx: ssl.SSLContext
         assert isinstance(exc, RuntimeError)
         assert reported and isinstance(reported[0]["exception"], RuntimeError)
         await asyncio.wait_for(app.lost, 10)
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_close_right_after_large_write_delivers_everything_first(
+    run: Any, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    """write(4 MiB); close() to a slow reader: every byte, then close_notify, nothing lost to the close."""
+    data = payload(4 * 1024 * 1024, seed=77)
+
+    class WriteAndClose(Recorder):
+        def data_received(self, d: bytes) -> None:
+            assert self.transport is not None
+            self.transport.write(data)
+            self.transport.close()  # plaintext still queued behind the paused TCP transport
+
+    def slow_peer(port: int) -> tuple[str, str]:
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.settimeout(20)
+        raw.connect(("127.0.0.1", port))
+        with client_ctx.wrap_socket(raw, server_hostname="localhost", suppress_ragged_eofs=False) as tls:
+            tls.sendall(b"go")
+            got = bytearray()
+            time.sleep(0.2)
+            try:
+                while True:
+                    part = tls.recv(65536)
+                    if not part:
+                        return sha(got), "close_notify"
+                    got += part
+            except (ssl.SSLError, ConnectionResetError) as exc:
+                return sha(got), repr(exc)
+
+    async def main() -> None:
+        apps: list[Recorder] = []
+        server, port, _ = await tls_server(server_ctx, collecting(apps, WriteAndClose))
+        digest, how = await ThreadPeer(slow_peer, port).join(timeout=60)
+        assert how == "close_notify"
+        assert digest == sha(data)
+        assert await asyncio.wait_for(apps[0].lost, 10) is None
         server.close()
         await server.wait_closed()
 
