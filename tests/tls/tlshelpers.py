@@ -11,64 +11,10 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from uringws.tls.protocol import TLSProtocol, TLSTransport, make_ssl_transport
-from uringws.tls.protocol import start_tls as tls_start_tls
+from uringws.tls.loopmixin import TLSSelectorEventLoop
+from uringws.tls.protocol import TLSProtocol, TLSTransport
 
-
-class TLSSelectorEventLoop(asyncio.SelectorEventLoop):
-    """The stdlib selector loop with uringws TLS in place of asyncio's sslproto (what the uring loop will do)."""
-
-    def _make_ssl_transport(
-        self,
-        rawsock: socket.socket,
-        protocol: asyncio.BaseProtocol,
-        sslcontext: ssl.SSLContext,
-        waiter: asyncio.Future[None] | None = None,
-        *,
-        server_side: bool = False,
-        server_hostname: str | None = None,
-        extra: dict[str, Any] | None = None,
-        server: Any = None,
-        ssl_handshake_timeout: float | None = None,
-        ssl_shutdown_timeout: float | None = None,
-        call_connection_made: bool = True,
-    ) -> TLSTransport:
-        return make_ssl_transport(
-            self,
-            rawsock,
-            protocol,
-            sslcontext,
-            waiter,
-            server_side=server_side,
-            server_hostname=server_hostname,
-            extra=extra,
-            server=server,
-            ssl_handshake_timeout=ssl_handshake_timeout,
-            ssl_shutdown_timeout=ssl_shutdown_timeout,
-            call_connection_made=call_connection_made,
-        )
-
-    async def start_tls(
-        self,
-        transport: asyncio.BaseTransport,
-        protocol: asyncio.BaseProtocol,
-        sslcontext: ssl.SSLContext,
-        *,
-        server_side: bool = False,
-        server_hostname: str | None = None,
-        ssl_handshake_timeout: float | None = None,
-        ssl_shutdown_timeout: float | None = None,
-    ) -> TLSTransport:
-        return await tls_start_tls(
-            self,
-            transport,
-            protocol,
-            sslcontext,
-            server_side=server_side,
-            server_hostname=server_hostname,
-            ssl_handshake_timeout=ssl_handshake_timeout,
-            ssl_shutdown_timeout=ssl_shutdown_timeout,
-        )
+__all__ = ["TLSSelectorEventLoop"]  # re-exported for the tests and benchmarks
 
 
 class Recorder(asyncio.Protocol):
