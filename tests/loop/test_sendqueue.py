@@ -457,6 +457,9 @@ def simulate(queue: SendQueue, rng: random.Random, steps: int, *, max_write: int
             queue.completed(n)
             accepted += n
             batch = None
+            if accepted > MiB:  # forget the confirmed prefix: long runs stay small in memory
+                del written[:accepted]
+                accepted = 0
         if queue.buffered != len(written) - accepted:
             raise StreamMismatch(f"queue holds {queue.buffered} bytes, {len(written) - accepted} are unsent")
     while True:
@@ -492,8 +495,8 @@ def test_random_workload_keeps_the_stream(config: dict[str, int], seed: int) -> 
 @pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS)
 def test_random_workload_keeps_the_stream_long(config: dict[str, int]) -> None:
-    for seed in range(20):
-        simulate(SendQueue(**config), random.Random(1000 + seed), 50_000, max_write=2 * MiB)
+    for seed in range(10):
+        simulate(SendQueue(**config), random.Random(1000 + seed), 30_000, max_write=512 * 1024)
 
 
 @pytest.mark.parametrize("queue_cls", [ForgetsRemainderQueue])
