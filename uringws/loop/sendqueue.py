@@ -158,10 +158,12 @@ class SendQueue:
 
         None means a send is already in flight or nothing is queued. One buffer -> submit SEND, several ->
         SENDMSG with one iovec entry per buffer. The queue keeps every buffer referenced until `completed()` or
-        `failed()`. Small chunks are joined into one bytes object (copied once, and the queue then holds the
-        joined object instead of the parts); chunks of `join_below` bytes or more go by reference, up to
-        `max_iov` buffers. A batch never exceeds `max_batch_bytes`, except that its first chunk always goes
-        whole (the kernel takes what fits; the rest is resubmitted).
+        `failed()`. Each run of consecutive chunks smaller than `join_below` becomes one bytes object (a copy;
+        the queue then holds the joined object instead of the parts), because a memcpy of a few KiB costs less
+        than an iovec entry; chunks of `join_below` bytes or more go by reference. At most `max_iov` buffers;
+        at most `max_batch_bytes`, except that the first chunk always goes whole (the kernel takes what fits
+        and the rest is resubmitted). So bytes are copied at most once, except a small mutable write (copied
+        in write()) that is later joined: that is a second copy of fewer than `join_below` bytes.
         """
         if self._inflight is not None or not self._buffered:
             return None
