@@ -32,6 +32,7 @@ class MemTransport:
         self.high = high
         self.paused = False
         self.protocol: TLSProtocol | None = None
+        self.plain = False  # deliver this transport's bytes to the peer with data_received()
 
     def write(self, data: bytes) -> None:
         assert not self.closed, "write after close"
@@ -97,13 +98,20 @@ class Sink(asyncio.Protocol):
 
 
 def deliver(src: MemTransport, dst: TLSProtocol, n: int) -> None:
-    """Move up to ``n`` bytes from ``src`` into ``dst`` through get_buffer()/buffer_updated()."""
+    """Move up to ``n`` bytes from ``src`` into ``dst``: get_buffer()/buffer_updated(), or data_received()
+    when ``src.plain`` (a transport without buffered-protocol support)."""
     while n > 0 and src.buf:
-        buf = dst.get_buffer(-1)
-        k = min(n, len(buf), len(src.buf))
-        buf[:k] = src.buf[:k]
-        del src.buf[:k]
-        dst.buffer_updated(k)
+        if src.plain:
+            k = min(n, 70_000, len(src.buf))
+            data = bytes(src.buf[:k])
+            del src.buf[:k]
+            dst.data_received(data)
+        else:
+            buf = dst.get_buffer(-1)
+            k = min(n, len(buf), len(src.buf))
+            buf[:k] = src.buf[:k]
+            del src.buf[:k]
+            dst.buffer_updated(k)
         n -= k
         src.drained()
 
@@ -135,9 +143,10 @@ ops = st.lists(
     script=ops,
     seed=st.integers(0, 255),
     high=st.integers(100, 300_000),
+    plain_receiver=st.booleans(),
 )
 def test_random_chunking_and_backpressure(
-    tls13: bool, handshake_chunk: int, script: list[Any], seed: int, high: int
+    tls13: bool, handshake_chunk: int, script: list[Any], seed: int, high: int, plain_receiver: bool
 ) -> None:
     sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _CERT.configure_cert(sctx)
@@ -151,6 +160,7 @@ def test_random_chunking_and_backpressure(
         server = TLSProtocol(loop, sapp, sctx, None, True)
         ct, st_ = MemTransport(high), MemTransport()
         ct.protocol = client
+        ct.plain = plain_receiver
         client.connection_made(ct)  # type: ignore[arg-type]
         server.connection_made(st_)  # type: ignore[arg-type]
         for _ in range(10_000):
