@@ -264,3 +264,36 @@ def test_callback_errors_reach_the_exception_handler(ring_loop: EventLoop) -> No
     ring_loop.run_until_complete(asyncio.wait_for(main(), 10))
     assert any(isinstance(c.get("exception"), KeyError) and "io_uring" in c["message"] for c in seen), seen
     assert any(isinstance(c.get("exception"), ValueError) and "data_received" in c["message"] for c in seen), seen
+
+
+def test_loop_close_with_sends_in_flight() -> None:
+    """Closing the loop under a connection with a send parked in the kernel cancels and reaps it, promptly."""
+    import time
+
+    from uringws.ring import probe
+
+    if not probe.availability().usable:
+        pytest.skip("io_uring unusable here")
+    loop = EventLoop()
+    seen: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda lp, ctx: seen.append(ctx))
+    holder: list[Any] = []
+
+    async def main() -> socket.socket:
+        transport, _proto, peer = await _pair(Collect)
+        holder.append(transport)
+        transport.write(os.urandom(8 * 1024 * 1024))  # far more than the socket buffers take: a send parks
+        await asyncio.sleep(0.05)
+        assert transport.get_write_buffer_size() > 0
+        return peer
+
+    peer = loop.run_until_complete(main())
+    ring = loop.ring
+    assert ring.in_flight > 0
+    t0 = time.monotonic()
+    loop.close()
+    assert time.monotonic() - t0 < 2
+    assert ring.closed
+    assert not seen, seen
+    holder[0].abort()  # after the loop: must not raise
+    peer.close()

@@ -492,6 +492,13 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
         self._queue.abort()
         self._closing = True
         self._conn_lost += 1
+        if self._loop.is_closed():
+            # The ring is gone with the loop (it reaped every operation): no callback can run any more, but
+            # the socket can still be released.
+            self._release_wanted = True
+            self._ops = 0
+            self._maybe_release()
+            return
         self._cancel_ops()
         self._loop.call_soon(self._call_connection_lost, exc)
 
