@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import socket
 import ssl
 import time
@@ -202,18 +203,19 @@ def test_large_message_slow_reader(run: Any, server_ctx: ssl.SSLContext, client_
         raw.connect(("127.0.0.1", port))
         with client_ctx.wrap_socket(raw, server_hostname="localhost") as tls:
             tls.sendall(b"go")
-            h = __import__("hashlib").sha256()
+            h = hashlib.sha256()
             got = 0
-            first = True
+            reads = 0
+            time.sleep(0.2)  # let the server's buffers fill before draining
             while got < size:
-                part = tls.recv(16384)
+                part = tls.recv(4096)
                 if not part:
                     break
                 h.update(part)
                 got += len(part)
-                if first:
-                    time.sleep(0.2)  # let the server's buffers fill before draining
-                    first = False
+                reads += 1
+                if reads % 64 == 0:
+                    time.sleep(0.001)  # a slow consumer: the server keeps hitting a full window
             return h.hexdigest()
 
     async def main() -> None:
