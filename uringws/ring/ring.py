@@ -83,6 +83,15 @@ _PACK = struct.Struct("<BBHiQQIIQ").pack_into
 _PACK_NOP = struct.Struct("<IiQQQQ").pack_into
 _LINKS = IOSQE_IO_LINK | IOSQE_IO_HARDLINK
 _buffer_address = _sys.buffer_address
+_BYTES_DATA_OFFSET = _sys.BYTES_DATA_OFFSET or 0
+
+
+class _NeverAnInstance:
+    pass
+
+
+# send() takes the address of a bytes object inline when the data offset was found (see _sys.buffer_address).
+_FAST_BYTES: type = bytes if _sys.BYTES_DATA_OFFSET is not None else _NeverAnInstance
 
 # Buffers of operations the kernel never completed before the ring had to go (should not happen; see close()).
 # Kept forever: leaking memory is better than letting the kernel write into freed memory.
@@ -285,7 +294,10 @@ class Ring:
 
     def send(self, fd: int, data: Any, callback: Callback | None, *, flags: int = 0, sqe_flags: int = 0) -> int:
         """SEND: completes with the number of bytes the kernel took, which may be fewer than ``len(data)``."""
-        addr, n, keep = _buffer_address(data)
+        if type(data) is _FAST_BYTES:  # inlined fast path of buffer_address(): a Python call costs ~0.1 µs
+            addr, n, keep = id(data) + _BYTES_DATA_OFFSET, len(data), data  # type: ignore[arg-type]
+        else:
+            addr, n, keep = _buffer_address(data)
         tail = self._sq_tail
         if sqe_flags or tail >= self._fast:
             return self._prep(IORING_OP_SEND, sqe_flags, 0, fd, 0, addr, n, flags, callback, keep)
@@ -445,7 +457,7 @@ class Ring:
             raise RingClosedError("the ring is closed")
         if self._in_dispatch:
             raise RingError("Ring.wait() called from a completion callback")
-        to_submit = self.unsubmitted
+        to_submit = (self._sq_tail - self._submitted) & _U32
         ready = self._backlog or self._cq_ktail[0] != self._cq_khead[0]
         if ready or (timeout is not None and timeout <= 0):
             flags = 0
