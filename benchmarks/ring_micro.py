@@ -1,0 +1,124 @@
+"""Micro-benchmarks of uringws.ring: µs per batched NOP and per SEND+RECV pair, against plain socket calls.
+
+Run: ``.venv/bin/python benchmarks/ring_micro.py [--rounds 7] [--ops 200000]``. Everything is measured in the
+same process, interleaved round by round, and reported as the median over rounds (the machines are noisy: compare
+the ratios, not the absolute numbers). Each ring operation includes its share of the submit + reap + callback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import socket
+import statistics
+import time
+from collections.abc import Callable
+
+from uringws.ring import Ring
+
+PAYLOAD = b"x" * 64
+
+
+def bench_nop(batch: int, ops: int) -> Callable[[], float]:
+    ring = Ring(batch)
+    done = [0]
+
+    def cb(res: int, flags: int) -> None:
+        done[0] += 1
+
+    nop, wait = ring.nop, ring.wait
+    batches = max(1, ops // batch)
+
+    def run() -> float:
+        done[0] = 0
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            for _ in range(batch):
+                nop(cb)
+            wait(0)
+        dt = time.perf_counter() - t0
+        assert done[0] == batches * batch, done[0]
+        return dt / (batches * batch)
+
+    return run
+
+
+def bench_ring_pairs(batch: int, ops: int) -> Callable[[], float]:
+    """``batch`` socketpairs; per round each gets one SEND (a->b) and one RECV (b); one wait() per batch."""
+    ring = Ring(2 * batch)
+    pairs = [socket.socketpair() for _ in range(batch)]
+    fds = [(a.fileno(), b.fileno()) for a, b in pairs]
+    bufs = [bytearray(len(PAYLOAD)) for _ in range(batch)]
+    got = [0]
+
+    def cb(res: int, flags: int) -> None:
+        got[0] += res
+
+    send, recv, wait = ring.send, ring.recv, ring.wait
+    rounds = max(1, ops // batch)
+
+    def run() -> float:
+        assert pairs  # the sockets must live as long as the benchmark (their fds are used below)
+        got[0] = 0
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            for (a, b), buf in zip(fds, bufs):
+                send(a, PAYLOAD, cb)
+                recv(b, buf, cb)
+            while ring.in_flight:
+                wait(0)
+        dt = time.perf_counter() - t0
+        assert got[0] == 2 * len(PAYLOAD) * rounds * batch, got[0]
+        return dt / (rounds * batch)
+
+    return run
+
+
+def bench_plain_pairs(ops: int) -> Callable[[], float]:
+    a, b = socket.socketpair()
+    buf = bytearray(len(PAYLOAD))
+    send, recv_into = a.send, b.recv_into
+
+    def run() -> float:
+        assert a and b
+        t0 = time.perf_counter()
+        for _ in range(ops):
+            send(PAYLOAD)
+            recv_into(buf)
+        return (time.perf_counter() - t0) / ops
+
+    return run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--ops", type=int, default=200_000, help="operations per round and case")
+    args = ap.parse_args()
+    cases: dict[str, Callable[[], float]] = {
+        "NOP, batch 64": bench_nop(64, args.ops),
+        "NOP, batch 256": bench_nop(256, args.ops),
+        "ring SEND+RECV pair, 64 pairs/wait": bench_ring_pairs(64, args.ops // 4),
+        "ring SEND+RECV pair, 1 pair/wait": bench_ring_pairs(1, args.ops // 8),
+        "plain send+recv_into pair": bench_plain_pairs(args.ops // 4),
+    }
+    results: dict[str, list[float]] = {name: [] for name in cases}
+    gc.disable()  # a collection in the middle of one round is noise, not the ring's cost
+    try:
+        for name, run in cases.items():
+            run()  # warm-up
+        for _ in range(args.rounds):
+            for name, run in cases.items():
+                results[name].append(run())
+    finally:
+        gc.enable()
+    plain = statistics.median(results["plain send+recv_into pair"])
+    print(f"{'case':40} {'median µs/op':>13} {'min':>8} {'max':>8} {'vs plain':>9}")
+    for name, xs in results.items():
+        med = statistics.median(xs)
+        ratio = f"{med / plain:8.2f}x" if "pair" in name else ""
+        print(f"{name:40} {med * 1e6:13.3f} {min(xs) * 1e6:8.3f} {max(xs) * 1e6:8.3f} {ratio:>9}")
+
+
+if __name__ == "__main__":
+    main()
