@@ -297,3 +297,66 @@ def test_loop_close_with_sends_in_flight() -> None:
     assert not seen, seen
     holder[0].abort()  # after the loop: must not raise
     peer.close()
+
+
+class _HoldSendsRing:
+    """A real ring whose SEND/SENDMSG are never submitted: the test completes them by hand, when it wants."""
+
+    def __init__(self, ring: Any) -> None:
+        self._ring = ring
+        self.held: dict[int, Any] = {}
+        self.cancelled: list[int] = []
+        self._next = 1 << 60
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ring, name)
+
+    def send(self, fd: int, data: Any, callback: Any, **kw: Any) -> int:
+        self._next += 1
+        self.held[self._next] = callback
+        return self._next
+
+    sendmsg = send
+
+    def cancel(self, target: int, callback: Any = None, **kw: Any) -> int:
+        if target in self.held:
+            self.cancelled.append(target)  # acknowledged; the completion comes when the test says so
+            return 0
+        return self._ring.cancel(target, callback, **kw)  # type: ignore[no-any-return]
+
+
+def test_fd_outlives_an_in_flight_send() -> None:
+    """abort() with a SEND in flight: connection_lost runs, but the fd is closed only after the send's CQE
+    (an fd number reused while the kernel still sends on it would leak data into another connection)."""
+    import errno
+
+    from uringws.ring import Ring, probe
+
+    if not probe.availability().usable:
+        pytest.skip("io_uring unusable here")
+    ring = _HoldSendsRing(Ring(64))
+    loop = EventLoop(ring=ring, direct_send=False)
+
+    async def main() -> None:
+        transport, proto, peer = await _pair(Collect)
+        lost = asyncio.get_running_loop().create_future()
+        proto.connection_lost = lambda exc: lost.set_result(exc)
+        fd = transport.get_extra_info("socket").fileno()
+        transport.write(b"x" * 1000)
+        await asyncio.sleep(0.01)
+        (ud, callback), = ring.held.items()
+        transport.abort()
+        assert await asyncio.wait_for(lost, 5) is None
+        assert ring.cancelled == [ud]
+        os.fstat(fd)  # still open: the kernel may still be reading the buffer for this fd
+        assert transport._sock is not None
+        callback(-errno.ECANCELED, 0)  # the cancelled send's completion arrives
+        assert transport._sock is None
+        with pytest.raises(OSError):
+            os.fstat(fd)
+        peer.close()
+
+    try:
+        loop.run_until_complete(asyncio.wait_for(main(), 10))
+    finally:
+        loop.close()
