@@ -66,12 +66,16 @@ def test_call_soon_threadsafe_from_threads(backend_loop: EventLoop) -> None:
         got: list[int] = []
         done = loop.create_future()
 
+        def finish() -> None:
+            if len(got) == 200 and not done.done():
+                done.set_result(None)
+
         def worker(k: int) -> None:
             for i in range(50):
                 loop.call_soon_threadsafe(got.append, k * 1000 + i)
                 if i % 10 == 0:
                     time.sleep(0.001)
-            loop.call_soon_threadsafe(lambda: len(got) == 200 and not done.done() and done.set_result(None))
+            loop.call_soon_threadsafe(finish)
 
         threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
         t0 = time.monotonic()
@@ -135,7 +139,11 @@ def test_signals(backend_loop: EventLoop) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         got = loop.create_future()
-        loop.add_signal_handler(signal.SIGUSR1, lambda: got.done() or got.set_result("usr1"))
+        def on_signal() -> None:
+            if not got.done():
+                got.set_result("usr1")
+
+        loop.add_signal_handler(signal.SIGUSR1, on_signal)
         try:
             threading.Timer(0.02, os.kill, (os.getpid(), signal.SIGUSR1)).start()
             assert await got == "usr1"
@@ -297,9 +305,31 @@ def test_tls_over_ring_transport(backend_loop: EventLoop) -> None:
 def test_asyncio_run_with_loop_factory() -> None:
     async def main() -> str:
         await asyncio.sleep(0)
-        return asyncio.get_running_loop().backend  # type: ignore[attr-defined,no-any-return]
+        return asyncio.get_running_loop().backend  # type: ignore[attr-defined]
 
     with asyncio.Runner(loop_factory=uringws.loop.new_event_loop) as runner:
         assert runner.run(main()) in ("io_uring", "epoll")
     if sys.version_info >= (3, 12):
         assert asyncio.run(main(), loop_factory=uringws.loop.new_event_loop) in ("io_uring", "epoll")
+
+
+@pytest.mark.skipif(sys.version_info < (3, 13), reason="Server.close_clients()/abort_clients() are 3.13+")
+def test_server_close_and_abort_clients(backend_loop: EventLoop) -> None:
+    async def idle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    async def main() -> None:
+        server = await asyncio.start_server(idle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4)]
+        await asyncio.sleep(0.02)
+        server.close()
+        server.close_clients()  # type: ignore[attr-defined]
+        for reader, _writer in conns[:2]:
+            assert await reader.read() == b""
+        server.abort_clients()  # type: ignore[attr-defined]
+        await asyncio.wait_for(server.wait_closed(), 5)
+        for _reader, writer in conns:
+            writer.close()
+
+    run(backend_loop, main())

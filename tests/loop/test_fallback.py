@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import selectors
+from collections.abc import Iterator
 
 import pytest
 
@@ -16,7 +17,7 @@ from .echo_harness import run_echo_torture
 
 
 @pytest.fixture
-def epoll_env(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+def epoll_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("URINGWS_BACKEND", "epoll")
     monkeypatch.setattr(events, "_fallback_logged", False)
     probe.availability.cache_clear()
@@ -66,7 +67,7 @@ def test_echo_torture_on_epoll(epoll_env: None) -> None:
 
 def test_asyncio_run_on_epoll(epoll_env: None) -> None:
     async def main() -> str:
-        return asyncio.get_running_loop().backend  # type: ignore[attr-defined,no-any-return]
+        return asyncio.get_running_loop().backend  # type: ignore[attr-defined]
 
     with asyncio.Runner(loop_factory=uringws.loop.new_event_loop) as runner:
         assert runner.run(main()) == "epoll"
