@@ -342,6 +342,16 @@ async def test_bad_input_gets_close_code_and_others_keep_working(
 
 
 @run
+async def test_messages_before_a_protocol_error_are_answered_first() -> None:
+    async with serve(echo, "127.0.0.1", 0) as server:
+        raw = await RawClient.open(server.port_bound)
+        raw.send(masked(0x1, b"before") + masked(0xB, b"") + masked(0x1, b"after"))
+        assert await raw.frame() == (0x1, b"before")  # the echo goes out before the close frame
+        assert await raw.close_code() == 1002
+        raw.close()
+
+
+@run
 async def test_server_close_code_reaches_client() -> None:
     async def closer(ws: Connection) -> None:
         await ws.close(4001, "custom")

@@ -227,7 +227,10 @@ def test_client_rejects_bad_responses() -> None:
 
     client = client_for()
     client.data_to_send()
-    bad = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\n"
+    bad = (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: x\r\n\r\n"
+    )
     resp = client.receive_data(bad)
     assert resp is not None
     with pytest.raises(InvalidHandshake, match="Accept"):

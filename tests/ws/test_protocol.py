@@ -231,3 +231,22 @@ def test_garbage_never_raises(data: bytes) -> None:
         p.receive_data(data)
         p.events_received()
         p.data_to_send()
+
+
+def test_deferred_failure_delivers_earlier_messages_first() -> None:
+    s = Protocol(Side.SERVER, defer_failure=True)
+    s.receive_data(cframe(0x1, b"first") + cframe(0x3) + cframe(0x1, b"never"))
+    assert s.events_received() == [Message("first")]
+    assert s.pending_failure is not None and not s.close_expected
+    s.send_text("echo of first")  # the application may still answer
+    s.receive_data(cframe(0x1, b"ignored"))
+    assert s.events_received() == []
+    s.fail_pending()
+    assert [f[0] for f in sent_frames(s)] == [0x1, 0x8]
+    assert s.failure is not None and s.failure.code == 1002 and s.close_expected
+
+
+def test_deferred_failure_without_messages_fails_at_once() -> None:
+    s = Protocol(Side.SERVER, defer_failure=True)
+    s.receive_data(cframe(0x3))
+    assert s.pending_failure is None and s.close_expected

@@ -38,6 +38,10 @@ __all__ = ["Connection", "Data", "ProcessRequest"]
 
 logger = logging.getLogger("uringws")
 
+#: Longest time messages received just before a protocol error are left for the application to answer
+#: before the connection is failed (it fails at once when the application calls recv() again).
+PENDING_FAILURE_DELAY = 1.0
+
 Data = str | bytes
 #: ``process_request(connection, request)``: return None to continue the WebSocket handshake, or a Response /
 #: (status, headers, body) tuple to answer plain HTTP instead (e.g. a health check or a 404).
@@ -93,6 +97,7 @@ class Connection(asyncio.Protocol):
         self._abort_handle: asyncio.TimerHandle | None = None
         self._lost_exc: BaseException | None = None
         self._closing_reason: tuple[int, str] | None = None
+        self._pending_failure_handle: asyncio.TimerHandle | None = None
 
     # -- public API --------------------------------------------------------------------------------------
 
@@ -131,6 +136,8 @@ class Connection(asyncio.Protocol):
         """The next message (str for text, bytes for binary). Raises ConnectionClosed once closed."""
         messages = self._messages
         while not messages:
+            if self.proto is not None and self.proto.pending_failure is not None:
+                self._fail_pending()
             if self._recv_waiter is not None:
                 raise RuntimeError("another coroutine is already waiting in recv()")
             if self.proto is None or self.proto.state is State.CLOSED or self.lost.done():
@@ -321,6 +328,8 @@ class Connection(asyncio.Protocol):
             self.proto.receive_eof()
         if self._abort_handle is not None:
             self._abort_handle.cancel()
+        if self._pending_failure_handle is not None:
+            self._pending_failure_handle.cancel()
         if not self._request_ready.done():
             self._request_ready.set_exception(ConnectionError("connection closed during the opening handshake"))
             self._request_ready.exception()  # mark retrieved
@@ -428,6 +437,13 @@ class Connection(asyncio.Protocol):
                 self._reading_paused = True
                 assert self.transport is not None
                 self.transport.pause_reading()
+        if proto.pending_failure is not None:
+            # Let the application read (and answer) what arrived before the error; fail once it asks for
+            # more (recv() on an empty queue) or after at most PENDING_FAILURE_DELAY seconds.
+            if not self._messages:
+                proto.fail_pending()
+            elif self._pending_failure_handle is None:
+                self._pending_failure_handle = self.loop.call_later(PENDING_FAILURE_DELAY, self._fail_pending)
         self._flush()
         if proto.close_expected:
             if proto.failure is not None and self._recv_waiter is not None and not self._recv_waiter.done():
@@ -435,6 +451,16 @@ class Connection(asyncio.Protocol):
             self._close_transport()
         elif proto.close_rcvd is not None and self._recv_waiter is not None and not self._recv_waiter.done():
             self._recv_waiter.set_result(None)
+
+    def _fail_pending(self) -> None:
+        proto = self.proto
+        if self._pending_failure_handle is not None:
+            self._pending_failure_handle.cancel()
+            self._pending_failure_handle = None
+        if proto is not None and proto.pending_failure is not None:
+            proto.fail_pending()
+            self._flush()
+            self._close_transport()
 
     def _on_pong(self, payload: bytes) -> None:
         if payload not in self._pings:
@@ -489,7 +515,7 @@ class Connection(asyncio.Protocol):
 
     def _start_open(self, negotiated: Negotiated, trailing: bytes) -> None:
         self.subprotocol = negotiated.subprotocol
-        self.proto = Protocol(self.side, max_size=self.config.max_size, deflate=negotiated.deflate)
+        self.proto = Protocol(self.side, max_size=self.config.max_size, deflate=negotiated.deflate, defer_failure=True)
         if self.config.ping_interval is not None:
             self._keepalive_task = self.loop.create_task(self._keepalive())
         if not self.handshake_done.done():

@@ -12,7 +12,9 @@ States::
 
 Errors from the peer never raise out of ``receive_data``: they fail the connection (RFC 6455 §7.1.7) by
 queueing a close frame with the right code (1002 protocol error, 1007 invalid UTF-8, 1009 too big) and setting
-``close_expected``; the cause is kept in ``failure``.
+``close_expected``; the cause is kept in ``failure``. With ``defer_failure=True``, an error that follows
+messages parsed in the same ``receive_data`` call is held in ``pending_failure`` (input is discarded from
+then on) until the front-end calls ``fail_pending()``, so the application can answer those messages first.
 """
 
 from __future__ import annotations
@@ -101,12 +103,16 @@ class Protocol:
         max_size: int | None = 1 << 20,
         deflate: PerMessageDeflate | None = None,
         stream_fragments: bool = False,
+        defer_failure: bool = False,
     ) -> None:
         self.side = side
         self.state = State.OPEN
         self.max_size = max_size
         self.deflate = deflate
         self.stream_fragments = stream_fragments
+        self.defer_failure = defer_failure
+        #: With ``defer_failure``: the error that ended parsing, not yet acted on (see ``fail_pending``).
+        self.pending_failure: ProtocolError | None = None
         self._is_client = side is Side.CLIENT
         # Clients receive unmasked frames, servers require masked ones.
         self._expect_masked = not self._is_client
@@ -275,7 +281,13 @@ class Protocol:
                 if self._discard_input:
                     break
         except ProtocolError as exc:
-            self.fail(exc.code, exc.reason, exc)
+            if self.defer_failure and self._events and self.state is State.OPEN:
+                # Messages that arrived before the error are delivered first; the front-end lets the
+                # application answer them, then calls fail_pending() (Autobahn 3.2, 4.x, 5.15 "strict").
+                self.pending_failure = exc
+                self._discard_input = True
+            else:
+                self.fail(exc.code, exc.reason, exc)
         if self._discard_input:
             self._buf = bytearray()
             self._hdr = None
@@ -548,6 +560,13 @@ class Protocol:
         self.state = State.CLOSING
         if self.close_rcvd is not None and not self._is_client:
             self._close_transport = True
+
+    def fail_pending(self) -> None:
+        """Act on a deferred failure: send its close frame and ask for the transport to be closed."""
+        exc = self.pending_failure
+        if exc is not None:
+            self.pending_failure = None
+            self.fail(exc.code, exc.reason, exc)
 
     def fail(self, code: int, reason: str = "", exc: ProtocolError | None = None) -> None:
         """Fail the connection (RFC 6455 §7.1.7): send a close frame with ``code``, then close the transport.
