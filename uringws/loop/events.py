@@ -183,17 +183,20 @@ class EventLoop(_UnixSelectorEventLoop):
 _fallback_logged = False
 
 
-def new_event_loop(**kwargs: Any) -> EventLoop:
+def new_event_loop(*, loop_class: type[EventLoop] | None = None, **kwargs: Any) -> EventLoop:
     """A new `EventLoop`: on io_uring when usable here, else on epoll (and log once why).
 
     Usable as ``asyncio.run(main(), loop_factory=new_event_loop)`` (3.12+) or
-    ``asyncio.Runner(loop_factory=new_event_loop)`` (3.11+). Keyword arguments go to `EventLoop`.
+    ``asyncio.Runner(loop_factory=new_event_loop)`` (3.11+). Keyword arguments go to `EventLoop`;
+    ``loop_class`` lets a layer above compose its own subclass (uringws.tls adds its TLS) without repeating
+    the backend choice.
     """
+    cls = EventLoop if loop_class is None else loop_class
     global _fallback_logged
     avail = availability()
     if avail.usable:
         try:
-            return EventLoop(**kwargs)
+            return cls(**kwargs)
         except OSError as exc:
             reason = f"creating an io_uring instance failed: {exc}"
     else:
@@ -204,4 +207,4 @@ def new_event_loop(**kwargs: Any) -> EventLoop:
     kwargs.pop("ring", None)
     kwargs.pop("ring_factory", None)
     kwargs.pop("ring_entries", None)
-    return EventLoop(backend="epoll", **kwargs)
+    return cls(backend="epoll", **kwargs)

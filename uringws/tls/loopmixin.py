@@ -18,10 +18,12 @@ import socket
 import ssl
 from typing import Any
 
+from ..loop import EventLoop
+from ..loop import new_event_loop as _new_loop
 from .protocol import TLSTransport, make_ssl_transport
 from .protocol import start_tls as _start_tls
 
-__all__ = ["TLSLoopMixin", "TLSSelectorEventLoop"]
+__all__ = ["TLSEventLoop", "TLSLoopMixin", "TLSSelectorEventLoop", "new_event_loop"]
 
 
 class TLSLoopMixin:
@@ -82,3 +84,14 @@ class TLSLoopMixin:
 
 class TLSSelectorEventLoop(TLSLoopMixin, asyncio.SelectorEventLoop):
     """The stdlib selector loop with uringws TLS: the reference for tests, benchmarks and the epoll fallback."""
+
+
+class TLSEventLoop(TLSLoopMixin, EventLoop):
+    """uringws's event loop (io_uring, or the epoll fallback) with uringws TLS: what ``uringws.EventLoop`` is."""
+
+
+def new_event_loop(**kwargs: Any) -> TLSEventLoop:
+    """Like :func:`uringws.loop.new_event_loop` (io_uring where usable, else epoll), with uringws TLS."""
+    loop = _new_loop(loop_class=TLSEventLoop, **kwargs)
+    assert isinstance(loop, TLSEventLoop)
+    return loop

@@ -147,7 +147,7 @@ def loop_factory(backend: str) -> tuple[Callable[[], asyncio.AbstractEventLoop],
     avail = availability()
     if backend == "uring" and not avail.usable:
         raise UsageError(f"--backend uring: io_uring is not usable here: {avail.reason}")
-    from ..loop import new_event_loop
+    from ..tls import new_event_loop
 
     if backend == "epoll":
         return (lambda: new_event_loop(backend="epoll")), "epoll (asked for with --backend epoll)"
