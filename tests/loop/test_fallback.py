@@ -71,3 +71,21 @@ def test_asyncio_run_on_epoll(epoll_env: None) -> None:
 
     with asyncio.Runner(loop_factory=uringws.loop.new_event_loop) as runner:
         assert runner.run(main()) == "epoll"
+
+
+def test_loop_class_on_both_backends(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A layer above composes its own subclass (e.g. TLS) and keeps the backend choice of new_event_loop()."""
+
+    class Sub(uringws.loop.EventLoop):
+        pass
+
+    for env in ("", "epoll"):
+        monkeypatch.setenv("URINGWS_BACKEND", env)
+        probe.availability.cache_clear()
+        loop = uringws.loop.new_event_loop(loop_class=Sub)
+        try:
+            assert type(loop) is Sub
+            assert loop.backend == ("epoll" if env or not probe.availability().usable else "io_uring")
+        finally:
+            loop.close()
+    probe.availability.cache_clear()
