@@ -44,12 +44,34 @@ def client_ctx(ca: trustme.CA) -> ssl.SSLContext:
     return ctx
 
 
+def _ring_loop() -> asyncio.AbstractEventLoop:
+    """uringws's public loop (TLSEventLoop over io_uring); the ring backend only, never the epoll fallback."""
+    import uringws
+    from uringws.ring import probe
+
+    if not probe.availability().usable:
+        pytest.skip(f"io_uring unusable: {probe.availability().reason}")
+    loop = uringws.new_event_loop()
+    assert loop.backend == "io_uring", loop
+    return loop
+
+
+@pytest.fixture(params=["selector", "ring"])
+def loop_kind(request: pytest.FixtureRequest) -> str:
+    """Which loop ``run`` uses: the stdlib selector loop or the io_uring loop, both with uringws TLS."""
+    return str(request.param)
+
+
 @pytest.fixture
-def run() -> Iterator[Callable[[Coroutine[Any, Any, T]], T]]:
-    """Run a coroutine on a fresh stdlib selector loop (no pytest-asyncio needed)."""
+def run(loop_kind: str) -> Iterator[Callable[[Coroutine[Any, Any, T]], T]]:
+    """Run a coroutine on a fresh loop of ``loop_kind`` (no pytest-asyncio needed).
+
+    Every test written against ``run`` thus also runs on the ring loop: same TLS layer, the ring's transports.
+    """
     from .tlshelpers import TLSSelectorEventLoop
 
-    runner = asyncio.Runner(loop_factory=TLSSelectorEventLoop, debug=False)
+    factory: Callable[[], asyncio.AbstractEventLoop] = TLSSelectorEventLoop if loop_kind == "selector" else _ring_loop
+    runner = asyncio.Runner(loop_factory=factory, debug=False)
 
     def _run(coro: Coroutine[Any, Any, T]) -> T:
         return runner.run(coro)
