@@ -65,7 +65,8 @@ def run(main: Callable[[], Coroutine[Any, Any, None]], loop_name: str) -> None:
 
         factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     elif loop_name == "uring":
-        from uringws.loop import new_event_loop
+        # The public loop: the io_uring loop with uringws' own TLS layer (what ``uringws serve`` runs on).
+        from uringws import new_event_loop
 
         factory = new_event_loop
     else:

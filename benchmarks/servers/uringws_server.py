@@ -1,4 +1,4 @@
-"""uringws echo/broadcast server for the benchmark, on uringws' io_uring event loop (``--loop uring``)."""
+"""uringws echo/broadcast server for the benchmark, on ``uringws.new_event_loop`` (io_uring + uringws TLS)."""
 
 from __future__ import annotations
 
