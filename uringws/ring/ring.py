@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import itertools
 import logging
 import mmap
 import os
@@ -158,8 +157,9 @@ class Ring:
             raise
         self._pending: dict[int, Callback | None] = {}
         self._keep: dict[int, Any] = {}  # buffers/addresses the kernel may still touch, by user_data
-        self._ud = itertools.count(1)
-        self._submitted = self._sq_tail  # SQ tail value already handed to the kernel
+        # _sq_tail counts every SQE ever queued and is never masked (a Python int does not wrap), so it doubles
+        # as the user_data source: an SQE queued at tail t gets user_data t + 1, unique for the ring's life.
+        self._submitted = self._sq_tail  # SQ tail value (mod 2**32) already handed to the kernel
         # SQ slots are free while _sq_tail < _limit. The hot operations compare against _fast instead, which is
         # _limit when they may take the short path and -1 when they must not (an open link chain, a closed ring).
         self._limit = self._sq_tail + self.sq_entries
@@ -264,13 +264,13 @@ class Ring:
         if self._sq_tail >= self._limit:
             self._make_room()
         tail = self._sq_tail
-        ud = next(self._ud)
+        ud = tail + 1
         try:
             _PACK(self._sqes, (tail & self._sq_mask) << 6, opcode, sqe_flags, ioprio, fd, off, addr, length,
                   op_flags, ud)
         except struct.error as exc:
             raise ValueError(f"{OP_NAMES.get(opcode, opcode)}: an argument is out of range ({exc})") from None
-        self._sq_tail = tail + 1
+        self._sq_tail = ud
         if sqe_flags & _LINKS:
             self._chain += 1
             self._fast = -1
@@ -286,9 +286,9 @@ class Ring:
         tail = self._sq_tail
         if sqe_flags or tail >= self._fast:
             return self._prep(IORING_OP_NOP, sqe_flags, 0, -1, 0, 0, 0, 0, callback, None)
-        ud = next(self._ud)
+        ud = tail + 1
         _PACK_NOP(self._sqes, (tail & self._sq_mask) << 6, IORING_OP_NOP, -1, 0, 0, 0, ud)
-        self._sq_tail = tail + 1
+        self._sq_tail = ud
         self._pending[ud] = callback
         return ud
 
@@ -301,12 +301,12 @@ class Ring:
         tail = self._sq_tail
         if sqe_flags or tail >= self._fast:
             return self._prep(IORING_OP_SEND, sqe_flags, 0, fd, 0, addr, n, flags, callback, keep)
-        ud = next(self._ud)
+        ud = tail + 1
         try:
             _PACK(self._sqes, (tail & self._sq_mask) << 6, IORING_OP_SEND, 0, 0, fd, 0, addr, n, flags, ud)
         except struct.error:
             return self._prep(IORING_OP_SEND, sqe_flags, 0, fd, 0, addr, n, flags, callback, keep)  # raises
-        self._sq_tail = tail + 1
+        self._sq_tail = ud
         self._pending[ud] = callback
         self._keep[ud] = keep
         return ud
@@ -317,12 +317,12 @@ class Ring:
         tail = self._sq_tail
         if sqe_flags or tail >= self._fast:
             return self._prep(IORING_OP_RECV, sqe_flags, 0, fd, 0, addr, n, flags, callback, keep)
-        ud = next(self._ud)
+        ud = tail + 1
         try:
             _PACK(self._sqes, (tail & self._sq_mask) << 6, IORING_OP_RECV, 0, 0, fd, 0, addr, n, flags, ud)
         except struct.error:
             return self._prep(IORING_OP_RECV, sqe_flags, 0, fd, 0, addr, n, flags, callback, keep)  # raises
-        self._sq_tail = tail + 1
+        self._sq_tail = ud
         self._pending[ud] = callback
         self._keep[ud] = keep
         return ud
@@ -415,7 +415,7 @@ class Ring:
                     # Without SUBMIT_ALL the kernel may stop early at an SQE it could not even prepare (it
                     # posted a CQE for it); the rest stays below the kernel's tail and goes with the next enter.
                     self._submitted = (self._submitted + ret) & _U32
-                    tail = self._sq_tail = self._sq_tail & _U32
+                    tail = self._sq_tail
                     self._limit = tail + self.sq_entries - ((tail - self._sq_khead[0]) & _U32)
                     if self._chain:
                         # An open chain handed to the kernel was ended by this enter (chains never span
