@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -48,15 +49,37 @@ class Echo(asyncio.Protocol):
         self.transport.write(data)  # type: ignore[attr-defined]
 
 
-def serve(impl: str, certfile: str, keyfile: str) -> None:
-    from tests.tls.tlshelpers import TLSSelectorEventLoop
+def loop_factory(impl: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The server loop of ``impl``: ``ours`` = stdlib selector loop + uringws TLS, ``ring`` = uringws.EventLoop
+    (io_uring + uringws TLS), ``uvloop`` = uvloop + its stdlib-ssl TLS, ``asyncio``/``plain`` = stdlib loop."""
+    if impl == "ours":
+        from uringws.tls import TLSSelectorEventLoop
 
+        return TLSSelectorEventLoop
+    if impl == "ring":
+        import uringws
+
+        def ring() -> asyncio.AbstractEventLoop:
+            loop = uringws.new_event_loop()
+            if loop.backend != "io_uring":
+                raise SystemExit(f"ring: io_uring unusable here (got backend {loop.backend})")
+            return loop
+
+        return ring
+    if impl == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return asyncio.SelectorEventLoop
+
+
+def serve(impl: str, certfile: str, keyfile: str) -> None:
     ctx: ssl.SSLContext | None = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     assert ctx is not None
     ctx.load_cert_chain(certfile, keyfile)
     if impl == "plain":
         ctx = None  # TCP echo without TLS: what the loop itself costs
-    loop_cls = TLSSelectorEventLoop if impl == "ours" else asyncio.SelectorEventLoop
+    loop_cls = loop_factory(impl)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

@@ -46,21 +46,23 @@ READ_SIZE = 4 * KiB
 
 #: OpenSSL reasons a client may report when the record stream it receives lost or reordered bytes. The first
 #: two are the MAC failure itself; the others are what a record header read from the wrong offset looks like.
-RECORD_DAMAGE_REASONS = frozenset({
-    "DECRYPTION_FAILED_OR_BAD_RECORD_MAC",
-    "BAD_RECORD_MAC",
-    "DECRYPTION_FAILED",
-    "WRONG_VERSION_NUMBER",
-    "RECORD_LAYER_FAILURE",
-    "PACKET_LENGTH_TOO_LONG",
-    "ENCRYPTED_LENGTH_TOO_LONG",
-    "DATA_LENGTH_TOO_LONG",
-    "RECORD_TOO_LARGE",
-    "UNEXPECTED_RECORD",
-    "UNEXPECTED_MESSAGE",
-    "BAD_LENGTH",
-    "UNEXPECTED_EOF_WHILE_READING",
-})
+RECORD_DAMAGE_REASONS = frozenset(
+    {
+        "DECRYPTION_FAILED_OR_BAD_RECORD_MAC",
+        "BAD_RECORD_MAC",
+        "DECRYPTION_FAILED",
+        "WRONG_VERSION_NUMBER",
+        "RECORD_LAYER_FAILURE",
+        "PACKET_LENGTH_TOO_LONG",
+        "ENCRYPTED_LENGTH_TOO_LONG",
+        "DATA_LENGTH_TOO_LONG",
+        "RECORD_TOO_LARGE",
+        "UNEXPECTED_RECORD",
+        "UNEXPECTED_MESSAGE",
+        "BAD_LENGTH",
+        "UNEXPECTED_EOF_WHILE_READING",
+    }
+)
 MAC_REASONS = frozenset({"DECRYPTION_FAILED_OR_BAD_RECORD_MAC", "BAD_RECORD_MAC", "DECRYPTION_FAILED"})
 
 
@@ -72,8 +74,9 @@ def message(client: int, index: int, size: int) -> bytes:
 def plan(clients: int, per_client: int, lo: int, hi: int, seed: int) -> list[list[int]]:
     """Message sizes per client, log-uniform in [lo, hi]; every tenth client gets one message of exactly ``hi``."""
     rng = random.Random(seed)
-    sizes = [[int(math.exp(rng.uniform(math.log(lo), math.log(hi)))) for _ in range(per_client)]
-             for _ in range(clients)]
+    sizes = [
+        [int(math.exp(rng.uniform(math.log(lo), math.log(hi)))) for _ in range(per_client)] for _ in range(clients)
+    ]
     for i in range(0, clients, 10):
         sizes[i][rng.randrange(per_client)] = hi
     return sizes
@@ -180,8 +183,13 @@ class Pusher(asyncio.Protocol):
         self.can_write.set()
 
 
-def run_seed(loop: uringws.EventLoop, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext,
-             sizes: list[list[int]], timeout: float) -> list[Outcome]:
+def run_seed(
+    loop: uringws.EventLoop,
+    server_ctx: ssl.SSLContext,
+    client_ctx: ssl.SSLContext,
+    sizes: list[list[int]],
+    timeout: float,
+) -> list[Outcome]:
     """Serve ``sizes`` from ``loop`` to one slow client thread per entry; returns each client's outcome."""
     outcomes: list[Outcome | None] = [None] * len(sizes)
 
@@ -259,11 +267,14 @@ def test_seed_scenario_intact_100_clients_16mib(server_ctx: ssl.SSLContext, clie
         loop.close()
 
 
-@pytest.mark.parametrize("transport_class", [NaiveSendTransport, LinkedNaiveSendTransport,
-                                             HardlinkedNaiveSendTransport],
-                         ids=["naive", "naive-io-link", "naive-io-hardlink"])
-def test_seed_scenario_catches_naive_sender(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext,
-                                            transport_class: type[RingSocketTransport]) -> None:
+@pytest.mark.parametrize(
+    "transport_class",
+    [NaiveSendTransport, LinkedNaiveSendTransport, HardlinkedNaiveSendTransport],
+    ids=["naive", "naive-io-link", "naive-io-hardlink"],
+)
+def test_seed_scenario_catches_naive_sender(
+    server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, transport_class: type[RingSocketTransport]
+) -> None:
     """Mutation proof: the same scenario over a sender that drops short-send remainders fails at the clients."""
     sizes = plan(SMALL["clients"], SMALL["per_client"], SMALL["lo"], SMALL["hi"], seed=1762)
     loop = ring_loop(transport_class)
@@ -307,4 +318,3 @@ def test_seed_scenario_over_faulty_ring(server_ctx: ssl.SSLContext, client_ctx: 
         assert s.eagain > 0 and s.retries > 0 and s.short_sends > 0, s
     finally:
         loop.close()
-
