@@ -13,7 +13,7 @@
 #   --cmd CMD         server or client command, run with bash (placeholders below); defaults:
 #                       server: {python} conformance/echo_server.py --port {port}
 #                               (+ --certfile {certfile} --keyfile {keyfile} with --tls)
-#                       client: {python} conformance/echo_client.py --url {url}
+#                       client: {python} conformance/echo_client.py --url {url} --agent {agent}
 #                               (+ --cafile {cafile} with --tls)
 #   --agent NAME      agent name in the reports (server mode; a client names itself), default uringws
 #   --port N          server mode: port for the server (default: a free one); client mode: wstest port (9001)
@@ -23,6 +23,8 @@
 #   --outdir DIR      report directory (default reports/autobahn/<mode>[-tls]/<agent>, gitignored)
 #   --timeout SEC     give up after SEC seconds (default 3600; a full run takes 4-15 min, more when loaded)
 #   --python PY       Python 3 for {python}, trustme and summarize.py (default .venv/bin/python or python3)
+#   --uring           run the peer script under uringws's io_uring event loop ({python} becomes a launcher that
+#                     installs it as asyncio's loop, then runs the script); without it, the stdlib loop
 #   --quiet           do not stream wstest's per-case output (it always goes to <outdir>/wstest.log)
 # Everything after `--` goes to summarize.py, e.g. `-- --max-failed 0 --min-ok 500` to gate CI.
 #
@@ -50,7 +52,7 @@ case "$mode" in
     *) usage >&2; exit 2 ;;
 esac
 
-cmd="" agent="uringws" port="" tls=0 cases="*" exclude="" outdir="" timeout_s=3600 python="" quiet=0
+cmd="" agent="uringws" port="" tls=0 cases="*" exclude="" outdir="" timeout_s=3600 python="" quiet=0 uring=0
 summarize_args=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -64,11 +66,14 @@ while [[ $# -gt 0 ]]; do
         --timeout) timeout_s="$2"; shift 2 ;;
         --python) python="$2"; shift 2 ;;
         --quiet) quiet=1; shift ;;
+        --uring) uring=1; shift ;;
         --) shift; summarize_args=("$@"); break ;;
         *) die "unknown option: $1 (see --help)" 2 ;;
     esac
 done
 
+# Keep reports of the two loops apart unless the user named the agent.
+if [[ $uring -eq 1 && "$agent" == uringws ]]; then agent="uringws-uring"; fi
 if [[ -z "$python" ]]; then
     if [[ -x "$REPO/.venv/bin/python" ]]; then python="$REPO/.venv/bin/python"; else python="$(command -v python3)"; fi
 fi
@@ -147,13 +152,25 @@ if [[ -z "$cmd" ]]; then
         cmd="{python} conformance/echo_server.py --port {port}"
         [[ $tls -eq 1 ]] && cmd+=" --certfile {certfile} --keyfile {keyfile}"
     else
-        cmd="{python} conformance/echo_client.py --url {url}"
+        cmd="{python} conformance/echo_client.py --url {url} --agent {agent}"
         [[ $tls -eq 1 ]] && cmd+=" --cafile {cafile}"
     fi
 fi
+# --uring: an event loop policy makes every asyncio.run() in the script build uringws's loop, so the peer
+# scripts run unchanged on the ring. (Policies are deprecated from Python 3.14; the project targets 3.11-3.13.)
+URING_LAUNCHER='import asyncio, runpy, sys
+from uringws.loop import new_event_loop
+class Policy(asyncio.DefaultEventLoopPolicy):
+    def new_event_loop(self):
+        return new_event_loop()
+asyncio.set_event_loop_policy(Policy())
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")'
+pycmd="$python"
+[[ $uring -eq 1 ]] && pycmd="$python -c '$URING_LAUNCHER'"
 expand() {
     local s="$1"
-    s="${s//\{python\}/$python}"; s="${s//\{port\}/$port}"; s="${s//\{url\}/$url}"; s="${s//\{agent\}/$agent}"
+    s="${s//\{python\}/$pycmd}"; s="${s//\{port\}/$port}"; s="${s//\{url\}/$url}"; s="${s//\{agent\}/$agent}"
     s="${s//\{certfile\}/$certfile}"; s="${s//\{keyfile\}/$keyfile}"; s="${s//\{cafile\}/$cafile}"
     s="${s//\{repo\}/$REPO}"
     printf '%s' "$s"
@@ -232,6 +249,9 @@ if [[ "$mode" == server ]]; then
     setsid bash -c "exec $cmd" > "$outdir/peer.log" 2>&1 &
     peer_pid=$!
     wait_port "$peer_pid" 30 || { tail -n 20 "$outdir/peer.log" >&2; die "server did not listen on port $port within 30 s (log: $outdir/peer.log)"; }
+    if [[ $uring -eq 1 ]] && ! ls -l "/proc/$peer_pid/fd" 2>/dev/null | grep -q 'io_uring'; then
+        log "warning: --uring given but the server process has no io_uring file descriptor (epoll fallback?)"
+    fi
     log "fuzzingclient -> $url, cases '$cases' exclude '$exclude', reports in $outdir"
     rc=0
     run_job "$outdir/wstest.log" timeout --kill-after=10 "$timeout_s" "$wstest" -m fuzzingclient -s "$spec" || rc=$?
