@@ -15,7 +15,7 @@
 #                               (+ --certfile {certfile} --keyfile {keyfile} with --tls)
 #                       client: {python} conformance/echo_client.py --url {url} --agent {agent}
 #                               (+ --cafile {cafile} with --tls)
-#   --agent NAME      agent name in the reports (server mode; a client names itself), default uringws
+#   --agent NAME      agent name in the reports (default uringws; passed to the default client as --agent)
 #   --port N          server mode: port for the server (default: a free one); client mode: wstest port (9001)
 #   --tls             use wss:// with a throwaway certificate made at run time by trustme
 #   --cases LIST      comma-separated case ids or patterns, e.g. '1.*,2.*,9.1.1' (default '*')
@@ -182,11 +182,11 @@ export AUTOBAHN_CERTFILE="$certfile" AUTOBAHN_KEYFILE="$keyfile" AUTOBAHN_CAFILE
 # wstest reads case patterns and excludes from its spec file; the JSON is written by Python so that any
 # characters in the arguments are quoted correctly.
 spec="$work/spec.json"
-"$python" - "$mode" "$spec" "$url" "$agent" "$outdir" "$cases" "$exclude" <<'EOF'
+"$python" - "$mode" "$spec" "$url" "$agent" "$outdir" "$cases" "$exclude" "$certfile" "$keyfile" <<'EOF'
 import json
 import sys
 
-mode, path, url, agent, outdir, cases, exclude = sys.argv[1:8]
+mode, path, url, agent, outdir, cases, exclude, certfile, keyfile = sys.argv[1:10]
 split = lambda text: [item.strip() for item in text.split(",") if item.strip()]
 spec = {
     "outdir": outdir,
@@ -201,6 +201,9 @@ if mode == "server":
     spec["servers"] = [{"agent": agent, "url": url}]
 else:
     spec["url"] = url
+    if certfile:
+        # wstest 25.10.1 ignores its -c/-k options in fuzzingserver mode and reads these spec keys instead.
+        spec["cert"], spec["key"] = certfile, keyfile
 with open(path, "w") as f:
     json.dump(spec, f, indent=2)
 EOF
@@ -260,11 +263,9 @@ if [[ "$mode" == server ]]; then
     peer_cpu="$(cpu_of "$peer_pid")"
     wstest_cpu="$job_cpu"
 else
-    tls_args=()
-    [[ $tls -eq 1 ]] && tls_args=(-c "$certfile" -k "$keyfile")
     log "fuzzingserver on $url, cases '$cases' exclude '$exclude', reports in $outdir"
     # -u 0: no embedded web server (it would take port 8080).
-    (cd "$work" && exec setsid "$wstest" -m fuzzingserver -s "$spec" -u 0 "${tls_args[@]}") > "$outdir/wstest.log" 2>&1 &
+    (cd "$work" && exec setsid "$wstest" -m fuzzingserver -s "$spec" -u 0) > "$outdir/wstest.log" 2>&1 &
     peer_pid=$!
     wait_port "$peer_pid" 60 || { tail -n 20 "$outdir/wstest.log" >&2; die "wstest fuzzingserver did not listen on port $port"; }
     log "client: $cmd"
