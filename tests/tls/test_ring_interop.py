@@ -23,7 +23,7 @@ import trustme
 
 from uringws.loop.transports import RingSocketTransport
 
-from .tlshelpers import Recorder, ThreadPeer, collecting, payload, sha
+from .tlshelpers import ManualClient, Recorder, ThreadPeer, collecting, payload, sha
 
 pytestmark = pytest.mark.parametrize("loop_kind", ["ring"])  # overrides conftest's loop_kind: ring only
 
@@ -175,6 +175,35 @@ def test_bad_peers_via_create_server_ssl(
         else:
             assert "TLS handshake with" in log and "failed" in log, log
         assert len(apps) == 2  # the two good connections; the bad one never reached the app protocol
+        await _still_serving(port, client_ctx)
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_record_error_does_not_pin_the_receive_path(
+    run: Any, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A record that fails its MAC: logged, connection closed, and the error handed to connection_lost() carries
+    no traceback. (With one, it pinned every frame of the receive path; on the ring loop's multishot-RECV path
+    one of them holds a view of the loop's shared buffer ring, and loop.close() then failed with BufferError.)"""
+    caplog.set_level(logging.INFO, "uringws.tls")
+
+    async def main() -> None:
+        apps: list[RingEcho] = []
+        server, port = await _ssl_server(server_ctx, apps)
+        client = await ManualClient.connect(client_ctx, port)
+        record = bytearray(client.record(b"z" * 100))
+        record[-1] ^= 0x01  # inside the AEAD tag
+        await client.send_raw(bytes(record))
+        await client.read_until_closed()
+        client.sock.close()
+        exc = await asyncio.wait_for(apps[0].lost, 10)
+        assert isinstance(exc, ssl.SSLError), exc
+        assert exc.reason in ("DECRYPTION_FAILED_OR_BAD_RECORD_MAC", "BAD_RECORD_MAC"), exc
+        assert exc.__traceback__ is None
+        assert "TLS error on connection with" in _tls_log(caplog)
         await _still_serving(port, client_ctx)
         server.close()
         await server.wait_closed()

@@ -668,7 +668,9 @@ class TLSProtocol(asyncio.BufferedProtocol):
         """A record error or alert from the peer: log, send our alert if any, close."""
         self._flush()
         logger.warning("TLS error on connection with %s: %s", self._peer(), exc)
-        self._error = exc
+        # Kept until connection_lost() and handed to the app: without its traceback, which would pin every frame
+        # of the receive path, with their locals (e.g. a view of the loop's shared receive buffers).
+        self._error = exc.with_traceback(None)
         self._state = _CLOSED
         self._close_transport()
 
