@@ -96,7 +96,6 @@ class Connection(asyncio.Protocol):
         self._main_task: asyncio.Task[None] | None = None
         self._abort_handle: asyncio.TimerHandle | None = None
         self._lost_exc: BaseException | None = None
-        self._closing_reason: tuple[int, str] | None = None
         self._pending_failure_handle: asyncio.TimerHandle | None = None
 
     # -- public API --------------------------------------------------------------------------------------
