@@ -558,3 +558,17 @@ async def test_close_timeout_when_peer_never_answers_close() -> None:
     assert 0.25 <= loop.time() - start < 3.0
     assert ws.close_code == 1006
     srv.close()
+
+
+@run
+async def test_connection_attributes() -> None:
+    async def describe(ws: Connection) -> None:
+        assert ws.request is not None and ws.response is not None
+        await ws.send(f"{ws.path}|{ws.request.headers['User-Agent']}|{ws.remote_address[0]}|{ws.response.status}")
+
+    async with serve(describe, "127.0.0.1", 0) as server:
+        async with connect(url(server, "/p?q=1"), user_agent="probe/1") as ws:
+            assert await ws.recv() == "/p|probe/1|127.0.0.1|101"
+            assert ws.request is not None and ws.request.path == "/p?q=1"
+            assert ws.remote_address[1] == server.port_bound
+            assert ws.close_code is None
