@@ -565,6 +565,7 @@ async def test_connection_attributes() -> None:
     async def describe(ws: Connection) -> None:
         assert ws.request is not None and ws.response is not None
         await ws.send(f"{ws.path}|{ws.request.headers['User-Agent']}|{ws.remote_address[0]}|{ws.response.status}")
+        await ws.wait_closed()  # stay open until the client closes
 
     async with serve(describe, "127.0.0.1", 0) as server:
         async with connect(url(server, "/p?q=1"), user_agent="probe/1") as ws:
