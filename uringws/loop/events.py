@@ -23,9 +23,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..ring import Ring
-from ..ring.probe import availability
+from ..ring import bufring as _bufring
+from ..ring.probe import availability, kernel_version
 from .selector import RingSelector
-from .transports import RingSocketTransport, SendStats
+from .transports import ReadStats, RingSocketTransport, SendStats
 
 __all__ = ["DEFAULT_RING_ENTRIES", "EventLoop", "new_event_loop"]
 
@@ -33,6 +34,12 @@ log = logging.getLogger("uringws.loop")
 
 #: SQ entries of the loop's ring (the CQ gets 4x as many)
 DEFAULT_RING_ENTRIES = 1024
+#: the loop's provided receive buffers (ring reads): count x size bytes, shared by all its connections
+DEFAULT_RECV_BUFFERS = 256
+DEFAULT_RECV_BUFFER_SIZE = 16384
+#: multishot RECV with provided buffers (IORING_RECV_MULTISHOT) came with Linux 6.0
+_MULTISHOT_RECV_KERNEL = (6, 0)
+_READ_MODES = ("auto", "ring", "poll")
 
 _STREAM_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
 
@@ -52,14 +59,28 @@ class EventLoop(_UnixSelectorEventLoop):
     write() try one non-blocking send(2) while nothing is queued or in flight (False: every byte goes through
     the ring). Constructing it with the io_uring backend raises OSError where io_uring is unusable; use
     `new_event_loop()` to fall back automatically.
+
+    ``read_mode`` picks how stream transports read: ``"ring"`` (a multishot RECV per connection over a
+    `BufferRing` of ``recv_buffers`` x ``recv_buffer_size`` bytes shared by the loop; Linux 6.0+, raises
+    OSError where unsupported), ``"poll"`` (a POLLIN poll, then recv(2): no shared buffers) or ``"auto"``
+    (``"ring"`` where supported on a real `Ring`, else ``"poll"``; ring doubles such as FaultyRing get
+    ``"poll"``; the environment variable ``URINGWS_READ_MODE=poll`` turns ``"auto"`` into ``"poll"``). The mode
+    in use is in ``loop.read_mode``.
     """
 
     def __init__(self, *, backend: str = "io_uring", ring: Any = None,
                  ring_factory: Callable[[int], Any] | None = None, ring_entries: int = DEFAULT_RING_ENTRIES,
-                 direct_send: bool = True, transport_class: type[RingSocketTransport] | None = None) -> None:
+                 direct_send: bool = True, transport_class: type[RingSocketTransport] | None = None,
+                 read_mode: str = "auto", recv_buffers: int = DEFAULT_RECV_BUFFERS,
+                 recv_buffer_size: int = DEFAULT_RECV_BUFFER_SIZE) -> None:
         if backend not in ("io_uring", "epoll"):
             raise ValueError(f"backend must be 'io_uring' or 'epoll', not {backend!r}")
+        self._bufring: Any = None
+        self.read_mode = "poll"
+        self.read_stats = ReadStats()
         self._closed = True  # until asyncio's __init__ ran: lets __del__ cope with a failed construction
+        if read_mode not in _READ_MODES:
+            raise ValueError(f"read_mode must be one of {_READ_MODES}, not {read_mode!r}")
         self.backend = backend
         self.send_stats = SendStats()
         self.direct_send = direct_send
@@ -84,9 +105,37 @@ class EventLoop(_UnixSelectorEventLoop):
             if self._ring is not None:
                 self._efd = os.eventfd(0, os.EFD_CLOEXEC)
                 self._arm_wakeup()
+                self._setup_ring_reads(read_mode, recv_buffers, recv_buffer_size)
         except BaseException:
             selector.close()
+            if self._bufring is not None:
+                self._bufring.close(ring_clean=not getattr(self._ring, "leaked", False))
+                self._bufring = None
             raise
+
+    def _setup_ring_reads(self, read_mode: str, count: int, size: int) -> None:
+        if read_mode == "auto" and os.environ.get("URINGWS_READ_MODE", "").strip().lower() == "poll":
+            return  # for comparisons (benchmarks) without changing code
+        if read_mode == "poll":
+            return
+        why = ""
+        if read_mode == "auto" and not isinstance(self._ring, Ring):
+            why = "the ring is not a uringws Ring (a test double)"
+        elif kernel_version()[:2] < _MULTISHOT_RECV_KERNEL:
+            why = "multishot RECV needs Linux 6.0"
+        elif not _bufring.supported():
+            why = "provided buffer rings need ordered stores (x86-64) from pure Python"
+        if not why:
+            try:
+                self._bufring = _bufring.BufferRing(self._ring, count=count, size=size)
+            except OSError as exc:
+                why = f"registering a provided buffer ring failed: {exc}"
+        if why:
+            if read_mode == "ring":
+                raise OSError(f"read_mode='ring' is not available: {why}")
+            log.debug("uringws: poll-based reads: %s", why)
+            return
+        self.read_mode = "ring"
 
     @property
     def ring(self) -> Any:
@@ -174,6 +223,10 @@ class EventLoop(_UnixSelectorEventLoop):
         try:
             super().close()
         finally:
+            if self._bufring is not None:
+                # After the ring: every RECV that could write into these buffers has been reaped by then.
+                self._bufring.close(ring_clean=not getattr(self._ring, "leaked", False))
+                self._bufring = None
             with self._efd_lock:
                 efd, self._efd = self._efd, None
             if efd is not None:

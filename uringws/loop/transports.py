@@ -13,6 +13,14 @@ short read does not prove the socket empty, since a FIN that came in the same wa
 recv, so every wake-up would need a read until EAGAIN.) Provided buffer rings could replace the poll + recv
 later (probe-gated); `_arm_read` is the place.
 
+Ring reads (the loop's ``read_mode == "ring"``, Linux 6.0+): one multishot RECV per connection picks buffers from
+the loop's shared `BufferRing` only when data arrives, so idle connections still hold no receive buffer. Each
+CQE is delivered straight from the completion callback (``data_received(bytes)``, or copied into the
+BufferedProtocol's ``get_buffer()``), and the buffer goes back to the ring at once. pause_reading() cancels the
+RECV; whatever still arrives is copied aside (the shared buffer is recycled) and delivered, in order, after
+resume_reading(). The request ends on EOF (``res == 0``), on ``-ENOBUFS`` (the ring ran dry; the bytes stay in the
+socket) or whenever the kernel stops it: it is re-armed while reading.
+
 The fd is closed only after every ring operation that names it has completed: an SQE still queued or in flight
 when the fd number is reused by a new socket would otherwise read from, or send into, the wrong connection.
 """
@@ -32,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from .sendqueue import SendQueue
 
-__all__ = ["READ_SIZE", "RingSocketTransport", "SendStats"]
+__all__ = ["READ_SIZE", "ReadStats", "RingSocketTransport", "SendStats"]
 
 log = logging.getLogger("uringws.loop")
 
@@ -44,6 +52,12 @@ _POLLOUT = select.POLLOUT
 _SEND_FLAGS = socket.MSG_NOSIGNAL  # never SIGPIPE; io_uring itself tries non-blocking first
 _DIRECT_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL  # the socket is blocking (O_NONBLOCK cleared)
 _ECANCELED = errno.ECANCELED
+_ENOBUFS = errno.ENOBUFS
+_EINTR = errno.EINTR
+_F_BUFFER = 1  # IORING_CQE_F_BUFFER
+_F_MORE = 2  # IORING_CQE_F_MORE
+_F_SOCK_NONEMPTY = 4  # IORING_CQE_F_SOCK_NONEMPTY: more bytes were already waiting (another CQE follows)
+_BUFFER_SHIFT = 16  # IORING_CQE_BUFFER_SHIFT
 _EAGAIN = errno.EAGAIN
 _SERVER_ATTACH_TAKES_TRANSPORT = sys.version_info >= (3, 13)
 
@@ -72,6 +86,24 @@ class SendStats:
 
     def __repr__(self) -> str:
         return f"SendStats({self.as_dict()})"
+
+
+class ReadStats:
+    """Counters of the ring read path, per loop (tests use them to prove what they exercised)."""
+
+    __slots__ = ("arms", "enobufs", "held", "restarts")
+
+    def __init__(self) -> None:
+        self.arms = 0  # multishot RECVs submitted
+        self.enobufs = 0  # RECVs ended by -ENOBUFS (buffer ring dry), re-armed
+        self.restarts = 0  # RECVs that ended for another reason while reading (data, EINTR, ...), re-armed
+        self.held = 0  # chunks copied aside: arrived while paused, or joined with the next (F_SOCK_NONEMPTY)
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __repr__(self) -> str:
+        return f"ReadStats({self.as_dict()})"
 
 
 if TYPE_CHECKING:
@@ -119,6 +151,14 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
         self._send_len = 0
         self._flush_scheduled = False
         self._read_ud: int | None = None
+        # Ring reads: the loop's BufferRing (None: poll + recv), data held while paused (bytes; an int ends it:
+        # 0 = EOF, -errno = error), whether a cancel of the RECV is on its way, a scheduled delivery of _held.
+        self._bufring: Any = getattr(loop, "_bufring", None)
+        self._read_stats: ReadStats | None = getattr(loop, "read_stats", None)
+        self._held: list[bytes | int] = []
+        self._read_cancelling = False
+        self._drain_scheduled = False
+        self._buffered = False
         self._ops = 0  # ring operations naming our fd that have not completed yet
         self._release_wanted = False  # close the fd as soon as _ops drops to 0
         self._cancel_sent = False
@@ -155,7 +195,7 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
         elif self._closing:
             info.append("closing")
         info.append(f"fd={self._sock_fd}")
-        info.append(f"read={'polling' if self._read_ud is not None else 'idle'}")
+        info.append(f"read={('idle' if self._read_ud is None else 'recv' if self._bufring is not None else 'polling')}")
         info.append(f"write=<{('idle', 'sending', 'wait-writable')[self._send_state]}, "
                     f"bufsize={self._queue.buffered}>")
         return "<{}>".format(" ".join(info))
@@ -172,8 +212,10 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
     def set_protocol(self, protocol: protocols.BaseProtocol) -> None:
         if isinstance(protocol, protocols.BufferedProtocol):
             self._read_cb = self._read_into_protocol
+            self._buffered = True
         else:
             self._read_cb = self._read_data_received
+            self._buffered = False
         self._protocol = protocol
         self._protocol_connected = True
 
@@ -206,8 +248,153 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
 
     def _arm_read(self) -> None:
         if self._read_ud is None and not self._release_wanted and not self._selector.closing:
-            self._read_ud = self._ring.poll_add(self._sock_fd, _POLLIN, self._on_readable)
+            bufring = self._bufring
+            if bufring is not None:
+                self._read_ud = self._ring.recv_select(self._sock_fd, bufring.bgid, self._on_recv)
+                self._read_stats.arms += 1  # type: ignore[union-attr]
+            else:
+                self._read_ud = self._ring.poll_add(self._sock_fd, _POLLIN, self._on_readable)
             self._ops += 1
+
+    # -- ring reads (multishot RECV from the loop's BufferRing) -------------------------------------------
+    def _on_recv(self, res: int, flags: int) -> None:
+        if res > 0 and not flags & _F_SOCK_NONEMPTY and not self._closing and not self._paused and not self._held:
+            # The hot path: data for a reading connection with nothing held back.
+            bufring = self._bufring
+            bid = flags >> _BUFFER_SHIFT
+            start = bid * bufring.size
+            if self._buffered:
+                view = bufring.view[start:start + res]
+                try:
+                    self._feed_buffered(view)
+                finally:
+                    # Released at once: a traceback that keeps this frame alive must not pin the loop's mmap.
+                    view.release()
+                    bufring.recycle(bid)
+            else:
+                data = bytes(bufring.view[start:start + res])
+                bufring.recycle(bid)
+                try:
+                    self._protocol.data_received(data)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:  # noqa: BLE001  (asyncio's contract: CancelledError included)
+                    self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+            if not flags & _F_MORE:
+                self._recv_ended()
+                if not self._closing and not self._paused and not self._read_eof:
+                    self._read_stats.restarts += 1  # type: ignore[union-attr]
+                    self._arm_read()
+            return
+        self._on_recv_slow(res, flags)
+
+    def _recv_ended(self) -> None:
+        self._ops -= 1
+        self._read_ud = None
+        self._read_cancelling = False
+
+    def _on_recv_slow(self, res: int, flags: int) -> None:
+        final = not flags & _F_MORE
+        data: bytes | None = None
+        if flags & _F_BUFFER:
+            bufring = self._bufring
+            bid = flags >> _BUFFER_SHIFT
+            if res > 0:
+                start = bid * bufring.size
+                data = bytes(bufring.view[start:start + res])
+            bufring.recycle(bid)
+        if final:
+            self._recv_ended()
+        if self._release_wanted:
+            if final:
+                self._maybe_release()
+            return
+        if self._closing or self._selector.closing or self._read_eof:
+            return  # close() stops reading (like asyncio's transports): later bytes are discarded
+        if data is not None:
+            self._held.append(data)
+            self._read_stats.held += 1  # type: ignore[union-attr]
+        elif final and res <= 0 and res not in (-_ECANCELED, -_ENOBUFS, -_EINTR, -_EAGAIN):
+            self._held.append(res)  # EOF (0) or an error, in stream order after the held data
+        if res == -_ENOBUFS:
+            self._read_stats.enobufs += 1  # type: ignore[union-attr]
+        if not self._paused:
+            # Bytes followed by more bytes already in the socket (F_SOCK_NONEMPTY) wait for them, so that
+            # data_received() sees one larger chunk, as from one large recv(2) -- but never past this loop
+            # iteration (call_soon). Otherwise deliver now. An EOF/error while paused waits behind held bytes.
+            if data is not None and flags & _F_SOCK_NONEMPTY and not final and not self._buffered:
+                if not self._drain_scheduled:
+                    self._drain_scheduled = True
+                    self._loop.call_soon(self._resume_held)
+            else:
+                self._drain_held()
+        if final and not self._paused and not self._closing and not self._read_eof and not self._read_ud:
+            if res != -_ECANCELED and res != -_ENOBUFS:
+                self._read_stats.restarts += 1  # type: ignore[union-attr]
+            self._arm_read()
+
+    def _drain_held(self) -> None:
+        """Deliver held chunks (and a held EOF/error) in order while reading is not paused."""
+        self._drain_scheduled = False
+        held = self._held
+        while held and not self._paused and not self._closing and self._sock is not None:
+            item: Any = held.pop(0)
+            if type(item) is int:
+                held.clear()
+                if item == 0:
+                    self._on_eof()
+                else:
+                    self._fatal_error(OSError(-item, os.strerror(-item)), "Fatal read error on socket transport")
+                return
+            if self._buffered:
+                self._feed_buffered(memoryview(item))
+            else:
+                # Consecutive chunks go to data_received() as one, like a recv(2) of everything queued.
+                n = 1
+                while n < len(held) and type(held[n]) is bytes:
+                    n += 1
+                chunk = item if n == 1 else b"".join([item, *held[:n - 1]])  # type: ignore[list-item]
+                del held[:n - 1]
+                try:
+                    self._protocol.data_received(chunk)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:  # noqa: BLE001  (asyncio's contract: CancelledError included)
+                    self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+                    return
+
+    def _feed_buffered(self, view: memoryview) -> None:
+        """Copy ``view`` into the BufferedProtocol's buffers; what is left when it pauses (or fails) is held."""
+        protocol = self._protocol
+        total = len(view)
+        done = 0
+        while done < total:
+            if self._paused or self._closing:
+                if not self._closing:
+                    self._held.insert(0, bytes(view[done:]))  # goes before anything held later
+                return
+            try:
+                buf = protocol.get_buffer(total - done)
+                size = len(buf)
+                if not size:
+                    raise RuntimeError("get_buffer() returned an empty buffer")
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:  # noqa: BLE001  (asyncio's contract: CancelledError included)
+                self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
+                return
+            n = total - done
+            if n > size:
+                n = size
+            buf[:n] = view[done:done + n]
+            done += n
+            try:
+                protocol.buffer_updated(n)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:  # noqa: BLE001  (asyncio's contract: CancelledError included)
+                self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
+                return
 
     def _on_readable(self, res: int, flags: int) -> None:
         self._ops -= 1
@@ -227,15 +414,30 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
 
     def pause_reading(self) -> None:
         # The outstanding poll, if any, stays: when it fires while paused it is ignored, and resume re-arms.
+        # A multishot RECV is cancelled; bytes it still delivers are held for resume_reading().
         if not self.is_reading():
             return
         self._paused = True
+        if (self._bufring is not None and self._read_ud is not None and not self._read_cancelling
+                and not self._selector.closing):
+            self._read_cancelling = True
+            self._ring.cancel(self._read_ud)
 
     def resume_reading(self) -> None:
         if self._closing or not self._paused:
             return
         self._paused = False
-        if not self._read_eof:
+        if self._held:
+            # Not from inside resume_reading(): the protocol may be in the middle of something.
+            if not self._drain_scheduled:
+                self._drain_scheduled = True
+                self._loop.call_soon(self._resume_held)
+        elif not self._read_eof:
+            self._arm_read()
+
+    def _resume_held(self) -> None:
+        self._drain_held()
+        if not self._held and not self._paused and not self._closing and not self._read_eof:
             self._arm_read()
 
     def _read_into_protocol(self) -> None:
@@ -523,7 +725,10 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
         self._cancel_sent = True
         ring = self._ring
         if self._read_ud is not None:
-            ring.poll_remove(self._read_ud)
+            if self._bufring is not None:
+                ring.cancel(self._read_ud)
+            else:
+                ring.poll_remove(self._read_ud)
         if self._send_state == _SENDING:
             ring.cancel(self._send_ud)
         elif self._send_state == _WAIT_WRITABLE:

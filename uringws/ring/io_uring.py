@@ -203,6 +203,8 @@ IORING_UNREGISTER_EVENTFD = 5
 IORING_REGISTER_FILES_UPDATE = 6
 IORING_REGISTER_EVENTFD_ASYNC = 7
 IORING_REGISTER_PROBE = 8
+IORING_REGISTER_PBUF_RING = 22
+IORING_UNREGISTER_PBUF_RING = 23
 
 IO_URING_OP_SUPPORTED = 1 << 0
 
@@ -298,6 +300,18 @@ class io_uring_probe(ctypes.Structure):
     ]
 
 
+class io_uring_buf_reg(ctypes.Structure):
+    """Argument of IORING_(UN)REGISTER_PBUF_RING (the ring is an array of struct io_uring_buf, 16 bytes each)."""
+
+    _fields_ = [
+        ("ring_addr", ctypes.c_uint64),
+        ("ring_entries", ctypes.c_uint32),
+        ("bgid", ctypes.c_uint16),
+        ("flags", ctypes.c_uint16),
+        ("resv", ctypes.c_uint64 * 3),
+    ]
+
+
 class iovec(ctypes.Structure):
     _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
 
@@ -330,3 +344,4 @@ assert ctypes.sizeof(io_uring_params) == 120
 assert ctypes.sizeof(io_uring_probe) == 16 + 8 * PROBE_OPS
 assert ctypes.sizeof(io_uring_getevents_arg) == 24
 assert ctypes.sizeof(msghdr) == 56
+assert ctypes.sizeof(io_uring_buf_reg) == 40

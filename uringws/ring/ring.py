@@ -53,12 +53,14 @@ from .io_uring import (
     IORING_OP_SHUTDOWN,
     IORING_OP_TIMEOUT,
     IORING_POLL_ADD_MULTI,
+    IORING_RECV_MULTISHOT,
     IORING_SETUP_COOP_TASKRUN,
     IORING_SETUP_CQSIZE,
     IORING_SETUP_SUBMIT_ALL,
     IORING_SETUP_TASKRUN_FLAG,
     IORING_SQ_CQ_OVERFLOW,
     IORING_SQ_TASKRUN,
+    IOSQE_BUFFER_SELECT,
     IOSQE_IO_HARDLINK,
     IOSQE_IO_LINK,
     OP_NAMES,
@@ -80,6 +82,7 @@ _PACK = struct.Struct("<BBHiQQIIQ").pack_into
 # The same 40 bytes with fewer fields (opcode|flags|ioprio as one u32, fd, off, addr, len|op_flags, user_data) for
 # NOP, where all but user_data are constants: fewer arguments to convert, all of them small ints.
 _PACK_NOP = struct.Struct("<IiQQQQ").pack_into
+_PACK_U16 = struct.Struct("<H").pack_into
 _LINKS = IOSQE_IO_LINK | IOSQE_IO_HARDLINK
 _buffer_address = _sys.buffer_address
 _BYTES_DATA_OFFSET = _sys.BYTES_DATA_OFFSET or 0
@@ -167,6 +170,8 @@ class Ring:
         self._chain = 0  # trailing unsubmitted SQEs that belong to an open link chain
         self._backlog: list[tuple[int, int, int]] = []
         self._in_dispatch = False
+        #: set by close() when some operation never completed (its memory is kept: the kernel may still use it)
+        self.leaked = False
         self._ext_arg = bool(self.features & IORING_FEAT_EXT_ARG)
         self._wait_ts = kernel_timespec()
         self._wait_arg = io_uring_getevents_arg()
@@ -325,6 +330,25 @@ class Ring:
         self._sq_tail = ud
         self._pending[ud] = callback
         self._keep[ud] = keep
+        return ud
+
+    def recv_select(self, fd: int, bgid: int, callback: Callback | None, *, multishot: bool = True,
+                    flags: int = 0, sqe_flags: int = 0) -> int:
+        """RECV into a buffer the kernel picks from provided buffer group ``bgid`` (see `BufferRing`).
+
+        Each data CQE has ``IORING_CQE_F_BUFFER`` and the buffer id in ``flags >> IORING_CQE_BUFFER_SHIFT``.
+        With ``multishot`` (6.0+) one request posts a CQE per arrival with ``IORING_CQE_F_MORE``; it ends with a
+        CQE without F_MORE: ``res == 0`` at EOF, ``-ENOBUFS`` when the group ran dry (the data stays in the
+        socket), ``-ECANCELED`` when cancelled, or any CQE at all when the kernel decides to stop it.
+        """
+        if not 0 <= bgid <= 0xFFFF:
+            raise ValueError("bgid must fit in 16 bits")
+        ud = self._prep(IORING_OP_RECV, sqe_flags | IOSQE_BUFFER_SELECT, IORING_RECV_MULTISHOT if multishot else 0,
+                        fd, 0, 0, 0, flags, callback, None)
+        # buf_group lives past the 40 bytes _prep writes; the slot is not handed to the kernel before the next
+        # enter, and this store cannot fail (bgid was checked above). A non-zero bgid stays in the slot for later
+        # SQEs: harmless, since none of our other operations reads buf_index (only the *_FIXED ones would).
+        _PACK_U16(self._sqes, (((ud - 1) & self._sq_mask) << 6) + 40, bgid)
         return ud
 
     def sendmsg(self, fd: int, buffers: Sequence[Any], callback: Callback | None, *, flags: int = 0,
@@ -573,6 +597,7 @@ class Ring:
             self._closed = True
             # Every later operation goes through _make_room(), which raises RingClosedError.
             self._limit = self._fast = -1
+            self.leaked = bool(self._pending or self._keep)
             if self._pending or self._keep:
                 log.warning("io_uring: %d operations did not complete before close; their buffers are kept",
                             len(self._pending))

@@ -1,0 +1,138 @@
+"""A provided buffer ring (IORING_REGISTER_PBUF_RING, Linux 5.19+): receive buffers shared by every connection.
+
+The kernel picks a buffer from the ring only when data arrives (RECV with IOSQE_BUFFER_SELECT, multishot on
+6.0+), so an idle connection holds no receive buffer at all; the CQE names the buffer it filled
+(``flags >> IORING_CQE_BUFFER_SHIFT``) and the consumer hands it back with :meth:`BufferRing.recycle` once it has
+copied the bytes out.
+
+Layout (include/uapi/linux/io_uring.h): the ring is a page-aligned array of ``struct io_uring_buf {u64 addr;
+u32 len; u16 bid; u16 resv}``; the ``resv`` field of entry 0 (byte offset 14) doubles as the ring's tail, which
+only we write and the kernel reads with an acquire load. The head lives in the kernel. Registration takes
+``struct io_uring_buf_reg {u64 ring_addr; u32 ring_entries; u16 bgid; u16 flags; u64 resv[3]}``.
+
+Memory ordering: an entry is stored before the tail that publishes it. CPython stores them in program order
+through separate calls the compiler cannot merge or reorder, and x86-64 (TSO) keeps store order across cores;
+weakly ordered CPUs would need a release barrier, which pure Python cannot issue, so :func:`supported` says no
+there and the loop keeps its poll-based reads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import platform
+import struct
+from typing import Any
+
+from . import _sys
+from .io_uring import IORING_REGISTER_PBUF_RING, IORING_UNREGISTER_PBUF_RING, io_uring_buf_reg
+
+__all__ = ["BufferRing", "supported"]
+
+_ENTRY = struct.Struct("<QIH")  # addr, len, bid (the trailing u16 resv is the tail in entry 0: never written here)
+_TSO_MACHINES = frozenset({"x86_64", "amd64", "i686", "i386"})
+
+# Maps the kernel may still have pinned when their ring could not be torn down cleanly: never unmapped.
+_ORPHANED: list[Any] = []
+
+
+def supported() -> bool:
+    """True where plain CPython stores are ordered enough for the ring's tail protocol (see module docstring)."""
+    return platform.machine().lower() in _TSO_MACHINES
+
+
+class BufferRing:
+    """``count`` buffers of ``size`` bytes in one anonymous mapping, provided to ``ring`` as group ``bgid``.
+
+    Raises OSError if the kernel refuses the registration (older than 5.19: EINVAL). Not thread-safe.
+    """
+
+    def __init__(self, ring: Any, *, count: int = 256, size: int = 16384, bgid: int = 0) -> None:
+        if count < 1 or count > 32768 or count & (count - 1):
+            raise ValueError("count must be a power of two between 1 and 32768")
+        if size < 1 or size > 0xFFFFFFFF:
+            raise ValueError("size must be between 1 and 2**32 - 1")
+        if not 0 <= bgid <= 0xFFFF:
+            raise ValueError("bgid must fit in 16 bits")
+        self.count = count
+        self.size = size
+        self.bgid = bgid
+        self._ring = ring
+        self._registered = False
+        self._mask = count - 1
+        self._tail = 0
+        # Anonymous mmaps are page-aligned (the kernel requires it) and untouched pages cost no RSS.
+        self._ring_mm = mmap.mmap(-1, max(count * 16, mmap.PAGESIZE))
+        self._data_mm = mmap.mmap(-1, count * size)
+        self._ring_view = memoryview(self._ring_mm)
+        self._tail_view = self._ring_view[14:16].cast("H")
+        #: the buffers' bytes, indexed by ``bid * size``
+        self.view = memoryview(self._data_mm)
+        ring_addr, _, self._ring_keep = _sys.buffer_address(self._ring_mm, writable=True)
+        data_addr, _, self._data_keep = _sys.buffer_address(self._data_mm, writable=True)
+        # Each buffer's entry never changes (same address, length and id): pack them once.
+        self._entries = [_ENTRY.pack(data_addr + bid * size, size, bid) for bid in range(count)]
+        for bid in range(count):
+            off = bid << 4
+            self._ring_view[off:off + 14] = self._entries[bid]
+        self._tail = count
+        self._tail_view[0] = count & 0xFFFF
+        reg = io_uring_buf_reg()
+        reg.ring_addr = ring_addr
+        reg.ring_entries = count
+        reg.bgid = bgid
+        try:
+            _sys.io_uring_register(ring.fd, IORING_REGISTER_PBUF_RING, ctypes.addressof(reg), 1)
+        except BaseException:
+            self._unmap()
+            raise
+        self._registered = True
+
+    @property
+    def registered(self) -> bool:
+        return self._registered
+
+    def recycle(self, bid: int) -> None:
+        """Give buffer ``bid`` back to the kernel (its bytes must have been copied out already)."""
+        tail = self._tail
+        off = (tail & self._mask) << 4
+        self._ring_view[off:off + 14] = self._entries[bid]
+        self._tail = tail = tail + 1
+        self._tail_view[0] = tail & 0xFFFF  # publishes the entry just written (see the module docstring)
+
+    def close(self, *, ring_clean: bool = True) -> None:
+        """Unregister (if the ring is still open) and unmap; with ``ring_clean=False`` (operations of the ring
+        were never reaped, so the kernel may still write into a buffer) the memory is kept forever instead."""
+        if self._registered:
+            self._registered = False
+            ring_fd = getattr(self._ring, "fd", -1)
+            if ring_fd is not None and ring_fd >= 0 and not getattr(self._ring, "closed", False):
+                reg = io_uring_buf_reg()
+                reg.bgid = self.bgid
+                try:
+                    _sys.io_uring_register(ring_fd, IORING_UNREGISTER_PBUF_RING, ctypes.addressof(reg), 1)
+                except OSError:
+                    ring_clean = False
+        if not ring_clean:
+            _ORPHANED.append(self)
+            return
+        self._unmap()
+
+    def _unmap(self) -> None:
+        try:
+            self._tail_view.release()
+            self._ring_view.release()
+            self.view.release()
+            for keep in (self._ring_keep, self._data_keep):
+                if isinstance(keep, memoryview):
+                    keep.release()
+            self._ring_keep = self._data_keep = None
+            self._ring_mm.close()
+            self._data_mm.close()
+        except BufferError:
+            # Someone still holds a view of a buffer (say, a traceback's frame): leave the maps to the garbage
+            # collector, which unmaps them once the last view goes, rather than fail the loop's close().
+            pass
+
+    def __repr__(self) -> str:
+        return f"<BufferRing bgid={self.bgid} {self.count}x{self.size} registered={self._registered}>"
