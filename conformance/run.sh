@@ -156,10 +156,11 @@ if [[ -z "$cmd" ]]; then
         [[ $tls -eq 1 ]] && cmd+=" --cafile {cafile}"
     fi
 fi
-# --uring: an event loop policy makes every asyncio.run() in the script build uringws's loop, so the peer
+# --uring: an event loop policy makes every asyncio.run() in the script build uringws's public loop (the ring loop
+# with uringws's own TLS transport, uringws.new_event_loop), so the peer
 # scripts run unchanged on the ring. (Policies are deprecated from Python 3.14; the project targets 3.11-3.13.)
 URING_LAUNCHER='import asyncio, runpy, sys
-from uringws.loop import new_event_loop
+from uringws import new_event_loop
 class Policy(asyncio.DefaultEventLoopPolicy):
     def new_event_loop(self):
         return new_event_loop()
