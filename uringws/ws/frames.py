@@ -84,8 +84,8 @@ def apply_mask(data: bytes | bytearray | memoryview, mask: bytes | bytearray) ->
             return b""
         key = int.from_bytes(mask * ((n >> 2) + 1), "little") & ((1 << (n << 3)) - 1)
         return (int.from_bytes(data, "little") ^ key).to_bytes(n, "little")
-    src = bytes(data)
-    out = bytearray(src)
+    src = data if type(data) is bytes else bytes(data)
+    out = bytearray(n)
     tables = _XOR_TABLES
     out[0::4] = src[0::4].translate(tables[mask[0]])
     out[1::4] = src[1::4].translate(tables[mask[1]])

@@ -271,9 +271,17 @@ class Protocol:
                         payload = apply_mask(payload, hdr.mask[k:] + hdr.mask[:k])
                     self._on_text_rest(hdr, payload)
                 else:
-                    payload = bytes(buf[start:end])
-                    if hdr.mask is not None:
-                        payload = apply_mask(payload, hdr.mask)
+                    if hdr.length < 65536:
+                        payload = bytes(buf[start:end])
+                        if hdr.mask is not None:
+                            payload = apply_mask(payload, hdr.mask)
+                    else:
+                        # Large payload: one copy out of the buffer instead of slice + bytes().
+                        with memoryview(buf) as view:
+                            if hdr.mask is not None:
+                                payload = apply_mask(view[start:end], hdr.mask)
+                            else:
+                                payload = bytes(view[start:end])
                     if hdr.opcode >= 8:
                         self._on_control(hdr.opcode, payload)
                     else:
