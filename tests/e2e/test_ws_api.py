@@ -37,7 +37,7 @@ TEST_LOOP = os.environ.get("URINGWS_TEST_LOOP", "asyncio")
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     if TEST_LOOP == "asyncio":
         return None
-    from uringws.loop import new_event_loop
+    from uringws import new_event_loop  # the public loop: ring (or epoll) transports + uringws TLS
 
     return functools.partial(new_event_loop, backend=TEST_LOOP)
 
