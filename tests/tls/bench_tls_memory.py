@@ -51,16 +51,18 @@ class Idle(asyncio.Protocol):
 
 def loop_factory(impl: str) -> Callable[[], asyncio.AbstractEventLoop]:
     """The server loop of ``impl``: ``ours`` = stdlib selector loop + uringws TLS, ``ring`` = uringws.EventLoop
-    (io_uring + uringws TLS), ``uvloop`` = uvloop + its stdlib-ssl TLS, ``asyncio``/``plain`` = stdlib loop."""
+    (io_uring + uringws TLS; ``ring-poll`` reading by poll + recv), ``uvloop`` = uvloop + its stdlib-ssl TLS,
+    ``asyncio``/``plain`` = stdlib loop."""
     if impl == "ours":
         from uringws.tls import TLSSelectorEventLoop
 
         return TLSSelectorEventLoop
-    if impl == "ring":
+    if impl in ("ring", "ring-poll"):
         import uringws
 
         def ring() -> asyncio.AbstractEventLoop:
-            loop = uringws.new_event_loop()
+            # ring-poll: the same loop reading through POLL + recv(2) instead of multishot RECV (A/B of reads)
+            loop = uringws.new_event_loop(**({"read_mode": "poll"} if impl == "ring-poll" else {}))
             if loop.backend != "io_uring":
                 raise SystemExit(f"ring: io_uring unusable here (got backend {loop.backend})")
             return loop
