@@ -38,7 +38,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
 
-die() { printf 'run.sh: %s\n' "$*" >&2; exit "${2:-4}"; }
+die() { printf 'run.sh: %s\n' "$1" >&2; exit "${2:-4}"; }  # die MESSAGE [EXIT_CODE]
 log() { printf 'run.sh: %s\n' "$*" >&2; }
 usage() { sed -n '2,35p' "$0"; }
 
