@@ -113,6 +113,7 @@ rm -f "$outdir/index.json"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/uringws-autobahn.XXXXXX")"
 peer_pid="" job_pid="" job_cpu="?" peer_cpu="?"
+# shellcheck disable=SC2329  # called by the EXIT trap
 cleanup() {
     # The foreground job (wstest or the client) runs under `timeout`, which forwards TERM to its child.
     if [[ -n "$job_pid" ]] && kill -0 "$job_pid" 2>/dev/null; then
@@ -219,6 +220,13 @@ wait_port() {  # wait_port PID SECONDS: until 127.0.0.1:$port accepts TCP, or PI
     done
     return 1
 }
+has_io_uring_fd() {  # has_io_uring_fd PID: does the process hold an io_uring instance (anon_inode:[io_uring])?
+    local fd
+    for fd in "/proc/$1/fd/"*; do
+        [[ "$(readlink "$fd" 2>/dev/null)" == *io_uring* ]] && return 0
+    done
+    return 1
+}
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
 
 # cpu_of PID: user+system CPU seconds of a running process (and its waited-for children), from /proc.
@@ -253,7 +261,7 @@ if [[ "$mode" == server ]]; then
     setsid bash -c "exec $cmd" > "$outdir/peer.log" 2>&1 &
     peer_pid=$!
     wait_port "$peer_pid" 30 || { tail -n 20 "$outdir/peer.log" >&2; die "server did not listen on port $port within 30 s (log: $outdir/peer.log)"; }
-    if [[ $uring -eq 1 ]] && ! ls -l "/proc/$peer_pid/fd" 2>/dev/null | grep -q 'io_uring'; then
+    if [[ $uring -eq 1 ]] && ! has_io_uring_fd "$peer_pid"; then
         log "warning: --uring given but the server process has no io_uring file descriptor (epoll fallback?)"
     fi
     log "fuzzingclient -> $url, cases '$cases' exclude '$exclude', reports in $outdir"
