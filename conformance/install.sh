@@ -47,7 +47,7 @@ for arg in "$@"; do
     case "$arg" in
         --check) check_only=1 ;;
         --force) force=1 ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) log "unknown option: $arg"; exit 2 ;;
     esac
 done
