@@ -119,6 +119,20 @@ def test_read_mode_selection() -> None:
     with pytest.raises(ValueError):
         EventLoop(read_mode="fast")
 
+    class Custom(uringws.loop.RingSocketTransport):
+        pass
+
+    lp = EventLoop(transport_class=Custom)  # may hook the poll-based reads: opts in explicitly
+    try:
+        assert lp.read_mode == "poll"
+    finally:
+        lp.close()
+    lp = EventLoop(transport_class=Custom, read_mode="ring")
+    try:
+        assert lp.read_mode == "ring"
+    finally:
+        lp.close()
+
 
 def test_data_then_eof_closes(loop: EventLoop) -> None:
     async def main() -> None:
@@ -318,7 +332,7 @@ def test_idle_connections_hold_no_receive_buffer(loop: EventLoop) -> None:
             for batch in range(n // 50):  # batches below the listen backlog: the loop accepts between them
                 for _ in range(50):
                     clients.append(socket.create_connection(("127.0.0.1", port), timeout=5))
-                await _until(lambda: len(made) == 20 + 50 * (batch + 1))
+                await _until(lambda batch=batch: len(made) == 20 + 50 * (batch + 1))
             await asyncio.sleep(0.05)
             gc.collect()
             per_conn = (_rss() - base) / n

@@ -63,8 +63,8 @@ class EventLoop(_UnixSelectorEventLoop):
     ``read_mode`` picks how stream transports read: ``"ring"`` (a multishot RECV per connection over a
     `BufferRing` of ``recv_buffers`` x ``recv_buffer_size`` bytes shared by the loop; Linux 6.0+, raises
     OSError where unsupported), ``"poll"`` (a POLLIN poll, then recv(2): no shared buffers) or ``"auto"``
-    (``"ring"`` where supported on a real `Ring`, else ``"poll"``; ring doubles such as FaultyRing get
-    ``"poll"``; the environment variable ``URINGWS_READ_MODE=poll`` turns ``"auto"`` into ``"poll"``). The mode
+    (``"ring"`` where supported on a real `Ring` with the stock transport, else ``"poll"``: ring doubles such as
+    FaultyRing and a ``transport_class`` replacement get ``"poll"``; the environment variable ``URINGWS_READ_MODE=poll`` turns ``"auto"`` into ``"poll"``). The mode
     in use is in ``loop.read_mode``.
     """
 
@@ -121,6 +121,10 @@ class EventLoop(_UnixSelectorEventLoop):
         why = ""
         if read_mode == "auto" and not isinstance(self._ring, Ring):
             why = "the ring is not a uringws Ring (a test double)"
+        elif read_mode == "auto" and self._stream_transport_class is not RingSocketTransport:
+            # A replacement transport may hook the poll-based read path (_read_cb, _on_readable); it opts in
+            # with read_mode="ring". (The naive-sender fixtures of the integrity tests are such subclasses.)
+            why = "a custom transport_class"
         elif kernel_version()[:2] < _MULTISHOT_RECV_KERNEL:
             why = "multishot RECV needs Linux 6.0"
         elif not _bufring.supported():

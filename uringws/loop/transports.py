@@ -272,7 +272,7 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
                     view.release()
                     bufring.recycle(bid)
             else:
-                data = bytes(bufring.view[start:start + res])
+                data = bufring.mm[start:start + res]  # one copy, straight into a new bytes object
                 bufring.recycle(bid)
                 try:
                     self._protocol.data_received(data)
@@ -505,19 +505,22 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
 
     # -- writing ------------------------------------------------------------------------------------------
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not isinstance(data, (bytes, bytearray, memoryview)):
+        if type(data) is not bytes and not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
         if self._eof:
             raise RuntimeError("Cannot call write() after write_eof()")
         if not data:
             return
         queue = self._queue
-        if self._conn_lost or queue.closed:
+        # The queue's fields are read directly (its `closed`/`drained` properties, inlined): write() runs once
+        # per message and a property call costs as much as the rest of this test.
+        if self._conn_lost or queue._closed:
             if self._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
                 log.warning("socket.send() raised exception.")
             self._conn_lost += 1
             return
-        if self._direct_send and self._send_state == _IDLE and queue.drained:
+        if (self._direct_send and self._send_state == _IDLE and not queue._buffered
+                and queue._inflight is None):
             # Nothing queued, nothing in flight: a direct send cannot overtake anything.
             try:
                 n = self._sock.send(data, _DIRECT_FLAGS)  # type: ignore[union-attr]

@@ -66,7 +66,8 @@ class BufferRing:
         self._data_mm = mmap.mmap(-1, count * size)
         self._ring_view = memoryview(self._ring_mm)
         self._tail_view = self._ring_view[14:16].cast("H")
-        #: the buffers' bytes, indexed by ``bid * size``
+        #: the buffers' bytes, indexed by ``bid * size`` (``mm[a:b]`` copies into bytes; ``view[a:b]`` does not)
+        self.mm = self._data_mm
         self.view = memoryview(self._data_mm)
         ring_addr, _, self._ring_keep = _sys.buffer_address(self._ring_mm, writable=True)
         data_addr, _, self._data_keep = _sys.buffer_address(self._data_mm, writable=True)

@@ -399,6 +399,17 @@ class Ring:
     def poll_add(self, fd: int, events: int, callback: Callback | None, *, multishot: bool = False,
                  sqe_flags: int = 0) -> int:
         """POLL_ADD; completes with the ready ``poll(2)`` mask. Multishot posts a CQE per wake-up (F_MORE)."""
+        tail = self._sq_tail
+        if not multishot and not sqe_flags and tail < self._fast and 0 <= events <= _U32:
+            # Inlined like send(): the selector and the poll-based reads arm one-shot polls all the time.
+            ud = tail + 1
+            try:
+                _PACK(self._sqes, (tail & self._sq_mask) << 6, IORING_OP_POLL_ADD, 0, 0, fd, 0, 0, 0, events, ud)
+            except struct.error:
+                return self._prep(IORING_OP_POLL_ADD, 0, 0, fd, 0, 0, 0, events, callback, None)  # raises
+            self._sq_tail = ud
+            self._pending[ud] = callback
+            return ud
         return self._prep(IORING_OP_POLL_ADD, sqe_flags, 0, fd, 0, 0, IORING_POLL_ADD_MULTI if multishot else 0,
                           events & _U32, callback, None)
 
