@@ -64,8 +64,8 @@ class EventLoop(_UnixSelectorEventLoop):
     `BufferRing` of ``recv_buffers`` x ``recv_buffer_size`` bytes shared by the loop; Linux 6.0+, raises
     OSError where unsupported), ``"poll"`` (a POLLIN poll, then recv(2): no shared buffers) or ``"auto"``
     (``"ring"`` where supported on a real `Ring` with the stock transport, else ``"poll"``: ring doubles such as
-    FaultyRing and a ``transport_class`` replacement get ``"poll"``; the environment variable ``URINGWS_READ_MODE=poll`` turns ``"auto"`` into ``"poll"``). The mode
-    in use is in ``loop.read_mode``.
+    FaultyRing and a ``transport_class`` replacement get ``"poll"``; the environment variable
+    ``URINGWS_READ_MODE=poll`` turns ``"auto"`` into ``"poll"``). The mode in use is in ``loop.read_mode``.
     """
 
     def __init__(self, *, backend: str = "io_uring", ring: Any = None,
