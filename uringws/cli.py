@@ -65,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds (default 600)")
     t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal)")
+    bench = sub.add_parser("bench", help="benchmark uringws against websockets, picows and aiohttp (same run)",
+                           description="Run each stack's echo server in its own process (pinned to CPU 0) under a "
+                           "load client (CPU 1); report server CPU per message/byte, rates, latency and idle memory, "
+                           "medians over rounds and ratios to uringws, plus the TLS floor. Needs the source checkout "
+                           "and the [bench] extra.")
+    from .tools import bench as bench_mod
+
+    bench_mod.add_arguments(bench)
     return parser
 
 
@@ -108,6 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             ping_interval=args.ping_interval, ping_timeout=args.ping_timeout, compression=args.compression,
             write_limit=args.write_limit, close_timeout=args.close_timeout, sndbuf=args.sndbuf)
         return serve.main(opts)
+    if args.command == "bench":
+        from .tools import bench as bench_mod
+
+        return bench_mod.main(args)
     if args.command == "doctor":
         from .tools import doctor
 
