@@ -11,6 +11,7 @@ from typing import Any
 
 from ..ring.io_uring import IORING_OP_ACCEPT, IORING_OP_RECV, IORING_OP_SEND, IORING_OP_SENDMSG
 from ..ring.probe import availability, kernel_version, probe
+from ..ws import frames
 
 # The operations the loop cannot do without; everything else is an optional fast path.
 REQUIRED_OPS = {IORING_OP_SEND: "SEND", IORING_OP_RECV: "RECV", IORING_OP_SENDMSG: "SENDMSG",
@@ -31,6 +32,8 @@ def inspect() -> dict[str, Any]:
         "io_uring_usable": avail.usable,
         "io_uring_reason": avail.reason,
         "backend_env": os.environ.get("URINGWS_BACKEND") or None,
+        # Whether the optional C mask is in use (False: not built, or URINGWS_NO_SPEEDUPS=1).
+        "speedups": frames.apply_mask is not frames.apply_mask_py,
     }
     p = probe() if avail.usable else None
     missing: list[str] = []
@@ -63,6 +66,7 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"Setup flags {' '.join(p['setup_flags']) or '(none)'} (as a default ring is created)")
         fast = ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in p["fast_paths"].items())
         lines.append(f"Fast paths  {fast}")
+    lines.append(f"Speedups    {'C mask (uringws.ws._speedups)' if report['speedups'] else 'pure Python'}")
     lines.append(f"Backend     uringws would run on {report['backend']}: {report['backend_reason']}")
     if report["backend_env"]:
         lines.append(f"            (URINGWS_BACKEND={report['backend_env']})")

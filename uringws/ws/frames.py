@@ -7,6 +7,7 @@ import time without touching its callers.
 from __future__ import annotations
 
 import enum
+import os
 import struct
 from typing import NamedTuple
 
@@ -20,6 +21,7 @@ __all__ = [
     "FrameHeader",
     "Opcode",
     "apply_mask",
+    "apply_mask_py",
     "is_valid_close_code",
     "parse_close",
     "parse_frame",
@@ -76,8 +78,10 @@ _XOR_TABLES: list[bytes] = [bytes(i ^ k for i in range(256)) for k in range(256)
 _TRANSLATE_THRESHOLD = 4096
 
 
-def apply_mask(data: bytes | bytearray | memoryview, mask: bytes | bytearray) -> bytes:
+def apply_mask_py(data: bytes | bytearray | memoryview, mask: bytes | bytearray) -> bytes:
     """XOR ``data`` with the 4-byte ``mask`` repeated (RFC 6455 §5.3); masking and unmasking are the same."""
+    if len(mask) != 4:
+        raise ValueError("mask must be 4 bytes")
     n = len(data)
     if n < _TRANSLATE_THRESHOLD:
         if n == 0:
@@ -92,6 +96,17 @@ def apply_mask(data: bytes | bytearray | memoryview, mask: bytes | bytearray) ->
     out[2::4] = src[2::4].translate(tables[mask[2]])
     out[3::4] = src[3::4].translate(tables[mask[3]])
     return bytes(out)
+
+
+# The optional C twin (uringws/ws/_speedups.c) when it was built; URINGWS_NO_SPEEDUPS=1 forces the pure one.
+apply_mask = apply_mask_py
+if os.environ.get("URINGWS_NO_SPEEDUPS", "") in ("", "0"):
+    try:
+        from ._speedups import apply_mask as _apply_mask_c
+    except ImportError:  # not built (no compiler at install time): the pure twin serves
+        pass
+    else:
+        apply_mask = _apply_mask_c
 
 
 # -- parsing ---------------------------------------------------------------------------------------------------

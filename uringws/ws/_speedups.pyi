@@ -1,0 +1,3 @@
+"""Types of the optional C extension built from _speedups.c (see frames.apply_mask_py, its pure twin)."""
+
+def apply_mask(data: bytes | bytearray | memoryview, mask: bytes | bytearray | memoryview) -> bytes: ...
