@@ -273,7 +273,12 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
                     bufring.recycle(bid)
             else:
                 data = bufring.mm[start:start + res]  # one copy, straight into a new bytes object
-                bufring.recycle(bid)
+                # bufring.recycle(bid), inlined (once per message): publish the entry, then the tail.
+                tail = bufring._tail
+                off = (tail & bufring._mask) << 4
+                bufring._ring_view[off:off + 14] = bufring._entries[bid]
+                bufring._tail = tail = tail + 1
+                bufring._tail_view[0] = tail & 0xFFFF
                 try:
                     self._protocol.data_received(data)
                 except (SystemExit, KeyboardInterrupt):

@@ -94,7 +94,10 @@ class BufferRing:
         return self._registered
 
     def recycle(self, bid: int) -> None:
-        """Give buffer ``bid`` back to the kernel (its bytes must have been copied out already)."""
+        """Give buffer ``bid`` back to the kernel (its bytes must have been copied out already).
+
+        uringws.loop.transports inlines this in its per-message path: change both together.
+        """
         tail = self._tail
         off = (tail & self._mask) << 4
         self._ring_view[off:off + 14] = self._entries[bid]
