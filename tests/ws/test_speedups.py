@@ -131,6 +131,29 @@ def test_wrong_mask_length_raises_value_error(fn: MaskFn, n: int, mask: bytes) -
 
 
 @pytest.mark.parametrize("fn", IMPLS)
+@pytest.mark.parametrize("mask", [b"abc", None], ids=["short-mask", "none-mask"])
+def test_errors_release_the_data_buffer(fn: MaskFn, mask: bytes | None) -> None:
+    # A buffer export leaked on an error path would leave the bytearray unresizable (BufferError).
+    data = bytearray(b"payload")
+    with pytest.raises((ValueError, TypeError)):
+        fn(data, mask)  # type: ignore[arg-type]
+    data.extend(b"more")
+    del data[:]
+    assert data == b""
+
+
+@pytest.mark.parametrize("fn", IMPLS)
+def test_mask_buffer_is_released(fn: MaskFn) -> None:
+    mask = bytearray(b"abcd")
+    assert fn(b"\x00" * 9, mask) == b"abcdabcda"
+    mask.append(0x65)  # BufferError here if the call above kept the mask exported
+    with pytest.raises(ValueError):
+        fn(b"\x00" * 9, mask)
+    mask.pop()
+    assert mask == b"abcd"
+
+
+@pytest.mark.parametrize("fn", IMPLS)
 @pytest.mark.parametrize(
     ("data", "mask"),
     [("text", b"abcd"), (None, b"abcd"), (12345, b"abcd"), (b"x" * 5000, None), (b"xyz", None)],
