@@ -514,6 +514,11 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
             raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
         if self._eof:
             raise RuntimeError("Cannot call write() after write_eof()")
+        if type(data) is not bytes:
+            # Count and slice in bytes: a memoryview of wider items (array('I'), a 2-D view) measures len() and
+            # slices in items, which would make a complete direct send look short and resend the wrong bytes.
+            view = memoryview(data)
+            data = view.cast("B") if view.c_contiguous else view.tobytes()
         if not data:
             return
         queue = self._queue
