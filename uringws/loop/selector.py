@@ -186,10 +186,13 @@ class RingSelector(selectors.BaseSelector):
     # -- waiting --------------------------------------------------------------------------------------------
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         hooks = self.before_wait
-        if hooks:
+        while hooks:
+            # A hook may add hooks (a TLS layer's flush writes to its socket, whose flush is a hook too): run
+            # them all before waiting, or those bytes would sit until some unrelated completion.
             self.before_wait = []
             for hook in hooks:
                 hook()
+            hooks = self.before_wait
         if self._dirty:
             self._arm_dirty()
         if timeout is not None and timeout < 0:

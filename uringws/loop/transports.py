@@ -51,6 +51,9 @@ _POLLIN = select.POLLIN
 _POLLOUT = select.POLLOUT
 _SEND_FLAGS = socket.MSG_NOSIGNAL  # never SIGPIPE; io_uring itself tries non-blocking first
 _DIRECT_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL  # the socket is blocking (O_NONBLOCK cleared)
+# write()s shorter than this wait for the end of the loop iteration so that they share one send(2); longer
+# ones go at once when nothing is queued (a full TLS record is 16 KiB of plaintext plus its overhead).
+_DEFER_BELOW = 16 * 1024
 _ECANCELED = errno.ECANCELED
 _ENOBUFS = errno.ENOBUFS
 _EINTR = errno.EINTR
@@ -529,9 +532,11 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
                 log.warning("socket.send() raised exception.")
             self._conn_lost += 1
             return
-        if (self._direct_send and self._send_state == _IDLE and not queue._buffered
-                and queue._inflight is None):
-            # Nothing queued, nothing in flight: a direct send cannot overtake anything.
+        if (len(data) >= _DEFER_BELOW and self._direct_send and self._send_state == _IDLE
+                and not queue._buffered and queue._inflight is None):
+            # A large write with nothing queued or in flight goes now (it cannot overtake anything): coalescing
+            # saves nothing at this size, and queueing it first would cross the high-water mark and pause the
+            # protocol for bytes the kernel takes at once.
             try:
                 n = self._sock.send(data, _DIRECT_FLAGS)  # type: ignore[union-attr]
             except (BlockingIOError, InterruptedError):
@@ -550,7 +555,8 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
         if queue.write(data):
             self._pause_protocol()
         if self._send_state == _IDLE and not self._flush_scheduled:
-            # Submitted just before the loop enters the kernel: writes of this iteration coalesce into one send.
+            # Small writes are sent just before the loop waits in the kernel, not now: every write of this loop
+            # iteration (a burst of echoes, a broadcast's frames, a TLS layer's records) leaves in one send(2).
             self._flush_scheduled = True
             self._selector.before_wait.append(self._flush)
 
@@ -560,8 +566,49 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self._send_state == _IDLE and not self._release_wanted and not self._selector.closing:
+        if self._send_state != _IDLE or self._release_wanted or self._selector.closing:
+            return
+        if self._direct_send:
+            self._direct_flush()
+        else:
             self._submit_send()
+
+    def _direct_flush(self) -> None:
+        """Send the queue's next batch with one sendmsg(2) (MSG_DONTWAIT); a remainder goes to the ring.
+
+        Nothing is in flight (the caller checked), so this send cannot overtake anything. Most sends on a
+        healthy connection complete here, without a ring operation and its completion callback.
+        """
+        queue = self._queue
+        bufs = queue.next_send()
+        if bufs is None:
+            return
+        try:
+            if len(bufs) == 1:
+                n = self._sock.send(bufs[0], _DIRECT_FLAGS)  # type: ignore[union-attr]
+            else:
+                n = self._sock.sendmsg(bufs, (), _DIRECT_FLAGS)  # type: ignore[union-attr]
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except (SystemExit, KeyboardInterrupt):
+            queue.completed(0)
+            raise
+        except BaseException as exc:  # noqa: BLE001  (asyncio's contract: CancelledError included)
+            queue.completed(0)
+            self._fatal_error(exc, "Fatal write error on socket transport")
+            return
+        stats = self._stats
+        stats.direct_sends += 1
+        if queue.completed(n):
+            self._resume_protocol()
+        if queue._buffered:
+            # Short (the socket buffer is full): the rest goes as the one ring send in flight, which waits
+            # for room in the kernel instead of us polling.
+            stats.direct_short += 1
+            if not queue._closed:
+                self._submit_send()
+        else:
+            self._after_send()
 
     def _submit_send(self) -> None:
         """Submit the queue's next batch as the one send in flight (the remainder of a short send comes first)."""
