@@ -5,6 +5,12 @@ per socket; its completion advances the stream by exactly ``res`` bytes and the 
 anything newer. ``-EAGAIN`` waits for POLLOUT before the resubmit (resubmitting at once would spin), ``-EINTR``
 and ``-ECANCELED`` resubmit, any other error aborts the connection: a stream with a gap is worse than a closed one.
 
+When nothing is in flight, bytes leave through a plain ``send(2)``/``sendmsg(2)`` with MSG_DONTWAIT (the
+"direct send"; it cannot overtake anything) and only a remainder becomes the ring send. Writes under
+`_DEFER_BELOW` bytes are not sent from write() but just before the loop next waits in the kernel (a
+``RingSelector.before_wait`` hook), so that everything written in one loop iteration -- a burst of replies to
+one received segment, a TLS layer's records, a broadcast -- costs one syscall per socket, not one per write.
+
 Reads keep an idle connection cheap: a one-shot POLLIN poll, then one non-blocking ``recv_into`` straight into the
 protocol's buffer (BufferedProtocol), or one ``recv`` of up to `READ_SIZE` bytes (Protocol: the kernel copies
 straight into the bytes object handed to data_received; a loop-wide scratch buffer plus a copy measured ~40%
