@@ -83,6 +83,7 @@ class Connection(asyncio.Protocol):
         self._sndbuf = sndbuf
 
         self._messages: collections.deque[Data] = collections.deque()
+        self._max_queue = config.max_queue  # read per received batch; the config is frozen
         self._recv_waiter: asyncio.Future[None] | None = None
         self._reading_paused = False
         self._write_paused = False
@@ -134,6 +135,8 @@ class Connection(asyncio.Protocol):
     async def recv(self) -> Data:
         """The next message (str for text, bytes for binary). Raises ConnectionClosed once closed."""
         messages = self._messages
+        if messages and not self._reading_paused:
+            return messages.popleft()  # the common case under load: nothing to wait for, nothing to resume
         while not messages:
             if self.proto is not None and self.proto.pending_failure is not None:
                 self._fail_pending()
@@ -159,20 +162,35 @@ class Connection(asyncio.Protocol):
         return message
 
     def __aiter__(self) -> AsyncIterator[Data]:
-        return self._iterate()
+        return self
 
-    async def _iterate(self) -> AsyncIterator[Data]:
+    async def __anext__(self) -> Data:
+        """``async for message in ws``: the next message; the loop ends when the peer closed normally."""
+        messages = self._messages
+        if messages and not self._reading_paused:
+            return messages.popleft()  # same fast path as recv(), one coroutine call fewer per message
         try:
-            while True:
-                yield await self.recv()
+            return await self.recv()
         except ConnectionClosedOK:
-            return
+            raise StopAsyncIteration from None
 
     async def send(self, message: Data | bytearray | memoryview | Iterable[Data] | AsyncIterable[Data]) -> None:
         """Send a message: str (text), bytes-like (binary), or an (async) iterable of fragments.
 
         Waits while the transport's write buffer is above ``write_limit_high``.
         """
+        proto = self.proto
+        if proto is not None and not self._send_lock.locked():
+            # Fast path: a small whole message on a plain server connection goes out as one buffer, without
+            # the generic dispatch and the data_to_send() list (frame_message returns None otherwise).
+            frame = proto.frame_message(message)
+            if frame is not None:
+                transport = self.transport
+                if transport is not None and not transport.is_closing():
+                    transport.write(frame)
+                if self._write_paused:
+                    await self._drain()
+                return
         if self._send_lock.locked():
             async with self._send_lock:  # an async fragmented message is being sent: wait for its end
                 await self._send(message)
@@ -309,8 +327,10 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         proto = self.proto
         if proto is not None:
-            proto.receive_data(data)
-            self._process()
+            if proto.receive_data(data):
+                self._process()
+            elif self._messages:
+                self._messages_arrived()  # only messages (already in the deque): no events, nothing to send
         elif self._server_hs is not None:
             self._server_handshake_data(data)
         elif self._client_hs is not None:
@@ -418,7 +438,7 @@ class Connection(asyncio.Protocol):
         assert proto is not None
         events = proto.events_received()
         for event in events:
-            if type(event) is Message:
+            if type(event) is Message:  # not used: the core hands messages to self._messages.append
                 self._messages.append(event.data)
             elif type(event) is Pong:
                 self._on_pong(event.payload)
@@ -429,13 +449,7 @@ class Connection(asyncio.Protocol):
             elif type(event) is Ping:
                 pass  # answered by the core
         if self._messages:
-            if self._recv_waiter is not None and not self._recv_waiter.done():
-                self._recv_waiter.set_result(None)
-            max_queue = self.config.max_queue
-            if max_queue is not None and len(self._messages) >= max_queue and not self._reading_paused:
-                self._reading_paused = True
-                assert self.transport is not None
-                self.transport.pause_reading()
+            self._messages_arrived()
         if proto.pending_failure is not None:
             # Let the application read (and answer) what arrived before the error; fail once it asks for
             # more (recv() on an empty queue) or after at most PENDING_FAILURE_DELAY seconds.
@@ -450,6 +464,17 @@ class Connection(asyncio.Protocol):
             self._close_transport()
         elif proto.close_rcvd is not None and self._recv_waiter is not None and not self._recv_waiter.done():
             self._recv_waiter.set_result(None)
+
+    def _messages_arrived(self) -> None:
+        """Wake recv(), and pause reading once ``max_queue`` messages wait unread."""
+        waiter = self._recv_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        max_queue = self._max_queue
+        if max_queue is not None and len(self._messages) >= max_queue and not self._reading_paused:
+            self._reading_paused = True
+            assert self.transport is not None
+            self.transport.pause_reading()
 
     def _fail_pending(self) -> None:
         proto = self.proto
@@ -514,7 +539,13 @@ class Connection(asyncio.Protocol):
 
     def _start_open(self, negotiated: Negotiated, trailing: bytes) -> None:
         self.subprotocol = negotiated.subprotocol
-        self.proto = Protocol(self.side, max_size=self.config.max_size, deflate=negotiated.deflate, defer_failure=True)
+        self.proto = Protocol(
+            self.side,
+            max_size=self.config.max_size,
+            deflate=negotiated.deflate,
+            defer_failure=True,
+            message_sink=self._messages.append,
+        )
         if self.config.ping_interval is not None:
             self._keepalive_task = self.loop.create_task(self._keepalive())
         if not self.handshake_done.done():

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Iterable
+import struct
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from .deflate import PerMessageDeflate
@@ -86,6 +87,11 @@ _CONT, _TEXT, _BINARY, _CLOSE, _PING, _PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 # Payloads below this are joined with their header into one bytes object; bigger ones are handed to the
 # transport as a separate buffer to avoid copying them.
 _JOIN_LIMIT = 4096
+_pack_BBH = struct.Struct("!BBH").pack
+# Ready-made 2-byte headers of unmasked single-frame messages of < 126 bytes, indexed by length.
+_BINARY_HEADERS = [bytes((0x80 | _BINARY, n)) for n in range(126)]
+_TEXT_HEADERS = [bytes((0x80 | _TEXT, n)) for n in range(126)]
+_OPEN = State.OPEN  # a module global is one lookup; State.OPEN is two
 
 
 class Protocol:
@@ -94,6 +100,8 @@ class Protocol:
     ``max_size`` bounds each assembled (and decompressed) message; None = unlimited. ``deflate`` is the
     negotiated permessage-deflate state, or None. ``stream_fragments``: emit a ``Fragment`` per data frame
     instead of one ``Message`` per message (``max_size`` still bounds the whole message).
+    ``message_sink``: called with each complete message (str or bytes, in order) instead of queueing a
+    ``Message`` event; a front-end passes ``deque.append`` to skip one object and one dispatch per message.
     """
 
     def __init__(
@@ -104,6 +112,7 @@ class Protocol:
         deflate: PerMessageDeflate | None = None,
         stream_fragments: bool = False,
         defer_failure: bool = False,
+        message_sink: Callable[[str | bytes], None] | None = None,
     ) -> None:
         self.side = side
         self.state = State.OPEN
@@ -119,10 +128,15 @@ class Protocol:
         # Compressed frames may be slightly larger than their content; bound the wire bytes of a compressed
         # message too, so a stream of frames that inflate to nothing cannot buffer without limit.
         self._wire_limit = None if max_size is None else max_size + (max_size >> 8) + 1024
+        # The receive fast path handles frames of < 64 KiB whole, so it needs a size limit of at least that.
+        self._small_ok = (max_size is None or max_size >= 65535) and not stream_fragments
+        # frame_message() may build frames itself: unmasked (server) and uncompressed.
+        self._raw_send = not self._is_client and deflate is None
 
         self._buf = bytearray()
         self._events: list[Event] = []
         self._out: list[bytes] = []
+        self._emit: Callable[[str | bytes], None] = self._emit_event if message_sink is None else message_sink
 
         # Frame being received: its header, and where its payload starts in _buf.
         self._hdr: FrameHeader | None = None
@@ -187,10 +201,20 @@ class Protocol:
 
     # -- receiving ---------------------------------------------------------------------------------------
 
-    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        """Parse received bytes; never raises for bad input (the connection is failed instead)."""
-        if self._discard_input or not data:
-            return
+    def _emit_event(self, data: str | bytes) -> None:
+        self._events.append(Message(data))
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> bool:
+        """Parse received bytes; never raises for bad input (the connection is failed instead).
+
+        Returns whether the front-end has anything to act on besides messages given to ``message_sink``:
+        events, bytes in ``data_to_send``, a deferred failure, or ``close_expected``. False means that at
+        most new messages were delivered, so a front-end may skip its event loop.
+        """
+        if self._discard_input:
+            return True  # closing or failed: rare, let the front-end look at everything
+        if not data:
+            return bool(self._events or self._out)
         if self._buf:
             buf: bytes | bytearray = self._buf
             buf += data
@@ -200,13 +224,15 @@ class Protocol:
         n = len(buf)
         pos = 0
         expect = 0x80 if self._expect_masked else 0
-        small_ok = self.max_size is None or self.max_size >= 65535
+        small_ok = self._small_ok
+        emit = self._emit
+        delivered = 0  # messages completed in this call (they may have gone to the sink, not to _events)
         try:
             while True:
                 hdr = self._hdr
                 if hdr is None:
                     # Fast path: a whole unfragmented, uncompressed text/binary message of < 64 KiB.
-                    if n - pos >= 2 and small_ok and not self._msg_opcode and not self.stream_fragments:
+                    if small_ok and n - pos >= 2 and not self._msg_opcode:
                         b0 = buf[pos]
                         b1 = buf[pos + 1]
                         if (b0 == 0x82 or b0 == 0x81) and (b1 & 0x80) == expect and (b1 & 0x7F) < 127:
@@ -231,11 +257,13 @@ class Protocol:
                                 pos = end
                                 if b0 == 0x81:
                                     try:
-                                        self._events.append(Message(payload.decode("utf-8")))
+                                        decoded = payload.decode("utf-8")
                                     except UnicodeDecodeError:
                                         raise InvalidUTF8() from None
+                                    emit(decoded)
                                 else:
-                                    self._events.append(Message(payload))
+                                    emit(payload)
+                                delivered += 1
                                 continue
                     hdr = parse_header(
                         buf,
@@ -269,7 +297,8 @@ class Protocol:
                     if hdr.mask is not None:
                         k = fed & 3
                         payload = apply_mask(payload, hdr.mask[k:] + hdr.mask[:k])
-                    self._on_text_rest(hdr, payload)
+                    if self._on_text_rest(hdr, payload):
+                        delivered += 1
                 else:
                     if hdr.length < 65536:
                         payload = bytes(buf[start:end])
@@ -284,12 +313,13 @@ class Protocol:
                                 payload = bytes(view[start:end])
                     if hdr.opcode >= 8:
                         self._on_control(hdr.opcode, payload)
-                    else:
-                        self._on_data(hdr, payload)
+                    elif self._on_data(hdr, payload):
+                        delivered += 1
                 if self._discard_input:
                     break
         except ProtocolError as exc:
-            if self.defer_failure and self._events and self.state is State.OPEN:
+            # Anything delivered in this call, or events not yet taken: the application sees them first.
+            if self.defer_failure and (delivered or self._events) and self.state is State.OPEN:
                 # Messages that arrived before the error are delivered first; the front-end lets the
                 # application answer them, then calls fail_pending() (Autobahn 3.2, 4.x, 5.15 "strict").
                 self.pending_failure = exc
@@ -299,7 +329,7 @@ class Protocol:
         if self._discard_input:
             self._buf = bytearray()
             self._hdr = None
-            return
+            return True  # a close frame, a failure or a deferred failure: the front-end must look
         if buf is self._buf:
             if pos:
                 del buf[:pos]
@@ -307,6 +337,7 @@ class Protocol:
             self._buf = bytearray(buf[pos:])
         if pos and self._hdr is not None:
             self._hdr_end -= pos
+        return bool(self._events or self._out)
 
     def receive_eof(self) -> None:
         """The transport was closed or the peer sent EOF: the connection is CLOSED."""
@@ -372,7 +403,7 @@ class Protocol:
         self._msg_size += len(chunk)
         self._msg_parts.append(self._decoder.decode(chunk, False))  # type: ignore[arg-type]
 
-    def _on_text_rest(self, hdr: FrameHeader, rest: bytes) -> None:
+    def _on_text_rest(self, hdr: FrameHeader, rest: bytes) -> bool:
         """The last bytes of an uncompressed text frame whose beginning was already validated."""
         self._msg_size += len(rest)
         parts: list[str] = self._msg_parts  # type: ignore[assignment]
@@ -383,13 +414,16 @@ class Protocol:
             self._events.append(Fragment("".join(parts), hdr.fin, True))
             if hdr.fin:
                 self._msg_opcode = 0
-            return
+            return False
         if hdr.fin:
             self._msg_opcode = 0
             self._msg_parts = []
-            self._events.append(Message("".join(parts)))
+            self._emit("".join(parts))
+            return True
+        return False
 
-    def _on_data(self, hdr: FrameHeader, payload: bytes) -> None:
+    def _on_data(self, hdr: FrameHeader, payload: bytes) -> bool:
+        """Take one data frame; True when it completed a message (given to the sink or queued)."""
         opcode = hdr.opcode
         fin = hdr.fin
         if opcode != _CONT:
@@ -397,12 +431,13 @@ class Protocol:
             if fin and not hdr.rsv1 and not self.stream_fragments:
                 if opcode == _TEXT:
                     try:
-                        self._events.append(Message(payload.decode("utf-8")))
+                        decoded = payload.decode("utf-8")
                     except UnicodeDecodeError:
                         raise InvalidUTF8() from None
+                    self._emit(decoded)
                 else:
-                    self._events.append(Message(payload))
-                return
+                    self._emit(payload)
+                return True
             self._start_message(hdr)
         text = self._msg_opcode == _TEXT
         self._msg_wire += len(payload)
@@ -418,7 +453,7 @@ class Protocol:
             self._events.append(Fragment(item, fin, text))
             if fin:
                 self._msg_opcode = 0
-            return
+            return False
         if text:
             self._msg_parts.append(self._decoder.decode(data, fin))  # type: ignore[arg-type]
         else:
@@ -428,9 +463,11 @@ class Protocol:
             self._msg_parts = []
             self._msg_opcode = 0
             if text:
-                self._events.append(Message("".join(parts)))  # type: ignore[arg-type]
+                self._emit("".join(parts))  # type: ignore[arg-type]
             else:
-                self._events.append(Message(b"".join(parts)))  # type: ignore[arg-type]
+                self._emit(b"".join(parts))  # type: ignore[arg-type]
+            return True
+        return False
 
     def _on_control(self, opcode: int, payload: bytes) -> None:
         if opcode == _PING:
@@ -497,6 +534,36 @@ class Protocol:
         self._send_data(_BINARY, bytes(data), fin)
         if not fin:
             self._send_opcode = _BINARY
+
+    def frame_message(self, data: object) -> bytes | None:
+        """One whole message (bytes: binary, str: text) as the bytes of a single frame, or None.
+
+        A shortcut for front-ends: the caller writes the result itself instead of calling ``send_binary`` /
+        ``send_text`` and ``data_to_send``. None means "take the general path": the connection is not OPEN,
+        frames must be masked (client) or compressed, a fragmented message is being sent, earlier output was
+        not taken yet, or ``data`` is another type or at least 4 KiB long (sent as two buffers, uncopied).
+        """
+        if not self._raw_send or self.state is not _OPEN or self._send_opcode or self._out:
+            return None
+        kind = type(data)
+        if kind is bytes:
+            headers = _BINARY_HEADERS
+            b0 = 0x80 | _BINARY
+            payload: bytes = data  # type: ignore[assignment]
+        elif kind is str:
+            if len(data) >= _JOIN_LIMIT:  # type: ignore[arg-type]
+                return None  # at least as many bytes: don't encode twice
+            headers = _TEXT_HEADERS
+            b0 = 0x80 | _TEXT
+            payload = data.encode("utf-8")  # type: ignore[attr-defined]
+        else:
+            return None
+        n = len(payload)
+        if n < 126:
+            return headers[n] + payload
+        if n < _JOIN_LIMIT:
+            return _pack_BBH(b0, 126, n) + payload
+        return None
 
     def send_continuation(self, data: str | bytes | bytearray | memoryview, fin: bool) -> None:
         """Send the next frame of a fragmented message."""
