@@ -1,0 +1,169 @@
+"""The per-message shortcuts of the core: ``message_sink``, ``receive_data``'s answer, ``frame_message``.
+
+Each shortcut must give exactly what the general path gives: the same messages in the same order, the same
+bytes on the wire, the same failures.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from uringws.ws.deflate import DeflateParams, PerMessageDeflate
+from uringws.ws.frames import parse_frame, serialize_frame
+from uringws.ws.protocol import Message, Ping, Protocol, Side, State
+
+
+def cframe(opcode: int, payload: bytes = b"", fin: bool = True) -> bytes:
+    """A frame as a client sends it (masked)."""
+    return serialize_frame(opcode, payload, fin, False, os.urandom(4))
+
+
+def sink_server(**kwargs: object) -> tuple[Protocol, collections.deque[str | bytes]]:
+    sink: collections.deque[str | bytes] = collections.deque()
+    return Protocol(Side.SERVER, message_sink=sink.append, **kwargs), sink  # type: ignore[arg-type]
+
+
+# -- message_sink and receive_data's answer --------------------------------------------------------------------
+
+
+def test_sink_gets_messages_and_receive_data_says_when_nothing_else_happened() -> None:
+    s, sink = sink_server()
+    assert s.receive_data(cframe(0x2, b"a") + cframe(0x1, "é".encode())) is False
+    assert list(sink) == [b"a", "é"]
+    assert s.events_received() == [] and s.data_to_send() == []
+
+
+def test_receive_data_answers_true_for_a_ping_and_keeps_messages_in_order() -> None:
+    s, sink = sink_server()
+    assert s.receive_data(cframe(0x2, b"1") + cframe(0x9, b"p") + cframe(0x2, b"2")) is True
+    assert list(sink) == [b"1", b"2"]
+    assert s.events_received() == [Ping(b"p")]
+    out = b"".join(s.data_to_send())
+    assert out == serialize_frame(0xA, b"p")
+
+
+def test_receive_data_answers_true_for_a_close_and_a_failure() -> None:
+    s, _ = sink_server()
+    assert s.receive_data(cframe(0x8, b"\x03\xe8")) is True
+    assert s.close_expected
+    f, _ = sink_server()
+    assert f.receive_data(b"\x83\x80" + os.urandom(4)) is True  # reserved opcode
+    assert f.failure is not None and f.failure.code == 1002 and f.close_expected
+
+
+def test_incomplete_frame_is_kept_and_answer_is_false() -> None:
+    s, sink = sink_server()
+    wire = cframe(0x2, b"x" * 300)
+    assert s.receive_data(wire[:5]) is False
+    assert not sink
+    assert s.receive_data(wire[5:]) is False
+    assert list(sink) == [b"x" * 300]
+
+
+def test_without_sink_messages_are_events_as_before() -> None:
+    s = Protocol(Side.SERVER)
+    assert s.receive_data(cframe(0x2, b"a")) is True  # a Message event is waiting
+    assert s.events_received() == [Message(b"a")]
+
+
+def test_deferred_failure_counts_messages_given_to_the_sink() -> None:
+    s, sink = sink_server(defer_failure=True)
+    assert s.receive_data(cframe(0x2, b"before") + b"\x83\x80" + os.urandom(4)) is True
+    assert list(sink) == [b"before"]
+    assert s.pending_failure is not None and s.failure is None  # the application answers first
+    s.fail_pending()
+    assert s.failure is not None and s.failure.code == 1002
+
+
+def test_deferred_failure_without_messages_fails_at_once() -> None:
+    s, sink = sink_server(defer_failure=True)
+    assert s.receive_data(b"\x83\x80" + os.urandom(4)) is True
+    assert not sink and s.pending_failure is None and s.failure is not None
+
+
+def test_invalid_utf8_in_a_small_text_frame_fails_with_1007() -> None:
+    s, sink = sink_server()
+    assert s.receive_data(cframe(0x1, b"\xff")) is True
+    assert not sink and s.failure is not None and s.failure.code == 1007
+
+
+_payloads = st.one_of(
+    st.binary(max_size=300).map(lambda b: (0x2, b)),
+    st.text(max_size=100).map(lambda t: (0x1, t.encode("utf-8"))),
+    st.sampled_from([(0x2, b"z" * 70000), (0x1, "ü".encode() * 2000)]),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    messages=st.lists(_payloads, min_size=1, max_size=12),
+    fragment=st.lists(st.booleans(), min_size=12, max_size=12),
+    cuts=st.lists(st.integers(min_value=1, max_value=2000), max_size=40),
+)
+def test_sink_and_events_agree_on_any_split(
+    messages: list[tuple[int, bytes]], fragment: list[bool], cuts: list[int]
+) -> None:
+    """The same stream, cut anywhere, gives the same messages with and without a sink."""
+    wire = b""
+    for (opcode, payload), split in zip(messages, fragment, strict=False):
+        if split and len(payload) > 1:
+            half = len(payload) // 2
+            wire += cframe(opcode, payload[:half], fin=False) + cframe(0x0, payload[half:])
+        else:
+            wire += cframe(opcode, payload)
+    plain = Protocol(Side.SERVER, max_size=None)
+    sinked, sink = sink_server(max_size=None)
+    pos = 0
+    for cut in [*cuts, len(wire)]:
+        chunk = wire[pos : pos + cut]
+        pos += len(chunk)
+        plain.receive_data(chunk)
+        sinked.receive_data(chunk)
+    expected = [p.decode("utf-8") if op == 0x1 else p for op, p in messages]
+    assert [e.data for e in plain.events_received() if isinstance(e, Message)] == expected
+    assert list(sink) == expected
+    assert plain.failure is None and sinked.failure is None
+
+
+# -- frame_message ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, 64, 125, 126, 127, 1000, 4095])
+def test_frame_message_is_the_frame_send_would_write(size: int) -> None:
+    payload = os.urandom(size)
+    fast = Protocol(Side.SERVER)
+    slow = Protocol(Side.SERVER)
+    slow.send_binary(payload)
+    assert fast.frame_message(payload) == b"".join(slow.data_to_send())
+    text = ("é" * size)[: max(size // 2, 0)]
+    slow.send_text(text)
+    assert fast.frame_message(text) == b"".join(slow.data_to_send())
+    parsed = parse_frame(fast.frame_message(payload) or b"", masked=False)
+    assert parsed is not None and parsed[0].payload == payload and parsed[0].opcode == 0x2 and parsed[0].fin
+
+
+def test_frame_message_declines_what_needs_the_general_path() -> None:
+    assert Protocol(Side.CLIENT).frame_message(b"x") is None  # must be masked
+    deflate = PerMessageDeflate(DeflateParams(), True)
+    assert Protocol(Side.SERVER, deflate=deflate).frame_message(b"x") is None  # must be compressed
+    s = Protocol(Side.SERVER)
+    assert s.frame_message(b"x" * 4096) is None  # big: header and payload go as two buffers
+    assert s.frame_message("x" * 4096) is None
+    assert s.frame_message("é" * 3000) is None  # 6000 bytes once encoded
+    assert s.frame_message(bytearray(b"x")) is None
+    assert s.frame_message(memoryview(b"x")) is None
+    s.send_binary(b"a", fin=False)
+    s.data_to_send()
+    assert s.frame_message(b"x") is None  # fragmented message in progress
+    p = Protocol(Side.SERVER)
+    p.send_ping(b"p")  # output not taken yet: a shortcut would overtake it
+    assert p.frame_message(b"x") is None
+    c = Protocol(Side.SERVER)
+    c.send_close()
+    c.data_to_send()
+    assert c.state is State.CLOSING and c.frame_message(b"x") is None
