@@ -196,7 +196,9 @@ def broadcast(connections: Iterable[Connection], message: Data) -> int:
     context); connections with a context-keeping compressor compress it themselves. Policy for slow
     consumers: a connection whose transport already buffers more than ``write_limit_high`` bytes is
     SKIPPED — it misses this message rather than blocking the others or growing memory without bound.
-    Connections in the middle of sending a fragmented message are skipped too (a frame cannot be inserted).
+    Connections that are not open (handshake pending, closing, closed, transport closing) and connections
+    in the middle of sending a fragmented message (a frame cannot be inserted) are skipped too.
+    ``connections`` is iterated once and not copied: pass ``server.connections`` as it is.
     """
     if isinstance(message, str):
         opcode, payload = 0x1, message.encode("utf-8")
@@ -207,32 +209,43 @@ def broadcast(connections: Iterable[Connection], message: Data) -> int:
     plain: bytes | None = None
     compressed: dict[tuple[int, int, int], bytes] = {}
     written = 0
+    # This loop runs once per connection per message (1000s of times per broadcast), so it is written for
+    # cost: constants in locals, the tests that are almost always false last but cheapest first, and no
+    # property or method call that a plain attribute can answer.
+    OPEN = State.OPEN
+    SERVER = Side.SERVER
     for conn in connections:
         proto = conn.proto
-        transport = conn.transport
-        if proto is None or transport is None or proto.state is not State.OPEN or transport.is_closing():
+        if proto is None or proto.state is not OPEN or proto.fragmenting:
             continue
-        if proto.fragmenting or transport.get_write_buffer_size() > conn.config.write_limit_high:
+        transport = conn.transport
+        if transport is None or transport.is_closing():
+            continue
+        # Slow consumer. The transport calls pause_writing() as soon as its buffer goes above the high-water
+        # mark (Connection sets the transport's limits from its config), so an unpaused connection is below
+        # it: only a paused one pays for get_write_buffer_size(), which on TLS asks two transports. A paused
+        # one that has drained to between the marks is still written to, as the policy says.
+        if conn._write_paused and transport.get_write_buffer_size() > conn.config.write_limit_high:
             continue
         deflate = proto.deflate
-        if conn.side is Side.CLIENT or (deflate is not None and not deflate.local_no_context_takeover):
-            # Masked (client) or context-keeping compression: this connection needs its own frame.
-            if opcode == 0x1:
-                proto.send_text(payload)
-            else:
-                proto.send_binary(payload)
-            conn._flush()
-        elif deflate is None:
+        if deflate is None and conn.side is SERVER:
             if plain is None:
                 plain = serialize_header(opcode, len(payload)) + payload
             transport.write(plain)
-        else:
+        elif deflate is not None and deflate.local_no_context_takeover and conn.side is SERVER:
             key = deflate.settings_key
             frame = compressed.get(key)
             if frame is None:
                 data = deflate.compress_standalone(payload)
                 frame = compressed[key] = serialize_header(opcode, len(data), True, True) + data
             transport.write(frame)
+        else:
+            # Masked (client) or context-keeping compression: this connection needs its own frame.
+            if opcode == 0x1:
+                proto.send_text(payload)
+            else:
+                proto.send_binary(payload)
+            conn._flush()
         written += 1
     return written
 
