@@ -8,14 +8,28 @@ from __future__ import annotations
 
 import collections
 import os
+import struct
+import subprocess
+import sys
+from collections.abc import Callable
+from types import ModuleType
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from uringws.ws.deflate import DeflateParams, PerMessageDeflate
-from uringws.ws.frames import parse_frame, serialize_frame
+from uringws.ws.frames import apply_mask_py, parse_frame, parse_messages_py, serialize_frame, serialize_header
 from uringws.ws.protocol import Message, Ping, Protocol, Side, State
+
+_speedups: ModuleType | None
+try:
+    from uringws.ws import _speedups
+except ImportError:  # built without a compiler: only the pure twin is tested
+    _speedups = None
+needs_c = pytest.mark.skipif(
+    _speedups is None or not hasattr(_speedups, "parse_messages"), reason="compiled parse_messages not built"
+)
 
 
 def cframe(opcode: int, payload: bytes = b"", fin: bool = True) -> bytes:
@@ -167,3 +181,114 @@ def test_frame_message_declines_what_needs_the_general_path() -> None:
     c.send_close()
     c.data_to_send()
     assert c.state is State.CLOSING and c.frame_message(b"x") is None
+
+
+# -- parse_messages: the compiled twin against the pure one ----------------------------------------------------
+
+PARSERS: list[object] = [pytest.param(parse_messages_py, id="pure")]
+if _speedups is not None and hasattr(_speedups, "parse_messages"):
+    PARSERS.append(pytest.param(_speedups.parse_messages, id="c"))
+Parser = Callable[[bytes | bytearray, int, bool, Callable[[str | bytes], object]], int]
+
+
+def frame(opcode: int, payload: bytes, masked: bool, *, fin: bool = True, rsv: int = 0, wide: bool = False) -> bytes:
+    """A frame; ``wide`` forces the 64-bit length encoding (never taken by the shortcut)."""
+    b0 = opcode | (0x80 if fin else 0) | rsv
+    mbit = 0x80 if masked else 0
+    if wide:
+        header = struct.pack("!BBQ", b0, mbit | 127, len(payload))
+    else:
+        header = serialize_header(opcode, len(payload), fin, False, masked)
+        header = bytes((b0,)) + header[1:]
+    if not masked:
+        return header + payload
+    mask = os.urandom(4)
+    return header + mask + apply_mask_py(payload, mask)
+
+
+_taken = st.one_of(
+    st.binary(max_size=200).map(lambda p: (0x2, p)),
+    st.text(max_size=60).map(lambda t: (0x1, t.encode("utf-8"))),
+    st.sampled_from([126, 1000, 65535, 65536]).map(lambda n: (0x2, b"\x5a" * n)),
+)
+_stopper = st.sampled_from(["ping", "nofin", "rsv1", "rsv2", "wide", "badutf8", "cont", "wrongmask", "reserved"])
+
+
+def stopper_frame(kind: str, masked: bool) -> bytes:
+    return {
+        "ping": lambda: frame(0x9, b"p", masked),
+        "nofin": lambda: frame(0x2, b"ab", masked, fin=False),
+        "rsv1": lambda: frame(0x2, b"ab", masked, rsv=0x40),
+        "rsv2": lambda: frame(0x1, b"ab", masked, rsv=0x20),
+        "wide": lambda: frame(0x2, b"ab", masked, wide=True),
+        "badutf8": lambda: frame(0x1, b"ok\xc3(", masked),
+        "cont": lambda: frame(0x0, b"ab", masked),
+        "wrongmask": lambda: frame(0x2, b"ab", not masked),
+        "reserved": lambda: frame(0x3, b"ab", masked),
+    }[kind]()
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+@settings(max_examples=80, deadline=None)
+@given(
+    messages=st.lists(_taken, max_size=8),
+    stopper=st.one_of(st.none(), _stopper),
+    masked=st.booleans(),
+    prefix=st.binary(max_size=5),
+    cut=st.integers(min_value=0, max_value=20),
+)
+def test_parse_messages_takes_exactly_the_run(
+    parser: Parser,
+    messages: list[tuple[int, bytes]],
+    stopper: str | None,
+    masked: bool,
+    prefix: bytes,
+    cut: int,
+) -> None:
+    """Every whole small message up to the first other frame, nothing after it; an incomplete tail stays."""
+    run = [frame(op, p, masked) for op, p in messages]
+    tail = b"" if stopper is None else stopper_frame(stopper, masked)
+    wire = prefix + b"".join(run) + tail
+    truncated = wire[: len(wire) - min(cut, len(wire) - len(prefix))] if cut else wire
+    got: list[str | bytes] = []
+    end = parser(truncated, len(prefix), masked, got.append)
+    # The reference: the complete frames of the run that fit in what was given.
+    expected: list[str | bytes] = []
+    pos = len(prefix)
+    for (op, p), raw in zip(messages, run, strict=True):
+        if pos + len(raw) > len(truncated) or len(p) >= 65536:  # incomplete, or a 64-bit length
+            break
+        expected.append(p.decode("utf-8") if op == 0x1 else p)
+        pos += len(raw)
+    assert got == expected
+    assert end == pos
+    assert parser(bytearray(truncated), len(prefix), masked, got.append) == pos  # bytearray too
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+def test_parse_messages_lets_sink_errors_through(parser: Parser) -> None:
+    def sink(_: str | bytes) -> None:
+        raise RuntimeError("sink")
+
+    with pytest.raises(RuntimeError, match="sink"):
+        parser(frame(0x2, b"x", True), 0, True, sink)
+
+
+@needs_c
+def test_parse_messages_rejects_a_bad_position() -> None:
+    assert _speedups is not None
+    with pytest.raises(ValueError):
+        _speedups.parse_messages(b"ab", 3, True, print)
+    with pytest.raises(TypeError):
+        _speedups.parse_messages("not bytes", 0, True, print)
+
+
+def test_no_speedups_switch_selects_the_pure_parser() -> None:
+    code = "from uringws.ws import frames; print(frames.parse_messages is frames.parse_messages_py)"
+    env = {**os.environ, "URINGWS_NO_SPEEDUPS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
+    if _speedups is not None:
+        env["URINGWS_NO_SPEEDUPS"] = ""
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == "False"

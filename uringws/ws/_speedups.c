@@ -9,6 +9,9 @@
  *   data: any bytes-like object (non-contiguous buffers are copied to a contiguous one first);
  *   mask: a bytes-like object of exactly 4 bytes, else ValueError("mask must be 4 bytes");
  *   anything that is not bytes-like raises TypeError.
+ *
+ * A second function, parse_messages, is the twin of frames.parse_messages_py: it consumes a run of complete,
+ * whole, small data messages (the common case under load) in one call, see its comment below.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -164,9 +167,115 @@ release_data:
     return out;
 }
 
+/* parse_messages(buf, pos, masked, sink) -> int
+ *
+ * Twin of frames.parse_messages_py. Starting at buf[pos], take each complete frame that is a whole data
+ * message of < 64 KiB on its own: FIN set, RSV1-3 clear, opcode text (1) or binary (2), mask bit equal to
+ * `masked`, a 7-bit or 16-bit length, and the whole frame present. Call sink(payload) for each, payload
+ * unmasked, as bytes (binary) or str (text, strict UTF-8). Stop at the first frame that is anything else,
+ * incomplete, or text that is not valid UTF-8 (the caller's general parser then reports it), and return the
+ * position of that frame (len(buf) if everything was taken). Errors raised by sink propagate. */
+static PyObject *
+parse_messages(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer view;
+    Py_ssize_t pos;
+    int masked;
+    PyObject *sink;
+    (void)module;
+
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "parse_messages() takes 4 positional arguments but %zd were given", nargs);
+        return NULL;
+    }
+    pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    masked = PyObject_IsTrue(args[2]);
+    if (masked < 0) {
+        return NULL;
+    }
+    sink = args[3];
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (pos < 0 || pos > view.len) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "pos out of range");
+        return NULL;
+    }
+    const unsigned char *buf = view.buf;
+    const Py_ssize_t n = view.len;
+    const unsigned char mbit = masked ? 0x80 : 0;
+
+    while (n - pos >= 2) {
+        const unsigned char b0 = buf[pos];
+        const unsigned char b1 = buf[pos + 1];
+        Py_ssize_t length, start, end;
+        if ((b0 != 0x81 && b0 != 0x82) || (b1 & 0x80) != mbit) {
+            break;
+        }
+        length = b1 & 0x7F;
+        start = pos + 2;
+        if (length == 127) {
+            break;
+        }
+        if (length == 126) {
+            if (n - pos < 4) {
+                break;
+            }
+            length = ((Py_ssize_t)buf[pos + 2] << 8) | buf[pos + 3];
+            start = pos + 4;
+        }
+        end = start + (masked ? 4 : 0) + length;
+        if (end > n) {
+            break;
+        }
+        PyObject *payload = PyBytes_FromStringAndSize(NULL, length);
+        if (payload == NULL) {
+            goto error;
+        }
+        if (masked) {
+            xor_mask(buf + start + 4, (unsigned char *)PyBytes_AS_STRING(payload), length, buf + start);
+        }
+        else {
+            memcpy(PyBytes_AS_STRING(payload), buf + start, (size_t)length);
+        }
+        if (b0 == 0x81) {
+            PyObject *text = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(payload), length, "strict");
+            Py_DECREF(payload);
+            if (text == NULL) {
+                if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+                    PyErr_Clear();
+                    break;  /* the general parser fails the connection with 1007 */
+                }
+                goto error;
+            }
+            payload = text;
+        }
+        PyObject *res = PyObject_CallOneArg(sink, payload);
+        Py_DECREF(payload);
+        if (res == NULL) {
+            goto error;
+        }
+        Py_DECREF(res);
+        pos = end;
+    }
+    PyBuffer_Release(&view);
+    return PyLong_FromSsize_t(pos);
+
+error:
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"apply_mask", (PyCFunction)(void (*)(void))apply_mask, METH_FASTCALL | METH_KEYWORDS,
      "apply_mask(data, mask) -> bytes\n\nXOR data with the 4-byte mask repeated (RFC 6455 section 5.3)."},
+    {"parse_messages", (PyCFunction)(void (*)(void))parse_messages, METH_FASTCALL,
+     "parse_messages(buf, pos, masked, sink) -> int\n\nDeliver a run of whole small data messages to sink; "
+     "return the position of the first frame not taken."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -181,7 +290,7 @@ static PyModuleDef_Slot slots[] = {
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
     .m_name = "uringws.ws._speedups",
-    .m_doc = "Optional C twin of uringws.ws.frames.apply_mask_py.",
+    .m_doc = "Optional C twins of uringws.ws.frames.apply_mask_py and parse_messages_py.",
     .m_size = 0,
     .m_methods = methods,
     .m_slots = slots,

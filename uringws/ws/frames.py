@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import os
 import struct
+from collections.abc import Callable
 from typing import NamedTuple
 
 from .exceptions import InvalidUTF8, PayloadTooBig, ProtocolError
@@ -26,6 +27,8 @@ __all__ = [
     "parse_close",
     "parse_frame",
     "parse_header",
+    "parse_messages",
+    "parse_messages_py",
     "serialize_close",
     "serialize_frame",
     "serialize_header",
@@ -98,18 +101,70 @@ def apply_mask_py(data: bytes | bytearray | memoryview, mask: bytes | bytearray)
     return bytes(out)
 
 
-# The optional C twin (uringws/ws/_speedups.c) when it was built; URINGWS_NO_SPEEDUPS=1 forces the pure one.
+# -- parsing ---------------------------------------------------------------------------------------------------
+
+
+def parse_messages_py(
+    buf: bytes | bytearray, pos: int, masked: bool, sink: Callable[[str | bytes], object]
+) -> int:
+    """Deliver a run of whole small data messages at ``buf[pos:]`` to ``sink``; return where the run stops.
+
+    Takes each complete frame that is a message on its own: FIN set, RSV bits clear, opcode text or binary,
+    the mask bit equal to ``masked``, a length below 64 KiB. ``sink`` gets the unmasked payload as bytes
+    (binary) or str (text, strict UTF-8). Stops at the first frame that is anything else, incomplete, or text
+    that is not valid UTF-8, and returns its position: the caller's general parser (``parse_header``) takes
+    it from there and reports any error. A shortcut only; it checks nothing that the general path would not.
+    """
+    n = len(buf)
+    mbit = 0x80 if masked else 0
+    while n - pos >= 2:
+        b0 = buf[pos]
+        b1 = buf[pos + 1]
+        if (b0 != 0x82 and b0 != 0x81) or (b1 & 0x80) != mbit:
+            break
+        length = b1 & 0x7F
+        start = pos + 2
+        if length == 127:
+            break
+        if length == 126:
+            if n - pos < 4:
+                break
+            length = (buf[pos + 2] << 8) | buf[pos + 3]
+            start = pos + 4
+        if masked:
+            end = start + 4 + length
+            if end > n:
+                break
+            payload = apply_mask(buf[start + 4 : end], buf[start : start + 4])
+        else:
+            end = start + length
+            if end > n:
+                break
+            payload = bytes(buf[start:end])
+        if b0 == 0x81:
+            try:
+                text = payload.decode("utf-8")
+            except UnicodeDecodeError:
+                break
+            sink(text)
+        else:
+            sink(payload)
+        pos = end
+    return pos
+
+
+# The optional C twins (uringws/ws/_speedups.c) when they were built; URINGWS_NO_SPEEDUPS=1 forces the pure ones.
 apply_mask = apply_mask_py
+parse_messages = parse_messages_py
 if os.environ.get("URINGWS_NO_SPEEDUPS", "") in ("", "0"):
     try:
-        from ._speedups import apply_mask as _apply_mask_c
-    except ImportError:  # not built (no compiler at install time): the pure twin serves
+        from . import _speedups
+    except ImportError:  # not built (no compiler at install time): the pure twins serve
         pass
     else:
-        apply_mask = _apply_mask_c
-
-
-# -- parsing ---------------------------------------------------------------------------------------------------
+        apply_mask = _speedups.apply_mask
+        # An extension built from an older _speedups.c lacks it: keep the pure one then.
+        parse_messages = getattr(_speedups, "parse_messages", parse_messages_py)
 
 _unpack_H = struct.Struct("!H").unpack_from
 _unpack_Q = struct.Struct("!Q").unpack_from

@@ -32,6 +32,7 @@ from .frames import (
     apply_mask,
     parse_close,
     parse_header,
+    parse_messages,
     serialize_close,
     serialize_header,
 )
@@ -223,7 +224,7 @@ class Protocol:
             buf = data if isinstance(data, bytes | bytearray) else bytes(data)
         n = len(buf)
         pos = 0
-        expect = 0x80 if self._expect_masked else 0
+        masked = self._expect_masked
         small_ok = self._small_ok
         emit = self._emit
         delivered = 0  # messages completed in this call (they may have gone to the sink, not to _events)
@@ -231,40 +232,15 @@ class Protocol:
             while True:
                 hdr = self._hdr
                 if hdr is None:
-                    # Fast path: a whole unfragmented, uncompressed text/binary message of < 64 KiB.
-                    if small_ok and n - pos >= 2 and not self._msg_opcode:
-                        b0 = buf[pos]
-                        b1 = buf[pos + 1]
-                        if (b0 == 0x82 or b0 == 0x81) and (b1 & 0x80) == expect and (b1 & 0x7F) < 127:
-                            length = b1 & 0x7F
-                            start = pos + 2
-                            if length == 126:
-                                if n - pos < 4:
-                                    break
-                                length = (buf[pos + 2] << 8) | buf[pos + 3]
-                                start = pos + 4
-                            if expect:
-                                end = start + 4 + length
-                                if end > n:
-                                    hdr = None  # incomplete: let the general path handle it
-                                else:
-                                    payload = apply_mask(buf[start + 4 : end], buf[start : start + 4])
-                            else:
-                                end = start + length
-                                if end <= n:
-                                    payload = bytes(buf[start:end])
-                            if end <= n:
-                                pos = end
-                                if b0 == 0x81:
-                                    try:
-                                        decoded = payload.decode("utf-8")
-                                    except UnicodeDecodeError:
-                                        raise InvalidUTF8() from None
-                                    emit(decoded)
-                                else:
-                                    emit(payload)
-                                delivered += 1
-                                continue
+                    # Fast path: a run of whole unfragmented, uncompressed text/binary messages of < 64 KiB in
+                    # one call (compiled when built). It stops at anything else; the general path takes that.
+                    if small_ok and not self._msg_opcode:
+                        end = parse_messages(buf, pos, masked, emit)
+                        if end != pos:
+                            pos = end
+                            delivered += 1
+                            if pos == n:
+                                break
                     hdr = parse_header(
                         buf,
                         pos,
