@@ -83,6 +83,13 @@ _PACK = struct.Struct("<BBHiQQIIQ").pack_into
 # NOP, where all but user_data are constants: fewer arguments to convert, all of them small ints.
 _PACK_NOP = struct.Struct("<IiQQQQ").pack_into
 _PACK_U16 = struct.Struct("<H").pack_into
+# One CQE read in place (the common case: one completion per wake-up); a slice + iter_unpack + list costs 4x more.
+_UNPACK_CQE = CQE_STRUCT.unpack_from
+_ENTER_GIL = _sys.enter_gil
+_ENTER_NOGIL = _sys.enter_nogil
+_NR_ENTER = _sys.NR_ENTER
+_SIZE_0 = _sys.SIZE_0
+_get_errno = _sys.get_errno
 _LINKS = IOSQE_IO_LINK | IOSQE_IO_HARDLINK
 _buffer_address = _sys.buffer_address
 _BYTES_DATA_OFFSET = _sys.BYTES_DATA_OFFSET or 0
@@ -173,10 +180,12 @@ class Ring:
         #: set by close() when some operation never completed (its memory is kept: the kernel may still use it)
         self.leaked = False
         self._ext_arg = bool(self.features & IORING_FEAT_EXT_ARG)
+        # Built once: a wait with a timeout only rewrites the timespec (no ctypes object per call).
         self._wait_ts = kernel_timespec()
         self._wait_arg = io_uring_getevents_arg()
         self._wait_arg.ts = ctypes.addressof(self._wait_ts)
-        self._wait_arg_addr = ctypes.addressof(self._wait_arg)
+        self._wait_argp = ctypes.c_void_p(ctypes.addressof(self._wait_arg))
+        self._wait_argsz = ctypes.c_size_t(ctypes.sizeof(io_uring_getevents_arg))
         self._closed = False
 
     # ------------------------------------------------------------------------------------------------ set-up
@@ -439,12 +448,18 @@ class Ring:
 
     # ------------------------------------------------------------------------------------------------ enter
     def _enter(self, to_submit: int, min_complete: int, flags: int, *, block: bool,
-               arg: int = 0, argsz: int = 0) -> int:
+               arg: Any = None, argsz: Any = _SIZE_0) -> int:
+        """io_uring_enter; ``arg`` is None or a ctypes c_void_p, ``argsz`` a ctypes c_size_t (see _sys)."""
         if to_submit:
             self._sq_ktail[0] = (self._submitted + to_submit) & _U32
         busy = 0
+        # Called directly rather than through _sys.io_uring_enter: this runs once per loop iteration.
+        fn = _ENTER_NOGIL if block else _ENTER_GIL
+        fd = self.fd
         while True:
-            ret = _sys.io_uring_enter(self.fd, to_submit, min_complete, flags, arg, argsz, block=block)
+            ret = fn(_NR_ENTER, fd, to_submit, min_complete, flags, arg, argsz)
+            if ret < 0:
+                ret = -_get_errno()
             if ret >= 0:
                 if to_submit and not self._closed:
                     # Without SUBMIT_ALL the kernel may stop early at an SQE it could not even prepare (it
@@ -493,23 +508,22 @@ class Ring:
         if self._in_dispatch:
             raise RingError("Ring.wait() called from a completion callback")
         to_submit = (self._sq_tail - self._submitted) & _U32
-        ready = self._backlog or self._cq_ktail[0] != self._cq_khead[0]
-        if ready or (timeout is not None and timeout <= 0):
+        if self._backlog or self._cq_ktail[0] != self._cq_khead[0] or (timeout is not None and timeout <= 0):
             flags = 0
             if self._sq_kflags[0] & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW):
                 flags = IORING_ENTER_GETEVENTS  # run deferred task work / flush overflowed CQEs
             if to_submit or flags:
                 self._enter(to_submit, 0, flags, block=False)
+        elif timeout is None:
+            # No timeout needs no EXT_ARG (its ts would be NULL): the plain wait, the idle loop's usual one.
+            self._enter(to_submit, 1, IORING_ENTER_GETEVENTS, block=True)
         elif self._ext_arg:
-            if timeout is None:
-                self._wait_arg.ts = 0
-            else:
-                self._wait_arg.ts = ctypes.addressof(self._wait_ts)
-                sec = int(timeout)
-                self._wait_ts.tv_sec = sec
-                self._wait_ts.tv_nsec = int((timeout - sec) * 1e9)
+            sec = int(timeout)
+            ts = self._wait_ts
+            ts.tv_sec = sec
+            ts.tv_nsec = int((timeout - sec) * 1e9)
             self._enter(to_submit, 1, IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, block=True,
-                        arg=self._wait_arg_addr, argsz=ctypes.sizeof(io_uring_getevents_arg))
+                        arg=self._wait_argp, argsz=self._wait_argsz)
         else:
             if timeout is not None:
                 # Old kernels: a TIMEOUT that also completes as soon as one other CQE is posted.
@@ -545,8 +559,24 @@ class Ring:
 
     def _dispatch(self) -> int:
         total = 0
+        khead = self._cq_khead
+        ktail = self._cq_ktail
+        pending = self._pending
+        keep = self._keep
         while True:
-            cqes = self._read_cqes()
+            head = khead[0]
+            # The tail is read before the CQEs it publishes: CPython issues these loads in program order and
+            # x86-64 (TSO) does not reorder loads, so a CQE below the tail we read is complete.
+            tail = ktail[0]
+            if (tail - head) & _U32 == 1:
+                # One CQE (the usual wake-up): unpacked in place, then the slot is released by the head store,
+                # which comes after the load (TSO does not move a store before an earlier load).
+                cqes = [_UNPACK_CQE(self._cq_view, self._cqes_off + ((head & self._cq_mask) << 4))]
+                khead[0] = tail
+            elif head != tail:
+                cqes = self._read_cqes()
+            else:
+                cqes = []
             if self._backlog:
                 cqes = self._backlog + cqes
                 self._backlog = []
@@ -557,8 +587,6 @@ class Ring:
                     continue
                 return total
             total += len(cqes)
-            pending = self._pending
-            keep = self._keep
             self._in_dispatch = True
             it = iter(cqes)
             try:
