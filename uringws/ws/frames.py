@@ -104,9 +104,7 @@ def apply_mask_py(data: bytes | bytearray | memoryview, mask: bytes | bytearray)
 # -- parsing ---------------------------------------------------------------------------------------------------
 
 
-def parse_messages_py(
-    buf: bytes | bytearray, pos: int, masked: bool, sink: Callable[[str | bytes], object]
-) -> int:
+def parse_messages_py(buf: bytes | bytearray, pos: int, masked: bool, sink: Callable[[str | bytes], object]) -> int:
     """Deliver a run of whole small data messages at ``buf[pos:]`` to ``sink``; return where the run stops.
 
     Takes each complete frame that is a message on its own: FIN set, RSV bits clear, opcode text or binary,
