@@ -16,6 +16,12 @@ buffer are shared by all connections of a thread (:class:`_SharedBuffers`); a co
 TCP transport is kept as the application's own (immutable) objects and encrypted only when the transport can
 take it.
 
+Coalescing: on a loop whose selector has a ``before_wait`` hook list (uringws's io_uring loop), application
+writes below ``COALESCE_LIMIT`` are kept as plaintext until the loop is about to wait in the kernel, then
+encrypted together: one SSL_write (one TLS record) per 16 KiB instead of one per write, one transport write for
+the lot.  They count as write-buffer bytes; close() sends them before close_notify; abort() drops them.  On any
+other loop every write is encrypted and handed down at once.
+
 Loop integration: ``TLSProtocol`` is a ``BufferedProtocol`` towards the transport (``data_received`` works
 too).  ``get_buffer()`` lends a per-thread shared buffer until ``buffer_updated()``; a transport that keeps
 a buffer across other callbacks (e.g. a recv submitted to the kernel) still works, because a second lender
@@ -61,6 +67,10 @@ RECV_BUFFER_SIZE = 256 * 1024  # shared per thread: large reads cost no per-conn
 PRIVATE_RECV_SIZE = 16 * 1024 + 512  # fallback when the shared buffer is lent out: about one TLS record
 PLAINTEXT_BUFFER_SIZE = 256 * 1024  # shared per thread: decrypted bytes gathered for one data_received()
 WRITE_CHUNK = 256 * 1024  # larger writes are encrypted and handed down in pieces of this size
+# Plaintext writes shorter than this wait (on a loop with a before-wait hook) until the loop is about to wait for
+# the kernel, and leave together: one SSL_write, i.e. one TLS record, per 16 KiB of coalesced plaintext.
+COALESCE_LIMIT = 16 * 1024
+RECORD_PLAINTEXT = 16 * 1024  # TLS maximum plaintext per record: joined small writes fill at most one
 _WARN_WRITES_AFTER_CLOSE = 5  # asyncio.constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES
 
 # Connection states.
@@ -234,6 +244,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
         "_ctx",
         "_eof_pending",
         "_error",
+        "_flush_scheduled",
         "_hdr",
         "_high",
         "_hs_timeout",
@@ -244,6 +255,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
         "_outgoing",
         "_rec_left",
         "_sd_timeout",
+        "_selector",
         "_server_hostname",
         "_server_side",
         "_shared",
@@ -322,6 +334,12 @@ class TLSProtocol(asyncio.BufferedProtocol):
         self._app: Any = None
         self._app_buffered = False
         self._set_app_protocol(app_protocol)
+        # The loop's selector if it runs `before_wait` hooks right before waiting in the kernel (uringws's ring
+        # loop): small writes are then coalesced until that moment. Any other loop: every write is encrypted and
+        # handed down at once, never left waiting for some unrelated event.
+        selector = getattr(loop, "_selector", None)
+        self._selector: Any = selector if isinstance(getattr(selector, "before_wait", None), list) else None
+        self._flush_scheduled = False  # our _flush_pending is in the selector's before_wait list
 
     # -- public helpers ---------------------------------------------------------------------------
 
@@ -661,8 +679,8 @@ class TLSProtocol(asyncio.BufferedProtocol):
             self._flush()
         if got_close_notify and self._state == _WRAPPED:
             self._on_close_notify()
-        elif self._backlog and not self._tcp_paused and self._state == _WRAPPED:
-            self._drain_backlog()  # a write that waited for a renegotiation step
+        elif self._backlog and not self._tcp_paused and not self._flush_scheduled and self._state == _WRAPPED:
+            self._drain_backlog()  # a write that waited for a renegotiation step (coalesced ones wait for the hook)
 
     def _tls_error(self, exc: ssl.SSLError) -> None:
         """A record error or alert from the peer: log, send our alert if any, close."""
@@ -782,8 +800,31 @@ class TLSProtocol(asyncio.BufferedProtocol):
             return
         if self._backlog:  # keep order behind what is already waiting
             self._queue(_immutable(data))
+            if (
+                self._flush_scheduled
+                and not self._tcp_paused
+                and (self._backlog_size >= COALESCE_LIMIT or self._backlog_size > self._high)
+            ):
+                self._drain_backlog()  # enough coalesced: encrypt now (still in order, still few records)
             self._update_app_writing()
             return
+        selector = self._selector
+        if selector is not None and not self._tcp_paused:
+            size = data.nbytes if type(data) is memoryview else len(data)
+            if size < COALESCE_LIMIT and size < self._high:
+                # Coalesce: encrypted with the other small writes of this loop iteration, right before the loop
+                # waits (one record, one BIO read, one transport write for all of them). Nothing is queued
+                # (checked above), so this starts the backlog.
+                backlog = self._backlog
+                if backlog is None:
+                    self._backlog = collections.deque((_immutable(data),))
+                else:
+                    backlog.append(_immutable(data))
+                self._backlog_size = size
+                if not self._flush_scheduled:
+                    self._flush_scheduled = True
+                    selector.before_wait.append(self._flush_pending)
+                return
         if len(data) <= WRITE_CHUNK and not self._tcp_paused:
             # Fast path: one SSL_write, one BIO read, one transport write; no copy of our own.
             try:
@@ -801,7 +842,13 @@ class TLSProtocol(asyncio.BufferedProtocol):
         self._update_app_writing()
 
     def _app_writelines(self, list_of_data: Any) -> None:
-        if self._state != _WRAPPED or self._app_closing or self._backlog or self._tcp_paused:
+        if (
+            self._selector is not None
+            or self._state != _WRAPPED
+            or self._app_closing
+            or self._backlog
+            or self._tcp_paused
+        ):
             for data in list_of_data:
                 if data:
                     self._app_write(data)
@@ -837,10 +884,11 @@ class TLSProtocol(asyncio.BufferedProtocol):
         self._backlog.append(data)
         self._backlog_size += len(data)
 
-    def _encrypt(self, data: bytes | bytearray | memoryview) -> None:
+    def _encrypt(self, data: bytes | bytearray | memoryview) -> bool:
         """Encrypt in WRITE_CHUNK pieces while the TCP transport accepts; queue the rest (order kept).
 
         Callers pass data that is not behind anything in the backlog, so a remainder goes to its front.
+        Returns True if OpenSSL must hear from the peer first (renegotiation): retrying now cannot progress.
         """
         sslobj = self._sslobj
         assert sslobj is not None
@@ -849,6 +897,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
         if mv.format != "B" or mv.ndim != 1:
             mv = mv.cast("B")
         off = 0
+        blocked = False
         try:
             while off < n:
                 if self._tcp_paused:
@@ -859,27 +908,72 @@ class TLSProtocol(asyncio.BufferedProtocol):
                 self._transport.write(self._outgoing.read())  # may call pause_writing() right away
         except ssl.SSLWantReadError:  # renegotiation step: wait for the peer, keep the rest
             self._flush()
+            blocked = True
         except ssl.SSLError as exc:
             self._tls_error(exc)
-            return
+            return False
         if off < n:
             rest = _immutable(mv[off:])  # the app may reuse a mutable buffer after write() returns
             if self._backlog is None:
                 self._backlog = collections.deque()
             self._backlog.appendleft(rest)
             self._backlog_size += len(rest)
+        return blocked
 
     def _drain_backlog(self) -> None:
-        """Encrypt queued plaintext in order while the TCP transport takes it."""
+        """Encrypt queued plaintext in order while the TCP transport takes it.
+
+        Runs of small buffers are joined and encrypted with one SSL_write (one TLS record of at most
+        RECORD_PLAINTEXT bytes); the records of the whole run leave in one transport write (more only every
+        WRITE_CHUNK bytes, or where the transport pauses us).
+        """
         backlog = self._backlog
+        sslobj = self._sslobj
+        outgoing = self._outgoing
+        assert sslobj is not None
         while backlog and not self._tcp_paused and self._state == _WRAPPED:
             data = backlog.popleft()
-            self._backlog_size -= len(data)
-            self._encrypt(data)
-            if self._backlog is not backlog:  # connection ended meanwhile
+            size = len(data)
+            if size > WRITE_CHUNK:
+                self._backlog_size -= size
+                # Chunked; hands down what OpenSSL produced before it too.
+                if self._encrypt(data) or self._backlog is not backlog:
+                    return  # renegotiation step (the rest waits in front), or the connection ended meanwhile
+                continue
+            if backlog and size + len(backlog[0]) <= RECORD_PLAINTEXT:
+                parts = [data]
+                while backlog and size + len(backlog[0]) <= RECORD_PLAINTEXT:
+                    part = backlog.popleft()
+                    parts.append(part)
+                    size += len(part)
+                data = b"".join(parts)
+            self._backlog_size -= size
+            try:
+                sslobj.write(data)
+            except ssl.SSLWantReadError:  # TLS 1.2 renegotiation step: wait for the peer, keep the data first
+                backlog.appendleft(data)
+                self._backlog_size += size
+                self._flush()
                 return
-        if not backlog and self._app_closing and self._state == _WRAPPED:
+            except ssl.SSLError as exc:
+                self._tls_error(exc)
+                return
+            if outgoing.pending >= WRITE_CHUNK:
+                self._transport.write(outgoing.read())  # may call pause_writing() right away
+                if self._backlog is not backlog:
+                    return
+        if self._state != _WRAPPED:
+            return
+        self._flush()
+        if not backlog and self._app_closing and self._backlog is backlog:
             self._send_close_notify()
+
+    def _flush_pending(self) -> None:
+        """before_wait hook: encrypt the plaintext coalesced during this loop iteration and hand it down."""
+        self._flush_scheduled = False
+        if self._backlog and not self._tcp_paused and self._state == _WRAPPED:
+            self._drain_backlog()
+            self._update_app_writing()
 
     def _update_app_writing(self) -> None:
         """Pause the app above the high-water mark (TCP paused or backlog), resume at or below low."""
@@ -926,7 +1020,9 @@ class TLSProtocol(asyncio.BufferedProtocol):
         self._timer = self._loop.call_later(self._sd_timeout, self._shutdown_timed_out)
         if not self._backlog:
             self._send_close_notify()
-        # else: _drain_backlog() sends close_notify once the backlog is out
+        elif not self._tcp_paused and self._state == _WRAPPED:
+            self._drain_backlog()  # coalesced writes first; it sends close_notify once they are out
+        # else: _drain_backlog() sends close_notify once the backlog is out (resume_writing, renegotiation)
 
     def _send_close_notify(self) -> None:
         sslobj = self._sslobj
