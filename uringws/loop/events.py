@@ -13,12 +13,14 @@ self-pipe stays because ``signal.set_wakeup_fd`` writes signal numbers into it.
 from __future__ import annotations
 
 import errno
+import heapq
 import logging
 import os
 import selectors
 import socket
+import sys
 import threading
-from asyncio import constants, sslproto
+from asyncio import base_events, constants, sslproto
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +44,13 @@ _MULTISHOT_RECV_KERNEL = (6, 0)
 _READ_MODES = ("auto", "ring", "poll")
 
 _STREAM_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
+
+# asyncio's _run_once is the same algorithm in 3.11-3.13 (3.13 only reshaped the timeout clamp); EventLoop
+# replaces it with a leaner copy there and leaves any other version's own.
+_LEAN_RUN_ONCE = (3, 11) <= sys.version_info[:2] <= (3, 13)
+_MIN_SCHEDULED_TIMER_HANDLES: int = getattr(base_events, "_MIN_SCHEDULED_TIMER_HANDLES", 100)
+_MIN_CANCELLED_TIMER_HANDLES_FRACTION: float = getattr(base_events, "_MIN_CANCELLED_TIMER_HANDLES_FRACTION", 0.5)
+_MAXIMUM_SELECT_TIMEOUT: float = getattr(base_events, "MAXIMUM_SELECT_TIMEOUT", 24 * 3600)
 
 
 if TYPE_CHECKING:
@@ -140,6 +149,74 @@ class EventLoop(_UnixSelectorEventLoop):
             log.debug("uringws: poll-based reads: %s", why)
             return
         self.read_mode = "ring"
+
+    # -- one iteration ------------------------------------------------------------------------------------
+    def _run_once(self) -> None:
+        """asyncio's iteration (timers, select, ready callbacks) minus the work an idle timer heap and an empty
+        event list do not need: no clock read without timers, no _process_events() call for no events.
+
+        It runs once per message in a ping-pong, so its fixed cost is a per-message cost. Same order and same
+        semantics as asyncio's: cancelled timers dropped from the heap head (or the heap rebuilt when most are
+        cancelled), timeout 0 when callbacks are ready, due timers moved to the ready queue after select(), and
+        only the callbacks ready at that point run (those they schedule wait for the next iteration). Debug
+        mode (slow-callback warnings) uses asyncio's own.
+        """
+        if self._debug or not _LEAN_RUN_ONCE:
+            super()._run_once()
+            return
+        scheduled = self._scheduled
+        ready = self._ready
+        if scheduled:
+            sched_count = len(scheduled)
+            if (sched_count > _MIN_SCHEDULED_TIMER_HANDLES
+                    and self._timer_cancelled_count / sched_count > _MIN_CANCELLED_TIMER_HANDLES_FRACTION):
+                new_scheduled = []
+                for handle in scheduled:
+                    if handle._cancelled:
+                        handle._scheduled = False
+                    else:
+                        new_scheduled.append(handle)
+                heapq.heapify(new_scheduled)
+                self._scheduled = scheduled = new_scheduled
+                self._timer_cancelled_count = 0
+            else:
+                while scheduled and scheduled[0]._cancelled:
+                    self._timer_cancelled_count -= 1
+                    handle = heapq.heappop(scheduled)
+                    handle._scheduled = False
+        timeout: float | None
+        if ready or self._stopping:
+            timeout = 0
+        elif scheduled:
+            timeout = scheduled[0]._when - self.time()
+            if timeout > _MAXIMUM_SELECT_TIMEOUT:
+                timeout = _MAXIMUM_SELECT_TIMEOUT
+            elif timeout < 0:
+                timeout = 0
+        else:
+            timeout = None
+        event_list = self._selector.select(timeout)
+        if event_list:
+            self._process_events(event_list)
+        event_list = None  # asyncio does this too: it breaks reference cycles when an exception occurs
+        if scheduled:
+            end_time = self.time() + self._clock_resolution
+            while scheduled:
+                handle = scheduled[0]
+                if handle._when >= end_time:
+                    break
+                handle = heapq.heappop(scheduled)
+                handle._scheduled = False
+                ready.append(handle)
+        # Only what is ready now runs (a callback's call_soon waits for the next iteration); popleft rather than
+        # iterating, as asyncio does, so that a callback that raises leaves the rest queued.
+        popleft = ready.popleft
+        for _ in range(len(ready)):
+            handle = popleft()
+            if handle._cancelled:
+                continue
+            handle._run()
+        handle = None  # see event_list above
 
     @property
     def ring(self) -> Any:
