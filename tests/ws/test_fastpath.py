@@ -266,6 +266,17 @@ def test_parse_messages_takes_exactly_the_run(
 
 
 @pytest.mark.parametrize("parser", PARSERS)
+@pytest.mark.parametrize("masked", [True, False])
+@pytest.mark.parametrize("kind", ["ping", "nofin", "rsv1", "rsv2", "wide", "badutf8", "cont", "wrongmask", "reserved"])
+def test_parse_messages_stops_at_each_other_kind_of_frame(parser: Parser, masked: bool, kind: str) -> None:
+    before = frame(0x2, b"one", masked) + frame(0x1, "twö".encode(), masked)
+    wire = before + stopper_frame(kind, masked) + frame(0x2, b"after", masked)
+    got: list[str | bytes] = []
+    assert parser(wire, 0, masked, got.append) == len(before)
+    assert got == [b"one", "twö"]
+
+
+@pytest.mark.parametrize("parser", PARSERS)
 def test_parse_messages_lets_sink_errors_through(parser: Parser) -> None:
     def sink(_: str | bytes) -> None:
         raise RuntimeError("sink")
