@@ -568,23 +568,25 @@ class Ring:
             # The tail is read before the CQEs it publishes: CPython issues these loads in program order and
             # x86-64 (TSO) does not reorder loads, so a CQE below the tail we read is complete.
             tail = ktail[0]
-            if (tail - head) & _U32 == 1:
-                # One CQE (the usual wake-up): unpacked in place, then the slot is released by the head store,
-                # which comes after the load (TSO does not move a store before an earlier load).
-                cqes = [_UNPACK_CQE(self._cq_view, self._cqes_off + ((head & self._cq_mask) << 4))]
-                khead[0] = tail
-            elif head != tail:
-                cqes = self._read_cqes()
-            else:
-                cqes = []
-            if self._backlog:
-                cqes = self._backlog + cqes
+            if head != tail:
+                if (tail - head) & _U32 == 1:
+                    # One CQE (the usual wake-up): unpacked in place, then the slot is released by the head
+                    # store, which comes after the load (TSO does not move a store before an earlier load).
+                    cqes = [_UNPACK_CQE(self._cq_view, self._cqes_off + ((head & self._cq_mask) << 4))]
+                    khead[0] = tail
+                else:
+                    cqes = self._read_cqes()
+                if self._backlog:
+                    cqes = self._backlog + cqes  # older than anything still in the CQ
+                    self._backlog = []
+            elif self._backlog:
+                cqes = self._backlog
                 self._backlog = []
-            if not cqes:
-                if self._sq_kflags[0] & IORING_SQ_CQ_OVERFLOW:
-                    # IORING_FEAT_NODROP kept the CQEs that did not fit; GETEVENTS flushes them into the CQ.
-                    self._enter(0, 0, IORING_ENTER_GETEVENTS, block=False)
-                    continue
+            elif self._sq_kflags[0] & IORING_SQ_CQ_OVERFLOW:
+                # IORING_FEAT_NODROP kept the CQEs that did not fit; GETEVENTS flushes them into the CQ.
+                self._enter(0, 0, IORING_ENTER_GETEVENTS, block=False)
+                continue
+            else:
                 return total
             total += len(cqes)
             self._in_dispatch = True
