@@ -208,5 +208,83 @@ def test_record_tracking_any_split(seed: int) -> None:
             pos += len(chunk)
             at_boundary = not p._rec_left and not p._hdr
             assert at_boundary == (pos in boundaries), (pos, p._rec_left, p._hdr)
+            # _partial: how much of the trailing incomplete record has arrived (what _read() may skip on).
+            assert p._partial == pos - max(b for b in boundaries if b <= pos), (pos, p._partial)
+            assert p._framed
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize(
+    "header",
+    [b"\x80\x2e\x01\x03\x01", b"\x17\x03\x03\x48\x01", b"\x63\x03\x03\x00\x10"],
+    ids=["sslv2-hello", "oversized-length", "unknown-type"],
+)
+def test_record_tracking_gives_up_skipping_on_a_header_tls_would_reject(header: bytes) -> None:
+    """A header OpenSSL rejects (or parses otherwise) must not make _read() wait for the 'rest of the record'."""
+    loop = asyncio.new_event_loop()
+    try:
+        p = TLSProtocol(loop, asyncio.Protocol(), ssl.create_default_context(), server_hostname="x")
+        p._track_records(_records([3]))
+        assert p._framed
+        p._track_records(header + b"\x00" * 3)
+        assert not p._framed
+    finally:
+        loop.close()
+
+
+class _CountingSSLObject:
+    """Wraps an SSLObject and counts read() calls and the SSLWantReadError they raise."""
+
+    def __init__(self, inner: ssl.SSLObject) -> None:
+        self.inner = inner
+        self.reads = 0
+        self.want_read = 0
+
+    def read(self, *args: Any) -> Any:
+        self.reads += 1
+        try:
+            return self.inner.read(*args)
+        except ssl.SSLWantReadError:
+            self.want_read += 1
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 100, 1000])
+def test_no_read_attempt_while_only_part_of_a_record_has_arrived(chunk: int) -> None:
+    """Bytes of an incomplete record cost no SSL_read (each failed one raises SSLWantReadError, ~2 us); every
+    plaintext byte still arrives, at the moment its record is complete."""
+    from .test_inmemory import _CA, _CERT, MemTransport, Sink, deliver
+
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    _CERT.configure_cert(sctx)
+    cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    _CA.configure_trust(cctx)
+    loop = asyncio.new_event_loop()
+    try:
+        capp, sapp = Sink(), Sink()
+        client = TLSProtocol(loop, capp, cctx, None, False, "localhost")
+        server = TLSProtocol(loop, sapp, sctx, None, True)
+        ct, st_ = MemTransport(), MemTransport()
+        client.connection_made(ct)  # type: ignore[arg-type]
+        server.connection_made(st_)  # type: ignore[arg-type]
+        while capp.transport is None or sapp.transport is None or ct.buf or st_.buf:
+            deliver(ct, server, 1 << 20)
+            deliver(st_, client, 1 << 20)
+        counting = _CountingSSLObject(server._sslobj)  # type: ignore[arg-type]
+        server._sslobj = counting  # type: ignore[assignment]
+        data = payload(100_000, seed=3)
+        for i in range(0, len(data), 10_000):  # ten records of 10,000 B plaintext
+            capp.transport.write(data[i : i + 10_000])
+        wire = len(ct.buf)
+        while ct.buf:
+            deliver(ct, server, chunk)
+            # Never a byte of a complete record left undelivered.
+            assert not server._sslobj.pending() and (server._incoming.pending <= server._partial)  # type: ignore
+        assert bytes(sapp.data) == data
+        assert counting.want_read <= 10, (counting.reads, counting.want_read, wire // chunk)
     finally:
         loop.close()

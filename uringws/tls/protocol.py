@@ -71,6 +71,7 @@ WRITE_CHUNK = 256 * 1024  # larger writes are encrypted and handed down in piece
 # the kernel, and leave together: one SSL_write, i.e. one TLS record, per 16 KiB of coalesced plaintext.
 COALESCE_LIMIT = 16 * 1024
 RECORD_PLAINTEXT = 16 * 1024  # TLS maximum plaintext per record: joined small writes fill at most one
+_MAX_RECORD_BODY = 16 * 1024 + 2048  # TLS 1.2's ciphertext limit (RFC 5246 6.2.3); 1.3's is lower
 _WARN_WRITES_AFTER_CLOSE = 5  # asyncio.constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES
 
 # Connection states.
@@ -245,6 +246,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
         "_eof_pending",
         "_error",
         "_flush_scheduled",
+        "_framed",
         "_hdr",
         "_high",
         "_hs_timeout",
@@ -253,6 +255,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
         "_loop",
         "_low",
         "_outgoing",
+        "_partial",
         "_rec_left",
         "_sd_timeout",
         "_selector",
@@ -329,6 +332,10 @@ class TLSProtocol(asyncio.BufferedProtocol):
         self._lent: memoryview | None = None
         self._rec_left = 0  # bytes of the current TLS record body not yet received
         self._hdr = b""  # partial record header carried over between reads
+        # Bytes of the trailing incomplete record received so far: while the incoming BIO holds no more than this,
+        # it holds no complete record and SSL_read could only raise SSLWantReadError (costly: ~2 us each).
+        self._partial = 0
+        self._framed = True  # every header seen had a TLS content type (else: no skipping on _partial)
         self._eof_pending = False
         self._writes_after_close = 0
         self._app: Any = None
@@ -467,10 +474,17 @@ class TLSProtocol(asyncio.BufferedProtocol):
         left = self._rec_left
         if left >= nbytes:
             self._rec_left = left - nbytes
-        elif self._hdr or left + 5 > nbytes or left + 5 + ((view[left + 3] << 8) | view[left + 4]) != nbytes:
+            self._partial = 0 if left == nbytes else self._partial + nbytes
+        elif (
+            self._hdr
+            or left + 5 > nbytes
+            or view[left] != 23  # application data; other types take the general path, which checks them
+            or left + 5 + ((view[left + 3] << 8) | view[left + 4]) != nbytes
+        ):
             self._track_records(data)
         else:
             self._rec_left = 0
+            self._partial = 0
         self._incoming.write(data)  # type: ignore[union-attr]
         state = self._state
         if state == _WRAPPED:
@@ -503,14 +517,17 @@ class TLSProtocol(asyncio.BufferedProtocol):
         return self._on_eof()
 
     def _track_records(self, data: bytes | memoryview) -> None:
-        """Follow TLS record boundaries (5-byte headers) so an EOF can tell truncation from a clean end."""
+        """Follow TLS record boundaries (5-byte headers) so an EOF can tell truncation from a clean end, and
+        _read() can tell whether a complete record is waiting."""
         n = len(data)
         left = self._rec_left
         if left >= n:  # the whole chunk is inside one record body
             self._rec_left = left - n
+            self._partial = 0 if left == n else self._partial + n
             return
         i = left
         hdr = self._hdr
+        length = 0
         while i < n:
             if hdr or n - i < 5:
                 take = min(5 - len(hdr), n - i)
@@ -518,13 +535,24 @@ class TLSProtocol(asyncio.BufferedProtocol):
                 i += take
                 if len(hdr) < 5:
                     break
+                ctype = hdr[0]
                 length = (hdr[3] << 8) | hdr[4]
                 hdr = b""
             else:
+                ctype = data[i]
                 length = (data[i + 3] << 8) | data[i + 4]
                 i += 5
+            if not 20 <= ctype <= 24 or length > _MAX_RECORD_BODY:
+                # Not a TLS record header (e.g. an SSLv2-format ClientHello), or a length OpenSSL rejects as soon
+                # as it sees the header: never skip a read on our framing, so the error comes without waiting.
+                self._framed = False
             i += length
-        self._rec_left = i - n if i > n else 0
+        if i > n:
+            self._rec_left = i - n
+            self._partial = 5 + length - (i - n)
+        else:
+            self._rec_left = 0
+            self._partial = len(hdr)
         self._hdr = hdr
 
     def _flush(self) -> None:
@@ -616,7 +644,9 @@ class TLSProtocol(asyncio.BufferedProtocol):
         sslobj = self._sslobj
         incoming = self._incoming
         assert sslobj is not None and incoming is not None
-        if not incoming.pending and not sslobj.pending():
+        # No complete record in the BIO and nothing decrypted inside OpenSSL: a read could only raise WantRead.
+        partial = self._partial if self._framed else 0
+        if incoming.pending <= partial and not sslobj.pending():
             return
         app = self._app
         got_close_notify = False
@@ -638,7 +668,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
                     app.buffer_updated(n)
                     if self._state != _WRAPPED or self._app_read_paused:
                         break
-                    if not incoming.pending and not sslobj.pending():
+                    if incoming.pending <= partial and not sslobj.pending():
                         break
             else:
                 view = self._shared.plain
@@ -657,7 +687,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
                             if self._state != _WRAPPED or self._app_read_paused:
                                 break
                         # Skip the read that could only raise SSLWantReadError: exceptions cost.
-                        if not incoming.pending and not sslobj.pending():
+                        if incoming.pending <= partial and not sslobj.pending():
                             break
                 except ssl.SSLWantReadError:
                     pass
