@@ -22,7 +22,8 @@ later (probe-gated); `_arm_read` is the place.
 Ring reads (the loop's ``read_mode == "ring"``, Linux 6.0+): one multishot RECV per connection picks buffers from
 the loop's shared `BufferRing` only when data arrives, so idle connections still hold no receive buffer. Each
 CQE is delivered straight from the completion callback (``data_received(bytes)``, or copied into the
-BufferedProtocol's ``get_buffer()``), and the buffer goes back to the ring at once. pause_reading() cancels the
+BufferedProtocol's ``get_buffer()``, or lent as a view valid during the call to a BufferedProtocol that has
+``received_view(view)``), and the buffer goes back to the ring at once. pause_reading() cancels the
 RECV; whatever still arrives is copied aside (the shared buffer is recycled) and delivered, in order, after
 resume_reading(). The request ends on EOF (``res == 0``), on ``-ENOBUFS`` (the ring ran dry; the bytes stay in the
 socket) or whenever the kernel stops it: it is re-armed while reading.
@@ -168,6 +169,7 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
         self._read_cancelling = False
         self._drain_scheduled = False
         self._buffered = False
+        self._view_sink: Any = None
         self._ops = 0  # ring operations naming our fd that have not completed yet
         self._release_wanted = False  # close the fd as soon as _ops drops to 0
         self._cancel_sent = False
@@ -222,9 +224,14 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
         if isinstance(protocol, protocols.BufferedProtocol):
             self._read_cb = self._read_into_protocol
             self._buffered = True
+            # Optional extension of BufferedProtocol (uringws's TLSProtocol has it): received_view(view) takes
+            # ring reads as a view of the loop's receive buffer, valid only during the call -- one copy fewer
+            # than get_buffer() + buffer_updated().
+            self._view_sink = getattr(protocol, "received_view", None)
         else:
             self._read_cb = self._read_data_received
             self._buffered = False
+            self._view_sink = None
         self._protocol = protocol
         self._protocol_connected = True
 
@@ -267,15 +274,18 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
 
     # -- ring reads (multishot RECV from the loop's BufferRing) -------------------------------------------
     def _on_recv(self, res: int, flags: int) -> None:
-        if res > 0 and not flags & _F_SOCK_NONEMPTY and not self._closing and not self._paused and not self._held:
-            # The hot path: data for a reading connection with nothing held back.
+        if (res > 0 and (self._buffered or not flags & _F_SOCK_NONEMPTY) and not self._closing and not self._paused
+                and not self._held):
+            # The hot path: data for a reading connection with nothing held back. (More bytes already in the
+            # socket only matter to a data_received() protocol, whose chunks are joined; a buffered protocol
+            # takes each one straight from the ring buffer, without the copy aside.)
             bufring = self._bufring
             bid = flags >> _BUFFER_SHIFT
             start = bid * bufring.size
             if self._buffered:
                 view = bufring.view[start:start + res]
                 try:
-                    self._feed_buffered(view)
+                    self._feed_view(view)
                 finally:
                     # Released at once: a traceback that keeps this frame alive must not pin the loop's mmap.
                     view.release()
@@ -361,7 +371,8 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
                     self._fatal_error(OSError(-item, os.strerror(-item)), "Fatal read error on socket transport")
                 return
             if self._buffered:
-                self._feed_buffered(memoryview(item))
+                with memoryview(item) as view:  # released after the call, like a view of the ring's buffers
+                    self._feed_view(view)
             else:
                 # Consecutive chunks go to data_received() as one, like a recv(2) of everything queued.
                 n = 1
@@ -376,6 +387,20 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
                 except BaseException as exc:  # noqa: BLE001  (asyncio's contract: CancelledError included)
                     self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
                     return
+
+    def _feed_view(self, view: memoryview) -> None:
+        """Hand ``view`` (valid only during this call) to a BufferedProtocol: lent to its received_view(), or
+        copied into its get_buffer() buffers."""
+        sink = self._view_sink
+        if sink is None:
+            self._feed_buffered(view)
+            return
+        try:
+            sink(view)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:  # noqa: BLE001  (asyncio's contract: CancelledError included)
+            self._fatal_error(exc, "Fatal error: protocol.received_view() call failed.")
 
     def _feed_buffered(self, view: memoryview) -> None:
         """Copy ``view`` into the BufferedProtocol's buffers; what is left when it pauses (or fails) is held."""

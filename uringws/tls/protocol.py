@@ -466,11 +466,20 @@ class TLSProtocol(asyncio.BufferedProtocol):
         self._lent = None
         if self._shared.owner is self:
             self._shared.owner = None
-        if view is None or self._state == _CLOSED:
+        if view is not None:
+            self.data_received(view[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
+        """Bytes from the TCP transport: fed to OpenSSL (copied into the incoming BIO), then processed.
+
+        Also the ring transport's ``received_view`` hook: ``data`` may be a view of the loop's receive buffers
+        that is valid only during this call, which saves copying it into a ``get_buffer()`` buffer first.
+        """
+        if self._state == _CLOSED:
             return
-        data = view[:nbytes]
         # Record tracking, common case inline: the chunk ends inside the current record, or it is exactly
         # the end of the current record plus one whole record (a small message).
+        nbytes = len(data)
         left = self._rec_left
         if left >= nbytes:
             self._rec_left = left - nbytes
@@ -478,8 +487,8 @@ class TLSProtocol(asyncio.BufferedProtocol):
         elif (
             self._hdr
             or left + 5 > nbytes
-            or view[left] != 23  # application data; other types take the general path, which checks them
-            or left + 5 + ((view[left + 3] << 8) | view[left + 4]) != nbytes
+            or data[left] != 23  # application data; other types take the general path, which checks them
+            or left + 5 + ((data[left + 3] << 8) | data[left + 4]) != nbytes
         ):
             self._track_records(data)
         else:
@@ -495,20 +504,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
         elif state == _SHUTDOWN:
             self._read_shutdown()
 
-    def data_received(self, data: bytes) -> None:
-        """For transports that do not support buffered protocols."""
-        if self._state == _CLOSED:
-            return
-        self._track_records(data)
-        self._incoming.write(data)  # type: ignore[union-attr]
-        state = self._state
-        if state == _WRAPPED:
-            if not self._app_read_paused:
-                self._read()
-        elif state == _HANDSHAKE:
-            self._do_handshake()
-        elif state == _SHUTDOWN:
-            self._read_shutdown()
+    received_view = data_received
 
     def eof_received(self) -> bool:
         """TCP FIN from the peer.  Returns True only to keep the transport open while app reading is paused."""
