@@ -277,19 +277,25 @@ class SmallBuffers(asyncio.BufferedProtocol):
         return False
 
 
+async def _send_all_then_eof(protocol_factory: Any, data: bytes) -> Any:
+    """Serve with ``protocol_factory``, send ``data`` from a blocking client, shut down; return the protocol
+    once it saw the EOF."""
+    server, port, made = await _serve(protocol_factory)
+    with socket.create_connection(("127.0.0.1", port)) as c:
+        await asyncio.get_running_loop().run_in_executor(None, c.sendall, data)
+        c.shutdown(socket.SHUT_WR)
+        await _until(lambda: made and made[0].eof, timeout=30)
+    server.close()
+    await server.wait_closed()
+    return made[0]
+
+
 def test_buffered_protocol_small_buffers_and_pauses(loop: EventLoop) -> None:
     async def main() -> None:
-        server, port, made = await _serve(SmallBuffers)
         data = random.Random(3).randbytes(60_000)
-        with socket.create_connection(("127.0.0.1", port)) as c:
-            await asyncio.get_running_loop().run_in_executor(None, c.sendall, data)
-            c.shutdown(socket.SHUT_WR)
-            await _until(lambda: made and made[0].eof, timeout=30)
-        p = made[0]
+        p = await _send_all_then_eof(SmallBuffers, data)
         assert bytes(p.data) == data
         assert p.while_paused == 0
-        server.close()
-        await server.wait_closed()
 
     loop.run_until_complete(main())
 
@@ -323,13 +329,8 @@ def test_buffered_protocol_with_received_view_gets_views(loop: EventLoop) -> Non
     respected (bytes held meanwhile come through the same hook), each view released once the call returns."""
 
     async def main() -> None:
-        server, port, made = await _serve(ViewSink)
         data = random.Random(4).randbytes(300_000)
-        with socket.create_connection(("127.0.0.1", port)) as c:
-            await asyncio.get_running_loop().run_in_executor(None, c.sendall, data)
-            c.shutdown(socket.SHUT_WR)
-            await _until(lambda: made and made[0].eof, timeout=30)
-        p = made[0]
+        p = await _send_all_then_eof(ViewSink, data)
         assert bytes(p.data) == data
         assert p.while_paused == 0
         assert p.views
@@ -337,8 +338,6 @@ def test_buffered_protocol_with_received_view_gets_views(loop: EventLoop) -> Non
         for view in p.views:
             with pytest.raises(ValueError):
                 view[0]  # released: the loop's receive buffer is not pinned by the protocol
-        server.close()
-        await server.wait_closed()
 
     loop.run_until_complete(main())
 

@@ -257,23 +257,12 @@ class _CountingSSLObject:
 def test_no_read_attempt_while_only_part_of_a_record_has_arrived(chunk: int) -> None:
     """Bytes of an incomplete record cost no SSL_read (each failed one raises SSLWantReadError, ~2 us); every
     plaintext byte still arrives, at the moment its record is complete."""
-    from .test_inmemory import _CA, _CERT, MemTransport, Sink, deliver
+    from .test_inmemory import deliver
+    from .test_tls_coalesce import Pair
 
-    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    _CERT.configure_cert(sctx)
-    cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    _CA.configure_trust(cctx)
-    loop = asyncio.new_event_loop()
+    p = Pair(hook=False)  # no coalescing: each client write is its own record
     try:
-        capp, sapp = Sink(), Sink()
-        client = TLSProtocol(loop, capp, cctx, None, False, "localhost")
-        server = TLSProtocol(loop, sapp, sctx, None, True)
-        ct, st_ = MemTransport(), MemTransport()
-        client.connection_made(ct)  # type: ignore[arg-type]
-        server.connection_made(st_)  # type: ignore[arg-type]
-        while capp.transport is None or sapp.transport is None or ct.buf or st_.buf:
-            deliver(ct, server, 1 << 20)
-            deliver(st_, client, 1 << 20)
+        capp, sapp, server, ct = p.capp, p.sapp, p.server, p.ct
         counting = _CountingSSLObject(server._sslobj)  # type: ignore[arg-type]
         server._sslobj = counting  # type: ignore[assignment]
         data = payload(100_000, seed=3)
@@ -287,4 +276,4 @@ def test_no_read_attempt_while_only_part_of_a_record_has_arrived(chunk: int) -> 
         assert bytes(sapp.data) == data
         assert counting.want_read <= 10, (counting.reads, counting.want_read, wire // chunk)
     finally:
-        loop.close()
+        p.close()
