@@ -26,7 +26,9 @@ Loop integration: ``TLSProtocol`` is a ``BufferedProtocol`` towards the transpor
 too).  ``get_buffer()`` lends a per-thread shared buffer until ``buffer_updated()``; a transport that keeps
 a buffer across other callbacks (e.g. a recv submitted to the kernel) still works, because a second lender
 gets a private ~16 KiB buffer, but then each such connection holds one: a completion-based loop should
-receive into its own (provided) buffers and copy into ``get_buffer()`` right before ``buffer_updated()``.
+receive into its own (provided) buffers and copy into ``get_buffer()`` right before ``buffer_updated()``, or,
+better, pass a view of its buffer to ``received_view()`` (uringws's ring transport does): it is fed to OpenSSL
+during the call and not kept, which saves that copy.
 The transport must implement ``write``, ``close``, ``abort``, ``pause_reading``, ``resume_reading``,
 ``get_extra_info``, ``get_write_buffer_size`` and call ``pause_writing``/``resume_writing`` on us.
 
