@@ -79,3 +79,51 @@ def test_burst_with_large_pieces_arrives_in_order() -> None:
     got, want, sends = _run(lambda: _burst(6, 40_000))  # type: ignore[misc]
     assert got == want
     assert sends >= 1
+
+
+def test_callback_scheduled_by_a_before_wait_hook_runs_without_waiting() -> None:
+    """The loop computes its timeout before select() runs the hooks: a callback a hook schedules must make the
+    wait non-blocking, or it sits until some unrelated completion or timer."""
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        loop.call_later(5, lambda: done.done() or done.set_result(None))  # the only other wake-up: far away
+        await asyncio.sleep(0)
+        start = loop.time()
+        loop._selector.before_wait.append(lambda: loop.call_soon(done.set_result, None))  # type: ignore[attr-defined]
+        await done
+        return loop.time() - start
+
+    elapsed = _run(main)
+    assert elapsed < 1.0, elapsed  # type: ignore[operator]
+
+
+def test_deferred_send_that_fails_reports_connection_lost_at_once() -> None:
+    """A small write leaves from the before_wait hook; if that send(2) fails (peer gone), connection_lost()
+    comes in the same iteration, not at the next unrelated wake-up."""
+
+    class Lost(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.lost: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+
+        def connection_lost(self, exc: BaseException | None) -> None:
+            self.lost.set_result(exc)
+
+    async def main() -> tuple[float, BaseException | None]:
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        proto = Lost()
+        transport, _ = await loop.connect_accepted_socket(lambda: proto, a)
+        transport.pause_reading()  # no RECV armed: nothing else can wake the loop
+        await asyncio.sleep(0)
+        b.close()
+        loop.call_later(5, lambda: None)
+        start = loop.time()
+        transport.write(b"x" * 100)  # deferred to the hook; its send(2) fails with EPIPE
+        exc = await proto.lost
+        return loop.time() - start, exc
+
+    elapsed, exc = _run(main)  # type: ignore[misc]
+    assert isinstance(exc, (BrokenPipeError, ConnectionResetError)), exc
+    assert elapsed < 1.0, elapsed

@@ -111,6 +111,8 @@ class EventLoop(_UnixSelectorEventLoop):
             selector = RingSelector(ring)
         try:
             super().__init__(selector)
+            if isinstance(selector, RingSelector):
+                selector.loop_ready = self._ready  # BaseEventLoop's deque of ready handles
             if self._ring is not None:
                 self._efd = os.eventfd(0, os.EFD_CLOEXEC)
                 self._arm_wakeup()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import errno
 import select as _select
 import selectors
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sized
 from typing import Any
 
 __all__ = ["RingSelector"]
@@ -70,6 +70,9 @@ class RingSelector(selectors.BaseSelector):
         self._map = _Map(self)
         #: called (and cleared) at the start of every select(): transports queue their deferred sends here
         self.before_wait: list[Callable[[], Any]] = []
+        #: the owning loop's ready queue (set by the loop): if a hook schedules a callback (a send that fails
+        #: closes its transport with call_soon), select() must not wait -- the loop computed its timeout before
+        self.loop_ready: Sized | None = None
         #: set while the ring is being torn down: completion callbacks must not submit anything new
         self.closing = False
         self.closed = False
@@ -186,13 +189,16 @@ class RingSelector(selectors.BaseSelector):
     # -- waiting --------------------------------------------------------------------------------------------
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         hooks = self.before_wait
-        while hooks:
-            # A hook may add hooks (a TLS layer's flush writes to its socket, whose flush is a hook too): run
-            # them all before waiting, or those bytes would sit until some unrelated completion.
-            self.before_wait = []
-            for hook in hooks:
-                hook()
-            hooks = self.before_wait
+        if hooks:
+            while hooks:
+                # A hook may add hooks (a TLS layer's flush writes to its socket, whose flush is a hook too): run
+                # them all before waiting, or those bytes would sit until some unrelated completion.
+                self.before_wait = []
+                for hook in hooks:
+                    hook()
+                hooks = self.before_wait
+            if self.loop_ready:
+                timeout = 0
         if self._dirty:
             self._arm_dirty()
         if timeout is not None and timeout < 0:
