@@ -337,7 +337,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
         # Bytes of the trailing incomplete record received so far: while the incoming BIO holds no more than this,
         # it holds no complete record and SSL_read could only raise SSLWantReadError (costly: ~2 us each).
         self._partial = 0
-        self._framed = True  # every header seen had a TLS content type (else: no skipping on _partial)
+        self._framed = True  # every header seen was one OpenSSL accepts (type 20-24, length in range); else never skip
         self._eof_pending = False
         self._writes_after_close = 0
         self._app: Any = None
