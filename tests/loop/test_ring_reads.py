@@ -30,9 +30,16 @@ pytestmark = pytest.mark.skipif(not _ring_reads_available(),
                                 reason="ring reads need io_uring, Linux 6.0 and x86-64")
 
 
-@pytest.fixture
-def loop() -> Iterator[EventLoop]:
-    lp = EventLoop(read_mode="ring")
+_INCREMENTAL = probe.kernel_version()[:2] >= (6, 12)
+_BUFFER_KINDS = ["whole", pytest.param("incremental", marks=pytest.mark.skipif(
+    not _INCREMENTAL, reason="incremental buffer consumption needs Linux 6.12"))]
+
+
+@pytest.fixture(params=_BUFFER_KINDS)
+def loop(request: pytest.FixtureRequest) -> Iterator[EventLoop]:
+    """A ring-reading loop over each kind of buffer ring: one buffer per CQE, or incrementally consumed."""
+    lp = EventLoop(read_mode="ring", recv_incremental=request.param == "incremental")
+    assert lp._bufring.incremental == (request.param == "incremental")
     yield lp
     lp.close()
 
@@ -104,8 +111,25 @@ def test_read_mode_selection() -> None:
     lp = EventLoop()
     try:
         assert lp.read_mode == "ring"
+        # Where the kernel consumes buffers incrementally the loop must use that (large buffers), else not.
+        br = lp._bufring
+        assert br.incremental == _INCREMENTAL
+        if _INCREMENTAL:
+            assert (br.count, br.size) == (uringws.loop.events.DEFAULT_RECV_BUFFERS_INCREMENTAL,
+                                           uringws.loop.events.DEFAULT_RECV_BUFFER_SIZE_INCREMENTAL)
+        else:
+            assert (br.count, br.size) == (uringws.loop.events.DEFAULT_RECV_BUFFERS,
+                                           uringws.loop.events.DEFAULT_RECV_BUFFER_SIZE)
     finally:
         lp.close()
+    lp = EventLoop(recv_incremental=False, recv_buffers=8, recv_buffer_size=1024)
+    try:
+        assert not lp._bufring.incremental and (lp._bufring.count, lp._bufring.size) == (8, 1024)
+    finally:
+        lp.close()
+    if not _INCREMENTAL:
+        with pytest.raises(OSError, match="recv_incremental=True"):
+            EventLoop(recv_incremental=True)
     lp = EventLoop(read_mode="poll")
     try:
         assert lp.read_mode == "poll" and lp._bufring is None
@@ -174,9 +198,10 @@ def test_half_close_keeps_writing(loop: EventLoop) -> None:
     loop.run_until_complete(main())
 
 
-def test_enobufs_many_connections_small_ring() -> None:
+@pytest.mark.parametrize("kind", _BUFFER_KINDS)
+def test_enobufs_many_connections_small_ring(kind: str) -> None:
     """4 buffers of 256 bytes for 24 echoing connections: the ring runs dry again and again, nothing is lost."""
-    lp = EventLoop(read_mode="ring", recv_buffers=4, recv_buffer_size=256)
+    lp = EventLoop(read_mode="ring", recv_buffers=4, recv_buffer_size=256, recv_incremental=kind == "incremental")
     try:
         results = run_echo_torture(lp, connections=24, msgs=6, max_msg=64 * 1024, seed=5)
         assert len(results) == 24

@@ -1,8 +1,10 @@
-"""Provided buffer ring + multishot RECV on the real kernel: buffer ids, recycling, ENOBUFS without data loss, EOF."""
+"""Provided buffer ring + multishot RECV on the real kernel: buffer ids, recycling, ENOBUFS without data loss, EOF,
+and incremental consumption (one buffer in pieces, shared by several sockets)."""
 
 from __future__ import annotations
 
 import errno
+import random
 import socket
 from collections.abc import Iterator
 
@@ -10,13 +12,21 @@ import pytest
 
 from uringws.ring import Ring, bufring
 from uringws.ring.bufring import BufferRing
-from uringws.ring.io_uring import IORING_CQE_BUFFER_SHIFT, IORING_CQE_F_BUFFER, IORING_CQE_F_MORE
+from uringws.ring.io_uring import (
+    IORING_CQE_BUFFER_SHIFT,
+    IORING_CQE_F_BUF_MORE,
+    IORING_CQE_F_BUFFER,
+    IORING_CQE_F_MORE,
+    IORING_CQE_F_SOCK_NONEMPTY,
+)
 from uringws.ring.probe import kernel_version
 
 from .conftest import reap_until, submit, tcp_pair
 
 pytestmark = pytest.mark.skipif(kernel_version()[:2] < (6, 0) or not bufring.supported(),
                                 reason="multishot RECV with provided buffer rings needs Linux 6.0 on x86-64")
+needs_incremental = pytest.mark.skipif(kernel_version()[:2] < (6, 12),
+                                       reason="incremental buffer consumption (IOU_PBUF_RING_INC) needs Linux 6.12")
 
 
 @pytest.fixture
@@ -129,3 +139,101 @@ def test_close_unregisters_and_unmaps(ring: Ring) -> None:
     br2.close()
     with pytest.raises(ValueError):
         br.view[0]  # released
+
+
+def _take_all(cqes: list[tuple[int, int]], br: BufferRing) -> list[tuple[int, int, int, bytes]]:
+    """(bid, start, flags, bytes) of each data CQE, through take()/release() as the transport does it."""
+    out = []
+    for res, flags in cqes:
+        if res > 0:
+            assert flags & IORING_CQE_F_BUFFER
+            bid, start = br.take(res, flags)
+            out.append((bid, start, flags, bytes(br.view[start:start + res])))
+            br.release(bid, flags)
+    return out
+
+
+def test_whole_buffer_ring_offsets_stay_zero(ring: Ring, pair: tuple[socket.socket, socket.socket]) -> None:
+    c, s = pair
+    br = BufferRing(ring, count=4, size=64)
+    try:
+        assert not br.incremental
+        _, got = submit(ring, "recv_select", s.fileno(), br.bgid)
+        for i in range(6):
+            c.sendall(bytes([i]) * 10)
+            reap_until(ring, lambda: bool(got))
+            pieces = _take_all(got, br)
+            got.clear()
+            # A 10-byte receive takes a whole buffer: every piece starts at its buffer's beginning.
+            assert [(start, data) for _bid, start, _f, data in pieces] == [(pieces[0][0] * 64, bytes([i]) * 10)]
+        assert br.offsets == [0] * 4
+    finally:
+        br.close()
+
+
+@needs_incremental
+def test_incremental_buffer_is_filled_in_pieces(ring: Ring, pair: tuple[socket.socket, socket.socket]) -> None:
+    """Ten 100-byte arrivals share buffer 0 at consecutive offsets (F_BUF_MORE); the one that reaches its end
+    finishes it (no F_BUF_MORE) and the rest of that arrival continues in buffer 1."""
+    c, s = pair
+    br = BufferRing(ring, count=2, size=1024, incremental=True)
+    try:
+        assert br.incremental and "incremental" in repr(br)
+        _, got = submit(ring, "recv_select", s.fileno(), br.bgid)
+        seen = []
+        for i in range(10):
+            c.sendall(bytes([i]) * 100)
+            reap_until(ring, lambda: bool(got))
+            seen += _take_all(got, br)
+            got.clear()
+        assert [(bid, start, bool(f & IORING_CQE_F_BUF_MORE), data) for bid, start, f, data in seen] == [
+            (0, 100 * i, True, bytes([i]) * 100) for i in range(10)]
+        c.sendall(b"x" * 100)
+        reap_until(ring, lambda: sum(res for res, _f in got) == 100)
+        last = _take_all(got, br)
+        assert [(bid, start, len(data)) for bid, start, _f, data in last] == [(0, 1000, 24), (1, 1024, 76)]
+        assert not last[0][2] & IORING_CQE_F_BUF_MORE  # buffer 0 is finished: release() gave it back
+        assert last[0][2] & IORING_CQE_F_SOCK_NONEMPTY
+        assert last[1][2] & IORING_CQE_F_BUF_MORE
+        assert br.offsets == [0, 76]
+        assert all(flags & IORING_CQE_F_MORE for _res, flags in got)  # still armed: buffer 0 came back
+    finally:
+        br.close()
+
+
+@needs_incremental
+def test_incremental_ring_shared_by_many_sockets(ring: Ring) -> None:
+    """Eight connections receive interleaved random-sized chunks through one small incremental ring (so buffers
+    are finished, given back and reused, and one buffer holds bytes of several sockets): every stream comes out
+    exactly as sent, which holds only if the offsets tracked here match where the kernel put the bytes."""
+    rng = random.Random(7)
+    pairs = [tcp_pair() for _ in range(8)]
+    br = BufferRing(ring, count=16, size=4096, incremental=True)
+    try:
+        cqes: list[tuple[int, int, int]] = []  # (connection, res, flags) in the order the ring posted them
+        for i, (_c, s) in enumerate(pairs):
+            ring.recv_select(s.fileno(), br.bgid, lambda res, flags, i=i: cqes.append((i, res, flags)))
+        sent = [bytearray() for _ in pairs]
+        received = [bytearray() for _ in pairs]
+        owners: dict[int, set[int]] = {}
+        for _round in range(60):
+            for i in rng.sample(range(8), 5):
+                chunk = rng.randbytes(rng.choice((1, 7, 100, 999, 3000, 5000)))
+                pairs[i][0].sendall(chunk)
+                sent[i] += chunk
+            total = sum(map(len, sent))
+            reap_until(ring, lambda: sum(map(len, received)) + sum(r for _i, r, _f in cqes) >= total)  # noqa: B023
+            for i, res, flags in cqes:  # in ring order: a buffer's pieces must be taken in the order filled
+                assert flags & IORING_CQE_F_MORE, f"a request ended: {res}"
+                bid, start = br.take(res, flags)
+                received[i] += br.view[start:start + res]
+                br.release(bid, flags)
+                owners.setdefault(bid, set()).add(i)
+            cqes.clear()
+        assert received == sent
+        assert any(len(who) > 1 for who in owners.values())  # buffers really were shared between sockets
+    finally:
+        br.close()
+        for c, s in pairs:
+            c.close()
+            s.close()

@@ -36,9 +36,13 @@ log = logging.getLogger("uringws.loop")
 
 #: SQ entries of the loop's ring (the CQ gets 4x as many)
 DEFAULT_RING_ENTRIES = 1024
-#: the loop's provided receive buffers (ring reads): count x size bytes, shared by all its connections
+#: the loop's provided receive buffers (ring reads): count x size bytes, shared by all its connections. Where
+#: the kernel consumes buffers incrementally (6.12+) a receive takes only what it needs from a large buffer;
+#: before that every CQE takes a whole buffer, so they stay small.
 DEFAULT_RECV_BUFFERS = 256
 DEFAULT_RECV_BUFFER_SIZE = 16384
+DEFAULT_RECV_BUFFERS_INCREMENTAL = 16
+DEFAULT_RECV_BUFFER_SIZE_INCREMENTAL = 256 * 1024
 #: multishot RECV with provided buffers (IORING_RECV_MULTISHOT) came with Linux 6.0
 _MULTISHOT_RECV_KERNEL = (6, 0)
 _READ_MODES = ("auto", "ring", "poll")
@@ -71,7 +75,9 @@ class EventLoop(_UnixSelectorEventLoop):
 
     ``read_mode`` picks how stream transports read: ``"ring"`` (a multishot RECV per connection over a
     `BufferRing` of ``recv_buffers`` x ``recv_buffer_size`` bytes shared by the loop; Linux 6.0+, raises
-    OSError where unsupported), ``"poll"`` (a POLLIN poll, then recv(2): no shared buffers) or ``"auto"``
+    OSError where unsupported; ``recv_incremental`` None uses incrementally consumed buffers where the kernel
+    has them (6.12+; default 16 x 256 KiB, else 256 x 16 KiB), True insists (OSError without), False never),
+    ``"poll"`` (a POLLIN poll, then recv(2): no shared buffers) or ``"auto"``
     (``"ring"`` where supported on a real `Ring` with the stock transport, else ``"poll"``: ring doubles such as
     FaultyRing and a ``transport_class`` replacement get ``"poll"``; the environment variable
     ``URINGWS_READ_MODE=poll`` turns ``"auto"`` into ``"poll"``). The mode in use is in ``loop.read_mode``.
@@ -80,8 +86,8 @@ class EventLoop(_UnixSelectorEventLoop):
     def __init__(self, *, backend: str = "io_uring", ring: Any = None,
                  ring_factory: Callable[[int], Any] | None = None, ring_entries: int = DEFAULT_RING_ENTRIES,
                  direct_send: bool = True, transport_class: type[RingSocketTransport] | None = None,
-                 read_mode: str = "auto", recv_buffers: int = DEFAULT_RECV_BUFFERS,
-                 recv_buffer_size: int = DEFAULT_RECV_BUFFER_SIZE) -> None:
+                 read_mode: str = "auto", recv_buffers: int | None = None, recv_buffer_size: int | None = None,
+                 recv_incremental: bool | None = None) -> None:
         if backend not in ("io_uring", "epoll"):
             raise ValueError(f"backend must be 'io_uring' or 'epoll', not {backend!r}")
         self._bufring: Any = None
@@ -116,7 +122,7 @@ class EventLoop(_UnixSelectorEventLoop):
             if self._ring is not None:
                 self._efd = os.eventfd(0, os.EFD_CLOEXEC)
                 self._arm_wakeup()
-                self._setup_ring_reads(read_mode, recv_buffers, recv_buffer_size)
+                self._setup_ring_reads(read_mode, recv_buffers, recv_buffer_size, recv_incremental)
         except BaseException:
             selector.close()
             if self._bufring is not None:
@@ -124,7 +130,8 @@ class EventLoop(_UnixSelectorEventLoop):
                 self._bufring = None
             raise
 
-    def _setup_ring_reads(self, read_mode: str, count: int, size: int) -> None:
+    def _setup_ring_reads(self, read_mode: str, count: int | None, size: int | None,
+                          incremental: bool | None) -> None:
         if read_mode == "auto" and os.environ.get("URINGWS_READ_MODE", "").strip().lower() == "poll":
             return  # for comparisons (benchmarks) without changing code
         if read_mode == "poll":
@@ -141,10 +148,21 @@ class EventLoop(_UnixSelectorEventLoop):
         elif not _bufring.supported():
             why = "provided buffer rings need ordered stores (x86-64) from pure Python"
         if not why:
-            try:
-                self._bufring = _bufring.BufferRing(self._ring, count=count, size=size)
-            except OSError as exc:
-                why = f"registering a provided buffer ring failed: {exc}"
+            if incremental is not False:
+                try:
+                    self._bufring = _bufring.BufferRing(
+                        self._ring, count=count or DEFAULT_RECV_BUFFERS_INCREMENTAL,
+                        size=size or DEFAULT_RECV_BUFFER_SIZE_INCREMENTAL, incremental=True)
+                except OSError as exc:  # EINVAL before Linux 6.12
+                    if incremental:
+                        raise OSError(f"recv_incremental=True is not available: {exc}") from exc
+                    log.debug("uringws: receives take whole buffers: %s", exc)
+            if self._bufring is None:
+                try:
+                    self._bufring = _bufring.BufferRing(self._ring, count=count or DEFAULT_RECV_BUFFERS,
+                                                        size=size or DEFAULT_RECV_BUFFER_SIZE)
+                except OSError as exc:
+                    why = f"registering a provided buffer ring failed: {exc}"
         if why:
             if read_mode == "ring":
                 raise OSError(f"read_mode='ring' is not available: {why}")

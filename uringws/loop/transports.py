@@ -20,7 +20,9 @@ recv, so every wake-up would need a read until EAGAIN.) Provided buffer rings co
 later (probe-gated); `_arm_read` is the place.
 
 Ring reads (the loop's ``read_mode == "ring"``, Linux 6.0+): one multishot RECV per connection picks buffers from
-the loop's shared `BufferRing` only when data arrives, so idle connections still hold no receive buffer. Each
+the loop's shared `BufferRing` only when data arrives, so idle connections still hold no receive buffer. Where the
+ring is incremental (6.12+) a CQE covers as many bytes as the socket had ready (up to what is left of a 256 KiB
+buffer) and small messages share a buffer, instead of one 16 KiB buffer per CQE. Each
 CQE is delivered straight from the completion callback (``data_received(bytes)``, or copied into the
 BufferedProtocol's ``get_buffer()``, or lent as a view valid during the call to a BufferedProtocol that has
 ``received_view(view)``), and the buffer goes back to the ring at once. pause_reading() cancels the
@@ -67,6 +69,7 @@ _EINTR = errno.EINTR
 _F_BUFFER = 1  # IORING_CQE_F_BUFFER
 _F_MORE = 2  # IORING_CQE_F_MORE
 _F_SOCK_NONEMPTY = 4  # IORING_CQE_F_SOCK_NONEMPTY: more bytes were already waiting (another CQE follows)
+_F_BUF_MORE = 16  # IORING_CQE_F_BUF_MORE: an incremental ring's buffer that the kernel goes on filling
 _BUFFER_SHIFT = 16  # IORING_CQE_BUFFER_SHIFT
 _EAGAIN = errno.EAGAIN
 _SERVER_ATTACH_TAKES_TRANSPORT = sys.version_info >= (3, 13)
@@ -280,8 +283,16 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
             # socket only matter to a data_received() protocol, whose chunks are joined; a buffered protocol
             # takes each one straight from the ring buffer, without the copy aside.)
             bufring = self._bufring
+            # bufring.take(res, flags), inlined (once per message): where the bytes are; an incremental ring's
+            # buffer comes back in several CQEs, each starting where the last one ended.
             bid = flags >> _BUFFER_SHIFT
-            start = bid * bufring.size
+            offsets = bufring.offsets
+            start = offsets[bid]
+            if flags & _F_BUF_MORE:
+                offsets[bid] = start + res
+            elif start:
+                offsets[bid] = 0
+            start += bid * bufring.size
             if self._buffered:
                 view = bufring.view[start:start + res]
                 try:
@@ -289,15 +300,17 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
                 finally:
                     # Released at once: a traceback that keeps this frame alive must not pin the loop's mmap.
                     view.release()
-                    bufring.recycle(bid)
+                    if not flags & _F_BUF_MORE:  # the kernel is done with it: bufring.release(bid, flags)
+                        bufring.recycle(bid)
             else:
                 data = bufring.mm[start:start + res]  # one copy, straight into a new bytes object
-                # bufring.recycle(bid), inlined (once per message): publish the entry, then the tail.
-                tail = bufring._tail
-                off = (tail & bufring._mask) << 4
-                bufring._ring_view[off:off + 14] = bufring._entries[bid]
-                bufring._tail = tail = tail + 1
-                bufring._tail_view[0] = tail & 0xFFFF
+                if not flags & _F_BUF_MORE:
+                    # bufring.recycle(bid), inlined: publish the entry, then the tail.
+                    tail = bufring._tail
+                    off = (tail & bufring._mask) << 4
+                    bufring._ring_view[off:off + 14] = bufring._entries[bid]
+                    bufring._tail = tail = tail + 1
+                    bufring._tail_view[0] = tail & 0xFFFF
                 try:
                     self._protocol.data_received(data)
                 except (SystemExit, KeyboardInterrupt):
@@ -322,11 +335,10 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
         data: bytes | None = None
         if flags & _F_BUFFER:
             bufring = self._bufring
-            bid = flags >> _BUFFER_SHIFT
+            bid, start = bufring.take(res, flags)
             if res > 0:
-                start = bid * bufring.size
                 data = bytes(bufring.view[start:start + res])
-            bufring.recycle(bid)
+            bufring.release(bid, flags)
         if final:
             self._recv_ended()
         if self._release_wanted:

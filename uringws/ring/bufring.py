@@ -5,6 +5,16 @@ The kernel picks a buffer from the ring only when data arrives (RECV with IOSQE_
 (``flags >> IORING_CQE_BUFFER_SHIFT``) and the consumer hands it back with :meth:`BufferRing.recycle` once it has
 copied the bytes out.
 
+Incremental consumption (``incremental=True``, ``IOU_PBUF_RING_INC``, Linux 6.12+): a receive takes only the bytes
+it needs from the current buffer instead of a whole buffer, so the buffers can be large (a bulk stream arrives in
+chunks as big as the socket has ready, not one CQE per 16 KiB) without a 64-byte message costing a whole one.
+The same buffer id then comes back in several CQEs, each continuing where the last one ended; the kernel sets
+``IORING_CQE_F_BUF_MORE`` on every CQE but the one that finishes the buffer, and only that one gives it back to
+us. The kernel and the consumer both track the offset (the kernel in the ring entry, :attr:`BufferRing.offsets`
+here), which works because CQEs of one ring are posted in the order the buffer was consumed: every receive of a
+socket runs inline or from task work on the submitting thread, never from an io-wq worker (no IOSQE_ASYNC).
+:meth:`BufferRing.take` and :meth:`BufferRing.release` are the reference for what the transport inlines.
+
 Layout (include/uapi/linux/io_uring.h): the ring is a page-aligned array of ``struct io_uring_buf {u64 addr;
 u32 len; u16 bid; u16 resv}``; the ``resv`` field of entry 0 (byte offset 14) doubles as the ring's tail, which
 only we write and the kernel reads with an acquire load. The head lives in the kernel. Registration takes
@@ -25,7 +35,14 @@ import struct
 from typing import Any
 
 from . import _sys
-from .io_uring import IORING_REGISTER_PBUF_RING, IORING_UNREGISTER_PBUF_RING, io_uring_buf_reg
+from .io_uring import (
+    IORING_CQE_BUFFER_SHIFT,
+    IORING_CQE_F_BUF_MORE,
+    IORING_REGISTER_PBUF_RING,
+    IORING_UNREGISTER_PBUF_RING,
+    IOU_PBUF_RING_INC,
+    io_uring_buf_reg,
+)
 
 __all__ = ["BufferRing", "supported"]
 
@@ -44,10 +61,13 @@ def supported() -> bool:
 class BufferRing:
     """``count`` buffers of ``size`` bytes in one anonymous mapping, provided to ``ring`` as group ``bgid``.
 
-    Raises OSError if the kernel refuses the registration (older than 5.19: EINVAL). Not thread-safe.
+    With ``incremental`` the kernel consumes each buffer piece by piece (see the module docstring). Raises
+    OSError if the kernel refuses the registration (older than 5.19, or ``incremental`` before 6.12: EINVAL).
+    Not thread-safe.
     """
 
-    def __init__(self, ring: Any, *, count: int = 256, size: int = 16384, bgid: int = 0) -> None:
+    def __init__(self, ring: Any, *, count: int = 256, size: int = 16384, bgid: int = 0,
+                 incremental: bool = False) -> None:
         if count < 1 or count > 32768 or count & (count - 1):
             raise ValueError("count must be a power of two between 1 and 32768")
         if size < 1 or size > 0xFFFFFFFF:
@@ -57,6 +77,9 @@ class BufferRing:
         self.count = count
         self.size = size
         self.bgid = bgid
+        self.incremental = incremental
+        #: per buffer id, where its next bytes start (always 0 unless ``incremental``)
+        self.offsets = [0] * count
         self._ring = ring
         self._registered = False
         self._mask = count - 1
@@ -82,6 +105,7 @@ class BufferRing:
         reg.ring_addr = ring_addr
         reg.ring_entries = count
         reg.bgid = bgid
+        reg.flags = IOU_PBUF_RING_INC if incremental else 0
         try:
             _sys.io_uring_register(ring.fd, IORING_REGISTER_PBUF_RING, ctypes.addressof(reg), 1)
         except BaseException:
@@ -92,6 +116,26 @@ class BufferRing:
     @property
     def registered(self) -> bool:
         return self._registered
+
+    def take(self, res: int, flags: int) -> tuple[int, int]:
+        """For a CQE with ``IORING_CQE_F_BUFFER`` and ``res`` bytes: ``(bid, start)``, its bytes being
+        ``mm[start:start + res]``. Pass the CQE to :meth:`release` once they have been copied out or consumed.
+
+        uringws.loop.transports inlines this (with `release`) in its per-message path: change them together.
+        """
+        bid = flags >> IORING_CQE_BUFFER_SHIFT
+        offset = self.offsets[bid]
+        if flags & IORING_CQE_F_BUF_MORE:
+            if res > 0:
+                self.offsets[bid] = offset + res
+        else:
+            self.offsets[bid] = 0
+        return bid, bid * self.size + offset
+
+    def release(self, bid: int, flags: int) -> None:
+        """Give ``bid`` back after :meth:`take` unless the kernel still fills it (``IORING_CQE_F_BUF_MORE``)."""
+        if not flags & IORING_CQE_F_BUF_MORE:
+            self.recycle(bid)
 
     def recycle(self, bid: int) -> None:
         """Give buffer ``bid`` back to the kernel (its bytes must have been copied out already).
@@ -140,4 +184,5 @@ class BufferRing:
             pass
 
     def __repr__(self) -> str:
-        return f"<BufferRing bgid={self.bgid} {self.count}x{self.size} registered={self._registered}>"
+        inc = " incremental" if self.incremental else ""
+        return f"<BufferRing bgid={self.bgid} {self.count}x{self.size}{inc} registered={self._registered}>"

@@ -206,6 +206,10 @@ IORING_REGISTER_PROBE = 8
 IORING_REGISTER_PBUF_RING = 22
 IORING_UNREGISTER_PBUF_RING = 23
 
+# --- io_uring_buf_reg.flags ----------------------------------------------------------------------------------------
+IOU_PBUF_RING_MMAP = 1  # the kernel allocates the ring (we allocate it ourselves and never set this)
+IOU_PBUF_RING_INC = 2  # buffers are consumed incrementally (Linux 6.12+): see bufring.BufferRing
+
 IO_URING_OP_SUPPORTED = 1 << 0
 
 # --- poll(2) event bits, as used by POLL_ADD ---------------------------------------------------------------------

@@ -39,6 +39,7 @@ _VERSION_GATED = {
     "multishot_poll": (5, 13),
     "multishot_recv": (6, 0),
     "provided_buffer_ring": (5, 19),
+    "incremental_buffers": (6, 12),  # IOU_PBUF_RING_INC
     "send_zc": (6, 0),
     "send_bundle": (6, 10),
     "cancel_any": (5, 19),
