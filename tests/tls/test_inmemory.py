@@ -97,6 +97,22 @@ class Sink(asyncio.Protocol):
         self.paused = False
 
 
+class ViewSink(Sink):
+    """An app that takes decrypted bytes as lent views (received_view) and keeps them, to check they are dead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kept: list[memoryview] = []
+
+    def data_received(self, data: bytes) -> None:
+        raise AssertionError("a received_view() app must get views, not data_received()")
+
+    def received_view(self, view: memoryview) -> None:
+        assert isinstance(view, memoryview)
+        self.data += view
+        self.kept.append(view)
+
+
 def deliver(src: MemTransport, dst: TLSProtocol, n: int) -> None:
     """Move up to ``n`` bytes from ``src`` into ``dst``: get_buffer()/buffer_updated(), or data_received()
     when ``src.plain`` (a transport without buffered-protocol support)."""
@@ -144,9 +160,10 @@ ops = st.lists(
     seed=st.integers(0, 255),
     high=st.integers(100, 300_000),
     plain_receiver=st.booleans(),
+    view_app=st.booleans(),
 )
 def test_random_chunking_and_backpressure(
-    tls13: bool, handshake_chunk: int, script: list[Any], seed: int, high: int, plain_receiver: bool
+    tls13: bool, handshake_chunk: int, script: list[Any], seed: int, high: int, plain_receiver: bool, view_app: bool
 ) -> None:
     sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _CERT.configure_cert(sctx)
@@ -155,7 +172,7 @@ def test_random_chunking_and_backpressure(
     _CA.configure_trust(cctx)
     loop = asyncio.new_event_loop()  # only for timers; never run
     try:
-        capp, sapp = Sink(), Sink()
+        capp, sapp = Sink(), (ViewSink() if view_app else Sink())
         client = TLSProtocol(loop, capp, cctx, None, False, "localhost")
         server = TLSProtocol(loop, sapp, sctx, None, True)
         ct, st_ = MemTransport(high), MemTransport()
@@ -191,6 +208,14 @@ def test_random_chunking_and_backpressure(
         assert not ct.paused and not capp.paused
         assert capp.transport.get_write_buffer_size() == 0
         assert sapp.data == sent
+        if isinstance(sapp, ViewSink):
+            assert bool(sent) == bool(sapp.kept)
+            for view in sapp.kept:  # released after each call: a kept view cannot show later bytes
+                try:
+                    view[0]
+                except ValueError:
+                    continue
+                raise AssertionError("a lent plaintext view outlived its received_view() call")
         # close(): close_notify goes out after everything, the server app sees EOF and answers.
         capp.transport.close()
         deliver(ct, server, 1 << 30)

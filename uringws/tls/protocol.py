@@ -241,6 +241,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
         "_app_read_paused",
         "_app_state",
         "_app_transport",
+        "_app_view",
         "_app_write_paused",
         "_backlog",
         "_backlog_size",
@@ -342,6 +343,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
         self._writes_after_close = 0
         self._app: Any = None
         self._app_buffered = False
+        self._app_view: Any = None
         self._set_app_protocol(app_protocol)
         # The loop's selector if it runs `before_wait` hooks right before waiting in the kernel (uringws's ring
         # loop): small writes are then coalesced until that moment. Any other loop: every write is encrypted and
@@ -364,6 +366,11 @@ class TLSProtocol(asyncio.BufferedProtocol):
     def _set_app_protocol(self, app_protocol: asyncio.BaseProtocol) -> None:
         self._app = app_protocol
         self._app_buffered = isinstance(app_protocol, asyncio.BufferedProtocol)
+        # A Protocol with received_view(view) takes decrypted bytes as a view of the thread's shared plaintext
+        # buffer, valid only during the call (released after it): no bytes object made per delivery. It must
+        # not keep the view, nor read it after making another TLS connection of this thread decrypt (which
+        # reuses that buffer; a TLSProtocol as the app copies the view into its BIO first, so it may).
+        self._app_view = None if self._app_buffered else getattr(app_protocol, "received_view", None)
 
     def _peer(self) -> Any:
         t = self._transport
@@ -672,6 +679,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
                 view = self._shared.plain
                 size = len(view)
                 off = 0
+                lend = self._app_view
                 try:
                     while True:
                         n = sslobj.read(size - off, view[off:] if off else view)
@@ -681,7 +689,10 @@ class TLSProtocol(asyncio.BufferedProtocol):
                         off += n
                         if off == size:
                             off = 0
-                            app.data_received(view.tobytes())
+                            if lend is None:
+                                app.data_received(view.tobytes())
+                            else:
+                                self._lend(lend, view, size)
                             if self._state != _WRAPPED or self._app_read_paused:
                                 break
                         # Skip the read that could only raise SSLWantReadError: exceptions cost.
@@ -691,10 +702,16 @@ class TLSProtocol(asyncio.BufferedProtocol):
                     pass
                 except ssl.SSLError:
                     if off:  # deliver what decrypted cleanly before the bad record
-                        app.data_received(view[:off].tobytes())
+                        if lend is None:
+                            app.data_received(view[:off].tobytes())
+                        else:
+                            self._lend(lend, view, off)
                     raise
                 if off:
-                    app.data_received(view[:off].tobytes())
+                    if lend is None:
+                        app.data_received(view[:off].tobytes())
+                    else:
+                        self._lend(lend, view, off)
         except ssl.SSLZeroReturnError:
             got_close_notify = True
         except ssl.SSLError as exc:
@@ -709,6 +726,16 @@ class TLSProtocol(asyncio.BufferedProtocol):
             self._on_close_notify()
         elif self._backlog and not self._tcp_paused and not self._flush_scheduled and self._state == _WRAPPED:
             self._drain_backlog()  # a write that waited for a renegotiation step (coalesced ones wait for the hook)
+
+    @staticmethod
+    def _lend(received_view: Any, view: memoryview, n: int) -> None:
+        """Hand ``view[:n]`` to the app's received_view(); the slice is released after the call, so a view the app
+        kept by mistake fails loudly instead of showing bytes of a later record."""
+        part = view[:n]
+        try:
+            received_view(part)
+        finally:
+            part.release()
 
     def _tls_error(self, exc: ssl.SSLError) -> None:
         """A record error or alert from the peer: log, send our alert if any, close."""

@@ -336,6 +336,11 @@ class Connection(asyncio.Protocol):
         elif self._client_hs is not None:
             self._client_handshake_data(data)
 
+    def received_view(self, view: memoryview) -> None:
+        """data_received() for bytes lent only for the duration of the call (uringws's TLS layer lends a view of
+        its plaintext buffer): the frame parser copies what it keeps; the handshake gets its own bytes."""
+        self.data_received(view if self.proto is not None else view.tobytes())  # type: ignore[arg-type]
+
     def eof_received(self) -> bool | None:
         if self.proto is None and self._client_hs is not None and not self.handshake_done.done():
             self._client_handshake_data(b"")
