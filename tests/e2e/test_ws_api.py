@@ -124,6 +124,42 @@ def test_echo_over_tls(tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
     body()
 
 
+def test_connection_state_lives_in_slots(tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    """On uringws's loop the per-connection objects keep their state in __slots__ (an instance dict of 30+
+    attributes costs ~1.5 KiB per connection): after an echo their __dict__ is still empty, the server has dropped
+    its handshake parser and the TLS layers their empty write backlogs. Fails when someone adds an attribute
+    without adding it to __slots__."""
+    import uringws
+    from uringws.loop import RingSocketTransport
+    from uringws.ring import probe
+
+    if not probe.availability().usable:
+        pytest.skip(f"io_uring unusable: {probe.availability().reason}")
+    conns: list[Connection] = []
+
+    async def handler(ws: Connection) -> None:
+        conns.append(ws)
+        await echo(ws)
+
+    async def body() -> None:
+        async with serve(handler, "127.0.0.1", 0, ssl=tls[0]) as server:
+            async with connect(url(server, scheme="wss"), ssl=tls[1]) as ws:
+                for size in (10, 100_000):
+                    await ws.send(b"x" * size)
+                    assert await ws.recv() == b"x" * size
+                sconn = conns[0]
+                assert sconn._server_hs is None
+                raw = [c.transport._tls._transport for c in (sconn, ws)]  # type: ignore[union-attr]
+                assert all(isinstance(t, RingSocketTransport) for t in raw)
+                for obj in (sconn, sconn.proto, ws, ws.proto, *raw):
+                    assert obj.__dict__ == {}, (type(obj).__name__, obj.__dict__)
+                # The TLS layers gave back their emptied write backlog (a deque is ~760 B per idle connection).
+                assert [c.transport._tls._backlog for c in (sconn, ws)] == [None, None]  # type: ignore[union-attr]
+
+    with asyncio.Runner(loop_factory=uringws.new_event_loop) as runner:
+        runner.run(asyncio.wait_for(body(), 30))
+
+
 # -- interop with the websockets library ----------------------------------------------------------------------
 
 

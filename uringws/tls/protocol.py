@@ -1029,6 +1029,8 @@ class TLSProtocol(asyncio.BufferedProtocol):
         if self._backlog and not self._tcp_paused and self._state == _WRAPPED:
             self._drain_backlog()
             self._update_app_writing()
+        if self._backlog is not None and not self._backlog:
+            self._backlog = None  # an empty deque is ~760 B per idle connection; the next write makes a new one
 
     def _update_app_writing(self) -> None:
         """Pause the app above the high-water mark (TCP paused or backlog), resume at or below low."""

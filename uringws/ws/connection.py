@@ -52,6 +52,45 @@ ProcessRequest = Callable[["Connection", Request], "HTTPAnswer | Awaitable[HTTPA
 class Connection(asyncio.Protocol):
     """One WebSocket connection: ``recv``/``send``/``ping``/``close`` and ``async for message in ws``."""
 
+    # Slots for the connection's own state (an instance dict of this many attributes costs about 1.5 KiB per
+    # connection); __dict__ stays, so applications can still hang their own attributes on a connection.
+    __slots__ = (
+        "__dict__",
+        "__weakref__",
+        "_abort_handle",
+        "_client_hs",
+        "_drain_waiters",
+        "_handler",
+        "_keepalive_task",
+        "_lost_exc",
+        "_main_task",
+        "_max_queue",
+        "_messages",
+        "_on_lost",
+        "_pending_failure_handle",
+        "_pings",
+        "_process_request",
+        "_reading_paused",
+        "_recv_waiter",
+        "_request_ready",
+        "_send_lock",
+        "_server_hs",
+        "_sndbuf",
+        "_write_paused",
+        "config",
+        "handshake_done",
+        "local_address",
+        "loop",
+        "lost",
+        "proto",
+        "remote_address",
+        "request",
+        "response",
+        "side",
+        "subprotocol",
+        "transport",
+    )
+
     def __init__(
         self,
         side: Side,
@@ -632,6 +671,9 @@ class Connection(asyncio.Protocol):
                 self._write_response(response)
                 self._start_open(negotiated, hs.trailing_data)
                 hs.trailing_data = b""
+                # The handshake's parser (h11 state, buffers: ~1 KiB) is not needed once open; this frame lives
+                # as long as the connection, so drop both references. respond() is for process_request only.
+                self._server_hs = hs = None
         except TimeoutError:
             logger.info("opening handshake timed out for %s", self.remote_address)
             self._abort()
@@ -640,7 +682,7 @@ class Connection(asyncio.Protocol):
             return  # already answered (bad request) or gone
         except Exception:
             logger.exception("error while processing the opening handshake")
-            if not self.lost.done() and self.proto is None:
+            if not self.lost.done() and self.proto is None and hs is not None:
                 self._write_response(hs.reject(500, "Internal Server Error\n"))
             self._close_transport()
             return

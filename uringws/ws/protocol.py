@@ -105,6 +105,47 @@ class Protocol:
     ``Message`` event; a front-end passes ``deque.append`` to skip one object and one dispatch per message.
     """
 
+    # Slots for the parser's state (an instance dict of this many attributes costs about 1.5 KiB per connection);
+    # __dict__ stays for subclasses and tests that add attributes.
+    __slots__ = (
+        "__dict__",
+        "__weakref__",
+        "_buf",
+        "_close_transport",
+        "_decoder",
+        "_discard_input",
+        "_emit",
+        "_events",
+        "_expect_masked",
+        "_fed",
+        "_hdr",
+        "_hdr_end",
+        "_is_client",
+        "_msg_compressed",
+        "_msg_opcode",
+        "_msg_parts",
+        "_msg_size",
+        "_msg_wire",
+        "_out",
+        "_raw_send",
+        "_send_compressed",
+        "_send_opcode",
+        "_small_ok",
+        "_wire_limit",
+        "close_rcvd",
+        "close_rcvd_then_sent",
+        "close_sent",
+        "defer_failure",
+        "deflate",
+        "eof_received",
+        "failure",
+        "max_size",
+        "pending_failure",
+        "side",
+        "state",
+        "stream_fragments",
+    )
+
     def __init__(
         self,
         side: Side,
