@@ -412,6 +412,53 @@ def _rss() -> int:
         return int(f.read().split()[1]) * 4096
 
 
+class _Echo(asyncio.Protocol):
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+@pytest.mark.skipif(not _INCREMENTAL, reason="incremental buffer consumption needs Linux 6.12")
+def test_default_ring_does_not_run_dry_under_bulk_echo() -> None:
+    """Two 1 MiB messages in flight, echoed by a data_received() protocol: the default ring holds everything the
+    kernel can have read ahead for them (the kernel drains a socket into buffers before the loop sees the CQEs),
+    so no RECV ends with -ENOBUFS. (8 x 128 KiB, too small, ran dry about once per message and cost 1.5-2.5x the
+    CPU.)"""
+    lp = EventLoop()
+    try:
+        assert lp._bufring.incremental
+
+        async def main() -> None:
+            server = await lp.create_server(_Echo, "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+            rounds = [random.Random(i).randbytes(2 << 20) for i in range(8)]
+
+            def client() -> bool:
+                with socket.create_connection(("127.0.0.1", port)) as c:
+                    c.settimeout(20)
+                    for data in rounds:  # at most 2 MiB outstanding: the next round waits for this one's echo
+                        c.sendall(data)
+                        got = bytearray()
+                        while len(got) < len(data):
+                            chunk = c.recv(1 << 20)
+                            assert chunk
+                            got += chunk
+                        if got != data:
+                            return False
+                return True
+
+            assert await asyncio.get_running_loop().run_in_executor(None, client)
+            server.close()
+            await server.wait_closed()
+
+        lp.run_until_complete(main())
+        assert lp.read_stats.enobufs == 0, lp.read_stats
+    finally:
+        lp.close()
+
+
 def test_idle_connections_hold_no_receive_buffer(loop: EventLoop) -> None:
     """300 idle connections with a multishot RECV armed each: RSS grows by far less than one buffer each."""
     n = 300

@@ -41,10 +41,13 @@ DEFAULT_RING_ENTRIES = 1024
 #: before that every CQE takes a whole buffer, so they stay small.
 DEFAULT_RECV_BUFFERS = 256
 DEFAULT_RECV_BUFFER_SIZE = 16384
-# 8 x 128 KiB measured as fast as 16 x 256 KiB in the 64 KiB and 1 MiB echoes; all of an incremental ring gets
-# touched (RSS), so it is kept at 1 MiB: 16 x 256 KiB added ~0.6 KiB per connection at 5000 idle connections.
-DEFAULT_RECV_BUFFERS_INCREMENTAL = 8
-DEFAULT_RECV_BUFFER_SIZE_INCREMENTAL = 128 * 1024
+# 4 MiB in all: the kernel fills buffers for every ready socket before the loop gets to the CQEs (one task-work
+# run drains a socket), and a ring that runs dry ends each multishot RECV with -ENOBUFS. In the 1 MiB echo with two
+# messages in flight 8 x 128 KiB ran dry about once per message (plain TCP 2.1-3.5 ns/B instead of 1.3-1.8),
+# 8 x 256 KiB 64 times in 3 s, 16 x 256 KiB never. All of an incremental ring gets touched: ~0.8 KiB per
+# connection at 5000 idle connections.
+DEFAULT_RECV_BUFFERS_INCREMENTAL = 16
+DEFAULT_RECV_BUFFER_SIZE_INCREMENTAL = 256 * 1024
 #: multishot RECV with provided buffers (IORING_RECV_MULTISHOT) came with Linux 6.0
 _MULTISHOT_RECV_KERNEL = (6, 0)
 _READ_MODES = ("auto", "ring", "poll")
@@ -78,7 +81,7 @@ class EventLoop(_UnixSelectorEventLoop):
     ``read_mode`` picks how stream transports read: ``"ring"`` (a multishot RECV per connection over a
     `BufferRing` of ``recv_buffers`` x ``recv_buffer_size`` bytes shared by the loop; Linux 6.0+, raises
     OSError where unsupported; ``recv_incremental`` None uses incrementally consumed buffers where the kernel
-    has them (6.12+; default 8 x 128 KiB, else 256 x 16 KiB), True insists (OSError without), False never),
+    has them (6.12+; default 16 x 256 KiB, else 256 x 16 KiB), True insists (OSError without), False never),
     ``"poll"`` (a POLLIN poll, then recv(2): no shared buffers) or ``"auto"``
     (``"ring"`` where supported on a real `Ring` with the stock transport, else ``"poll"``: ring doubles such as
     FaultyRing and a ``transport_class`` replacement get ``"poll"``; the environment variable

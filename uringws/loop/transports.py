@@ -21,7 +21,7 @@ later (probe-gated); `_arm_read` is the place.
 
 Ring reads (the loop's ``read_mode == "ring"``, Linux 6.0+): one multishot RECV per connection picks buffers from
 the loop's shared `BufferRing` only when data arrives, so idle connections still hold no receive buffer. Where the
-ring is incremental (6.12+) a CQE covers as many bytes as the socket had ready (up to what is left of a 128 KiB
+ring is incremental (6.12+) a CQE covers as many bytes as the socket had ready (up to what is left of a 256 KiB
 buffer) and small messages share a buffer, instead of one 16 KiB buffer per CQE. Each
 CQE is delivered straight from the completion callback (``data_received(bytes)``, or copied into the
 BufferedProtocol's ``get_buffer()``, or lent as a view valid during the call to a BufferedProtocol that has
