@@ -25,7 +25,8 @@ ring is incremental (6.12+) a CQE covers as many bytes as the socket had ready (
 buffer) and small messages share a buffer, instead of one 16 KiB buffer per CQE. Each
 CQE is delivered straight from the completion callback (``data_received(bytes)``, or copied into the
 BufferedProtocol's ``get_buffer()``, or lent as a view valid during the call to a BufferedProtocol that has
-``received_view(view)``), and the buffer goes back to the ring at once. pause_reading() cancels the
+``received_view(view)``), and the buffer goes back to the ring at once (an incremental ring's buffer once the
+kernel has filled it to its end). pause_reading() cancels the
 RECV; whatever still arrives is copied aside (the shared buffer is recycled) and delivered, in order, after
 resume_reading(). The request ends on EOF (``res == 0``), on ``-ENOBUFS`` (the ring ran dry; the bytes stay in the
 socket) or whenever the kernel stops it: it is re-armed while reading.
