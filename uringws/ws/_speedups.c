@@ -11,7 +11,8 @@
  *   anything that is not bytes-like raises TypeError.
  *
  * A second function, parse_messages, is the twin of frames.parse_messages_py: it consumes a run of complete,
- * whole, small data messages (the common case under load) in one call, see its comment below.
+ * whole, small data messages (the common case under load) in one call, see its comment below. The type
+ * FrameBuffer, twin of frames.FrameBufferPy, gathers and unmasks a large frame's payload as it arrives.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -270,6 +271,183 @@ error:
     return NULL;
 }
 
+/* FrameBuffer(length, mask) -- twin of frames.FrameBufferPy.
+ *
+ * Gathers the payload of one large frame as its bytes arrive, unmasking on the way, straight into the bytes
+ * object that take() returns: one pass over each payload byte, instead of a receive buffer that grows (and is
+ * copied as it grows), a copy out of it and an unmasking copy. The bytes object is allocated when the frame's
+ * header arrives; its pages are touched only as payload arrives. It is not visible to Python code before
+ * take(), which is what makes filling it in place legal.
+ *
+ *   FrameBuffer(length: int, mask: bytes-like of 4 bytes | None)
+ *   feed(data, start=0) -> int   takes min(len(data) - start, remaining) bytes of data[start:]; returns that
+ *   remaining                     payload bytes still expected
+ *   take() -> bytes               the whole payload, unmasked; ValueError before it is complete; once only
+ */
+typedef struct {
+    PyObject_HEAD
+    PyObject *out;         /* the payload's bytes object, NULL after take() */
+    Py_ssize_t length;
+    Py_ssize_t filled;
+    int masked;
+    unsigned char mask[4];
+} FrameBufferObject;
+
+static int
+framebuffer_init(FrameBufferObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"length", "mask", NULL};
+    Py_ssize_t length;
+    PyObject *mask_obj;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "nO:FrameBuffer", kwlist, &length, &mask_obj)) {
+        return -1;
+    }
+    if (length < 0) {
+        PyErr_SetString(PyExc_ValueError, "length must not be negative");
+        return -1;
+    }
+    self->masked = mask_obj != Py_None;
+    if (self->masked) {
+        Py_buffer mask;
+        if (PyObject_GetBuffer(mask_obj, &mask, PyBUF_SIMPLE) < 0) {
+            return -1;
+        }
+        if (mask.len != 4) {
+            PyBuffer_Release(&mask);
+            PyErr_SetString(PyExc_ValueError, MASK_LENGTH_ERROR);
+            return -1;
+        }
+        memcpy(self->mask, mask.buf, 4);
+        PyBuffer_Release(&mask);
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, length);
+    if (out == NULL) {
+        return -1;
+    }
+    Py_XSETREF(self->out, out);
+    self->length = length;
+    self->filled = 0;
+    return 0;
+}
+
+static void
+framebuffer_dealloc(FrameBufferObject *self)
+{
+    Py_XDECREF(self->out);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+framebuffer_feed(FrameBufferObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer data;
+    Py_ssize_t start = 0, n;
+    if (nargs < 1 || nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "feed() takes 1 or 2 positional arguments but %zd were given", nargs);
+        return NULL;
+    }
+    if (nargs == 2) {
+        start = PyLong_AsSsize_t(args[1]);
+        if (start == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    if (self->out == NULL) {
+        PyErr_SetString(PyExc_ValueError, "feed() after take()");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &data, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (start < 0 || start > data.len) {
+        PyBuffer_Release(&data);
+        PyErr_SetString(PyExc_ValueError, "start out of range");
+        return NULL;
+    }
+    n = data.len - start;
+    if (n > self->length - self->filled) {
+        n = self->length - self->filled;
+    }
+    unsigned char *dst = (unsigned char *)PyBytes_AS_STRING(self->out) + self->filled;
+    const unsigned char *src = (const unsigned char *)data.buf + start;
+    if (self->masked) {
+        /* The mask's phase continues where the last chunk ended. */
+        unsigned char rotated[4];
+        Py_ssize_t k = self->filled & 3;
+        for (int i = 0; i < 4; i++) {
+            rotated[i] = self->mask[(k + i) & 3];
+        }
+        xor_mask(src, dst, n, rotated);
+    }
+    else {
+        memcpy(dst, src, (size_t)n);
+    }
+    self->filled += n;
+    PyBuffer_Release(&data);
+    return PyLong_FromSsize_t(n);
+}
+
+static PyObject *
+framebuffer_take(FrameBufferObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->out == NULL) {
+        PyErr_SetString(PyExc_ValueError, "take() called twice");
+        return NULL;
+    }
+    if (self->filled != self->length) {
+        PyErr_Format(PyExc_ValueError, "frame incomplete: %zd of %zd bytes", self->filled, self->length);
+        return NULL;
+    }
+    PyObject *out = self->out;
+    self->out = NULL;
+    return out;
+}
+
+static PyObject *
+framebuffer_remaining(FrameBufferObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromSsize_t(self->length - self->filled);
+}
+
+static PyMethodDef framebuffer_methods[] = {
+    {"feed", (PyCFunction)(void (*)(void))framebuffer_feed, METH_FASTCALL,
+     "feed(data, start=0) -> int\n\nTake up to `remaining` bytes of data[start:]; return how many were taken."},
+    {"take", (PyCFunction)framebuffer_take, METH_NOARGS, "take() -> bytes\n\nThe complete payload, unmasked."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef framebuffer_getset[] = {
+    {"remaining", (getter)framebuffer_remaining, NULL, "payload bytes still expected", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject FrameBufferType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "uringws.ws._speedups.FrameBuffer",
+    .tp_basicsize = sizeof(FrameBufferObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "FrameBuffer(length, mask)\n\nGathers and unmasks one large frame's payload as it arrives.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)framebuffer_init,
+    .tp_dealloc = (destructor)framebuffer_dealloc,
+    .tp_methods = framebuffer_methods,
+    .tp_getset = framebuffer_getset,
+};
+
+static int
+module_exec(PyObject *module)
+{
+    if (PyType_Ready(&FrameBufferType) < 0) {
+        return -1;
+    }
+    Py_INCREF(&FrameBufferType);
+    if (PyModule_AddObject(module, "FrameBuffer", (PyObject *)&FrameBufferType) < 0) {
+        Py_DECREF(&FrameBufferType);
+        return -1;
+    }
+    return 0;
+}
+
 static PyMethodDef methods[] = {
     {"apply_mask", (PyCFunction)(void (*)(void))apply_mask, METH_FASTCALL | METH_KEYWORDS,
      "apply_mask(data, mask) -> bytes\n\nXOR data with the 4-byte mask repeated (RFC 6455 section 5.3)."},
@@ -280,6 +458,7 @@ static PyMethodDef methods[] = {
 };
 
 static PyModuleDef_Slot slots[] = {
+    {Py_mod_exec, module_exec},
 #ifdef Py_GIL_DISABLED
     /* No module state and no shared mutable data: safe on free-threaded builds. */
     {Py_mod_gil, Py_MOD_GIL_NOT_USED},
@@ -290,7 +469,7 @@ static PyModuleDef_Slot slots[] = {
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
     .m_name = "uringws.ws._speedups",
-    .m_doc = "Optional C twins of uringws.ws.frames.apply_mask_py and parse_messages_py.",
+    .m_doc = "Optional C twins of uringws.ws.frames.apply_mask_py, parse_messages_py and FrameBufferPy.",
     .m_size = 0,
     .m_methods = methods,
     .m_slots = slots,

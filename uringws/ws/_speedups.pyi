@@ -1,5 +1,5 @@
-"""Types of the optional C extension built from _speedups.c (see frames.apply_mask_py and
-frames.parse_messages_py, its pure twins)."""
+"""Types of the optional C extension built from _speedups.c (see frames.apply_mask_py,
+frames.parse_messages_py and frames.FrameBufferPy, its pure twins)."""
 
 from collections.abc import Callable
 
@@ -7,3 +7,9 @@ def apply_mask(data: bytes | bytearray | memoryview, mask: bytes | bytearray | m
 def parse_messages(
     buf: bytes | bytearray | memoryview, pos: int, masked: bool, sink: Callable[[str | bytes], object]
 ) -> int: ...
+
+class FrameBuffer:
+    remaining: int
+    def __init__(self, length: int, mask: bytes | bytearray | memoryview | None) -> None: ...
+    def feed(self, data: bytes | bytearray | memoryview, start: int = 0) -> int: ...
+    def take(self) -> bytes: ...

@@ -19,6 +19,8 @@ __all__ = [
     "DATA_OPCODES",
     "MAX_CONTROL_PAYLOAD",
     "Frame",
+    "FrameBuffer",
+    "FrameBufferPy",
     "FrameHeader",
     "Opcode",
     "apply_mask",
@@ -85,6 +87,8 @@ def apply_mask_py(data: bytes | bytearray | memoryview, mask: bytes | bytearray)
     """XOR ``data`` with the 4-byte ``mask`` repeated (RFC 6455 §5.3); masking and unmasking are the same."""
     if len(mask) != 4:
         raise ValueError("mask must be 4 bytes")
+    if type(mask) is not bytes:
+        mask = bytes(mask)  # a memoryview cannot be repeated with *
     n = len(data)
     if n < _TRANSLATE_THRESHOLD:
         if n == 0:
@@ -104,7 +108,9 @@ def apply_mask_py(data: bytes | bytearray | memoryview, mask: bytes | bytearray)
 # -- parsing ---------------------------------------------------------------------------------------------------
 
 
-def parse_messages_py(buf: bytes | bytearray, pos: int, masked: bool, sink: Callable[[str | bytes], object]) -> int:
+def parse_messages_py(
+    buf: bytes | bytearray | memoryview, pos: int, masked: bool, sink: Callable[[str | bytes], object]
+) -> int:
     """Deliver a run of whole small data messages at ``buf[pos:]`` to ``sink``; return where the run stops.
 
     Takes each complete frame that is a message on its own: FIN set, RSV bits clear, opcode text or binary,
@@ -133,7 +139,7 @@ def parse_messages_py(buf: bytes | bytearray, pos: int, masked: bool, sink: Call
             end = start + 4 + length
             if end > n:
                 break
-            payload = apply_mask(buf[start + 4 : end], buf[start : start + 4])
+            payload = apply_mask(buf[start + 4 : end], bytes(buf[start : start + 4]))
         else:
             end = start + length
             if end > n:
@@ -151,9 +157,53 @@ def parse_messages_py(buf: bytes | bytearray, pos: int, masked: bool, sink: Call
     return pos
 
 
+class FrameBufferPy:
+    """Gathers the payload of one large frame as its bytes arrive and unmasks it once complete.
+
+    The receive path uses it for a frame whose payload spans several reads: each read's bytes go straight
+    into it, so they are not first appended to the parser's general buffer. ``feed(data, start)`` takes up
+    to ``remaining`` bytes of ``data[start:]`` and returns how many; ``take()`` returns the whole payload,
+    unmasked, once ``remaining`` is 0 (ValueError before, and a second time). The compiled twin
+    (``_speedups.FrameBuffer``) unmasks as it copies, into the bytes object that ``take()`` returns.
+    """
+
+    __slots__ = ("_buf", "_mask", "_taken", "remaining")
+
+    def __init__(self, length: int, mask: bytes | None) -> None:
+        if length < 0:
+            raise ValueError("length must not be negative")
+        if mask is not None and len(mask) != 4:
+            raise ValueError("mask must be 4 bytes")
+        self._buf = bytearray()
+        self._mask = mask
+        self._taken = False
+        self.remaining = length
+
+    def feed(self, data: bytes | bytearray | memoryview, start: int = 0) -> int:
+        if self._taken:
+            raise ValueError("feed() after take()")
+        if not 0 <= start <= len(data):
+            raise ValueError("start out of range")
+        n = min(len(data) - start, self.remaining)
+        with memoryview(data) as view:
+            self._buf += view[start : start + n]
+        self.remaining -= n
+        return n
+
+    def take(self) -> bytes:
+        if self._taken:
+            raise ValueError("take() called twice")
+        if self.remaining:
+            raise ValueError(f"frame incomplete: {self.remaining} bytes missing")
+        self._taken = True
+        buf, self._buf = self._buf, bytearray()
+        return bytes(buf) if self._mask is None else apply_mask(buf, self._mask)
+
+
 # The optional C twins (uringws/ws/_speedups.c) when they were built; URINGWS_NO_SPEEDUPS=1 forces the pure ones.
 apply_mask = apply_mask_py
 parse_messages = parse_messages_py
+FrameBuffer: type[FrameBufferPy] = FrameBufferPy
 if os.environ.get("URINGWS_NO_SPEEDUPS", "") in ("", "0"):
     try:
         from . import _speedups
@@ -163,13 +213,14 @@ if os.environ.get("URINGWS_NO_SPEEDUPS", "") in ("", "0"):
         apply_mask = _speedups.apply_mask
         # An extension built from an older _speedups.c lacks it: keep the pure one then.
         parse_messages = getattr(_speedups, "parse_messages", parse_messages_py)
+        FrameBuffer = getattr(_speedups, "FrameBuffer", FrameBufferPy)
 
 _unpack_H = struct.Struct("!H").unpack_from
 _unpack_Q = struct.Struct("!Q").unpack_from
 
 
 def parse_header(
-    buf: bytes | bytearray,
+    buf: bytes | bytearray | memoryview,
     pos: int = 0,
     *,
     masked: bool,

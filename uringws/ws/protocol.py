@@ -28,6 +28,8 @@ from typing import NamedTuple
 from .deflate import PerMessageDeflate
 from .exceptions import InvalidState, InvalidUTF8, PayloadTooBig, ProtocolError
 from .frames import (
+    FrameBuffer,
+    FrameBufferPy,
     FrameHeader,
     apply_mask,
     parse_close,
@@ -88,6 +90,11 @@ _CONT, _TEXT, _BINARY, _CLOSE, _PING, _PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 # Payloads below this are joined with their header into one bytes object; bigger ones are handed to the
 # transport as a separate buffer to avoid copying them.
 _JOIN_LIMIT = 4096
+# A data frame of at least _GATHER_MIN bytes (one TLS record's plaintext) that is not complete in one read is
+# gathered into a FrameBuffer as it arrives. Its buffer is allocated when the header arrives (max_size bounds
+# it); above _GATHER_MAX (max_size=None) frames take the general path, which grows its buffer with the data.
+_GATHER_MIN = 16 * 1024
+_GATHER_MAX = 64 * 1024 * 1024
 _pack_BBH = struct.Struct("!BBH").pack
 # Ready-made 2-byte headers of unmasked single-frame messages of < 126 bytes, indexed by length.
 _BINARY_HEADERS = [bytes((0x80 | _BINARY, n)) for n in range(126)]
@@ -118,6 +125,7 @@ class Protocol:
         "_events",
         "_expect_masked",
         "_fed",
+        "_gather",
         "_hdr",
         "_hdr_end",
         "_is_client",
@@ -184,6 +192,7 @@ class Protocol:
         self._hdr: FrameHeader | None = None
         self._hdr_end = 0
         self._fed = 0  # bytes of the current (uncompressed text) frame already validated as UTF-8
+        self._gather: FrameBufferPy | None = None  # the payload of a large frame _hdr, gathered as it arrives
 
         # Message being received.
         self._msg_opcode = 0  # 0: no message in progress
@@ -257,12 +266,16 @@ class Protocol:
             return True  # closing or failed: rare, let the front-end look at everything
         if not data:
             return bool(self._events or self._out)
+        buf: bytes | bytearray | memoryview
         if self._buf:
-            buf: bytes | bytearray = self._buf
-            buf += data
+            buf = acc = self._buf
+            acc += data
+        elif type(data) is memoryview and (data.itemsize != 1 or data.ndim != 1 or not data.c_contiguous):
+            buf = data.tobytes()  # count and parse in bytes, contiguous
         else:
-            # Common case: nothing left over, parse straight from the received bytes without copying.
-            buf = data if isinstance(data, bytes | bytearray) else bytes(data)
+            # Common case: nothing left over, parse straight from the received bytes without copying -- also
+            # from a view lent only for this call (uringws's TLS layer): nothing below keeps a reference to it.
+            buf = data
         n = len(buf)
         pos = 0
         masked = self._expect_masked
@@ -295,14 +308,31 @@ class Protocol:
                     start = hdr.header_end
                     self._hdr = hdr
                     self._hdr_end = start
+                    length = hdr.length
+                    if start + length > n and _GATHER_MIN <= length <= _GATHER_MAX and not self._validates_text(hdr):
+                        # A large frame that continues in later reads: its payload is gathered (and unmasked)
+                        # as it arrives, never appended to _buf, copied out and unmasked as a whole.
+                        gather = self._gather = FrameBuffer(length, hdr.mask)
+                        gather.feed(buf, start)
+                        pos = n
+                        break
+                elif (pending := self._gather) is not None:
+                    pos += pending.feed(buf, pos)
+                    if pending.remaining:
+                        break
+                    self._gather = None
+                    self._hdr = None
+                    if self._on_data(hdr, pending.take()):
+                        delivered += 1
+                    if self._discard_input or pos == n:
+                        break
+                    continue
                 else:
                     start = self._hdr_end
                 end = start + hdr.length
                 if n < end:
                     # Incomplete frame: validate text as it arrives, so invalid UTF-8 fails fast.
-                    if (hdr.opcode == _TEXT or (hdr.opcode == _CONT and self._msg_opcode == _TEXT)) and not (
-                        self._msg_compressed_for(hdr)
-                    ):
+                    if self._validates_text(hdr):
                         self._feed_partial_text(hdr, buf, start, n)
                     break
                 self._hdr = None
@@ -346,12 +376,14 @@ class Protocol:
         if self._discard_input:
             self._buf = bytearray()
             self._hdr = None
+            self._gather = None
             return True  # a close frame, a failure or a deferred failure: the front-end must look
         if buf is self._buf:
             if pos:
                 del buf[:pos]
         elif pos < n:
-            self._buf = bytearray(buf[pos:])
+            # One copy of the rest (slicing bytes would copy it once more); a lent view must not be kept.
+            self._buf = bytearray(buf[pos:] if type(buf) is memoryview else memoryview(buf)[pos:])
         if pos and self._hdr is not None:
             self._hdr_end -= pos
         return bool(self._events or self._out)
@@ -375,6 +407,12 @@ class Protocol:
 
     def _msg_compressed_for(self, hdr: FrameHeader) -> bool:
         return hdr.rsv1 if hdr.opcode != _CONT else self._msg_compressed
+
+    def _validates_text(self, hdr: FrameHeader) -> bool:
+        """Whether an incomplete frame's payload is checked as UTF-8 while it arrives (uncompressed text)."""
+        return (hdr.opcode == _TEXT or (hdr.opcode == _CONT and self._msg_opcode == _TEXT)) and not (
+            self._msg_compressed_for(hdr)
+        )
 
     def _check_sequence(self, hdr: FrameHeader) -> None:
         opcode = hdr.opcode
@@ -406,7 +444,9 @@ class Protocol:
         self._msg_parts = []
         self._decoder.reset()
 
-    def _feed_partial_text(self, hdr: FrameHeader, buf: bytes | bytearray, start: int, avail_end: int) -> None:
+    def _feed_partial_text(
+        self, hdr: FrameHeader, buf: bytes | bytearray | memoryview, start: int, avail_end: int
+    ) -> None:
         if hdr.opcode == _TEXT and self._fed == 0 and self._msg_opcode == 0:
             self._start_message(hdr)
         fed = self._fed
