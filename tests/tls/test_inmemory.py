@@ -225,3 +225,42 @@ def test_random_chunking_and_backpressure(
         assert ct.closed
     finally:
         loop.close()
+
+
+class CountingSSLObject(ssl.SSLObject):
+    """An ``SSLContext.sslobject_class`` of the application's: its methods must keep being called."""
+
+    reads = 0
+
+    def read(self, len: int = 1024, buffer: Any = None) -> Any:
+        CountingSSLObject.reads += 1
+        return super().read(len, buffer)
+
+
+def test_a_contexts_own_sslobject_class_is_called_for_reads() -> None:
+    """The read path calls ssl.SSLObject's _ssl object directly (one Python frame less per record), but only for
+    ssl.SSLObject itself: a subclass set as the context's sslobject_class keeps its read()."""
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    _CERT.configure_cert(sctx)
+    sctx.sslobject_class = CountingSSLObject
+    cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    _CA.configure_trust(cctx)
+    loop = asyncio.new_event_loop()  # only for timers; never run
+    try:
+        capp, sapp = Sink(), Sink()
+        client = TLSProtocol(loop, capp, cctx, None, False, "localhost")
+        server = TLSProtocol(loop, sapp, sctx, None, True)
+        ct, st_ = MemTransport(), MemTransport()
+        client.connection_made(ct)  # type: ignore[arg-type]
+        server.connection_made(st_)  # type: ignore[arg-type]
+        for _ in range(100):
+            deliver(ct, server, 1 << 20)
+            deliver(st_, client, 1 << 20)
+        assert capp.transport is not None and sapp.transport is not None
+        before = CountingSSLObject.reads
+        capp.transport.write(b"x" * 100_000)
+        deliver(ct, server, 1 << 30)
+        assert sapp.data == b"x" * 100_000
+        assert CountingSSLObject.reads - before >= 7  # one per 16 KiB record at least
+    finally:
+        loop.close()

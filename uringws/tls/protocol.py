@@ -77,6 +77,7 @@ _MAX_RECORD_BODY = 16 * 1024 + 2048  # TLS 1.2's ciphertext limit (RFC 5246 6.2.
 _WARN_WRITES_AFTER_CLOSE = 5  # asyncio.constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES
 
 # Connection states.
+_SSLObject = ssl.SSLObject  # its read()/pending()/write() only call the same methods of its _sslobj (3.11-3.13)
 _UNWRAPPED = 0  # before connection_made()
 _HANDSHAKE = 1
 _WRAPPED = 2  # handshake done, application data flows
@@ -176,7 +177,7 @@ class TLSTransport(asyncio.Transport):
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Encrypt ``data`` and pass the records to the TCP transport (or buffer it while that is paused)."""
-        if not isinstance(data, (bytes, bytearray, memoryview)):
+        if type(data) is not bytes and not isinstance(data, (bytearray, memoryview)):
             raise TypeError(f"data: expecting a bytes-like instance, got {type(data).__name__}")
         if data:
             self._tls._app_write(data)
@@ -646,9 +647,13 @@ class TLSProtocol(asyncio.BufferedProtocol):
 
     def _read(self) -> None:
         """Decrypt what is buffered and deliver it; handle close_notify, alerts and record errors."""
-        sslobj = self._sslobj
+        sslobj: Any = self._sslobj
         incoming = self._incoming
         assert sslobj is not None and incoming is not None
+        if type(sslobj) is _SSLObject:
+            # The _ssl object behind ssl.SSLObject: its read()/pending() are what SSLObject's wrappers call, one
+            # Python frame less per record. (A context's own sslobject_class keeps its methods.)
+            sslobj = sslobj._sslobj  # type: ignore[attr-defined]
         # No complete record in the BIO and nothing decrypted inside OpenSSL: a read could only raise WantRead.
         partial = self._partial if self._framed else 0
         if incoming.pending <= partial and not sslobj.pending():
@@ -853,14 +858,17 @@ class TLSProtocol(asyncio.BufferedProtocol):
             if self._writes_after_close >= _WARN_WRITES_AFTER_CLOSE:
                 logger.warning("TLS connection is closed")
             return
-        if self._backlog:  # keep order behind what is already waiting
-            self._queue(_immutable(data))
-            if (
-                self._flush_scheduled
-                and not self._tcp_paused
-                and (self._backlog_size >= COALESCE_LIMIT or self._backlog_size > self._high)
-            ):
+        backlog = self._backlog
+        if backlog:  # keep order behind what is already waiting
+            # self._queue(_immutable(data)), inlined: this runs once per small message under load.
+            if type(data) is not bytes:
+                data = _immutable(data)  # counted in bytes below, like _queue()
+            backlog.append(data)
+            size = self._backlog_size = self._backlog_size + len(data)
+            if self._flush_scheduled and not self._tcp_paused and (size >= COALESCE_LIMIT or size > self._high):
                 self._drain_backlog()  # enough coalesced: encrypt now (still in order, still few records)
+            elif not (self._app_write_paused or self._tcp_paused or size > self._high):
+                return  # nothing for _update_app_writing() to do: not paused, at or below the high-water mark
             self._update_app_writing()
             return
         selector = self._selector
@@ -870,11 +878,12 @@ class TLSProtocol(asyncio.BufferedProtocol):
                 # Coalesce: encrypted with the other small writes of this loop iteration, right before the loop
                 # waits (one record, one BIO read, one transport write for all of them). Nothing is queued
                 # (checked above), so this starts the backlog.
-                backlog = self._backlog
+                if type(data) is not bytes:
+                    data = _immutable(data)
                 if backlog is None:
-                    self._backlog = collections.deque((_immutable(data),))
+                    self._backlog = collections.deque((data,))
                 else:
-                    backlog.append(_immutable(data))
+                    backlog.append(data)
                 self._backlog_size = size
                 if not self._flush_scheduled:
                     self._flush_scheduled = True
