@@ -380,7 +380,13 @@ class Connection(asyncio.Protocol):
     def received_view(self, view: memoryview) -> None:
         """data_received() for bytes lent only for the duration of the call (uringws's TLS layer lends a view of
         its plaintext buffer): the frame parser copies what it keeps; the handshake gets its own bytes."""
-        self.data_received(view if self.proto is not None else view.tobytes())  # type: ignore[arg-type]
+        proto = self.proto
+        if proto is None:
+            self.data_received(view.tobytes())
+        elif proto.receive_data(view):  # data_received(), inlined: once per received chunk
+            self._process()
+        elif self._messages:
+            self._messages_arrived()
 
     def eof_received(self) -> bool | None:
         if self.proto is None and self._client_hs is not None and not self.handshake_done.done():
