@@ -959,8 +959,10 @@ class TLSProtocol(asyncio.BufferedProtocol):
         Callers pass data that is not behind anything in the backlog, so a remainder goes to its front.
         Returns True if OpenSSL must hear from the peer first (renegotiation): retrying now cannot progress.
         """
-        sslobj = self._sslobj
+        sslobj: Any = self._sslobj
         assert sslobj is not None
+        if type(sslobj) is _SSLObject:
+            sslobj = sslobj._sslobj  # type: ignore[attr-defined]  # SSLObject.write() calls this one (see _read)
         mv = memoryview(data)
         n = mv.nbytes
         if mv.format != "B" or mv.ndim != 1:
@@ -997,9 +999,11 @@ class TLSProtocol(asyncio.BufferedProtocol):
         WRITE_CHUNK bytes, or where the transport pauses us).
         """
         backlog = self._backlog
-        sslobj = self._sslobj
+        sslobj: Any = self._sslobj
         outgoing = self._outgoing
         assert sslobj is not None
+        if type(sslobj) is _SSLObject:
+            sslobj = sslobj._sslobj  # type: ignore[attr-defined]  # SSLObject.write() calls this one (see _read)
         while backlog and not self._tcp_paused and self._state == _WRAPPED:
             data = backlog.popleft()
             size = len(data)
