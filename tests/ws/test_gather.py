@@ -220,3 +220,23 @@ def test_gathered_compressed_message_is_inflated() -> None:
     feed_lent(p, wire, [GATHER_MIN // 2, GATHER_MIN])
     assert [e.data for e in p.events_received()] == [payload]
     assert p.failure is None
+
+
+@pytest.mark.parametrize("side", [Side.SERVER, Side.CLIENT])
+@pytest.mark.parametrize("size", [126, 5000, GATHER_MIN, 70000])
+def test_text_frame_whose_header_arrives_alone_then_another_message(side: Side, size: int) -> None:
+    """A text frame's header in one read, its payload in the next, then another message: found by the split test
+    above. The empty first feed started a message that the completed frame never ended, so the next data frame
+    failed the connection with 1002 ("new data frame while a fragmented message is in progress")."""
+    masked = side is Side.SERVER  # frames from a client are masked
+
+    def frame(opcode: int, payload: bytes) -> bytes:
+        return serialize_frame(opcode, payload, True, False, os.urandom(4) if masked else None)
+
+    header = 2 + (2 if size < 65536 else 8) + (4 if masked else 0)
+    wire = frame(0x1, b"a" * size) + frame(0x2, b"after")
+    p = Protocol(side, max_size=None)
+    p.receive_data(wire[:header])
+    p.receive_data(wire[header:])
+    assert p.failure is None
+    assert [e.data for e in p.events_received()] == ["a" * size, b"after"]

@@ -447,12 +447,14 @@ class Protocol:
     def _feed_partial_text(
         self, hdr: FrameHeader, buf: bytes | bytearray | memoryview, start: int, avail_end: int
     ) -> None:
-        if hdr.opcode == _TEXT and self._fed == 0 and self._msg_opcode == 0:
-            self._start_message(hdr)
         fed = self._fed
         chunk = bytes(buf[start + fed : avail_end])
         if not chunk:
+            # Nothing of the payload yet (the header came alone): no message is started, or a frame completed by
+            # the next read would go through _on_data(), which does not end a message it did not start.
             return
+        if hdr.opcode == _TEXT and fed == 0 and self._msg_opcode == 0:
+            self._start_message(hdr)
         if hdr.mask is not None:
             k = fed & 3
             chunk = apply_mask(chunk, hdr.mask[k:] + hdr.mask[:k])
