@@ -68,10 +68,13 @@ def contexts(tls13: bool) -> tuple[ssl.SSLContext, ssl.SSLContext]:
 class Pair:
     """A connected client/server TLSProtocol pair over MemTransports; the server's loop has the hook."""
 
-    def __init__(self, tls13: bool = True, hook: bool = True, high: int = 1 << 62) -> None:
+    def __init__(self, tls13: bool = True, hook: bool = True, high: int = 1 << 62,
+                 sslobject_class: type[ssl.SSLObject] | None = None) -> None:
         self.selector = HookSelector()
         self.loop = asyncio.SelectorEventLoop(self.selector if hook else None)  # never run: timers only
         sctx, cctx = contexts(tls13)
+        if sslobject_class is not None:
+            sctx.sslobject_class = sslobject_class
         self.capp, self.sapp = Sink(), Sink()
         self.client = TLSProtocol(self.loop, self.capp, cctx, None, False, "localhost")
         self.server = TLSProtocol(self.loop, self.sapp, sctx, None, True)
@@ -402,3 +405,37 @@ def test_ring_loop_end_to_end_many_small_writes_then_close(
         loop.close()
     # 48000 bytes of 96-byte writes: a few coalesced hand-downs (16 KiB each) and close_notify, not 500 writes.
     assert apps and apps[0].inner_writes <= 6
+
+
+class CountingSSLObject(ssl.SSLObject):
+    """An ``SSLContext.sslobject_class`` of the application's: its methods must keep being called."""
+
+    reads = 0
+    writes = 0
+
+    def read(self, len: int = 1024, buffer: Any = None) -> Any:
+        CountingSSLObject.reads += 1
+        return super().read(len, buffer)
+
+    def write(self, data: Any) -> int:
+        CountingSSLObject.writes += 1
+        return super().write(data)
+
+
+def test_a_contexts_own_sslobject_class_is_called() -> None:
+    """The TLS layer calls ssl.SSLObject's _ssl object directly (one Python frame less per record), but only for
+    ssl.SSLObject itself: a subclass set as the context's sslobject_class keeps its read() and write()."""
+    p = Pair(sslobject_class=CountingSSLObject)
+    try:
+        reads, writes = CountingSSLObject.reads, CountingSSLObject.writes
+        p.capp.transport.write(b"x" * 100_000)
+        deliver(p.ct, p.server, 1 << 30)
+        assert p.sapp.data == b"x" * 100_000
+        assert CountingSSLObject.reads - reads >= 7  # one per 16 KiB record at least
+        p.writer.write(b"y" * 1000)  # coalesced: encrypted by the before_wait hook
+        p.selector.run_hooks()
+        p.to_client()
+        assert p.capp.data == b"y" * 1000
+        assert CountingSSLObject.writes - writes >= 1
+    finally:
+        p.close()
