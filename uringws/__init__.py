@@ -9,9 +9,9 @@
 __version__ = "0.1.0.dev0"
 
 from .client import ClientConnection, connect
+from .server import Router, Server, ServerConnection, broadcast, serve
 from .tls import TLSEventLoop as EventLoop
 from .tls import new_event_loop
-from .server import Router, Server, ServerConnection, broadcast, serve
 from .ws.config import DEFAULT_CONFIG, DeflateConfig, WSConfig
 from .ws.exceptions import (
     ConnectionClosed,

@@ -88,6 +88,10 @@ class EventLoop(_UnixSelectorEventLoop):
     ``URINGWS_READ_MODE=poll`` turns ``"auto"`` into ``"poll"``). The mode in use is in ``loop.read_mode``.
     """
 
+    # BaseEventLoop's own state, which _run_once() uses and typeshed does not declare (annotations only).
+    _scheduled: list[Any]
+    _timer_cancelled_count: int
+
     def __init__(self, *, backend: str = "io_uring", ring: Any = None,
                  ring_factory: Callable[[int], Any] | None = None, ring_entries: int = DEFAULT_RING_ENTRIES,
                  direct_send: bool = True, transport_class: type[RingSocketTransport] | None = None,

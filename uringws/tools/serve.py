@@ -111,7 +111,7 @@ def load_handler(spec: str) -> Handler:
             raise UsageError(f"--app {spec!r}: module {module_name!r} has no attribute {attr!r}")
     if not callable(handler):
         raise UsageError(f"--app {spec!r}: {attr!r} is not callable")
-    return handler  # type: ignore[return-value]
+    return handler
 
 
 # --- TLS ---------------------------------------------------------------------------------------------------------
