@@ -77,7 +77,6 @@ _MAX_RECORD_BODY = 16 * 1024 + 2048  # TLS 1.2's ciphertext limit (RFC 5246 6.2.
 _WARN_WRITES_AFTER_CLOSE = 5  # asyncio.constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES
 
 # Connection states.
-_SSLObject = ssl.SSLObject  # its read()/pending()/write() only call the same methods of its _sslobj (3.11-3.13)
 _UNWRAPPED = 0  # before connection_made()
 _HANDSHAKE = 1
 _WRAPPED = 2  # handshake done, application data flows
@@ -266,6 +265,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
         "_server_hostname",
         "_server_side",
         "_shared",
+        "_ssl",
         "_sslobj",
         "_state",
         "_tcp_paused",
@@ -318,6 +318,14 @@ class TLSProtocol(asyncio.BufferedProtocol):
             server_side=server_side,
             server_hostname=self._server_hostname,
             session=session,
+        )
+        # What reads and writes go through: ssl.SSLObject's read()/pending()/write() are one-line wrappers around
+        # the same methods of its _ssl object (3.11-3.13), so that object is called directly, one Python frame
+        # less per record. A context's own sslobject_class keeps its methods.
+        self._ssl: Any = (
+            self._sslobj._sslobj  # type: ignore[attr-defined]
+            if type(self._sslobj) is ssl.SSLObject
+            else self._sslobj
         )
         self._transport: Any = None  # any asyncio stream transport (write, close, abort, pause_reading...)
         self._app_transport = TLSTransport(self)
@@ -647,13 +655,9 @@ class TLSProtocol(asyncio.BufferedProtocol):
 
     def _read(self) -> None:
         """Decrypt what is buffered and deliver it; handle close_notify, alerts and record errors."""
-        sslobj: Any = self._sslobj
+        sslobj = self._ssl
         incoming = self._incoming
-        assert sslobj is not None and incoming is not None
-        if type(sslobj) is _SSLObject:
-            # The _ssl object behind ssl.SSLObject: its read()/pending() are what SSLObject's wrappers call, one
-            # Python frame less per record. (A context's own sslobject_class keeps its methods.)
-            sslobj = sslobj._sslobj  # type: ignore[attr-defined]
+        assert incoming is not None
         # No complete record in the BIO and nothing decrypted inside OpenSSL: a read could only raise WantRead.
         partial = self._partial if self._framed else 0
         if incoming.pending <= partial and not sslobj.pending():
@@ -897,7 +901,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
         if len(data) <= WRITE_CHUNK and not self._tcp_paused:
             # Fast path: one SSL_write, one BIO read, one transport write; no copy of our own.
             try:
-                self._sslobj.write(data)  # type: ignore[union-attr]
+                self._ssl.write(data)
             except ssl.SSLWantReadError:  # TLS 1.2 renegotiation in progress
                 self._flush()
                 self._queue(_immutable(data))
@@ -959,10 +963,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
         Callers pass data that is not behind anything in the backlog, so a remainder goes to its front.
         Returns True if OpenSSL must hear from the peer first (renegotiation): retrying now cannot progress.
         """
-        sslobj: Any = self._sslobj
-        assert sslobj is not None
-        if type(sslobj) is _SSLObject:
-            sslobj = sslobj._sslobj  # type: ignore[attr-defined]  # SSLObject.write() calls this one (see _read)
+        sslobj = self._ssl
         mv = memoryview(data)
         n = mv.nbytes
         if mv.format != "B" or mv.ndim != 1:
@@ -999,11 +1000,8 @@ class TLSProtocol(asyncio.BufferedProtocol):
         WRITE_CHUNK bytes, or where the transport pauses us).
         """
         backlog = self._backlog
-        sslobj: Any = self._sslobj
+        sslobj = self._ssl
         outgoing = self._outgoing
-        assert sslobj is not None
-        if type(sslobj) is _SSLObject:
-            sslobj = sslobj._sslobj  # type: ignore[attr-defined]  # SSLObject.write() calls this one (see _read)
         while backlog and not self._tcp_paused and self._state == _WRAPPED:
             data = backlog.popleft()
             size = len(data)
