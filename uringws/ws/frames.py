@@ -83,7 +83,7 @@ _XOR_TABLES: list[bytes] = [bytes(i ^ k for i in range(256)) for k in range(256)
 _TRANSLATE_THRESHOLD = 4096
 
 
-def apply_mask_py(data: bytes | bytearray | memoryview, mask: bytes | bytearray) -> bytes:
+def apply_mask_py(data: bytes | bytearray | memoryview, mask: bytes | bytearray | memoryview) -> bytes:
     """XOR ``data`` with the 4-byte ``mask`` repeated (RFC 6455 §5.3); masking and unmasking are the same."""
     if len(mask) != 4:
         raise ValueError("mask must be 4 bytes")
@@ -139,7 +139,7 @@ def parse_messages_py(
             end = start + 4 + length
             if end > n:
                 break
-            payload = apply_mask(buf[start + 4 : end], bytes(buf[start : start + 4]))
+            payload = apply_mask(buf[start + 4 : end], buf[start : start + 4])
         else:
             end = start + length
             if end > n:
@@ -167,36 +167,36 @@ class FrameBufferPy:
     (``_speedups.FrameBuffer``) unmasks as it copies, into the bytes object that ``take()`` returns.
     """
 
-    __slots__ = ("_buf", "_mask", "_taken", "remaining")
+    __slots__ = ("_buf", "_mask", "remaining")
 
     def __init__(self, length: int, mask: bytes | None) -> None:
         if length < 0:
             raise ValueError("length must not be negative")
         if mask is not None and len(mask) != 4:
             raise ValueError("mask must be 4 bytes")
-        self._buf = bytearray()
+        self._buf: bytearray | None = bytearray()  # None once taken
         self._mask = mask
-        self._taken = False
         self.remaining = length
 
     def feed(self, data: bytes | bytearray | memoryview, start: int = 0) -> int:
-        if self._taken:
+        buf = self._buf
+        if buf is None:
             raise ValueError("feed() after take()")
         if not 0 <= start <= len(data):
             raise ValueError("start out of range")
         n = min(len(data) - start, self.remaining)
         with memoryview(data) as view:
-            self._buf += view[start : start + n]
+            buf += view[start : start + n]
         self.remaining -= n
         return n
 
     def take(self) -> bytes:
-        if self._taken:
+        buf = self._buf
+        if buf is None:
             raise ValueError("take() called twice")
         if self.remaining:
             raise ValueError(f"frame incomplete: {self.remaining} bytes missing")
-        self._taken = True
-        buf, self._buf = self._buf, bytearray()
+        self._buf = None
         return bytes(buf) if self._mask is None else apply_mask(buf, self._mask)
 
 
