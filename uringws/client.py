@@ -1,21 +1,69 @@
-"""WebSocket client on any asyncio event loop: ``async with connect("wss://host/path") as ws``."""
+"""WebSocket client on any asyncio event loop: ``async with connect("wss://host/path") as ws``.
+
+``async for ws in connect(uri)`` reconnects with exponential backoff after transient failures.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
 import ssl as ssl_module
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
 from typing import Any
 
 from .ws.config import WSConfig
 from .ws.connection import Connection
+from .ws.exceptions import InvalidStatus
 from .ws.handshake import ClientHandshake, parse_uri
 from .ws.options import make_config, split_options
 from .ws.protocol import Side
 
-__all__ = ["ClientConnection", "connect"]
+__all__ = ["ClientConnection", "backoff", "connect", "retry_transient"]
+
+logger = logging.getLogger("uringws.client")
 
 ClientConnection = Connection
+
+#: Reconnection delays of ``async for ws in connect(uri)``: the first attempt after a failure waits a random
+#: fraction of BACKOFF_INITIAL (so that many clients cut off at once do not come back at once), then
+#: BACKOFF_MIN growing by BACKOFF_FACTOR up to BACKOFF_MAX, in seconds.
+BACKOFF_INITIAL = 5.0
+BACKOFF_MIN = 3.1
+BACKOFF_MAX = 90.0
+BACKOFF_FACTOR = 1.618
+
+
+def backoff(
+    initial: float = BACKOFF_INITIAL,
+    minimum: float = BACKOFF_MIN,
+    maximum: float = BACKOFF_MAX,
+    factor: float = BACKOFF_FACTOR,
+) -> Iterator[float]:
+    """The delays before successive reconnection attempts (an endless iterator)."""
+    yield random.random() * initial
+    delay = minimum
+    while delay < maximum:
+        yield delay
+        delay *= factor
+    while True:
+        yield maximum
+
+
+def retry_transient(exc: Exception) -> Exception | None:
+    """Default ``process_exception`` of the reconnecting client: None to retry, or the exception to raise.
+
+    Retried: the server unreachable or the connection lost (OSError, EOFError), a timeout, and an HTTP 500, 502,
+    503 or 504 answer to the handshake (a server restarting behind a proxy). Anything else (a 4xx, a bad URI, a
+    TLS certificate error, a protocol error) would fail the same way again, so it is raised.
+    """
+    if isinstance(exc, ssl_module.SSLCertVerificationError):
+        return exc
+    if isinstance(exc, OSError | EOFError | TimeoutError):
+        return None
+    if isinstance(exc, InvalidStatus) and exc.status in (500, 502, 503, 504):
+        return None
+    return exc
 
 
 class connect:
@@ -26,6 +74,11 @@ class connect:
     ``ssl``: an SSLContext for wss:// (default: ``ssl.create_default_context()``). ``host``/``port``
     override where to connect while keeping the URI's Host header. ``compression``: "deflate" (default),
     a ``DeflateConfig`` or None.
+
+    ``async for ws in connect(uri):`` connects again and again: after a failure to connect it waits (see
+    :func:`backoff`) and retries while ``process_exception(exc)`` returns None (default:
+    :func:`retry_transient`), and raises what it returns otherwise. Each connection is closed when the loop body
+    moves on; a body that gets ``ConnectionClosed`` should ``continue`` to reconnect.
     """
 
     def __init__(
@@ -42,10 +95,12 @@ class connect:
         host: str | None = None,
         port: int | None = None,
         server_hostname: str | None = None,
+        process_exception: Callable[[Exception], Exception | None] = retry_transient,
         **kwargs: Any,
     ) -> None:
         ws_options, rest = split_options(kwargs)
         self.uri = parse_uri(uri)
+        self._uri_text = uri
         self.config = make_config(config, compression, ws_options)
         if self.uri.secure and ssl is None:
             ssl = ssl_module.create_default_context()
@@ -60,6 +115,7 @@ class connect:
         self.port = port or self.uri.port
         self.server_hostname = server_hostname
         self.create_connection_kwargs = rest
+        self.process_exception = process_exception
         self.connection: Connection | None = None
 
     async def _connect(self) -> Connection:
@@ -109,3 +165,26 @@ class connect:
     async def __aexit__(self, *exc_info: object) -> None:
         if self.connection is not None:
             await self.connection.close()
+
+    async def __aiter__(self) -> AsyncIterator[Connection]:
+        delays: Iterator[float] | None = None
+        while True:
+            try:
+                conn = await self._connect()
+            except Exception as exc:  # process_exception decides what is fatal
+                fatal = self.process_exception(exc)
+                if fatal is not None:
+                    if fatal is exc:
+                        raise
+                    raise fatal from exc
+                if delays is None:
+                    delays = backoff()
+                delay = next(delays)
+                logger.info("connecting to %s failed (%s); retrying in %.1f s", self._uri_text, exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            delays = None  # connected: the next failure starts the backoff afresh
+            try:
+                yield conn
+            finally:
+                await conn.close()
