@@ -9,7 +9,8 @@
 __version__ = "0.1.0.dev0"
 
 from .client import ClientConnection, connect
-from .server import Router, Server, ServerConnection, broadcast, serve
+from .routing import Router, route
+from .server import Server, ServerConnection, broadcast, serve
 from .tls import TLSEventLoop as EventLoop
 from .tls import new_event_loop
 from .ws.config import DEFAULT_CONFIG, DeflateConfig, WSConfig
@@ -47,5 +48,6 @@ __all__ = [
     "broadcast",
     "connect",
     "new_event_loop",
+    "route",
     "serve",
 ]

@@ -1,4 +1,4 @@
-"""WebSocket server on any asyncio event loop: ``serve``, ``broadcast`` and a tiny path ``Router``.
+"""WebSocket server on any asyncio event loop: ``serve`` and ``broadcast`` (routing by path: ``uringws.routing``).
 
 ::
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl as ssl_module
-from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from typing import Any
 
 from .ws.config import WSConfig
@@ -25,7 +25,7 @@ from .ws.handshake import Request, ServerHandshake
 from .ws.options import make_config, split_options
 from .ws.protocol import Side, State
 
-__all__ = ["Router", "Server", "ServerConnection", "broadcast", "serve"]
+__all__ = ["Server", "ServerConnection", "broadcast", "serve"]
 
 logger = logging.getLogger("uringws.server")
 
@@ -250,25 +250,3 @@ def broadcast(connections: Iterable[Connection], message: Data) -> int:
             conn._flush()
         written += 1
     return written
-
-
-class Router:
-    """Dispatch connections to handlers by request path (exact match, query string ignored).
-
-    ``async with serve(router.handler, host, port, process_request=router.process_request)``: unknown
-    paths get an HTTP 404 before any upgrade.
-    """
-
-    def __init__(self, routes: Mapping[str, Handler]) -> None:
-        self.routes = dict(routes)
-
-    def process_request(
-        self, connection: Connection, request: Request
-    ) -> tuple[int, list[tuple[str, str]], bytes] | None:
-        path = request.path.partition("?")[0]
-        if path not in self.routes:
-            return 404, [], b"Not Found\n"
-        return None
-
-    async def handler(self, connection: Connection) -> None:
-        await self.routes[connection.path](connection)

@@ -20,7 +20,8 @@ import websockets.asyncio.server
 import websockets.exceptions
 
 from uringws.client import connect
-from uringws.server import Router, Server, broadcast, serve
+from uringws.routing import Router
+from uringws.server import Server, broadcast, serve
 from uringws.ws.config import WSConfig
 from uringws.ws.connection import Connection
 from uringws.ws.exceptions import ConnectionClosedError, ConnectionClosedOK, InvalidStatus
