@@ -8,6 +8,7 @@
 
 __version__ = "0.1.0.dev0"
 
+from .auth import basic_auth
 from .client import ClientConnection, connect
 from .routing import Router, route
 from .server import Server, ServerConnection, broadcast, serve
@@ -45,6 +46,7 @@ __all__ = [
     "WSConfig",
     "WebSocketError",
     "__version__",
+    "basic_auth",
     "broadcast",
     "connect",
     "new_event_loop",
