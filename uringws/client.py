@@ -9,13 +9,14 @@ import asyncio
 import logging
 import random
 import ssl as ssl_module
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
 from typing import Any
 
 from .ws.config import WSConfig
 from .ws.connection import Connection
-from .ws.exceptions import InvalidStatus
-from .ws.handshake import ClientHandshake, parse_uri
+from .ws.exceptions import InvalidStatus, SecurityError
+from .ws.handshake import WSURI, ClientHandshake, parse_uri
 from .ws.options import make_config, split_options
 from .ws.protocol import Side
 
@@ -32,6 +33,10 @@ BACKOFF_INITIAL = 5.0
 BACKOFF_MIN = 3.1
 BACKOFF_MAX = 90.0
 BACKOFF_FACTOR = 1.618
+
+#: Redirects (301, 302, 303, 307, 308) followed during one opening handshake before giving up.
+MAX_REDIRECTS = 10
+_REDIRECTS = frozenset((301, 302, 303, 307, 308))
 
 
 def backoff(
@@ -73,7 +78,9 @@ class connect:
     set those limits; the rest go to ``loop.create_connection`` (e.g. ``sock``, ``local_addr``).
     ``ssl``: an SSLContext for wss:// (default: ``ssl.create_default_context()``). ``host``/``port``
     override where to connect while keeping the URI's Host header. ``compression``: "deflate" (default),
-    a ``DeflateConfig`` or None.
+    a ``DeflateConfig`` or None. A redirect (3xx with a Location) is followed, at most ``max_redirects`` times,
+    never from wss:// to ws:// (:class:`SecurityError`); after one to another host or port, ``host``/``port``
+    no longer apply.
 
     ``async for ws in connect(uri):`` connects again and again: after a failure to connect it waits (see
     :func:`backoff`) and retries while ``process_exception(exc)`` returns None (default:
@@ -96,6 +103,7 @@ class connect:
         port: int | None = None,
         server_hostname: str | None = None,
         process_exception: Callable[[Exception], Exception | None] = retry_transient,
+        max_redirects: int = MAX_REDIRECTS,
         **kwargs: Any,
     ) -> None:
         ws_options, rest = split_options(kwargs)
@@ -116,12 +124,36 @@ class connect:
         self.server_hostname = server_hostname
         self.create_connection_kwargs = rest
         self.process_exception = process_exception
+        self.max_redirects = max_redirects
         self.connection: Connection | None = None
 
     async def _connect(self) -> Connection:
+        uri, host, port, ssl, server_hostname = self.uri, self.host, self.port, self.ssl, self.server_hostname
+        for _ in range(self.max_redirects + 1):
+            try:
+                conn = await self._open(uri, host, port, ssl, server_hostname)
+            except InvalidStatus as exc:
+                target = _redirect_target(uri, exc)
+                if target is None or "sock" in self.create_connection_kwargs:
+                    raise
+                if (target.secure, target.host, target.port) != (uri.secure, uri.host, uri.port):
+                    host, port, server_hostname = target.host, target.port, None
+                if target.secure and ssl is None:
+                    ssl = ssl_module.create_default_context()
+                uri = target
+                continue
+            self.connection = conn
+            return conn
+        raise SecurityError(
+            f"more than {self.max_redirects} redirects; the last one was to {uri.host_header}{uri.path}"
+        )
+
+    async def _open(
+        self, uri: WSURI, host: str, port: int, ssl: ssl_module.SSLContext | None, server_hostname: str | None
+    ) -> Connection:
         loop = asyncio.get_running_loop()
         handshake = ClientHandshake(
-            self.uri,
+            uri,
             self.config,
             subprotocols=self.subprotocols,
             origin=self.origin,
@@ -129,23 +161,21 @@ class connect:
             user_agent=self.user_agent,
         )
         kwargs = dict(self.create_connection_kwargs)
-        if self.ssl is not None:
-            kwargs["server_hostname"] = self.server_hostname or self.uri.host
+        if ssl is not None:
+            kwargs["server_hostname"] = server_hostname or uri.host
         conn: Connection | None = None
         try:
             async with asyncio.timeout(self.config.open_timeout):
                 if "sock" in kwargs:
                     _, conn = await loop.create_connection(
-                        lambda: Connection(Side.CLIENT, self.config, client_handshake=handshake),
-                        ssl=self.ssl,
-                        **kwargs,
+                        lambda: Connection(Side.CLIENT, self.config, client_handshake=handshake), ssl=ssl, **kwargs
                     )
                 else:
                     _, conn = await loop.create_connection(
                         lambda: Connection(Side.CLIENT, self.config, client_handshake=handshake),
-                        self.host,
-                        self.port,
-                        ssl=self.ssl,
+                        host,
+                        port,
+                        ssl=ssl,
                         **kwargs,
                     )
                 await conn.handshake_done
@@ -153,7 +183,6 @@ class connect:
             if conn is not None and conn.transport is not None:
                 conn.transport.abort()
             raise
-        self.connection = conn
         return conn
 
     def __await__(self) -> Generator[Any, None, Connection]:
@@ -188,3 +217,26 @@ class connect:
                 yield conn
             finally:
                 await conn.close()
+
+
+def _redirect_target(uri: WSURI, exc: InvalidStatus) -> WSURI | None:
+    """Where a 3xx answer to the handshake points (None if it is no redirect); SecurityError for wss -> ws."""
+    if exc.status not in _REDIRECTS:
+        return None
+    location = next((value for name, value in exc.headers if name.lower() == "location"), None)
+    if location is None:
+        return None
+    scheme = "wss" if uri.secure else "ws"
+    current = f"{scheme}://{uri.host_header}{uri.path}"
+    target = urllib.parse.urljoin(current, location.strip())
+    # Servers behind HTTP proxies often answer with http(s):// locations; they mean the same host and path.
+    if target.startswith("https://"):
+        target = "wss://" + target[len("https://") :]
+    elif target.startswith("http://"):
+        target = "ws://" + target[len("http://") :]
+    new = parse_uri(target)
+    if uri.secure and not new.secure:
+        raise SecurityError(f"refusing to follow a redirect from wss:// to {target}")
+    if uri.user_info is not None and new.user_info is None and (new.host, new.port) == (uri.host, uri.port):
+        new = new._replace(user_info=uri.user_info)  # same server: the credentials still apply
+    return new

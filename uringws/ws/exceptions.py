@@ -14,6 +14,7 @@ __all__ = [
     "NegotiationError",
     "PayloadTooBig",
     "ProtocolError",
+    "SecurityError",
     "WebSocketError",
 ]
 
@@ -42,6 +43,10 @@ class InvalidStatus(InvalidHandshake):
     def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes = b"") -> None:
         super().__init__(f"server rejected WebSocket connection: HTTP {status}", status, headers)
         self.body = body
+
+
+class SecurityError(InvalidHandshake):
+    """The client refused to follow the server: a redirect from wss:// to ws://, or too many redirects."""
 
 
 class InvalidURI(WebSocketError):
