@@ -10,12 +10,13 @@ import logging
 import random
 import ssl as ssl_module
 import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from .ws.config import WSConfig
 from .ws.connection import Connection
-from .ws.exceptions import InvalidStatus, SecurityError
+from .ws.exceptions import InvalidStatus, ProxyError, SecurityError
 from .ws.handshake import WSURI, ClientHandshake, parse_uri
 from .ws.options import make_config, split_options
 from .ws.protocol import Side
@@ -82,6 +83,12 @@ class connect:
     never from wss:// to ws:// (:class:`SecurityError`); after one to another host or port, ``host``/``port``
     no longer apply.
 
+    ``proxy``: True (default) takes the proxy from the environment as websockets does (``HTTPS_PROXY`` for
+    wss://, ``HTTP_PROXY`` for ws://, else ``ALL_PROXY``; hosts in ``NO_PROXY`` go direct); a URL
+    (``http://``, ``socks5://``, ``socks5h://`` (DNS at the proxy), ``socks4://``, ``socks4a://``, with
+    ``user:password@`` if the proxy wants it) uses that proxy; None connects directly. A proxy that refuses
+    raises :class:`ProxyError`; one that cannot be reached, OSError.
+
     ``async for ws in connect(uri):`` connects again and again: after a failure to connect it waits (see
     :func:`backoff`) and retries while ``process_exception(exc)`` returns None (default:
     :func:`retry_transient`), and raises what it returns otherwise. Each connection is closed when the loop body
@@ -104,6 +111,7 @@ class connect:
         server_hostname: str | None = None,
         process_exception: Callable[[Exception], Exception | None] = retry_transient,
         max_redirects: int = MAX_REDIRECTS,
+        proxy: str | Literal[True] | None = True,
         **kwargs: Any,
     ) -> None:
         ws_options, rest = split_options(kwargs)
@@ -125,6 +133,7 @@ class connect:
         self.create_connection_kwargs = rest
         self.process_exception = process_exception
         self.max_redirects = max_redirects
+        self.proxy = proxy
         self.connection: Connection | None = None
 
     async def _connect(self) -> Connection:
@@ -164,8 +173,11 @@ class connect:
         if ssl is not None:
             kwargs["server_hostname"] = server_hostname or uri.host
         conn: Connection | None = None
+        proxy = None if "sock" in kwargs else proxy_for(uri, self.proxy)
         try:
             async with asyncio.timeout(self.config.open_timeout):
+                if proxy is not None:
+                    kwargs["sock"] = await _through_proxy(proxy, host, port, self.config.open_timeout)
                 if "sock" in kwargs:
                     _, conn = await loop.create_connection(
                         lambda: Connection(Side.CLIENT, self.config, client_handshake=handshake), ssl=ssl, **kwargs
@@ -217,6 +229,58 @@ class connect:
                 yield conn
             finally:
                 await conn.close()
+
+
+_PROXY_SCHEMES = {  # scheme -> (python-socks proxy type name, resolve names at the proxy)
+    "http": ("HTTP", True),
+    "socks5": ("SOCKS5", False),
+    "socks5h": ("SOCKS5", True),
+    "socks4": ("SOCKS4", False),
+    "socks4a": ("SOCKS4", True),
+}
+
+
+def proxy_for(uri: WSURI, proxy: str | Literal[True] | None = True) -> str | None:
+    """The proxy URL to reach ``uri`` through (None: connect directly); ``proxy`` as :class:`connect` takes it."""
+    if proxy is None:
+        return None
+    if proxy is not True:
+        return proxy
+    if urllib.request.proxy_bypass(f"{uri.host}:{uri.port}") or urllib.request.proxy_bypass(uri.host):
+        return None
+    proxies = urllib.request.getproxies()
+    return proxies.get("https" if uri.secure else "http") or proxies.get("all")
+
+
+async def _through_proxy(proxy_url: str, host: str, port: int, timeout: float | None) -> Any:
+    """A connected socket tunnelled through the proxy to host:port (python-socks does the proxy's protocol)."""
+    parsed = urllib.parse.urlsplit(proxy_url)
+    kind = _PROXY_SCHEMES.get(parsed.scheme.lower())
+    if kind is None:
+        raise ProxyError(
+            f"unsupported proxy {proxy_url!r}: use http://, socks5://, socks5h://, socks4:// or socks4a://"
+        )
+    try:
+        from python_socks import ProxyError as SocksProxyError
+        from python_socks import ProxyType
+        from python_socks.async_.asyncio import Proxy
+    except ImportError:  # pragma: no cover - a declared dependency; only a broken install lacks it
+        raise ProxyError("connecting through a proxy needs the python-socks package") from None
+    if not parsed.hostname:
+        raise ProxyError(f"proxy URL {proxy_url!r} has no host")
+    try:
+        proxy_port = parsed.port or (1080 if parsed.scheme.startswith("socks") else 8080)
+    except ValueError:
+        raise ProxyError(f"proxy URL {proxy_url!r} has an invalid port") from None
+    name, remote_dns = kind
+    username = urllib.parse.unquote(parsed.username) if parsed.username is not None else None
+    password = urllib.parse.unquote(parsed.password) if parsed.password is not None else None
+    tunnel = Proxy(getattr(ProxyType, name), parsed.hostname, proxy_port, username, password, rdns=remote_dns)
+    try:
+        # The caller's open_timeout bounds the whole opening handshake; python-socks wants a number of its own.
+        return await tunnel.connect(host, port, timeout=timeout if timeout is not None else 86400.0)
+    except SocksProxyError as exc:
+        raise ProxyError(f"proxy {parsed.hostname}:{proxy_port} refused the tunnel to {host}:{port}: {exc}") from exc
 
 
 def _redirect_target(uri: WSURI, exc: InvalidStatus) -> WSURI | None:

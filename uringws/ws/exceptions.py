@@ -14,6 +14,7 @@ __all__ = [
     "NegotiationError",
     "PayloadTooBig",
     "ProtocolError",
+    "ProxyError",
     "SecurityError",
     "WebSocketError",
 ]
@@ -47,6 +48,10 @@ class InvalidStatus(InvalidHandshake):
 
 class SecurityError(InvalidHandshake):
     """The client refused to follow the server: a redirect from wss:// to ws://, or too many redirects."""
+
+
+class ProxyError(InvalidHandshake):
+    """The proxy refused to open the tunnel (bad credentials, destination not allowed, an unusable proxy URL)."""
 
 
 class InvalidURI(WebSocketError):
