@@ -77,11 +77,14 @@ log = logging.getLogger("uringws.ring")
 Callback = Callable[[int, int], Any]
 
 _U32 = 0xFFFFFFFF
-# Only the first 40 bytes (up to user_data) of an SQE are written; see the SQE section of Ring.
-_PACK = struct.Struct("<BBHiQQIIQ").pack_into
-# The same 40 bytes with fewer fields (opcode|flags|ioprio as one u32, fd, off, addr, len|op_flags, user_data) for
+# Every prep writes the whole 64-byte SQE: the 40 bytes up to user_data from its arguments, and the rest
+# (buf_index/buf_group, personality, splice_fd_in, addr3, pad) as pad bytes, which pack_into zeroes. A slot is
+# reused every sq_entries SQEs, and a field left over from its last operation is read by the next one (a RECV's
+# buf_group makes a later POLL_ADD fail with -EINVAL). Pad bytes cost no argument conversion: ~free.
+_PACK = struct.Struct("<BBHiQQIIQ24x").pack_into
+# The same 64 bytes with fewer fields (opcode|flags|ioprio as one u32, fd, off, addr, len|op_flags, user_data) for
 # NOP, where all but user_data are constants: fewer arguments to convert, all of them small ints.
-_PACK_NOP = struct.Struct("<IiQQQQ").pack_into
+_PACK_NOP = struct.Struct("<IiQQQQ24x").pack_into
 _PACK_U16 = struct.Struct("<H").pack_into
 # One CQE read in place (the common case: one completion per wake-up); a slice + iter_unpack + list costs 4x more.
 _UNPACK_CQE = CQE_STRUCT.unpack_from
@@ -255,8 +258,8 @@ class Ring:
 
     # ------------------------------------------------------------------------------------------------ SQEs
     # The hot operations (nop, send, recv) inline the slot claim: a Python method call costs as much as the
-    # SQE store itself. Only the first 40 bytes of an SQE are written; the rest (buf_index, personality,
-    # splice_fd_in, addr3) is zeroed at set-up and none of our operations uses it.
+    # SQE store itself. Each one writes all 64 bytes of its slot (see _PACK): nothing of the slot's previous
+    # SQE may survive into the next.
     #
     # Order matters everywhere below: the SQE is packed into the free slot *before* the tail, the room and the
     # pending/keep tables change. If packing fails (a value out of range), nothing was committed: a slot whose
@@ -354,9 +357,8 @@ class Ring:
             raise ValueError("bgid must fit in 16 bits")
         ud = self._prep(IORING_OP_RECV, sqe_flags | IOSQE_BUFFER_SELECT, IORING_RECV_MULTISHOT if multishot else 0,
                         fd, 0, 0, 0, flags, callback, None)
-        # buf_group lives past the 40 bytes _prep writes; the slot is not handed to the kernel before the next
-        # enter, and this store cannot fail (bgid was checked above). A non-zero bgid stays in the slot for later
-        # SQEs: harmless, since none of our other operations reads buf_index (only the *_FIXED ones would).
+        # buf_group is not among _prep's arguments (it zeroed it); the slot is not handed to the kernel before the
+        # next enter, and this store cannot fail (bgid was checked above).
         _PACK_U16(self._sqes, (((ud - 1) & self._sq_mask) << 6) + 40, bgid)
         return ud
 
