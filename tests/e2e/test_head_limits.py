@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import socket
+import ssl
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
+import trustme
 
 from uringws.client import connect
 from uringws.ring.probe import availability
@@ -54,13 +56,14 @@ async def echo(ws: Connection) -> None:
         await ws.send(message)
 
 
-def status_for_blocking(port: int, raw: bytes, pieces: int) -> int:
+def status_for_blocking(port: int, raw: bytes, pieces: int, ctx: ssl.SSLContext | None = None) -> int:
     """Send ``raw`` (in one write, or in ``pieces`` writes with a pause between) and return the answer's status.
 
     A plain blocking socket, not asyncio streams: when the server answers and closes before it has read the
     whole head, our writes fail, and a stream transport would then drop what the socket had already received.
     """
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as plain:
+        sock = plain if ctx is None else ctx.wrap_socket(plain, server_hostname="127.0.0.1")
         step = -(-len(raw) // pieces)
         try:
             for i in range(0, len(raw), step):
@@ -76,14 +79,14 @@ def status_for_blocking(port: int, raw: bytes, pieces: int) -> int:
                 if not chunk:
                     break
                 answer += chunk
-        except ConnectionResetError:
-            pass
+        except (ConnectionResetError, ssl.SSLError):
+            pass  # the reset that follows the answer when the server closed with our bytes unread
     assert answer.startswith(b"HTTP/1.1 "), answer[:200]
     return int(answer.split(b" ", 2)[1])
 
 
-async def status_for(port: int, raw: bytes, pieces: int) -> int:
-    return await asyncio.to_thread(status_for_blocking, port, raw, pieces)
+async def status_for(port: int, raw: bytes, pieces: int, ctx: ssl.SSLContext | None = None) -> int:
+    return await asyncio.to_thread(status_for_blocking, port, raw, pieces, ctx)
 
 
 @pytest.mark.parametrize("loop_name", LOOPS)
@@ -133,5 +136,23 @@ def test_client_enforces_the_response_head_limit(loop_name: str) -> None:
                 await connect(f"ws://127.0.0.1:{port}/", open_timeout=10)
         finally:
             srv.close()
+
+    run_on(loop_name, main)
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_server_enforces_the_head_limit_over_tls(loop_name: str) -> None:
+    """The same limit when the head comes through TLS (uringws's own TLS layer on the io_uring loop)."""
+    ca = trustme.CA()
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    cases = [(LIMIT, 101), (LIMIT + 1, 431), (64 * 1024, 431)]
+
+    async def main() -> None:
+        async with serve(echo, "127.0.0.1", 0, ssl=server_ctx) as server:
+            got = [await status_for(server.port_bound, head_of_size(size), 1, client_ctx) for size, _ in cases]
+            assert got == [status for _, status in cases]
 
     run_on(loop_name, main)
