@@ -359,3 +359,51 @@ def test_callbacks_may_be_none_and_ops_still_complete(ring: Ring) -> None:
         ring.nop(None)
     assert ring.in_flight == 5
     reap_until(ring, lambda: ring.in_flight == 0)
+
+
+def test_a_reused_sq_slot_keeps_no_field_of_its_last_sqe() -> None:
+    """POLL_ADD in the SQ slot a buffer-select RECV used: a stale buf_group there made the kernel answer -EINVAL."""
+    with Ring(1) as ring:  # one SQ slot: every SQE reuses it
+        assert ring.sq_entries == 1
+        client, server = tcp_pair()
+        with client, server:
+            ud, got = submit(ring, "recv_select", server.fileno(), 5, multishot=False)
+            ring.submit()
+            ring.wait(0.05)  # no buffer group 5: -ENOBUFS at once, or a wait for data that we cancel
+            if not got:
+                ring.cancel(ud, None)
+            reap_until(ring, lambda: bool(got))
+            _, polled = submit(ring, "poll_add", client.fileno(), POLLOUT)
+            reap_until(ring, lambda: bool(polled))
+            res = polled[0][0]
+            assert res > 0 and res & POLLOUT, f"POLL_ADD in a reused slot completed with {res}"
+
+
+@pytest.mark.parametrize("prep", ["nop", "send", "recv", "poll_add", "poll_add_multishot", "recv_select", "shutdown",
+                                  "timeout", "cancel", "read"])
+def test_every_prep_writes_the_whole_sqe(ring: Ring, prep: str) -> None:
+    """Whatever an operation does not set is zero in its SQE, however dirty the slot was (bytes 40-63 included)."""
+    client, server = tcp_pair()
+    efd = os.eventfd(0, os.EFD_NONBLOCK)
+    try:
+        slot = (ring._sq_tail & ring._sq_mask) * 64
+        ring._sqes[slot:slot + 64] = b"\xff" * 64
+        calls = {
+            "nop": lambda: ring.nop(None),
+            "send": lambda: ring.send(client.fileno(), b"x", None),
+            "recv": lambda: ring.recv(server.fileno(), bytearray(1), None),
+            "poll_add": lambda: ring.poll_add(client.fileno(), POLLOUT, None),
+            "poll_add_multishot": lambda: ring.poll_add(client.fileno(), POLLOUT, None, multishot=True),
+            "recv_select": lambda: ring.recv_select(server.fileno(), 0, None, multishot=False),
+            "shutdown": lambda: ring.shutdown(client.fileno(), socket.SHUT_WR, None),
+            "timeout": lambda: ring.timeout(0.001, None),
+            "cancel": lambda: ring.cancel(12345, None),
+            "read": lambda: ring.read(efd, bytearray(8), None),
+        }
+        calls[prep]()
+        assert bytes(ring._sqes[slot + 40:slot + 64]) == bytes(24)
+        ring.close()
+    finally:
+        client.close()
+        server.close()
+        os.close(efd)

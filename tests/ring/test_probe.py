@@ -8,6 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from uringws.loop import events, new_event_loop
+from uringws.ring import Ring, bufring
 from uringws.ring import probe as probe_mod
 from uringws.ring.io_uring import (
     IORING_FEAT_NODROP,
@@ -142,3 +144,34 @@ def test_availability_is_a_frozen_dataclass() -> None:
     a = Availability(False, "x", "k")
     with pytest.raises(AttributeError):
         a.usable = True  # type: ignore[misc]
+
+
+@pytest.mark.needs_no_ring
+@pytest.mark.parametrize("machine", ["aarch64", "arm64", "ppc64le", "riscv64", "s390x", "i686", ""])
+def test_availability_refuses_cpus_other_than_x86_64(monkeypatch: pytest.MonkeyPatch, fresh_availability: None,
+                                                     machine: str) -> None:
+    """The ring's unfenced head/tail accesses are only safe under x86-64's TSO: elsewhere, epoll."""
+    _fake_kernel(monkeypatch, None, {})  # a kernel that would let us create rings
+    monkeypatch.setattr(probe_mod.platform, "machine", lambda: machine)
+    a = availability()
+    assert not a and "x86-64" in a.reason and "epoll" in a.reason
+    assert (machine or "unknown CPU") in a.reason
+    assert probe() is None
+    assert not bufring.supported()
+    with pytest.raises(OSError, match="x86-64") as exc:
+        Ring(4)
+    assert exc.value.errno == errno.ENOTSUP
+    monkeypatch.setattr(events, "_fallback_logged", False)
+    loop = new_event_loop()
+    try:
+        assert loop.backend == "epoll" and loop.ring is None
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("machine", ["x86_64", "AMD64"])
+def test_availability_accepts_x86_64(monkeypatch: pytest.MonkeyPatch, fresh_availability: None,
+                                     machine: str) -> None:
+    monkeypatch.setattr(probe_mod.platform, "machine", lambda: machine)
+    assert probe_mod.cpu_refusal() is None
+    assert availability()

@@ -64,3 +64,27 @@ def test_cli_without_command_prints_help() -> None:
     proc = run_cli()
     assert proc.returncode == 2
     assert "doctor" in proc.stdout
+
+
+def test_doctor_shows_epoll_off_x86_64(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """On aarch64 (faked) doctor says why io_uring is refused and that epoll is used, as text and JSON."""
+    monkeypatch.delenv("URINGWS_BACKEND", raising=False)
+    monkeypatch.setattr(probe_mod.platform, "machine", lambda: "aarch64")
+    probe_mod.availability.cache_clear()
+    probe_mod.probe.cache_clear()
+    try:
+        assert doctor.main(as_json=True) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["machine"] == "aarch64"
+        assert report["io_uring_usable"] is False and report["backend"] == "epoll"
+        assert "x86-64" in report["backend_reason"] and "aarch64" in report["backend_reason"]
+        assert "probe" not in report
+        assert doctor.main() == 0
+        text = capsys.readouterr().out
+        assert "Kernel" in text and "(aarch64)" in text
+        backend_line = next(line for line in text.splitlines() if line.startswith("Backend"))
+        assert "epoll" in backend_line and "x86-64" in backend_line
+        assert "NOT usable" in text
+    finally:
+        probe_mod.availability.cache_clear()
+        probe_mod.probe.cache_clear()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -257,3 +259,130 @@ def test_parse_uri() -> None:
     for bad in ["http://h/", "ws:///nohost", "ws://h/#frag", "ws://h:99999/"]:
         with pytest.raises(InvalidURI):
             parse_uri(bad)
+
+
+# -- head size limits (max_header_bytes), however the head arrives ----------------------------------------------
+
+
+def head_of_size(size: int, base: bytes = GOOD) -> bytes:
+    """A valid upgrade request whose head (request line through the empty line) is exactly ``size`` bytes."""
+    head = request(b"X-Pad: \r\n", base)
+    assert size >= len(head)
+    return request(b"X-Pad: " + b"p" * (size - len(head)) + b"\r\n", base)
+
+
+def feed_server(hs: ServerHandshake, data: bytes, cuts: list[int]) -> object:
+    """Feed ``data`` cut at ``cuts``; the Request, None, or the InvalidHandshake raised."""
+    bounds = sorted({0, *cuts, len(data)})  # no empty piece: b"" would tell h11 the peer closed
+    result: object = None
+    try:
+        for a, b in itertools.pairwise(bounds):
+            result = hs.receive_data(data[a:b])
+    except InvalidHandshake as exc:
+        return exc
+    return result
+
+
+@pytest.mark.parametrize("trailing", [b"", b"\x81\x80abcd" * 300], ids=["alone", "with-frames"])
+@pytest.mark.parametrize("delta", [-1, 0, 1, 100, 48 * 1024, 84 * 1024])
+def test_request_head_limit_when_the_head_arrives_whole(delta: int, trailing: bytes) -> None:
+    limit = WSConfig().max_header_bytes
+    raw = head_of_size(limit + delta)
+    assert len(raw) == limit + delta
+    hs = ServerHandshake()
+    result = feed_server(hs, raw + trailing, [])
+    if delta <= 0:
+        assert not isinstance(result, InvalidHandshake), result
+        assert result is not None and hs.trailing_data == trailing
+        response, _ = hs.accept(result)  # type: ignore[arg-type]
+        assert response.status == 101
+    else:
+        assert isinstance(result, InvalidHandshake) and result.status == 431, result
+        assert str(limit) in result.reason and "max_header_bytes" in result.reason
+        raw_response = serialize_response(hs.reject_exception(result))
+        assert raw_response.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+
+
+@given(
+    size=st.integers(min_value=900, max_value=1200) | st.integers(min_value=1200, max_value=4000),
+    cuts=st.lists(st.integers(min_value=0, max_value=4100), max_size=8),
+    trailing=st.sampled_from([b"", b"\x81\x80abcd", b"x" * 700]),
+)
+@settings(max_examples=400, deadline=None)
+def test_request_head_limit_however_the_head_is_split(size: int, cuts: list[int], trailing: bytes) -> None:
+    limit = 1024
+    raw = head_of_size(size) + trailing
+    hs = ServerHandshake(WSConfig(max_header_bytes=limit))
+    result = feed_server(hs, raw, [c for c in cuts if c < len(raw)])
+    if size <= limit:
+        assert not isinstance(result, InvalidHandshake), result
+        assert result is not None and hs.trailing_data == trailing
+    else:
+        assert isinstance(result, InvalidHandshake) and result.status == 431, result
+
+
+@given(cuts=st.lists(st.integers(min_value=0, max_value=1100), max_size=6),
+       extra=st.integers(min_value=-2, max_value=60))
+@settings(max_examples=200, deadline=None)
+def test_request_line_over_the_limit_gets_414(cuts: list[int], extra: int) -> None:
+    """The request line with its CRLF over the limit: 414, seen whole or not; at the limit it is the head's 431."""
+    limit = 1024
+    prefix, suffix = b"GET /", b" HTTP/1.1\r\n"
+    line = prefix + b"a" * (limit + extra - len(prefix) - len(suffix)) + suffix
+    assert len(line) == limit + extra
+    raw = line + GOOD.split(b"\r\n", 1)[1] + b"\r\n"
+    hs = ServerHandshake(WSConfig(max_header_bytes=limit))
+    result = feed_server(hs, raw, [c for c in cuts if c < len(raw)])
+    assert isinstance(result, InvalidHandshake), result
+    assert result.status == (414 if extra > 0 else 431), result
+    if extra > 0:
+        assert "request line" in result.reason and "max_header_bytes" in result.reason
+
+
+def test_request_line_never_ended_gets_414() -> None:
+    hs = ServerHandshake(WSConfig(max_header_bytes=1024))
+    assert hs.receive_data(b"GET /" + b"a" * 1000) is None
+    with pytest.raises(InvalidHandshake) as info:
+        hs.receive_data(b"a" * 100)
+    assert info.value.status == 414
+
+
+def response_head_of_size(client: ClientHandshake, size: int) -> bytes:
+    hs = ServerHandshake()
+    req = hs.receive_data(client.data_to_send())
+    assert req is not None
+    response, _ = hs.accept(req)
+    head = serialize_response(response)
+    pad = b"X-Pad: " + b"p" * (size - len(head) - len(b"X-Pad: \r\n")) + b"\r\n"
+    raw = head[:-2] + pad + b"\r\n"
+    assert len(raw) == size
+    return raw
+
+
+@given(
+    size=st.integers(min_value=900, max_value=1200) | st.integers(min_value=1200, max_value=4000),
+    cuts=st.lists(st.integers(min_value=0, max_value=4100), max_size=6),
+    informational=st.booleans(),
+)
+@settings(max_examples=300, deadline=None)
+def test_client_response_head_limit(size: int, cuts: list[int], informational: bool) -> None:
+    """The same limit on the server's answer, whole or split, also after a 1xx head that counts separately."""
+    limit = 1024
+    client = client_for(config=WSConfig(max_header_bytes=limit))
+    early = b"HTTP/1.1 100 Continue\r\nX-A: " + b"b" * 900 + b"\r\n\r\n" if informational else b""
+    raw = early + response_head_of_size(client, size) + b"\x81\x00"
+    bounds = sorted({0, *(c for c in cuts if c < len(raw)), len(raw)})
+    result: object = None
+    try:
+        for a, b in itertools.pairwise(bounds):
+            result = client.receive_data(raw[a:b])
+            if result is not None:
+                break
+    except InvalidHandshake as exc:
+        result = exc
+    if size <= limit:
+        assert isinstance(result, Response) and result.status == 101, result
+        client.accept(result)
+    else:
+        assert isinstance(result, InvalidHandshake), result
+        assert "response head too large" in result.reason and str(limit) in result.reason

@@ -23,14 +23,13 @@ only we write and the kernel reads with an acquire load. The head lives in the k
 Memory ordering: an entry is stored before the tail that publishes it. CPython stores them in program order
 through separate calls the compiler cannot merge or reorder, and x86-64 (TSO) keeps store order across cores;
 weakly ordered CPUs would need a release barrier, which pure Python cannot issue, so :func:`supported` says no
-there and the loop keeps its poll-based reads.
+there (as :func:`uringws.ring.probe.availability` does for the whole io_uring backend).
 """
 
 from __future__ import annotations
 
 import ctypes
 import mmap
-import platform
 import struct
 from typing import Any
 
@@ -43,11 +42,11 @@ from .io_uring import (
     IOU_PBUF_RING_INC,
     io_uring_buf_reg,
 )
+from .probe import cpu_refusal
 
 __all__ = ["BufferRing", "supported"]
 
 _ENTRY = struct.Struct("<QIH")  # addr, len, bid (the trailing u16 resv is the tail in entry 0: never written here)
-_TSO_MACHINES = frozenset({"x86_64", "amd64", "i686", "i386"})
 
 # Maps the kernel may still have pinned when their ring could not be torn down cleanly: never unmapped.
 _ORPHANED: list[Any] = []
@@ -55,7 +54,7 @@ _ORPHANED: list[Any] = []
 
 def supported() -> bool:
     """True where plain CPython stores are ordered enough for the ring's tail protocol (see module docstring)."""
-    return platform.machine().lower() in _TSO_MACHINES
+    return cpu_refusal() is None
 
 
 class BufferRing:

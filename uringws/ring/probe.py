@@ -1,8 +1,8 @@
 """Can io_uring be used here, and what does this kernel support?
 
-:func:`availability` answers the first question with a reason a person can act on (sysctl, seccomp, kernel
-version, locked-memory limit); :func:`probe` answers the second (opcodes from IORING_REGISTER_PROBE, feature
-bits, and the fast paths gated on kernel version).
+:func:`availability` answers the first question with a reason a person can act on (CPU architecture, sysctl,
+seccomp, kernel version, locked-memory limit); :func:`probe` answers the second (opcodes from
+IORING_REGISTER_PROBE, feature bits, and the fast paths gated on kernel version).
 """
 
 from __future__ import annotations
@@ -32,6 +32,10 @@ from .io_uring import (
 
 #: the kernel we design for (Ubuntu 22.04); older kernels get the epoll backend
 MIN_KERNEL = (5, 15)
+
+#: ``platform.machine()`` names of x86-64, the only CPU whose memory order (TSO) makes the ring's unfenced
+#: head/tail accesses safe (see "Memory ordering" in uringws.ring.ring); everything else gets the epoll backend
+X86_64_MACHINES = frozenset({"x86_64", "amd64"})
 
 # Fast paths that REGISTER_PROBE cannot see (same opcode, new flag): gated on the kernel version that added them.
 _VERSION_GATED = {
@@ -77,6 +81,18 @@ def _in_group(gid: int) -> bool:
     return os.getegid() == gid or gid in os.getgroups()
 
 
+def cpu_refusal(machine: str | None = None) -> str | None:
+    """Why the ring cannot run on this CPU, or None where it can (x86-64 with a 64-bit Python)."""
+    machine = platform.machine() if machine is None else machine
+    if machine.lower() not in X86_64_MACHINES:
+        return (f"the io_uring backend runs only on x86-64, not {machine or 'an unknown CPU'}: its pure-Python ring "
+                "relies on x86-64's memory order and cannot issue the barriers other CPUs need; uringws runs on "
+                "epoll here")
+    if ctypes.sizeof(ctypes.c_void_p) != 8:
+        return "the io_uring backend needs a 64-bit Python (this one is 32-bit)"
+    return None
+
+
 @functools.lru_cache(maxsize=1)
 def availability() -> Availability:
     """Try to create a tiny ring, and explain a failure."""
@@ -88,6 +104,9 @@ def availability() -> Availability:
         return Availability(False, "URINGWS_BACKEND=epoll asks for the epoll backend", release, disabled)
     if platform.system() != "Linux":
         return Availability(False, f"io_uring is Linux-only (this is {platform.system()})", release, disabled)
+    cpu = cpu_refusal()
+    if cpu is not None:
+        return Availability(False, cpu, release, disabled)
     if kv[:2] < MIN_KERNEL:
         return Availability(False, f"kernel {release} is older than {MIN_KERNEL[0]}.{MIN_KERNEL[1]}, the oldest "
                             "uringws drives io_uring on", release, disabled)

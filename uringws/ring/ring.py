@@ -71,17 +71,21 @@ from .io_uring import (
     kernel_timespec,
     msghdr,
 )
+from .probe import cpu_refusal
 
 log = logging.getLogger("uringws.ring")
 
 Callback = Callable[[int, int], Any]
 
 _U32 = 0xFFFFFFFF
-# Only the first 40 bytes (up to user_data) of an SQE are written; see the SQE section of Ring.
-_PACK = struct.Struct("<BBHiQQIIQ").pack_into
-# The same 40 bytes with fewer fields (opcode|flags|ioprio as one u32, fd, off, addr, len|op_flags, user_data) for
+# Every prep writes the whole 64-byte SQE: the 40 bytes up to user_data from its arguments, and the rest
+# (buf_index/buf_group, personality, splice_fd_in, addr3, pad) as pad bytes, which pack_into zeroes. A slot is
+# reused every sq_entries SQEs, and a field left over from its last operation is read by the next one (a RECV's
+# buf_group makes a later POLL_ADD fail with -EINVAL). Pad bytes cost no argument conversion: ~free.
+_PACK = struct.Struct("<BBHiQQIIQ24x").pack_into
+# The same 64 bytes with fewer fields (opcode|flags|ioprio as one u32, fd, off, addr, len|op_flags, user_data) for
 # NOP, where all but user_data are constants: fewer arguments to convert, all of them small ints.
-_PACK_NOP = struct.Struct("<IiQQQQ").pack_into
+_PACK_NOP = struct.Struct("<IiQQQQ24x").pack_into
 _PACK_U16 = struct.Struct("<H").pack_into
 # One CQE read in place (the common case: one completion per wake-up); a slice + iter_unpack + list costs 4x more.
 _UNPACK_CQE = CQE_STRUCT.unpack_from
@@ -132,6 +136,11 @@ class Ring:
                  on_callback_error: Callable[[BaseException, int], Any] | None = None) -> None:
         if entries < 1 or entries > 32768:
             raise ValueError("entries must be between 1 and 32768")
+        refusal = cpu_refusal()
+        if refusal is not None:
+            # Not just the backend choice (probe.availability): a ring built directly would be unsafe too. An
+            # OSError like any other "io_uring unusable here", which callers already fall back to epoll on.
+            raise OSError(errno.ENOTSUP, refusal)
         self._closed = True  # until fully set up
         self.on_callback_error = on_callback_error
         cq_entries = cq_entries if cq_entries is not None else entries * 4
@@ -255,8 +264,8 @@ class Ring:
 
     # ------------------------------------------------------------------------------------------------ SQEs
     # The hot operations (nop, send, recv) inline the slot claim: a Python method call costs as much as the
-    # SQE store itself. Only the first 40 bytes of an SQE are written; the rest (buf_index, personality,
-    # splice_fd_in, addr3) is zeroed at set-up and none of our operations uses it.
+    # SQE store itself. Each one writes all 64 bytes of its slot (see _PACK): nothing of the slot's previous
+    # SQE may survive into the next.
     #
     # Order matters everywhere below: the SQE is packed into the free slot *before* the tail, the room and the
     # pending/keep tables change. If packing fails (a value out of range), nothing was committed: a slot whose
@@ -354,9 +363,8 @@ class Ring:
             raise ValueError("bgid must fit in 16 bits")
         ud = self._prep(IORING_OP_RECV, sqe_flags | IOSQE_BUFFER_SELECT, IORING_RECV_MULTISHOT if multishot else 0,
                         fd, 0, 0, 0, flags, callback, None)
-        # buf_group lives past the 40 bytes _prep writes; the slot is not handed to the kernel before the next
-        # enter, and this store cannot fail (bgid was checked above). A non-zero bgid stays in the slot for later
-        # SQEs: harmless, since none of our other operations reads buf_index (only the *_FIXED ones would).
+        # buf_group is not among _prep's arguments (it zeroed it); the slot is not handed to the kernel before the
+        # next enter, and this store cannot fail (bgid was checked above).
         _PACK_U16(self._sqes, (((ud - 1) & self._sq_mask) << 6) + 40, bgid)
         return ud
 
@@ -446,11 +454,34 @@ class Ring:
         ts = _timespec(seconds)
         return self._prep(IORING_OP_LINK_TIMEOUT, 0, 0, -1, 0, ctypes.addressof(ts), 1, 0, callback, ts)
 
+    # ------------------------------------------------------------------------------------------------ ordering
+    # Memory ordering of the head/tail protocol, and why it holds on x86-64 only.
+    #
+    # The kernel side: it reads the SQ tail with an acquire load (inside io_uring_enter: we use no SQPOLL thread)
+    # and publishes the SQ head with a release store; it writes each CQE and then publishes the CQ tail with a
+    # release store (smp_store_release), possibly from another CPU while we run (task work, io-wq workers,
+    # softirq completions); it reads our CQ head to know which CQEs it may overwrite. Our side needs the
+    # matching pair, as liburing does with io_uring_smp_load_acquire/store_release:
+    #   * SQEs stored before the SQ tail that publishes them (_prep/_PACK, then _enter): store -> store;
+    #   * the CQ tail loaded before the CQEs below it (_dispatch, _read_cqes): load -> load;
+    #   * every CQE below the new head read before the CQ head store that frees its slot: load -> store.
+    # We issue no barrier at all: pure Python cannot. Each access is a separate C call (memoryview item,
+    # struct.pack_into / unpack_from) that CPython runs in bytecode order, so the compiler keeps program order,
+    # and x86-64 (TSO) keeps all three orders in hardware: it reorders only a store with a *later* load, which
+    # matters only for SQPOLL's NEED_WAKEUP check (a full fence), and we don't use SQPOLL. On a weakly ordered
+    # CPU (aarch64, POWER, RISC-V) each of the three may be reordered: the kernel could run a half-written SQE,
+    # we could read a CQE before the kernel's write of it lands, or the kernel could reuse a CQ slot we are
+    # still reading. Hence probe.cpu_refusal(): anything but x86-64 gets the epoll backend. What lifts that is a
+    # compiled ring core doing these head/tail accesses with real acquire loads and release stores
+    # (__atomic_load_n(..., __ATOMIC_ACQUIRE) / __atomic_store_n(..., __ATOMIC_RELEASE)). bufring.py relies on
+    # the same store -> store order for its tail.
+
     # ------------------------------------------------------------------------------------------------ enter
     def _enter(self, to_submit: int, min_complete: int, flags: int, *, block: bool,
                arg: Any = None, argsz: Any = _SIZE_0) -> int:
         """io_uring_enter; ``arg`` is None or a ctypes c_void_p, ``argsz`` a ctypes c_size_t (see _sys)."""
         if to_submit:
+            # The release store of the SQ tail: plain, after the SQE stores (see "ordering" above).
             self._sq_ktail[0] = (self._submitted + to_submit) & _U32
         busy = 0
         # Called directly rather than through _sys.io_uring_enter: this runs once per loop iteration.
@@ -566,7 +597,7 @@ class Ring:
         while True:
             head = khead[0]
             # The tail is read before the CQEs it publishes: CPython issues these loads in program order and
-            # x86-64 (TSO) does not reorder loads, so a CQE below the tail we read is complete.
+            # x86-64 (TSO) does not reorder loads, so a CQE below the tail we read is complete (see "ordering").
             tail = ktail[0]
             if head != tail:
                 if (tail - head) & _U32 == 1:

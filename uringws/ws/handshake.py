@@ -1,7 +1,8 @@
 """The opening handshake (RFC 6455 §4), server and client, sans-I/O; HTTP/1.1 is parsed with h11.
 
 Server: ``ServerHandshake.receive_data(bytes)`` returns the ``Request`` once complete (or raises
-``InvalidHandshake`` with the HTTP status to answer); ``accept(request)`` validates it and returns the 101
+``InvalidHandshake`` with the HTTP status to answer: 431 for a head over ``max_header_bytes``, 414 for a request
+line over it, however the bytes arrive); ``accept(request)`` validates it and returns the 101
 ``Response`` plus what was negotiated; ``reject(status, ...)`` builds an error or plain HTTP response.
 
 Subprotocol selection: the server picks the first of *its own* ``subprotocols`` list (its preference order)
@@ -165,6 +166,11 @@ def _decode_headers(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
     return Headers((k.decode("latin-1"), v.decode("latin-1")) for k, v in raw)
 
 
+def _head_too_large(what: str, size: int, limit: int, incomplete: bool) -> str:
+    return (f"HTTP {what} head too large: {'at least ' if incomplete else ''}{size} bytes, over the limit of "
+            f"{limit} (WSConfig.max_header_bytes)")
+
+
 class ServerHandshake:
     """Parses one opening-handshake request and builds the response."""
 
@@ -182,7 +188,11 @@ class ServerHandshake:
         self.select_subprotocol = select_subprotocol
         self.origins = None if origins is None else list(origins)
         self.server_header = server_header
+        # h11 bounds only an *incomplete* head (its buffer while it waits for more); a head that arrives whole
+        # in one read is parsed at any size. So the limit is enforced here, on every head, by counting bytes.
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_bytes)
+        self._received = 0  # bytes fed so far (all of them belong to the head until the request is complete)
+        self._line_end = -1  # stream offset of the "\n" ending the request line, once seen
         self.request: Request | None = None
         self.trailing_data = b""
 
@@ -192,18 +202,41 @@ class ServerHandshake:
             self.trailing_data += data
             return self.request
         conn = self._h11
+        limit = self.config.max_header_bytes
+        start = self._received
+        self._received += len(data)
+        if self._line_end < 0:
+            i = data.find(b"\n")
+            if i >= 0:
+                self._line_end = start + i
+        # 414 when the request line with its line end cannot fit in the limit (seen whole or not).
+        line = self._line_end if self._line_end >= 0 else self._received
+        if line + 1 > limit:
+            raise InvalidHandshake(
+                f"request line too long: {'' if self._line_end >= 0 else 'at least '}{line + 1} bytes, over the "
+                f"limit of {limit} (WSConfig.max_header_bytes)", 414)
         try:
             conn.receive_data(data)
             event = conn.next_event()
         except h11.RemoteProtocolError as exc:
             status = exc.error_status_hint
+            if status == 431:  # h11's own limit on an incomplete head: not malformed, too long
+                raise InvalidHandshake(_head_too_large("request", self._received, limit, True), 431) from None
             raise InvalidHandshake(f"malformed HTTP request: {exc}", status) from None
         if event is h11.NEED_DATA:
+            if self._received > limit:  # h11 checks this too; here the limit does not depend on it
+                raise InvalidHandshake(_head_too_large("request", self._received, limit, True), 431)
             return None
         if isinstance(event, h11.ConnectionClosed):
             raise InvalidHandshake("connection closed during the opening handshake")
         if not isinstance(event, h11.Request):
             raise InvalidHandshake(f"unexpected HTTP event {type(event).__name__}")
+        # Bytes after the request head (a client may pipeline its first frames). A WebSocket GET has no
+        # body; if one was declared the request is rejected in accept(), so what h11 buffered is enough.
+        trailing = bytes(conn.trailing_data[0])
+        head = self._received - len(trailing)
+        if head > limit:
+            raise InvalidHandshake(_head_too_large("request", head, limit, False), 431)
         if len(event.headers) > self.config.max_header_count:
             raise InvalidHandshake(
                 f"too many HTTP headers ({len(event.headers)} > {self.config.max_header_count})", 431
@@ -215,9 +248,7 @@ class ServerHandshake:
             http_version=event.http_version.decode("ascii", "replace"),
         )
         self.request = request
-        # Bytes after the request head (a client may pipeline its first frames). A WebSocket GET has no
-        # body; if one was declared the request is rejected in accept(), so what h11 buffered is enough.
-        self.trailing_data = bytes(conn.trailing_data[0])
+        self.trailing_data = trailing
         return request
 
     def accept(self, request: Request) -> tuple[Response, Negotiated]:
@@ -399,7 +430,10 @@ class ClientHandshake:
         for name, value in extra_headers:
             headers.add(name, value)
         self.request = Request("GET", uri.path, headers)
+        # As on the server: h11 bounds only an incomplete head, so each response head is measured here too.
         self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=config.max_header_bytes)
+        self._received = 0  # bytes fed so far
+        self._head_start = 0  # stream offset where the response head being read starts (after any 1xx)
         self.response: Response | None = None
         self.trailing_data = b""
 
@@ -420,12 +454,15 @@ class ClientHandshake:
         """Feed response bytes; return the Response once its head is complete (non-101 bodies included
         as far as they arrived). Raises InvalidHandshake on malformed HTTP."""
         conn = self._h11
+        self._received += len(data)
         try:
             conn.receive_data(data)
             while True:
                 event = conn.next_event()
                 if event is h11.NEED_DATA:
                     return None  # on EOF the caller feeds b"", which ends a body read until close
+                if isinstance(event, h11.InformationalResponse | h11.Response):
+                    self._check_head_size()
                 if isinstance(event, h11.InformationalResponse):
                     if event.status_code != 101:
                         continue  # 1xx other than 101: keep waiting (RFC 9110 §15.2)
@@ -446,7 +483,19 @@ class ClientHandshake:
                 if event is h11.PAUSED:
                     return self.response
         except h11.RemoteProtocolError as exc:
+            if exc.error_status_hint == 431:  # h11's limit on an incomplete head
+                limit = self.config.max_header_bytes
+                raise InvalidHandshake(_head_too_large("response", self._received - self._head_start, limit,
+                                                       True)) from None
             raise InvalidHandshake(f"malformed HTTP response: {exc}") from None
+
+    def _check_head_size(self) -> None:
+        """Raise InvalidHandshake if the response head h11 just parsed is longer than max_header_bytes."""
+        end = self._received - len(self._h11.trailing_data[0])
+        size, self._head_start = end - self._head_start, end
+        limit = self.config.max_header_bytes
+        if size > limit:
+            raise InvalidHandshake(_head_too_large("response", size, limit, False))
 
     def accept(self, response: Response) -> Negotiated:
         """Validate the server's response; raises InvalidStatus for non-101, InvalidHandshake otherwise."""
