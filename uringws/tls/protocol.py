@@ -409,6 +409,9 @@ class TLSProtocol(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Start the handshake (the client sends its ClientHello now)."""
         self._transport = transport
+        if self._state == _CLOSED:  # aborted before the TCP transport connected us (e.g. a server closing)
+            transport.abort()  # type: ignore[attr-defined]
+            return
         self._state = _HANDSHAKE
         self._timer = self._loop.call_later(self._hs_timeout, self._handshake_timed_out)
         self._do_handshake()
@@ -422,15 +425,14 @@ class TLSProtocol(asyncio.BufferedProtocol):
             self._shared.owner = None
         self._lent = None
         err = self._error if self._error is not None else exc
-        handshaking = self._state <= _HANDSHAKE
         self._state = _CLOSED
         self._app_closing = True
         self._backlog = None
         self._backlog_size = 0
-        if handshaking:
+        if self._waiter is not None:
+            # Still waiting, so the handshake never completed (success wakes it at once), whatever the state
+            # says: e.g. abort() during the handshake leaves no error, and must not read as success.
             self._wake_waiter(err if err is not None else ConnectionResetError("Connection lost during TLS handshake"))
-        else:
-            self._wake_waiter(err)
         if self._app_state in (_APP_MADE, _APP_EOF):
             self._app_state = _APP_LOST
             self._app.connection_lost(err)

@@ -1,0 +1,176 @@
+"""A server connection's life from accept to release: connections whose TLS handshake fails never reach
+``server.connections`` and never hold up shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import ssl
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, TypeVar
+
+import pytest
+import trustme
+
+import uringws
+from uringws.client import connect
+from uringws.server import serve
+from uringws.ws.connection import Connection
+
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def server_ctx(ca: trustme.CA) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("localhost", "127.0.0.1").configure_cert(ctx)
+    return ctx
+
+
+@pytest.fixture(scope="module")
+def client_ctx(ca: trustme.CA) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ca.configure_trust(ctx)
+    return ctx
+
+
+def _stdlib_loop() -> asyncio.AbstractEventLoop:
+    return asyncio.SelectorEventLoop()
+
+
+def _uringws_loop(backend: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    def make() -> asyncio.AbstractEventLoop:
+        loop = uringws.new_event_loop(backend=backend)
+        if loop.backend != backend:
+            loop.close()
+            pytest.skip(f"{backend} backend unusable here")
+        return loop
+
+    return make
+
+
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "io_uring": _uringws_loop("io_uring"),
+    "epoll": _uringws_loop("epoll"),
+    "asyncio": _stdlib_loop,
+}
+
+
+@pytest.fixture(params=list(LOOPS))
+def run(request: pytest.FixtureRequest) -> Iterator[Callable[[Coroutine[Any, Any, T]], T]]:
+    """Run a coroutine on each loop (uringws's two backends, the stdlib's), with a hard 30 s bound."""
+    make = LOOPS[request.param]
+
+    def _run(coro: Coroutine[Any, Any, T]) -> T:
+        async def bounded() -> T:
+            async with asyncio.timeout(30):
+                return await coro
+
+        with asyncio.Runner(loop_factory=make) as runner:
+            return runner.run(bounded())
+
+    yield _run
+
+
+async def echo(ws: Connection) -> None:
+    async for message in ws:
+        await ws.send(message)
+
+
+async def raw_connect(port: int) -> socket.socket:
+    sock = socket.socket()
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    return sock
+
+
+async def wait_closed_by_server(sock: socket.socket, timeout: float = 20.0) -> None:
+    """Read (and drop) what the server sends until it closes (EOF or reset)."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                if not await loop.sock_recv(sock, 65536):
+                    return
+            except ConnectionResetError:
+                return
+
+
+def client_hello(ctx: ssl.SSLContext) -> bytes:
+    obj = ctx.wrap_bio(ssl.MemoryBIO(), out := ssl.MemoryBIO(), server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return out.read()
+
+
+async def failed_handshakes(port: int) -> None:
+    """What scanners and health checks send to a TLS port: nothing, plain HTTP, random bytes."""
+    loop = asyncio.get_running_loop()
+    sock = await raw_connect(port)
+    sock.close()
+    for junk in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", os.urandom(64)):
+        sock = await raw_connect(port)
+        await loop.sock_sendall(sock, junk)
+        await wait_closed_by_server(sock)
+        sock.close()
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+# -- failed TLS handshakes -----------------------------------------------------------------------------------
+
+
+def test_failed_tls_handshakes_leave_nothing_behind(
+    run: Callable[[Coroutine[Any, Any, None]], None], server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    async def main() -> None:
+        server = await serve(echo, "127.0.0.1", 0, ssl=server_ctx)
+        port = server.port_bound
+        await failed_handshakes(port)
+        async with connect(f"wss://127.0.0.1:{port}/", ssl=client_ctx) as ws:  # the server still serves
+            await ws.send("still here")
+            assert await ws.recv() == "still here"
+            assert len(server.connections) == 1
+        await until(lambda: not server.connections and not server._tls_handshaking)
+        started = time.monotonic()
+        server.close()
+        await asyncio.wait_for(server.wait_closed(), 5)  # before: forever (failed handshakes never "closed")
+        assert time.monotonic() - started < 5
+
+    run(main())
+
+
+def test_close_aborts_connections_in_the_tls_handshake(
+    run: Callable[[Coroutine[Any, Any, None]], None], server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await serve(echo, "127.0.0.1", 0, ssl=server_ctx)
+        silent = await raw_connect(server.port_bound)
+        hello_only = await raw_connect(server.port_bound)
+        await loop.sock_sendall(hello_only, client_hello(client_ctx))
+        await until(lambda: len(server._tls_handshaking) == 2)
+        assert not server.connections  # not connected to the application yet
+        started = time.monotonic()
+        server.close()
+        # Before: wait_closed() waited for them (until the TLS handshake timeout, if ever).
+        await asyncio.wait_for(server.wait_closed(), 5)
+        for sock in (silent, hello_only):
+            await wait_closed_by_server(sock, 5)
+            sock.close()
+        assert time.monotonic() - started < 5
+        assert not server._tls_handshaking and not server.connections
+
+    run(main())
