@@ -91,13 +91,16 @@ class Server:
         # wait_closed() waiting) forever.
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
+        timeout = self._ssl_handshake_timeout
+        if timeout is None:
+            timeout = self.config.open_timeout  # one deadline from accept for TLS + HTTP upgrade (see _run_server)
         tls = TLSProtocol(
             loop,
             conn,
             self.ssl,
             waiter,
             server_side=True,
-            ssl_handshake_timeout=self._ssl_handshake_timeout,
+            ssl_handshake_timeout=timeout,
             ssl_shutdown_timeout=self._ssl_shutdown_timeout,
         )
         self._tls_handshaking.add(tls)

@@ -1,5 +1,6 @@
 """A server connection's life from accept to release: connections whose TLS handshake fails never reach
-``server.connections`` and never hold up shutdown."""
+``server.connections`` and never hold up shutdown; one ``open_timeout`` from accept covers TLS and the HTTP
+upgrade."""
 
 from __future__ import annotations
 
@@ -174,3 +175,82 @@ def test_close_aborts_connections_in_the_tls_handshake(
         assert not server._tls_handshaking and not server.connections
 
     run(main())
+
+
+# -- one open timeout from accept ------------------------------------------------------------------------------
+
+OPEN_TIMEOUT = 2.0
+
+
+def _closed_after(sock: socket.socket, started: float) -> float:
+    """Blocking: seconds from ``started`` until the server closes ``sock``."""
+    sock.settimeout(30)
+    try:
+        while sock.recv(65536):
+            pass
+    except (ConnectionResetError, ssl.SSLError, ssl.SSLEOFError):
+        pass
+    return time.monotonic() - started
+
+
+def _silent(port: int, ctx: ssl.SSLContext) -> float:
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        return _closed_after(sock, started)
+
+
+def _truncated_client_hello(port: int, ctx: ssl.SSLContext) -> float:
+    hello = client_hello(ctx)
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(hello[: len(hello) // 2])
+        return _closed_after(sock, started)
+
+
+def _tls_late_then_no_request(port: int, ctx: ssl.SSLContext) -> float:
+    """TCP at once, the TLS handshake most of open_timeout later, then no HTTP request: the deadline still
+    counts from accept, so the server closes at ~OPEN_TIMEOUT, not OPEN_TIMEOUT after the TLS handshake."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port)) as raw:
+        time.sleep(OPEN_TIMEOUT * 0.8)
+        with ctx.wrap_socket(raw, server_hostname="localhost") as sock:
+            return _closed_after(sock, started)  # type: ignore[arg-type]
+
+
+def _plain_late_partial_request(port: int, ctx: ssl.SSLContext) -> float:
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        time.sleep(OPEN_TIMEOUT * 0.8)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and never the end of the head
+        return _closed_after(sock, started)
+
+
+@pytest.mark.parametrize(
+    "tls,client",
+    [
+        (True, _silent),
+        (True, _truncated_client_hello),
+        (True, _tls_late_then_no_request),
+        (False, _silent),
+        (False, _plain_late_partial_request),
+    ],
+    ids=["tls-silent", "tls-truncated-hello", "tls-late-no-request", "plain-silent", "plain-late-partial-request"],
+)
+def test_one_open_timeout_from_accept(
+    tls: bool,
+    client: Callable[[int, ssl.SSLContext], float],
+    server_ctx: ssl.SSLContext,
+    client_ctx: ssl.SSLContext,
+) -> None:
+    async def main() -> float:
+        async with serve(echo, "127.0.0.1", 0, ssl=server_ctx if tls else None, open_timeout=OPEN_TIMEOUT) as server:
+            elapsed = await asyncio.to_thread(client, server.port_bound, client_ctx)
+            await until(lambda: not server.connections and not server._tls_handshaking)
+            return elapsed
+
+    with asyncio.Runner(loop_factory=LOOPS["io_uring"]) as runner:
+        elapsed = runner.run(main())
+    # Before: 60 s (TLS handshake timeout) for a stalled TLS handshake, and open_timeout counted from the end of
+    # TLS (or later) for the rest. The upper margin is wide for a loaded 2-core CI machine, and still well below
+    # OPEN_TIMEOUT * 1.8, when a deadline counted from the TLS handshake or the late bytes would fire.
+    assert OPEN_TIMEOUT * 0.9 <= elapsed < OPEN_TIMEOUT * 1.5, elapsed

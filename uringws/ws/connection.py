@@ -67,6 +67,7 @@ class Connection(asyncio.Protocol):
         "_max_queue",
         "_messages",
         "_on_lost",
+        "_open_deadline",
         "_pending_failure_handle",
         "_pings",
         "_process_request",
@@ -137,6 +138,10 @@ class Connection(asyncio.Protocol):
         self._abort_handle: asyncio.TimerHandle | None = None
         self._lost_exc: BaseException | None = None
         self._pending_failure_handle: asyncio.TimerHandle | None = None
+        # A server makes its Connection right after accept: open_timeout counts from there and covers the TLS
+        # handshake (the server gives TLS the same timeout) as well as the HTTP upgrade, as websockets does.
+        timeout = config.open_timeout
+        self._open_deadline = None if timeout is None else self.loop.time() + timeout
 
     # -- public API --------------------------------------------------------------------------------------
 
@@ -655,7 +660,7 @@ class Connection(asyncio.Protocol):
         hs = self._server_hs
         assert hs is not None
         try:
-            async with asyncio.timeout(self.config.open_timeout):
+            async with asyncio.timeout_at(self._open_deadline):
                 request = await self._request_ready
                 self.request = request
                 if self._process_request is not None:
