@@ -1,14 +1,16 @@
 """A server connection's life from accept to release: connections whose TLS handshake fails never reach
 ``server.connections`` and never hold up shutdown; one ``open_timeout`` from accept covers TLS and the HTTP
-upgrade."""
+upgrade; a closed connection's objects are freed by refcounting, not left to the cycle collector."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import socket
 import ssl
 import time
+import weakref
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
@@ -17,8 +19,11 @@ import trustme
 
 import uringws
 from uringws.client import connect
-from uringws.server import serve
+from uringws.server import Server, serve
+from uringws.tls.protocol import TLSProtocol
 from uringws.ws.connection import Connection
+from uringws.ws.exceptions import ConnectionClosed
+from uringws.ws.protocol import State
 
 T = TypeVar("T")
 
@@ -254,3 +259,136 @@ def test_one_open_timeout_from_accept(
     # TLS (or later) for the rest. The upper margin is wide for a loaded 2-core CI machine, and still well below
     # OPEN_TIMEOUT * 1.8, when a deadline counted from the TLS handshake or the late bytes would fire.
     assert OPEN_TIMEOUT * 0.9 <= elapsed < OPEN_TIMEOUT * 1.5, elapsed
+
+
+# -- freed by refcounting --------------------------------------------------------------------------------------
+
+
+class Spy:
+    """Weak references to the server side of each accepted connection: Connection, TLSProtocol, transports."""
+
+    def __init__(self, server: Server, loop: asyncio.AbstractEventLoop) -> None:
+        self.refs: list[weakref.ref[Any]] = []
+        self.protocols: weakref.WeakSet[Any] = weakref.WeakSet()
+        make_connection, make_protocol = server._make_connection, server._make_protocol
+        make_transport = loop._make_socket_transport  # type: ignore[attr-defined]
+
+        def spy_connection() -> Connection:
+            conn = make_connection()
+            self.refs.append(weakref.ref(conn))
+            return conn
+
+        def spy_protocol() -> asyncio.BaseProtocol:
+            proto = make_protocol()
+            self.protocols.add(proto)
+            if isinstance(proto, TLSProtocol):
+                self.refs += [weakref.ref(proto), weakref.ref(proto.app_transport)]
+            return proto
+
+        def spy_transport(sock: socket.socket, protocol: Any, *args: Any, **kwargs: Any) -> Any:
+            transport = make_transport(sock, protocol, *args, **kwargs)
+            if protocol in self.protocols:  # not a client's
+                self.refs.append(weakref.ref(transport))
+            return transport
+
+        server._make_connection = spy_connection  # type: ignore[method-assign]
+        server._make_protocol = spy_protocol  # type: ignore[method-assign]
+        loop._make_socket_transport = spy_transport  # type: ignore[attr-defined]
+
+    def alive(self) -> list[str]:
+        return [type(obj).__name__ for ref in self.refs if (obj := ref()) is not None]
+
+
+@pytest.fixture(params=["io_uring", "epoll"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def no_gc() -> Iterator[None]:
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+async def _rejected_http(port: int) -> None:
+    loop = asyncio.get_running_loop()
+    for request in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n", b"junk\r\n\r\n"):
+        sock = await raw_connect(port)
+        await loop.sock_sendall(sock, request)
+        await wait_closed_by_server(sock)
+        sock.close()
+
+
+def _not_found(ws: Connection, request: Any) -> Any:
+    return (404, [], b"no\n") if request.path == "/nowhere" else None
+
+
+@pytest.mark.parametrize("tls", [True, False], ids=["tls", "plain"])
+def test_closed_connections_are_freed_without_the_cycle_collector(
+    tls: bool, backend: str, no_gc: None, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    held: list[Connection] = []
+
+    async def keep(ws: Connection) -> None:
+        held.append(ws)
+        await echo(ws)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = serve(
+            keep, "127.0.0.1", 0, ssl=server_ctx if tls else None, open_timeout=0.5, process_request=_not_found
+        )
+        spy = Spy(server, loop)
+        await server.start()
+        port = server.port_bound
+        scheme = "wss" if tls else "ws"
+        # Normal close, by either side.
+        async with connect(f"{scheme}://127.0.0.1:{port}/", ssl=client_ctx if tls else None) as ws:
+            await ws.send("a")
+            assert await ws.recv() == "a"
+        async with connect(f"{scheme}://127.0.0.1:{port}/", ssl=client_ctx if tls else None) as ws:
+            await until(lambda: len(held) == 2)
+            await held[1].close()
+        if tls:
+            await failed_handshakes(port)
+        await _rejected_http(port)  # no upgrade (400), process_request's 404, unparsable (400)
+        silent = await raw_connect(port)  # open timeout
+        await wait_closed_by_server(silent)
+        silent.close()
+        await until(lambda: not server.connections and not server._tls_handshaking)
+
+        # An application may keep a closed connection and use it: that keeps working.
+        first = held[0]
+        held.clear()
+        assert first.state is State.CLOSED and first.close_code == 1000
+        with pytest.raises(ConnectionClosed):
+            await first.send("x")
+        with pytest.raises(ConnectionClosed):
+            await first.recv()
+        assert first.transport is not None and first.transport.is_closing()
+        first.transport.get_extra_info("peername")  # may be None once closed, must not raise
+        assert first.remote_address is not None
+        if tls:
+            assert first.transport.get_extra_info("ssl_object") is not None
+        await first.wait_closed()
+        del first
+
+        # Everything else is gone as soon as its connection ended (a few loop iterations for the callbacks).
+        try:
+            await until(lambda: not spy.alive(), timeout=5)
+        except AssertionError:
+            pytest.fail(f"still alive without gc.collect(): {spy.alive()}")
+        # Each connection was seen: 2 normal, 3 rejected HTTP, 1 open timeout (+ 3 failed TLS handshakes), with
+        # Connection and transport (+ TLSProtocol and TLSTransport).
+        assert len(spy.refs) == (9 * 4 if tls else 6 * 2), spy.refs
+        server.close()
+        await server.wait_closed()
+
+    with asyncio.Runner(loop_factory=LOOPS[backend]) as runner:
+        runner.run(main())
