@@ -13,11 +13,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl as ssl_module
 from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from typing import Any
 
+from .tls.protocol import TLSProtocol
 from .ws.config import WSConfig
 from .ws.connection import Connection, Data, ProcessRequest
 from .ws.frames import serialize_header
@@ -62,12 +64,58 @@ class Server:
         self.select_subprotocol = select_subprotocol
         self.origins = origins
         self.server_header = server_header
-        self._create_server_kwargs = create_server_kwargs or {}
+        kwargs = dict(create_server_kwargs or {})
+        # TLS is wrapped here, not by create_server(ssl=...): these two belong to that wrapping.
+        self._ssl_handshake_timeout: float | None = kwargs.pop("ssl_handshake_timeout", None)
+        self._ssl_shutdown_timeout: float | None = kwargs.pop("ssl_shutdown_timeout", None)
+        self._create_server_kwargs = kwargs
         self.sndbuf = sndbuf
-        #: Open connections (handshake done or not); use with ``broadcast``.
+        #: Connections whose application protocol is connected (plain TCP at once, TLS once its handshake is
+        #: done), opening handshake done or not; use with ``broadcast``.
         self.connections: set[Connection] = set()
+        #: Accepted TLS connections whose TLS handshake is not done yet; aborted by close().
+        self._tls_handshaking: set[TLSProtocol] = set()
         self.server: asyncio.Server | None = None
         self._closed = False
+
+    def _make_protocol(self) -> asyncio.BaseProtocol:
+        """Protocol factory for each accepted TCP connection (runs right after accept)."""
+        conn = self._make_connection()
+        if self.ssl is None:
+            self.connections.add(conn)
+            return conn
+        # The TLS layer is wrapped here rather than by create_server(ssl=...), on any event loop, so that the
+        # server sees how the TLS handshake ends: a connection whose handshake fails never reaches the
+        # application protocol, and asyncio's TLS layers (ours and sslproto) then never call its
+        # connection_lost, so a Connection added to `connections` at accept would stay there (and keep
+        # wait_closed() waiting) forever.
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        timeout = self._ssl_handshake_timeout
+        if timeout is None:
+            timeout = self.config.open_timeout  # one deadline from accept for TLS + HTTP upgrade (see _run_server)
+        tls = TLSProtocol(
+            loop,
+            conn,
+            self.ssl,
+            waiter,
+            server_side=True,
+            ssl_handshake_timeout=timeout,
+            ssl_shutdown_timeout=self._ssl_shutdown_timeout,
+        )
+        self._tls_handshaking.add(tls)
+        waiter.add_done_callback(functools.partial(self._tls_handshake_done, tls, conn))
+        return tls
+
+    def _tls_handshake_done(self, tls: TLSProtocol, conn: Connection, waiter: asyncio.Future[None]) -> None:
+        self._tls_handshaking.discard(tls)
+        if waiter.cancelled() or waiter.exception() is not None:  # exception() also marks it retrieved
+            return  # already logged by the TLS layer; the connection is closing
+        if conn.lost.done():
+            return
+        self.connections.add(conn)
+        if self._closed:
+            conn._close_transport()  # accepted before close(), handshake finished after: nothing to serve
 
     def _make_connection(self) -> Connection:
         handshake = ServerHandshake(
@@ -86,7 +134,6 @@ class Server:
             on_lost=self.connections.discard,
             sndbuf=self.sndbuf,
         )
-        self.connections.add(conn)
         return conn
 
     async def start(self) -> Server:
@@ -94,7 +141,7 @@ class Server:
         if self.server is None:
             loop = asyncio.get_running_loop()
             self.server = await loop.create_server(
-                self._make_connection, self.host, self.port, ssl=self.ssl, **self._create_server_kwargs
+                self._make_protocol, self.host, self.port, **self._create_server_kwargs
             )
         return self
 
@@ -118,10 +165,16 @@ class Server:
         return int(self.sockets[0].getsockname()[1])
 
     def close(self, close_connections: bool = True, code: int = 1001, reason: str = "server shutting down") -> None:
-        """Stop accepting connections and start closing open ones with ``code`` (1001, going away)."""
+        """Stop accepting connections and start closing open ones with ``code`` (1001, going away).
+
+        Connections still in the TLS handshake are aborted even with ``close_connections=False``: no
+        application code has seen them yet.
+        """
         self._closed = True
         if self.server is not None:
             self.server.close()
+        for tls in list(self._tls_handshaking):
+            tls.app_transport.abort()
         if close_connections:
             for conn in list(self.connections):
                 if conn.proto is not None:

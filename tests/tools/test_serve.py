@@ -10,6 +10,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -213,3 +214,26 @@ def test_sigterm_closes_connections_with_1001(echo_proc: tuple[int, subprocess.P
         with pytest.raises(ConnectionClosed) as info:
             ws.recv(timeout=20)
     assert info.value.rcvd is not None and info.value.rcvd.code == 1001
+    server.wait(timeout=20)  # a second SIGTERM (the fixture's) while it exits would kill it
+
+
+def test_sigterm_right_after_failed_tls_handshakes(echo_proc: tuple[int, subprocess.Popen[str]]) -> None:
+    # Scanners and health checks: TCP connect + close, plain HTTP to the TLS port, random bytes. None of them may
+    # hold up shutdown (before: 15 s, "did not close in time").
+    port, server = echo_proc
+    socket.create_connection(("127.0.0.1", port), timeout=10).close()
+    for junk in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", os.urandom(64)):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(junk)
+            try:
+                while sock.recv(4096):
+                    pass
+            except ConnectionResetError:
+                pass
+    started = time.monotonic()
+    server.send_signal(signal.SIGTERM)
+    out, _ = server.communicate(timeout=30)
+    elapsed = time.monotonic() - started
+    assert server.returncode == 0, out
+    assert "did not close in time" not in out
+    assert elapsed < 5, (elapsed, out)  # about 0.1 s; the margin is for a loaded machine

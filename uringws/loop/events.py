@@ -20,7 +20,7 @@ import selectors
 import socket
 import sys
 import threading
-from asyncio import base_events, constants, sslproto
+from asyncio import base_events, constants, selector_events, sslproto
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -65,8 +65,23 @@ _MAXIMUM_SELECT_TIMEOUT: float = getattr(base_events, "MAXIMUM_SELECT_TIMEOUT", 
 if TYPE_CHECKING:
     # typeshed does not describe asyncio's private hooks that this class overrides and calls.
     _UnixSelectorEventLoop = Any
+    _StdSocketTransport = Any
 else:
     from asyncio.unix_events import _UnixSelectorEventLoop
+
+    _StdSocketTransport = selector_events._SelectorSocketTransport
+
+
+class _SelectorSocketTransport(_StdSocketTransport):
+    """asyncio's selector stream transport (the epoll backend's), minus its self-reference once closed."""
+
+    def _call_connection_lost(self, exc: BaseException | None) -> None:
+        try:
+            super()._call_connection_lost(exc)
+        finally:
+            # A bound method of self (3.11-3.12 never drop it; 3.13 does in close() but not abort()): each closed
+            # connection's transport would wait for the cycle collector.
+            self._read_ready_cb = None
 
 
 class EventLoop(_UnixSelectorEventLoop):
@@ -301,7 +316,8 @@ class EventLoop(_UnixSelectorEventLoop):
     def _make_socket_transport(self, sock: socket.socket, protocol: Any, waiter: Any = None, *,
                                extra: Any = None, server: Any = None) -> Any:
         if not self._ring_stream(sock):
-            return super()._make_socket_transport(sock, protocol, waiter, extra=extra, server=server)
+            self._ensure_fd_no_transport(sock)
+            return _SelectorSocketTransport(self, sock, protocol, waiter, extra, server)
         self._ensure_fd_no_transport(sock)
         return self._stream_transport_class(self, sock, protocol, waiter, extra, server)
 

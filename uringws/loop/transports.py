@@ -849,6 +849,10 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
             self._release_wanted = True
             self._maybe_release()
             self._protocol = None
+            # Bound methods of self and of the protocol: a cycle through us (freed only by the cycle collector),
+            # and a link that would keep the protocol alive as long as we are.
+            self._read_cb = None
+            self._view_sink = None
             server = self._server
             if server is not None:
                 server._detach(self) if _SERVER_ATTACH_TAKES_TRANSPORT else server._detach()

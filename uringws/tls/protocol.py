@@ -146,7 +146,7 @@ def _flow_limits(high: int | None, low: int | None) -> tuple[int, int]:
 class TLSTransport(asyncio.Transport):
     """The transport the application protocol sees; every call is forwarded to its :class:`TLSProtocol`."""
 
-    __slots__ = ("_tls",)
+    __slots__ = ("__weakref__", "_tls")
 
     def __init__(self, tls: TLSProtocol) -> None:
         super().__init__()
@@ -235,6 +235,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
     """
 
     __slots__ = (
+        "__weakref__",
         "_app",
         "_app_buffered",
         "_app_closing",
@@ -328,7 +329,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
             else self._sslobj
         )
         self._transport: Any = None  # any asyncio stream transport (write, close, abort, pause_reading...)
-        self._app_transport = TLSTransport(self)
+        self._app_transport: TLSTransport | None = TLSTransport(self)
         self._state = _UNWRAPPED
         self._app_state = _APP_INIT if call_connection_made else _APP_MADE
         self._app_closing = False
@@ -366,7 +367,10 @@ class TLSProtocol(asyncio.BufferedProtocol):
     @property
     def app_transport(self) -> TLSTransport:
         """The transport handed to the application protocol."""
-        return self._app_transport
+        t = self._app_transport
+        if t is None:  # dropped at connection_lost(); a new one forwards the same calls to us
+            t = TLSTransport(self)
+        return t
 
     def __repr__(self) -> str:
         side = "server" if self._server_side else "client"
@@ -409,6 +413,9 @@ class TLSProtocol(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Start the handshake (the client sends its ClientHello now)."""
         self._transport = transport
+        if self._state == _CLOSED:  # aborted before the TCP transport connected us (e.g. a server closing)
+            transport.abort()  # type: ignore[attr-defined]
+            return
         self._state = _HANDSHAKE
         self._timer = self._loop.call_later(self._hs_timeout, self._handshake_timed_out)
         self._do_handshake()
@@ -422,20 +429,26 @@ class TLSProtocol(asyncio.BufferedProtocol):
             self._shared.owner = None
         self._lent = None
         err = self._error if self._error is not None else exc
-        handshaking = self._state <= _HANDSHAKE
         self._state = _CLOSED
         self._app_closing = True
         self._backlog = None
         self._backlog_size = 0
-        if handshaking:
+        if self._waiter is not None:
+            # Still waiting, so the handshake never completed (success wakes it at once), whatever the state
+            # says: e.g. abort() during the handshake leaves no error, and must not read as success.
             self._wake_waiter(err if err is not None else ConnectionResetError("Connection lost during TLS handshake"))
-        else:
-            self._wake_waiter(err)
+        app = self._app
         if self._app_state in (_APP_MADE, _APP_EOF):
             self._app_state = _APP_LOST
-            self._app.connection_lost(err)
+            app.connection_lost(err)
         self._transport = None
         self._incoming = None
+        # The app and its transport point back at us (app.transport._tls is self): without these two links the
+        # connection's objects are freed by refcounting as soon as the app lets go, not by the cycle collector.
+        # As asyncio's transports do, get_protocol() is None from now on; calls on the app's transport keep working.
+        self._app = None
+        self._app_view = None
+        self._app_transport = None
 
     def pause_writing(self) -> None:
         """The TCP transport's buffer is above its high-water mark: stop encrypting, tell the app."""
@@ -601,7 +614,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
         if self._app_state == _APP_INIT:
             self._app_state = _APP_MADE
             try:
-                self._app.connection_made(self._app_transport)
+                self._app.connection_made(self.app_transport)
             except Exception as exc:  # noqa: BLE001 - app errors go to the loop handler
                 self._fatal(exc, "Error calling connection_made()")
                 self._wake_waiter(exc)
@@ -635,7 +648,8 @@ class TLSProtocol(asyncio.BufferedProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._error = err
+        # Kept (and handed to the waiter) without its traceback, whose frames would point back at us.
+        self._error = err = err.with_traceback(None)
         self._state = _CLOSED
         self._wake_waiter(err)
         self._close_transport()

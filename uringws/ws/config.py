@@ -58,7 +58,7 @@ class WSConfig:
     ping_interval: float | None = 20.0
     #: Keepalive: seconds to wait for the pong before closing with 1011; None waits forever.
     ping_timeout: float | None = 20.0
-    #: Seconds allowed for the opening handshake.
+    #: Seconds allowed for the opening handshake; a server counts them from accept, TLS handshake included.
     open_timeout: float | None = 10.0
     #: Seconds allowed for the closing handshake before the TCP connection is aborted.
     close_timeout: float | None = 10.0

@@ -49,6 +49,21 @@ HTTPAnswer = Response | tuple[int, Iterable[tuple[str, str]], bytes | str]
 ProcessRequest = Callable[["Connection", Request], "HTTPAnswer | Awaitable[HTTPAnswer | None] | None"]
 
 
+def _without_tracebacks(exc: BaseException) -> BaseException:
+    """``exc`` with the tracebacks of it and its causes dropped, for an exception kept in a connection's future.
+
+    Their frames (the parser's caller, the transport's callbacks, ``_run_server``) hold the connection: a cycle
+    that only the cycle collector would free, so the closed connection's memory would wait for it.
+    """
+    chain: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and link not in chain:
+        link.__traceback__ = None
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    return exc
+
+
 class Connection(asyncio.Protocol):
     """One WebSocket connection: ``recv``/``send``/``ping``/``close`` and ``async for message in ws``."""
 
@@ -67,6 +82,7 @@ class Connection(asyncio.Protocol):
         "_max_queue",
         "_messages",
         "_on_lost",
+        "_open_deadline",
         "_pending_failure_handle",
         "_pings",
         "_process_request",
@@ -137,6 +153,10 @@ class Connection(asyncio.Protocol):
         self._abort_handle: asyncio.TimerHandle | None = None
         self._lost_exc: BaseException | None = None
         self._pending_failure_handle: asyncio.TimerHandle | None = None
+        # A server makes its Connection right after accept: open_timeout counts from there and covers the TLS
+        # handshake (the server gives TLS the same timeout) as well as the HTTP upgrade, as websockets does.
+        timeout = config.open_timeout
+        self._open_deadline = None if timeout is None else self.loop.time() + timeout
 
     # -- public API --------------------------------------------------------------------------------------
 
@@ -419,8 +439,12 @@ class Connection(asyncio.Protocol):
             if not drain.done():
                 drain.set_result(None)
         self._drain_waiters.clear()
-        if self._keepalive_task is not None:
-            self._keepalive_task.cancel()
+        task = self._keepalive_task
+        if task is not None:
+            # Dropped, not kept: the cancelled task keeps its CancelledError, whose traceback holds the frame of
+            # _keepalive() and so this connection (a cycle only the cycle collector would free).
+            self._keepalive_task = None
+            task.cancel()
         if not self.lost.done():
             self.lost.set_result(None)
         if self._on_lost is not None:
@@ -655,7 +679,7 @@ class Connection(asyncio.Protocol):
         hs = self._server_hs
         assert hs is not None
         try:
-            async with asyncio.timeout(self.config.open_timeout):
+            async with asyncio.timeout_at(self._open_deadline):
                 request = await self._request_ready
                 self.request = request
                 if self._process_request is not None:
@@ -686,7 +710,10 @@ class Connection(asyncio.Protocol):
             logger.info("opening handshake timed out for %s", self.remote_address)
             self._abort()
             return
-        except (ConnectionError, InvalidHandshake):
+        except (ConnectionError, InvalidHandshake) as exc:
+            # The exception stays in self._request_ready: the tracebacks of it and its causes (the parser's, and
+            # this frame's since it was raised here) would keep this connection for the cycle collector.
+            _without_tracebacks(exc)
             return  # already answered (bad request) or gone
         except Exception:
             logger.exception("error while processing the opening handshake")
