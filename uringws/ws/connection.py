@@ -4,6 +4,11 @@ The only module of ``uringws.ws`` that imports asyncio. It is an ``asyncio.Proto
 every frame goes straight from the sans-I/O core to ``transport.write`` on any asyncio event loop, and flow
 control is the transport's: ``pause_writing``/``resume_writing`` make ``send`` wait while more than
 ``write_limit_high`` bytes are buffered; more than ``max_queue`` unread messages pause reading.
+
+Fairness: reading from a peer also pauses while our write buffer for it is above ``write_limit_high`` (a peer
+that does not read its pongs or echoes cannot make us buffer them without bound: TCP pushes back on it), and a
+large received chunk is parsed at most `TURN_FRAMES` frames / `TURN_BYTES` bytes per event-loop turn, the rest
+waiting for the next turn with reading paused (one flooding peer cannot hold the loop for the others).
 """
 
 from __future__ import annotations
@@ -38,6 +43,15 @@ __all__ = ["Connection", "Data", "ProcessRequest"]
 
 logger = logging.getLogger("uringws")
 
+#: Received bytes parsed per call of the frame parser when a chunk is larger (a TLS layer hands over up to 256 KiB
+#: at a time): between slices the connection checks its turn's budget below.
+RECEIVE_SLICE = 16 * 1024
+#: One connection's budget per event-loop turn: this many frames (messages and control frames) or bytes, then
+#: the rest waits for the next turn with reading paused, so that one peer's flood (256 KiB of 6-byte pings is
+#: 43,000 frames, ~0.1 s of parsing) cannot delay every other connection by its whole size.
+TURN_FRAMES = 1024
+TURN_BYTES = 1 << 20
+
 #: Longest time messages received just before a protocol error are left for the application to answer
 #: before the connection is failed (it fails at once when the application calls recv() again).
 PENDING_FAILURE_DELAY = 1.0
@@ -70,12 +84,17 @@ class Connection(asyncio.Protocol):
         "_pending_failure_handle",
         "_pings",
         "_process_request",
+        "_read_paused_for_turn",
+        "_read_paused_for_writes",
         "_reading_paused",
         "_recv_waiter",
         "_request_ready",
         "_send_lock",
         "_server_hs",
         "_sndbuf",
+        "_turn_bytes",
+        "_turn_frames",
+        "_unparsed",
         "_write_paused",
         "config",
         "handshake_done",
@@ -124,8 +143,13 @@ class Connection(asyncio.Protocol):
         self._messages: collections.deque[Data] = collections.deque()
         self._max_queue = config.max_queue  # read per received batch; the config is frozen
         self._recv_waiter: asyncio.Future[None] | None = None
-        self._reading_paused = False
+        self._reading_paused = False  # max_queue messages wait unread
         self._write_paused = False
+        self._read_paused_for_writes = False  # reading paused while our write buffer is above the high-water mark
+        self._read_paused_for_turn = False  # reading paused until the next turn: this one's budget is spent
+        self._unparsed: bytearray | None = None  # received bytes left for the next turn (their order kept)
+        self._turn_frames = -1  # frames parsed in this turn (-1: no large chunk seen in it yet)
+        self._turn_bytes = 0
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._send_lock = asyncio.Lock()
         self._pings: dict[bytes, tuple[asyncio.Future[float], float]] = {}
@@ -196,7 +220,12 @@ class Connection(asyncio.Protocol):
         message = messages.popleft()
         if self._reading_paused and len(messages) <= self._resume_threshold():
             self._reading_paused = False
-            if self.transport is not None and not self.transport.is_closing():
+            if (
+                self.transport is not None
+                and not self.transport.is_closing()
+                and not self._read_paused_for_writes
+                and not self._read_paused_for_turn
+            ):
                 self.transport.resume_reading()
         return message
 
@@ -368,7 +397,9 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         proto = self.proto
         if proto is not None:
-            if proto.receive_data(data):
+            if len(data) > RECEIVE_SLICE or self._unparsed is not None:
+                self._receive_large(data)
+            elif proto.receive_data(data):
                 self._process()
             elif self._messages:
                 self._messages_arrived()  # only messages (already in the deque): no events, nothing to send
@@ -383,6 +414,8 @@ class Connection(asyncio.Protocol):
         proto = self.proto
         if proto is None:
             self.data_received(view.tobytes())
+        elif len(view) > RECEIVE_SLICE or self._unparsed is not None:
+            self._receive_large(view)
         elif proto.receive_data(view):  # data_received(), inlined: once per received chunk
             self._process()
         elif self._messages:
@@ -428,9 +461,34 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        # A peer that does not read what we send (its pongs, echoes) must not make us read more of its input:
+        # while our buffer for it is above the high-water mark its bytes stay in the kernel, and TCP pushes back
+        # on it, instead of its pongs piling up here without bound (a ping flood that never reads).
+        transport = self.transport
+        proto = self.proto
+        if (
+            transport is not None
+            and proto is not None
+            and proto.state is State.OPEN
+            and not self._read_paused_for_writes
+            and not transport.is_closing()
+        ):
+            self._read_paused_for_writes = True
+            if not self._reading_paused and not self._read_paused_for_turn:
+                transport.pause_reading()
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self._read_paused_for_writes:
+            self._read_paused_for_writes = False
+            transport = self.transport
+            if (
+                transport is not None
+                and not self._reading_paused
+                and not self._read_paused_for_turn
+                and not transport.is_closing()
+            ):
+                transport.resume_reading()
         for drain in self._drain_waiters:
             if not drain.done():
                 drain.set_result(None)
@@ -485,7 +543,64 @@ class Connection(asyncio.Protocol):
             for data in out:
                 write(data)
 
-    def _process(self) -> None:
+    def _receive_large(self, data: bytes | bytearray | memoryview) -> None:
+        """Parse a large chunk slice by slice within this turn's budget; keep the rest for the next turn."""
+        unparsed = self._unparsed
+        if unparsed is not None:
+            unparsed += data  # behind bytes already waiting (a lower layer delivered after we paused it)
+            return
+        if self._turn_frames < 0:
+            self._turn_frames = self._turn_bytes = 0
+            self.loop.call_soon(self._next_turn)
+        proto = self.proto
+        assert proto is not None
+        messages = self._messages
+        total = len(data)
+        pos = 0
+        with memoryview(data) as view:
+            while pos < total:
+                if self._turn_frames >= TURN_FRAMES or self._turn_bytes >= TURN_BYTES:
+                    self._unparsed = bytearray(view[pos:])
+                    transport = self.transport
+                    if transport is not None and not self._read_paused_for_turn and not transport.is_closing():
+                        self._read_paused_for_turn = True
+                        if not self._reading_paused and not self._read_paused_for_writes:
+                            transport.pause_reading()
+                    return
+                end = pos + RECEIVE_SLICE
+                queued = len(messages)
+                with view[pos:end] as piece:
+                    if proto.receive_data(piece):
+                        self._turn_frames += self._process()
+                    elif messages:
+                        self._messages_arrived()
+                self._turn_frames += len(messages) - queued
+                self._turn_bytes += min(end, total) - pos
+                pos = end
+                if self.proto is None or self.lost.done():
+                    return
+
+    def _next_turn(self) -> None:
+        """A new turn: parse what the last one left, then read again once nothing is left."""
+        self._turn_frames = -1
+        unparsed = self._unparsed
+        if unparsed is None or self.lost.done():
+            return
+        self._unparsed = None
+        self._receive_large(unparsed)
+        if self._unparsed is None and self._read_paused_for_turn:
+            self._read_paused_for_turn = False
+            transport = self.transport
+            if (
+                transport is not None
+                and not self._reading_paused
+                and not self._read_paused_for_writes
+                and not transport.is_closing()
+            ):
+                transport.resume_reading()
+
+    def _process(self) -> int:
+        """Act on the events parsed so far; returns how many there were."""
         proto = self.proto
         assert proto is not None
         events = proto.events_received()
@@ -516,6 +631,7 @@ class Connection(asyncio.Protocol):
             self._close_transport()
         elif proto.close_rcvd is not None and self._recv_waiter is not None and not self._recv_waiter.done():
             self._recv_waiter.set_result(None)
+        return len(events)
 
     def _messages_arrived(self) -> None:
         """Wake recv(), and pause reading once ``max_queue`` messages wait unread."""
@@ -526,7 +642,8 @@ class Connection(asyncio.Protocol):
         if max_queue is not None and len(self._messages) >= max_queue and not self._reading_paused:
             self._reading_paused = True
             assert self.transport is not None
-            self.transport.pause_reading()
+            if not self._read_paused_for_writes:
+                self.transport.pause_reading()
 
     def _fail_pending(self) -> None:
         proto = self.proto
@@ -566,8 +683,8 @@ class Connection(asyncio.Protocol):
                 # makes it send RST, which can destroy our close frame at the peer before it is read. Send
                 # FIN instead and keep reading (and discarding) until the peer closes, or close_timeout.
                 transport.write_eof()
-                if self._reading_paused:
-                    self._reading_paused = False
+                if self._reading_paused or self._read_paused_for_writes or self._read_paused_for_turn:
+                    self._reading_paused = self._read_paused_for_writes = self._read_paused_for_turn = False
                     transport.resume_reading()
             else:
                 transport.close()  # flushes what is buffered, then closes
