@@ -7,8 +7,8 @@ control is the transport's: ``pause_writing``/``resume_writing`` make ``send`` w
 
 Fairness: reading from a peer also pauses while our write buffer for it is above ``write_limit_high`` (a peer
 that does not read its pongs or echoes cannot make us buffer them without bound: TCP pushes back on it), and a
-large received chunk is parsed at most `TURN_FRAMES` frames / `TURN_BYTES` bytes per event-loop turn, the rest
-waiting for the next turn with reading paused (one flooding peer cannot hold the loop for the others).
+peer's input is parsed `TURN_FRAMES` frames at a time (on the parser's general path), the rest waiting for a later
+event-loop turn with reading paused (one flooding peer cannot hold the loop for the others).
 """
 
 from __future__ import annotations
@@ -43,14 +43,10 @@ __all__ = ["Connection", "Data", "ProcessRequest"]
 
 logger = logging.getLogger("uringws")
 
-#: Received bytes parsed per call of the frame parser when a chunk is larger (a TLS layer hands over up to 256 KiB
-#: at a time): between slices the connection checks its turn's budget below.
-RECEIVE_SLICE = 16 * 1024
-#: One connection's budget per event-loop turn: this many frames (messages and control frames) or bytes, then
-#: the rest waits for the next turn with reading paused, so that one peer's flood (256 KiB of 6-byte pings is
-#: 43,000 frames, ~0.1 s of parsing) cannot delay every other connection by its whole size.
+#: Frames parsed on the frame parser's general path (control frames, large or fragmented frames) before the rest
+#: of what arrived waits for a later event-loop turn with reading paused: one TLS delivery of 256 KiB of 6-byte
+#: pings is 43,000 frames (~0.1 s of parsing and answering), which would delay every other connection.
 TURN_FRAMES = 1024
-TURN_BYTES = 1 << 20
 
 #: Longest time messages received just before a protocol error are left for the application to answer
 #: before the connection is failed (it fails at once when the application calls recv() again).
@@ -92,9 +88,6 @@ class Connection(asyncio.Protocol):
         "_send_lock",
         "_server_hs",
         "_sndbuf",
-        "_turn_bytes",
-        "_turn_frames",
-        "_unparsed",
         "_write_paused",
         "config",
         "handshake_done",
@@ -146,10 +139,7 @@ class Connection(asyncio.Protocol):
         self._reading_paused = False  # max_queue messages wait unread
         self._write_paused = False
         self._read_paused_for_writes = False  # reading paused while our write buffer is above the high-water mark
-        self._read_paused_for_turn = False  # reading paused until the next turn: this one's budget is spent
-        self._unparsed: bytearray | None = None  # received bytes left for the next turn (their order kept)
-        self._turn_frames = -1  # frames parsed in this turn (-1: no large chunk seen in it yet)
-        self._turn_bytes = 0
+        self._read_paused_for_turn = False  # reading paused until the next turn: the frame budget ran out
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._send_lock = asyncio.Lock()
         self._pings: dict[bytes, tuple[asyncio.Future[float], float]] = {}
@@ -397,9 +387,7 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         proto = self.proto
         if proto is not None:
-            if len(data) > RECEIVE_SLICE or self._unparsed is not None:
-                self._receive_large(data)
-            elif proto.receive_data(data):
+            if proto.receive_data(data):
                 self._process()
             elif self._messages:
                 self._messages_arrived()  # only messages (already in the deque): no events, nothing to send
@@ -414,8 +402,6 @@ class Connection(asyncio.Protocol):
         proto = self.proto
         if proto is None:
             self.data_received(view.tobytes())
-        elif len(view) > RECEIVE_SLICE or self._unparsed is not None:
-            self._receive_large(view)
         elif proto.receive_data(view):  # data_received(), inlined: once per received chunk
             self._process()
         elif self._messages:
@@ -543,52 +529,19 @@ class Connection(asyncio.Protocol):
             for data in out:
                 write(data)
 
-    def _receive_large(self, data: bytes | bytearray | memoryview) -> None:
-        """Parse a large chunk slice by slice within this turn's budget; keep the rest for the next turn."""
-        unparsed = self._unparsed
-        if unparsed is not None:
-            unparsed += data  # behind bytes already waiting (a lower layer delivered after we paused it)
-            return
-        if self._turn_frames < 0:
-            self._turn_frames = self._turn_bytes = 0
-            self.loop.call_soon(self._next_turn)
-        proto = self.proto
-        assert proto is not None
-        messages = self._messages
-        total = len(data)
-        pos = 0
-        with memoryview(data) as view:
-            while pos < total:
-                if self._turn_frames >= TURN_FRAMES or self._turn_bytes >= TURN_BYTES:
-                    self._unparsed = bytearray(view[pos:])
-                    transport = self.transport
-                    if transport is not None and not self._read_paused_for_turn and not transport.is_closing():
-                        self._read_paused_for_turn = True
-                        if not self._reading_paused and not self._read_paused_for_writes:
-                            transport.pause_reading()
-                    return
-                end = pos + RECEIVE_SLICE
-                queued = len(messages)
-                with view[pos:end] as piece:
-                    if proto.receive_data(piece):
-                        self._turn_frames += self._process()
-                    elif messages:
-                        self._messages_arrived()
-                self._turn_frames += len(messages) - queued
-                self._turn_bytes += min(end, total) - pos
-                pos = end
-                if self.proto is None or self.lost.done():
-                    return
-
     def _next_turn(self) -> None:
-        """A new turn: parse what the last one left, then read again once nothing is left."""
-        self._turn_frames = -1
-        unparsed = self._unparsed
-        if unparsed is None or self.lost.done():
+        """A later loop turn: refill the frame budget, parse what waits, read again once nothing does."""
+        proto = self.proto
+        if proto is None or self.lost.done():
             return
-        self._unparsed = None
-        self._receive_large(unparsed)
-        if self._unparsed is None and self._read_paused_for_turn:
+        proto.frame_budget = TURN_FRAMES
+        if proto.receive_data(b""):
+            self._process()
+        elif self._messages:
+            self._messages_arrived()
+        if proto.input_pending and self._read_paused_for_turn:
+            self.loop.call_soon(self._next_turn)  # the budget ran out once more: the rest waits another turn
+        elif self._read_paused_for_turn:
             self._read_paused_for_turn = False
             transport = self.transport
             if (
@@ -599,8 +552,7 @@ class Connection(asyncio.Protocol):
             ):
                 transport.resume_reading()
 
-    def _process(self) -> int:
-        """Act on the events parsed so far; returns how many there were."""
+    def _process(self) -> None:
         proto = self.proto
         assert proto is not None
         events = proto.events_received()
@@ -631,7 +583,18 @@ class Connection(asyncio.Protocol):
             self._close_transport()
         elif proto.close_rcvd is not None and self._recv_waiter is not None and not self._recv_waiter.done():
             self._recv_waiter.set_result(None)
-        return len(events)
+        if proto.input_pending and not self._read_paused_for_turn:
+            # The frame budget ran out: the rest waits for a later turn, and so does the peer's next input.
+            self._read_paused_for_turn = True
+            transport = self.transport
+            if (
+                transport is not None
+                and not self._reading_paused
+                and not self._read_paused_for_writes
+                and not transport.is_closing()
+            ):
+                transport.pause_reading()
+            self.loop.call_soon(self._next_turn)
 
     def _messages_arrived(self) -> None:
         """Wake recv(), and pause reading once ``max_queue`` messages wait unread."""
@@ -715,6 +678,7 @@ class Connection(asyncio.Protocol):
             defer_failure=True,
             message_sink=self._messages.append,
         )
+        self.proto.frame_budget = TURN_FRAMES
         if self.config.ping_interval is not None:
             self._keepalive_task = self.loop.create_task(self._keepalive())
         if not self.handshake_done.done():
