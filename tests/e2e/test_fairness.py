@@ -332,3 +332,28 @@ def test_ping_flood_does_not_stall_another_connection(factory: Any, certs: tuple
     assert rtts
     # Typically tens of ms on a loaded 2-core machine; the bound leaves a wide margin.
     assert max(rtts) < 1.0, (max(rtts), len(rtts))
+
+
+@pytest.mark.parametrize("reading", [True, False], ids=["slow-reader", "dead"])
+def test_keepalive_keeps_a_peer_that_reads_our_queued_data(reading: bool) -> None:
+    """The pong waits behind our data at a slow reader: as long as it takes more of that data within each
+    ping_timeout the connection stays open; a peer that takes nothing is closed with 1011 after ping_timeout."""
+
+    async def body() -> None:
+        config = WSConfig(write_limit_high=HIGH, write_limit_low=LOW, compression=None, ping_interval=0.05,
+                          ping_timeout=0.1)
+        conn = Connection(Side.SERVER, config)
+        transport = Transport(conn)
+        conn.transport = transport
+        conn.proto = Protocol(Side.SERVER, message_sink=conn._messages.append)
+        transport.queued = 10**6  # a lot queued ahead of the ping
+        conn._keepalive_task = asyncio.get_running_loop().create_task(conn._keepalive())
+        for _ in range(30):  # 0.6 s: six timeouts
+            await asyncio.sleep(0.02)
+            if reading:
+                transport.queued -= 1000  # the peer reads a little all the time
+        closed = any(frame[:1] == b"\x88" for frame in transport.writes)
+        assert closed is not reading, transport.writes[-3:]
+        conn._keepalive_task.cancel()
+
+    run(body())

@@ -89,6 +89,7 @@ class Connection(asyncio.Protocol):
         "_server_hs",
         "_sndbuf",
         "_write_paused",
+        "_written",
         "config",
         "handshake_done",
         "local_address",
@@ -138,6 +139,7 @@ class Connection(asyncio.Protocol):
         self._recv_waiter: asyncio.Future[None] | None = None
         self._reading_paused = False  # max_queue messages wait unread
         self._write_paused = False
+        self._written = 0  # bytes handed to transport.write() once open (keepalive measures progress with it)
         self._read_paused_for_writes = False  # reading paused while our write buffer is above the high-water mark
         self._read_paused_for_turn = False  # reading paused until the next turn: the frame budget ran out
         self._drain_waiters: list[asyncio.Future[None]] = []
@@ -248,6 +250,7 @@ class Connection(asyncio.Protocol):
                 transport = self.transport
                 if transport is not None and not transport.is_closing():
                     transport.write(frame)
+                    self._written += len(frame)
                 if self._write_paused:
                     await self._drain()
                 return
@@ -482,6 +485,11 @@ class Connection(asyncio.Protocol):
 
     # -- internals ---------------------------------------------------------------------------------------
 
+    def _bytes_sent(self) -> int:
+        """Bytes we wrote that have left the transport's buffers (over TLS a little less: it counts ciphertext)."""
+        transport = self.transport
+        return self._written - (transport.get_write_buffer_size() if transport is not None else 0)
+
     def _resume_threshold(self) -> int:
         max_queue = self.config.max_queue
         return 0 if max_queue is None else max_queue // 4
@@ -528,6 +536,7 @@ class Connection(asyncio.Protocol):
             write = transport.write
             for data in out:
                 write(data)
+                self._written += len(data)
 
     def _next_turn(self) -> None:
         """A later loop turn: refill the frame budget, parse what waits, read again once nothing does."""
@@ -699,9 +708,21 @@ class Connection(asyncio.Protocol):
                 waiter = self._send_ping(None)
                 if timeout is None:
                     continue
-                try:
-                    await asyncio.wait_for(asyncio.shield(waiter), timeout)
-                except TimeoutError:
+                # Our writes of this turn leave right before the loop waits: measure progress from after that.
+                await asyncio.sleep(0)
+                sent = self._bytes_sent()
+                while True:
+                    try:
+                        await asyncio.wait_for(asyncio.shield(waiter), timeout)
+                        break
+                    except TimeoutError:
+                        pass
+                    # No pong yet. A peer that took more of what we queued for it within this timeout is alive:
+                    # its pong may wait behind our data, or unread while our full buffer pauses reading.
+                    now_sent = self._bytes_sent()
+                    if now_sent > sent:
+                        sent = now_sent
+                        continue
                     logger.info("keepalive ping timeout after %s s; closing %s", timeout, self.remote_address)
                     self._fail(1011, "keepalive ping timeout")
                     return
