@@ -55,6 +55,7 @@ class RecordingTransport(asyncio.Transport):
         self.queued = 0
         self.closing = False
         self.paused = False
+        self.reading = True
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.writes.append(bytes(data))  # as if the kernel took it at once: `queued` stays what the test set
@@ -64,6 +65,12 @@ class RecordingTransport(asyncio.Transport):
 
     def get_write_buffer_size(self) -> int:
         return self.queued
+
+    def pause_reading(self) -> None:
+        self.reading = False  # the connection stops reading while our buffer is above the high-water mark
+
+    def resume_reading(self) -> None:
+        self.reading = True
 
     def set_queued(self, n: int) -> None:
         """Like a real transport: pause_writing() above the high-water mark, resume_writing() at the low one."""

@@ -524,3 +524,66 @@ def test_reads_across_threads_close_cleanly() -> None:
         stop.set()
         lp.close()
     assert lp.ring.closed and not lp.ring.leaked
+
+
+class _Sink(asyncio.Protocol):
+    """Counts what it gets; the first byte's arrival time too."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.first: float | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.first is None:
+            self.first = asyncio.get_running_loop().time()
+        self.n += len(data)
+
+
+def test_dry_ring_still_reads_every_connection_soon() -> None:
+    """A shared ring that busy connections keep dry must not starve one more: after -ENOBUFS a connection polls and
+    reads into its own buffer. (Re-arming the RECV instead left a quiet connection among 300 pushing ones waiting
+    for seconds: whoever comes late in the submission order finds the buffers taken every time.)"""
+    lp = EventLoop(read_mode="ring", recv_buffers=2, recv_buffer_size=4096, recv_incremental=False)
+    stop = threading.Event()
+
+    def pump(sock: socket.socket) -> None:
+        chunk = b"x" * 65536
+        try:
+            while not stop.is_set():
+                sock.sendall(chunk)
+        except OSError:
+            pass
+
+    async def main() -> float:
+        server, port, made = await _serve(_Sink)
+        pushers = [socket.create_connection(("127.0.0.1", port)) for _ in range(16)]
+        threads = [threading.Thread(target=pump, args=(s,), daemon=True) for s in pushers]
+        try:
+            for t in threads:
+                t.start()
+            await _until(lambda: len(made) == 16 and all(p.n for p in made))
+            await asyncio.sleep(0.2)  # the ring runs dry over and over
+            with socket.create_connection(("127.0.0.1", port)) as quiet:
+                await _until(lambda: len(made) == 17)
+                await asyncio.sleep(0.05)
+                sent = asyncio.get_running_loop().time()
+                quiet.sendall(b"hello")
+                await _until(lambda: made[16].n == 5, timeout=30)
+                assert made[16].first is not None
+                return made[16].first - sent
+        finally:
+            stop.set()
+            for s in pushers:
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            for t in threads:
+                t.join()
+            server.close()
+            await server.wait_closed()
+
+    try:
+        waited = lp.run_until_complete(main())
+        assert waited < 0.5, waited  # typically a few ms (it took 10 s when the RECV was re-armed)
+        assert lp.read_stats.enobufs > 0 and lp.read_stats.poll_reads > 0, lp.read_stats
+    finally:
+        lp.close()

@@ -310,3 +310,22 @@ def test_multishot_poll_keeps_callback_until_final_cqe(ring: Ring) -> None:
         reap_until(ring, lambda: ring.in_flight == 0)
         gc.collect()
         assert ref() is None
+
+
+def test_completions_posted_by_callbacks_wait_for_the_next_wait() -> None:
+    """A callback that makes another operation complete at once (a NOP submitted from it; in the loop, a flooding
+    socket's multishot RECV) must not keep one wait() dispatching: the event loop runs nothing else meanwhile."""
+    calls: list[int] = []
+    with Ring(8) as ring:
+
+        def again(res: int, flags: int) -> None:
+            calls.append(res)
+            if len(calls) < 1000:
+                ring.nop(again)
+                ring.submit()  # the NOP completes during this enter: its CQE is posted before wait() returns
+
+        ring.nop(again)
+        assert ring.wait(1) == 1
+        assert calls == [0]
+        assert ring.wait(0) == 1  # the one posted meanwhile
+        assert len(calls) == 2

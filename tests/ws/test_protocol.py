@@ -250,3 +250,63 @@ def test_deferred_failure_without_messages_fails_at_once() -> None:
     s = Protocol(Side.SERVER, defer_failure=True)
     s.receive_data(cframe(0x3))
     assert s.pending_failure is None and s.close_expected
+
+
+@given(st.lists(st.integers(0, 4), min_size=1, max_size=40), st.integers(1, 5), st.integers(1, 64))
+@settings(max_examples=60, deadline=None)
+def test_frame_budget_stops_at_a_frame_boundary_and_resumes_in_order(kinds: list[int], budget: int,
+                                                                      chunk: int) -> None:
+    """frame_budget counts frames of the general path (control frames, fragments; here pings and a fragmented
+    message among small messages): at 0 parsing stops, the rest is kept (after what arrives later) and
+    ``input_pending`` says so; refilled, receive_data(b"") goes on. Nothing is lost, reordered or answered twice."""
+    wire = b""
+    expected: list[object] = []
+    for i, kind in enumerate(kinds):
+        if kind <= 1:
+            wire += cframe(0x9, b"%d" % i)
+            expected.append(("pong", b"%d" % i))
+        elif kind == 2:
+            wire += cframe(0x1, b"part", fin=False) + cframe(0x0, b"-%d" % i)
+            expected.append(("msg", f"part-{i}"))
+        else:
+            wire += cframe(0x2, b"m%d" % i)
+            expected.append(("msg", b"m%d" % i))
+    p = server()
+    got: list[object] = []
+
+    def collect() -> None:
+        for event in p.events_received():
+            if isinstance(event, Message):
+                got.append(("msg", event.data))
+        got.extend(("pong", payload) for opcode, payload, _ in sent_frames(p) if opcode == 0xA)
+
+    p.frame_budget = budget
+    for start in range(0, len(wire), chunk):
+        p.receive_data(wire[start:start + chunk])  # delivered even while the budget is spent: kept in order
+        collect()
+        assert p.frame_budget >= 0
+    rounds = 0
+    while p.input_pending:
+        rounds += 1
+        assert rounds <= len(kinds) * 2
+        p.frame_budget = budget
+        assert p.receive_data(b"") or not p.input_pending
+        collect()
+    # Pongs may come before messages parsed in the same call; each kind keeps its own order.
+    assert [g for g in got if g[0] == "pong"] == [e for e in expected if e[0] == "pong"]
+    assert [g for g in got if g[0] == "msg"] == [e for e in expected if e[0] == "msg"]
+    assert p.state is State.OPEN
+
+
+def test_frame_budget_limits_pings_answered_per_call() -> None:
+    p = server()
+    p.frame_budget = 3
+    assert p.receive_data(b"".join(cframe(0x9, b"%d" % i) for i in range(10)))
+    assert [payload for opcode, payload, _ in sent_frames(p)] == [b"0", b"1", b"2"]
+    assert p.input_pending and p.frame_budget == 0
+    assert not p.receive_data(b"") or p.input_pending  # nothing parsed without a refill
+    assert sent_frames(p) == []
+    p.frame_budget = 100
+    assert p.receive_data(b"")
+    assert [payload for opcode, payload, _ in sent_frames(p)] == [b"%d" % i for i in range(3, 10)]
+    assert not p.input_pending and p.frame_budget == 93

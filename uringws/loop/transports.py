@@ -105,13 +105,14 @@ class SendStats:
 class ReadStats:
     """Counters of the ring read path, per loop (tests use them to prove what they exercised)."""
 
-    __slots__ = ("arms", "enobufs", "held", "restarts")
+    __slots__ = ("arms", "enobufs", "held", "poll_reads", "restarts")
 
     def __init__(self) -> None:
         self.arms = 0  # multishot RECVs submitted
         self.enobufs = 0  # RECVs ended by -ENOBUFS (buffer ring dry), re-armed
         self.restarts = 0  # RECVs that ended for another reason while reading (data, EINTR, ...), re-armed
         self.held = 0  # chunks copied aside: arrived while paused, or joined with the next (F_SOCK_NONEMPTY)
+        self.poll_reads = 0  # polls armed instead of a RECV after -ENOBUFS (then one recv(2) of our own)
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -315,6 +316,13 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
                 self._read_ud = self._ring.poll_add(self._sock_fd, _POLLIN, self._on_readable)
             self._ops += 1
 
+    def _arm_poll_read(self) -> None:
+        """One POLLIN poll, then one recv(2) into our own buffer, then back to the ring RECV (`_on_readable`)."""
+        if self._read_ud is None and not self._release_wanted and not self._selector.closing:
+            self._read_ud = self._ring.poll_add(self._sock_fd, _POLLIN, self._on_readable)
+            self._ops += 1
+            self._read_stats.poll_reads += 1  # type: ignore[union-attr]
+
     # -- ring reads (multishot RECV from the loop's BufferRing) -------------------------------------------
     def _on_recv(self, res: int, flags: int) -> None:
         if (res > 0 and (self._buffered or not flags & _F_SOCK_NONEMPTY) and not self._closing and not self._paused
@@ -405,6 +413,13 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
             else:
                 self._drain_held()
         if final and not self._paused and not self._closing and not self._read_eof and not self._read_ud:
+            if res == -_ENOBUFS and not self._held:
+                # The shared ring ran dry (many busy connections). Re-arming the RECV would retry in submission
+                # order, and whoever is late in that order finds the buffers taken again and again (a canary
+                # among 300 pushing clients waited seconds): one poll + recv(2) of our own reads this socket
+                # as soon as it is readable, whatever the others do.
+                self._arm_poll_read()
+                return
             if res != -_ECANCELED and res != -_ENOBUFS:
                 self._read_stats.restarts += 1  # type: ignore[union-attr]
             self._arm_read()

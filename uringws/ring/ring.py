@@ -533,7 +533,8 @@ class Ring:
 
     def wait(self, timeout: float | None = None) -> int:
         """Submit queued SQEs, wait up to ``timeout`` seconds (None: forever, 0: don't) for a completion, and
-        run the callbacks of every completion available. Returns the number of CQEs dispatched."""
+        run the callbacks of the completions available then (not of those posted while they run: they wait for
+        the next wait()). Returns the number of CQEs dispatched."""
         if self._closed:
             raise RingClosedError("the ring is closed")
         if self._in_dispatch:
@@ -643,6 +644,12 @@ class Ring:
                 raise
             finally:
                 self._in_dispatch = False
+            # One batch per wait(): what callbacks made complete meanwhile (a flooding socket's multishot RECV
+            # posts a CQE per chunk as fast as it arrives) waits for the next wait(), so that the loop's timers,
+            # ready callbacks and before-wait sends get their turn in between. Only CQEs the kernel kept on its
+            # overflow list (older than anything posted since) are still taken now.
+            if not self._sq_kflags[0] & IORING_SQ_CQ_OVERFLOW:
+                return total
 
     def _callback_failed(self, exc: Exception, ud: int) -> None:
         if self.on_callback_error is not None:

@@ -56,7 +56,9 @@ class WSConfig:
     write_limit_low: int = 16 * 1024
     #: Keepalive: seconds between pings; None disables keepalive pings.
     ping_interval: float | None = 20.0
-    #: Keepalive: seconds to wait for the pong before closing with 1011; None waits forever.
+    #: Keepalive: seconds to wait for the pong before closing with 1011; None waits forever. A peer that is still
+    #: reading what we queued for it (more of it left our buffers within each such period) is kept while its pong
+    #: waits behind that data, so a live slow reader is not cut off; one that reads nothing is closed.
     ping_timeout: float | None = 20.0
     #: Seconds allowed for the opening handshake; a server counts them from accept, TLS handshake included.
     open_timeout: float | None = 10.0

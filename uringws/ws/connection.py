@@ -4,6 +4,11 @@ The only module of ``uringws.ws`` that imports asyncio. It is an ``asyncio.Proto
 every frame goes straight from the sans-I/O core to ``transport.write`` on any asyncio event loop, and flow
 control is the transport's: ``pause_writing``/``resume_writing`` make ``send`` wait while more than
 ``write_limit_high`` bytes are buffered; more than ``max_queue`` unread messages pause reading.
+
+Fairness: reading from a peer also pauses while our write buffer for it is above ``write_limit_high`` (a peer
+that does not read its pongs or echoes cannot make us buffer them without bound: TCP pushes back on it), and a
+peer's input is parsed `TURN_FRAMES` frames at a time (on the parser's general path), the rest waiting for a later
+event-loop turn with reading paused (one flooding peer cannot hold the loop for the others).
 """
 
 from __future__ import annotations
@@ -37,6 +42,11 @@ from .protocol import Close, Message, Ping, Pong, Protocol, Side, State
 __all__ = ["Connection", "Data", "ProcessRequest"]
 
 logger = logging.getLogger("uringws")
+
+#: Frames parsed on the frame parser's general path (control frames, large or fragmented frames) before the rest
+#: of what arrived waits for a later event-loop turn with reading paused: one TLS delivery of 256 KiB of 6-byte
+#: pings is 43,000 frames (~0.1 s of parsing and answering), which would delay every other connection.
+TURN_FRAMES = 1024
 
 #: Longest time messages received just before a protocol error are left for the application to answer
 #: before the connection is failed (it fails at once when the application calls recv() again).
@@ -86,6 +96,8 @@ class Connection(asyncio.Protocol):
         "_pending_failure_handle",
         "_pings",
         "_process_request",
+        "_read_paused_for_turn",
+        "_read_paused_for_writes",
         "_reading_paused",
         "_recv_waiter",
         "_request_ready",
@@ -93,6 +105,7 @@ class Connection(asyncio.Protocol):
         "_server_hs",
         "_sndbuf",
         "_write_paused",
+        "_written",
         "config",
         "handshake_done",
         "local_address",
@@ -140,8 +153,11 @@ class Connection(asyncio.Protocol):
         self._messages: collections.deque[Data] = collections.deque()
         self._max_queue = config.max_queue  # read per received batch; the config is frozen
         self._recv_waiter: asyncio.Future[None] | None = None
-        self._reading_paused = False
+        self._reading_paused = False  # max_queue messages wait unread
         self._write_paused = False
+        self._written = 0  # bytes handed to transport.write() once open (keepalive measures progress with it)
+        self._read_paused_for_writes = False  # reading paused while our write buffer is above the high-water mark
+        self._read_paused_for_turn = False  # reading paused until the next turn: the frame budget ran out
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._send_lock = asyncio.Lock()
         self._pings: dict[bytes, tuple[asyncio.Future[float], float]] = {}
@@ -216,7 +232,12 @@ class Connection(asyncio.Protocol):
         message = messages.popleft()
         if self._reading_paused and len(messages) <= self._resume_threshold():
             self._reading_paused = False
-            if self.transport is not None and not self.transport.is_closing():
+            if (
+                self.transport is not None
+                and not self.transport.is_closing()
+                and not self._read_paused_for_writes
+                and not self._read_paused_for_turn
+            ):
                 self.transport.resume_reading()
         return message
 
@@ -249,6 +270,7 @@ class Connection(asyncio.Protocol):
                 transport = self.transport
                 if transport is not None and not transport.is_closing():
                     transport.write(frame)
+                    self._written += len(frame)
                 if self._write_paused:
                     await self._drain()
                 return
@@ -452,15 +474,45 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        # A peer that does not read what we send (its pongs, echoes) must not make us read more of its input:
+        # while our buffer for it is above the high-water mark its bytes stay in the kernel, and TCP pushes back
+        # on it, instead of its pongs piling up here without bound (a ping flood that never reads).
+        transport = self.transport
+        proto = self.proto
+        if (
+            transport is not None
+            and proto is not None
+            and proto.state is State.OPEN
+            and not self._read_paused_for_writes
+            and not transport.is_closing()
+        ):
+            self._read_paused_for_writes = True
+            if not self._reading_paused and not self._read_paused_for_turn:
+                transport.pause_reading()
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self._read_paused_for_writes:
+            self._read_paused_for_writes = False
+            transport = self.transport
+            if (
+                transport is not None
+                and not self._reading_paused
+                and not self._read_paused_for_turn
+                and not transport.is_closing()
+            ):
+                transport.resume_reading()
         for drain in self._drain_waiters:
             if not drain.done():
                 drain.set_result(None)
         self._drain_waiters.clear()
 
     # -- internals ---------------------------------------------------------------------------------------
+
+    def _bytes_sent(self) -> int:
+        """Bytes we wrote that have left the transport's buffers (over TLS a little less: it counts ciphertext)."""
+        transport = self.transport
+        return self._written - (transport.get_write_buffer_size() if transport is not None else 0)
 
     def _resume_threshold(self) -> int:
         max_queue = self.config.max_queue
@@ -508,6 +560,30 @@ class Connection(asyncio.Protocol):
             write = transport.write
             for data in out:
                 write(data)
+                self._written += len(data)
+
+    def _next_turn(self) -> None:
+        """A later loop turn: refill the frame budget, parse what waits, read again once nothing does."""
+        proto = self.proto
+        if proto is None or self.lost.done():
+            return
+        proto.frame_budget = TURN_FRAMES
+        if proto.receive_data(b""):
+            self._process()
+        elif self._messages:
+            self._messages_arrived()
+        if proto.input_pending and self._read_paused_for_turn:
+            self.loop.call_soon(self._next_turn)  # the budget ran out once more: the rest waits another turn
+        elif self._read_paused_for_turn:
+            self._read_paused_for_turn = False
+            transport = self.transport
+            if (
+                transport is not None
+                and not self._reading_paused
+                and not self._read_paused_for_writes
+                and not transport.is_closing()
+            ):
+                transport.resume_reading()
 
     def _process(self) -> None:
         proto = self.proto
@@ -540,6 +616,18 @@ class Connection(asyncio.Protocol):
             self._close_transport()
         elif proto.close_rcvd is not None and self._recv_waiter is not None and not self._recv_waiter.done():
             self._recv_waiter.set_result(None)
+        if proto.input_pending and not self._read_paused_for_turn:
+            # The frame budget ran out: the rest waits for a later turn, and so does the peer's next input.
+            self._read_paused_for_turn = True
+            transport = self.transport
+            if (
+                transport is not None
+                and not self._reading_paused
+                and not self._read_paused_for_writes
+                and not transport.is_closing()
+            ):
+                transport.pause_reading()
+            self.loop.call_soon(self._next_turn)
 
     def _messages_arrived(self) -> None:
         """Wake recv(), and pause reading once ``max_queue`` messages wait unread."""
@@ -550,7 +638,8 @@ class Connection(asyncio.Protocol):
         if max_queue is not None and len(self._messages) >= max_queue and not self._reading_paused:
             self._reading_paused = True
             assert self.transport is not None
-            self.transport.pause_reading()
+            if not self._read_paused_for_writes:
+                self.transport.pause_reading()
 
     def _fail_pending(self) -> None:
         proto = self.proto
@@ -590,8 +679,8 @@ class Connection(asyncio.Protocol):
                 # makes it send RST, which can destroy our close frame at the peer before it is read. Send
                 # FIN instead and keep reading (and discarding) until the peer closes, or close_timeout.
                 transport.write_eof()
-                if self._reading_paused:
-                    self._reading_paused = False
+                if self._reading_paused or self._read_paused_for_writes or self._read_paused_for_turn:
+                    self._reading_paused = self._read_paused_for_writes = self._read_paused_for_turn = False
                     transport.resume_reading()
             else:
                 transport.close()  # flushes what is buffered, then closes
@@ -622,6 +711,7 @@ class Connection(asyncio.Protocol):
             defer_failure=True,
             message_sink=self._messages.append,
         )
+        self.proto.frame_budget = TURN_FRAMES
         if self.config.ping_interval is not None:
             self._keepalive_task = self.loop.create_task(self._keepalive())
         if not self.handshake_done.done():
@@ -642,9 +732,21 @@ class Connection(asyncio.Protocol):
                 waiter = self._send_ping(None)
                 if timeout is None:
                     continue
-                try:
-                    await asyncio.wait_for(asyncio.shield(waiter), timeout)
-                except TimeoutError:
+                # Our writes of this turn leave right before the loop waits: measure progress from after that.
+                await asyncio.sleep(0)
+                sent = self._bytes_sent()
+                while True:
+                    try:
+                        await asyncio.wait_for(asyncio.shield(waiter), timeout)
+                        break
+                    except TimeoutError:
+                        pass
+                    # No pong yet. A peer that took more of what we queued for it within this timeout is alive:
+                    # its pong may wait behind our data, or unread while our full buffer pauses reading.
+                    now_sent = self._bytes_sent()
+                    if now_sent > sent:
+                        sent = now_sent
+                        continue
                     logger.info("keepalive ping timeout after %s s; closing %s", timeout, self.remote_address)
                     self._fail(1011, "keepalive ping timeout")
                     return

@@ -147,6 +147,8 @@ class Protocol:
         "deflate",
         "eof_received",
         "failure",
+        "frame_budget",
+        "input_pending",
         "max_size",
         "pending_failure",
         "side",
@@ -182,6 +184,13 @@ class Protocol:
         self._small_ok = (max_size is None or max_size >= 65535) and not stream_fragments
         # frame_message() may build frames itself: unmasked (server) and uncompressed.
         self._raw_send = not self._is_client and deflate is None
+        #: Frames that receive_data() may still parse on the general (Python) path -- control frames, large or
+        #: fragmented ones; runs of small whole messages on the compiled path are not counted. None: no limit. At
+        #: 0 it stops at the next frame boundary, keeps the rest and sets ``input_pending``; the front-end
+        #: refills it (a later turn of its event loop) and calls ``receive_data(b"")`` to go on.
+        self.frame_budget: int | None = None
+        #: Received bytes wait unparsed because ``frame_budget`` ran out.
+        self.input_pending = False
 
         self._buf = bytearray()
         self._events: list[Event] = []
@@ -259,12 +268,13 @@ class Protocol:
         """Parse received bytes; never raises for bad input (the connection is failed instead).
 
         Returns whether the front-end has anything to act on besides messages given to ``message_sink``:
-        events, bytes in ``data_to_send``, a deferred failure, or ``close_expected``. False means that at
-        most new messages were delivered, so a front-end may skip its event loop.
+        events, bytes in ``data_to_send``, a deferred failure, ``close_expected``, or ``input_pending``. False
+        means that at most new messages were delivered, so a front-end may skip its event loop.
         """
         if self._discard_input:
+            self.input_pending = False
             return True  # closing or failed: rare, let the front-end look at everything
-        if not data:
+        if not data and not self.input_pending:
             return bool(self._events or self._out)
         buf: bytes | bytearray | memoryview
         if self._buf:
@@ -282,10 +292,15 @@ class Protocol:
         small_ok = self._small_ok
         emit = self._emit
         delivered = 0  # messages completed in this call (they may have gone to the sink, not to _events)
+        budget = self.frame_budget
+        stopped = False  # by the frame budget, with bytes left
         try:
             while True:
                 hdr = self._hdr
                 if hdr is None:
+                    if budget is not None and budget <= 0:
+                        stopped = pos < n
+                        break
                     # Fast path: a run of whole unfragmented, uncompressed text/binary messages of < 64 KiB in
                     # one call (compiled when built). It stops at anything else; the general path takes that.
                     if small_ok and not self._msg_opcode:
@@ -304,6 +319,8 @@ class Protocol:
                     )
                     if hdr is None:
                         break
+                    if budget is not None:
+                        budget -= 1
                     self._check_sequence(hdr)
                     start = hdr.header_end
                     self._hdr = hdr
@@ -373,6 +390,9 @@ class Protocol:
                 self._discard_input = True
             else:
                 self.fail(exc.code, exc.reason, exc)
+        if budget is not None:
+            self.frame_budget = budget
+        self.input_pending = stopped
         if self._discard_input:
             self._buf = bytearray()
             self._hdr = None
@@ -386,7 +406,7 @@ class Protocol:
             self._buf = bytearray(buf[pos:] if type(buf) is memoryview else memoryview(buf)[pos:])
         if pos and self._hdr is not None:
             self._hdr_end -= pos
-        return bool(self._events or self._out)
+        return bool(self._events or self._out or stopped)
 
     def receive_eof(self) -> None:
         """The transport was closed or the peer sent EOF: the connection is CLOSED."""
