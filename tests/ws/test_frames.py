@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -17,6 +18,7 @@ from uringws.ws.frames import (
     parse_close,
     parse_frame,
     parse_header,
+    parse_messages_py,
     serialize_close,
     serialize_frame,
 )
@@ -146,3 +148,42 @@ def test_close_payload_edge_cases() -> None:
     assert info.value.code == 1007
     with pytest.raises(ValueError):
         serialize_close(1000, "x" * 124)
+
+
+# -- the mask key must be there in full before a masked frame is taken (parse_header and both parse_messages) ---
+
+try:
+    from uringws.ws import _speedups as _speedups_mod
+except ImportError:  # built without a compiler: only the pure twin is tested
+    _speedups_mod = None
+_PARSE_MESSAGES = [pytest.param(parse_messages_py, id="py")]
+if _speedups_mod is not None and hasattr(_speedups_mod, "parse_messages"):
+    _PARSE_MESSAGES.append(pytest.param(_speedups_mod.parse_messages, id="c"))
+
+
+@pytest.mark.parametrize("length", [0, 5, 125, 126, 300, 65536])
+def test_parse_header_waits_for_all_four_mask_bytes(length: int) -> None:
+    mask = b"\x11\x22\x33\x44"
+    wire = serialize_frame(0x2, b"\x00" * length, mask=mask)
+    header_len = len(serialize_frame(0x2, b"\x00" * length)) - length + 4
+    for cut in range(header_len):  # every prefix that ends inside the header, mask key included
+        assert parse_header(b"xy" + wire[:cut], 2, masked=True) is None, cut
+    hdr = parse_header(b"xy" + wire[:header_len], 2, masked=True)
+    assert hdr is not None and hdr.mask == mask and hdr.header_end == 2 + header_len and hdr.length == length
+
+
+@pytest.mark.parametrize("parser", _PARSE_MESSAGES)
+@pytest.mark.parametrize("length", [0, 1, 3, 125, 126, 1000])
+@pytest.mark.parametrize("opcode", [0x1, 0x2])
+def test_parse_messages_takes_no_masked_frame_before_its_last_byte(
+    parser: Callable[..., int], length: int, opcode: int
+) -> None:
+    first = serialize_frame(0x2, b"first", mask=b"\x01\x02\x03\x04")
+    wire = first + serialize_frame(opcode, b"a" * length, mask=b"\x05\x06\x07\x08")
+    for cut in range(len(first), len(wire)):  # the second frame is missing 1 .. all of its bytes
+        got: list[str | bytes] = []
+        assert parser(wire[:cut], 0, True, got.append) == len(first), cut
+        assert got == [b"first"]
+    got = []
+    assert parser(wire, 0, True, got.append) == len(wire)
+    assert got == [b"first", "a" * length if opcode == 0x1 else b"a" * length]
