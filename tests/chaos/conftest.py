@@ -7,25 +7,31 @@ process's pid, so parallel runs on one machine do not collide, and is removed on
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hashlib
 import itertools
 import os
+import random
 import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 import trustme
 
 NS_PREFIX = "uwchaos"
 _counter = itertools.count()
+T = TypeVar("T")
 
 # RFC 2544's benchmarking range: never routed, so a mistake here cannot reach a real network.
 SERVER_IP = "198.18.0.1"
@@ -159,11 +165,15 @@ class NetnsPair:
 
     def drop(self, ns: str, percent: int) -> None:
         """Drop ``percent`` % of the packets arriving in ``ns``, at random, and count them."""
+        match = "" if percent >= 100 else f"numgen random mod 100 < {percent} "
         rules = (f"add table inet chaos\n"
                  f"add chain inet chaos input {{ type filter hook input priority 0; policy accept; }}\n"
-                 f"add rule inet chaos input numgen random mod 100 < {percent} counter drop\n")
-        subprocess.run(self.exec_cmd(ns, ["nft", "-f", "-"]), input=rules, text=True, check=True,
-                       capture_output=True, timeout=30)
+                 f"flush chain inet chaos input\n"
+                 f"add rule inet chaos input {match}counter drop\n")
+        proc = subprocess.run(self.exec_cmd(ns, ["nft", "-f", "-"]), input=rules, text=True, capture_output=True,
+                              timeout=30)
+        if proc.returncode != 0:
+            raise RuntimeError(f"nft in {ns} refused the drop rule: {proc.stderr.strip()}")
         self.drop_percent[ns] = percent
 
     def dropped(self, ns: str) -> int:
@@ -223,3 +233,27 @@ def server_rss_kib(pid: int) -> int:
 
 def server_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+# --- clients ----------------------------------------------------------------------------------------------------
+def client_tls(certs: dict[str, str]) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=certs["ca"])
+
+
+def run_async(coro: Coroutine[Any, Any, T], backend: str = "auto") -> T:
+    """Run ``coro`` on uringws's own loop (``backend``: auto, io_uring or epoll), as a user would."""
+    import uringws
+
+    factory = uringws.new_event_loop if backend == "auto" else (lambda: uringws.new_event_loop(backend=backend))
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro)
+
+
+async def echo_once(ws: Any, size: int, rng: random.Random, timeout: float = 60.0) -> None:
+    """Send ``size`` random bytes and check that the echo is the same bytes (SHA-256)."""
+    payload = rng.randbytes(size)
+    async with asyncio.timeout(timeout):
+        await ws.send(payload)
+        echo = await ws.recv()
+    assert isinstance(echo, bytes) and len(echo) == size, f"echo of {len(echo)} bytes for {size} sent"
+    assert hashlib.sha256(echo).digest() == hashlib.sha256(payload).digest(), f"echo of {size} bytes corrupt"
