@@ -857,7 +857,8 @@ def fmt(v: Any) -> str:
 def markdown(report: dict[str, Any]) -> str:
     cols = [n for n in report["columns"] if n != "websockets"] + (["websockets"] if "websockets" in
                                                                    report["columns"] else [])
-    lines = ["| attack | measure | " + " | ".join(cols) + " | target |",
+    heads = [n + (" (quick)" if report["columns"][n].get("quick") else "") for n in cols]
+    lines = ["| attack | measure | " + " | ".join(heads) + " | target |",
              "|---|---|" + "---|" * len(cols) + "---|"]
     for row, (title, _) in ROWS.items():
         metrics: list[str] = []
