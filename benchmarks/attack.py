@@ -535,7 +535,7 @@ async def row_push64k(srv: Server, c: Ctx) -> dict[str, Any]:
 
     async with canary(srv, c.cafile, can):
         res = await bounded(clients, clients, pusher)
-    outcomes.update(type(r).__name__ for r in res if isinstance(r, BaseException))
+    outcomes.update(f"open failed: {type(r).__name__}" for r in res if isinstance(r, BaseException))
     return {**canary_metrics(can), "RSS before MB": mb(rss0), "RSS peak MB": mb(sampler.close()),
             "clients": f"{clients} x {duration} s", "messages pushed": pushed,
             "client outcomes": ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items()))}
@@ -756,10 +756,10 @@ async def row_sigterm_load(srv: Server, c: Ctx) -> dict[str, Any]:
     n = c.n(200, 50)
     frame = ws_frame(0x2, os.urandom(1024))
     codes = Counter[str]()
-    started = asyncio.Event()
+    echoes = 0
 
-    async def client(i: int) -> None:
-        reader, writer = await ws_open(srv.port, c.client)
+    async def client(reader: Reader, writer: Writer) -> None:
+        nonlocal echoes
         try:
             async with asyncio.timeout(3 + EXIT_CAP + 5):
                 while True:
@@ -773,8 +773,8 @@ async def row_sigterm_load(srv: Server, c: Ctx) -> dict[str, Any]:
                         if op == 0x9:
                             writer.write(ws_frame(0xA, data))
                         elif op == 0x2:
+                            echoes += 1
                             break
-                    started.set()
         except asyncio.IncompleteReadError:
             codes["EOF, no close frame"] += 1
         except TimeoutError:
@@ -784,14 +784,16 @@ async def row_sigterm_load(srv: Server, c: Ctx) -> dict[str, Any]:
         finally:
             writer.transport.close()
 
-    tasks = asyncio.ensure_future(bounded(n, 50, client))
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(started.wait(), 30)
+    # All of them open before any starts echoing, so all n are connected when the signal comes.
+    opened = await bounded(n, 50, lambda i: ws_open(srv.port, c.client))
+    codes.update(f"open failed: {type(r).__name__}" for r in opened if isinstance(r, BaseException))
+    tasks = asyncio.gather(*(client(*r) for r in opened if isinstance(r, tuple)))
     await asyncio.sleep(3)
+    before_signal = echoes
     exit_s = await asyncio.to_thread(srv.terminate)
-    res = await tasks
-    codes.update(f"open failed: {type(r).__name__}" for r in res if isinstance(r, BaseException))
-    return {"connections": n, "SIGTERM to exit s": exit_s, "exit status": srv.proc.returncode,
+    await tasks
+    return {"connections": f"{n} ({before_signal} echoes in the 3 s before SIGTERM)", "SIGTERM to exit s": exit_s,
+            "exit status": srv.proc.returncode,
             "close codes clients got": ", ".join(f"{k} x{v}" for k, v in codes.most_common())}
 
 
@@ -870,7 +872,28 @@ def markdown(report: dict[str, Any]) -> str:
             cells = [fmt(report["columns"][name].get("results", {}).get(row, {}).get(m)) for name in cols]
             lines.append(f"| {title if i == 0 else ''} | {m} | " + " | ".join(cells)
                          + f" | {TARGETS.get((row, m), '')} |")
+    lines.append("")
+    for name in cols:
+        col = report["columns"][name]
+        m = col.get("machine", {})
+        what = f"tree {col['tree']} at {col['commit']}" if col.get("tree") else f"websockets {col.get('websockets')}"
+        load = "/".join(f"{x:.1f}" for x in m.get("loadavg", ()))
+        lines.append(f"- {name}: {what}, {'quick' if col.get('quick') else 'full'}, started {col.get('started')}, "
+                     f"{m.get('nproc')} CPUs, Linux {m.get('kernel')}, Python {m.get('python')}, "
+                     f"load average at the end {load}")
     return "\n".join(lines) + "\n"
+
+
+def splice(doc: Path, key: str, table: str) -> bool:
+    """Replace the block between ``<!-- table KEY -->`` and the next ``<!-- end table -->`` in ``doc``."""
+    text = doc.read_text()
+    start = f"<!-- table {key} -->\n"
+    i = text.find(start)
+    j = text.find("<!-- end table -->", i)
+    if i < 0 or j < 0:
+        return False
+    doc.write_text(text[: i + len(start)] + table + text[j:])
+    return True
 
 
 def make_cert(tmp: Path) -> tuple[str, str, str]:
@@ -913,6 +936,9 @@ def attack_main(args: argparse.Namespace) -> int:
         cols.append(Column(name, "uringws", str(Path(tree).resolve())))
     if not args.no_websockets:
         cols.append(Column("websockets", "websockets"))
+    if args.doc and not (args.update or args.json):
+        print("attack.py: --doc needs --update or --json (the table block is named after that file)", file=sys.stderr)
+        return 2
     if not cols:
         print("attack.py: nothing to attack: give --tree NAME=DIR and/or drop --no-websockets", file=sys.stderr)
         return 2
@@ -940,6 +966,12 @@ def attack_main(args: argparse.Namespace) -> int:
         Path(path).write_text(json.dumps(report, indent=1) + "\n")
     if args.markdown:
         Path(args.markdown).write_text(text)
+    if args.doc:
+        key = Path(args.update or args.json or "").name
+        if not splice(Path(args.doc), key, text):
+            print(f"attack.py: --doc {args.doc}: no '<!-- table {key} -->' ... '<!-- end table -->' block to replace",
+                  file=sys.stderr)
+            return 2
     return 0
 
 
@@ -971,6 +1003,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="write the results here")
     p.add_argument("--markdown", help="write the table here")
     p.add_argument("--update", metavar="JSON", help="merge into this earlier results file (and write it back)")
+    p.add_argument("--doc", metavar="MD", help="replace the table block named after the --update/--json file here")
     args = p.parse_args(argv)
     if args.cmd == "canary":
         return canary_main(args)

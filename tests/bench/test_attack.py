@@ -41,9 +41,19 @@ def test_markdown_merges_columns(attack: ModuleType) -> None:
     }}
     lines = attack.markdown(report).splitlines()
     assert lines[0] == "| attack | measure | before | after (quick) | websockets | target |"
-    rows = {line.split(" | ")[1]: line.split(" | ")[2:5] for line in lines[2:]}
+    rows = {line.split(" | ")[1]: line.split(" | ")[2:5] for line in lines[2:] if line.startswith("| ")}
     assert rows == {"silent TCP: closed after s": [">75", "-", "10"],
                     "half a ClientHello: closed after s": ["-", "9.5", "-"]}
+
+
+def test_doc_table_block_is_replaced(attack: ModuleType, tmp_path: Path) -> None:
+    doc = tmp_path / "a.md"
+    doc.write_text("intro\n<!-- table x.json -->\nold\n<!-- end table -->\n<!-- table y.json -->\nkeep\n"
+                   "<!-- end table -->\n")
+    assert attack.splice(doc, "x.json", "new\n")
+    assert doc.read_text() == ("intro\n<!-- table x.json -->\nnew\n<!-- end table -->\n<!-- table y.json -->\n"
+                               "keep\n<!-- end table -->\n")
+    assert not attack.splice(doc, "z.json", "new\n")
 
 
 def test_malformed_row_against_websockets(attack: ModuleType, tmp_path: Path) -> None:
