@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -12,6 +13,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="uringws",
         description="WebSockets over TLS on Linux io_uring.",
     )
+    parser.add_argument("--version", action=_VersionAction, help="print the installed version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = sub.add_parser("serve", help="serve HTTPS + WSS (no arguments: 127.0.0.1:8443, dev certificate, demo app)",
                            description="Serve WebSockets over TLS. With no arguments: https://127.0.0.1:8443/ with a "
@@ -74,6 +76,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench_mod.add_arguments(bench)
     return parser
+
+
+class _VersionAction(argparse.Action):
+    """``--version``; reads the installed metadata only when asked (importlib.metadata costs ~10 ms)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(f"uringws {installed_version()}")
+        parser.exit()
+
+
+def installed_version() -> str:
+    """The version pip installed; the source tree's own when it runs uninstalled (a checkout on PYTHONPATH)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("uringws")
+    except metadata.PackageNotFoundError:
+        from . import __version__
+
+        return __version__
 
 
 def _opt_int(text: str) -> int | None:
