@@ -23,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--certfile", help="PEM certificate chain (default: a cached self-signed dev certificate)")
     serve.add_argument("--keyfile", help="PEM private key (default: inside --certfile)")
     serve.add_argument("--app", default="demo", help="demo (page, /echo, /broadcast), echo, or MODULE:HANDLER")
+    serve.add_argument("--app-dir", default=".",
+                       help="directory MODULE of --app MODULE:HANDLER is imported from first (default: the "
+                       "working directory)")
     serve.add_argument("--no-tls", dest="tls", action="store_false", help="plain HTTP and ws:// (insecure)")
     serve.add_argument("--backend", choices=["auto", "uring", "epoll"], default="auto",
                        help="event loop backend (default auto: io_uring when usable)")
@@ -137,8 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         port = args.port if args.port is not None else (8443 if args.tls else 8080)
         opts = serve.ServeOptions(
-            host=args.host, port=port, certfile=args.certfile, keyfile=args.keyfile, app=args.app, tls=args.tls,
-            backend=args.backend, max_size=args.max_size, max_queue=args.max_queue,
+            host=args.host, port=port, certfile=args.certfile, keyfile=args.keyfile, app=args.app,
+            app_dir=args.app_dir, tls=args.tls, backend=args.backend, max_size=args.max_size, max_queue=args.max_queue,
             ping_interval=args.ping_interval, ping_timeout=args.ping_timeout, compression=args.compression,
             write_limit=args.write_limit, close_timeout=args.close_timeout, sndbuf=args.sndbuf)
         return serve.main(opts)
