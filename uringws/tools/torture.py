@@ -54,6 +54,16 @@ class TortureConfig:
     timeout: float = 600.0
     connect_timeout: float = 15.0
 
+    def __post_init__(self) -> None:
+        for name in ("connections", "messages", "window", "read_chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if not 0 <= self.min_size <= self.max_size:
+            raise ValueError(f"need 0 <= min_size <= max_size, not min_size={self.min_size}, "
+                             f"max_size={self.max_size}")
+        if not self.timeout > 0:
+            raise ValueError(f"timeout must be above 0, not {self.timeout}")
+
 
 @dataclass
 class Failure:
