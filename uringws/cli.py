@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--server-hostname", help="SNI / certificate name if it differs from the URL host")
     t.add_argument("--timeout", type=_positive_float, default=600.0,
                    help="give up after this many seconds (default 600)")
+    t.add_argument("--idle-timeout", type=_opt_positive_float, default=10.0,
+                   help="fail when no byte moves either way for this many seconds while echoes are outstanding "
+                   "(a server that does not echo), 'none' to wait for --timeout (default 10)")
     t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal)")
     bench = sub.add_parser("bench", help="benchmark uringws against websockets, picows and aiohttp (same run)",
@@ -224,7 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             url=args.url, connections=args.connections, messages=args.messages, min_size=args.min_size,
             max_size=args.max_size, seed=args.seed, rcvbuf=args.rcvbuf, read_chunk=args.read_chunk,
             window=args.window, tls_version=args.tls_version, cafile=args.cafile, insecure=args.insecure,
-            server_hostname=args.server_hostname, timeout=args.timeout)
+            server_hostname=args.server_hostname, timeout=args.timeout,
+            idle_timeout=args.idle_timeout)
         try:
             torture.parse_uri(args.url)
         except torture.WebSocketError as exc:

@@ -90,6 +90,15 @@ def test_torture_passes_against_our_server(echo_server: int) -> None:
     assert proc.stdout.strip().splitlines()[-1] == "6 passed, 0 failed"
 
 
+def test_torture_with_ws_url_on_our_tls_port(echo_server: int) -> None:
+    # uringws closes a plain-text request on its TLS port without a byte: torture asks the port what it speaks.
+    proc = subprocess.run([sys.executable, "-m", "uringws", "torture", f"ws://127.0.0.1:{echo_server}/", "-c", "3",
+                           "--no-progress"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip() == ("uringws torture: the server speaks TLS on this port: use wss:// (with --cafile "
+                                   "or --insecure for a self-signed certificate)")
+
+
 PICOWS_ECHO = """
 import asyncio, ssl, sys
 import uvloop
