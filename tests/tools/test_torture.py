@@ -206,13 +206,14 @@ async def sink(ws):
     async for m in ws:
         pass
 async def main():
-    async with serve(sink, "127.0.0.1", int(sys.argv[1]), max_size=None, compression=None) as s:
+    async with serve(sink, "127.0.0.1", int(sys.argv[1]), max_size=None, compression=None, ping_interval=0.5) as s:
         await s.serve_forever()
 asyncio.run(main())
 """
 
 
 def test_server_that_does_not_echo_fails_fast() -> None:
+    """Even though it pings (twice a second, more often than --idle-timeout): pings are not echoes."""
     proc, port = start_server(WEBSOCKETS_SINK)
     try:
         started = time.monotonic()

@@ -28,7 +28,7 @@ from typing import Any, TextIO
 from ..ws.config import WSConfig
 from ..ws.exceptions import WebSocketError
 from ..ws.handshake import ClientHandshake, parse_uri
-from ..ws.protocol import Close, Message, Protocol, Side
+from ..ws.protocol import Close, Message, Ping, Pong, Protocol, Side
 
 MiB = 1 << 20
 BAD_RECORD_MAC_REASONS = frozenset({"DECRYPTION_FAILED_OR_BAD_RECORD_MAC", "BAD_RECORD_MAC", "BAD_DECRYPT"})
@@ -145,7 +145,8 @@ class _TLSClosed(ConnectionError):
 
 
 class _Activity:
-    """When a byte last moved on any connection of the run (the no-echo watchdog reads it)."""
+    """When the run last made progress: bytes sent, a handshake answer, echo data received (not pings: a server
+    that pings but does not echo is still stuck). The no-echo watchdog reads it."""
 
     def __init__(self) -> None:
         self.last = time.monotonic()
@@ -210,7 +211,8 @@ class _Stream:
         if self.outgoing.pending:
             await self.loop.sock_sendall(self.sock, self.outgoing.read())
 
-    async def send(self, data: bytes) -> None:
+    async def send(self, data: bytes, progress: bool = True) -> None:
+        """Send all of ``data``; ``progress=False`` for pongs, which do not move the test on."""
         view = memoryview(data)
         for i in range(0, len(view), _SEND_CHUNK):
             if self.sslobj is None:
@@ -218,14 +220,13 @@ class _Stream:
             else:
                 self.sslobj.write(view[i:i + _SEND_CHUNK])
                 await self._flush()
-            self.activity.touch()
+            if progress:
+                self.activity.touch()
 
     async def recv(self, n: int) -> bytes:
         """Up to ``n`` plaintext bytes (b"" at EOF)."""
         if self.sslobj is None:
-            data = await self.loop.sock_recv(self.sock, n)
-            self.activity.touch()
-            return data
+            return await self.loop.sock_recv(self.sock, n)
         while True:
             try:
                 data = self.sslobj.read(n)
@@ -234,7 +235,6 @@ class _Stream:
                 return data
             except ssl.SSLWantReadError:
                 raw = await self.loop.sock_recv(self.sock, n)
-                self.activity.touch()
                 if not raw:
                     self.incoming.write_eof()
                     return b""
@@ -260,6 +260,7 @@ async def _handshake(stream: _Stream, cfg: TortureConfig) -> tuple[Protocol, byt
         if first and not uri.secure and _looks_like_tls(data):
             raise _Fail("tls-port", None, "the server answered the WebSocket handshake in TLS")
         first = False
+        stream.activity.touch()
         response = hs.receive_data(data)
         if response is not None:
             hs.accept(response)
@@ -323,7 +324,10 @@ async def _run_connection(cfg: TortureConfig, conn: int, ctx: ssl.SSLContext | N
                     n = expected[0][0] if expected else done
                     raise _Fail("closed", n, f"server closed the connection after {done} of {len(sizes)} echoes")
                 proto.receive_data(data)
-                for event in proto.events_received():
+                events = proto.events_received()
+                if not events or any(not isinstance(event, Ping | Pong) for event in events):  # none: part of a frame
+                    stream.activity.touch()
+                for event in events:
                     if isinstance(event, Close):
                         n = expected[0][0] if expected else done
                         raise _Fail("closed", n, f"server sent close {event.code} {event.reason!r} after "
@@ -339,7 +343,7 @@ async def _run_connection(cfg: TortureConfig, conn: int, ctx: ssl.SSLContext | N
                 if proto.failure is not None:
                     raise _Fail("protocol", expected[0][0] if expected else done, str(proto.failure))
                 for chunk in proto.data_to_send():  # pongs, close replies
-                    await stream.send(chunk)
+                    await stream.send(chunk, progress=False)
 
         writer_task = asyncio.ensure_future(writer())
         try:
