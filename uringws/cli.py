@@ -5,37 +5,51 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any, NoReturn
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr and exit status 2, like every other error a user can fix."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="uringws",
         description="WebSockets over TLS on Linux io_uring.",
     )
+    parser.add_argument("--version", action=_VersionAction, help="print the installed version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = sub.add_parser("serve", help="serve HTTPS + WSS (no arguments: 127.0.0.1:8443, dev certificate, demo app)",
                            description="Serve WebSockets over TLS. With no arguments: https://127.0.0.1:8443/ with a "
                            "self-signed development certificate (generated on first run, cached) and the demo app.")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=None, help="port (default 8443, or 8080 with --no-tls)")
+    serve.add_argument("--port", type=_port, default=None, help="port (default 8443, or 8080 with --no-tls)")
     serve.add_argument("--certfile", help="PEM certificate chain (default: a cached self-signed dev certificate)")
     serve.add_argument("--keyfile", help="PEM private key (default: inside --certfile)")
     serve.add_argument("--app", default="demo", help="demo (page, /echo, /broadcast), echo, or MODULE:HANDLER")
+    serve.add_argument("--app-dir", default=".",
+                       help="directory MODULE of --app MODULE:HANDLER is imported from first (default: the "
+                       "working directory)")
     serve.add_argument("--no-tls", dest="tls", action="store_false", help="plain HTTP and ws:// (insecure)")
     serve.add_argument("--backend", choices=["auto", "uring", "epoll"], default="auto",
                        help="event loop backend (default auto: io_uring when usable)")
     serve.add_argument("--max-size", type=_opt_size, default=16 << 20,
                        help="largest message accepted, e.g. 1M, or 'none' (default 16M)")
-    serve.add_argument("--max-queue", type=_opt_int, default=16, help="messages buffered per connection (default 16)")
-    serve.add_argument("--ping-interval", type=_opt_float, default=20.0,
+    serve.add_argument("--max-queue", type=_opt_positive_int, default=16,
+                       help="messages buffered per connection (default 16)")
+    serve.add_argument("--ping-interval", type=_opt_positive_float, default=20.0,
                        help="seconds between keepalive pings, 'none' to disable (default 20)")
-    serve.add_argument("--ping-timeout", type=_opt_float, default=20.0,
+    serve.add_argument("--ping-timeout", type=_opt_positive_float, default=20.0,
                        help="seconds to wait for a pong before closing with 1011 (default 20)")
     serve.add_argument("--no-compression", dest="compression", action="store_false",
                        help="disable permessage-deflate")
     serve.add_argument("--write-limit", type=_size, default=64 << 10,
                        help="per-connection write buffer high-water mark (default 64K)")
-    serve.add_argument("--close-timeout", type=float, default=10.0, help="seconds for closing handshakes (default 10)")
+    serve.add_argument("--close-timeout", type=_positive_float, default=10.0,
+                       help="seconds for closing handshakes (default 10)")
     serve.add_argument("--sndbuf", type=_size, default=None,
                        help="SO_SNDBUF of accepted sockets (testing: a tiny value forces short writes)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
@@ -50,19 +64,23 @@ def build_parser() -> argparse.ArgumentParser:
                        "the server into short writes), send messages from a seeded PRNG and check every echo by "
                        "length and SHA-256. Exit 1 on any lost, reordered or corrupt byte or TLS error.")
     t.add_argument("url", help="ws:// or wss:// URL of an echo endpoint")
-    t.add_argument("-c", "--connections", type=int, default=20, help="concurrent connections (default 20)")
-    t.add_argument("-n", "--messages", type=int, default=20, help="messages per connection (default 20)")
+    t.add_argument("-c", "--connections", type=_positive_int, default=20, help="concurrent connections (default 20)")
+    t.add_argument("-n", "--messages", type=_positive_int, default=20, help="messages per connection (default 20)")
     t.add_argument("--min-size", type=_size, default=1, help="smallest message (default 1)")
-    t.add_argument("--max-size", type=_size, default=16 << 20, help="largest message, e.g. 16M (default 16M)")
+    t.add_argument("--max-size", type=_positive_size, default=16 << 20, help="largest message, e.g. 16M (default 16M)")
     t.add_argument("--seed", type=int, default=1, help="PRNG seed for sizes, payloads and read pacing")
     t.add_argument("--rcvbuf", type=_size, default=4096, help="client SO_RCVBUF (default 4096)")
-    t.add_argument("--read-chunk", type=_size, default=4096, help="largest single read (default 4096)")
-    t.add_argument("--window", type=int, default=2, help="messages in flight per connection (default 2)")
+    t.add_argument("--read-chunk", type=_positive_size, default=4096, help="largest single read (default 4096)")
+    t.add_argument("--window", type=_positive_int, default=2, help="messages in flight per connection (default 2)")
     t.add_argument("--tls-version", choices=["1.2", "1.3"], help="pin the TLS version (wss://)")
     t.add_argument("--cafile", help="CA bundle to verify the server certificate (wss://)")
     t.add_argument("--insecure", action="store_true", help="do not verify the server certificate (wss://)")
     t.add_argument("--server-hostname", help="SNI / certificate name if it differs from the URL host")
-    t.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds (default 600)")
+    t.add_argument("--timeout", type=_positive_float, default=600.0,
+                   help="give up after this many seconds (default 600)")
+    t.add_argument("--idle-timeout", type=_opt_positive_float, default=10.0,
+                   help="fail when no byte moves either way for this many seconds while echoes are outstanding "
+                   "(a server that does not echo), 'none' to wait for --timeout (default 10)")
     t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal)")
     bench = sub.add_parser("bench", help="benchmark uringws against websockets, picows and aiohttp (same run)",
@@ -76,12 +94,74 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _opt_int(text: str) -> int | None:
-    return None if text.lower() == "none" else int(text)
+class _VersionAction(argparse.Action):
+    """``--version``; reads the installed metadata only when asked (importlib.metadata costs ~10 ms)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(f"uringws {installed_version()}")
+        parser.exit()
 
 
-def _opt_float(text: str) -> float | None:
-    return None if text.lower() == "none" else float(text)
+def installed_version() -> str:
+    """The version pip installed; the source tree's own when it runs uninstalled (a checkout on PYTHONPATH)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("uringws")
+    except metadata.PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    n = _int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
+
+
+def _port(text: str) -> int:
+    n = _int(text)
+    if not 1 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"{n} is not a TCP port: use 1-65535")
+    return n
+
+
+def _positive_float(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < x < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text}")
+    return x
+
+
+def _opt_positive_int(text: str) -> int | None:
+    return None if text.lower() == "none" else _positive_int(text)
+
+
+def _opt_positive_float(text: str) -> float | None:
+    return None if text.lower() == "none" else _positive_float(text)
+
+
+def _positive_size(text: str) -> int:
+    n = _size(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 byte, not {text}")
+    return n
 
 
 def _opt_size(text: str) -> int | None:
@@ -94,15 +174,27 @@ def _size(text: str) -> int:
     text = text.strip().lower().removesuffix("ib").removesuffix("b")
     try:
         if text and text[-1] in units:
-            return int(float(text[:-1]) * units[text[-1]])
-        return int(text)
-    except ValueError:
+            n = int(float(text[:-1]) * units[text[-1]])
+        else:
+            n = int(text)
+    except (ValueError, OverflowError):
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 4096, 64K, 16M)") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"a size cannot be negative: {text!r}")
+    return n
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in ("serve", "doctor", "bench"):
+        from .ring.probe import availability
+
+        try:
+            availability()  # cached: the backend choice below reuses it
+        except ValueError as exc:  # URINGWS_BACKEND names no backend
+            print(f"uringws {args.command}: {exc}", file=sys.stderr)
+            return 2
     if args.command == "serve":
         import logging
 
@@ -111,8 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         port = args.port if args.port is not None else (8443 if args.tls else 8080)
         opts = serve.ServeOptions(
-            host=args.host, port=port, certfile=args.certfile, keyfile=args.keyfile, app=args.app, tls=args.tls,
-            backend=args.backend, max_size=args.max_size, max_queue=args.max_queue,
+            host=args.host, port=port, certfile=args.certfile, keyfile=args.keyfile, app=args.app,
+            app_dir=args.app_dir, tls=args.tls, backend=args.backend, max_size=args.max_size, max_queue=args.max_queue,
             ping_interval=args.ping_interval, ping_timeout=args.ping_timeout, compression=args.compression,
             write_limit=args.write_limit, close_timeout=args.close_timeout, sndbuf=args.sndbuf)
         return serve.main(opts)
@@ -127,11 +219,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "torture":
         from .tools import torture
 
+        if args.min_size > args.max_size:
+            print(f"uringws torture: --min-size ({args.min_size}) is larger than --max-size ({args.max_size})",
+                  file=sys.stderr)
+            return 2
         cfg = torture.TortureConfig(
             url=args.url, connections=args.connections, messages=args.messages, min_size=args.min_size,
             max_size=args.max_size, seed=args.seed, rcvbuf=args.rcvbuf, read_chunk=args.read_chunk,
             window=args.window, tls_version=args.tls_version, cafile=args.cafile, insecure=args.insecure,
-            server_hostname=args.server_hostname, timeout=args.timeout)
+            server_hostname=args.server_hostname, timeout=args.timeout,
+            idle_timeout=args.idle_timeout)
         try:
             torture.parse_uri(args.url)
         except torture.WebSocketError as exc:

@@ -21,7 +21,8 @@ from .test_torture import free_port, wait_port
 
 
 def serve_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "uringws", "serve", *args]
+    # -P: no working directory on sys.path, as for the installed `uringws` script
+    return [sys.executable, "-P", "-m", "uringws", "serve", *args]
 
 
 @pytest.fixture
@@ -29,8 +30,9 @@ def data_home(tmp_path: Path) -> dict[str, str]:
     return dict(os.environ, XDG_DATA_HOME=str(tmp_path / "data"))
 
 
-def start(args: list[str], env: dict[str, str], port: int) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(serve_cmd(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def start(args: list[str], env: dict[str, str], port: int, cwd: Path | None = None) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(serve_cmd(*args), env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
     try:
         wait_port(port)
     except BaseException:
@@ -87,6 +89,15 @@ def test_torture_passes_against_our_server(echo_server: int) -> None:
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "6 passed, 0 failed"
+
+
+def test_torture_with_ws_url_on_our_tls_port(echo_server: int) -> None:
+    # uringws closes a plain-text request on its TLS port without a byte: torture asks the port what it speaks.
+    proc = subprocess.run([sys.executable, "-m", "uringws", "torture", f"ws://127.0.0.1:{echo_server}/", "-c", "3",
+                           "--no-progress"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip() == ("uringws torture: the server speaks TLS on this port: use wss:// (with --cafile "
+                                   "or --insecure for a self-signed certificate)")
 
 
 PICOWS_ECHO = """
@@ -180,12 +191,21 @@ def test_handler_that_cannot_be_imported(data_home: dict[str, str], spec: str, w
     assert words in one_line_error(proc)
 
 
-def test_custom_handler_module_and_plain_ws(data_home: dict[str, str], tmp_path: Path) -> None:
-    (tmp_path / "myapp.py").write_text(
-        "async def shout(ws):\n    async for m in ws:\n        await ws.send(m.upper())\n")
-    env = dict(data_home, PYTHONPATH=str(tmp_path))
+SHOUT = "async def shout(ws):\n    async for m in ws:\n        await ws.send(m.upper())\n"
+
+
+@pytest.mark.parametrize("where", ["working directory", "--app-dir"])
+def test_custom_handler_module_and_plain_ws(data_home: dict[str, str], tmp_path: Path, where: str) -> None:
+    # -P keeps the working directory off sys.path, as it is for the installed `uringws` script: the module is
+    # found only because serve looks in --app-dir (default: the working directory).
+    app_dir = tmp_path / "app"
+    app_dir.mkdir()
+    (app_dir / "myapp.py").write_text(SHOUT)
     port = free_port()
-    proc = start(["--port", str(port), "--app", "myapp:shout", "--no-tls"], env, port)
+    args = ["--port", str(port), "--app", "myapp:shout", "--no-tls"]
+    if where == "--app-dir":
+        args += ["--app-dir", str(app_dir)]
+    proc = start(args, data_home, port, cwd=app_dir if where == "working directory" else tmp_path)
     try:
         from websockets.sync.client import connect
 
@@ -196,6 +216,16 @@ def test_custom_handler_module_and_plain_ws(data_home: dict[str, str], tmp_path:
         out = stop(proc)
     assert proc.returncode == 0, out
     assert "WARNING: --no-tls" in out
+
+
+def test_app_dir_errors(data_home: dict[str, str], tmp_path: Path) -> None:
+    proc = subprocess.run(serve_cmd("--app", "myapp:shout", "--app-dir", str(tmp_path / "nope")), env=data_home,
+                          capture_output=True, text=True, timeout=60)
+    assert "--app-dir" in one_line_error(proc)
+    proc = subprocess.run(serve_cmd("--app", "myapp:shout", "--app-dir", str(tmp_path)), env=data_home,
+                          capture_output=True, text=True, timeout=60)
+    line = one_line_error(proc)
+    assert "cannot import 'myapp'" in line and "--app-dir" in line
 
 
 def test_sigterm_closes_connections_with_1001(echo_proc: tuple[int, subprocess.Popen[str]]) -> None:

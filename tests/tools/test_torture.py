@@ -170,3 +170,81 @@ def test_bad_url_exits_2() -> None:
                           capture_output=True, text=True, timeout=60, env=dict(os.environ))
     assert proc.returncode == 2
     assert "ws://" in proc.stderr
+
+
+def torture_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "uringws", "torture", *args, "-c", "3", "-n", "2", "--max-size",
+                           "64K", "--no-progress"], capture_output=True, text=True, timeout=timeout)
+
+
+def setup_error(proc: subprocess.CompletedProcess[str]) -> str:
+    """Nothing could be tested: one line on stderr, exit status 2, and not one FAIL line per connection."""
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("uringws torture: "), proc.stderr
+    assert "FAIL" not in proc.stdout
+    return lines[0]
+
+
+def test_untrusted_certificate_says_once_what_to_do(websockets_tls_server: int) -> None:
+    line = setup_error(torture_cli(f"wss://127.0.0.1:{websockets_tls_server}/"))
+    assert "not trusted" in line and "--cafile" in line and "--insecure" in line
+
+
+def test_ws_url_on_a_tls_port(websockets_tls_server: int) -> None:
+    assert "use wss://" in setup_error(torture_cli(f"ws://127.0.0.1:{websockets_tls_server}/"))
+
+
+def test_wss_url_on_a_plain_port(websockets_plain_server: int) -> None:
+    assert "use ws://" in setup_error(torture_cli(f"wss://127.0.0.1:{websockets_plain_server}/", "--insecure"))
+
+
+WEBSOCKETS_SINK = """
+import asyncio, sys
+from websockets.asyncio.server import serve
+async def sink(ws):
+    async for m in ws:
+        pass
+async def main():
+    async with serve(sink, "127.0.0.1", int(sys.argv[1]), max_size=None, compression=None, ping_interval=0.5) as s:
+        await s.serve_forever()
+asyncio.run(main())
+"""
+
+
+def test_server_that_does_not_echo_fails_fast() -> None:
+    """Even though it pings (twice a second, more often than --idle-timeout): pings are not echoes."""
+    proc, port = start_server(WEBSOCKETS_SINK)
+    try:
+        started = time.monotonic()
+        # --timeout 90: without the idle watchdog the run would last that long; with it, ~2 s.
+        run = torture_cli(f"ws://127.0.0.1:{port}/", "--idle-timeout", "2", "--timeout", "90")
+        elapsed = time.monotonic() - started
+    finally:
+        proc.kill()
+        proc.wait()
+    assert run.returncode == 1, run.stdout + run.stderr
+    fails = [line for line in run.stdout.splitlines() if line.startswith("FAIL")]
+    assert len(fails) == 1, run.stdout  # three connections alike, one line
+    assert "no-echo" in fails[0] and "does the server at this URL echo?" in fails[0]
+    assert "(and 2 more connections alike)" in fails[0]
+    assert run.stdout.strip().splitlines()[-1] == "0 passed, 3 failed"
+    assert elapsed < 60, elapsed
+
+
+def test_progress_bar_counts_in_mib() -> None:
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    columns = torture.progress_columns()
+    console = Console(file=io.StringIO(), width=200, force_terminal=False)
+    bar = Progress(*columns, console=console, auto_refresh=False)
+    task = bar.add_task("echoes verified", total=3 << 20)
+    bar.update(task, advance=3 << 19)
+    console.print(bar.get_renderable())
+    shown = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "1.5/3.0 MiB" in shown, shown
+    assert columns[-1].render(SimpleNamespace(finished_speed=None, speed=5 << 20)).plain == "5.0 MiB/s"

@@ -95,11 +95,14 @@ def cpu_refusal(machine: str | None = None) -> str | None:
 
 @functools.lru_cache(maxsize=1)
 def availability() -> Availability:
-    """Try to create a tiny ring, and explain a failure."""
+    """Try to create a tiny ring, and explain a failure; ValueError if URINGWS_BACKEND names no backend."""
     release = platform.release()
     kv = kernel_version(release)
     disabled = _read_int("/proc/sys/kernel/io_uring_disabled")
     env = os.environ.get("URINGWS_BACKEND", "").strip().lower()
+    if env not in ("", "auto", "epoll"):  # a typo would otherwise silently mean auto
+        raise ValueError(f"URINGWS_BACKEND={os.environ['URINGWS_BACKEND']!r} is not a backend: set it to epoll "
+                         "to force the epoll backend, or unset it (or auto) to use io_uring where usable")
     if env == "epoll":
         return Availability(False, "URINGWS_BACKEND=epoll asks for the epoll backend", release, disabled)
     if platform.system() != "Linux":

@@ -13,6 +13,7 @@ import errno
 import importlib
 import json
 import logging
+import os
 import signal
 import ssl
 import sys
@@ -39,6 +40,7 @@ class ServeOptions:
     certfile: str | None = None
     keyfile: str | None = None
     app: str = "demo"
+    app_dir: str = "."  # where MODULE of --app MODULE:HANDLER is looked up first
     tls: bool = True
     backend: str = "auto"  # auto | uring | epoll
     max_size: int | None = 16 << 20
@@ -95,15 +97,24 @@ class DemoApp:
             self.room.discard(ws)
 
 
-def load_handler(spec: str) -> Handler:
-    """``MODULE:HANDLER`` -> the coroutine function."""
+def load_handler(spec: str, app_dir: str | None = None) -> Handler:
+    """``MODULE:HANDLER`` -> the coroutine function; ``app_dir`` goes first on ``sys.path`` (as in uvicorn)."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise UsageError(f"--app {spec!r}: use demo, echo or MODULE:HANDLER (e.g. myapp.ws:handler)")
+    if app_dir is not None:
+        # The console script's sys.path starts with its bin/ directory, not the working directory, so without
+        # this `uringws serve --app myapp:handler` next to myapp.py would only work with PYTHONPATH=.
+        path = os.path.abspath(app_dir)
+        if not os.path.isdir(path):
+            raise UsageError(f"--app-dir {app_dir!r} is not a directory")
+        if path not in sys.path:
+            sys.path.insert(0, path)
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # noqa: BLE001 - ImportError, or any error the module raises at import
-        raise UsageError(f"--app {spec!r}: cannot import {module_name!r}: {exc}") from None
+        where = f" (looked in {app_dir!r} first; see --app-dir)" if app_dir is not None else ""
+        raise UsageError(f"--app {spec!r}: cannot import {module_name!r}: {exc}{where}") from None
     handler = module
     for part in attr.split("."):
         handler = getattr(handler, part, None)  # type: ignore[assignment]
@@ -176,7 +187,7 @@ async def _serve(opts: ServeOptions, backend_line: str, tls: tuple[ssl.SSLContex
     elif opts.app == "echo":
         handler = echo_handler
     else:
-        handler = load_handler(opts.app)
+        handler = load_handler(opts.app, opts.app_dir)
 
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -219,7 +230,7 @@ async def _serve(opts: ServeOptions, backend_line: str, tls: tuple[ssl.SSLContex
 def main(opts: ServeOptions, out: Any = sys.stdout) -> int:
     try:
         if opts.app not in ("demo", "echo"):
-            load_handler(opts.app)  # fail before binding anything
+            load_handler(opts.app, opts.app_dir)  # fail before binding anything
         factory, backend_line = loop_factory(opts.backend)
         tls = make_tls(opts) if opts.tls else None
         with asyncio.Runner(loop_factory=factory) as runner:
