@@ -94,13 +94,15 @@ class RedisBackend(Backend):
         # Streams mode: last id seen per stream key; None until the tail is fetched (after an outage).
         self._last_ids: dict[bytes, bytes | None] = {}
         self._malformed_logged: set[str] = set()
+        self._streams_changed = asyncio.Event()
+        self._reader_id: int | None = None  # CLIENT ID of the streams reader's connection
 
     @property
     def _where(self) -> str:
         parts = urllib.parse.urlsplit(self.url)
         return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path}"  # no password in logs
 
-    def _new_client(self, **kwargs: Any) -> Any:
+    def _new_client(self, role: str, **kwargs: Any) -> Any:
         # No retries inside redis-py: a retried PUBLISH whose reply was lost would deliver twice, and
         # reconnecting is this backend's job (with its own backoff and one log line per outage).
         return aioredis.Redis.from_url(
@@ -108,6 +110,7 @@ class RedisBackend(Backend):
             retry=Retry(NoBackoff(), 0),
             socket_connect_timeout=self.connect_timeout,
             socket_timeout=self.connect_timeout,
+            client_name=f"uringws-{role}-{self.node_id.hex()[:12]}",  # tells nodes apart in CLIENT LIST
             **kwargs,
         )
 
@@ -115,15 +118,14 @@ class RedisBackend(Backend):
 
     async def start(self, deliver: Deliver) -> None:
         self._deliver = deliver
-        self._client = self._new_client()
+        self._client = self._new_client("node")
         try:
             async with asyncio.timeout(self.connect_timeout):
                 await self._client.ping()
                 if self.mode == "pubsub":
                     self._pubsub = await self._connect_pubsub()
                 else:
-                    self._reader = self._new_client(single_connection_client=True)
-                    await self._reader.ping()
+                    self._reader = await self._connect_reader()
         except (RedisError, OSError, TimeoutError) as exc:
             await self._discard()
             raise BackendUnavailable(
@@ -354,6 +356,10 @@ class RedisBackend(Backend):
             return  # the reader fetches the tail when it is back
         try:
             await self._fetch_tail(key)
+            # Have the reader add the stream now rather than when its current XREAD BLOCK times out.
+            self._streams_changed.set()
+            if self._reader_id is not None:
+                await self._client.client_unblock(self._reader_id)
         except (RedisError, OSError, TimeoutError):
             pass
 
@@ -373,24 +379,29 @@ class RedisBackend(Backend):
                     streams = {k: v for k, v in self._last_ids.items() if v is not None}
                     if not streams:
                         await self._reader.ping()
-                        await asyncio.sleep(self.stream_block)
+                        self._streams_changed.clear()
+                        try:
+                            async with asyncio.timeout(self.health_interval):
+                                await self._streams_changed.wait()
+                        except TimeoutError:
+                            pass
                         continue
-                    # The BLOCK timeout bounds how long a newly subscribed channel waits to be read (its start id
-                    # is already fixed, so nothing published after subscribe() is missed).
+                    # A subscribe() interrupts this with CLIENT UNBLOCK; the BLOCK timeout is the fallback bound on
+                    # how long a new stream waits to be read (its start id is fixed, so it misses nothing meanwhile).
                     reply = await self._reader.xread(streams, block=block_ms, count=1000)
                     for key, entries in reply or ():
                         self._on_stream_entries(key, entries)
             except (RedisError, OSError, TimeoutError) as exc:
                 self._went_down(exc)
-            reader, self._reader = self._reader, None
+            reader, self._reader, self._reader_id = self._reader, None, None
             await _quiet_close(reader)
             self._reader = await self._reconnect(self._connect_reader)
             self._came_up()
 
     async def _connect_reader(self) -> Any:
-        reader = self._new_client(single_connection_client=True)
+        reader = self._new_client("reader", single_connection_client=True)
         try:
-            await reader.ping()
+            self._reader_id = await reader.client_id()
         except BaseException:
             await _quiet_close(reader)
             raise
