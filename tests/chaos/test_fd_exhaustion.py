@@ -84,8 +84,6 @@ def test_server_out_of_fds_keeps_serving_and_recovers(chaos_certs: dict[str, str
     assert server.returncode == 0, out
 
 
-@pytest.mark.xfail(strict=False, reason="defect found by the chaos suite: URINGWS_BACKEND=epoll uringws serve dies "
-                   "with TypeError: TLSEventLoop() got multiple values for keyword argument 'backend'")
 def test_backend_env_var_serves(chaos_certs: dict[str, str]) -> None:
     # The README: URINGWS_BACKEND=epoll forces the epoll backend everywhere, `uringws serve` included.
     port = free_port()

@@ -297,8 +297,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "ws-entry-discard",
         PROTO,
-        "        if self._discard_input:\n            return True  # closing",
-        "        if False:\n            return True  # closing",
+        "        if self._discard_input:\n            self.input_pending = False\n            return True  # closing",
+        "        if False:\n            self.input_pending = False\n            return True  # closing",
         WS_TESTS,
         "a later read after a close frame is parsed",
     ),

@@ -372,6 +372,8 @@ def new_event_loop(*, loop_class: type[EventLoop] | None = None, **kwargs: Any) 
     """
     cls = EventLoop if loop_class is None else loop_class
     global _fallback_logged
+    if kwargs.get("backend") == "epoll":
+        return cls(**kwargs)  # asked for: no probe, nothing to explain
     avail = availability()
     if avail.usable:
         try:
@@ -386,4 +388,5 @@ def new_event_loop(*, loop_class: type[EventLoop] | None = None, **kwargs: Any) 
     kwargs.pop("ring", None)
     kwargs.pop("ring_factory", None)
     kwargs.pop("ring_entries", None)
-    return cls(backend="epoll", **kwargs)
+    kwargs["backend"] = "epoll"  # also when the caller asked for io_uring (URINGWS_BACKEND=epoll overrides it)
+    return cls(**kwargs)
