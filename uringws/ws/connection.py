@@ -87,6 +87,7 @@ class Connection(asyncio.Protocol):
         "_drain_waiters",
         "_handler",
         "_keepalive_task",
+        "_lingering",
         "_lost_exc",
         "_main_task",
         "_max_queue",
@@ -165,6 +166,7 @@ class Connection(asyncio.Protocol):
         self.handshake_done: asyncio.Future[None] = self.loop.create_future()
         self.lost: asyncio.Future[None] = self.loop.create_future()
         self._keepalive_task: asyncio.Task[None] | None = None
+        self._lingering = False  # a rejected head: reading only to discard until the peer closes
         self._main_task: asyncio.Task[None] | None = None
         self._abort_handle: asyncio.TimerHandle | None = None
         self._lost_exc: BaseException | None = None
@@ -758,6 +760,8 @@ class Connection(asyncio.Protocol):
     def _server_handshake_data(self, data: bytes) -> None:
         hs = self._server_hs
         assert hs is not None
+        if self._lingering:
+            return  # the rest of a rejected head: read only so that closing doesn't reset the connection
         if self._request_ready.done():
             hs.trailing_data += data  # arrived while the request is being processed
             return
@@ -767,10 +771,28 @@ class Connection(asyncio.Protocol):
             self._write_response(hs.reject_exception(exc))
             self._request_ready.set_exception(exc)
             self._request_ready.exception()
-            self._close_transport()
+            self._linger_close()
             return
         if request is not None:
             self._request_ready.set_result(request)
+
+    def _linger_close(self) -> None:
+        """Close after rejecting a head the peer may still be sending (431, 414, 400).
+
+        Closing with its bytes unread makes the kernel answer with RST, and an RST can destroy our answer at the
+        peer before it is read. So send FIN after the answer and read and discard until the peer closes, for at
+        most ``close_timeout``, as HTTP servers' lingering close does. Over TLS (no half-close) it just closes.
+        """
+        transport = self.transport
+        if transport is None or transport.is_closing() or not transport.can_write_eof():
+            self._close_transport()
+            return
+        self._lingering = True
+        transport.write_eof()
+        if self._reading_paused or self._read_paused_for_writes or self._read_paused_for_turn:
+            self._reading_paused = self._read_paused_for_writes = self._read_paused_for_turn = False
+            transport.resume_reading()
+        self._arm_abort()
 
     def _write_response(self, response: Response) -> None:
         self.response = response
