@@ -123,6 +123,9 @@ def _blocking_open(port: int, ctx: ssl.SSLContext) -> socket.socket:
 
 def canary_main(args: argparse.Namespace) -> int:
     """1 KiB binary echoes one at a time every ``interval`` until SIGINT; prints a JSON summary."""
+    # A harness started in the background by a shell inherits SIGINT ignored, and so would we: then the
+    # harness's SIGINT never stops us and every canary column comes out empty.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     ctx = client_context(args.cafile)
     payload = os.urandom(1024)
     frame = ws_frame(0x2, payload)
@@ -333,7 +336,8 @@ async def canary(srv: Server, cafile: str, out: dict[str, Any]) -> AsyncIterator
 
 def canary_metrics(c: dict[str, Any]) -> dict[str, Any]:
     return {"canary p50 ms": c.get("p50_ms"), "canary p99 ms": c.get("p99_ms"), "canary max ms": c.get("max_ms"),
-            "canary timeouts (>5 s) / errors": f"{c.get('timeouts')} / {c.get('errors')}"}
+            "canary timeouts (>5 s) / errors": f"{c.get('timeouts')} / {c.get('errors')}"
+                                               if "error" not in c else c["error"]}
 
 
 # --- asyncio attackers -------------------------------------------------------------------------------------------
