@@ -626,8 +626,11 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
         # The queue's fields are read directly (its `closed`/`drained` properties, inlined): write() runs once
         # per message and a property call costs as much as the rest of this test.
         if self._conn_lost or queue._closed:
-            if self._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
-                log.warning("socket.send() raised exception.")
+            # Once per transport and at debug, unlike asyncio's warning per write: a broadcast goes on writing to
+            # a connection that just went away until its close reaches the application, and one line per
+            # message per lost peer flooded the log of a busy /broadcast room.
+            if self._conn_lost == constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+                log.debug("%r: write() after the connection was lost; this and later writes are dropped", self)
             self._conn_lost += 1
             return
         if (len(data) >= _DEFER_BELOW and self._direct_send and self._send_state == _IDLE
