@@ -167,6 +167,21 @@ def loop_factory(backend: str) -> tuple[Callable[[], asyncio.AbstractEventLoop],
     return (lambda: new_event_loop(backend="epoll")), f"epoll, because {avail.reason}"
 
 
+# --- metrics -----------------------------------------------------------------------------------------------------
+def with_metrics(process_request: Callable[[Any, Any], Any] | None,
+                 servers: list[Any]) -> Callable[[Any, Any], Any]:
+    """``process_request`` that answers ``GET /metrics`` (Prometheus text) for ``servers`` and passes on the rest."""
+    from .. import metrics
+
+    def answer(connection: Any, request: Any) -> Any:
+        if request.path.split("?", 1)[0] == "/metrics":
+            return connection.respond(200, [("Content-Type", metrics.CONTENT_TYPE), ("Cache-Control", "no-store")],
+                                      metrics.render(servers))
+        return None if process_request is None else process_request(connection, request)
+
+    return answer
+
+
 # --- serving -----------------------------------------------------------------------------------------------------
 async def _serve(opts: ServeOptions, backend_line: str, tls: tuple[ssl.SSLContext, str] | None,
                  out: Any) -> int:
@@ -189,6 +204,7 @@ async def _serve(opts: ServeOptions, backend_line: str, tls: tuple[ssl.SSLContex
     else:
         handler = load_handler(opts.app, opts.app_dir)
 
+    servers: list[Any] = []  # filled once listening; /metrics reads it
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -199,6 +215,7 @@ async def _serve(opts: ServeOptions, backend_line: str, tls: tuple[ssl.SSLContex
         "close_timeout": opts.close_timeout}
     if opts.sndbuf:
         kwargs["sndbuf"] = opts.sndbuf
+    kwargs["process_request"] = with_metrics(process_request, servers)
     try:
         server = await serve(handler, opts.host, opts.port, **kwargs)
     except OSError as exc:
@@ -208,6 +225,7 @@ async def _serve(opts: ServeOptions, backend_line: str, tls: tuple[ssl.SSLContex
         if exc.errno == errno.EACCES:
             raise UsageError(f"no permission to listen on {opts.host}:{opts.port}: use a port above 1023") from None
         raise UsageError(f"cannot listen on {opts.host}:{opts.port}: {exc.strerror or exc}") from None
+    servers.append(server)
     scheme = "https" if tls else "http"
     host = f"[{opts.host}]" if ":" in opts.host else opts.host
     print(f"uringws {__version__} serving {scheme}://{host}:{opts.port}/ (app: {opts.app})", file=out)

@@ -140,6 +140,8 @@ class Protocol:
         "_send_opcode",
         "_small_ok",
         "_wire_limit",
+        "bytes_in",
+        "bytes_out",
         "close_rcvd",
         "close_rcvd_then_sent",
         "close_sent",
@@ -150,6 +152,8 @@ class Protocol:
         "frame_budget",
         "input_pending",
         "max_size",
+        "messages_in",
+        "messages_out",
         "pending_failure",
         "side",
         "state",
@@ -191,6 +195,12 @@ class Protocol:
         self.frame_budget: int | None = None
         #: Received bytes wait unparsed because ``frame_budget`` ran out.
         self.input_pending = False
+        #: Totals for metrics (``uringws.metrics`` sums them at scrape time): whole messages delivered and
+        #: sent (a fragmented one counts once, at its last frame), and frame bytes received and queued to send.
+        self.messages_in = 0
+        self.messages_out = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
 
         self._buf = bytearray()
         self._events: list[Event] = []
@@ -277,8 +287,10 @@ class Protocol:
         if not data and not self.input_pending:
             return bool(self._events or self._out)
         buf: bytes | bytearray | memoryview
+        carried = 0  # bytes of an earlier call already counted in bytes_in
         if self._buf:
             buf = acc = self._buf
+            carried = len(acc)
             acc += data
         elif type(data) is memoryview and (data.itemsize != 1 or data.ndim != 1 or not data.c_contiguous):
             buf = data.tobytes()  # count and parse in bytes, contiguous
@@ -393,6 +405,8 @@ class Protocol:
         if budget is not None:
             self.frame_budget = budget
         self.input_pending = stopped
+        self.messages_in += delivered
+        self.bytes_in += n - carried
         if self._discard_input:
             self._buf = bytearray()
             self._hdr = None
@@ -577,18 +591,24 @@ class Protocol:
         n = len(payload)
         if self._is_client:
             mask = os.urandom(4)
-            self._out.append(serialize_header(opcode, n, fin, rsv1, True) + mask + apply_mask(payload, mask))
-        elif n < _JOIN_LIMIT:
-            self._out.append(serialize_header(opcode, n, fin, rsv1) + payload)
+            header = serialize_header(opcode, n, fin, rsv1, True) + mask
+            self._out.append(header + apply_mask(payload, mask))
         else:
-            self._out.append(serialize_header(opcode, n, fin, rsv1))
-            self._out.append(payload)
+            header = serialize_header(opcode, n, fin, rsv1)
+            if n < _JOIN_LIMIT:
+                self._out.append(header + payload)
+            else:
+                self._out.append(header)
+                self._out.append(payload)
+        self.bytes_out += len(header) + n
 
     def _check_open(self) -> None:
         if self.state is not State.OPEN:
             raise InvalidState(f"cannot send data: connection is {self.state.name}")
 
     def _send_data(self, opcode: int, data: bytes, fin: bool) -> None:
+        if fin:
+            self.messages_out += 1
         deflate = self.deflate
         if deflate is not None:
             self._send_frame(opcode, deflate.compress(data, fin), fin, opcode != _CONT)
@@ -639,10 +659,14 @@ class Protocol:
             return None
         n = len(payload)
         if n < 126:
-            return headers[n] + payload
-        if n < _JOIN_LIMIT:
-            return _pack_BBH(b0, 126, n) + payload
-        return None
+            frame = headers[n] + payload
+        elif n < _JOIN_LIMIT:
+            frame = _pack_BBH(b0, 126, n) + payload
+        else:
+            return None
+        self.messages_out += 1
+        self.bytes_out += len(frame)
+        return frame
 
     def send_continuation(self, data: str | bytes | bytearray | memoryview, fin: bool) -> None:
         """Send the next frame of a fragmented message."""
