@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .server import Server
     from .ws.connection import Connection
 
-__all__ = ["CONTENT_TYPE", "BroadcastStats", "Family", "ServerStats", "broadcast_stats", "collect", "render"]
+__all__ = ["CONTENT_TYPE", "BroadcastStats", "Family", "ServerStats", "broadcast_stats", "collect", "render", "summary"]
 
 #: The Content-Type of `render`'s output (Prometheus text format 0.0.4).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -179,6 +179,18 @@ def collect(servers: Server | Iterable[Server] = (), loop: asyncio.AbstractEvent
                    [({}, send.max_queued)]),
         ]
     return families
+
+
+def summary(servers: Server | Iterable[Server] = (), loop: asyncio.AbstractEventLoop | None = None) -> dict[str, float]:
+    """`collect` as one flat dict, labelled samples summed (``send_short`` adds the ring's and the direct ones)."""
+    short = {"uringws_send_syscalls_total": "sends", "uringws_send_short_total": "send_short"}
+    out: dict[str, float] = {}
+    for family in collect(servers, loop):
+        if family.name == "uringws_info":
+            continue
+        key = short.get(family.name) or family.name.removeprefix("uringws_").removesuffix("_total")
+        out[key] = sum(value for _, value in family.samples)
+    return out
 
 
 def _escape(value: str) -> str:
