@@ -1,6 +1,6 @@
 """The ring-native stream transport (TCP v4/v6, Unix stream sockets): the ordered, loss-free send path.
 
-Writes go through a `SendQueue` (DESIGN.md §3): exactly one SEND (one buffer) or SENDMSG (iovec) is in flight
+Writes go through a `SendQueue` (docs/design.md §3): exactly one SEND (one buffer) or SENDMSG (iovec) is in flight
 per socket; its completion advances the stream by exactly ``res`` bytes and the remainder goes out before
 anything newer. ``-EAGAIN`` waits for POLLOUT before the resubmit (resubmitting at once would spin), ``-EINTR``
 and ``-ECANCELED`` resubmit, any other error aborts the connection: a stream with a gap is worse than a closed one.
@@ -230,7 +230,7 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
         self._read_cb: Any = None
         self.set_protocol(protocol)
         self._server = server
-        # asyncio sets O_NONBLOCK; a SENDMSG punted to io-wq would then fail with EAGAIN (DESIGN.md §2). Our
+        # asyncio sets O_NONBLOCK; a SENDMSG punted to io-wq would then fail with EAGAIN (docs/design.md §2). Our
         # direct syscalls pass MSG_DONTWAIT instead.
         sock.setblocking(True)
         _set_nodelay(sock)
