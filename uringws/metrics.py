@@ -76,7 +76,7 @@ class ServerStats:
             self.messages_in += proto.messages_in
             self.messages_out += proto.messages_out
             self.bytes_in += proto.bytes_in
-            self.bytes_out += proto.bytes_out
+            self.bytes_out += conn._written  # frame bytes the connection handed to its transport
             return
         request, response = conn.request, conn.response
         upgrade = request is not None and "websocket" in (request.headers.get("Upgrade") or "").lower()
@@ -133,7 +133,7 @@ def collect(servers: Server | Iterable[Server] = (), loop: asyncio.AbstractEvent
             stats.messages_in += proto.messages_in
             stats.messages_out += proto.messages_out
             stats.bytes_in += proto.bytes_in
-            stats.bytes_out += proto.bytes_out
+            stats.bytes_out += conn._written
     closed_total = sum(stats.closed.values())
     backend = getattr(loop, "backend", "asyncio") if loop is not None else "asyncio"
     families = [

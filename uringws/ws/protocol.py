@@ -141,7 +141,6 @@ class Protocol:
         "_small_ok",
         "_wire_limit",
         "bytes_in",
-        "bytes_out",
         "close_rcvd",
         "close_rcvd_then_sent",
         "close_sent",
@@ -196,11 +195,11 @@ class Protocol:
         #: Received bytes wait unparsed because ``frame_budget`` ran out.
         self.input_pending = False
         #: Totals for metrics (``uringws.metrics`` sums them at scrape time): whole messages delivered and
-        #: sent (a fragmented one counts once, at its last frame), and frame bytes received and queued to send.
+        #: sent (a fragmented one counts once, at its last frame), and frame bytes received. (The front-end
+        #: counts the bytes it writes: an attribute update per message is a measurable part of frame_message.)
         self.messages_in = 0
         self.messages_out = 0
         self.bytes_in = 0
-        self.bytes_out = 0
 
         self._buf = bytearray()
         self._events: list[Event] = []
@@ -591,16 +590,12 @@ class Protocol:
         n = len(payload)
         if self._is_client:
             mask = os.urandom(4)
-            header = serialize_header(opcode, n, fin, rsv1, True) + mask
-            self._out.append(header + apply_mask(payload, mask))
+            self._out.append(serialize_header(opcode, n, fin, rsv1, True) + mask + apply_mask(payload, mask))
+        elif n < _JOIN_LIMIT:
+            self._out.append(serialize_header(opcode, n, fin, rsv1) + payload)
         else:
-            header = serialize_header(opcode, n, fin, rsv1)
-            if n < _JOIN_LIMIT:
-                self._out.append(header + payload)
-            else:
-                self._out.append(header)
-                self._out.append(payload)
-        self.bytes_out += len(header) + n
+            self._out.append(serialize_header(opcode, n, fin, rsv1))
+            self._out.append(payload)
 
     def _check_open(self) -> None:
         if self.state is not State.OPEN:
@@ -659,14 +654,12 @@ class Protocol:
             return None
         n = len(payload)
         if n < 126:
-            frame = headers[n] + payload
-        elif n < _JOIN_LIMIT:
-            frame = _pack_BBH(b0, 126, n) + payload
-        else:
-            return None
-        self.messages_out += 1
-        self.bytes_out += len(frame)
-        return frame
+            self.messages_out += 1
+            return headers[n] + payload
+        if n < _JOIN_LIMIT:
+            self.messages_out += 1
+            return _pack_BBH(b0, 126, n) + payload
+        return None
 
     def send_continuation(self, data: str | bytes | bytearray | memoryview, fin: bool) -> None:
         """Send the next frame of a fragmented message."""
