@@ -108,7 +108,7 @@ def test_demo_page_selftest_in_chromium(demo_server: int) -> None:
             for i in range(20):
                 page.fill("#chat-input", f"burst {i}")
                 page.click("#chat-form button")
-            page.wait_for_function("history.some((p) => p.rate > 0)", timeout=30_000)
+            page.wait_for_function("rates.some((p) => p.rate > 0)", timeout=30_000)
             page.wait_for_timeout(2500)  # a few more points, for the screenshot
             page.locator("section").first.screenshot(path=str(ARTIFACTS / "demo-live.png"))
         finally:
