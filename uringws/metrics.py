@@ -159,7 +159,9 @@ def collect(servers: Server | Iterable[Server] = (), loop: asyncio.AbstractEvent
         Family("uringws_sent_bytes_total", "counter", "WebSocket frame bytes sent (before TLS).",
                [({}, stats.bytes_out + broadcast_stats.bytes)]),
     ]
-    send = getattr(loop, "send_stats", None)
+    # The epoll backend's loop has SendStats too, but its transports are asyncio's, which count nothing: no zeros
+    # that look like a healthy send path.
+    send = getattr(loop, "send_stats", None) if backend == "io_uring" else None
     if send is not None:
         families += [
             Family("uringws_send_syscalls_total", "counter",

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+import uringws
 from uringws import metrics, new_event_loop
 from uringws.client import connect
 from uringws.server import Server, broadcast, serve
@@ -116,3 +117,19 @@ def test_handshake_failures_by_reason() -> None:
         loop.run_until_complete(asyncio.wait_for(main(), 30))
     finally:
         loop.close()
+
+
+def test_epoll_backend_reports_no_send_path() -> None:
+    """On epoll the transports are asyncio's: no uringws_send_* at all, rather than zeros that look healthy."""
+
+    async def main() -> dict[str, float]:
+        async with serve(lambda ws: asyncio.sleep(0), "127.0.0.1", 0) as server:
+            return samples(server, asyncio.get_running_loop())
+
+    loop = new_event_loop(backend="epoll")
+    try:
+        m = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert 'uringws_info{version="' + uringws.__version__ + '",backend="epoll"}' in m, m
+    assert not [k for k in m if k.startswith("uringws_send_")], m
