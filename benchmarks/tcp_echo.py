@@ -2,7 +2,7 @@
 
 Each server runs in its own process (pinned to CPU 0 when there are 2+ CPUs; the client gets CPU 1), echoing
 with an ``asyncio.Protocol`` (``data_received`` -> ``transport.write``). The client is uvloop (when installed)
-in this process. Two scenarios per round, rounds alternate between servers (DESIGN.md §7: ratios from the same
+in this process. Two scenarios per round, rounds alternate between servers (docs/design.md §7: ratios from the same
 run mean more than absolute numbers on a shared machine):
 
 * ``small``: N connections (default 100) doing 64-byte ping-pong; reports messages/s and the server's CPU time

@@ -14,7 +14,7 @@ a blocking Python ssl client in this process) so that everything is measured in 
   ``ring``, ``asyncio`` (stdlib ssl), ``uvloop`` (stdlib ssl over uvloop) and the TLS floor (SSLObject
   decrypt + encrypt over memory BIOs, same payloads) in every round; medians over rounds and ratios.
 
-The machine is shared and noisy (DESIGN.md section 7): trust the ratios of one run, not the absolute numbers.
+The machine is shared and noisy (docs/design.md §7): trust the ratios of one run, not the absolute numbers.
 """
 
 from __future__ import annotations

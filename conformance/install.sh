@@ -11,7 +11,7 @@
 #   URINGWS_PY27    Python 2.7 interpreter (default: $PYENV_ROOT/versions/2.7.18/bin/python, PYENV_ROOT=~/.pyenv)
 #
 # Why Python 2.7: the Autobahn fuzzing client/server only runs on Python 2. Why these exact pins: they are the
-# last releases that work together on 2.7 (DESIGN.md section 6); a newer Twisted, pyOpenSSL or cryptography no
+# last releases that work together on 2.7 (docs/design.md §6); a newer Twisted, pyOpenSSL or cryptography no
 # longer installs or imports on 2.7.
 #
 # Exit codes: 0 ok, 1 install failed / not installed (--check), 2 usage, 3 no Python 2.7 interpreter.
@@ -23,7 +23,7 @@ PYENV_ROOT="${PYENV_ROOT:-$HOME/.pyenv}"
 PY27="${URINGWS_PY27:-$PYENV_ROOT/versions/2.7.18/bin/python}"
 SUITE_VERSION="25.10.1"
 
-# Upstream pins (DESIGN.md section 6). Changing this list changes the stamp, which forces a reinstall.
+# Upstream pins (docs/design.md §6). Changing this list changes the stamp, which forces a reinstall.
 PINS=(
     setuptools==44.0.0 txaio==2.1.0 incremental==16.10.1 pyOpenSSL==19.1.0 cryptography==3.3.2
     Twisted==19.10.0 zope.interface==4.6.0 jinja2==2.11.3 markupsafe==1.1.1 Werkzeug==1.0.1

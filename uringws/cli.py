@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--backend", choices=["auto", "uring", "epoll"], default="auto",
                        help="event loop backend (default auto: io_uring when usable)")
     serve.add_argument("--max-size", type=_opt_size, default=16 << 20,
-                       help="largest message accepted, e.g. 1M, or 'none' (default 16M)")
+                       help="largest message accepted, e.g. 1M, or 'none' (default 16M, for the demo's and "
+                            "torture's large messages; the library's serve() and connect() default to 1M)")
     serve.add_argument("--max-queue", type=_opt_positive_int, default=16,
                        help="messages buffered per connection (default 16)")
     serve.add_argument("--ping-interval", type=_opt_positive_float, default=20.0,

@@ -19,6 +19,7 @@ import ssl as ssl_module
 from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from typing import Any
 
+from .metrics import ServerStats, broadcast_stats
 from .tls.protocol import TLSProtocol
 from .ws.config import WSConfig
 from .ws.connection import Connection, Data, ProcessRequest
@@ -77,6 +78,8 @@ class Server:
         self._tls_handshaking: set[TLSProtocol] = set()
         self.server: asyncio.Server | None = None
         self._closed = False
+        #: Totals of ended connections and failed handshakes (``uringws.metrics`` adds the live ones).
+        self.stats = ServerStats()
 
     def _make_protocol(self) -> asyncio.BaseProtocol:
         """Protocol factory for each accepted TCP connection (runs right after accept)."""
@@ -110,6 +113,8 @@ class Server:
     def _tls_handshake_done(self, tls: TLSProtocol, conn: Connection, waiter: asyncio.Future[None]) -> None:
         self._tls_handshaking.discard(tls)
         if waiter.cancelled() or waiter.exception() is not None:  # exception() also marks it retrieved
+            timed_out = not waiter.cancelled() and isinstance(waiter.exception(), TimeoutError)
+            self.stats.handshake_failed("tls_timeout" if timed_out else "tls")
             return  # already logged by the TLS layer; the connection is closing
         if conn.lost.done():
             return
@@ -131,10 +136,14 @@ class Server:
             server_handshake=handshake,
             handler=self.handler,
             process_request=self.process_request,
-            on_lost=self.connections.discard,
+            on_lost=self._connection_lost,
             sndbuf=self.sndbuf,
         )
         return conn
+
+    def _connection_lost(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        self.stats.connection_lost(conn)
 
     async def start(self) -> Server:
         """Start listening (called by ``async with`` / ``await``)."""
@@ -262,6 +271,8 @@ def broadcast(connections: Iterable[Connection], message: Data) -> int:
     plain: bytes | None = None
     compressed: dict[tuple[int, int, int], bytes] = {}
     written = 0
+    # Frames written here, bypassing each connection's core (which counts the general path's itself).
+    direct = direct_bytes = 0
     # This loop runs once per connection per message (1000s of times per broadcast), so it is written for
     # cost: constants in locals, the cheapest tests first, and no property or method call where a plain
     # attribute gives the same answer (each call costs about as much as all the attribute tests together).
@@ -287,6 +298,8 @@ def broadcast(connections: Iterable[Connection], message: Data) -> int:
             if plain is None:
                 plain = serialize_header(opcode, len(payload)) + payload
             transport.write(plain)
+            direct += 1
+            direct_bytes += len(plain)
         elif deflate is not None and deflate.local_no_context_takeover and conn.side is SERVER:
             key = deflate.settings_key
             frame = compressed.get(key)
@@ -294,6 +307,8 @@ def broadcast(connections: Iterable[Connection], message: Data) -> int:
                 data = deflate.compress_standalone(payload)
                 frame = compressed[key] = serialize_header(opcode, len(data), True, True) + data
             transport.write(frame)
+            direct += 1
+            direct_bytes += len(frame)
         else:
             # Masked (client) or context-keeping compression: this connection needs its own frame.
             if opcode == 0x1:
@@ -302,4 +317,8 @@ def broadcast(connections: Iterable[Connection], message: Data) -> int:
                 proto.send_binary(payload)
             conn._flush()
         written += 1
+    if direct:
+        # Once per call, not per connection: the loop above is the hot path of a broadcast.
+        broadcast_stats.messages += direct
+        broadcast_stats.bytes += direct_bytes
     return written

@@ -95,5 +95,21 @@ def test_demo_page_selftest_in_chromium(demo_server: int) -> None:
             if info["backend"] == "io_uring":
                 # The point of the exercise: the server's sends really completed short, and nothing was lost.
                 assert info["send_stats"]["short_sends"] + info["send_stats"]["direct_short"] > 0, info
+            # The live panel shows the server's own numbers, polled from /info: what the server says, as it says.
+            page.wait_for_function("document.getElementById('live-backend').textContent !== '–'", timeout=30_000)
+            assert page.locator("#live-backend").text_content() == info["backend"]
+            assert int(page.locator("#live-conns").text_content().replace(",", "")) >= 1  # the chat room
+            pills = page.locator("#live-compiled .pill")
+            assert pills.count() == len(info["compiled"]) > 0
+            assert page.locator("#live-compiled .pill.on").count() == sum(info["compiled"].values())
+            if info["backend"] == "io_uring":
+                assert int(page.locator("#live-short").text_content().replace(",", "")) > 0
+            # A burst of chat traffic shows as a point above zero on the messages/s chart.
+            for i in range(20):
+                page.fill("#chat-input", f"burst {i}")
+                page.click("#chat-form button")
+            page.wait_for_function("rates.some((p) => p.rate > 0)", timeout=30_000)
+            page.wait_for_timeout(2500)  # a few more points, for the screenshot
+            page.locator("section").first.screenshot(path=str(ARTIFACTS / "demo-live.png"))
         finally:
             browser.close()

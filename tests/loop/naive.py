@@ -1,4 +1,4 @@
-"""A deliberately naive sender (DESIGN.md §5): the bug this project exists to avoid, kept as a test fixture only.
+"""A deliberately naive sender (docs/design.md §5): the bug this project exists to avoid, kept as a test fixture only.
 
 Every write() becomes its own SEND, submitted at once, so several are in flight per socket (optionally chained
 with IOSQE_IO_LINK / IOSQE_IO_HARDLINK, which does not order a stream either), and the remainder of a short

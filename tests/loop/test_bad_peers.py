@@ -4,6 +4,7 @@ memory, and no leaked fd (the fd of a transport is closed only once no ring oper
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import struct
@@ -258,4 +259,28 @@ def test_write_after_close_is_ignored(backend_loop: EventLoop, caplog: pytest.Lo
         await server.wait_closed()
 
     backend_loop.run_until_complete(asyncio.wait_for(main(), 10))
-    assert "socket.send() raised exception." in caplog.text
+    if backend_loop.backend == "epoll":
+        assert "socket.send() raised exception." in caplog.text  # asyncio's own transport, warning per write
+
+
+def test_writes_after_loss_log_once_at_debug(backend_loop: EventLoop, caplog: pytest.LogCaptureFixture) -> None:
+    """A broadcast keeps writing to a peer that just went away: the ring transport says so once, at debug."""
+    if backend_loop.backend != "io_uring":
+        pytest.skip("the epoll backend uses asyncio's transport, which warns per write")
+    caplog.set_level(logging.DEBUG, logger="uringws.loop")
+
+    async def main() -> None:
+        server = await asyncio.start_server(_echo_handler, "127.0.0.1", 0)
+        _reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+        writer.transport.abort()
+        await asyncio.sleep(0.01)
+        for _ in range(200):
+            writer.transport.write(b"dropped")
+        server.close()
+        await server.wait_closed()
+
+    backend_loop.run_until_complete(asyncio.wait_for(main(), 10))
+    lost = [r for r in caplog.records if "after the connection was lost" in r.getMessage()
+            or "socket.send() raised" in r.getMessage()]
+    assert len(lost) == 1, [r.getMessage() for r in lost]
+    assert lost[0].levelno == logging.DEBUG

@@ -1,4 +1,4 @@
-"""The send path under real short writes: every byte echoed back intact, or the test fails (DESIGN.md §5)."""
+"""The send path under real short writes: every byte echoed back intact, or the test fails (docs/design.md §5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of the sans-I/O send queue (DESIGN.md §3).
+"""Tests of the sans-I/O send queue (docs/design.md §3).
 
 The heart is a hypothesis state machine that plays writer and kernel at once: random writes (0 B .. 1 MiB;
 bytes, bytearray, memoryview, array, strided views), random short completions, EAGAIN/EINTR/ECANCELED, writes

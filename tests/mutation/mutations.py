@@ -402,8 +402,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "ws-frame-msg",
         PROTO,
-        "if n < 126:\n            return headers[n] + payload",
-        "if n <= 126:\n            return headers[n] + payload",
+        "if n < 126:\n            self.messages_out += 1\n            return headers[n] + payload",
+        "if n <= 126:\n            self.messages_out += 1\n            return headers[n] + payload",
         WS_TESTS,
         "frame_message's 7-bit length bound off by one",
     ),

@@ -334,7 +334,7 @@ def test_shutdown_timeout(run: Any, server_ctx: ssl.SSLContext, client_ctx: ssl.
 class NaiveTransport:
     """Wraps a real transport and loses ``drop`` bytes once, ``after`` bytes into the stream.
 
-    This is the bug of DESIGN.md section 1 (a short send whose remainder is never sent), put under our TLS
+    This is the bug of docs/design.md §1 (a short send whose remainder is never sent), put under our TLS
     layer to prove the tests see that failure class: the peer's MAC check must fail.
     """
 

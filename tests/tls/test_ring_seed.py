@@ -1,4 +1,4 @@
-"""The seed failure of DESIGN.md section 1, replayed on the io_uring loop with our TLS, and shown to be caught.
+"""The seed failure of docs/design.md §1, replayed on the io_uring loop with our TLS, and shown to be caught.
 
 A server (``uringws.new_event_loop()``, backend io_uring, ``create_server(ssl=...)``, 16 KiB ``SO_SNDBUF``)
 pushes messages of 64 KiB and up to clients with tiny receive windows (``SO_RCVBUF`` 4 KiB, set before connect)

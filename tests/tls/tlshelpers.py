@@ -123,7 +123,7 @@ def collecting(apps: list[R], make: Callable[[], R]) -> Callable[[], R]:
 
 
 def payload(n: int, seed: int = 1) -> bytes:
-    """Deterministic pseudo-random bytes (seeded PRNG, as DESIGN.md section 5 asks)."""
+    """Deterministic pseudo-random bytes (seeded PRNG, as docs/design.md §5 asks)."""
     return random.Random(seed).randbytes(n)
 
 

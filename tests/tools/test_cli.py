@@ -78,3 +78,22 @@ def test_unknown_backend_in_environment_is_a_value_error(monkeypatch: pytest.Mon
 def test_torture_config_rejects_what_cannot_run(kw: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match=r"must be|need"):
         torture.TortureConfig(url="ws://127.0.0.1:9/", **kw)
+
+
+def test_serve_help_states_both_max_size_defaults() -> None:
+    """`uringws serve` accepts 16 MiB messages, the library 1 MiB: --help says both, and both are the real ones."""
+    import re
+
+    from uringws.cli import _opt_size, build_parser
+    from uringws.tools.serve import ServeOptions
+    from uringws.ws.config import WSConfig
+
+    proc = cli("serve", "--help")
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    match = re.search(r"--max-size MAX_SIZE .*?\(default (\w+),.*?serve\(\) and connect\(\) default to (\w+)\)", text)
+    assert match, text
+    cli_default, library_default = (_opt_size(word) for word in match.groups())
+    serve_parser = build_parser()._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
+    assert cli_default == serve_parser.get_default("max_size") == ServeOptions().max_size
+    assert library_default == WSConfig().max_size

@@ -267,3 +267,52 @@ def test_sigterm_right_after_failed_tls_handshakes(echo_proc: tuple[int, subproc
     assert server.returncode == 0, out
     assert "did not close in time" not in out
     assert elapsed < 5, (elapsed, out)  # about 0.1 s; the margin is for a loaded machine
+
+
+def scrape(port: int) -> dict[str, float]:
+    """GET /metrics -> {'name{labels}': value}; fails unless it is the Prometheus text format."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=ctx, timeout=10) as r:
+        assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = r.read().decode()
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line:
+            continue
+        name, value = line.rsplit(" ", 1)
+        samples[name] = float(value)
+    return samples
+
+
+def test_metrics_after_torture_with_short_sends(echo_proc: tuple[int, subprocess.Popen[str]]) -> None:
+    port = echo_proc[0]
+    before = scrape(port)
+    assert before["uringws_connections_opened_total"] == 0
+    with socket.create_connection(("127.0.0.1", port)) as sock:  # not TLS: a failed TLS handshake
+        sock.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        sock.recv(100)
+    proc = subprocess.run([sys.executable, "-m", "uringws", "torture", f"wss://127.0.0.1:{port}/",
+                           "--insecure", "-c", "4", "-n", "4", "--max-size", "1M", "--no-progress"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    deadline = time.monotonic() + 10
+    while True:  # the server counts a connection once its close completed
+        m = scrape(port)
+        if m["uringws_connections_open"] == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert m["uringws_connections_opened_total"] == 4, m
+    assert m["uringws_connections_open"] == 0, m
+    assert sum(v for k, v in m.items() if k.startswith("uringws_connections_closed_total{")) == 4, m
+    assert m['uringws_handshake_failures_total{reason="tls"}'] >= 1, m
+    assert m["uringws_messages_received_total"] >= 16, m  # 4 connections x 4 messages, each echoed
+    assert m["uringws_messages_sent_total"] == m["uringws_messages_received_total"], m
+    assert m["uringws_sent_bytes_total"] > 4 * 4 * 1024, m
+    if any(k.startswith("uringws_info{") and 'backend="io_uring"' in k for k in m):
+        # SO_SNDBUF 4 KiB: the echoes of large messages completed short, and their rest went again.
+        short = m['uringws_send_short_total{path="ring"}'] + m['uringws_send_short_total{path="direct"}']
+        assert short > 0, m
+        assert m["uringws_send_resent_bytes_total"] > 0, m
+        assert m["uringws_send_queue_max_bytes"] > 4096, m

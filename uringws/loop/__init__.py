@@ -1,4 +1,4 @@
-"""asyncio event loop and stream transports on io_uring, with an epoll fallback (see DESIGN.md §2-§4)."""
+"""asyncio event loop and stream transports on io_uring, with an epoll fallback (see docs/design.md §2-§4)."""
 
 from .events import EventLoop, new_event_loop
 from .selector import RingSelector

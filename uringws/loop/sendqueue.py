@@ -1,4 +1,4 @@
-"""The send path of one stream socket, as a sans-I/O object (DESIGN.md §3).
+"""The send path of one stream socket, as a sans-I/O object (docs/design.md §3).
 
 `SendQueue` owns the ordered bytes that a transport still has to get into the kernel. It never touches a
 socket or a ring; the transport drives it with three calls::
@@ -44,7 +44,7 @@ __all__ = [
     "SendQueueUsageError",
 ]
 
-# Defaults, in one place (STYLE.md). High water matches asyncio's transports.
+# Defaults, in one place. High water matches asyncio's transports.
 DEFAULT_HIGH_WATER: Final = 64 * 1024
 DEFAULT_MAX_BATCH_BYTES: Final = 256 * 1024
 DEFAULT_MAX_IOV: Final = 64

@@ -1,6 +1,6 @@
 """The ring-native stream transport (TCP v4/v6, Unix stream sockets): the ordered, loss-free send path.
 
-Writes go through a `SendQueue` (DESIGN.md §3): exactly one SEND (one buffer) or SENDMSG (iovec) is in flight
+Writes go through a `SendQueue` (docs/design.md §3): exactly one SEND (one buffer) or SENDMSG (iovec) is in flight
 per socket; its completion advances the stream by exactly ``res`` bytes and the remainder goes out before
 anything newer. ``-EAGAIN`` waits for POLLOUT before the resubmit (resubmitting at once would spin), ``-EINTR``
 and ``-ECANCELED`` resubmit, any other error aborts the connection: a stream with a gap is worse than a closed one.
@@ -84,7 +84,8 @@ _WAIT_WRITABLE = 2  # the last send failed with EAGAIN; a POLLOUT poll is in fli
 class SendStats:
     """Counters of the send path, per loop (tests use them to prove they exercised short completions)."""
 
-    __slots__ = ("direct_sends", "direct_short", "eagain", "retries", "send_bytes", "sends", "short_sends")
+    __slots__ = ("direct_sends", "direct_short", "eagain", "max_queued", "resent_bytes", "retries", "send_bytes",
+                 "sends", "short_sends")
 
     def __init__(self) -> None:
         self.sends = 0  # SEND/SENDMSG submitted to the ring
@@ -94,6 +95,8 @@ class SendStats:
         self.retries = 0  # completions with -EINTR / -ECANCELED, resubmitted
         self.direct_sends = 0  # write() fast path: send(2) with MSG_DONTWAIT while nothing was queued
         self.direct_short = 0  # ... that took only part of the data
+        self.resent_bytes = 0  # bytes a short send (ring or direct) left behind, submitted again after it
+        self.max_queued = 0  # the most bytes one transport had waiting for the kernel when it sent (high-water)
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -227,7 +230,7 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
         self._read_cb: Any = None
         self.set_protocol(protocol)
         self._server = server
-        # asyncio sets O_NONBLOCK; a SENDMSG punted to io-wq would then fail with EAGAIN (DESIGN.md §2). Our
+        # asyncio sets O_NONBLOCK; a SENDMSG punted to io-wq would then fail with EAGAIN (docs/design.md §2). Our
         # direct syscalls pass MSG_DONTWAIT instead.
         sock.setblocking(True)
         _set_nodelay(sock)
@@ -626,8 +629,11 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
         # The queue's fields are read directly (its `closed`/`drained` properties, inlined): write() runs once
         # per message and a property call costs as much as the rest of this test.
         if self._conn_lost or queue._closed:
-            if self._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
-                log.warning("socket.send() raised exception.")
+            # Once per transport and at debug, unlike asyncio's warning per write: a broadcast goes on writing to
+            # a connection that just went away until its close reaches the application, and one line per
+            # message per lost peer flooded the log of a busy /broadcast room.
+            if self._conn_lost == constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+                log.debug("%r: write() after the connection was lost; this and later writes are dropped", self)
             self._conn_lost += 1
             return
         if (len(data) >= _DEFER_BELOW and self._direct_send and self._send_state == _IDLE
@@ -648,6 +654,7 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
             if n == len(data):
                 return
             self._stats.direct_short += 1
+            self._stats.resent_bytes += len(data) - n
             if n:
                 data = memoryview(data)[n:]
         if queue.write(data):
@@ -697,12 +704,15 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
             return
         stats = self._stats
         stats.direct_sends += 1
+        if queue._buffered > stats.max_queued:  # before completed(): what waited when this send left
+            stats.max_queued = queue._buffered
         if queue.completed(n):
             self._resume_protocol()
         if queue._buffered:
             # Short (the socket buffer is full): the rest goes as the one ring send in flight, which waits
             # for room in the kernel instead of us polling.
             stats.direct_short += 1
+            stats.resent_bytes += sum(map(len, bufs)) - n  # of this batch; bytes queued behind it were never sent
             if not queue._closed:
                 self._submit_send()
         else:
@@ -722,7 +732,11 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
             self._send_ud = self._ring.sendmsg(self._sock_fd, bufs, self._on_sent, flags=_SEND_FLAGS)
         self._send_state = _SENDING
         self._ops += 1
-        self._stats.sends += 1
+        stats = self._stats
+        stats.sends += 1
+        # Once per send, not per write(): the queue is deepest when a send leaves, since writes only add to it.
+        if self._queue._buffered > stats.max_queued:
+            stats.max_queued = self._queue._buffered
 
     def _on_sent(self, res: int, flags: int) -> None:
         self._ops -= 1
@@ -738,6 +752,7 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
             stats.send_bytes += res
             if res < self._send_len:
                 stats.short_sends += 1
+                stats.resent_bytes += self._send_len - res
             if queue.completed(res):
                 self._resume_protocol()
         else:

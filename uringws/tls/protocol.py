@@ -5,7 +5,7 @@ with the same constructor and loop contract as CPython's ``asyncio.sslproto.SSLP
 event loop can use it from ``_make_ssl_transport`` (see :func:`make_ssl_transport`) and ``start_tls`` (see
 :func:`start_tls`).  The application sees a :class:`TLSTransport`.
 
-Why it exists (DESIGN.md section 1): every encrypted byte must reach the peer exactly once and in order.  This
+Why it exists (docs/design.md §1): every encrypted byte must reach the peer exactly once and in order.  This
 layer writes ALL of its output (handshake, records, alerts, close_notify) through the one transport's
 ``write()``, in the order OpenSSL produced it, and never holds output back in a second queue.
 

@@ -66,6 +66,8 @@ class DemoApp:
     def __init__(self, info: dict[str, Any], stats: Callable[[], dict[str, int]] | None = None) -> None:
         self.info = info
         self.stats = stats
+        #: The server's counters for the page's live panel (``uringws.metrics.summary``), once it listens.
+        self.live: Callable[[], dict[str, float]] | None = None
         self.room: set[Any] = set()
         self.page = resources.files("uringws.tools").joinpath("static/demo.html").read_bytes()
 
@@ -74,7 +76,8 @@ class DemoApp:
         if route in ("/", "/index.html"):
             return 200, [("Content-Type", "text/html; charset=utf-8"), ("Cache-Control", "no-store")], self.page
         if route == "/info":
-            info = dict(self.info, connections=len(self.room), send_stats=self.stats() if self.stats else None)
+            info = dict(self.info, connections=len(self.room), send_stats=self.stats() if self.stats else None,
+                        live=self.live() if self.live else None)
             return 200, [("Content-Type", "application/json"), ("Cache-Control", "no-store")], json.dumps(info).encode()
         if route == "/healthz":
             return 200, [("Content-Type", "text/plain")], b"ok\n"
@@ -167,6 +170,30 @@ def loop_factory(backend: str) -> tuple[Callable[[], asyncio.AbstractEventLoop],
     return (lambda: new_event_loop(backend="epoll")), f"epoll, because {avail.reason}"
 
 
+# --- metrics -----------------------------------------------------------------------------------------------------
+def compiled_pieces() -> dict[str, bool]:
+    """Which of the WebSocket layer's optional C twins are in use (False: not built, or URINGWS_NO_SPEEDUPS=1)."""
+    from ..ws import frames
+
+    return {"apply_mask": frames.apply_mask is not frames.apply_mask_py,
+            "parse_messages": frames.parse_messages is not frames.parse_messages_py,
+            "FrameBuffer": frames.FrameBuffer is not frames.FrameBufferPy}
+
+
+def with_metrics(process_request: Callable[[Any, Any], Any] | None,
+                 servers: list[Any]) -> Callable[[Any, Any], Any]:
+    """``process_request`` that answers ``GET /metrics`` (Prometheus text) for ``servers`` and passes on the rest."""
+    from .. import metrics
+
+    def answer(connection: Any, request: Any) -> Any:
+        if request.path.split("?", 1)[0] == "/metrics":
+            return connection.respond(200, [("Content-Type", metrics.CONTENT_TYPE), ("Cache-Control", "no-store")],
+                                      metrics.render(servers))
+        return None if process_request is None else process_request(connection, request)
+
+    return answer
+
+
 # --- serving -----------------------------------------------------------------------------------------------------
 async def _serve(opts: ServeOptions, backend_line: str, tls: tuple[ssl.SSLContext, str] | None,
                  out: Any) -> int:
@@ -174,7 +201,7 @@ async def _serve(opts: ServeOptions, backend_line: str, tls: tuple[ssl.SSLContex
 
     loop = asyncio.get_running_loop()
     backend = getattr(loop, "backend", "asyncio")
-    info = {"version": __version__, "backend": backend, "tls": "TLS" if tls else None}
+    info = {"version": __version__, "backend": backend, "tls": "TLS" if tls else None, "compiled": compiled_pieces()}
     process_request = None
     if opts.app == "demo":
         send_stats = getattr(loop, "send_stats", None)  # the ring loop's send-path counters (short sends...)
@@ -189,6 +216,7 @@ async def _serve(opts: ServeOptions, backend_line: str, tls: tuple[ssl.SSLContex
     else:
         handler = load_handler(opts.app, opts.app_dir)
 
+    servers: list[Any] = []  # filled once listening; /metrics reads it
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -199,6 +227,7 @@ async def _serve(opts: ServeOptions, backend_line: str, tls: tuple[ssl.SSLContex
         "close_timeout": opts.close_timeout}
     if opts.sndbuf:
         kwargs["sndbuf"] = opts.sndbuf
+    kwargs["process_request"] = with_metrics(process_request, servers)
     try:
         server = await serve(handler, opts.host, opts.port, **kwargs)
     except OSError as exc:
@@ -208,6 +237,11 @@ async def _serve(opts: ServeOptions, backend_line: str, tls: tuple[ssl.SSLContex
         if exc.errno == errno.EACCES:
             raise UsageError(f"no permission to listen on {opts.host}:{opts.port}: use a port above 1023") from None
         raise UsageError(f"cannot listen on {opts.host}:{opts.port}: {exc.strerror or exc}") from None
+    servers.append(server)
+    if opts.app == "demo":
+        from .. import metrics
+
+        app.live = lambda: metrics.summary(servers, loop)
     scheme = "https" if tls else "http"
     host = f"[{opts.host}]" if ":" in opts.host else opts.host
     print(f"uringws {__version__} serving {scheme}://{host}:{opts.port}/ (app: {opts.app})", file=out)

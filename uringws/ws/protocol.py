@@ -140,6 +140,7 @@ class Protocol:
         "_send_opcode",
         "_small_ok",
         "_wire_limit",
+        "bytes_in",
         "close_rcvd",
         "close_rcvd_then_sent",
         "close_sent",
@@ -150,6 +151,8 @@ class Protocol:
         "frame_budget",
         "input_pending",
         "max_size",
+        "messages_in",
+        "messages_out",
         "pending_failure",
         "side",
         "state",
@@ -191,6 +194,12 @@ class Protocol:
         self.frame_budget: int | None = None
         #: Received bytes wait unparsed because ``frame_budget`` ran out.
         self.input_pending = False
+        #: Totals for metrics (``uringws.metrics`` sums them at scrape time): whole messages delivered and
+        #: sent (a fragmented one counts once, at its last frame), and frame bytes received. (The front-end
+        #: counts the bytes it writes: an attribute update per message is a measurable part of frame_message.)
+        self.messages_in = 0
+        self.messages_out = 0
+        self.bytes_in = 0
 
         self._buf = bytearray()
         self._events: list[Event] = []
@@ -277,8 +286,10 @@ class Protocol:
         if not data and not self.input_pending:
             return bool(self._events or self._out)
         buf: bytes | bytearray | memoryview
+        carried = 0  # bytes of an earlier call already counted in bytes_in
         if self._buf:
             buf = acc = self._buf
+            carried = len(acc)
             acc += data
         elif type(data) is memoryview and (data.itemsize != 1 or data.ndim != 1 or not data.c_contiguous):
             buf = data.tobytes()  # count and parse in bytes, contiguous
@@ -393,6 +404,8 @@ class Protocol:
         if budget is not None:
             self.frame_budget = budget
         self.input_pending = stopped
+        self.messages_in += delivered
+        self.bytes_in += n - carried
         if self._discard_input:
             self._buf = bytearray()
             self._hdr = None
@@ -589,6 +602,8 @@ class Protocol:
             raise InvalidState(f"cannot send data: connection is {self.state.name}")
 
     def _send_data(self, opcode: int, data: bytes, fin: bool) -> None:
+        if fin:
+            self.messages_out += 1
         deflate = self.deflate
         if deflate is not None:
             self._send_frame(opcode, deflate.compress(data, fin), fin, opcode != _CONT)
@@ -639,8 +654,10 @@ class Protocol:
             return None
         n = len(payload)
         if n < 126:
+            self.messages_out += 1
             return headers[n] + payload
         if n < _JOIN_LIMIT:
+            self.messages_out += 1
             return _pack_BBH(b0, 126, n) + payload
         return None
 
