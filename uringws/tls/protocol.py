@@ -46,7 +46,8 @@ import collections
 import logging
 import ssl
 import threading
-from typing import Any
+from asyncio import constants, transports
+from typing import TYPE_CHECKING, Any
 
 __all__ = [
     "HANDSHAKE_TIMEOUT",
@@ -143,14 +144,35 @@ def _flow_limits(high: int | None, low: int | None) -> tuple[int, int]:
     return high, low
 
 
-class TLSTransport(asyncio.Transport):
-    """The transport the application protocol sees; every call is forwarded to its :class:`TLSProtocol`."""
+if TYPE_CHECKING:
+    _FlowControlMixin = Any  # typeshed does not describe asyncio's private transport base
+else:
+    _FlowControlMixin = transports._FlowControlMixin
+
+
+class TLSTransport(_FlowControlMixin, asyncio.Transport):
+    """The transport the application protocol sees; every call is forwarded to its :class:`TLSProtocol`.
+
+    A ``_FlowControlMixin`` with ``_loop`` and ``_protocol_paused``, as asyncio's SSL transport is, because
+    ``loop.sendfile()``'s fallback refuses any other transport; flow control itself is the TLSProtocol's.
+    """
 
     __slots__ = ("__weakref__", "_tls")
 
+    # As asyncio's SSL transport: sendfile() reads the file and write()s it (the kernel cannot encrypt here), and
+    # start_tls() may layer TLS over this transport.
+    _sendfile_compatible = constants._SendfileMode.FALLBACK
+    _start_tls_compatible = True
+
     def __init__(self, tls: TLSProtocol) -> None:
-        super().__init__()
+        asyncio.BaseTransport.__init__(self)  # not _FlowControlMixin's: its state is the TLSProtocol's
         self._tls = tls
+        self._loop = tls._loop  # type: ignore[misc]  # a slot of _FlowControlMixin, which typeshed omits
+
+    @property
+    def _protocol_paused(self) -> bool:
+        """pause_writing() told to the app (read by asyncio's sendfile fallback)."""
+        return self._tls._app_write_paused
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         """TLS extras (ssl_object, sslcontext, peercert, cipher, compression), else the TCP transport's."""
