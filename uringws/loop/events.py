@@ -20,7 +20,7 @@ import selectors
 import socket
 import sys
 import threading
-from asyncio import base_events, constants, selector_events, sslproto
+from asyncio import base_events, constants, exceptions, selector_events, sslproto
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +53,8 @@ _MULTISHOT_RECV_KERNEL = (6, 0)
 _READ_MODES = ("auto", "ring", "poll")
 
 _STREAM_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
+_SENDFILE_BLOCK = 16384  # asyncio's fallback block size
+_SendfileFallbackProtocol: Any = base_events._SendfileFallbackProtocol  # type: ignore[attr-defined]
 
 # asyncio's _run_once is the same algorithm in 3.11-3.13 (3.13 only reshaped the timeout clamp); EventLoop
 # replaces it with a leaner copy there and leaves any other version's own.
@@ -339,6 +341,55 @@ class EventLoop(_UnixSelectorEventLoop):
         self._stream_transport_class(self, rawsock, ssl_protocol, extra=extra, server=server)
         return ssl_protocol._app_transport
 
+    # -- sendfile -----------------------------------------------------------------------------------------
+    async def _sendfile_native(self, transp: Any, file: Any, offset: int, count: int | None) -> int:
+        if not isinstance(transp, RingSocketTransport):
+            return int(await super()._sendfile_native(transp, file, offset, count))
+        # asyncio's native path hands the socket to os.sendfile() outside the transport, which would bypass (and
+        # could reorder with) the ring's send queue; there is no ordered native path yet.
+        raise exceptions.SendfileNotAvailableError(
+            f"no native sendfile on the io_uring transport {transp!r}; call sendfile() with fallback=True "
+            f"(the default) to read the file and write it through the transport")
+
+    async def _sendfile_fallback(self, transp: Any, file: Any, offset: int, count: int | None) -> int:
+        """asyncio's fallback (read a block in the executor, write it, wait for the buffer to drain), except that
+        the transport's write() raises meanwhile, as it does during asyncio's native sendfile: a write from
+        elsewhere would land in the middle of the file's bytes."""
+        if not isinstance(transp, RingSocketTransport):
+            return int(await super()._sendfile_fallback(transp, file, offset, count))
+        if offset:
+            file.seek(offset)
+        blocksize = min(count, _SENDFILE_BLOCK) if count else _SENDFILE_BLOCK
+        buf = bytearray(blocksize)
+        total_sent = 0
+        proto = _SendfileFallbackProtocol(transp)
+        # The instance attribute shadows the method on this transport only: write() itself stays as fast.
+        # (A write() someone already put on the instance -- tests wrap it -- is what our blocks go through.)
+        shadowed = transp.__dict__.get("write")
+        write = shadowed or transp.__class__.write.__get__(transp)
+        transp.__dict__["write"] = _write_during_sendfile
+        try:
+            while True:
+                if count:
+                    blocksize = min(count - total_sent, blocksize)
+                    if blocksize <= 0:
+                        return total_sent
+                view = memoryview(buf)[:blocksize]
+                read = await self.run_in_executor(None, file.readinto, view)
+                if not read:
+                    return total_sent  # EOF
+                await proto.drain()
+                write(view[:read])  # copied by the send queue: buf is reused
+                total_sent += read
+        finally:
+            if shadowed is None:
+                del transp.__dict__["write"]
+            else:
+                transp.__dict__["write"] = shadowed
+            if total_sent > 0 and hasattr(file, "seek"):
+                file.seek(offset + total_sent)
+            await proto.restore()
+
     # -- closing ------------------------------------------------------------------------------------------
     def close(self) -> None:
         """Close the loop; on the ring backend, cancel and reap every ring operation, then close the ring."""
@@ -357,6 +408,10 @@ class EventLoop(_UnixSelectorEventLoop):
                 efd, self._efd = self._efd, None
             if efd is not None:
                 os.close(efd)  # after the ring: its READ held the eventfd until it was cancelled and reaped
+
+
+def _write_during_sendfile(data: Any) -> None:
+    raise RuntimeError("unable to write; sendfile is in progress")
 
 
 _fallback_logged = False

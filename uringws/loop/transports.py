@@ -174,8 +174,9 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
     )
 
     _start_tls_compatible = True
-    # loop.sendfile() goes through transport.write() (the native path is built for the selector transport)
-    _sendfile_compatible = constants._SendfileMode.FALLBACK
+    # loop.sendfile() asks the loop's _sendfile_native() first, as for asyncio's socket transport: without a native
+    # path it raises SendfileNotAvailableError, which fallback=False passes on (FALLBACK would make it RuntimeError)
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
 
     def __init__(self, loop: Any, sock: socket.socket, protocol: protocols.BaseProtocol,
                  waiter: futures.Future[Any] | None = None, extra: dict[str, Any] | None = None,
