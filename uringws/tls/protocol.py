@@ -1239,8 +1239,11 @@ async def start_tls(
     ssl_shutdown_timeout: float | None = None,
 ) -> TLSTransport:
     """Upgrade an existing connection to TLS; same semantics as ``loop.start_tls``."""
+    # asyncio's checks and messages: code written against asyncio catches these TypeErrors.
     if not isinstance(sslcontext, ssl.SSLContext):
         raise TypeError(f"sslcontext is expected to be an instance of ssl.SSLContext, got {sslcontext!r}")
+    if not getattr(transport, "_start_tls_compatible", False):
+        raise TypeError(f"transport {transport!r} is not supported by start_tls()")
     waiter: asyncio.Future[None] = loop.create_future()
     tls = TLSProtocol(
         loop,
