@@ -655,8 +655,9 @@ class TLSProtocol(asyncio.BufferedProtocol):
     def _handshake_timed_out(self) -> None:
         self._timer = None
         if self._state == _HANDSHAKE:
+            # asyncio's type and words (3.11-3.13): code that matches on them keeps working.
             err = ConnectionAbortedError(
-                f"TLS handshake is taking longer than {self._hs_timeout} seconds: aborting the connection"
+                f"SSL handshake is taking longer than {self._hs_timeout} seconds: aborting the connection"
             )
             logger.warning("TLS handshake with %s failed: %s", self._peer(), err)
             self._error = err
