@@ -18,15 +18,15 @@ import logging
 import os
 import selectors
 import socket
-import sys
 import threading
-from asyncio import base_events, constants, exceptions, selector_events, sslproto
+from asyncio import constants, exceptions, sslproto
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..ring import Ring
 from ..ring import bufring as _bufring
 from ..ring.probe import availability, kernel_version
+from . import compat
 from .selector import RingSelector
 from .transports import ReadStats, RingSocketTransport, SendStats
 
@@ -54,14 +54,14 @@ _READ_MODES = ("auto", "ring", "poll")
 
 _STREAM_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
 _SENDFILE_BLOCK = 16384  # asyncio's fallback block size
-_SendfileFallbackProtocol: Any = base_events._SendfileFallbackProtocol  # type: ignore[attr-defined]
 
 # asyncio's _run_once is the same algorithm in 3.11-3.13 (3.13 only reshaped the timeout clamp); EventLoop
 # replaces it with a leaner copy there and leaves any other version's own.
-_LEAN_RUN_ONCE = (3, 11) <= sys.version_info[:2] <= (3, 13)
-_MIN_SCHEDULED_TIMER_HANDLES: int = getattr(base_events, "_MIN_SCHEDULED_TIMER_HANDLES", 100)
-_MIN_CANCELLED_TIMER_HANDLES_FRACTION: float = getattr(base_events, "_MIN_CANCELLED_TIMER_HANDLES_FRACTION", 0.5)
-_MAXIMUM_SELECT_TIMEOUT: float = getattr(base_events, "MAXIMUM_SELECT_TIMEOUT", 24 * 3600)
+_LEAN_RUN_ONCE = compat.LEAN_RUN_ONCE
+_MIN_SCHEDULED_TIMER_HANDLES = compat.MIN_SCHEDULED_TIMER_HANDLES
+_MIN_CANCELLED_TIMER_HANDLES_FRACTION = compat.MIN_CANCELLED_TIMER_HANDLES_FRACTION
+_MAXIMUM_SELECT_TIMEOUT = compat.MAXIMUM_SELECT_TIMEOUT
+_SendfileFallbackProtocol = compat.SendfileFallbackProtocol
 
 
 if TYPE_CHECKING:
@@ -69,9 +69,8 @@ if TYPE_CHECKING:
     _UnixSelectorEventLoop = Any
     _StdSocketTransport = Any
 else:
-    from asyncio.unix_events import _UnixSelectorEventLoop
-
-    _StdSocketTransport = selector_events._SelectorSocketTransport
+    _UnixSelectorEventLoop = compat.UnixSelectorEventLoop
+    _StdSocketTransport = compat.SelectorSocketTransport
 
 
 class _SelectorSocketTransport(_StdSocketTransport):
@@ -339,7 +338,7 @@ class EventLoop(_UnixSelectorEventLoop):
             self, protocol, sslcontext, waiter, server_side, server_hostname,
             ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout)
         self._stream_transport_class(self, rawsock, ssl_protocol, extra=extra, server=server)
-        return ssl_protocol._app_transport
+        return compat.ssl_protocol_app_transport(ssl_protocol)
 
     # -- sendfile -----------------------------------------------------------------------------------------
     async def _sendfile_native(self, transp: Any, file: Any, offset: int, count: int | None) -> int:

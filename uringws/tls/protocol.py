@@ -46,8 +46,9 @@ import collections
 import logging
 import ssl
 import threading
-from asyncio import constants, transports
 from typing import TYPE_CHECKING, Any
+
+from ..loop import compat
 
 __all__ = [
     "HANDSHAKE_TIMEOUT",
@@ -61,6 +62,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger("uringws.tls")
+_sslobject_fast = compat.sslobject_fast
 
 # Limits and sizes, in one place (defaults as asyncio where asyncio has one).
 HANDSHAKE_TIMEOUT = 60.0  # seconds, asyncio.constants.SSL_HANDSHAKE_TIMEOUT
@@ -147,7 +149,7 @@ def _flow_limits(high: int | None, low: int | None) -> tuple[int, int]:
 if TYPE_CHECKING:
     _FlowControlMixin = Any  # typeshed does not describe asyncio's private transport base
 else:
-    _FlowControlMixin = transports._FlowControlMixin
+    _FlowControlMixin = compat.FlowControlMixin
 
 
 class TLSTransport(_FlowControlMixin, asyncio.Transport):
@@ -161,7 +163,7 @@ class TLSTransport(_FlowControlMixin, asyncio.Transport):
 
     # As asyncio's SSL transport: sendfile() reads the file and write()s it (the kernel cannot encrypt here), and
     # start_tls() may layer TLS over this transport.
-    _sendfile_compatible = constants._SendfileMode.FALLBACK
+    _sendfile_compatible = compat.SendfileMode.FALLBACK
     _start_tls_compatible = True
 
     def __init__(self, tls: TLSProtocol) -> None:
@@ -342,14 +344,9 @@ class TLSProtocol(asyncio.BufferedProtocol):
             server_hostname=self._server_hostname,
             session=session,
         )
-        # What reads and writes go through: ssl.SSLObject's read()/pending()/write() are one-line wrappers around
-        # the same methods of its _ssl object (3.11-3.13), so that object is called directly, one Python frame
-        # less per record. A context's own sslobject_class keeps its methods.
-        self._ssl: Any = (
-            self._sslobj._sslobj  # type: ignore[attr-defined]
-            if type(self._sslobj) is ssl.SSLObject
-            else self._sslobj
-        )
+        # What reads and writes go through: the SSLObject's inner object where that saves a Python frame per
+        # record (see compat.sslobject_fast).
+        self._ssl: Any = _sslobject_fast(self._sslobj)
         self._transport: Any = None  # any asyncio stream transport (write, close, abort, pause_reading...)
         self._app_transport: TLSTransport | None = TLSTransport(self)
         self._state = _UNWRAPPED
