@@ -56,7 +56,7 @@ def test_handshake_timeout_stalled_client(
             data = b""
         assert data == b""
         assert 0.1 < loop.time() - t0 < 3
-        assert "TLS handshake is taking longer than 0.3 seconds" in _messages(caplog)
+        assert "SSL handshake is taking longer than 0.3 seconds" in _messages(caplog)
         stalled.close()
         server.close()
         await server.wait_closed()
@@ -70,7 +70,7 @@ def test_handshake_timeout_silent_server(run: Any, client_ctx: ssl.SSLContext) -
     async def main() -> None:
         lsock = socket.create_server(("127.0.0.1", 0))
         port = lsock.getsockname()[1]
-        with pytest.raises(ConnectionAbortedError, match="TLS handshake is taking longer"):
+        with pytest.raises(ConnectionAbortedError, match="SSL handshake is taking longer"):
             await tls_client(client_ctx, Recorder(), port, ssl_handshake_timeout=0.3)
         lsock.close()
 

@@ -171,7 +171,7 @@ def test_bad_peers_via_create_server_ssl(
         assert len(got) < 100 and (not got or got[0] == 0x15), got
         log = _tls_log(caplog)
         if bad == b"stall":
-            assert "TLS handshake is taking longer than 0.5 seconds" in log, log
+            assert "SSL handshake is taking longer than 0.5 seconds" in log, log
         else:
             assert "TLS handshake with" in log and "failed" in log, log
         assert len(apps) == 2  # the two good connections; the bad one never reached the app protocol

@@ -18,15 +18,15 @@ import logging
 import os
 import selectors
 import socket
-import sys
 import threading
-from asyncio import base_events, constants, selector_events, sslproto
+from asyncio import constants, exceptions, sslproto
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..ring import Ring
 from ..ring import bufring as _bufring
 from ..ring.probe import availability, kernel_version
+from . import compat
 from .selector import RingSelector
 from .transports import ReadStats, RingSocketTransport, SendStats
 
@@ -53,13 +53,15 @@ _MULTISHOT_RECV_KERNEL = (6, 0)
 _READ_MODES = ("auto", "ring", "poll")
 
 _STREAM_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
+_SENDFILE_BLOCK = 16384  # asyncio's fallback block size
 
 # asyncio's _run_once is the same algorithm in 3.11-3.13 (3.13 only reshaped the timeout clamp); EventLoop
 # replaces it with a leaner copy there and leaves any other version's own.
-_LEAN_RUN_ONCE = (3, 11) <= sys.version_info[:2] <= (3, 13)
-_MIN_SCHEDULED_TIMER_HANDLES: int = getattr(base_events, "_MIN_SCHEDULED_TIMER_HANDLES", 100)
-_MIN_CANCELLED_TIMER_HANDLES_FRACTION: float = getattr(base_events, "_MIN_CANCELLED_TIMER_HANDLES_FRACTION", 0.5)
-_MAXIMUM_SELECT_TIMEOUT: float = getattr(base_events, "MAXIMUM_SELECT_TIMEOUT", 24 * 3600)
+_LEAN_RUN_ONCE = compat.LEAN_RUN_ONCE
+_MIN_SCHEDULED_TIMER_HANDLES = compat.MIN_SCHEDULED_TIMER_HANDLES
+_MIN_CANCELLED_TIMER_HANDLES_FRACTION = compat.MIN_CANCELLED_TIMER_HANDLES_FRACTION
+_MAXIMUM_SELECT_TIMEOUT = compat.MAXIMUM_SELECT_TIMEOUT
+_SendfileFallbackProtocol = compat.SendfileFallbackProtocol
 
 
 if TYPE_CHECKING:
@@ -67,9 +69,8 @@ if TYPE_CHECKING:
     _UnixSelectorEventLoop = Any
     _StdSocketTransport = Any
 else:
-    from asyncio.unix_events import _UnixSelectorEventLoop
-
-    _StdSocketTransport = selector_events._SelectorSocketTransport
+    _UnixSelectorEventLoop = compat.UnixSelectorEventLoop
+    _StdSocketTransport = compat.SelectorSocketTransport
 
 
 class _SelectorSocketTransport(_StdSocketTransport):
@@ -337,7 +338,56 @@ class EventLoop(_UnixSelectorEventLoop):
             self, protocol, sslcontext, waiter, server_side, server_hostname,
             ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout)
         self._stream_transport_class(self, rawsock, ssl_protocol, extra=extra, server=server)
-        return ssl_protocol._app_transport
+        return compat.ssl_protocol_app_transport(ssl_protocol)
+
+    # -- sendfile -----------------------------------------------------------------------------------------
+    async def _sendfile_native(self, transp: Any, file: Any, offset: int, count: int | None) -> int:
+        if not isinstance(transp, RingSocketTransport):
+            return int(await super()._sendfile_native(transp, file, offset, count))
+        # asyncio's native path hands the socket to os.sendfile() outside the transport, which would bypass (and
+        # could reorder with) the ring's send queue; there is no ordered native path yet.
+        raise exceptions.SendfileNotAvailableError(
+            f"no native sendfile on the io_uring transport {transp!r}; call sendfile() with fallback=True "
+            f"(the default) to read the file and write it through the transport")
+
+    async def _sendfile_fallback(self, transp: Any, file: Any, offset: int, count: int | None) -> int:
+        """asyncio's fallback (read a block in the executor, write it, wait for the buffer to drain), except that
+        the transport's write() raises meanwhile, as it does during asyncio's native sendfile: a write from
+        elsewhere would land in the middle of the file's bytes."""
+        if not isinstance(transp, RingSocketTransport):
+            return int(await super()._sendfile_fallback(transp, file, offset, count))
+        if offset:
+            file.seek(offset)
+        blocksize = min(count, _SENDFILE_BLOCK) if count else _SENDFILE_BLOCK
+        buf = bytearray(blocksize)
+        total_sent = 0
+        proto = _SendfileFallbackProtocol(transp)
+        # The instance attribute shadows the method on this transport only: write() itself stays as fast.
+        # (A write() someone already put on the instance -- tests wrap it -- is what our blocks go through.)
+        shadowed = transp.__dict__.get("write")
+        write = shadowed or transp.__class__.write.__get__(transp)
+        transp.__dict__["write"] = _write_during_sendfile
+        try:
+            while True:
+                if count:
+                    blocksize = min(count - total_sent, blocksize)
+                    if blocksize <= 0:
+                        return total_sent
+                view = memoryview(buf)[:blocksize]
+                read = await self.run_in_executor(None, file.readinto, view)
+                if not read:
+                    return total_sent  # EOF
+                await proto.drain()
+                write(view[:read])  # copied by the send queue: buf is reused
+                total_sent += read
+        finally:
+            if shadowed is None:
+                del transp.__dict__["write"]
+            else:
+                transp.__dict__["write"] = shadowed
+            if total_sent > 0 and hasattr(file, "seek"):
+                file.seek(offset + total_sent)
+            await proto.restore()
 
     # -- closing ------------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -357,6 +407,10 @@ class EventLoop(_UnixSelectorEventLoop):
                 efd, self._efd = self._efd, None
             if efd is not None:
                 os.close(efd)  # after the ring: its READ held the eventfd until it was cancelled and reaped
+
+
+def _write_during_sendfile(data: Any) -> None:
+    raise RuntimeError("unable to write; sendfile is in progress")
 
 
 _fallback_logged = False

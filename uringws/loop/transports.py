@@ -42,12 +42,11 @@ import logging
 import os
 import select
 import socket
-import sys
 import warnings
 from asyncio import constants, futures, protocols, transports, trsock
-from asyncio.base_events import _set_nodelay  # type: ignore[attr-defined]
 from typing import TYPE_CHECKING, Any
 
+from . import compat
 from .sendqueue import SendQueue
 
 __all__ = ["READ_SIZE", "ReadStats", "RingSocketTransport", "SendStats"]
@@ -73,7 +72,9 @@ _F_SOCK_NONEMPTY = 4  # IORING_CQE_F_SOCK_NONEMPTY: more bytes were already wait
 _F_BUF_MORE = 16  # IORING_CQE_F_BUF_MORE: an incremental ring's buffer that the kernel goes on filling
 _BUFFER_SHIFT = 16  # IORING_CQE_BUFFER_SHIFT
 _EAGAIN = errno.EAGAIN
-_SERVER_ATTACH_TAKES_TRANSPORT = sys.version_info >= (3, 13)
+_SERVER_ATTACH_TAKES_TRANSPORT = compat.SERVER_ATTACH_TAKES_TRANSPORT
+_set_nodelay = compat.set_nodelay
+_set_result_unless_cancelled = compat.set_result_unless_cancelled
 
 # States of the send side. At most one operation of the send side is outstanding at any time.
 _IDLE = 0  # nothing in flight
@@ -127,7 +128,7 @@ class ReadStats:
 if TYPE_CHECKING:
     _FlowControlMixin = Any  # typeshed does not describe asyncio's private transport internals used here
 else:
-    _FlowControlMixin = transports._FlowControlMixin
+    _FlowControlMixin = compat.FlowControlMixin
 
 
 class RingSocketTransport(_FlowControlMixin, transports.Transport):
@@ -177,8 +178,9 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
     )
 
     _start_tls_compatible = True
-    # loop.sendfile() goes through transport.write() (the native path is built for the selector transport)
-    _sendfile_compatible = constants._SendfileMode.FALLBACK
+    # loop.sendfile() asks the loop's _sendfile_native() first, as for asyncio's socket transport: without a native
+    # path it raises SendfileNotAvailableError, which fallback=False passes on (FALLBACK would make it RuntimeError)
+    _sendfile_compatible = compat.SendfileMode.TRY_NATIVE
 
     def __init__(self, loop: Any, sock: socket.socket, protocol: protocols.BaseProtocol,
                  waiter: futures.Future[Any] | None = None, extra: dict[str, Any] | None = None,
@@ -243,7 +245,7 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
         loop.call_soon(protocol.connection_made, self)
         loop.call_soon(self._start_reading)  # only once connection_made() ran
         if waiter is not None:
-            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)  # type: ignore[attr-defined]
+            loop.call_soon(_set_result_unless_cancelled, waiter, None)
 
     def __repr__(self) -> str:
         info = [self.__class__.__name__]

@@ -46,7 +46,9 @@ import collections
 import logging
 import ssl
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from ..loop import compat
 
 __all__ = [
     "HANDSHAKE_TIMEOUT",
@@ -60,6 +62,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger("uringws.tls")
+_sslobject_fast = compat.sslobject_fast
 
 # Limits and sizes, in one place (defaults as asyncio where asyncio has one).
 HANDSHAKE_TIMEOUT = 60.0  # seconds, asyncio.constants.SSL_HANDSHAKE_TIMEOUT
@@ -143,14 +146,35 @@ def _flow_limits(high: int | None, low: int | None) -> tuple[int, int]:
     return high, low
 
 
-class TLSTransport(asyncio.Transport):
-    """The transport the application protocol sees; every call is forwarded to its :class:`TLSProtocol`."""
+if TYPE_CHECKING:
+    _FlowControlMixin = Any  # typeshed does not describe asyncio's private transport base
+else:
+    _FlowControlMixin = compat.FlowControlMixin
+
+
+class TLSTransport(_FlowControlMixin, asyncio.Transport):
+    """The transport the application protocol sees; every call is forwarded to its :class:`TLSProtocol`.
+
+    A ``_FlowControlMixin`` with ``_loop`` and ``_protocol_paused``, as asyncio's SSL transport is, because
+    ``loop.sendfile()``'s fallback refuses any other transport; flow control itself is the TLSProtocol's.
+    """
 
     __slots__ = ("__weakref__", "_tls")
 
+    # As asyncio's SSL transport: sendfile() reads the file and write()s it (the kernel cannot encrypt here), and
+    # start_tls() may layer TLS over this transport.
+    _sendfile_compatible = compat.SendfileMode.FALLBACK
+    _start_tls_compatible = True
+
     def __init__(self, tls: TLSProtocol) -> None:
-        super().__init__()
+        asyncio.BaseTransport.__init__(self)  # not _FlowControlMixin's: its state is the TLSProtocol's
         self._tls = tls
+        self._loop = tls._loop  # type: ignore[misc]  # a slot of _FlowControlMixin, which typeshed omits
+
+    @property
+    def _protocol_paused(self) -> bool:
+        """pause_writing() told to the app (read by asyncio's sendfile fallback)."""
+        return self._tls._app_write_paused
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         """TLS extras (ssl_object, sslcontext, peercert, cipher, compression), else the TCP transport's."""
@@ -320,14 +344,9 @@ class TLSProtocol(asyncio.BufferedProtocol):
             server_hostname=self._server_hostname,
             session=session,
         )
-        # What reads and writes go through: ssl.SSLObject's read()/pending()/write() are one-line wrappers around
-        # the same methods of its _ssl object (3.11-3.13), so that object is called directly, one Python frame
-        # less per record. A context's own sslobject_class keeps its methods.
-        self._ssl: Any = (
-            self._sslobj._sslobj  # type: ignore[attr-defined]
-            if type(self._sslobj) is ssl.SSLObject
-            else self._sslobj
-        )
+        # What reads and writes go through: the SSLObject's inner object where that saves a Python frame per
+        # record (see compat.sslobject_fast).
+        self._ssl: Any = _sslobject_fast(self._sslobj)
         self._transport: Any = None  # any asyncio stream transport (write, close, abort, pause_reading...)
         self._app_transport: TLSTransport | None = TLSTransport(self)
         self._state = _UNWRAPPED
@@ -633,8 +652,9 @@ class TLSProtocol(asyncio.BufferedProtocol):
     def _handshake_timed_out(self) -> None:
         self._timer = None
         if self._state == _HANDSHAKE:
+            # asyncio's type and words (3.11-3.13): code that matches on them keeps working.
             err = ConnectionAbortedError(
-                f"TLS handshake is taking longer than {self._hs_timeout} seconds: aborting the connection"
+                f"SSL handshake is taking longer than {self._hs_timeout} seconds: aborting the connection"
             )
             logger.warning("TLS handshake with %s failed: %s", self._peer(), err)
             self._error = err
@@ -1217,8 +1237,11 @@ async def start_tls(
     ssl_shutdown_timeout: float | None = None,
 ) -> TLSTransport:
     """Upgrade an existing connection to TLS; same semantics as ``loop.start_tls``."""
+    # asyncio's checks and messages: code written against asyncio catches these TypeErrors.
     if not isinstance(sslcontext, ssl.SSLContext):
         raise TypeError(f"sslcontext is expected to be an instance of ssl.SSLContext, got {sslcontext!r}")
+    if not getattr(transport, "_start_tls_compatible", False):
+        raise TypeError(f"transport {transport!r} is not supported by start_tls()")
     waiter: asyncio.Future[None] = loop.create_future()
     tls = TLSProtocol(
         loop,
