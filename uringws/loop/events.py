@@ -55,6 +55,15 @@ _READ_MODES = ("auto", "ring", "poll")
 _STREAM_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
 _SENDFILE_BLOCK = 16384  # asyncio's fallback block size
 
+# accept(2) failing with these means the process or system is out of something, not that one connection failed:
+# the listening socket stays readable, so every retry before some fd frees fails the same way.
+_ACCEPT_RESOURCE_ERRNOS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+#: seconds between accept() retries while out of fds (asyncio's own pause)
+ACCEPT_RETRY_DELAY: float = constants.ACCEPT_RETRY_DELAY
+#: at most one warning per this many seconds about running out of fds: near the limit, each freed fd ends a
+#: spell and the next connection starts another
+ACCEPT_WARN_INTERVAL = 60.0
+
 # asyncio's _run_once is the same algorithm in 3.11-3.13 (3.13 only reshaped the timeout clamp); EventLoop
 # replaces it with a leaner copy there and leaves any other version's own.
 _LEAN_RUN_ONCE = compat.LEAN_RUN_ONCE
@@ -129,6 +138,10 @@ class EventLoop(_UnixSelectorEventLoop):
         self._efd_lock = threading.Lock()
         self._efd_buf = bytearray(8)
         self._ring: Any = None
+        # listening socket -> its accept pause (out of fds), until an accept() works again
+        self._accept_paused: dict[socket.socket, _AcceptPause] = {}
+        self._accept_warned_at: float | None = None
+        self._accept_spells_unreported = 0
         selector: selectors.BaseSelector
         if backend == "epoll":
             if ring is not None or ring_factory is not None:
@@ -389,6 +402,74 @@ class EventLoop(_UnixSelectorEventLoop):
                 file.seek(offset + total_sent)
             await proto.restore()
 
+    # -- accepting ----------------------------------------------------------------------------------------
+    def _accept_connection(self, protocol_factory: Any, sock: socket.socket, sslcontext: Any = None,
+                           server: Any = None, backlog: int = 100,
+                           ssl_handshake_timeout: Any = constants.SSL_HANDSHAKE_TIMEOUT,
+                           ssl_shutdown_timeout: Any = constants.SSL_SHUTDOWN_TIMEOUT) -> None:
+        """asyncio's accept loop, except when accept() runs out of fds: it stops there, logs once per episode
+        and retries every ACCEPT_RETRY_DELAY seconds.
+
+        asyncio's own (3.11-3.13) goes on calling accept() up to ``backlog`` times per wake-up after EMFILE,
+        logging a traceback and scheduling another retry for each: ~100 tracebacks a second for as long as fds
+        stay short. With stderr on a pipe nobody drains fast enough, the write blocks and every open connection
+        stalls with it.
+        """
+        for _ in range(backlog):
+            try:
+                conn, addr = sock.accept()
+                conn.setblocking(False)
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_RESOURCE_ERRNOS:
+                    raise  # the loop logs it; the listener stays registered, as with asyncio
+                self._pause_accepting(sock, exc, (protocol_factory, sock, sslcontext, server, backlog,
+                                                  ssl_handshake_timeout, ssl_shutdown_timeout))
+                return
+            if self._accept_paused:
+                self._end_accept_pause(sock)
+            self.create_task(self._accept_connection2(protocol_factory, conn, {"peername": addr}, sslcontext,
+                                                      server, ssl_handshake_timeout, ssl_shutdown_timeout))
+
+    def _pause_accepting(self, sock: socket.socket, exc: OSError, args: tuple[Any, ...]) -> None:
+        self._remove_reader(sock.fileno())
+        pause = self._accept_paused.get(sock)
+        if pause is None:
+            now = self.time()
+            pause = self._accept_paused[sock] = _AcceptPause(now)
+            if self._accept_warned_at is not None and now - self._accept_warned_at < ACCEPT_WARN_INTERVAL:
+                self._accept_spells_unreported += 1
+            else:
+                more = self._accept_spells_unreported
+                self._accept_warned_at = now
+                self._accept_spells_unreported = 0
+                log.warning("uringws: accept() on %s failed: %s; not accepting new connections until it works "
+                            "again (retrying every %g s; open connections are still served)%s. Raise the fd "
+                            "limit (ulimit -n, systemd LimitNOFILE=) or spread the load", _sockname(sock), exc,
+                            ACCEPT_RETRY_DELAY, f"; {more} more such spells since the last warning" if more else "")
+        pause.retries += 1
+        pause.timer = self.call_later(ACCEPT_RETRY_DELAY, self._retry_accepting, *args)
+
+    def _retry_accepting(self, *args: Any) -> None:
+        sock = args[1]
+        if sock.fileno() < 0:  # closed without _stop_serving (asyncio's retry then raised "Invalid fd: -1")
+            self._accept_paused.pop(sock, None)
+            return
+        self._start_serving(*args)
+
+    def _end_accept_pause(self, sock: socket.socket) -> None:
+        pause = self._accept_paused.pop(sock, None)
+        if pause is not None:
+            log.info("uringws: accepting on %s again after %.1f s (%d retries)", _sockname(sock),
+                     self.time() - pause.since, pause.retries)
+
+    def _stop_serving(self, sock: socket.socket) -> None:
+        pause = self._accept_paused.pop(sock, None)
+        if pause is not None and pause.timer is not None:
+            pause.timer.cancel()
+        super()._stop_serving(sock)
+
     # -- closing ------------------------------------------------------------------------------------------
     def close(self) -> None:
         """Close the loop; on the ring backend, cancel and reap every ring operation, then close the ring."""
@@ -411,6 +492,25 @@ class EventLoop(_UnixSelectorEventLoop):
 
 def _write_during_sendfile(data: Any) -> None:
     raise RuntimeError("unable to write; sendfile is in progress")
+
+
+class _AcceptPause:
+    """A listening socket's spell out of fds: since when, how many retries, the pending retry."""
+
+    __slots__ = ("retries", "since", "timer")
+
+    def __init__(self, since: float) -> None:
+        self.since = since
+        self.retries = 0
+        self.timer: Any = None
+
+
+def _sockname(sock: socket.socket) -> str:
+    try:
+        name = sock.getsockname()
+    except OSError:
+        return f"fd {sock.fileno()}"
+    return f"{name[0]}:{name[1]}" if isinstance(name, tuple) else repr(name)
 
 
 _fallback_logged = False
