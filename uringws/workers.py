@@ -32,7 +32,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from .pubsub.workersbackend import PUBLISH, READY, SUBSCRIBE, UNSUBSCRIBE, FrameReader
+from .pubsub.workersbackend import PUBLISH, READY, SUBSCRIBE, UNSUBSCRIBE, FrameReader, encode
 
 __all__ = ["WorkerInfo", "parse_workers", "run_supervisor", "usable_cpus", "worker_main"]
 
@@ -283,6 +283,8 @@ class Supervisor:
                 other.transport.write(raw)
         elif kind == SUBSCRIBE:
             worker.channels.add(channel)
+            if worker.transport is not None:
+                worker.transport.write(encode(SUBSCRIBE))
         elif kind == UNSUBSCRIBE:
             worker.channels.discard(channel)
         elif kind == READY:

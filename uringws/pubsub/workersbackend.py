@@ -8,12 +8,14 @@ the supervisor give: exactly once per worker, in publish order per publisher, wh
 
 Frame: ``!IcH`` header (length of what follows the header, kind, channel length), the UTF-8 channel, the
 payload. Kinds: ``R`` ready (worker -> supervisor), ``S``/``U`` subscribe/unsubscribe a channel, ``P`` a publish
-whose payload is ``b"t"`` (text) or ``b"b"`` (binary) + the message.
+whose payload is ``b"t"`` (text) or ``b"b"`` (binary) + the message. The supervisor answers each ``S`` with an
+empty ``S``, so ``Hub.join`` returns once other workers' publishes reach this one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import socket
 import struct
@@ -78,6 +80,7 @@ class SupervisorLink(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.on_publish: Callable[[str, Data], None] | None = None
         self._reader = FrameReader()
+        self._acks: collections.deque[asyncio.Future[None]] = collections.deque()
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     @classmethod
@@ -91,6 +94,12 @@ class SupervisorLink(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         for kind, channel, payload, _ in self._reader.feed(data):
+            if kind == SUBSCRIBE:  # the supervisor's acknowledgement, in the order the subscribes were sent
+                if self._acks:
+                    ack = self._acks.popleft()
+                    if not ack.done():
+                        ack.set_result(None)
+                continue
             if kind != PUBLISH or self.on_publish is None:
                 continue
             if payload[:1] == _TEXT:
@@ -100,6 +109,10 @@ class SupervisorLink(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        for ack in self._acks:
+            if not ack.done():
+                ack.set_result(None)
+        self._acks.clear()
         if not self.lost.done():
             self.lost.set_result(None)
 
@@ -110,6 +123,13 @@ class SupervisorLink(asyncio.Protocol):
             return False
         transport.write(frame)
         return True
+
+    async def subscribe(self, channel: str) -> None:
+        """Tell the supervisor; return once it has acknowledged (from then on, publishes reach us)."""
+        if self.send(encode(SUBSCRIBE, channel)):
+            ack = asyncio.get_running_loop().create_future()
+            self._acks.append(ack)
+            await ack
 
     def close(self) -> None:
         if self.transport is not None:
@@ -144,7 +164,7 @@ class WorkersBackend(Backend):
         self.state = "closed"
 
     async def subscribe(self, channel: str) -> None:
-        self.link.send(encode(SUBSCRIBE, channel))
+        await self.link.subscribe(channel)
 
     async def unsubscribe(self, channel: str) -> None:
         self.link.send(encode(UNSUBSCRIBE, channel))
