@@ -238,3 +238,11 @@ def test_port_in_use_is_one_line_and_exit_2(env: dict[str, str]) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"uringws serve: port {port} on 127.0.0.1 is in use: stop the other server or pick another with --port"]
+
+
+def test_workers_must_be_positive_or_auto(env: dict[str, str]) -> None:
+    proc = subprocess.run([sys.executable, "-P", "-m", "uringws", "serve", "--workers", "0"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("uringws serve: argument --workers: --workers '0': use a positive number or "
+                                   "'auto' (see uringws serve --help)")
