@@ -246,3 +246,30 @@ def test_workers_must_be_positive_or_auto(env: dict[str, str]) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("uringws serve: argument --workers: --workers '0': use a positive number or "
                                    "'auto' (see uringws serve --help)")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_second_signal_aborts_a_drain_that_waits_for_a_silent_client(env: dict[str, str], workers: str) -> None:
+    import base64
+    import socket
+
+    served = Served(env, "--workers", workers, "--close-timeout", "20", tls=False)
+    try:
+        # A client that upgrades and then never reads or answers the close handshake: a drain waits for it.
+        silent = socket.create_connection(("127.0.0.1", served.port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        silent.sendall(f"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                       f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+        assert silent.recv(4096).startswith(b"HTTP/1.1 101")
+        served.proc.send_signal(signal.SIGTERM)
+        with pytest.raises(subprocess.TimeoutExpired):
+            served.proc.wait(2)  # still draining: the silent client has 20 s to answer
+        start = time.monotonic()
+        served.proc.send_signal(signal.SIGTERM)
+        assert served.proc.wait(10) == 1
+        assert time.monotonic() - start < 10
+        silent.close()
+    finally:
+        served.kill()
+    out = served.output + (served.proc.stdout.read() if served.proc.stdout else b"")
+    assert b"a second signal" in out, out.decode()
