@@ -273,3 +273,22 @@ def test_second_signal_aborts_a_drain_that_waits_for_a_silent_client(env: dict[s
         served.kill()
     out = served.output + (served.proc.stdout.read() if served.proc.stdout else b"")
     assert b"a second signal" in out, out.decode()
+
+
+def gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie waiting for a reaper counts as exited)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_workers_exit_when_the_supervisor_is_killed(two_workers: Served) -> None:
+    pids = [info["pid"] for info in two_workers.infos(2).values()]
+    two_workers.proc.kill()
+    two_workers.proc.wait()
+    deadline = time.monotonic() + 30
+    while not all(gone(pid) for pid in pids):
+        assert time.monotonic() < deadline, "workers outlived their supervisor"
+        time.sleep(0.1)
