@@ -292,3 +292,29 @@ def test_workers_exit_when_the_supervisor_is_killed(two_workers: Served) -> None
     while not all(gone(pid) for pid in pids):
         assert time.monotonic() < deadline, "workers outlived their supervisor"
         time.sleep(0.1)
+
+
+def test_sigterm_while_workers_start_exits_0(env: dict[str, str], tmp_path: Path) -> None:
+    # A handler module that takes seconds to import keeps the workers starting while the signal comes.
+    (tmp_path / "slowapp.py").write_text("import time\ntime.sleep(3)\n\nasync def handler(ws):\n    pass\n")
+    proc = subprocess.Popen([sys.executable, "-P", "-m", "uringws", "serve", "--port", str(free_port()), "--no-tls",
+                             "--workers", "2", "--app", "slowapp:handler", "--app-dir", str(tmp_path)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        children = b""
+        while len(children.split()) < 2:
+            assert time.monotonic() < deadline and proc.poll() is None, "the supervisor started no workers"
+            time.sleep(0.05)
+            try:
+                with open(f"/proc/{proc.pid}/task/{proc.pid}/children", "rb") as f:
+                    children = f.read()
+            except FileNotFoundError:
+                pass
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, out.decode()
