@@ -188,7 +188,9 @@ class Supervisor:
             await self._kill_all()
             return 1
         statuses = done.result()
-        bad = [(w.slot, s) for w, s in zip(self.workers, statuses, strict=False) if s != 0]
+        # A worker still starting has no signal handler yet: SIGTERM ends it at once, with nothing to drain.
+        bad = [(w.slot, s) for w, s in zip(self.workers, statuses, strict=False)
+               if s != 0 and not (s == -signal.SIGTERM and not w.ready)]
         for slot, status in bad:
             log.warning("worker %d %s while draining", slot, describe_exit(status))
         return 1 if bad else 0
