@@ -53,6 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds for closing handshakes (default 10)")
     serve.add_argument("--sndbuf", type=_size, default=None,
                        help="SO_SNDBUF of accepted sockets (testing: a tiny value forces short writes)")
+    serve.add_argument("--workers", type=_workers, default=1,
+                       help="worker processes on the port (SO_REUSEPORT), restarted if they die; 'auto' = usable "
+                       "CPUs (default 1: one process)")
+    serve.add_argument("--pubsub", metavar="URL",
+                       help="redis://HOST:PORT/DB or rediss://...: the demo's /broadcast room goes through this Redis, "
+                       "so every worker and node shares it (default: shared by this server's workers only)")
+    serve.add_argument("--pubsub-mode", choices=["pubsub", "streams"], default="pubsub",
+                       help="Redis pub/sub (at-most-once) or Streams (resumes after a reconnect) (default pubsub)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                        help="logging level (default info)")
     doctor = sub.add_parser("doctor", help="report what this machine offers (kernel, io_uring, backend)",
@@ -140,6 +148,15 @@ def _port(text: str) -> int:
     return n
 
 
+def _workers(text: str) -> int:
+    from .workers import parse_workers
+
+    try:
+        return parse_workers(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _positive_float(text: str) -> float:
     try:
         x = float(text)
@@ -207,7 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             host=args.host, port=port, certfile=args.certfile, keyfile=args.keyfile, app=args.app,
             app_dir=args.app_dir, tls=args.tls, backend=args.backend, max_size=args.max_size, max_queue=args.max_queue,
             ping_interval=args.ping_interval, ping_timeout=args.ping_timeout, compression=args.compression,
-            write_limit=args.write_limit, close_timeout=args.close_timeout, sndbuf=args.sndbuf)
+            write_limit=args.write_limit, close_timeout=args.close_timeout, sndbuf=args.sndbuf, workers=args.workers,
+            pubsub=args.pubsub, pubsub_mode=args.pubsub_mode)
         return serve.main(opts)
     if args.command == "bench":
         from .tools import bench as bench_mod

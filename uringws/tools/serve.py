@@ -28,6 +28,9 @@ log = logging.getLogger("uringws.serve")
 
 Handler = Callable[[Any], Awaitable[None]]
 
+#: The hub channel of the demo's /broadcast room.
+BROADCAST_CHANNEL = "broadcast"
+
 
 class UsageError(Exception):
     """Something the user can fix; the message says what. Exit status 2."""
@@ -51,6 +54,9 @@ class ServeOptions:
     write_limit: int = 64 * 1024
     close_timeout: float = 10.0
     sndbuf: int | None = None  # SO_SNDBUF of accepted sockets (tests force short writes with a tiny one)
+    workers: int = 1  # >1: that many processes on one port under a supervisor (uringws.workers)
+    pubsub: str | None = None  # redis:// or rediss:// URL the demo's /broadcast hub goes through
+    pubsub_mode: str = "pubsub"  # pubsub | streams
 
 
 # --- apps --------------------------------------------------------------------------------------------------------
@@ -61,13 +67,19 @@ async def echo_handler(ws: Any) -> None:
 
 
 class DemoApp:
-    """``/`` the page, ``/info`` JSON, ``/healthz``, ``/echo`` echo, ``/broadcast`` a chat room."""
+    """``/`` the page, ``/info`` JSON, ``/healthz``, ``/echo`` echo, ``/broadcast`` a chat room.
 
-    def __init__(self, info: dict[str, Any], stats: Callable[[], dict[str, int]] | None = None) -> None:
+    The room goes through ``hub`` when given (every worker and node sharing its backend is one room), else it
+    is this process's connections.
+    """
+
+    def __init__(self, info: dict[str, Any], stats: Callable[[], dict[str, int]] | None = None,
+                 hub: Any = None) -> None:
         self.info = info
         self.stats = stats
         #: The server's counters for the page's live panel (``uringws.metrics.summary``), once it listens.
         self.live: Callable[[], dict[str, float]] | None = None
+        self.hub = hub
         self.room: set[Any] = set()
         self.page = resources.files("uringws.tools").joinpath("static/demo.html").read_bytes()
 
@@ -80,7 +92,7 @@ class DemoApp:
                         live=self.live() if self.live else None)
             return 200, [("Content-Type", "application/json"), ("Cache-Control", "no-store")], json.dumps(info).encode()
         if route == "/healthz":
-            return 200, [("Content-Type", "text/plain")], b"ok\n"
+            return self.healthz()
         if route in ("/echo", "/broadcast"):
             return None  # upgrade to WebSocket
         return 404, [("Content-Type", "text/plain")], b"not found\n"
@@ -90,14 +102,39 @@ class DemoApp:
         if route == "/echo":
             await echo_handler(ws)
             return
-        from ..server import broadcast
-
         self.room.add(ws)
         try:
-            async for message in ws:
-                broadcast(self.room, message)
+            if self.hub is None:
+                from ..server import broadcast
+
+                async for message in ws:
+                    broadcast(self.room, message)
+            else:
+                await self._chat_through_hub(ws)
         finally:
             self.room.discard(ws)
+
+    async def _chat_through_hub(self, ws: Any) -> None:
+        from ..pubsub import BackendUnavailable
+
+        await self.hub.join(ws, BROADCAST_CHANNEL)
+        async for message in ws:
+            try:
+                await self.hub.publish(BROADCAST_CHANNEL, message)
+            except BackendUnavailable:
+                pass  # reached this process's members only; /healthz says degraded and the backend logged it
+
+    def healthz(self) -> tuple[int, list[tuple[str, str]], bytes]:
+        """200 while the room reaches every worker/node, 503 (degraded: local delivery only) otherwise."""
+        hub = self.hub
+        body: dict[str, Any] = {"status": "ok"}
+        if hub is not None:
+            body.update(hub=hub.state, backend=type(hub.backend).__name__)
+            if not hub.healthy:
+                body["status"] = "degraded"
+        status = 200 if body["status"] == "ok" else 503
+        return status, [("Content-Type", "application/json"), ("Cache-Control", "no-store")], \
+            json.dumps(body).encode()
 
 
 def load_handler(spec: str, app_dir: str | None = None) -> Handler:
@@ -194,18 +231,126 @@ def with_metrics(process_request: Callable[[Any, Any], Any] | None,
     return answer
 
 
+# --- hub (the demo's /broadcast room across workers and nodes) ------------------------------------------------
+def make_backend(opts: ServeOptions, link: Any = None) -> Any:
+    """The hub backend ``opts`` asks for: Redis with --pubsub, the supervisor relay in a worker, else None."""
+    if opts.pubsub:
+        from ..pubsub import RedisBackend
+
+        if opts.pubsub_mode not in ("pubsub", "streams"):
+            raise UsageError(f"--pubsub-mode {opts.pubsub_mode!r}: use pubsub or streams")
+        try:
+            return RedisBackend(opts.pubsub, mode=opts.pubsub_mode)  # type: ignore[arg-type]
+        except ImportError:
+            raise UsageError("--pubsub needs redis-py: pip install 'uringws[redis]'") from None
+        except ValueError as exc:
+            raise UsageError(f"--pubsub: {exc}") from None
+    if link is not None:
+        from ..pubsub.workersbackend import WorkersBackend
+
+        return WorkersBackend(link)
+    return None
+
+
+async def start_hub(opts: ServeOptions, backend: Any) -> Any:
+    """A started Hub over ``backend``; an unreachable --pubsub service is a UsageError (exit 2, one line)."""
+    from ..pubsub import BackendUnavailable, Hub
+
+    hub = Hub(backend, max_size=opts.max_size)
+    try:
+        await hub.start()
+    except BackendUnavailable as exc:
+        raise UsageError(f"--pubsub: {exc}") from None
+    return hub
+
+
+async def check_pubsub(opts: ServeOptions) -> None:
+    """Connect to the --pubsub service once and leave (the supervisor does it before starting workers)."""
+    backend = make_backend(opts)
+    if backend is not None:
+        hub = await start_hub(opts, backend)
+        await hub.close()
+
+
+# --- workers -----------------------------------------------------------------------------------------------------
+def supervise(opts: ServeOptions, backend_line: str, tls: tuple[ssl.SSLContext, str] | None, out: Any) -> int:
+    """``--workers N`` (N > 1): the supervisor of uringws.workers, with the same banner as one process."""
+    from .. import workers
+
+    if opts.pubsub:
+        asyncio.run(check_pubsub(opts))
+
+    def banner() -> None:
+        print_banner(opts, backend_line, tls, out, f"{opts.workers} workers")
+
+    try:
+        return workers.run_supervisor(opts, opts.workers, banner, out)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise listen_error(opts, exc) from None
+
+
+def worker_fields(worker: Any) -> dict[str, Any]:
+    """What /info says about the process that answered."""
+    return {"worker": worker.id if worker else 0, "workers": worker.count if worker else 1, "pid": os.getpid()}
+
+
 # --- serving -----------------------------------------------------------------------------------------------------
+def listen_error(opts: ServeOptions, exc: OSError) -> UsageError:
+    if exc.errno == errno.EADDRINUSE:
+        return UsageError(f"port {opts.port} on {opts.host} is in use: stop the other server or pick another "
+                          "with --port")
+    if exc.errno == errno.EACCES:
+        return UsageError(f"no permission to listen on {opts.host}:{opts.port}: use a port above 1023")
+    return UsageError(f"cannot listen on {opts.host}:{opts.port}: {exc.strerror or exc}")
+
+
+def print_banner(opts: ServeOptions, backend_line: str, tls: tuple[ssl.SSLContext, str] | None, out: Any,
+                 extra: str = "") -> None:
+    scheme = "https" if tls else "http"
+    host = f"[{opts.host}]" if ":" in opts.host else opts.host
+    app = f"app: {opts.app}, {extra}" if extra else f"app: {opts.app}"
+    print(f"uringws {__version__} serving {scheme}://{host}:{opts.port}/ ({app})", file=out)
+    print(f"  backend: {backend_line}", file=out)
+    if tls:
+        print(f"  {tls[1]}", file=out)
+    else:
+        print("  WARNING: --no-tls: plain HTTP and ws://, readable and alterable by anyone on the path", file=out)
+    if opts.pubsub:
+        print(f"  /broadcast hub: {opts.pubsub_mode} on {redact(opts.pubsub)}", file=out)
+    print("  Ctrl-C to stop", file=out, flush=True)
+
+
+def redact(url: str) -> str:
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{host}{':' + str(parts.port) if parts.port else ''}{parts.path}"
+
+
 async def _serve(opts: ServeOptions, backend_line: str, tls: tuple[ssl.SSLContext, str] | None,
-                 out: Any) -> int:
+                 out: Any, worker: Any = None) -> int:
     from ..server import serve
 
     loop = asyncio.get_running_loop()
     backend = getattr(loop, "backend", "asyncio")
-    info = {"version": __version__, "backend": backend, "tls": "TLS" if tls else None, "compiled": compiled_pieces()}
+    info = {"version": __version__, "backend": backend, "tls": "TLS" if tls else None, "compiled": compiled_pieces(),
+            **worker_fields(worker)}
+    link = None
+    if worker is not None:
+        from ..pubsub.workersbackend import SupervisorLink
+
+        link = await SupervisorLink.connect(worker.fd)
+    hub = None
     process_request = None
     if opts.app == "demo":
+        hub_backend = make_backend(opts, link)
+        if hub_backend is not None:
+            hub = await start_hub(opts, hub_backend)
         send_stats = getattr(loop, "send_stats", None)  # the ring loop's send-path counters (short sends...)
-        app = DemoApp(info, send_stats.as_dict if send_stats is not None else None)
+        app = DemoApp(info, send_stats.as_dict if send_stats is not None else None, hub)
         handler: Handler = app.handler
 
         def process_request(connection: Any, request: Any) -> Any:
@@ -217,9 +362,9 @@ async def _serve(opts: ServeOptions, backend_line: str, tls: tuple[ssl.SSLContex
         handler = load_handler(opts.app, opts.app_dir)
 
     servers: list[Any] = []  # filled once listening; /metrics reads it
-    stop = asyncio.Event()
+    signals = asyncio.Queue[int]()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, signals.put_nowait, sig)
     kwargs: dict[str, Any] = {
         "ssl": tls[0] if tls else None, "process_request": process_request, "max_size": opts.max_size,
         "max_queue": opts.max_queue, "ping_interval": opts.ping_interval, "ping_timeout": opts.ping_timeout,
@@ -228,47 +373,78 @@ async def _serve(opts: ServeOptions, backend_line: str, tls: tuple[ssl.SSLContex
     if opts.sndbuf:
         kwargs["sndbuf"] = opts.sndbuf
     kwargs["process_request"] = with_metrics(process_request, servers)
+    if worker is not None:
+        kwargs["reuse_port"] = True  # every worker listens on the port; the kernel spreads connections
     try:
         server = await serve(handler, opts.host, opts.port, **kwargs)
     except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise UsageError(f"port {opts.port} on {opts.host} is in use: stop the other server or pick another "
-                             "with --port") from None
-        if exc.errno == errno.EACCES:
-            raise UsageError(f"no permission to listen on {opts.host}:{opts.port}: use a port above 1023") from None
-        raise UsageError(f"cannot listen on {opts.host}:{opts.port}: {exc.strerror or exc}") from None
+        raise listen_error(opts, exc) from None
     servers.append(server)
     if opts.app == "demo":
         from .. import metrics
 
         app.live = lambda: metrics.summary(servers, loop)
-    scheme = "https" if tls else "http"
-    host = f"[{opts.host}]" if ":" in opts.host else opts.host
-    print(f"uringws {__version__} serving {scheme}://{host}:{opts.port}/ (app: {opts.app})", file=out)
-    print(f"  backend: {backend_line}", file=out)
-    if tls:
-        print(f"  {tls[1]}", file=out)
+    if link is None:
+        print_banner(opts, backend_line, tls, out)
     else:
-        print("  WARNING: --no-tls: plain HTTP and ws://, readable and alterable by anyone on the path", file=out)
-    print("  Ctrl-C to stop", file=out, flush=True)
-    await stop.wait()
-    print("uringws: shutting down: closing connections with 1001 after their queued data", file=out, flush=True)
-    server.close()  # stop accepting; open connections get close code 1001 (going away)
+        from ..pubsub.workersbackend import READY, encode
+
+        link.send(encode(READY))
     try:
-        await asyncio.wait_for(server.wait_closed(), opts.close_timeout + 5)
-    except TimeoutError:
-        print("uringws: some connections did not close in time; aborted them", file=out)
-    return 0
+        return await _run_until_stopped(opts, server, signals, link, out, worker)
+    finally:
+        if hub is not None:
+            await hub.close()
 
 
-def main(opts: ServeOptions, out: Any = sys.stdout) -> int:
+async def _run_until_stopped(opts: ServeOptions, server: Any, signals: asyncio.Queue[int], link: Any, out: Any,
+                             worker: Any) -> int:
+    """Serve until a signal (or the supervisor is gone), then drain; a second signal aborts."""
+    waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(signals.get())]
+    if link is not None:
+        waits.append(link.lost)
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    waits[0].cancel()
+    who = f"[worker {worker.id}] " if worker is not None else ""
+    if link is not None and link.lost.done():
+        log.warning("the supervisor is gone: shutting down")
+    elif worker is None:
+        print(f"{who}uringws: shutting down: closing connections with 1001 after their queued data (a second "
+              "Ctrl-C aborts)", file=out, flush=True)
+    server.close()  # stop accepting; open connections get close code 1001 (going away)
+    closed = asyncio.ensure_future(server.wait_closed())
+    again = asyncio.ensure_future(signals.get())
+    try:
+        done, _ = await asyncio.wait([closed, again], timeout=opts.close_timeout + 5,
+                                     return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        again.cancel()
+    if closed in done:
+        return 0
+    closed.cancel()
+    why = "a second signal" if again in done else "some connections did not close in time"
+    print(f"{who}uringws: {why}: aborted the remaining connections", file=out, flush=True)
+    for conn in list(server.connections):
+        if conn.transport is not None:
+            conn.transport.abort()
+    return 0 if again not in done else 1
+
+
+def main(opts: ServeOptions, out: Any = sys.stdout, worker: Any = None) -> int:
+    """Run ``uringws serve``: one process, or (``opts.workers`` > 1) a supervisor of workers; the exit status.
+
+    ``worker`` (a uringws.workers.WorkerInfo) is given in a worker process started by the supervisor.
+    """
     try:
         if opts.app not in ("demo", "echo"):
             load_handler(opts.app, opts.app_dir)  # fail before binding anything
         factory, backend_line = loop_factory(opts.backend)
         tls = make_tls(opts) if opts.tls else None
+        if opts.workers > 1 and worker is None:
+            return supervise(opts, backend_line, tls, out)
         with asyncio.Runner(loop_factory=factory) as runner:
-            return runner.run(_serve(opts, backend_line, tls, out))
+            return runner.run(_serve(opts, backend_line, tls, out, worker))
     except UsageError as exc:
-        print(f"uringws serve: {exc}", file=sys.stderr)
+        where = f"worker {worker.id}: " if worker is not None else ""
+        print(f"uringws serve: {where}{exc}", file=sys.stderr)
         return 2
