@@ -48,6 +48,8 @@ import ssl
 import threading
 from typing import Any
 
+from .engine import CompiledSSLObject, new_engine
+
 __all__ = [
     "HANDSHAKE_TIMEOUT",
     "SHUTDOWN_TIMEOUT",
@@ -311,23 +313,30 @@ class TLSProtocol(asyncio.BufferedProtocol):
         self._server_hostname = server_hostname if server_hostname and not server_side else None
         self._hs_timeout = ssl_handshake_timeout
         self._sd_timeout = ssl_shutdown_timeout
-        self._incoming: ssl.MemoryBIO | None = ssl.MemoryBIO()
-        self._outgoing = ssl.MemoryBIO()
-        self._sslobj: ssl.SSLObject | None = sslcontext.wrap_bio(
-            self._incoming,
-            self._outgoing,
-            server_side=server_side,
-            server_hostname=self._server_hostname,
-            session=session,
-        )
-        # What reads and writes go through: ssl.SSLObject's read()/pending()/write() are one-line wrappers around
-        # the same methods of its _ssl object (3.11-3.13), so that object is called directly, one Python frame
-        # less per record. A context's own sslobject_class keeps its methods.
-        self._ssl: Any = (
-            self._sslobj._sslobj  # type: ignore[attr-defined]
-            if type(self._sslobj) is ssl.SSLObject
-            else self._sslobj
-        )
+        # The compiled engine where it can take this connection (uringws/tls/engine.py says why not), else the
+        # stdlib's SSLObject over two MemoryBIOs; both offer the same calls, so nothing below tells them apart.
+        compiled = new_engine(sslcontext, server_side, session)
+        self._incoming: Any
+        self._sslobj: Any
+        if compiled is not None:
+            self._incoming = compiled.incoming
+            self._outgoing: Any = compiled.outgoing
+            self._sslobj = CompiledSSLObject(compiled)
+            self._ssl: Any = compiled
+        else:
+            self._incoming = ssl.MemoryBIO()
+            self._outgoing = ssl.MemoryBIO()
+            self._sslobj = sslcontext.wrap_bio(
+                self._incoming,
+                self._outgoing,
+                server_side=server_side,
+                server_hostname=self._server_hostname,
+                session=session,
+            )
+            # What reads and writes go through: ssl.SSLObject's read()/pending()/write() are one-line wrappers
+            # around the same methods of its _ssl object (3.11-3.13), so that object is called directly, one
+            # Python frame less per record. A context's own sslobject_class keeps its methods.
+            self._ssl = self._sslobj._sslobj if type(self._sslobj) is ssl.SSLObject else self._sslobj  # type: ignore[attr-defined]
         self._transport: Any = None  # any asyncio stream transport (write, close, abort, pause_reading...)
         self._app_transport: TLSTransport | None = TLSTransport(self)
         self._state = _UNWRAPPED
@@ -525,7 +534,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
         else:
             self._rec_left = 0
             self._partial = 0
-        self._incoming.write(data)  # type: ignore[union-attr]
+        self._incoming.write(data)
         state = self._state
         if state == _WRAPPED:
             if not self._app_read_paused:
