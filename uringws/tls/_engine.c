@@ -2,8 +2,8 @@
  *
  * Why: the stdlib's SSLObject sits on two ssl.MemoryBIO, OpenSSL's BIO_s_mem, whose writes grow the buffer with
  * BUF_MEM_grow_clean (zero-fill, then copy) and whose reads copy again: per MiB echoed about 2 MiB of memset and
- * 4 MiB of memcpy. Here received ciphertext is appended to a plain malloc'd buffer (no zero-fill) that OpenSSL
- * reads from, and OpenSSL's records are written straight into one growing bytes object that is handed to the send
+ * 4 MiB of memcpy. Here OpenSSL reads received ciphertext in place from the caller's buffer (only a trailing
+ * partial record is copied, into a plain malloc'd buffer without zero-fill), and OpenSSL's records are written straight into one growing bytes object that is handed to the send
  * queue as it is (no copy out).
  *
  * The SSL is made from the SSL_CTX of the caller's ssl.SSLContext, read from CPython's private PySSLContext layout
@@ -14,7 +14,8 @@
  * Types (each method mirrors the same-named method of ssl.SSLObject / ssl.MemoryBIO and raises the same ssl
  * exception classes):
  *   Engine(context, server_side)  do_handshake, read, write, pending, unwrap, and the connection queries
- *   Engine.incoming               an object with write(data) and .pending, like the incoming MemoryBIO
+ *   Engine.incoming               an object with write(data) and .pending, like the incoming MemoryBIO, and
+ *                                 lend(data) / keep() to have OpenSSL read received bytes in place
  *   Engine.outgoing               an object with read() and .pending, like the outgoing MemoryBIO
  */
 #define PY_SSIZE_T_CLEAN
@@ -56,6 +57,11 @@ typedef struct {
      * connection holds none. */
     char *in_buf;
     size_t in_pos, in_len, in_cap;
+    /* Received bytes lent by the caller for the duration of one call (incoming.lend ... incoming.keep): OpenSSL
+     * reads them in place, after in_buf's; keep() copies what is left into in_buf and lets go of the buffer. */
+    Py_buffer lent;
+    size_t lent_pos;
+    int lending;
     /* Produced ciphertext: the first out_len bytes of out, a bytes object of out_cap bytes only we hold. */
     PyObject *out;
     Py_ssize_t out_len, out_cap;
@@ -120,21 +126,38 @@ bio_read(BIO *bio, char *data, int n)
 {
     Engine *self = BIO_get_data(bio);
     BIO_clear_retry_flags(bio);
-    size_t avail = self->in_len - self->in_pos;
-    if (avail == 0 || n <= 0) {
-        /* Never EOF: more may arrive (TCP EOF is judged by the protocol, as with a MemoryBIO). */
+    if (n <= 0) {
         BIO_set_retry_read(bio);
         return -1;
     }
-    size_t take = (size_t)n < avail ? (size_t)n : avail;
-    memcpy(data, self->in_buf + self->in_pos, take);
-    self->in_pos += take;
-    if (self->in_pos == self->in_len) {
-        free(self->in_buf);
-        self->in_buf = NULL;
-        self->in_pos = self->in_len = self->in_cap = 0;
+    size_t avail = self->in_len - self->in_pos;
+    if (avail > 0) {
+        size_t take = (size_t)n < avail ? (size_t)n : avail;
+        memcpy(data, self->in_buf + self->in_pos, take);
+        self->in_pos += take;
+        if (self->in_pos == self->in_len) {
+            free(self->in_buf);
+            self->in_buf = NULL;
+            self->in_pos = self->in_len = self->in_cap = 0;
+        }
+        return (int)take;
     }
-    return (int)take;
+    if (self->lending && self->lent_pos < (size_t)self->lent.len) {
+        size_t left = (size_t)self->lent.len - self->lent_pos;
+        size_t take = (size_t)n < left ? (size_t)n : left;
+        memcpy(data, (const char *)self->lent.buf + self->lent_pos, take);
+        self->lent_pos += take;
+        return (int)take;
+    }
+    /* Never EOF: more may arrive (TCP EOF is judged by the protocol, as with a MemoryBIO). */
+    BIO_set_retry_read(bio);
+    return -1;
+}
+
+static size_t
+in_pending(Engine *self)
+{
+    return self->in_len - self->in_pos + (self->lending ? (size_t)self->lent.len - self->lent_pos : 0);
 }
 
 static long
@@ -147,7 +170,7 @@ bio_ctrl(BIO *bio, int cmd, long num, void *ptr)
     case BIO_CTRL_FLUSH:
         return 1;
     case BIO_CTRL_PENDING:
-        return self != NULL ? (long)(self->in_len - self->in_pos) : 0;
+        return self != NULL ? (long)in_pending(self) : 0;
     case BIO_CTRL_WPENDING:
         return 0;
     default:
@@ -379,6 +402,8 @@ Engine_dealloc(Engine *self)
 {
     if (self->ssl != NULL)
         SSL_free(self->ssl);  /* frees both BIOs */
+    if (self->lending)
+        PyBuffer_Release(&self->lent);
     free(self->in_buf);
     Py_XDECREF(self->out);
     Py_XDECREF(self->context);
@@ -662,44 +687,91 @@ EngineBIO_dealloc(EngineBIO *self)
     PyObject_Free(self);
 }
 
+static int
+in_append(Engine *e, const char *data, size_t n)
+{
+    if (n == 0)
+        return 0;
+    if (e->in_pos > 0 && e->in_len + n > e->in_cap) {
+        memmove(e->in_buf, e->in_buf + e->in_pos, e->in_len - e->in_pos);
+        e->in_len -= e->in_pos;
+        e->in_pos = 0;
+    }
+    if (e->in_len + n > e->in_cap) {
+        size_t cap = e->in_cap * 2;
+        if (cap < e->in_len + n)
+            cap = e->in_len + n;
+        char *buf = realloc(e->in_buf, cap);
+        if (buf == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        e->in_buf = buf;
+        e->in_cap = cap;
+    }
+    memcpy(e->in_buf + e->in_len, data, n);
+    e->in_len += n;
+    return 0;
+}
+
+/* Copy the unread rest of a lent buffer into in_buf and release it. */
+static int
+in_keep(Engine *e)
+{
+    if (!e->lending)
+        return 0;
+    int ret = in_append(e, (const char *)e->lent.buf + e->lent_pos, (size_t)e->lent.len - e->lent_pos);
+    e->lending = 0;
+    e->lent_pos = 0;
+    PyBuffer_Release(&e->lent);
+    return ret;
+}
+
 /* incoming.write(data): append received ciphertext (one copy, no zero-fill); returns its length. */
 static PyObject *
 Incoming_write(EngineBIO *self, PyObject *data)
 {
     Engine *e = self->engine;
     Py_buffer view;
+    if (in_keep(e) < 0)
+        return NULL;
     if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    size_t n = (size_t)view.len;
-    if (n > 0) {
-        if (e->in_pos > 0 && e->in_len + n > e->in_cap) {
-            memmove(e->in_buf, e->in_buf + e->in_pos, e->in_len - e->in_pos);
-            e->in_len -= e->in_pos;
-            e->in_pos = 0;
-        }
-        if (e->in_len + n > e->in_cap) {
-            size_t cap = e->in_cap * 2;
-            if (cap < e->in_len + n)
-                cap = e->in_len + n;
-            char *buf = realloc(e->in_buf, cap);
-            if (buf == NULL) {
-                PyBuffer_Release(&view);
-                return PyErr_NoMemory();
-            }
-            e->in_buf = buf;
-            e->in_cap = cap;
-        }
-        memcpy(e->in_buf + e->in_len, view.buf, n);
-        e->in_len += n;
-    }
+    int ret = in_append(e, view.buf, (size_t)view.len);
+    Py_ssize_t n = view.len;
     PyBuffer_Release(&view);
-    return PyLong_FromSize_t(n);
+    if (ret < 0)
+        return NULL;
+    return PyLong_FromSsize_t(n);
+}
+
+/* incoming.lend(data): let OpenSSL read data in place until keep(), which the caller must call before data's
+ * buffer may change or be released (in a finally:). */
+static PyObject *
+Incoming_lend(EngineBIO *self, PyObject *data)
+{
+    Engine *e = self->engine;
+    if (in_keep(e) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(data, &e->lent, PyBUF_SIMPLE) < 0)
+        return NULL;
+    e->lent_pos = 0;
+    e->lending = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Incoming_keep(EngineBIO *self, PyObject *Py_UNUSED(ignored))
+{
+    if (in_keep(self->engine) < 0)
+        return NULL;
+    Py_RETURN_NONE;
 }
 
 static PyObject *
 Incoming_pending(EngineBIO *self, void *Py_UNUSED(closure))
 {
-    return PyLong_FromSize_t(self->engine->in_len - self->engine->in_pos);
+    return PyLong_FromSize_t(in_pending(self->engine));
 }
 
 /* outgoing.read(): all ciphertext produced so far, as one bytes object (the buffer itself, trimmed). */
@@ -731,6 +803,8 @@ Outgoing_pending(EngineBIO *self, void *Py_UNUSED(closure))
 
 static PyMethodDef Incoming_methods[] = {
     {"write", (PyCFunction)Incoming_write, METH_O, "Append received ciphertext."},
+    {"lend", (PyCFunction)Incoming_lend, METH_O, "Read received ciphertext in place until keep()."},
+    {"keep", (PyCFunction)Incoming_keep, METH_NOARGS, "Copy what is left of the lent bytes, let go of them."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -257,6 +257,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
         "_high",
         "_hs_timeout",
         "_incoming",
+        "_lend_in",
         "_lent",
         "_loop",
         "_low",
@@ -320,11 +321,13 @@ class TLSProtocol(asyncio.BufferedProtocol):
         self._sslobj: Any
         if compiled is not None:
             self._incoming = compiled.incoming
+            self._lend_in: Any = self._incoming.lend
             self._outgoing: Any = compiled.outgoing
             self._sslobj = CompiledSSLObject(compiled)
             self._ssl: Any = compiled
         else:
             self._incoming = ssl.MemoryBIO()
+            self._lend_in = None
             self._outgoing = ssl.MemoryBIO()
             self._sslobj = sslcontext.wrap_bio(
                 self._incoming,
@@ -510,7 +513,8 @@ class TLSProtocol(asyncio.BufferedProtocol):
             self.data_received(view[:nbytes])
 
     def data_received(self, data: bytes | memoryview) -> None:
-        """Bytes from the TCP transport: fed to OpenSSL (copied into the incoming BIO), then processed.
+        """Bytes from the TCP transport: fed to OpenSSL (the stdlib engine copies them into its incoming BIO, the
+        compiled one reads them in place), then processed.
 
         Also the ring transport's ``received_view`` hook: ``data`` may be a view of the loop's receive buffers
         that is valid only during this call, which saves copying it into a ``get_buffer()`` buffer first.
@@ -534,7 +538,20 @@ class TLSProtocol(asyncio.BufferedProtocol):
         else:
             self._rec_left = 0
             self._partial = 0
-        self._incoming.write(data)
+        incoming = self._incoming
+        if self._lend_in is None:
+            incoming.write(data)
+            self._process_received()
+            return
+        # Compiled engine: OpenSSL reads data in place; what it has not read when we return is copied (data may be
+        # a view of the loop's receive buffers, valid only during this call).
+        self._lend_in(data)
+        try:
+            self._process_received()
+        finally:
+            incoming.keep()
+
+    def _process_received(self) -> None:
         state = self._state
         if state == _WRAPPED:
             if not self._app_read_paused:
