@@ -11,8 +11,9 @@ layer writes ALL of its output (handshake, records, alerts, close_notify) throug
 
 Memory: asyncio keeps a 256 KiB receive buffer per connection.  Here the receive buffer and the plaintext
 buffer are shared by all connections of a thread (:class:`_SharedBuffers`); a connection owns only its
-``SSLObject`` and two ``MemoryBIO`` objects, which are empty while idle (CPython sets
-``SSL_MODE_RELEASE_BUFFERS``, so OpenSSL frees its record buffers too).  Plaintext waiting behind a paused
+``SSLObject`` and two ``MemoryBIO`` objects (or the compiled engine, :mod:`uringws.tls.engine`, which offers the
+same calls), which are empty while idle (CPython sets ``SSL_MODE_RELEASE_BUFFERS``, so OpenSSL frees its record
+buffers too).  Plaintext waiting behind a paused
 TCP transport is kept as the application's own (immutable) objects and encrypted only when the transport can
 take it.
 
