@@ -1,9 +1,15 @@
-"""Build of the optional C mask speedup; all other metadata lives in pyproject.toml.
+"""Build of the optional C pieces; all other metadata lives in pyproject.toml.
 
-``optional=True``: without a working compiler the install still succeeds and uringws runs on the pure-Python
-``apply_mask_py`` (``uringws doctor`` reports which one is active).
+Both are ``optional=True``: without a working compiler (or, for the TLS engine, without OpenSSL's headers) the
+install still succeeds and uringws runs on their pure-Python twins (``uringws doctor`` lists what is in use).
 """
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("uringws.ws._speedups", ["uringws/ws/_speedups.c"], optional=True)])
+setup(
+    ext_modules=[
+        Extension("uringws.ws._speedups", ["uringws/ws/_speedups.c"], optional=True),
+        # Linked against the system's libssl, which must be the one Python's _ssl uses (checked at import).
+        Extension("uringws.tls._engine", ["uringws/tls/_engine.c"], libraries=["ssl", "crypto"], optional=True),
+    ]
+)

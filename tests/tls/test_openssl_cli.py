@@ -108,3 +108,60 @@ def test_our_client_against_s_server(
             await proc.wait()
 
     run(main())
+
+
+@pytest.mark.parametrize("engine", ["stdlib", "compiled"])
+def test_renegotiation_refused_by_both_engines(
+    run: Any, ca: trustme.CA, server_cert: trustme.LeafCert, tmp_path: Path, engine: str, monkeypatch: Any
+) -> None:
+    """A TLS 1.2 s_client asks to renegotiate ('R'); our server (OP_NO_RENEGOTIATION) refuses, on either engine:
+    the data before it arrives, the connection ends, and nothing after the request is taken as data."""
+    from uringws.tls import engine as engine_mod
+    from uringws.tls import protocol
+
+    if engine == "compiled" and not engine_mod.available():
+        pytest.skip("compiled TLS engine not in use")
+    if engine == "stdlib":
+        monkeypatch.setattr(protocol, "new_engine", lambda *a: None)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_cert.configure_cert(ctx)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.options |= ssl.OP_NO_RENEGOTIATION
+    cafile = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(cafile))
+    used: list[str] = []
+
+    async def main() -> None:
+        apps: list[Recorder] = []
+        server, port, protos = await tls_server(ctx, collecting(apps, Recorder))
+        proc = await asyncio.create_subprocess_exec(
+            str(OPENSSL), "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "localhost",
+            "-CAfile", str(cafile), "-tls1_2",
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        assert proc.stdin is not None
+        proc.stdin.write(b"before\n")
+        while not apps or len(apps[0].data) < 7:
+            await asyncio.sleep(0.05)
+        used.append(type(protos[0]._sslobj).__name__)
+        proc.stdin.write(b"R\n")
+        await proc.stdin.drain()
+        await asyncio.sleep(0.5)
+        proc.stdin.write(b"after\n")
+        try:
+            await proc.stdin.drain()
+            proc.stdin.close()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        assert proc.stderr is not None
+        err = await asyncio.wait_for(proc.stderr.read(), 20)
+        await asyncio.wait_for(proc.wait(), 20)
+        assert b"RENEGOTIATING" in err  # s_client did ask
+        assert b"no renegotiation" in err  # and was told no (the no_renegotiation alert)
+        await asyncio.wait_for(apps[0].lost, 10)
+        assert bytes(apps[0].data) == b"before\n"
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+    assert used == ["CompiledSSLObject" if engine == "compiled" else "SSLObject"]

@@ -11,8 +11,9 @@ layer writes ALL of its output (handshake, records, alerts, close_notify) throug
 
 Memory: asyncio keeps a 256 KiB receive buffer per connection.  Here the receive buffer and the plaintext
 buffer are shared by all connections of a thread (:class:`_SharedBuffers`); a connection owns only its
-``SSLObject`` and two ``MemoryBIO`` objects, which are empty while idle (CPython sets
-``SSL_MODE_RELEASE_BUFFERS``, so OpenSSL frees its record buffers too).  Plaintext waiting behind a paused
+``SSLObject`` and two ``MemoryBIO`` objects (or the compiled engine, :mod:`uringws.tls.engine`, which offers the
+same calls), which are empty while idle (CPython sets ``SSL_MODE_RELEASE_BUFFERS``, so OpenSSL frees its record
+buffers too).  Plaintext waiting behind a paused
 TCP transport is kept as the application's own (immutable) objects and encrypted only when the transport can
 take it.
 
@@ -49,6 +50,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from ..loop import compat
+from .engine import CompiledSSLObject, new_engine
 
 __all__ = [
     "HANDSHAKE_TIMEOUT",
@@ -279,6 +281,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
         "_high",
         "_hs_timeout",
         "_incoming",
+        "_lend_in",
         "_lent",
         "_loop",
         "_low",
@@ -335,18 +338,31 @@ class TLSProtocol(asyncio.BufferedProtocol):
         self._server_hostname = server_hostname if server_hostname and not server_side else None
         self._hs_timeout = ssl_handshake_timeout
         self._sd_timeout = ssl_shutdown_timeout
-        self._incoming: ssl.MemoryBIO | None = ssl.MemoryBIO()
-        self._outgoing = ssl.MemoryBIO()
-        self._sslobj: ssl.SSLObject | None = sslcontext.wrap_bio(
-            self._incoming,
-            self._outgoing,
-            server_side=server_side,
-            server_hostname=self._server_hostname,
-            session=session,
-        )
-        # What reads and writes go through: the SSLObject's inner object where that saves a Python frame per
-        # record (see compat.sslobject_fast).
-        self._ssl: Any = _sslobject_fast(self._sslobj)
+        # The compiled engine where it can take this connection (uringws/tls/engine.py says why not), else the
+        # stdlib's SSLObject over two MemoryBIOs; both offer the same calls, so nothing below tells them apart.
+        compiled = new_engine(sslcontext, server_side, session)
+        self._incoming: Any
+        self._sslobj: Any
+        if compiled is not None:
+            self._incoming = compiled.incoming
+            self._lend_in: Any = self._incoming.lend
+            self._outgoing: Any = compiled.outgoing
+            self._sslobj = CompiledSSLObject(compiled)
+            self._ssl: Any = compiled
+        else:
+            self._incoming = ssl.MemoryBIO()
+            self._lend_in = None
+            self._outgoing = ssl.MemoryBIO()
+            self._sslobj = sslcontext.wrap_bio(
+                self._incoming,
+                self._outgoing,
+                server_side=server_side,
+                server_hostname=self._server_hostname,
+                session=session,
+            )
+            # What reads and writes go through: the SSLObject's inner object where that saves a Python frame per
+            # record (see compat.sslobject_fast).
+            self._ssl = _sslobject_fast(self._sslobj)
         self._transport: Any = None  # any asyncio stream transport (write, close, abort, pause_reading...)
         self._app_transport: TLSTransport | None = TLSTransport(self)
         self._state = _UNWRAPPED
@@ -520,7 +536,8 @@ class TLSProtocol(asyncio.BufferedProtocol):
             self.data_received(view[:nbytes])
 
     def data_received(self, data: bytes | memoryview) -> None:
-        """Bytes from the TCP transport: fed to OpenSSL (copied into the incoming BIO), then processed.
+        """Bytes from the TCP transport: fed to OpenSSL (the stdlib engine copies them into its incoming BIO, the
+        compiled one reads them in place), then processed.
 
         Also the ring transport's ``received_view`` hook: ``data`` may be a view of the loop's receive buffers
         that is valid only during this call, which saves copying it into a ``get_buffer()`` buffer first.
@@ -544,7 +561,20 @@ class TLSProtocol(asyncio.BufferedProtocol):
         else:
             self._rec_left = 0
             self._partial = 0
-        self._incoming.write(data)  # type: ignore[union-attr]
+        incoming = self._incoming
+        if self._lend_in is None:
+            incoming.write(data)
+            self._process_received()
+            return
+        # Compiled engine: OpenSSL reads data in place; what it has not read when we return is copied (data may be
+        # a view of the loop's receive buffers, valid only during this call).
+        self._lend_in(data)
+        try:
+            self._process_received()
+        finally:
+            incoming.keep()
+
+    def _process_received(self) -> None:
         state = self._state
         if state == _WRAPPED:
             if not self._app_read_paused:

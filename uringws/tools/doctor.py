@@ -9,6 +9,7 @@ import ssl
 import sys
 from typing import Any
 
+from .. import _compiled
 from ..ring.io_uring import IORING_OP_ACCEPT, IORING_OP_RECV, IORING_OP_SEND, IORING_OP_SENDMSG
 from ..ring.probe import availability, kernel_version, probe
 from ..ws import frames
@@ -35,6 +36,10 @@ def inspect() -> dict[str, Any]:
         # Whether the optional C mask is in use (False: not built, or URINGWS_NO_SPEEDUPS=1).
         "speedups": frames.apply_mask is not frames.apply_mask_py,
     }
+    pieces = _compiled.status()
+    # Each compiled piece: in use or not (False: not built, switched off by URINGWS_PURE=1, or unusable here).
+    report["compiled"] = {name: in_use for name, (in_use, _) in pieces.items()}
+    report["compiled_reasons"] = {name: reason for name, (_, reason) in pieces.items()}
     p = probe() if avail.usable else None
     missing: list[str] = []
     if p is not None:
@@ -67,6 +72,9 @@ def render(report: dict[str, Any]) -> str:
         fast = ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in p["fast_paths"].items())
         lines.append(f"Fast paths  {fast}")
     lines.append(f"Speedups    {'C mask (uringws.ws._speedups)' if report['speedups'] else 'pure Python'}")
+    for name, in_use in report["compiled"].items():
+        reason = report["compiled_reasons"][name]
+        lines.append(f"Compiled    {name}: {'in use' if in_use else 'not in use'}" + (f" ({reason})" if reason else ""))
     lines.append(f"Backend     uringws would run on {report['backend']}: {report['backend_reason']}")
     if report["backend_env"]:
         lines.append(f"            (URINGWS_BACKEND={report['backend_env']})")

@@ -12,6 +12,7 @@ import struct
 from collections.abc import Callable
 from typing import NamedTuple
 
+from .. import _compiled
 from .exceptions import InvalidUTF8, PayloadTooBig, ProtocolError
 
 __all__ = [
@@ -200,20 +201,26 @@ class FrameBufferPy:
         return bytes(buf) if self._mask is None else apply_mask(buf, self._mask)
 
 
-# The optional C twins (uringws/ws/_speedups.c) when they were built; URINGWS_NO_SPEEDUPS=1 forces the pure ones.
+# The optional C twins (uringws/ws/_speedups.c) when they were built; URINGWS_PURE=1 (or the older
+# URINGWS_NO_SPEEDUPS=1) forces the pure ones.
 apply_mask = apply_mask_py
 parse_messages = parse_messages_py
 FrameBuffer: type[FrameBufferPy] = FrameBufferPy
-if os.environ.get("URINGWS_NO_SPEEDUPS", "") in ("", "0"):
+if _compiled.PURE:
+    _compiled.register("ws._speedups", False, "switched off by URINGWS_PURE=1")
+elif os.environ.get("URINGWS_NO_SPEEDUPS", "") not in ("", "0"):
+    _compiled.register("ws._speedups", False, "switched off by URINGWS_NO_SPEEDUPS=1")
+else:
     try:
         from . import _speedups
-    except ImportError:  # not built (no compiler at install time): the pure twins serve
-        pass
+    except ImportError as exc:  # not built (no compiler at install time): the pure twins serve
+        _compiled.register("ws._speedups", False, f"not built ({exc}); reinstall with a C compiler")
     else:
         apply_mask = _speedups.apply_mask
         # An extension built from an older _speedups.c lacks it: keep the pure one then.
         parse_messages = getattr(_speedups, "parse_messages", parse_messages_py)
         FrameBuffer = getattr(_speedups, "FrameBuffer", FrameBufferPy)
+        _compiled.register("ws._speedups", True, "mask, frame parser and frame buffer in C")
 
 _unpack_H = struct.Struct("!H").unpack_from
 _unpack_Q = struct.Struct("!Q").unpack_from

@@ -1,0 +1,964 @@
+/* Compiled TLS engine: one OpenSSL SSL per connection over BIOs of our own (docs/design.md §9).
+ *
+ * Why: the stdlib's SSLObject sits on two ssl.MemoryBIO, OpenSSL's BIO_s_mem, whose writes grow the buffer with
+ * BUF_MEM_grow_clean (zero-fill, then copy) and whose reads copy again: per MiB echoed about 2 MiB of memset and
+ * 4 MiB of memcpy. Here OpenSSL reads received ciphertext in place from the caller's buffer (only a trailing
+ * partial record is copied, into a plain malloc'd buffer without zero-fill), and OpenSSL's records are written straight into one growing bytes object that is handed to the send
+ * queue as it is (no copy out).
+ *
+ * The SSL is made from the SSL_CTX of the caller's ssl.SSLContext, read from CPython's private PySSLContext layout
+ * (SSL_CTX *ctx is the first field after PyObject_HEAD in 3.11-3.13). uringws/tls/engine.py decides per connection
+ * whether this engine may be used (layout and library checks, callbacks of _ssl that would read the SSL's app
+ * data as their own socket object, ...) and otherwise keeps the stdlib path.
+ *
+ * Types (each method mirrors the same-named method of ssl.SSLObject / ssl.MemoryBIO and raises the same ssl
+ * exception classes):
+ *   Engine(context, server_side)  do_handshake, read, write, pending, unwrap, and the connection queries
+ *   Engine.incoming               an object with write(data) and .pending, like the incoming MemoryBIO, and
+ *                                 lend(data) / keep() to have OpenSSL read received bytes in place
+ *   Engine.outgoing               an object with read() and .pending, like the outgoing MemoryBIO
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <string.h>
+#include <openssl/ssl.h>
+#include <openssl/err.h>
+#include <openssl/x509.h>
+#include <openssl/opensslv.h>
+
+/* ssl.SSLError and friends, taken from the ssl module at import so isinstance() checks match the stdlib's. */
+static PyObject *SSLError, *SSLZeroReturnError, *SSLWantReadError, *SSLWantWriteError, *SSLSyscallError,
+    *SSLEOFError, *SSLCertVerificationError;
+static PyTypeObject *SSLContextType;  /* _ssl._SSLContext */
+static BIO_METHOD *engine_bio_method;
+
+/* ssl.SSL_ERROR_* values, the first argument of CPython's SSLError. */
+enum { PY_SSL_ERROR_SSL = 1, PY_SSL_ERROR_WANT_READ = 2, PY_SSL_ERROR_WANT_WRITE = 3,
+       PY_SSL_ERROR_WANT_X509_LOOKUP = 4, PY_SSL_ERROR_SYSCALL = 5, PY_SSL_ERROR_ZERO_RETURN = 6,
+       PY_SSL_ERROR_WANT_CONNECT = 7, PY_SSL_ERROR_EOF = 8, PY_SSL_ERROR_INVALID_ERROR_CODE = 10 };
+
+/* The head of CPython's PySSLContext (Modules/_ssl.c, 3.11-3.13). */
+typedef struct {
+    PyObject_HEAD
+    SSL_CTX *ctx;
+} CtxHead;
+
+/* Extra room reserved per TLS record of a write: header, explicit IV, MAC or tag, padding (CBC with SHA-384
+ * needs 5 + 16 + 48 + 256); reserving it up front means the output never grows (and moves) mid-write. */
+#define RECORD_SLACK 512
+#define RECORD_PLAINTEXT 16384
+
+typedef struct {
+    PyObject_HEAD
+    SSL *ssl;
+    PyObject *context;     /* the ssl.SSLContext: keeps its SSL_CTX alive while we use it */
+    /* Received ciphertext not yet read by OpenSSL: in_buf[in_pos:in_len]. Freed once drained, so an idle
+     * connection holds none. */
+    char *in_buf;
+    size_t in_pos, in_len, in_cap;
+    /* Received bytes lent by the caller for the duration of one call (incoming.lend ... incoming.keep): OpenSSL
+     * reads them in place, after in_buf's; keep() copies what is left into in_buf and lets go of the buffer. */
+    Py_buffer lent;
+    size_t lent_pos;
+    int lending;
+    /* Produced ciphertext: the first out_len bytes of out, a bytes object of out_cap bytes only we hold. */
+    PyObject *out;
+    Py_ssize_t out_len, out_cap;
+    int server_side;
+    int failed;            /* a BIO callback failed to allocate: report MemoryError */
+} Engine;
+
+typedef struct {
+    PyObject_HEAD
+    Engine *engine;
+} EngineBIO;
+
+static PyTypeObject EngineType, IncomingType, OutgoingType;
+
+/* -- output buffer ------------------------------------------------------------------------------------------- */
+
+static int
+out_reserve(Engine *self, Py_ssize_t more)
+{
+    Py_ssize_t need = self->out_len + more;
+    if (need <= self->out_cap)
+        return 0;
+    Py_ssize_t cap = self->out_cap * 2;
+    if (cap < need)
+        cap = need;
+    if (cap < 4096)
+        cap = 4096;
+    if (self->out == NULL) {
+        self->out = PyBytes_FromStringAndSize(NULL, cap);  /* not zero-filled */
+        if (self->out == NULL)
+            return -1;
+    }
+    else if (_PyBytes_Resize(&self->out, cap) < 0) {
+        self->out_len = self->out_cap = 0;  /* _PyBytes_Resize freed it and set out to NULL */
+        return -1;
+    }
+    self->out_cap = cap;
+    return 0;
+}
+
+/* -- BIOs ---------------------------------------------------------------------------------------------------- */
+
+static int
+bio_write(BIO *bio, const char *data, int n)
+{
+    Engine *self = BIO_get_data(bio);
+    BIO_clear_retry_flags(bio);
+    if (n <= 0)
+        return 0;
+    if (out_reserve(self, n) < 0) {
+        PyErr_Clear();
+        self->failed = 1;
+        return -1;
+    }
+    memcpy(PyBytes_AS_STRING(self->out) + self->out_len, data, (size_t)n);
+    self->out_len += n;
+    return n;
+}
+
+static int
+bio_read(BIO *bio, char *data, int n)
+{
+    Engine *self = BIO_get_data(bio);
+    BIO_clear_retry_flags(bio);
+    if (n <= 0) {
+        BIO_set_retry_read(bio);
+        return -1;
+    }
+    size_t avail = self->in_len - self->in_pos;
+    if (avail > 0) {
+        size_t take = (size_t)n < avail ? (size_t)n : avail;
+        memcpy(data, self->in_buf + self->in_pos, take);
+        self->in_pos += take;
+        if (self->in_pos == self->in_len) {
+            free(self->in_buf);
+            self->in_buf = NULL;
+            self->in_pos = self->in_len = self->in_cap = 0;
+        }
+        return (int)take;
+    }
+    if (self->lending && self->lent_pos < (size_t)self->lent.len) {
+        size_t left = (size_t)self->lent.len - self->lent_pos;
+        size_t take = (size_t)n < left ? (size_t)n : left;
+        memcpy(data, (const char *)self->lent.buf + self->lent_pos, take);
+        self->lent_pos += take;
+        return (int)take;
+    }
+    /* Never EOF: more may arrive (TCP EOF is judged by the protocol, as with a MemoryBIO). */
+    BIO_set_retry_read(bio);
+    return -1;
+}
+
+static size_t
+in_pending(Engine *self)
+{
+    return self->in_len - self->in_pos + (self->lending ? (size_t)self->lent.len - self->lent_pos : 0);
+}
+
+static long
+bio_ctrl(BIO *bio, int cmd, long num, void *ptr)
+{
+    Engine *self = BIO_get_data(bio);
+    (void)num;
+    (void)ptr;
+    switch (cmd) {
+    case BIO_CTRL_FLUSH:
+        return 1;
+    case BIO_CTRL_PENDING:
+        return self != NULL ? (long)in_pending(self) : 0;
+    case BIO_CTRL_WPENDING:
+        return 0;
+    default:
+        return 0;
+    }
+}
+
+static int
+bio_create(BIO *bio)
+{
+    BIO_set_init(bio, 1);
+    return 1;
+}
+
+static int
+bio_destroy(BIO *bio)
+{
+    BIO_set_data(bio, NULL);
+    return 1;
+}
+
+/* -- errors -------------------------------------------------------------------------------------------------- */
+
+static const char *
+lib_name(unsigned long e, char *buf, size_t size)
+{
+    switch (ERR_GET_LIB(e)) {
+    case ERR_LIB_SSL: return "SSL";
+    case ERR_LIB_X509: return "X509";
+    case ERR_LIB_EVP: return "EVP";
+    case ERR_LIB_PEM: return "PEM";
+    case ERR_LIB_ASN1: return "ASN1";
+    case ERR_LIB_SYS: return "SYS";
+    case ERR_LIB_PROV: return "PROV";
+    default: {
+        const char *s = ERR_lib_error_string(e);
+        if (s == NULL)
+            return NULL;
+        snprintf(buf, size, "%s", s);
+        return buf;
+    }
+    }
+}
+
+/* Raise `type(code, "[LIB: REASON] text (_engine.c:line)")` with .library and .reason, as CPython's _ssl does. */
+static void
+raise_ssl(PyObject *type, int code, const char *text, unsigned long e, int line, Engine *self)
+{
+    char libbuf[64], reasonbuf[128];
+    const char *lib = NULL;
+    const char *reason = NULL;
+    if (e != 0) {
+        lib = lib_name(e, libbuf, sizeof libbuf);
+        const char *r = ERR_reason_error_string(e);
+        if (r != NULL) {
+            /* OpenSSL's reason strings are its mnemonics in lower case with spaces: "wrong version number". */
+            size_t i = 0;
+            for (; r[i] && i + 1 < sizeof reasonbuf; i++)
+                reasonbuf[i] = r[i] == ' ' ? '_' : (char)(r[i] >= 'a' && r[i] <= 'z' ? r[i] - 32 : r[i]);
+            reasonbuf[i] = 0;
+            reason = reasonbuf;
+            if (text == NULL)
+                text = r;
+        }
+    }
+    if (text == NULL)
+        text = "unknown error";
+    PyObject *msg;
+    long verify_code = 0;
+    const char *verify_message = NULL;
+    if (type == SSLCertVerificationError && self != NULL) {
+        verify_code = SSL_get_verify_result(self->ssl);
+        verify_message = X509_verify_cert_error_string(verify_code);
+    }
+    if (lib && reason && verify_message)
+        msg = PyUnicode_FromFormat("[%s: %s] %s: %s (_engine.c:%d)", lib, reason, text, verify_message, line);
+    else if (lib && reason)
+        msg = PyUnicode_FromFormat("[%s: %s] %s (_engine.c:%d)", lib, reason, text, line);
+    else
+        msg = PyUnicode_FromFormat("%s (_engine.c:%d)", text, line);
+    ERR_clear_error();
+    if (msg == NULL)
+        return;
+    PyObject *exc = PyObject_CallFunction(type, "iO", code, msg);
+    Py_DECREF(msg);
+    if (exc == NULL)
+        return;
+    PyObject *vlib = lib ? PyUnicode_FromString(lib) : Py_NewRef(Py_None);
+    PyObject *vreason = reason ? PyUnicode_FromString(reason) : Py_NewRef(Py_None);
+    if (vlib == NULL || vreason == NULL || PyObject_SetAttrString(exc, "library", vlib) < 0
+        || PyObject_SetAttrString(exc, "reason", vreason) < 0) {
+        Py_XDECREF(vlib);
+        Py_XDECREF(vreason);
+        Py_DECREF(exc);
+        return;
+    }
+    Py_DECREF(vlib);
+    Py_DECREF(vreason);
+    if (verify_message != NULL) {
+        PyObject *c = PyLong_FromLong(verify_code);
+        PyObject *m = PyUnicode_FromString(verify_message);
+        if (c == NULL || m == NULL || PyObject_SetAttrString(exc, "verify_code", c) < 0
+            || PyObject_SetAttrString(exc, "verify_message", m) < 0) {
+            Py_XDECREF(c);
+            Py_XDECREF(m);
+            Py_DECREF(exc);
+            return;
+        }
+        Py_DECREF(c);
+        Py_DECREF(m);
+    }
+    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+    Py_DECREF(exc);
+}
+
+/* Turn a failed SSL_* call into the exception the stdlib raises for it (PySSL_SetError in Modules/_ssl.c). */
+static PyObject *
+ssl_error(Engine *self, int ret, int line)
+{
+    if (self->failed) {
+        self->failed = 0;
+        ERR_clear_error();
+        return PyErr_NoMemory();
+    }
+    int err = SSL_get_error(self->ssl, ret);
+    unsigned long e = ERR_peek_last_error();
+    switch (err) {
+    case SSL_ERROR_ZERO_RETURN:
+        raise_ssl(SSLZeroReturnError, PY_SSL_ERROR_ZERO_RETURN, "TLS/SSL connection has been closed (EOF)", 0,
+                  line, self);
+        break;
+    case SSL_ERROR_WANT_READ:
+        raise_ssl(SSLWantReadError, PY_SSL_ERROR_WANT_READ, "The operation did not complete (read)", 0, line,
+                  self);
+        break;
+    case SSL_ERROR_WANT_WRITE:
+        raise_ssl(SSLWantWriteError, PY_SSL_ERROR_WANT_WRITE, "The operation did not complete (write)", 0, line,
+                  self);
+        break;
+    case SSL_ERROR_WANT_X509_LOOKUP:
+        raise_ssl(SSLError, PY_SSL_ERROR_WANT_X509_LOOKUP, "The operation did not complete (X509 lookup)", 0,
+                  line, self);
+        break;
+    case SSL_ERROR_WANT_CONNECT:
+        raise_ssl(SSLError, PY_SSL_ERROR_WANT_CONNECT, "The operation did not complete (connect)", 0, line,
+                  self);
+        break;
+    case SSL_ERROR_SYSCALL:
+        if (e == 0)
+            raise_ssl(SSLEOFError, PY_SSL_ERROR_EOF, "EOF occurred in violation of protocol", 0, line, self);
+        else
+            raise_ssl(SSLSyscallError, PY_SSL_ERROR_SYSCALL, NULL, e, line, self);
+        break;
+    case SSL_ERROR_SSL:
+        if (e == 0)
+            raise_ssl(SSLError, PY_SSL_ERROR_SSL, "A failure in the SSL library occurred", 0, line, self);
+        else if (ERR_GET_LIB(e) == ERR_LIB_SSL && ERR_GET_REASON(e) == SSL_R_CERTIFICATE_VERIFY_FAILED)
+            raise_ssl(SSLCertVerificationError, PY_SSL_ERROR_SSL, NULL, e, line, self);
+        else
+            raise_ssl(SSLError, PY_SSL_ERROR_SSL, NULL, e, line, self);
+        break;
+    default:
+        raise_ssl(SSLError, PY_SSL_ERROR_INVALID_ERROR_CODE, "Invalid error code", 0, line, self);
+    }
+    return NULL;
+}
+
+/* -- Engine -------------------------------------------------------------------------------------------------- */
+
+static SSL_CTX *
+context_ctx(PyObject *context)
+{
+    if (!PyObject_TypeCheck(context, SSLContextType)) {
+        PyErr_Format(PyExc_TypeError, "context must be an ssl.SSLContext, not %.100s", Py_TYPE(context)->tp_name);
+        return NULL;
+    }
+    SSL_CTX *ctx = ((CtxHead *)context)->ctx;
+    if (ctx == NULL) {
+        PyErr_SetString(PyExc_ValueError, "this ssl.SSLContext has no SSL_CTX");
+        return NULL;
+    }
+    return ctx;
+}
+
+static PyObject *
+Engine_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"context", "server_side", NULL};
+    PyObject *context;
+    int server_side;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Op:Engine", kwlist, &context, &server_side))
+        return NULL;
+    SSL_CTX *ctx = context_ctx(context);
+    if (ctx == NULL)
+        return NULL;
+    Engine *self = (Engine *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->context = Py_NewRef(context);
+    self->server_side = server_side;
+    self->ssl = SSL_new(ctx);
+    if (self->ssl == NULL) {
+        Py_DECREF(self);
+        raise_ssl(SSLError, PY_SSL_ERROR_SSL, "SSL_new failed", ERR_peek_last_error(), __LINE__, NULL);
+        return NULL;
+    }
+    BIO *rbio = BIO_new(engine_bio_method);
+    BIO *wbio = BIO_new(engine_bio_method);
+    if (rbio == NULL || wbio == NULL) {
+        BIO_free(rbio);
+        BIO_free(wbio);
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    BIO_set_data(rbio, self);
+    BIO_set_data(wbio, self);
+    SSL_set_bio(self->ssl, rbio, wbio);
+    /* As CPython's newPySSLSocket: writes may be retried from another buffer (our backlog joins parts). */
+    SSL_set_mode(self->ssl, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_AUTO_RETRY);
+    if (server_side)
+        SSL_set_accept_state(self->ssl);
+    else
+        SSL_set_connect_state(self->ssl);
+    return (PyObject *)self;
+}
+
+static void
+Engine_dealloc(Engine *self)
+{
+    if (self->ssl != NULL)
+        SSL_free(self->ssl);  /* frees both BIOs */
+    if (self->lending)
+        PyBuffer_Release(&self->lent);
+    free(self->in_buf);
+    Py_XDECREF(self->out);
+    Py_XDECREF(self->context);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+Engine_do_handshake(Engine *self, PyObject *Py_UNUSED(ignored))
+{
+    int ret = SSL_do_handshake(self->ssl);
+    if (ret == 1)
+        Py_RETURN_NONE;
+    return ssl_error(self, ret, __LINE__);
+}
+
+/* read(len, buffer=None): decrypted bytes into buffer (returns the count) or as bytes; 0 / b"" at close_notify
+ * (SSLZeroReturnError once our own close_notify went too), like SSLObject.read. */
+static PyObject *
+Engine_read(Engine *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "read(len, buffer=None)");
+        return NULL;
+    }
+    Py_ssize_t len = PyLong_AsSsize_t(args[0]);
+    if (len == -1 && PyErr_Occurred())
+        return NULL;
+    size_t n = 0;
+    int ret;
+    if (nargs == 2 && args[1] != Py_None) {
+        Py_buffer view;
+        if (PyObject_GetBuffer(args[1], &view, PyBUF_WRITABLE) < 0)
+            return NULL;
+        if (len <= 0 || len > view.len)
+            len = view.len;
+        ret = SSL_read_ex(self->ssl, view.buf, (size_t)len, &n);
+        PyBuffer_Release(&view);
+        if (ret > 0)
+            return PyLong_FromSize_t(n);
+    }
+    else {
+        if (len < 0) {
+            PyErr_SetString(PyExc_ValueError, "size should not be negative");
+            return NULL;
+        }
+        PyObject *bytes = PyBytes_FromStringAndSize(NULL, len);
+        if (bytes == NULL)
+            return NULL;
+        ret = SSL_read_ex(self->ssl, PyBytes_AS_STRING(bytes), (size_t)len, &n);
+        if (ret > 0) {
+            if ((Py_ssize_t)n != len && _PyBytes_Resize(&bytes, (Py_ssize_t)n) < 0)
+                return NULL;
+            return bytes;
+        }
+        Py_DECREF(bytes);
+        if (SSL_get_error(self->ssl, ret) == SSL_ERROR_ZERO_RETURN
+            && SSL_get_shutdown(self->ssl) == SSL_RECEIVED_SHUTDOWN) {
+            ERR_clear_error();
+            return PyBytes_FromStringAndSize(NULL, 0);
+        }
+        return ssl_error(self, ret, __LINE__);
+    }
+    if (SSL_get_error(self->ssl, ret) == SSL_ERROR_ZERO_RETURN
+        && SSL_get_shutdown(self->ssl) == SSL_RECEIVED_SHUTDOWN) {
+        ERR_clear_error();
+        return PyLong_FromLong(0);
+    }
+    return ssl_error(self, ret, __LINE__);
+}
+
+static PyObject *
+Engine_write(Engine *self, PyObject *data)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    size_t n = 0;
+    if (out_reserve(self, view.len + (view.len / RECORD_PLAINTEXT + 1) * RECORD_SLACK) < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    int ret = SSL_write_ex(self->ssl, view.buf, (size_t)view.len, &n);
+    PyBuffer_Release(&view);
+    if (ret > 0)
+        return PyLong_FromSize_t(n);
+    return ssl_error(self, ret, __LINE__);
+}
+
+static PyObject *
+Engine_pending(Engine *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromLong(SSL_pending(self->ssl));
+}
+
+/* unwrap(): send close_notify; None once the peer's arrived too, else SSLWantReadError (as SSLObject.unwrap). */
+static PyObject *
+Engine_unwrap(Engine *self, PyObject *Py_UNUSED(ignored))
+{
+    int ret = SSL_shutdown(self->ssl);
+    if (ret == 0)
+        ret = SSL_shutdown(self->ssl);  /* CPython tries twice: the second waits for the peer's close_notify */
+    if (ret >= 0)
+        Py_RETURN_NONE;
+    return ssl_error(self, ret, __LINE__);
+}
+
+static PyObject *
+Engine_peer_certificate(Engine *self, PyObject *Py_UNUSED(ignored))
+{
+    /* DER of the peer's certificate, or None. */
+    X509 *cert = SSL_get1_peer_certificate(self->ssl);
+    if (cert == NULL)
+        Py_RETURN_NONE;
+    unsigned char *der = NULL;
+    int len = i2d_X509(cert, &der);
+    X509_free(cert);
+    if (len < 0) {
+        raise_ssl(SSLError, PY_SSL_ERROR_SSL, NULL, ERR_peek_last_error(), __LINE__, self);
+        return NULL;
+    }
+    PyObject *res = PyBytes_FromStringAndSize((const char *)der, len);
+    OPENSSL_free(der);
+    return res;
+}
+
+static PyObject *
+Engine_handshake_done(Engine *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(SSL_is_init_finished(self->ssl));
+}
+
+static PyObject *
+Engine_verify_mode(Engine *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromLong(SSL_get_verify_mode(self->ssl));
+}
+
+static PyObject *
+Engine_cipher(Engine *self, PyObject *Py_UNUSED(ignored))
+{
+    const SSL_CIPHER *c = SSL_get_current_cipher(self->ssl);
+    if (c == NULL)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(ssi)", SSL_CIPHER_get_name(c), SSL_CIPHER_get_version(c), SSL_CIPHER_get_bits(c, NULL));
+}
+
+static PyObject *
+Engine_version(Engine *self, PyObject *Py_UNUSED(ignored))
+{
+    if (!SSL_is_init_finished(self->ssl))
+        Py_RETURN_NONE;
+    return PyUnicode_FromString(SSL_get_version(self->ssl));
+}
+
+static PyObject *
+Engine_selected_alpn_protocol(Engine *self, PyObject *Py_UNUSED(ignored))
+{
+    const unsigned char *p = NULL;
+    unsigned int len = 0;
+    SSL_get0_alpn_selected(self->ssl, &p, &len);
+    if (p == NULL || len == 0)
+        Py_RETURN_NONE;
+    return PyUnicode_FromStringAndSize((const char *)p, len);
+}
+
+static PyObject *
+Engine_session_reused(Engine *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(SSL_session_reused(self->ssl));
+}
+
+static PyObject *
+Engine_shared_ciphers(Engine *self, PyObject *Py_UNUSED(ignored))
+{
+    /* As CPython 3.11+: the server's ciphers that the client offered too. */
+    STACK_OF(SSL_CIPHER) *server = SSL_get_ciphers(self->ssl);
+    STACK_OF(SSL_CIPHER) *client = SSL_get_client_ciphers(self->ssl);
+    if (server == NULL || client == NULL)
+        Py_RETURN_NONE;
+    PyObject *res = PyList_New(0);
+    if (res == NULL)
+        return NULL;
+    for (int i = 0; i < sk_SSL_CIPHER_num(server); i++) {
+        const SSL_CIPHER *c = sk_SSL_CIPHER_value(server, i);
+        if (sk_SSL_CIPHER_find(client, c) < 0)
+            continue;
+        PyObject *t = Py_BuildValue("(ssi)", SSL_CIPHER_get_name(c), SSL_CIPHER_get_version(c),
+                                    SSL_CIPHER_get_bits(c, NULL));
+        if (t == NULL || PyList_Append(res, t) < 0) {
+            Py_XDECREF(t);
+            Py_DECREF(res);
+            return NULL;
+        }
+        Py_DECREF(t);
+    }
+    return res;
+}
+
+static PyObject *
+Engine_tls_unique(Engine *self, PyObject *Py_UNUSED(ignored))
+{
+    char buf[EVP_MAX_MD_SIZE];
+    size_t len;
+    /* As CPython: the first Finished message of the handshake (RFC 5929). */
+    if (SSL_session_reused(self->ssl) ^ !self->server_side)
+        len = SSL_get_finished(self->ssl, buf, sizeof buf);
+    else
+        len = SSL_get_peer_finished(self->ssl, buf, sizeof buf);
+    if (len == 0)
+        Py_RETURN_NONE;
+    return PyBytes_FromStringAndSize(buf, (Py_ssize_t)len);
+}
+
+static PyMethodDef Engine_methods[] = {
+    {"do_handshake", (PyCFunction)Engine_do_handshake, METH_NOARGS, "SSL_do_handshake, as SSLObject's."},
+    {"read", (PyCFunction)(void (*)(void))Engine_read, METH_FASTCALL, "read(len, buffer=None), as SSLObject's."},
+    {"write", (PyCFunction)Engine_write, METH_O, "write(data) -> count, as SSLObject's."},
+    {"pending", (PyCFunction)Engine_pending, METH_NOARGS, "Decrypted bytes buffered inside OpenSSL."},
+    {"unwrap", (PyCFunction)Engine_unwrap, METH_NOARGS, "Send close_notify, as SSLObject.unwrap."},
+    {"peer_certificate", (PyCFunction)Engine_peer_certificate, METH_NOARGS, "The peer's certificate (DER) or None."},
+    {"handshake_done", (PyCFunction)Engine_handshake_done, METH_NOARGS, "Whether the handshake completed."},
+    {"verify_mode", (PyCFunction)Engine_verify_mode, METH_NOARGS, "SSL_get_verify_mode."},
+    {"cipher", (PyCFunction)Engine_cipher, METH_NOARGS, "(name, protocol, secret bits) or None."},
+    {"version", (PyCFunction)Engine_version, METH_NOARGS, "Protocol version once the handshake is done."},
+    {"selected_alpn_protocol", (PyCFunction)Engine_selected_alpn_protocol, METH_NOARGS, "ALPN result or None."},
+    {"session_reused", (PyCFunction)Engine_session_reused, METH_NOARGS, "Whether a session was resumed."},
+    {"shared_ciphers", (PyCFunction)Engine_shared_ciphers, METH_NOARGS, "Ciphers both sides offer."},
+    {"tls_unique", (PyCFunction)Engine_tls_unique, METH_NOARGS, "tls-unique channel binding or None."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyObject *
+Engine_get_incoming(Engine *self, void *Py_UNUSED(closure))
+{
+    EngineBIO *b = PyObject_New(EngineBIO, &IncomingType);
+    if (b != NULL)
+        b->engine = (Engine *)Py_NewRef(self);
+    return (PyObject *)b;
+}
+
+static PyObject *
+Engine_get_outgoing(Engine *self, void *Py_UNUSED(closure))
+{
+    EngineBIO *b = PyObject_New(EngineBIO, &OutgoingType);
+    if (b != NULL)
+        b->engine = (Engine *)Py_NewRef(self);
+    return (PyObject *)b;
+}
+
+static PyGetSetDef Engine_getset[] = {
+    {"incoming", (getter)Engine_get_incoming, NULL, "A new view of the receive side (write, pending).", NULL},
+    {"outgoing", (getter)Engine_get_outgoing, NULL, "A new view of the send side (read, pending).", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef Engine_members[] = {
+    {"server_side", T_INT, offsetof(Engine, server_side), READONLY, "True on the server side."},
+    {"context", T_OBJECT, offsetof(Engine, context), READONLY, "The ssl.SSLContext."},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject EngineType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "uringws.tls._engine.Engine",
+    .tp_basicsize = sizeof(Engine),
+    .tp_dealloc = (destructor)Engine_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Engine(context, server_side): one TLS connection over OpenSSL with uringws's own BIOs.",
+    .tp_methods = Engine_methods,
+    .tp_getset = Engine_getset,
+    .tp_members = Engine_members,
+    .tp_new = Engine_new,
+};
+
+/* -- the two BIO views --------------------------------------------------------------------------------------- */
+
+static void
+EngineBIO_dealloc(EngineBIO *self)
+{
+    Py_DECREF(self->engine);
+    PyObject_Free(self);
+}
+
+static int
+in_append(Engine *e, const char *data, size_t n)
+{
+    if (n == 0)
+        return 0;
+    if (e->in_pos > 0 && e->in_len + n > e->in_cap) {
+        memmove(e->in_buf, e->in_buf + e->in_pos, e->in_len - e->in_pos);
+        e->in_len -= e->in_pos;
+        e->in_pos = 0;
+    }
+    if (e->in_len + n > e->in_cap) {
+        size_t cap = e->in_cap * 2;
+        if (cap < e->in_len + n)
+            cap = e->in_len + n;
+        char *buf = realloc(e->in_buf, cap);
+        if (buf == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        e->in_buf = buf;
+        e->in_cap = cap;
+    }
+    memcpy(e->in_buf + e->in_len, data, n);
+    e->in_len += n;
+    return 0;
+}
+
+/* Copy the unread rest of a lent buffer into in_buf and release it. */
+static int
+in_keep(Engine *e)
+{
+    if (!e->lending)
+        return 0;
+    int ret = in_append(e, (const char *)e->lent.buf + e->lent_pos, (size_t)e->lent.len - e->lent_pos);
+    e->lending = 0;
+    e->lent_pos = 0;
+    PyBuffer_Release(&e->lent);
+    return ret;
+}
+
+/* incoming.write(data): append received ciphertext (one copy, no zero-fill); returns its length. */
+static PyObject *
+Incoming_write(EngineBIO *self, PyObject *data)
+{
+    Engine *e = self->engine;
+    Py_buffer view;
+    if (in_keep(e) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    int ret = in_append(e, view.buf, (size_t)view.len);
+    Py_ssize_t n = view.len;
+    PyBuffer_Release(&view);
+    if (ret < 0)
+        return NULL;
+    return PyLong_FromSsize_t(n);
+}
+
+/* incoming.lend(data): let OpenSSL read data in place until keep(), which the caller must call before data's
+ * buffer may change or be released (in a finally:). */
+static PyObject *
+Incoming_lend(EngineBIO *self, PyObject *data)
+{
+    Engine *e = self->engine;
+    if (in_keep(e) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(data, &e->lent, PyBUF_SIMPLE) < 0)
+        return NULL;
+    e->lent_pos = 0;
+    e->lending = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Incoming_keep(EngineBIO *self, PyObject *Py_UNUSED(ignored))
+{
+    if (in_keep(self->engine) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Incoming_pending(EngineBIO *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromSize_t(in_pending(self->engine));
+}
+
+/* outgoing.read(): all ciphertext produced so far, as one bytes object (the buffer itself, trimmed). */
+static PyObject *
+Outgoing_read(EngineBIO *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Engine *e = self->engine;
+    (void)args;
+    if (nargs != 0) {
+        PyErr_SetString(PyExc_TypeError, "read() takes no arguments here: it returns everything pending");
+        return NULL;
+    }
+    if (e->out == NULL || e->out_len == 0)
+        return PyBytes_FromStringAndSize(NULL, 0);
+    PyObject *res = e->out;
+    Py_ssize_t len = e->out_len;
+    e->out = NULL;
+    e->out_len = e->out_cap = 0;
+    if (len != PyBytes_GET_SIZE(res) && _PyBytes_Resize(&res, len) < 0)
+        return NULL;
+    return res;
+}
+
+static PyObject *
+Outgoing_pending(EngineBIO *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromSsize_t(self->engine->out_len);
+}
+
+static PyMethodDef Incoming_methods[] = {
+    {"write", (PyCFunction)Incoming_write, METH_O, "Append received ciphertext."},
+    {"lend", (PyCFunction)Incoming_lend, METH_O, "Read received ciphertext in place until keep()."},
+    {"keep", (PyCFunction)Incoming_keep, METH_NOARGS, "Copy what is left of the lent bytes, let go of them."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Incoming_getset[] = {
+    {"pending", (getter)Incoming_pending, NULL, "Received bytes OpenSSL has not read yet.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef Outgoing_methods[] = {
+    {"read", (PyCFunction)(void (*)(void))Outgoing_read, METH_FASTCALL, "Take all produced ciphertext."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Outgoing_getset[] = {
+    {"pending", (getter)Outgoing_pending, NULL, "Ciphertext produced and not taken yet.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject IncomingType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "uringws.tls._engine.Incoming",
+    .tp_basicsize = sizeof(EngineBIO),
+    .tp_dealloc = (destructor)EngineBIO_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The receive side of an Engine, used like the incoming ssl.MemoryBIO.",
+    .tp_methods = Incoming_methods,
+    .tp_getset = Incoming_getset,
+};
+
+static PyTypeObject OutgoingType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "uringws.tls._engine.Outgoing",
+    .tp_basicsize = sizeof(EngineBIO),
+    .tp_dealloc = (destructor)EngineBIO_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The send side of an Engine, used like the outgoing ssl.MemoryBIO.",
+    .tp_methods = Outgoing_methods,
+    .tp_getset = Outgoing_getset,
+};
+
+/* -- module functions ---------------------------------------------------------------------------------------- */
+
+/* context_matches(context, options, verify_mode): whether the SSL_CTX read from the context's private layout is
+ * the one behind it, judged by what the stdlib reports for it. */
+static PyObject *
+context_matches(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *context;
+    unsigned long long options;
+    int verify_mode;
+    if (!PyArg_ParseTuple(args, "OKi:context_matches", &context, &options, &verify_mode))
+        return NULL;
+    SSL_CTX *ctx = context_ctx(context);
+    if (ctx == NULL)
+        return NULL;
+    int mode = SSL_CTX_get_verify_mode(ctx);
+    int py_mode = mode == SSL_VERIFY_NONE ? 0 : (mode & SSL_VERIFY_FAIL_IF_NO_PEER_CERT ? 2 : 1);
+    return PyBool_FromLong((unsigned long long)SSL_CTX_get_options(ctx) == options && py_mode == verify_mode);
+}
+
+/* field_offset(obj, target): the offset of a pointer to target inside obj's fixed-size part, or -1. Used to find
+ * where a context keeps a callback the stdlib does not expose (the 3.13 PSK callbacks), on a probe context. */
+static PyObject *
+field_offset(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *obj, *target;
+    if (!PyArg_ParseTuple(args, "OO:field_offset", &obj, &target))
+        return NULL;
+    Py_ssize_t size = Py_TYPE(obj)->tp_basicsize;
+    for (Py_ssize_t off = sizeof(PyObject); off + (Py_ssize_t)sizeof(void *) <= size; off += sizeof(void *)) {
+        void *p;
+        memcpy(&p, (char *)obj + off, sizeof p);
+        if (p == (void *)target)
+            return PyLong_FromSsize_t(off);
+    }
+    return PyLong_FromLong(-1);
+}
+
+/* field_is_set(context, offset): whether the pointer at offset (found by field_offset) is non-NULL. */
+static PyObject *
+field_is_set(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *obj;
+    Py_ssize_t off;
+    if (!PyArg_ParseTuple(args, "On:field_is_set", &obj, &off))
+        return NULL;
+    if (!PyObject_TypeCheck(obj, SSLContextType) || off < (Py_ssize_t)sizeof(PyObject)
+        || off + (Py_ssize_t)sizeof(void *) > Py_TYPE(obj)->tp_basicsize) {
+        PyErr_SetString(PyExc_ValueError, "offset outside the context object");
+        return NULL;
+    }
+    void *p;
+    memcpy(&p, (char *)obj + off, sizeof p);
+    return PyBool_FromLong(p != NULL && p != (void *)Py_None);
+}
+
+static PyMethodDef module_methods[] = {
+    {"context_matches", context_matches, METH_VARARGS, "Check the SSL_CTX read from an SSLContext."},
+    {"field_offset", field_offset, METH_VARARGS, "Offset of a pointer to target inside obj, or -1."},
+    {"field_is_set", field_is_set, METH_VARARGS, "Whether a context's pointer field is set."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "uringws.tls._engine",
+    "Compiled TLS engine: OpenSSL with uringws's own BIOs (see uringws/tls/engine.py).", -1, module_methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__engine(void)
+{
+    PyObject *ssl = PyImport_ImportModule("ssl");
+    if (ssl == NULL)
+        return NULL;
+    struct { PyObject **slot; const char *name; } names[] = {
+        {&SSLError, "SSLError"}, {&SSLZeroReturnError, "SSLZeroReturnError"},
+        {&SSLWantReadError, "SSLWantReadError"}, {&SSLWantWriteError, "SSLWantWriteError"},
+        {&SSLSyscallError, "SSLSyscallError"}, {&SSLEOFError, "SSLEOFError"},
+        {&SSLCertVerificationError, "SSLCertVerificationError"},
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        *names[i].slot = PyObject_GetAttrString(ssl, names[i].name);
+        if (*names[i].slot == NULL) {
+            Py_DECREF(ssl);
+            return NULL;
+        }
+    }
+    Py_DECREF(ssl);
+    PyObject *cssl = PyImport_ImportModule("_ssl");
+    if (cssl == NULL)
+        return NULL;
+    SSLContextType = (PyTypeObject *)PyObject_GetAttrString(cssl, "_SSLContext");
+    Py_DECREF(cssl);
+    if (SSLContextType == NULL)
+        return NULL;
+    engine_bio_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "uringws engine");
+    if (engine_bio_method == NULL || !BIO_meth_set_write(engine_bio_method, bio_write)
+        || !BIO_meth_set_read(engine_bio_method, bio_read) || !BIO_meth_set_ctrl(engine_bio_method, bio_ctrl)
+        || !BIO_meth_set_create(engine_bio_method, bio_create)
+        || !BIO_meth_set_destroy(engine_bio_method, bio_destroy))
+        return PyErr_NoMemory();
+    if (PyType_Ready(&EngineType) < 0 || PyType_Ready(&IncomingType) < 0 || PyType_Ready(&OutgoingType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module_def);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "Engine", (PyObject *)&EngineType) < 0
+        /* What we were compiled against and what is loaded now: engine.py compares both with the stdlib's. */
+        || PyModule_AddObject(m, "OPENSSL_VERSION_NUMBER", PyLong_FromUnsignedLong(OPENSSL_VERSION_NUMBER)) < 0
+        || PyModule_AddObject(m, "LOADED_OPENSSL_VERSION_NUMBER", PyLong_FromUnsignedLong(OpenSSL_version_num())) < 0
+        || PyModule_AddIntConstant(m, "SSL_CTX_OFFSET", (long)offsetof(CtxHead, ctx)) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
