@@ -323,7 +323,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         PROTO,
         "self._msg_size + hdr.length > self.max_size:",
         "self._msg_size + hdr.length >= self.max_size:",
-        WS_TESTS,
+        ("tests/ws/test_protocol.py::test_message_of_exactly_max_size_is_accepted", *WS_TESTS),
         "a message of exactly max_size is refused",
     ),
     Mutation(
