@@ -124,6 +124,45 @@ def test_flow_control_knobs_and_reading(backend_loop: EventLoop) -> None:
     backend_loop.run_until_complete(asyncio.wait_for(main(), 10))
 
 
+class FlowCollect(Collect):
+    def __init__(self) -> None:
+        super().__init__()
+        self.flow: list[str] = []
+
+    def pause_writing(self) -> None:
+        self.flow.append("pause")
+
+    def resume_writing(self) -> None:
+        self.flow.append("resume")
+
+
+def test_write_above_high_water_pauses_within_write(backend_loop: EventLoop) -> None:
+    """pause_writing() comes from the write() that crosses the high-water mark, so the writer stops before its
+    next write; resume_writing() once the peer has read it all."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        transport, proto, peer = await _pair(FlowCollect)
+        transport.set_write_buffer_limits(high=4096)
+        payload = os.urandom(4 << 20)  # far more than the socket pair's buffers hold
+        transport.write(payload)
+        assert proto.flow == ["pause"]
+        assert transport.get_write_buffer_size() > 4096
+        got = bytearray()
+        while len(got) < len(payload):
+            got += await loop.sock_recv(peer, 1 << 16)
+        assert got == payload
+        for _ in range(100):
+            if len(proto.flow) > 1:
+                break
+            await asyncio.sleep(0.01)
+        assert proto.flow == ["pause", "resume"]
+        transport.close()
+        peer.close()
+
+    backend_loop.run_until_complete(asyncio.wait_for(main(), 20))
+
+
 def test_loop_sendfile_over_transport(backend_loop: EventLoop) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
