@@ -163,6 +163,36 @@ def test_write_above_high_water_pauses_within_write(backend_loop: EventLoop) -> 
     backend_loop.run_until_complete(asyncio.wait_for(main(), 20))
 
 
+def test_ring_send_that_fails_ends_the_connection(ring_loop: EventLoop) -> None:
+    """A send waiting in the ring for room fails when the peer goes (EPIPE): connection_lost(exc) follows.
+
+    Reading is paused, so no receive can notice the peer's close first: only the failed send can end it.
+    """
+
+    class Lost(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.lost: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+
+        def connection_lost(self, exc: BaseException | None) -> None:
+            self.lost.set_result(exc)
+
+    async def main() -> None:
+        transport, proto, peer = await _pair(Lost)
+        assert isinstance(transport, RingSocketTransport)
+        transport.pause_reading()
+        transport.write(os.urandom(4 << 20))  # more than the socket takes: the rest waits as a ring send
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if ring_loop.send_stats.sends:
+                break
+        assert ring_loop.send_stats.sends >= 1 and transport.get_write_buffer_size() > 0
+        peer.close()
+        exc = await asyncio.wait_for(proto.lost, 5)
+        assert isinstance(exc, (BrokenPipeError, ConnectionResetError)), exc
+
+    ring_loop.run_until_complete(asyncio.wait_for(main(), 20))
+
+
 def test_loop_sendfile_over_transport(backend_loop: EventLoop) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()

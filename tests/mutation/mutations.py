@@ -265,7 +265,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         TR,
         "elif not queue.closed or queue.error is not None:",
         "elif not queue.closed:",
-        TR_TESTS,
+        ("tests/loop/test_transport.py::test_ring_send_that_fails_ends_the_connection", *TR_TESTS),
         "a fatal send error does not end the connection",
     ),
     Mutation(
