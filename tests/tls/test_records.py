@@ -1,0 +1,50 @@
+"""Record tracking and the write backlog, step by step over in-memory transports.
+
+The TLS layer follows record boundaries in what it receives so it skips SSL_read while only part of a record
+has arrived (each such read could only raise SSLWantReadError, ~2 us), but never skips when it cannot follow
+the framing (the error must come at once). Plaintext that OpenSSL refuses during a renegotiation step keeps its
+place, and coalesced plaintext is encrypted as soon as a record's worth waits.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import pytest
+
+from .test_inmemory import deliver
+from .test_tls_coalesce import Pair
+
+
+class WantReadCounter(ssl.SSLObject):
+    """Counts the reads that found no complete record (the ones the layer means to skip)."""
+
+    wasted = 0
+
+    def read(self, len: int = 1024, buffer: Any = None) -> Any:
+        try:
+            return super().read(len, buffer)
+        except ssl.SSLWantReadError:
+            WantReadCounter.wasted += 1
+            raise
+
+
+@pytest.mark.parametrize("tls13", [False, True], ids=["tls12", "tls13"])
+def test_no_read_while_only_part_of_a_record_has_arrived(tls13: bool) -> None:
+    p = Pair(tls13=tls13, sslobject_class=WantReadCounter)
+    try:
+        message = bytes(range(256)) * 40
+        p.capp.transport.write(message)
+        p.selector.run_hooks()  # the client's loop coalesces too
+        record = len(p.ct.buf)
+        assert p.ct.buf[0] == 23 and record == 5 + ((p.ct.buf[3] << 8) | p.ct.buf[4])  # one record
+        WantReadCounter.wasted = 0
+        deliver(p.ct, p.server, 105)  # the header and the first 100 bytes of the body
+        assert WantReadCounter.wasted == 0
+        assert p.sapp.data == b""
+        deliver(p.ct, p.server, record)
+        assert p.sapp.data == message
+        assert WantReadCounter.wasted == 0
+    finally:
+        p.close()
