@@ -42,6 +42,8 @@ def test_no_read_while_only_part_of_a_record_has_arrived(tls13: bool) -> None:
         WantReadCounter.wasted = 0
         deliver(p.ct, p.server, 105)  # the header and the first 100 bytes of the body
         assert WantReadCounter.wasted == 0
+        deliver(p.ct, p.server, 1000)  # more of the body only (the inline tracking path)
+        assert WantReadCounter.wasted == 0
         assert p.sapp.data == b""
         deliver(p.ct, p.server, record)
         assert p.sapp.data == message
