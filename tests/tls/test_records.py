@@ -50,3 +50,14 @@ def test_no_read_while_only_part_of_a_record_has_arrived(tls13: bool) -> None:
         assert WantReadCounter.wasted == 0
     finally:
         p.close()
+
+
+def test_input_that_is_not_tls_framing_fails_at_once() -> None:
+    """A header OpenSSL rejects (length above the record limit) is read at once, not held as a partial record."""
+    p = Pair()
+    try:
+        p.server.data_received(bytes([23, 3, 3, 0xFF, 0xFF]) + bytes(10))
+        assert p.st.closed
+        assert p.sapp.transport.is_closing()
+    finally:
+        p.close()
