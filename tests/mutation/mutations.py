@@ -519,7 +519,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         TLS,
         "                backlog.appendleft(data)\n",
         "                backlog.append(data)\n",
-        TLS_TESTS,
+        ("tests/tls/test_records.py::test_plaintext_refused_by_a_renegotiation_step_keeps_its_place", *TLS_TESTS),
         "plaintext refused during a renegotiation step queued at the back",
     ),
     Mutation(

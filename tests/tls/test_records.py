@@ -30,6 +30,19 @@ class WantReadCounter(ssl.SSLObject):
             raise
 
 
+class Renegotiating(ssl.SSLObject):
+    """While ``refuse`` is set, write() asks for the peer first, as OpenSSL does during a TLS 1.2 renegotiation."""
+
+    refuse = False
+    refused = 0
+
+    def write(self, data: Any) -> int:
+        if Renegotiating.refuse:
+            Renegotiating.refused += 1
+            raise ssl.SSLWantReadError("renegotiation step")
+        return super().write(data)
+
+
 @pytest.mark.parametrize("tls13", [False, True], ids=["tls12", "tls13"])
 def test_no_read_while_only_part_of_a_record_has_arrived(tls13: bool) -> None:
     p = Pair(tls13=tls13, sslobject_class=WantReadCounter)
@@ -60,4 +73,21 @@ def test_input_that_is_not_tls_framing_fails_at_once() -> None:
         assert p.st.closed
         assert p.sapp.transport.is_closing()
     finally:
+        p.close()
+
+
+def test_plaintext_refused_by_a_renegotiation_step_keeps_its_place() -> None:
+    p = Pair(sslobject_class=Renegotiating)
+    try:
+        first, second = b"1" * 10_000, b"2" * 10_000  # each coalesced; too large to share a record
+        Renegotiating.refuse, Renegotiating.refused = True, 0
+        p.writer.write(first)
+        p.writer.write(second)  # a record's worth waits: encryption starts, the first write is refused
+        assert Renegotiating.refused == 1
+        Renegotiating.refuse = False
+        p.selector.run_hooks()
+        p.to_client()
+        assert p.capp.data == first + second
+    finally:
+        Renegotiating.refuse = False
         p.close()
