@@ -568,7 +568,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         TLS,
         "(size >= COALESCE_LIMIT or size > self._high)",
         "(size > self._high)",
-        TLS_TESTS,
+        ("tests/tls/test_records.py::test_coalesced_plaintext_is_encrypted_once_a_record_is_waiting", *TLS_TESTS),
         "coalesced plaintext not encrypted once a record's worth is waiting",
     ),
     Mutation(

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from uringws.tls.protocol import COALESCE_LIMIT
+
 from .test_inmemory import deliver
 from .test_tls_coalesce import Pair
 
@@ -90,4 +92,21 @@ def test_plaintext_refused_by_a_renegotiation_step_keeps_its_place() -> None:
         assert p.capp.data == first + second
     finally:
         Renegotiating.refuse = False
+        p.close()
+
+
+def test_coalesced_plaintext_is_encrypted_once_a_record_is_waiting() -> None:
+    """Small writes wait for the loop's hook only until a record's worth (COALESCE_LIMIT) has gathered."""
+    p = Pair()
+    try:
+        part = b"a" * (COALESCE_LIMIT // 2)
+        p.writer.write(part)
+        assert p.st.writes == 0
+        p.writer.write(part)
+        assert p.st.writes == 1  # encrypted within write(), not at the hook
+        p.to_client()
+        assert p.capp.data == part * 2
+        assert p.writer.get_write_buffer_size() == 0
+        p.selector.run_hooks()
+    finally:
         p.close()
