@@ -68,3 +68,32 @@ async def test_receivers_with_different_windows_each_decode_the_broadcast() -> N
                 assert await asyncio.wait_for(client.recv(), 10) == message, f"{bits}-bit receiver"
             await client.close()
             assert client.close_code == 1000
+
+
+@run
+async def test_context_keeping_receiver_decodes_messages_around_a_broadcast() -> None:
+    """With context takeover the receiver's window holds every message: the broadcast must go through it too.
+
+    A frame compressed standalone would leave our compressor's history without the broadcast while the peer's
+    has it, so the next message's back-references would point into the broadcast and decode as its bytes.
+    """
+    conns: list[Connection] = []
+    ready = asyncio.Event()
+
+    async def register(ws: Connection) -> None:
+        conns.append(ws)
+        ready.set()
+        await ws.wait_closed()
+
+    async with serve(register, "127.0.0.1", 0, compression=DeflateConfig(), max_size=1 << 20) as server:
+        async with websockets.asyncio.client.connect(url(server), compression="deflate") as client:
+            await asyncio.wait_for(ready.wait(), 10)
+            (conn,) = conns
+            assert conn.proto is not None and conn.proto.deflate is not None
+            assert not conn.proto.deflate.local_no_context_takeover
+            first, other = os.urandom(2000), os.urandom(2000)
+            await conn.send(first)
+            assert broadcast(conns, other) == 1
+            await conn.send(first)  # compressed as a reference back into our history
+            for expected in (first, other, first):
+                assert await asyncio.wait_for(client.recv(), 10) == expected

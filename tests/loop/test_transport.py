@@ -124,6 +124,75 @@ def test_flow_control_knobs_and_reading(backend_loop: EventLoop) -> None:
     backend_loop.run_until_complete(asyncio.wait_for(main(), 10))
 
 
+class FlowCollect(Collect):
+    def __init__(self) -> None:
+        super().__init__()
+        self.flow: list[str] = []
+
+    def pause_writing(self) -> None:
+        self.flow.append("pause")
+
+    def resume_writing(self) -> None:
+        self.flow.append("resume")
+
+
+def test_write_above_high_water_pauses_within_write(backend_loop: EventLoop) -> None:
+    """pause_writing() comes from the write() that crosses the high-water mark, so the writer stops before its
+    next write; resume_writing() once the peer has read it all."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        transport, proto, peer = await _pair(FlowCollect)
+        transport.set_write_buffer_limits(high=4096)
+        payload = os.urandom(4 << 20)  # far more than the socket pair's buffers hold
+        transport.write(payload)
+        assert proto.flow == ["pause"]
+        assert transport.get_write_buffer_size() > 4096
+        got = bytearray()
+        while len(got) < len(payload):
+            got += await loop.sock_recv(peer, 1 << 16)
+        assert got == payload
+        for _ in range(100):
+            if len(proto.flow) > 1:
+                break
+            await asyncio.sleep(0.01)
+        assert proto.flow == ["pause", "resume"]
+        transport.close()
+        peer.close()
+
+    backend_loop.run_until_complete(asyncio.wait_for(main(), 20))
+
+
+def test_ring_send_that_fails_ends_the_connection(ring_loop: EventLoop) -> None:
+    """A send waiting in the ring for room fails when the peer goes (EPIPE): connection_lost(exc) follows.
+
+    Reading is paused, so no receive can notice the peer's close first: only the failed send can end it.
+    """
+
+    class Lost(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.lost: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+
+        def connection_lost(self, exc: BaseException | None) -> None:
+            self.lost.set_result(exc)
+
+    async def main() -> None:
+        transport, proto, peer = await _pair(Lost)
+        assert isinstance(transport, RingSocketTransport)
+        transport.pause_reading()
+        transport.write(os.urandom(4 << 20))  # more than the socket takes: the rest waits as a ring send
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if ring_loop.send_stats.sends:
+                break
+        assert ring_loop.send_stats.sends >= 1 and transport.get_write_buffer_size() > 0
+        peer.close()
+        exc = await asyncio.wait_for(proto.lost, 5)
+        assert isinstance(exc, (BrokenPipeError, ConnectionResetError)), exc
+
+    ring_loop.run_until_complete(asyncio.wait_for(main(), 20))
+
+
 def test_loop_sendfile_over_transport(backend_loop: EventLoop) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()

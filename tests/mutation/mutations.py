@@ -233,7 +233,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         TR,
         "if queue.write(data):\n            self._pause_protocol()",
         "if queue.write(data):\n            pass",
-        TR_TESTS,
+        ("tests/loop/test_transport.py::test_write_above_high_water_pauses_within_write", *TR_TESTS),
         "the protocol is never paused",
     ),
     Mutation(
@@ -265,7 +265,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         TR,
         "elif not queue.closed or queue.error is not None:",
         "elif not queue.closed:",
-        TR_TESTS,
+        ("tests/loop/test_transport.py::test_ring_send_that_fails_ends_the_connection", *TR_TESTS),
         "a fatal send error does not end the connection",
     ),
     Mutation(
@@ -323,7 +323,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         PROTO,
         "self._msg_size + hdr.length > self.max_size:",
         "self._msg_size + hdr.length >= self.max_size:",
-        WS_TESTS,
+        ("tests/ws/test_protocol.py::test_message_of_exactly_max_size_is_accepted", *WS_TESTS),
         "a message of exactly max_size is refused",
     ),
     Mutation(
@@ -412,7 +412,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         PROTO,
         "limit = None if self.max_size is None else self.max_size - self._msg_size",
         "limit = None if self.max_size is None else self.max_size",
-        WS_TESTS,
+        ("tests/ws/test_deflate.py::test_protocol_bounds_a_compressed_fragmented_message_as_a_whole", *WS_TESTS),
         "each compressed fragment may inflate to max_size (the message's total unchecked)",
     ),
     # -- frames (and the compiled twins) -----------------------------------------------------------------------
@@ -461,7 +461,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         FRAMES,
         "length > max_length and opcode < 0x8",
         "length >= max_length and opcode < 0x8",
-        FRAME_TESTS,
+        ("tests/ws/test_frames.py::test_frame_of_exactly_max_length_accepted", *FRAME_TESTS),
         "a frame of exactly max_length refused",
     ),
     Mutation(
@@ -519,7 +519,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         TLS,
         "                backlog.appendleft(data)\n",
         "                backlog.append(data)\n",
-        TLS_TESTS,
+        ("tests/tls/test_records.py::test_plaintext_refused_by_a_renegotiation_step_keeps_its_place", *TLS_TESTS),
         "plaintext refused during a renegotiation step queued at the back",
     ),
     Mutation(
@@ -568,7 +568,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         TLS,
         "(size >= COALESCE_LIMIT or size > self._high)",
         "(size > self._high)",
-        TLS_TESTS,
+        ("tests/tls/test_records.py::test_coalesced_plaintext_is_encrypted_once_a_record_is_waiting", *TLS_TESTS),
         "coalesced plaintext not encrypted once a record's worth is waiting",
     ),
     Mutation(
@@ -576,7 +576,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         TLS,
         "partial = self._partial if self._framed else 0",
         "partial = self._partial",
-        TLS_TESTS,
+        ("tests/tls/test_records.py::test_input_that_is_not_tls_framing_fails_at_once", *TLS_TESTS),
         "reads skipped on record framing we could not follow",
     ),
     Mutation(
@@ -584,7 +584,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         TLS,
         "        if incoming.pending <= partial and not sslobj.pending():\n            return",
         "        if incoming.pending < partial and not sslobj.pending():\n            return",
-        TLS_TESTS,
+        ("tests/tls/test_records.py::test_no_read_while_only_part_of_a_record_has_arrived", *TLS_TESTS),
         "a read attempted when only part of a record has arrived",
     ),
     Mutation(
@@ -608,7 +608,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         TLS,
         "self._partial = 0 if left == nbytes else self._partial + nbytes",
         "self._partial = 0",
-        TLS_TESTS,
+        ("tests/tls/test_records.py::test_no_read_while_only_part_of_a_record_has_arrived", *TLS_TESTS),
         "the inline record tracking forgets a partial record",
     ),
     Mutation(
@@ -682,7 +682,10 @@ MUTATIONS: tuple[Mutation, ...] = (
         SERVER,
         "deflate is not None and deflate.local_no_context_takeover and",
         "deflate is not None and",
-        BC_TESTS,
+        (
+            "tests/e2e/test_broadcast_deflate.py::test_context_keeping_receiver_decodes_messages_around_a_broadcast",
+            *BC_TESTS,
+        ),
         "a context-keeping compressor gets the shared standalone frame",
     ),
     Mutation(

@@ -41,6 +41,9 @@ _COPIED = ("uringws", "tests", "pyproject.toml")
 _IGNORE = shutil.ignore_patterns("__pycache__", ".hypothesis", ".pytest_cache", "*.pyc")
 # Deterministic runs: the same examples every time, so a mutant is killed or not for the same reason each run.
 PYTEST_ARGS = ("-q", "-x", "-p", "no:cacheprovider", "--hypothesis-seed=0", "-o", "addopts=", "-m", "not slow")
+# Each selection passes in about 5 s on a quiet 2-core machine (1-2 s when a mutant is killed, -x): 60 s leaves a
+# wide margin for a loaded one, while a mutant that hangs its tests costs a minute, not two.
+DEFAULT_TIMEOUT = 60.0
 
 
 @dataclass
@@ -262,7 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.mutation", description=__doc__.split("\n\n")[0])
     parser.add_argument("ids", nargs="*", help="run only these mutation ids (default: all)")
     parser.add_argument("-j", "--jobs", type=int, default=min(2, os.cpu_count() or 1), help="mutants run at once")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per mutant; a timeout counts as killed")
+    parser.add_argument(
+        "--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per mutant; a timeout counts as killed"
+    )
     parser.add_argument("--check", action="store_true", help="only check that every snippet occurs exactly once")
     parser.add_argument("--list", action="store_true", help="list the mutations and exit")
     parser.add_argument("--no-baseline", action="store_true", help="skip the unmutated run of every selection")

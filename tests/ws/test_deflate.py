@@ -204,6 +204,26 @@ def test_deflate_bomb_refused_fast_and_small() -> None:
     assert peak < 8 << 20  # wire copy (~200 KB) + at most max_size of output, never 100 MiB
 
 
+def test_protocol_bounds_a_compressed_fragmented_message_as_a_whole() -> None:
+    """Each fragment inflates within max_size, the message does not: 1009 (the sum of the fragments counts)."""
+    from uringws.ws.frames import serialize_frame
+
+    def message(size: int) -> bytes:
+        c = zlib.compressobj(9, zlib.DEFLATED, -15)
+        first = c.compress(bytes(size)) + c.flush(zlib.Z_SYNC_FLUSH)
+        last = (c.compress(bytes(size)) + c.flush(zlib.Z_SYNC_FLUSH))[:-4]
+        mask = os.urandom(4)
+        return serialize_frame(0x2, first, False, True, mask) + serialize_frame(0x0, last, True, False, mask)
+
+    server = Protocol(Side.SERVER, deflate=PerMessageDeflate(DeflateParams(), True), max_size=1 << 20)
+    server.receive_data(message(500_000))
+    assert server.failure is None
+    assert server.events_received() == [Message(bytes(1_000_000))]
+    server.receive_data(message(600_000))
+    assert server.failure is not None and server.failure.code == 1009
+    assert server.events_received() == []
+
+
 def test_bomb_in_fragments_counts_the_whole_message() -> None:
     deflate = PerMessageDeflate(DeflateParams(), True)
     c = zlib.compressobj(9, zlib.DEFLATED, -15)

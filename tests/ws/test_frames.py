@@ -121,6 +121,13 @@ def test_max_length_refused_before_payload() -> None:
     assert parse_header(bytes([0x89, 100]), masked=False, max_length=10) is not None
 
 
+def test_frame_of_exactly_max_length_accepted() -> None:
+    hdr = parse_header(bytes([0x82, 126]) + struct.pack("!H", 1000), masked=False, max_length=1000)
+    assert hdr is not None and hdr.length == 1000
+    with pytest.raises(PayloadTooBig):
+        parse_header(bytes([0x82, 126]) + struct.pack("!H", 1001), masked=False, max_length=1000)
+
+
 @pytest.mark.parametrize("code", [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 4999])
 def test_valid_close_codes(code: int) -> None:
     assert is_valid_close_code(code)

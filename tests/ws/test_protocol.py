@@ -50,6 +50,16 @@ def test_messages_and_byte_by_byte_delivery() -> None:
     assert s.failure is not None and s.failure.code == 1009  # 70000 > max_size 65536
 
 
+def test_message_of_exactly_max_size_is_accepted() -> None:
+    """The limit is inclusive, for a whole frame and for a fragmented message's total; one byte more fails."""
+    s = Protocol(Side.SERVER, max_size=100)
+    s.receive_data(cframe(0x2, b"a" * 100) + cframe(0x1, b"b" * 60, fin=False) + cframe(0x0, b"c" * 40))
+    assert s.failure is None
+    assert s.events_received() == [Message(b"a" * 100), Message("b" * 60 + "c" * 40)]
+    s.receive_data(cframe(0x1, b"d" * 60, fin=False) + cframe(0x0, b"e" * 41))
+    assert s.failure is not None and s.failure.code == 1009
+
+
 def test_fragmented_message_with_interleaved_control_frames() -> None:
     s = server()
     wire = (

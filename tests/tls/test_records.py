@@ -1,0 +1,112 @@
+"""Record tracking and the write backlog, step by step over in-memory transports.
+
+The TLS layer follows record boundaries in what it receives so it skips SSL_read while only part of a record
+has arrived (each such read could only raise SSLWantReadError, ~2 us), but never skips when it cannot follow
+the framing (the error must come at once). Plaintext that OpenSSL refuses during a renegotiation step keeps its
+place, and coalesced plaintext is encrypted as soon as a record's worth waits.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import pytest
+
+from uringws.tls.protocol import COALESCE_LIMIT
+
+from .test_inmemory import deliver
+from .test_tls_coalesce import Pair
+
+
+class WantReadCounter(ssl.SSLObject):
+    """Counts the reads that found no complete record (the ones the layer means to skip)."""
+
+    wasted = 0
+
+    def read(self, len: int = 1024, buffer: Any = None) -> Any:
+        try:
+            return super().read(len, buffer)
+        except ssl.SSLWantReadError:
+            WantReadCounter.wasted += 1
+            raise
+
+
+class Renegotiating(ssl.SSLObject):
+    """While ``refuse`` is set, write() asks for the peer first, as OpenSSL does during a TLS 1.2 renegotiation."""
+
+    refuse = False
+    refused = 0
+
+    def write(self, data: Any) -> int:
+        if Renegotiating.refuse:
+            Renegotiating.refused += 1
+            raise ssl.SSLWantReadError("renegotiation step")
+        return super().write(data)
+
+
+@pytest.mark.parametrize("tls13", [False, True], ids=["tls12", "tls13"])
+def test_no_read_while_only_part_of_a_record_has_arrived(tls13: bool) -> None:
+    p = Pair(tls13=tls13, sslobject_class=WantReadCounter)
+    try:
+        message = bytes(range(256)) * 40
+        p.capp.transport.write(message)
+        p.selector.run_hooks()  # the client's loop coalesces too
+        record = len(p.ct.buf)
+        assert p.ct.buf[0] == 23 and record == 5 + ((p.ct.buf[3] << 8) | p.ct.buf[4])  # one record
+        WantReadCounter.wasted = 0
+        deliver(p.ct, p.server, 105)  # the header and the first 100 bytes of the body
+        assert WantReadCounter.wasted == 0
+        deliver(p.ct, p.server, 1000)  # more of the body only (the inline tracking path)
+        assert WantReadCounter.wasted == 0
+        assert p.sapp.data == b""
+        deliver(p.ct, p.server, record)
+        assert p.sapp.data == message
+        assert WantReadCounter.wasted == 0
+    finally:
+        p.close()
+
+
+def test_input_that_is_not_tls_framing_fails_at_once() -> None:
+    """A header OpenSSL rejects (length above the record limit) is read at once, not held as a partial record."""
+    p = Pair()
+    try:
+        p.server.data_received(bytes([23, 3, 3, 0xFF, 0xFF]) + bytes(10))
+        assert p.st.closed
+        assert p.sapp.transport.is_closing()
+    finally:
+        p.close()
+
+
+def test_plaintext_refused_by_a_renegotiation_step_keeps_its_place() -> None:
+    p = Pair(sslobject_class=Renegotiating)
+    try:
+        first, second = b"1" * 10_000, b"2" * 10_000  # each coalesced; too large to share a record
+        Renegotiating.refuse, Renegotiating.refused = True, 0
+        p.writer.write(first)
+        p.writer.write(second)  # a record's worth waits: encryption starts, the first write is refused
+        assert Renegotiating.refused == 1
+        Renegotiating.refuse = False
+        p.selector.run_hooks()
+        p.to_client()
+        assert p.capp.data == first + second
+    finally:
+        Renegotiating.refuse = False
+        p.close()
+
+
+def test_coalesced_plaintext_is_encrypted_once_a_record_is_waiting() -> None:
+    """Small writes wait for the loop's hook only until a record's worth (COALESCE_LIMIT) has gathered."""
+    p = Pair()
+    try:
+        part = b"a" * (COALESCE_LIMIT // 2)
+        p.writer.write(part)
+        assert p.st.writes == 0
+        p.writer.write(part)
+        assert p.st.writes == 1  # encrypted within write(), not at the hook
+        p.to_client()
+        assert p.capp.data == part * 2
+        assert p.writer.get_write_buffer_size() == 0
+        p.selector.run_hooks()
+    finally:
+        p.close()
