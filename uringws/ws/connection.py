@@ -336,15 +336,18 @@ class Connection(asyncio.Protocol):
             raise self._closed_exception() from None
         self._flush()
 
-    async def ping(self, data: str | bytes | None = None) -> float:
-        """Send a ping and return the round-trip time in seconds once its pong arrives.
+    async def ping(self, data: str | bytes | bytearray | memoryview | None = None) -> Awaitable[float]:
+        """Send a ping; return a future that resolves to the round-trip time in seconds when its pong arrives.
 
-        A pong also acknowledges every earlier ping (RFC 6455 §5.5.3 lets a peer answer only the latest).
+        As in websockets: ``pong_waiter = await ws.ping()`` sends it, ``latency = await pong_waiter`` waits (or
+        ignore the future if you do not need to). The future raises ConnectionClosed if the connection closes
+        first. A pong also acknowledges every earlier ping (RFC 6455 §5.5.3 lets a peer answer only the latest).
+        ``data`` (str: UTF-8, 125 bytes at most) defaults to four random bytes; a payload still waiting for its
+        pong raises RuntimeError.
         """
-        waiter = self._send_ping(data)
-        return await asyncio.shield(waiter)
+        return self._send_ping(data)
 
-    def _send_ping(self, data: str | bytes | None) -> asyncio.Future[float]:
+    def _send_ping(self, data: str | bytes | bytearray | memoryview | None) -> asyncio.Future[float]:
         proto = self._open_proto()
         if data is None:
             data = os.urandom(4)
@@ -352,6 +355,10 @@ class Connection(asyncio.Protocol):
                 data = os.urandom(4)
         elif isinstance(data, str):
             data = data.encode("utf-8")
+        elif isinstance(data, bytearray | memoryview):
+            data = bytes(data)  # a dict key, and the pong is matched by value
+        elif not isinstance(data, bytes):
+            raise TypeError(f"ping data must be str or bytes-like, not {type(data).__name__}")
         if data in self._pings:
             raise RuntimeError("a ping with this payload is already waiting for its pong")
         waiter: asyncio.Future[float] = self.loop.create_future()
