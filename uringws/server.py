@@ -21,7 +21,7 @@ from typing import Any
 
 from .tls.protocol import TLSProtocol
 from .ws.config import WSConfig
-from .ws.connection import Connection, Data, ProcessRequest
+from .ws.connection import Connection, Data, ProcessRequest, ProcessResponse
 from .ws.frames import serialize_header
 from .ws.handshake import Request, ServerHandshake
 from .ws.options import make_config, split_options
@@ -47,6 +47,7 @@ class Server:
         config: WSConfig,
         ssl: ssl_module.SSLContext | None = None,
         process_request: ProcessRequest | None = None,
+        process_response: ProcessResponse | None = None,
         subprotocols: Sequence[str] | None = None,
         select_subprotocol: Callable[[Request, list[str]], str | None] | None = None,
         origins: Sequence[str | None] | None = None,
@@ -60,6 +61,7 @@ class Server:
         self.config = config
         self.ssl = ssl
         self.process_request = process_request
+        self.process_response = process_response
         self.subprotocols = subprotocols
         self.select_subprotocol = select_subprotocol
         self.origins = origins
@@ -131,6 +133,7 @@ class Server:
             server_handshake=handshake,
             handler=self.handler,
             process_request=self.process_request,
+            process_response=self.process_response,
             on_lost=self.connections.discard,
             sndbuf=self.sndbuf,
         )
@@ -206,6 +209,7 @@ def serve(
     *,
     ssl: ssl_module.SSLContext | None = None,
     process_request: ProcessRequest | None = None,
+    process_response: ProcessResponse | None = None,
     subprotocols: Sequence[str] | None = None,
     select_subprotocol: Callable[[Request, list[str]], str | None] | None = None,
     origins: Sequence[str | None] | None = None,
@@ -224,6 +228,9 @@ def serve(
     ``write_limit``: int high-water mark (low = high // 4) or (high, low). ``sndbuf``: SO_SNDBUF of each
     accepted socket (small values force short writes, for tests). ``process_request(ws, request)`` may
     return ``ws.respond(status, headers, body)`` (or a (status, headers, body) tuple) to answer plain HTTP.
+    ``process_response(ws, request, response)`` sees every response of a received request before it is sent
+    (the 101, a refusal, process_request's answer): change it in place or return another one. Both may be
+    coroutine functions; an exception in either is logged and answered with a 500.
     """
     ws_options, rest = split_options(kwargs)
     return Server(
@@ -233,6 +240,7 @@ def serve(
         config=make_config(config, compression, ws_options),
         ssl=ssl,
         process_request=process_request,
+        process_response=process_response,
         subprotocols=subprotocols,
         select_subprotocol=select_subprotocol,
         origins=origins,

@@ -6,17 +6,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import logging
 import struct
+from typing import Any
 
 import pytest
 import websockets
 import websockets.asyncio.client
 import websockets.asyncio.server
+import websockets.exceptions
 
 from uringws.client import connect
 from uringws.server import serve
 from uringws.ws.connection import Connection
 from uringws.ws.exceptions import ConnectionClosed
+from uringws.ws.handshake import Request, Response
 
 from .test_ws_api import run
 
@@ -110,3 +114,113 @@ async def test_ping_pong_waiter_against_websockets() -> None:
         port = server.sockets[0].getsockname()[1]
         async with websockets.asyncio.client.connect(f"ws://127.0.0.1:{port}/") as client:
             assert 0 <= await (await client.ping()) < 5
+
+
+# -- process_response ------------------------------------------------------------------------------------------
+
+
+def _status_of(exc_info: pytest.ExceptionInfo[websockets.exceptions.InvalidStatus]) -> int:
+    return int(exc_info.value.response.status_code)
+
+
+@run
+async def test_process_response_adds_headers_to_the_101() -> None:
+    seen: list[tuple[str, int]] = []
+
+    def process_response(ws: Connection, request: Request, response: Response) -> None:
+        seen.append((request.path, response.status))
+        response.headers["X-Session"] = "abc"
+        response.headers["Set-Cookie"] = "a=1"
+        response.headers["Set-Cookie"] = "b=2"
+
+    async with serve(_echo, "127.0.0.1", 0, process_response=process_response) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with websockets.asyncio.client.connect(f"ws://127.0.0.1:{port}/chat?x=1") as client:
+            assert client.response.headers["X-Session"] == "abc"
+            assert client.response.headers.get_all("Set-Cookie") == ["a=1", "b=2"]
+            await client.send("still a WebSocket")
+            assert await client.recv() == "still a WebSocket"
+    assert seen == [("/chat?x=1", 101)]
+
+
+@run
+async def test_async_process_response_replaces_the_response() -> None:
+    async def process_response(ws: Connection, request: Request, response: Response) -> Response | None:
+        await asyncio.sleep(0.01)
+        if request.headers.get("Authorization") != "Bearer ok":
+            refusal = ws.respond(401, [("WWW-Authenticate", "Bearer")], "who are you?\n")
+            return refusal
+        return None
+
+    async with serve(_echo, "127.0.0.1", 0, process_response=process_response) as server:
+        port = server.sockets[0].getsockname()[1]
+        uri = f"ws://127.0.0.1:{port}/"
+        with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+            await websockets.asyncio.client.connect(uri)
+        assert _status_of(refused) == 401
+        assert refused.value.response.headers["WWW-Authenticate"] == "Bearer"
+        assert refused.value.response.body == b"who are you?\n"
+        async with websockets.asyncio.client.connect(uri, additional_headers={"Authorization": "Bearer ok"}) as ok:
+            await ok.send(b"in")
+            assert await ok.recv() == b"in"
+
+
+@run
+async def test_process_response_sees_process_request_answers_and_refusals() -> None:
+    statuses: list[int] = []
+
+    def process_request(ws: Connection, request: Request) -> Response | None:
+        return ws.respond(404, body="no such path\n") if request.path == "/missing" else None
+
+    def process_response(ws: Connection, request: Request, response: Response) -> None:
+        statuses.append(response.status)
+        response.headers["X-Served-By"] = "test"
+
+    async with serve(
+        _echo, "127.0.0.1", 0, process_request=process_request, process_response=process_response
+    ) as server:
+        port = server.sockets[0].getsockname()[1]
+        with pytest.raises(websockets.exceptions.InvalidStatus) as missing:
+            await websockets.asyncio.client.connect(f"ws://127.0.0.1:{port}/missing")
+        assert _status_of(missing) == 404
+        assert missing.value.response.headers["X-Served-By"] == "test"
+        # Not an upgrade at all (plain GET): the 426 refusal goes through process_response too.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await asyncio.wait_for(reader.read(4096), 5)
+        writer.close()
+        assert b"X-Served-By: test" in head
+    assert statuses[0] == 404 and statuses[1] >= 400
+
+
+@pytest.mark.parametrize("failure", ["raises", "bad type", "101 without upgrade"])
+@run
+async def test_process_response_failures_answer_500_and_are_logged(
+    failure: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    def process_response(ws: Connection, request: Request, response: Response) -> Any:
+        if failure == "raises":
+            raise LookupError("session store down")
+        if failure == "bad type":
+            return (200, [], b"")
+        if response.status != 101:
+            return Response(101)
+        return None
+
+    async with serve(_echo, "127.0.0.1", 0, process_response=process_response) as server:
+        port = server.sockets[0].getsockname()[1]
+        with caplog.at_level(logging.ERROR):
+            if failure == "101 without upgrade":
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                head = await asyncio.wait_for(reader.read(4096), 5)
+                writer.close()
+                assert head.startswith(b"HTTP/1.1 500 ")
+            else:
+                with pytest.raises(websockets.exceptions.InvalidStatus) as failed:
+                    await websockets.asyncio.client.connect(f"ws://127.0.0.1:{port}/")
+                assert _status_of(failed) == 500
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.exc_info]
+    assert errors, "the failure of process_response must be logged with its traceback"
+    expected = {"raises": LookupError, "bad type": TypeError, "101 without upgrade": ValueError}[failure]
+    assert any(r.exc_info and r.exc_info[0] is expected for r in errors)

@@ -39,7 +39,7 @@ from .handshake import (
 )
 from .protocol import Close, Message, Ping, Pong, Protocol, Side, State
 
-__all__ = ["Connection", "Data", "ProcessRequest"]
+__all__ = ["Connection", "Data", "ProcessRequest", "ProcessResponse"]
 
 logger = logging.getLogger("uringws")
 
@@ -57,6 +57,9 @@ Data = str | bytes
 #: (status, headers, body) tuple to answer plain HTTP instead (e.g. a health check or a 404).
 HTTPAnswer = Response | tuple[int, Iterable[tuple[str, str]], bytes | str]
 ProcessRequest = Callable[["Connection", Request], "HTTPAnswer | Awaitable[HTTPAnswer | None] | None"]
+#: ``process_response(connection, request, response)``: change ``response`` in place (e.g. add headers) and
+#: return None, or return another Response to send instead (a non-101 one refuses the upgrade).
+ProcessResponse = Callable[["Connection", Request, Response], "Response | Awaitable[Response | None] | None"]
 
 
 def _without_tracebacks(exc: BaseException) -> BaseException:
@@ -96,6 +99,7 @@ class Connection(asyncio.Protocol):
         "_pending_failure_handle",
         "_pings",
         "_process_request",
+        "_process_response",
         "_read_paused_for_turn",
         "_read_paused_for_writes",
         "_reading_paused",
@@ -129,6 +133,7 @@ class Connection(asyncio.Protocol):
         client_handshake: ClientHandshake | None = None,
         handler: Callable[[Connection], Awaitable[Any]] | None = None,
         process_request: ProcessRequest | None = None,
+        process_response: ProcessResponse | None = None,
         on_lost: Callable[[Connection], None] | None = None,
         sndbuf: int | None = None,
     ) -> None:
@@ -147,6 +152,7 @@ class Connection(asyncio.Protocol):
         self._client_hs = client_handshake
         self._handler = handler
         self._process_request = process_request
+        self._process_response = process_response
         self._on_lost = on_lost
         self._sndbuf = sndbuf
 
@@ -791,6 +797,8 @@ class Connection(asyncio.Protocol):
             async with asyncio.timeout_at(self._open_deadline):
                 request = await self._request_ready
                 self.request = request
+                response: Response | None = None
+                negotiated: Negotiated | None = None
                 if self._process_request is not None:
                     answer = self._process_request(self, request)
                     if isinstance(answer, Awaitable):
@@ -799,17 +807,29 @@ class Connection(asyncio.Protocol):
                         if not isinstance(answer, Response):
                             status, headers, body = answer
                             answer = hs.reject(status, body, headers)
-                        self._write_response(answer)
-                        self._close_transport()
-                        return
-                try:
-                    response, negotiated = hs.accept(request)
-                except InvalidHandshake as exc:
-                    logger.info("rejected WebSocket handshake from %s: %s", self.remote_address, exc.reason)
-                    self._write_response(hs.reject_exception(exc))
+                        response = answer
+                if response is None:
+                    try:
+                        response, negotiated = hs.accept(request)
+                    except InvalidHandshake as exc:
+                        logger.info("rejected WebSocket handshake from %s: %s", self.remote_address, exc.reason)
+                        response = hs.reject_exception(exc)
+                if self._process_response is not None:
+                    self.response = response
+                    replaced = self._process_response(self, request, response)
+                    if isinstance(replaced, Awaitable):
+                        replaced = await replaced
+                    if replaced is not None:
+                        if not isinstance(replaced, Response):
+                            raise TypeError(f"process_response returned {type(replaced).__name__}, not a Response")
+                        response = replaced
+                    if response.status == 101 and negotiated is None:
+                        # No accepted upgrade behind it: the peer would believe a connection is open.
+                        raise ValueError("process_response returned a 101 for a request that was not upgraded")
+                self._write_response(response)
+                if response.status != 101 or negotiated is None:
                     self._close_transport()
                     return
-                self._write_response(response)
                 self._start_open(negotiated, hs.trailing_data)
                 hs.trailing_data = b""
                 # The handshake's parser (h11 state, buffers: ~1 KiB) is not needed once open; this frame lives
@@ -825,6 +845,7 @@ class Connection(asyncio.Protocol):
             _without_tracebacks(exc)
             return  # already answered (bad request) or gone
         except Exception:
+            # process_request / process_response raised (or returned something unusable): the client gets a 500.
             logger.exception("error while processing the opening handshake")
             if not self.lost.done() and self.proto is None and hs is not None:
                 self._write_response(hs.reject(500, "Internal Server Error\n"))
