@@ -21,7 +21,7 @@ from typing import Any
 
 from .tls.protocol import TLSProtocol
 from .ws.config import WSConfig
-from .ws.connection import Connection, Data, ProcessRequest, ProcessResponse
+from .ws.connection import Connection, Data, LoggerLike, ProcessRequest, ProcessResponse
 from .ws.frames import serialize_header
 from .ws.handshake import Request, ServerHandshake
 from .ws.options import make_config, split_options
@@ -54,6 +54,7 @@ class Server:
         server_header: str | None = "uringws",
         create_server_kwargs: dict[str, Any] | None = None,
         sndbuf: int | None = None,
+        logger: LoggerLike | None = None,
     ) -> None:
         self.handler = handler
         self.host = host
@@ -72,6 +73,8 @@ class Server:
         self._ssl_shutdown_timeout: float | None = kwargs.pop("ssl_shutdown_timeout", None)
         self._create_server_kwargs = kwargs
         self.sndbuf = sndbuf
+        #: The server's logger, also each connection's (``logger=``; default ``logging.getLogger("uringws.server")``).
+        self.logger: LoggerLike = logger if logger is not None else logging.getLogger("uringws.server")
         #: Connections whose application protocol is connected (plain TCP at once, TLS once its handshake is
         #: done), opening handshake done or not; use with ``broadcast``.
         self.connections: set[Connection] = set()
@@ -136,6 +139,7 @@ class Server:
             process_response=self.process_response,
             on_lost=self.connections.discard,
             sndbuf=self.sndbuf,
+            logger=self.logger,
         )
         return conn
 
@@ -217,6 +221,7 @@ def serve(
     config: WSConfig | None = None,
     server_header: str | None = "uringws",
     sndbuf: int | None = None,
+    logger: LoggerLike | None = None,
     **kwargs: Any,
 ) -> Server:
     """Create a WebSocket server; ``handler(ws)`` runs for each connection after the handshake.
@@ -230,7 +235,9 @@ def serve(
     return ``ws.respond(status, headers, body)`` (or a (status, headers, body) tuple) to answer plain HTTP.
     ``process_response(ws, request, response)`` sees every response of a received request before it is sent
     (the 101, a refusal, process_request's answer): change it in place or return another one. Both may be
-    coroutine functions; an exception in either is logged and answered with a 500.
+    coroutine functions; an exception in either is logged and answered with a 500. ``logger``: a Logger or
+    LoggerAdapter for the server and its connections (default ``logging.getLogger("uringws.server")``); how each
+    connection closed is logged at DEBUG.
     """
     ws_options, rest = split_options(kwargs)
     return Server(
@@ -247,6 +254,7 @@ def serve(
         server_header=server_header,
         create_server_kwargs=rest,
         sndbuf=sndbuf,
+        logger=logger,
     )
 
 

@@ -7,10 +7,12 @@ import asyncio
 import base64
 import hashlib
 import logging
+import ssl
 import struct
 from typing import Any
 
 import pytest
+import trustme
 import websockets
 import websockets.asyncio.client
 import websockets.asyncio.server
@@ -224,3 +226,145 @@ async def test_process_response_failures_answer_500_and_are_logged(
     assert errors, "the failure of process_response must be logged with its traceback"
     expected = {"raises": LookupError, "bad type": TypeError, "101 without upgrade": ValueError}[failure]
     assert any(r.exc_info and r.exc_info[0] is expected for r in errors)
+
+
+# -- logger= and close logging ---------------------------------------------------------------------------------
+
+
+class Records(logging.Handler):
+    """Keeps the records of one logger (which does not propagate, so pytest's capture does not interfere)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self.logger = logging.getLogger(name)
+        self.logger.setLevel(logging.DEBUG)
+        self.logger.propagate = False
+        self.logger.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def messages(self, level: int = logging.DEBUG) -> list[str]:
+        return [r.getMessage() for r in self.records if r.levelno == level]
+
+    def __enter__(self) -> Records:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.logger.removeHandler(self)
+        self.logger.propagate = True
+
+
+async def _wait_for_message(records: Records, part: str) -> str:
+    """The first DEBUG message containing ``part`` (connection_lost may run a moment after the client returns)."""
+    for _ in range(500):
+        found = [m for m in records.messages() if part in m]
+        if found:
+            return found[0]
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no DEBUG record with {part!r} in {records.messages()}")
+
+
+@run
+async def test_server_logger_gets_each_close_with_codes_and_who_closed() -> None:
+    async def handler(ws: Connection) -> None:
+        message = await ws.recv()
+        if message == "close me":
+            await ws.close(4001, "you asked")
+        elif message == "crash":
+            raise KeyError("handler bug")
+        else:
+            await ws.wait_closed()
+
+    with Records("test.wsapi.server") as records:
+        async with serve(handler, "127.0.0.1", 0, logger=records.logger, max_size=1000) as server:
+            uri = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+            async with websockets.asyncio.client.connect(uri) as client:
+                await client.send("wait")
+                await client.close(1000, "bye")
+            logged = await _wait_for_message(records, "'bye'")
+            assert "closed by the peer" in logged and "received: 1000 'bye'" in logged, logged
+
+            async with websockets.asyncio.client.connect(uri) as client:
+                await client.send("close me")
+                with pytest.raises(websockets.exceptions.ConnectionClosed):
+                    await client.recv()
+            logged = await _wait_for_message(records, "you asked")
+            assert "closed by us" in logged and "sent: 4001 'you asked'" in logged, logged
+
+            async with websockets.asyncio.client.connect(uri) as client:
+                await client.send("crash")
+                with pytest.raises(websockets.exceptions.ConnectionClosedError):
+                    await client.recv()
+            logged = await _wait_for_message(records, "1011")
+            assert "closed by us" in logged, logged
+            crash = [r for r in records.records if r.levelno == logging.ERROR]
+            assert crash and crash[0].exc_info is not None and crash[0].exc_info[0] is KeyError
+
+            # A failure on our side: the message is over max_size, and the log says why, with the exception.
+            async with websockets.asyncio.client.connect(uri) as client:
+                await client.send("x" * 2000)
+                with pytest.raises(websockets.exceptions.ConnectionClosedError):
+                    await client.recv()
+            logged = await _wait_for_message(records, "failed")
+            assert "1009" in logged, logged
+            failed = [r for r in records.records if r.levelno == logging.DEBUG and "failed" in r.getMessage()]
+            assert failed[0].exc_info is not None and failed[0].exc_info[0] is not None
+
+
+@run
+async def test_client_logger_adapter_and_default_logger_names(caplog: pytest.LogCaptureFixture) -> None:
+    async def closes(ws: websockets.asyncio.server.ServerConnection) -> None:
+        await ws.recv()
+        await ws.close(4000, "go away")
+
+    with Records("test.wsapi.client") as records:
+        adapter = logging.LoggerAdapter(records.logger, {"session": "s-42"})
+        async with websockets.asyncio.server.serve(closes, "127.0.0.1", 0) as wserver:
+            uri = f"ws://127.0.0.1:{wserver.sockets[0].getsockname()[1]}/"
+            async with connect(uri, logger=adapter) as ws:
+                await ws.send("hi")
+                with pytest.raises(ConnectionClosed):
+                    await ws.recv()
+            logged = await _wait_for_message(records, "go away")
+            assert "closed by the peer" in logged and "4000" in logged, logged
+            assert all(getattr(r, "session", None) == "s-42" for r in records.records)
+
+            caplog.set_level(logging.DEBUG, "uringws")
+            async with connect(uri) as ws:
+                await ws.close(1001, "leaving")
+            assert ws.logger is logging.getLogger("uringws.client")
+    closing = [r for r in caplog.records if "leaving" in r.getMessage()]
+    assert closing and closing[0].name == "uringws.client" and "closed by us" in closing[0].getMessage()
+
+
+def test_failed_tls_handshakes_log_at_info_with_the_peer(caplog: pytest.LogCaptureFixture) -> None:
+    """Port scans and load balancer checks that do not speak TLS must not flood the log with warnings."""
+    ca = trustme.CA()
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+
+    @run
+    async def body() -> None:
+        caplog.set_level(logging.DEBUG, "uringws")
+        async with serve(_echo, "127.0.0.1", 0, ssl=server_ctx) as server:
+            port = server.sockets[0].getsockname()[1]
+            ports = []
+            for probe in [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01\x00\x05hello"]:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                ports.append(writer.get_extra_info("sockname")[1])
+                writer.write(probe)
+                await asyncio.wait_for(reader.read(), 5)  # the server closes
+                writer.close()
+            for _ in range(200):
+                if sum("TLS handshake" in r.getMessage() for r in caplog.records) >= 2:
+                    break
+                await asyncio.sleep(0.01)
+        noisy = [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("uringws")]
+        assert not noisy, [r.getMessage() for r in noisy]
+        failed = [r.getMessage() for r in caplog.records if "TLS handshake" in r.getMessage()]
+        for client_port in ports:
+            assert any(str(client_port) in m for m in failed), failed
+
+    body()

@@ -19,7 +19,7 @@ import logging
 import os
 import socket
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, TypeAlias
 
 from .config import WSConfig
 from .exceptions import (
@@ -39,9 +39,10 @@ from .handshake import (
 )
 from .protocol import Close, Message, Ping, Pong, Protocol, Side, State
 
-__all__ = ["Connection", "Data", "ProcessRequest", "ProcessResponse"]
+__all__ = ["Connection", "Data", "LoggerLike", "ProcessRequest", "ProcessResponse"]
 
-logger = logging.getLogger("uringws")
+#: A ``logging.Logger`` or ``LoggerAdapter`` (to add context, e.g. a request id), as websockets' ``logger=``.
+LoggerLike: TypeAlias = "logging.Logger | logging.LoggerAdapter[Any]"
 
 #: Frames parsed on the frame parser's general path (control frames, large or fragmented frames) before the rest
 #: of what arrived waits for a later event-loop turn with reading paused: one TLS delivery of 256 KiB of 6-byte
@@ -87,6 +88,7 @@ class Connection(asyncio.Protocol):
         "__weakref__",
         "_abort_handle",
         "_client_hs",
+        "_close_initiator",
         "_drain_waiters",
         "_handler",
         "_keepalive_task",
@@ -113,6 +115,7 @@ class Connection(asyncio.Protocol):
         "config",
         "handshake_done",
         "local_address",
+        "logger",
         "loop",
         "lost",
         "proto",
@@ -136,8 +139,14 @@ class Connection(asyncio.Protocol):
         process_response: ProcessResponse | None = None,
         on_lost: Callable[[Connection], None] | None = None,
         sndbuf: int | None = None,
+        logger: LoggerLike | None = None,
     ) -> None:
         self.side = side
+        #: Where this connection logs: handshake failures, handler errors, and at DEBUG how it closed.
+        if logger is None:
+            logger = logging.getLogger("uringws.server" if side is Side.SERVER else "uringws.client")
+        self.logger: LoggerLike = logger
+        self._close_initiator: str | None = None  # "us" or "the peer": who sent the first close frame
         self.config = config
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
@@ -394,6 +403,8 @@ class Connection(asyncio.Protocol):
             self._close_transport()
             return
         if proto.state is State.OPEN:
+            if self._close_initiator is None:
+                self._close_initiator = "us"
             proto.send_close(code, reason)
             self._flush()
             if proto.close_expected:
@@ -450,6 +461,8 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost_exc = exc
+        if self.logger.isEnabledFor(logging.DEBUG):
+            self._log_close(exc)
         if self.proto is not None:
             self.proto.receive_eof()
         if self._abort_handle is not None:
@@ -521,6 +534,39 @@ class Connection(asyncio.Protocol):
         self._drain_waiters.clear()
 
     # -- internals ---------------------------------------------------------------------------------------
+
+    def _log_close(self, exc: Exception | None) -> None:
+        """How the connection ended, at DEBUG: close codes and reasons both ways, who closed first, failures."""
+        proto = self.proto
+        peer = self.remote_address
+        if proto is None:
+            self.logger.debug("connection with %s closed before the WebSocket opened", peer, exc_info=exc)
+            return
+        rcvd, sent = proto.close_rcvd, proto.close_sent
+        received = "none" if rcvd is None else f"{rcvd.code} {rcvd.reason!r}"
+        sent_text = "none" if sent is None else f"{sent.code} {sent.reason!r}"
+        failure = proto.failure or proto.pending_failure
+        if failure is not None:
+            # Our side failed it (protocol error, message too big, keepalive timeout): say why, with the error.
+            self.logger.debug(
+                "connection with %s failed: %s (close sent: %s, received: %s)",
+                peer,
+                failure,
+                sent_text,
+                received,
+                exc_info=failure,
+            )
+        elif rcvd is None and sent is None:
+            self.logger.debug("connection with %s lost without a closing handshake (code 1006)", peer, exc_info=exc)
+        else:
+            self.logger.debug(
+                "connection with %s closed by %s: close received: %s, sent: %s%s",
+                peer,
+                self._close_initiator or "the peer",
+                received,
+                sent_text,
+                "" if exc is None else f"; TCP: {exc!r}",
+            )
 
     def _bytes_sent(self) -> int:
         """Bytes we wrote that have left the transport's buffers (over TLS a little less: it counts ciphertext)."""
@@ -608,6 +654,8 @@ class Connection(asyncio.Protocol):
             elif type(event) is Pong:
                 self._on_pong(event.payload)
             elif type(event) is Close:
+                if self._close_initiator is None:
+                    self._close_initiator = "the peer"
                 if self.side is Side.CLIENT:
                     # The server should close TCP now; if it does not, we do after close_timeout.
                     self._arm_abort()
@@ -710,6 +758,8 @@ class Connection(asyncio.Protocol):
             self.transport.abort()
 
     def _fail(self, code: int, reason: str) -> None:
+        if self._close_initiator is None:
+            self._close_initiator = "us"
         if self.proto is not None:
             self.proto.fail(code, reason)
             self._flush()
@@ -760,7 +810,7 @@ class Connection(asyncio.Protocol):
                     if now_sent > sent:
                         sent = now_sent
                         continue
-                    logger.info("keepalive ping timeout after %s s; closing %s", timeout, self.remote_address)
+                    self.logger.info("keepalive ping timeout after %s s; closing %s", timeout, self.remote_address)
                     self._fail(1011, "keepalive ping timeout")
                     return
         except ConnectionClosed:
@@ -812,7 +862,7 @@ class Connection(asyncio.Protocol):
                     try:
                         response, negotiated = hs.accept(request)
                     except InvalidHandshake as exc:
-                        logger.info("rejected WebSocket handshake from %s: %s", self.remote_address, exc.reason)
+                        self.logger.info("rejected WebSocket handshake from %s: %s", self.remote_address, exc.reason)
                         response = hs.reject_exception(exc)
                 if self._process_response is not None:
                     self.response = response
@@ -836,7 +886,7 @@ class Connection(asyncio.Protocol):
                 # as long as the connection, so drop both references. respond() is for process_request only.
                 self._server_hs = hs = None
         except TimeoutError:
-            logger.info("opening handshake timed out for %s", self.remote_address)
+            self.logger.info("opening handshake timed out for %s", self.remote_address)
             self._abort()
             return
         except (ConnectionError, InvalidHandshake) as exc:
@@ -846,7 +896,7 @@ class Connection(asyncio.Protocol):
             return  # already answered (bad request) or gone
         except Exception:
             # process_request / process_response raised (or returned something unusable): the client gets a 500.
-            logger.exception("error while processing the opening handshake")
+            self.logger.exception("error while processing the opening handshake")
             if not self.lost.done() and self.proto is None and hs is not None:
                 self._write_response(hs.reject(500, "Internal Server Error\n"))
             self._close_transport()
@@ -857,7 +907,7 @@ class Connection(asyncio.Protocol):
         except ConnectionClosed:
             pass
         except Exception:
-            logger.exception("connection handler failed")
+            self.logger.exception("connection handler failed")
             if self.proto is not None and self.proto.state is State.OPEN:
                 self._start_close(1011, "internal error")
         else:
