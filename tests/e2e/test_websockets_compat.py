@@ -9,6 +9,7 @@ import hashlib
 import logging
 import ssl
 import struct
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -368,3 +369,149 @@ def test_failed_tls_handshakes_log_at_info_with_the_peer(caplog: pytest.LogCaptu
             assert any(str(client_port) in m for m in failed), failed
 
     body()
+
+
+# -- recv_streaming() ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("compression", ["deflate", None])
+@run
+async def test_recv_streaming_yields_fragments_as_they_arrive_from_websockets(compression: str | None) -> None:
+    first_seen = asyncio.Event()
+
+    async def pieces() -> AsyncIterator[str]:
+        yield "hello "
+        await first_seen.wait()  # the rest is sent only once the client has the first fragment
+        yield "wörld"
+        yield "!"
+
+    async def handler(ws: websockets.asyncio.server.ServerConnection) -> None:
+        await ws.send(pieces())
+        await ws.send(b"whole")
+        await ws.send([b"bin", b"ary"])
+        await ws.wait_closed()
+
+    async with websockets.asyncio.server.serve(handler, "127.0.0.1", 0, compression="deflate") as wserver:
+        uri = f"ws://127.0.0.1:{wserver.sockets[0].getsockname()[1]}/"
+        async with connect(uri, compression=compression) as ws:
+            fragments = []
+            async for fragment in ws.recv_streaming():
+                fragments.append(fragment)
+                first_seen.set()
+            # websockets ends a message sent from an async iterator with an empty final frame: one more fragment.
+            assert fragments == ["hello ", "wörld", "!", ""]
+            assert [f async for f in ws.recv_streaming()] == [b"whole"]
+            assert await ws.recv() == b"binary"  # recv() after recv_streaming(): whole messages again
+            assert ws.proto is not None and not ws.proto.stream_fragments
+
+
+@run
+async def test_recv_streaming_utf8_split_between_frames_and_limits() -> None:
+    peer = SilentPeer()
+    server = await asyncio.start_server(peer.handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        async with connect(f"ws://127.0.0.1:{port}/", ping_interval=None, max_size=100, close_timeout=1) as ws:
+            await peer.connected.wait()
+            # "é" is c3 a9: its two bytes are in different frames.
+            peer.send_frame(0x1, b"caf\xc3", fin=False)
+            peer.send_frame(0x0, b"\xa9!", fin=True)
+            peer.send_frame(0x2, b"\x00\x01", fin=False)
+            peer.send_frame(0x0, b"\x02", fin=True)
+            assert [f async for f in ws.recv_streaming()] == ["caf", "é!"]
+            assert [f async for f in ws.recv_streaming()] == [b"\x00\x01", b"\x02"]
+            # recv_streaming() called when the message is half received (assembled so far by the parser).
+            peer.send_frame(0x1, b"first half, ", fin=False)
+            for _ in range(100):
+                if ws.proto is not None and ws.proto._msg_opcode:
+                    break
+                await asyncio.sleep(0.01)
+            stream = ws.recv_streaming()
+            assert await stream.__anext__() == "first half, "
+            peer.send_frame(0x0, b"second", fin=True)
+            assert [f async for f in stream] == ["second"]
+            # max_size bounds the whole message, not each fragment.
+            peer.send_frame(0x2, b"x" * 60, fin=False)
+            peer.send_frame(0x0, b"y" * 60, fin=True)
+            got = []
+            with pytest.raises(ConnectionClosed) as closed:
+                async for fragment in ws.recv_streaming():
+                    got.append(fragment)
+            assert got == [b"x" * 60]
+            assert closed.value.sent_code == 1009
+
+
+@run
+async def test_recv_streaming_invalid_utf8_across_frames_fails_1007() -> None:
+    peer = SilentPeer()
+    server = await asyncio.start_server(peer.handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        async with connect(f"ws://127.0.0.1:{port}/", ping_interval=None, close_timeout=1) as ws:
+            await peer.connected.wait()
+            peer.send_frame(0x1, b"ok\xc3", fin=False)
+            peer.send_frame(0x0, b"\x28", fin=True)  # c3 28: not UTF-8
+            with pytest.raises(ConnectionClosed) as closed:
+                async for _ in ws.recv_streaming():
+                    pass
+            assert closed.value.sent_code == 1007
+
+
+@run
+async def test_recv_streaming_concurrency_cancellation_and_abandon() -> None:
+    peer = SilentPeer()
+    server = await asyncio.start_server(peer.handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        async with connect(f"ws://127.0.0.1:{port}/", ping_interval=None, close_timeout=1) as ws:
+            await peer.connected.wait()
+            # Cancelled before its first fragment: the message is not lost, recv() gets it whole.
+            waiting = asyncio.ensure_future(ws.recv_streaming().__anext__())
+            await asyncio.sleep(0.05)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            peer.send_frame(0x1, b"one ", fin=False)
+            peer.send_frame(0x0, b"two", fin=True)
+            assert await asyncio.wait_for(ws.recv(), 5) == "one two"
+
+            # recv() cancelled half way through a message parsed as fragments loses nothing either.
+            waiting = asyncio.ensure_future(ws.recv_streaming().__anext__())
+            await asyncio.sleep(0.05)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            peer.send_frame(0x2, b"a", fin=False)
+            receiving = asyncio.ensure_future(ws.recv())
+            await asyncio.sleep(0.05)
+            receiving.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await receiving
+            peer.send_frame(0x0, b"b", fin=True)
+            assert await asyncio.wait_for(ws.recv(), 5) == b"ab"
+
+            # No recv() while recv_streaming() is in a message; leaving it half way makes reading fail.
+            peer.send_frame(0x1, b"x", fin=False)
+            stream = ws.recv_streaming()
+            assert await stream.__anext__() == "x"
+            with pytest.raises(RuntimeError):
+                await ws.recv()
+            with pytest.raises(RuntimeError):
+                await ws.recv_streaming().__anext__()
+            await stream.aclose()
+            with pytest.raises(RuntimeError, match="middle of a message"):
+                await ws.recv()
+
+
+@run
+async def test_websockets_client_streams_from_our_server() -> None:
+    """The other direction: websockets' recv_streaming() on what our server sends in fragments."""
+
+    async def handler(ws: Connection) -> None:
+        await ws.send(["fra", "gmé", "nts"])
+        await ws.wait_closed()
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with websockets.asyncio.client.connect(f"ws://127.0.0.1:{port}/") as client:
+            assert [f async for f in client.recv_streaming()] == ["fra", "gmé", "nts"]

@@ -37,7 +37,7 @@ from .handshake import (
     ServerHandshake,
     serialize_response,
 )
-from .protocol import Close, Message, Ping, Pong, Protocol, Side, State
+from .protocol import Close, Fragment, Message, Ping, Pong, Protocol, Side, State
 
 __all__ = ["Connection", "Data", "LoggerLike", "ProcessRequest", "ProcessResponse"]
 
@@ -54,6 +54,10 @@ TURN_FRAMES = 1024
 PENDING_FAILURE_DELAY = 1.0
 
 Data = str | bytes
+
+# Connection._streaming: no recv_streaming(); one waits for its message to start or is in it; one was left in the
+# middle of a message (the rest of it cannot be told from the next message: the connection cannot be read).
+_IDLE, _ACTIVE, _ABANDONED = 0, 1, 2
 #: ``process_request(connection, request)``: return None to continue the WebSocket handshake, or a Response /
 #: (status, headers, body) tuple to answer plain HTTP instead (e.g. a health check or a 404).
 HTTPAnswer = Response | tuple[int, Iterable[tuple[str, str]], bytes | str]
@@ -87,6 +91,7 @@ class Connection(asyncio.Protocol):
         "__dict__",
         "__weakref__",
         "_abort_handle",
+        "_assembled",
         "_client_hs",
         "_close_initiator",
         "_drain_waiters",
@@ -110,6 +115,7 @@ class Connection(asyncio.Protocol):
         "_send_lock",
         "_server_hs",
         "_sndbuf",
+        "_streaming",
         "_write_paused",
         "_written",
         "config",
@@ -165,7 +171,10 @@ class Connection(asyncio.Protocol):
         self._on_lost = on_lost
         self._sndbuf = sndbuf
 
-        self._messages: collections.deque[Data] = collections.deque()
+        # Whole messages, and while the parser streams fragments (recv_streaming()), Fragment events, in order.
+        self._messages: collections.deque[Data | Fragment] = collections.deque()
+        self._assembled: list[Data] = []  # fragments recv() took of a message not complete yet
+        self._streaming = _IDLE  # what recv_streaming() is doing (it sets the parser's fragment mode)
         self._max_queue = config.max_queue  # read per received batch; the config is frozen
         self._recv_waiter: asyncio.Future[None] | None = None
         self._reading_paused = False  # max_queue messages wait unread
@@ -225,8 +234,74 @@ class Connection(asyncio.Protocol):
     async def recv(self) -> Data:
         """The next message (str for text, bytes for binary). Raises ConnectionClosed once closed."""
         messages = self._messages
-        if messages and not self._reading_paused:
-            return messages.popleft()  # the common case under load: nothing to wait for, nothing to resume
+        if messages and not self._reading_paused and not self._streaming:
+            message = messages.popleft()  # the common case under load: nothing to wait for, nothing to resume
+            if type(message) is not Fragment:
+                return message  # type: ignore[return-value]
+            messages.appendleft(message)
+        if self._streaming:
+            raise RuntimeError(self._streaming_busy())
+        while True:
+            item = await self._next_item()
+            if type(item) is not Fragment:
+                return item  # type: ignore[return-value]
+            # Parsed as fragments for a recv_streaming() that was cancelled before its first one: assemble. Kept
+            # on the connection, so a cancelled recv() loses nothing and the next one goes on.
+            fragment = item
+            self._assembled.append(fragment.data)
+            if fragment.fin:
+                parts, self._assembled = self._assembled, []
+                self._fragments_off()
+                return "".join(parts) if fragment.text else b"".join(parts)  # type: ignore[arg-type]
+
+    async def recv_streaming(self) -> AsyncIterator[Data]:
+        """The next message fragment by fragment, as they arrive: ``async for fragment in ws.recv_streaming()``.
+
+        Text fragments are str (a character split between frames goes to the fragment that completes it), binary
+        ones bytes; ``max_size`` bounds the whole message. A message that was complete before the call is
+        yielded whole. Consume the iterator to the end: leaving it in the middle of a message (break, or
+        cancelled after a fragment) makes later reads raise RuntimeError, as in websockets; cancelled before
+        the first fragment, nothing is lost. Raises ConnectionClosed as recv() does.
+        """
+        if self._streaming or self._recv_waiter is not None:
+            raise RuntimeError(self._streaming_busy())
+        self._streaming = _ACTIVE
+        started = finished = False
+        try:
+            while self._assembled:  # what a cancelled recv() took of this message: its first fragments
+                started = True
+                yield self._assembled.pop(0)
+            if not self._messages and not started:
+                self._fragments_on()
+            while True:
+                item = await self._next_item()
+                if type(item) is not Fragment:
+                    finished = True
+                    yield item  # type: ignore[misc]
+                    return
+                fragment = item
+                started = True
+                finished = fragment.fin
+                yield fragment.data
+                if finished:
+                    return
+        finally:
+            self._streaming = _ABANDONED if started and not finished else _IDLE
+            self._fragments_off()
+
+    def _streaming_busy(self) -> str:
+        if self._streaming == _ABANDONED:
+            return (
+                "recv_streaming() was left in the middle of a message, whose rest cannot be told from the next "
+                "message: close the connection"
+            )
+        if self._streaming:
+            return "recv_streaming() is reading a message; finish its iterator before recv()"
+        return "another coroutine is already waiting in recv() or recv_streaming()"
+
+    async def _next_item(self) -> Data | Fragment:
+        """Wait for the next queued message or fragment and take it (resuming reading below max_queue)."""
+        messages = self._messages
         while not messages:
             if self.proto is not None and self.proto.pending_failure is not None:
                 self._fail_pending()
@@ -256,14 +331,41 @@ class Connection(asyncio.Protocol):
                 self.transport.resume_reading()
         return message
 
+    def _fragments_on(self) -> None:
+        """Make the parser emit a Fragment per data frame, for recv_streaming()."""
+        proto = self.proto
+        if proto is None or proto.stream_fragments:
+            return
+        proto.stream_fragments = True
+        proto._small_ok = False  # the compiled fast path assembles whole messages: off while streaming
+        if proto._msg_opcode:
+            # A fragmented message is half received: what the parser assembled so far is its first fragment.
+            parts, proto._msg_parts = proto._msg_parts, []
+            text = proto._msg_opcode == 0x1
+            if parts:
+                data = "".join(parts) if text else b"".join(parts)  # type: ignore[arg-type]
+                self._messages.append(Fragment(data, False, text))
+
+    def _fragments_off(self) -> None:
+        """Back to whole messages once no recv_streaming() wants fragments, none are queued and the parser is
+        between messages (mid-message it has handed out the first fragments: the rest must come as fragments)."""
+        proto = self.proto
+        if proto is None or not proto.stream_fragments or self._streaming == _ACTIVE or proto._msg_opcode:
+            return
+        proto.stream_fragments = False
+        proto._small_ok = proto.max_size is None or proto.max_size >= 65535
+
     def __aiter__(self) -> AsyncIterator[Data]:
         return self
 
     async def __anext__(self) -> Data:
         """``async for message in ws``: the next message; the loop ends when the peer closed normally."""
         messages = self._messages
-        if messages and not self._reading_paused:
-            return messages.popleft()  # same fast path as recv(), one coroutine call fewer per message
+        if messages and not self._reading_paused and not self._streaming:
+            message = messages.popleft()  # same fast path as recv(), one coroutine call fewer per message
+            if type(message) is not Fragment:
+                return message  # type: ignore[return-value]
+            messages.appendleft(message)
         try:
             return await self.recv()
         except ConnectionClosedOK:
@@ -659,10 +761,14 @@ class Connection(asyncio.Protocol):
                 if self.side is Side.CLIENT:
                     # The server should close TCP now; if it does not, we do after close_timeout.
                     self._arm_abort()
+            elif type(event) is Fragment:
+                self._messages.append(event)
             elif type(event) is Ping:
                 pass  # answered by the core
         if self._messages:
             self._messages_arrived()
+        if proto.stream_fragments and not self._streaming:
+            self._fragments_off()  # the streamed message ended in this batch: whole messages again if we can
         if proto.pending_failure is not None:
             # Let the application read (and answer) what arrived before the error; fail once it asks for
             # more (recv() on an empty queue) or after at most PENDING_FAILURE_DELAY seconds.
