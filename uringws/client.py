@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterat
 from typing import Any, Literal
 
 from .ws.config import WSConfig
-from .ws.connection import Connection
+from .ws.connection import Connection, LoggerLike
 from .ws.exceptions import InvalidStatus, ProxyError, SecurityError
 from .ws.handshake import WSURI, ClientHandshake, parse_uri
 from .ws.options import make_config, split_options
@@ -89,6 +89,9 @@ class connect:
     ``user:password@`` if the proxy wants it) uses that proxy; None connects directly. A proxy that refuses
     raises :class:`ProxyError`; one that cannot be reached, OSError.
 
+    ``logger``: a Logger or LoggerAdapter for the connection (default ``logging.getLogger("uringws.client")``);
+    how it closed is logged at DEBUG.
+
     ``async for ws in connect(uri):`` connects again and again: after a failure to connect it waits (see
     :func:`backoff`) and retries while ``process_exception(exc)`` returns None (default:
     :func:`retry_transient`), and raises what it returns otherwise. Each connection is closed when the loop body
@@ -112,6 +115,7 @@ class connect:
         process_exception: Callable[[Exception], Exception | None] = retry_transient,
         max_redirects: int = MAX_REDIRECTS,
         proxy: str | Literal[True] | None = True,
+        logger: LoggerLike | None = None,
         **kwargs: Any,
     ) -> None:
         ws_options, rest = split_options(kwargs)
@@ -134,6 +138,8 @@ class connect:
         self.process_exception = process_exception
         self.max_redirects = max_redirects
         self.proxy = proxy
+        #: The connection's logger (``logger=``; default ``logging.getLogger("uringws.client")``).
+        self.logger: LoggerLike = logger if logger is not None else logging.getLogger("uringws.client")
         self.connection: Connection | None = None
 
     async def _connect(self) -> Connection:
@@ -178,13 +184,14 @@ class connect:
             async with asyncio.timeout(self.config.open_timeout):
                 if proxy is not None:
                     kwargs["sock"] = await _through_proxy(proxy, host, port, self.config.open_timeout)
+                def make() -> Connection:
+                    return Connection(Side.CLIENT, self.config, client_handshake=handshake, logger=self.logger)
+
                 if "sock" in kwargs:
-                    _, conn = await loop.create_connection(
-                        lambda: Connection(Side.CLIENT, self.config, client_handshake=handshake), ssl=ssl, **kwargs
-                    )
+                    _, conn = await loop.create_connection(make, ssl=ssl, **kwargs)
                 else:
                     _, conn = await loop.create_connection(
-                        lambda: Connection(Side.CLIENT, self.config, client_handshake=handshake),
+                        make,
                         host,
                         port,
                         ssl=ssl,
@@ -221,7 +228,7 @@ class connect:
                 if delays is None:
                     delays = backoff()
                 delay = next(delays)
-                logger.info("connecting to %s failed (%s); retrying in %.1f s", self._uri_text, exc, delay)
+                self.logger.info("connecting to %s failed (%s); retrying in %.1f s", self._uri_text, exc, delay)
                 await asyncio.sleep(delay)
                 continue
             delays = None  # connected: the next failure starts the backoff afresh

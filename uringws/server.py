@@ -22,7 +22,7 @@ from typing import Any
 from .metrics import ServerStats, broadcast_stats
 from .tls.protocol import TLSProtocol
 from .ws.config import WSConfig
-from .ws.connection import Connection, Data, ProcessRequest
+from .ws.connection import Connection, Data, LoggerLike, ProcessRequest, ProcessResponse
 from .ws.frames import serialize_header
 from .ws.handshake import Request, ServerHandshake
 from .ws.options import make_config, split_options
@@ -48,12 +48,14 @@ class Server:
         config: WSConfig,
         ssl: ssl_module.SSLContext | None = None,
         process_request: ProcessRequest | None = None,
+        process_response: ProcessResponse | None = None,
         subprotocols: Sequence[str] | None = None,
         select_subprotocol: Callable[[Request, list[str]], str | None] | None = None,
         origins: Sequence[str | None] | None = None,
         server_header: str | None = "uringws",
         create_server_kwargs: dict[str, Any] | None = None,
         sndbuf: int | None = None,
+        logger: LoggerLike | None = None,
     ) -> None:
         self.handler = handler
         self.host = host
@@ -61,6 +63,7 @@ class Server:
         self.config = config
         self.ssl = ssl
         self.process_request = process_request
+        self.process_response = process_response
         self.subprotocols = subprotocols
         self.select_subprotocol = select_subprotocol
         self.origins = origins
@@ -71,6 +74,8 @@ class Server:
         self._ssl_shutdown_timeout: float | None = kwargs.pop("ssl_shutdown_timeout", None)
         self._create_server_kwargs = kwargs
         self.sndbuf = sndbuf
+        #: The server's logger, also each connection's (``logger=``; default ``logging.getLogger("uringws.server")``).
+        self.logger: LoggerLike = logger if logger is not None else logging.getLogger("uringws.server")
         #: Connections whose application protocol is connected (plain TCP at once, TLS once its handshake is
         #: done), opening handshake done or not; use with ``broadcast``.
         self.connections: set[Connection] = set()
@@ -136,8 +141,10 @@ class Server:
             server_handshake=handshake,
             handler=self.handler,
             process_request=self.process_request,
+            process_response=self.process_response,
             on_lost=self._connection_lost,
             sndbuf=self.sndbuf,
+            logger=self.logger,
         )
         return conn
 
@@ -215,6 +222,7 @@ def serve(
     *,
     ssl: ssl_module.SSLContext | None = None,
     process_request: ProcessRequest | None = None,
+    process_response: ProcessResponse | None = None,
     subprotocols: Sequence[str] | None = None,
     select_subprotocol: Callable[[Request, list[str]], str | None] | None = None,
     origins: Sequence[str | None] | None = None,
@@ -222,6 +230,7 @@ def serve(
     config: WSConfig | None = None,
     server_header: str | None = "uringws",
     sndbuf: int | None = None,
+    logger: LoggerLike | None = None,
     **kwargs: Any,
 ) -> Server:
     """Create a WebSocket server; ``handler(ws)`` runs for each connection after the handshake.
@@ -233,6 +242,11 @@ def serve(
     ``write_limit``: int high-water mark (low = high // 4) or (high, low). ``sndbuf``: SO_SNDBUF of each
     accepted socket (small values force short writes, for tests). ``process_request(ws, request)`` may
     return ``ws.respond(status, headers, body)`` (or a (status, headers, body) tuple) to answer plain HTTP.
+    ``process_response(ws, request, response)`` sees every response of a received request before it is sent
+    (the 101, a refusal, process_request's answer): change it in place or return another one. Both may be
+    coroutine functions; an exception in either is logged and answered with a 500. ``logger``: a Logger or
+    LoggerAdapter for the server and its connections (default ``logging.getLogger("uringws.server")``); how each
+    connection closed is logged at DEBUG.
     """
     ws_options, rest = split_options(kwargs)
     return Server(
@@ -242,12 +256,14 @@ def serve(
         config=make_config(config, compression, ws_options),
         ssl=ssl,
         process_request=process_request,
+        process_response=process_response,
         subprotocols=subprotocols,
         select_subprotocol=select_subprotocol,
         origins=origins,
         server_header=server_header,
         create_server_kwargs=rest,
         sndbuf=sndbuf,
+        logger=logger,
     )
 
 

@@ -20,6 +20,12 @@ from uringws.tls.protocol import TLSProtocol, TLSTruncatedError
 from .tlshelpers import ManualClient, Recorder, ThreadPeer, collecting, payload, sha, tls_client, tls_server
 
 
+@pytest.fixture(autouse=True)
+def _tls_info_logs(caplog: pytest.LogCaptureFixture) -> None:
+    """Failed handshakes are logged at INFO (port scans and health checks would flood WARNING): capture them."""
+    caplog.set_level(logging.INFO, "uringws.tls")
+
+
 def _messages(caplog: pytest.LogCaptureFixture) -> str:
     return "\n".join(r.getMessage() for r in caplog.records if r.name == "uringws.tls")
 

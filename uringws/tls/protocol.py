@@ -652,7 +652,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
             return
         except ssl.SSLError as exc:
             self._flush()  # OpenSSL queued an alert that tells the peer why
-            logger.warning("TLS handshake with %s failed: %s", self._peer(), exc)
+            logger.info("TLS handshake with %s failed: %s", self._peer(), exc)
             self._end_handshake(exc)
             return
         self._flush()  # last flight; TLS 1.3 servers also send session tickets here
@@ -686,7 +686,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
             err = ConnectionAbortedError(
                 f"SSL handshake is taking longer than {self._hs_timeout} seconds: aborting the connection"
             )
-            logger.warning("TLS handshake with %s failed: %s", self._peer(), err)
+            logger.info("TLS handshake with %s failed: %s", self._peer(), err)
             self._error = err
             self._state = _CLOSED
             self._wake_waiter(err)

@@ -19,7 +19,7 @@ import logging
 import os
 import socket
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, TypeAlias
 
 from .config import WSConfig
 from .exceptions import (
@@ -37,11 +37,12 @@ from .handshake import (
     ServerHandshake,
     serialize_response,
 )
-from .protocol import Close, Message, Ping, Pong, Protocol, Side, State
+from .protocol import Close, Fragment, Message, Ping, Pong, Protocol, Side, State
 
-__all__ = ["Connection", "Data", "ProcessRequest"]
+__all__ = ["Connection", "Data", "LoggerLike", "ProcessRequest", "ProcessResponse"]
 
-logger = logging.getLogger("uringws")
+#: A ``logging.Logger`` or ``LoggerAdapter`` (to add context, e.g. a request id), as websockets' ``logger=``.
+LoggerLike: TypeAlias = "logging.Logger | logging.LoggerAdapter[Any]"
 
 #: Frames parsed on the frame parser's general path (control frames, large or fragmented frames) before the rest
 #: of what arrived waits for a later event-loop turn with reading paused: one TLS delivery of 256 KiB of 6-byte
@@ -53,10 +54,17 @@ TURN_FRAMES = 1024
 PENDING_FAILURE_DELAY = 1.0
 
 Data = str | bytes
+
+# Connection._streaming: no recv_streaming(); one waits for its message to start or is in it; one was left in the
+# middle of a message (the rest of it cannot be told from the next message: the connection cannot be read).
+_IDLE, _ACTIVE, _ABANDONED = 0, 1, 2
 #: ``process_request(connection, request)``: return None to continue the WebSocket handshake, or a Response /
 #: (status, headers, body) tuple to answer plain HTTP instead (e.g. a health check or a 404).
 HTTPAnswer = Response | tuple[int, Iterable[tuple[str, str]], bytes | str]
 ProcessRequest = Callable[["Connection", Request], "HTTPAnswer | Awaitable[HTTPAnswer | None] | None"]
+#: ``process_response(connection, request, response)``: change ``response`` in place (e.g. add headers) and
+#: return None, or return another Response to send instead (a non-101 one refuses the upgrade).
+ProcessResponse = Callable[["Connection", Request, Response], "Response | Awaitable[Response | None] | None"]
 
 
 def _without_tracebacks(exc: BaseException) -> BaseException:
@@ -83,7 +91,9 @@ class Connection(asyncio.Protocol):
         "__dict__",
         "__weakref__",
         "_abort_handle",
+        "_assembled",
         "_client_hs",
+        "_close_initiator",
         "_drain_waiters",
         "_handler",
         "_keepalive_task",
@@ -97,6 +107,7 @@ class Connection(asyncio.Protocol):
         "_pending_failure_handle",
         "_pings",
         "_process_request",
+        "_process_response",
         "_read_paused_for_turn",
         "_read_paused_for_writes",
         "_reading_paused",
@@ -105,11 +116,13 @@ class Connection(asyncio.Protocol):
         "_send_lock",
         "_server_hs",
         "_sndbuf",
+        "_streaming",
         "_write_paused",
         "_written",
         "config",
         "handshake_done",
         "local_address",
+        "logger",
         "loop",
         "lost",
         "proto",
@@ -130,10 +143,17 @@ class Connection(asyncio.Protocol):
         client_handshake: ClientHandshake | None = None,
         handler: Callable[[Connection], Awaitable[Any]] | None = None,
         process_request: ProcessRequest | None = None,
+        process_response: ProcessResponse | None = None,
         on_lost: Callable[[Connection], None] | None = None,
         sndbuf: int | None = None,
+        logger: LoggerLike | None = None,
     ) -> None:
         self.side = side
+        #: Where this connection logs: handshake failures, handler errors, and at DEBUG how it closed.
+        if logger is None:
+            logger = logging.getLogger("uringws.server" if side is Side.SERVER else "uringws.client")
+        self.logger: LoggerLike = logger
+        self._close_initiator: str | None = None  # "us" or "the peer": who sent the first close frame
         self.config = config
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
@@ -148,10 +168,14 @@ class Connection(asyncio.Protocol):
         self._client_hs = client_handshake
         self._handler = handler
         self._process_request = process_request
+        self._process_response = process_response
         self._on_lost = on_lost
         self._sndbuf = sndbuf
 
-        self._messages: collections.deque[Data] = collections.deque()
+        # Whole messages, and while the parser streams fragments (recv_streaming()), Fragment events, in order.
+        self._messages: collections.deque[Data | Fragment] = collections.deque()
+        self._assembled: list[Data] = []  # fragments recv() took of a message not complete yet
+        self._streaming = _IDLE  # what recv_streaming() is doing (it sets the parser's fragment mode)
         self._max_queue = config.max_queue  # read per received batch; the config is frozen
         self._recv_waiter: asyncio.Future[None] | None = None
         self._reading_paused = False  # max_queue messages wait unread
@@ -212,8 +236,74 @@ class Connection(asyncio.Protocol):
     async def recv(self) -> Data:
         """The next message (str for text, bytes for binary). Raises ConnectionClosed once closed."""
         messages = self._messages
-        if messages and not self._reading_paused:
-            return messages.popleft()  # the common case under load: nothing to wait for, nothing to resume
+        if messages and not self._reading_paused and not self._streaming:
+            message = messages.popleft()  # the common case under load: nothing to wait for, nothing to resume
+            if type(message) is not Fragment:
+                return message  # type: ignore[return-value]
+            messages.appendleft(message)
+        if self._streaming:
+            raise RuntimeError(self._streaming_busy())
+        while True:
+            item = await self._next_item()
+            if type(item) is not Fragment:
+                return item  # type: ignore[return-value]
+            # Parsed as fragments for a recv_streaming() that was cancelled before its first one: assemble. Kept
+            # on the connection, so a cancelled recv() loses nothing and the next one goes on.
+            fragment = item
+            self._assembled.append(fragment.data)
+            if fragment.fin:
+                parts, self._assembled = self._assembled, []
+                self._fragments_off()
+                return "".join(parts) if fragment.text else b"".join(parts)  # type: ignore[arg-type]
+
+    async def recv_streaming(self) -> AsyncIterator[Data]:
+        """The next message fragment by fragment, as they arrive: ``async for fragment in ws.recv_streaming()``.
+
+        Text fragments are str (a character split between frames goes to the fragment that completes it), binary
+        ones bytes; ``max_size`` bounds the whole message. A message that was complete before the call is
+        yielded whole. Consume the iterator to the end: leaving it in the middle of a message (break, or
+        cancelled after a fragment) makes later reads raise RuntimeError, as in websockets; cancelled before
+        the first fragment, nothing is lost. Raises ConnectionClosed as recv() does.
+        """
+        if self._streaming or self._recv_waiter is not None:
+            raise RuntimeError(self._streaming_busy())
+        self._streaming = _ACTIVE
+        started = finished = False
+        try:
+            while self._assembled:  # what a cancelled recv() took of this message: its first fragments
+                started = True
+                yield self._assembled.pop(0)
+            if not self._messages and not started:
+                self._fragments_on()
+            while True:
+                item = await self._next_item()
+                if type(item) is not Fragment:
+                    finished = True
+                    yield item  # type: ignore[misc]
+                    return
+                fragment = item
+                started = True
+                finished = fragment.fin
+                yield fragment.data
+                if finished:
+                    return
+        finally:
+            self._streaming = _ABANDONED if started and not finished else _IDLE
+            self._fragments_off()
+
+    def _streaming_busy(self) -> str:
+        if self._streaming == _ABANDONED:
+            return (
+                "recv_streaming() was left in the middle of a message, whose rest cannot be told from the next "
+                "message: close the connection"
+            )
+        if self._streaming:
+            return "recv_streaming() is reading a message; finish its iterator before recv()"
+        return "another coroutine is already waiting in recv() or recv_streaming()"
+
+    async def _next_item(self) -> Data | Fragment:
+        """Wait for the next queued message or fragment and take it (resuming reading below max_queue)."""
+        messages = self._messages
         while not messages:
             if self.proto is not None and self.proto.pending_failure is not None:
                 self._fail_pending()
@@ -243,14 +333,41 @@ class Connection(asyncio.Protocol):
                 self.transport.resume_reading()
         return message
 
+    def _fragments_on(self) -> None:
+        """Make the parser emit a Fragment per data frame, for recv_streaming()."""
+        proto = self.proto
+        if proto is None or proto.stream_fragments:
+            return
+        proto.stream_fragments = True
+        proto._small_ok = False  # the compiled fast path assembles whole messages: off while streaming
+        if proto._msg_opcode:
+            # A fragmented message is half received: what the parser assembled so far is its first fragment.
+            parts, proto._msg_parts = proto._msg_parts, []
+            text = proto._msg_opcode == 0x1
+            if parts:
+                data = "".join(parts) if text else b"".join(parts)  # type: ignore[arg-type]
+                self._messages.append(Fragment(data, False, text))
+
+    def _fragments_off(self) -> None:
+        """Back to whole messages once no recv_streaming() wants fragments, none are queued and the parser is
+        between messages (mid-message it has handed out the first fragments: the rest must come as fragments)."""
+        proto = self.proto
+        if proto is None or not proto.stream_fragments or self._streaming == _ACTIVE or proto._msg_opcode:
+            return
+        proto.stream_fragments = False
+        proto._small_ok = proto.max_size is None or proto.max_size >= 65535
+
     def __aiter__(self) -> AsyncIterator[Data]:
         return self
 
     async def __anext__(self) -> Data:
         """``async for message in ws``: the next message; the loop ends when the peer closed normally."""
         messages = self._messages
-        if messages and not self._reading_paused:
-            return messages.popleft()  # same fast path as recv(), one coroutine call fewer per message
+        if messages and not self._reading_paused and not self._streaming:
+            message = messages.popleft()  # same fast path as recv(), one coroutine call fewer per message
+            if type(message) is not Fragment:
+                return message  # type: ignore[return-value]
+            messages.appendleft(message)
         try:
             return await self.recv()
         except ConnectionClosedOK:
@@ -338,15 +455,18 @@ class Connection(asyncio.Protocol):
             raise self._closed_exception() from None
         self._flush()
 
-    async def ping(self, data: str | bytes | None = None) -> float:
-        """Send a ping and return the round-trip time in seconds once its pong arrives.
+    async def ping(self, data: str | bytes | bytearray | memoryview | None = None) -> Awaitable[float]:
+        """Send a ping; return a future that resolves to the round-trip time in seconds when its pong arrives.
 
-        A pong also acknowledges every earlier ping (RFC 6455 §5.5.3 lets a peer answer only the latest).
+        As in websockets: ``pong_waiter = await ws.ping()`` sends it, ``latency = await pong_waiter`` waits (or
+        ignore the future if you do not need to). The future raises ConnectionClosed if the connection closes
+        first. A pong also acknowledges every earlier ping (RFC 6455 §5.5.3 lets a peer answer only the latest).
+        ``data`` (str: UTF-8, 125 bytes at most) defaults to four random bytes; a payload still waiting for its
+        pong raises RuntimeError.
         """
-        waiter = self._send_ping(data)
-        return await asyncio.shield(waiter)
+        return self._send_ping(data)
 
-    def _send_ping(self, data: str | bytes | None) -> asyncio.Future[float]:
+    def _send_ping(self, data: str | bytes | bytearray | memoryview | None) -> asyncio.Future[float]:
         proto = self._open_proto()
         if data is None:
             data = os.urandom(4)
@@ -354,6 +474,10 @@ class Connection(asyncio.Protocol):
                 data = os.urandom(4)
         elif isinstance(data, str):
             data = data.encode("utf-8")
+        elif isinstance(data, bytearray | memoryview):
+            data = bytes(data)  # a dict key, and the pong is matched by value
+        elif not isinstance(data, bytes):
+            raise TypeError(f"ping data must be str or bytes-like, not {type(data).__name__}")
         if data in self._pings:
             raise RuntimeError("a ping with this payload is already waiting for its pong")
         waiter: asyncio.Future[float] = self.loop.create_future()
@@ -383,6 +507,8 @@ class Connection(asyncio.Protocol):
             self._close_transport()
             return
         if proto.state is State.OPEN:
+            if self._close_initiator is None:
+                self._close_initiator = "us"
             proto.send_close(code, reason)
             self._flush()
             if proto.close_expected:
@@ -439,6 +565,8 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost_exc = exc
+        if self.logger.isEnabledFor(logging.DEBUG):
+            self._log_close(exc)
         if self.proto is not None:
             self.proto.receive_eof()
         if self._abort_handle is not None:
@@ -510,6 +638,39 @@ class Connection(asyncio.Protocol):
         self._drain_waiters.clear()
 
     # -- internals ---------------------------------------------------------------------------------------
+
+    def _log_close(self, exc: Exception | None) -> None:
+        """How the connection ended, at DEBUG: close codes and reasons both ways, who closed first, failures."""
+        proto = self.proto
+        peer = self.remote_address
+        if proto is None:
+            self.logger.debug("connection with %s closed before the WebSocket opened", peer, exc_info=exc)
+            return
+        rcvd, sent = proto.close_rcvd, proto.close_sent
+        received = "none" if rcvd is None else f"{rcvd.code} {rcvd.reason!r}"
+        sent_text = "none" if sent is None else f"{sent.code} {sent.reason!r}"
+        failure = proto.failure or proto.pending_failure
+        if failure is not None:
+            # Our side failed it (protocol error, message too big, keepalive timeout): say why, with the error.
+            self.logger.debug(
+                "connection with %s failed: %s (close sent: %s, received: %s)",
+                peer,
+                failure,
+                sent_text,
+                received,
+                exc_info=failure,
+            )
+        elif rcvd is None and sent is None:
+            self.logger.debug("connection with %s lost without a closing handshake (code 1006)", peer, exc_info=exc)
+        else:
+            self.logger.debug(
+                "connection with %s closed by %s: close received: %s, sent: %s%s",
+                peer,
+                self._close_initiator or "the peer",
+                received,
+                sent_text,
+                "" if exc is None else f"; TCP: {exc!r}",
+            )
 
     def _bytes_sent(self) -> int:
         """Bytes we wrote that have left the transport's buffers (over TLS a little less: it counts ciphertext)."""
@@ -597,13 +758,19 @@ class Connection(asyncio.Protocol):
             elif type(event) is Pong:
                 self._on_pong(event.payload)
             elif type(event) is Close:
+                if self._close_initiator is None:
+                    self._close_initiator = "the peer"
                 if self.side is Side.CLIENT:
                     # The server should close TCP now; if it does not, we do after close_timeout.
                     self._arm_abort()
+            elif type(event) is Fragment:
+                self._messages.append(event)
             elif type(event) is Ping:
                 pass  # answered by the core
         if self._messages:
             self._messages_arrived()
+        if proto.stream_fragments and not self._streaming:
+            self._fragments_off()  # the streamed message ended in this batch: whole messages again if we can
         if proto.pending_failure is not None:
             # Let the application read (and answer) what arrived before the error; fail once it asks for
             # more (recv() on an empty queue) or after at most PENDING_FAILURE_DELAY seconds.
@@ -699,6 +866,8 @@ class Connection(asyncio.Protocol):
             self.transport.abort()
 
     def _fail(self, code: int, reason: str) -> None:
+        if self._close_initiator is None:
+            self._close_initiator = "us"
         if self.proto is not None:
             self.proto.fail(code, reason)
             self._flush()
@@ -749,7 +918,7 @@ class Connection(asyncio.Protocol):
                     if now_sent > sent:
                         sent = now_sent
                         continue
-                    logger.info("keepalive ping timeout after %s s; closing %s", timeout, self.remote_address)
+                    self.logger.info("keepalive ping timeout after %s s; closing %s", timeout, self.remote_address)
                     self._fail(1011, "keepalive ping timeout")
                     return
         except ConnectionClosed:
@@ -806,6 +975,8 @@ class Connection(asyncio.Protocol):
             async with asyncio.timeout_at(self._open_deadline):
                 request = await self._request_ready
                 self.request = request
+                response: Response | None = None
+                negotiated: Negotiated | None = None
                 if self._process_request is not None:
                     answer = self._process_request(self, request)
                     if isinstance(answer, Awaitable):
@@ -814,24 +985,36 @@ class Connection(asyncio.Protocol):
                         if not isinstance(answer, Response):
                             status, headers, body = answer
                             answer = hs.reject(status, body, headers)
-                        self._write_response(answer)
-                        self._close_transport()
-                        return
-                try:
-                    response, negotiated = hs.accept(request)
-                except InvalidHandshake as exc:
-                    logger.info("rejected WebSocket handshake from %s: %s", self.remote_address, exc.reason)
-                    self._write_response(hs.reject_exception(exc))
+                        response = answer
+                if response is None:
+                    try:
+                        response, negotiated = hs.accept(request)
+                    except InvalidHandshake as exc:
+                        self.logger.info("rejected WebSocket handshake from %s: %s", self.remote_address, exc.reason)
+                        response = hs.reject_exception(exc)
+                if self._process_response is not None:
+                    self.response = response
+                    replaced = self._process_response(self, request, response)
+                    if isinstance(replaced, Awaitable):
+                        replaced = await replaced
+                    if replaced is not None:
+                        if not isinstance(replaced, Response):
+                            raise TypeError(f"process_response returned {type(replaced).__name__}, not a Response")
+                        response = replaced
+                    if response.status == 101 and negotiated is None:
+                        # No accepted upgrade behind it: the peer would believe a connection is open.
+                        raise ValueError("process_response returned a 101 for a request that was not upgraded")
+                self._write_response(response)
+                if response.status != 101 or negotiated is None:
                     self._close_transport()
                     return
-                self._write_response(response)
                 self._start_open(negotiated, hs.trailing_data)
                 hs.trailing_data = b""
                 # The handshake's parser (h11 state, buffers: ~1 KiB) is not needed once open; this frame lives
                 # as long as the connection, so drop both references. respond() is for process_request only.
                 self._server_hs = hs = None
         except TimeoutError:
-            logger.info("opening handshake timed out for %s", self.remote_address)
+            self.logger.info("opening handshake timed out for %s", self.remote_address)
             self._abort()
             return
         except (ConnectionError, InvalidHandshake) as exc:
@@ -840,7 +1023,8 @@ class Connection(asyncio.Protocol):
             _without_tracebacks(exc)
             return  # already answered (bad request) or gone
         except Exception:
-            logger.exception("error while processing the opening handshake")
+            # process_request / process_response raised (or returned something unusable): the client gets a 500.
+            self.logger.exception("error while processing the opening handshake")
             if not self.lost.done() and self.proto is None and hs is not None:
                 self._write_response(hs.reject(500, "Internal Server Error\n"))
             self._close_transport()
@@ -851,7 +1035,7 @@ class Connection(asyncio.Protocol):
         except ConnectionClosed:
             pass
         except Exception:
-            logger.exception("connection handler failed")
+            self.logger.exception("connection handler failed")
             if self.proto is not None and self.proto.state is State.OPEN:
                 self._start_close(1011, "internal error")
         else:

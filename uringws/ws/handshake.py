@@ -96,6 +96,18 @@ class Headers:
     def add(self, name: str, value: str) -> None:
         self._items.append((name, value))
 
+    def __setitem__(self, name: str, value: str) -> None:
+        """Add a header, as websockets' ``Headers`` does (a second value for a name adds a line)."""
+        self._items.append((name, value))
+
+    def __delitem__(self, name: str) -> None:
+        """Remove every value of ``name``; KeyError when there is none."""
+        lname = name.lower()
+        kept = [(k, v) for k, v in self._items if k.lower() != lname]
+        if len(kept) == len(self._items):
+            raise KeyError(name)
+        self._items = kept
+
     def __repr__(self) -> str:
         return f"Headers({self._items!r})"
 
