@@ -848,12 +848,17 @@ class Connection(asyncio.Protocol):
                 # makes it send RST, which can destroy our close frame at the peer before it is read. Send
                 # FIN instead and keep reading (and discarding) until the peer closes, or close_timeout.
                 transport.write_eof()
-                if self._reading_paused or self._read_paused_for_writes or self._read_paused_for_turn:
-                    self._reading_paused = self._read_paused_for_writes = self._read_paused_for_turn = False
-                    transport.resume_reading()
+                self._read_to_the_end(transport)
             else:
                 transport.close()  # flushes what is buffered, then closes
         self._arm_abort()
+
+    def _read_to_the_end(self, transport: Any) -> None:
+        """After our FIN: drop every reason reading was paused, so the peer's remaining bytes are read (and
+        discarded) until it closes, rather than left unread for a close that would reset the connection."""
+        if self._reading_paused or self._read_paused_for_writes or self._read_paused_for_turn:
+            self._reading_paused = self._read_paused_for_writes = self._read_paused_for_turn = False
+            transport.resume_reading()
 
     def _arm_abort(self) -> None:
         """Abort the TCP connection if it is still open after ``close_timeout``."""
@@ -958,9 +963,7 @@ class Connection(asyncio.Protocol):
             return
         self._lingering = True
         transport.write_eof()
-        if self._reading_paused or self._read_paused_for_writes or self._read_paused_for_turn:
-            self._reading_paused = self._read_paused_for_writes = self._read_paused_for_turn = False
-            transport.resume_reading()
+        self._read_to_the_end(transport)
         self._arm_abort()
 
     def _write_response(self, response: Response) -> None:
