@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from uringws import _compiled
 from uringws.ws import frames, protocol
 from uringws.ws.deflate import DeflateParams, PerMessageDeflate
 from uringws.ws.exceptions import PayloadTooBig
@@ -101,7 +102,8 @@ def test_feed_does_not_keep_the_buffer(impl: Factory) -> None:
 
 def test_protocol_uses_the_selected_twin() -> None:
     assert protocol.FrameBuffer is frames.FrameBuffer
-    expected = FrameBufferPy if _speedups is None or os.environ.get("URINGWS_NO_SPEEDUPS") == "1" else None
+    switched_off = _compiled.PURE or os.environ.get("URINGWS_NO_SPEEDUPS", "") not in ("", "0")
+    expected = FrameBufferPy if _speedups is None or switched_off else None
     if expected is not None:
         assert frames.FrameBuffer is expected
     else:

@@ -179,7 +179,7 @@ def test_wrong_argument_count_raises_type_error(fn: Callable[..., bytes]) -> Non
 
 def _selected(env: dict[str, str]) -> str:
     code = "from uringws.ws import frames; print(frames.apply_mask is frames.apply_mask_py)"
-    full = {k: v for k, v in os.environ.items() if k != "URINGWS_NO_SPEEDUPS"}
+    full = {k: v for k, v in os.environ.items() if k not in ("URINGWS_NO_SPEEDUPS", "URINGWS_PURE")}
     full.update(env)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=full)
     assert out.returncode == 0, out.stderr
@@ -200,7 +200,7 @@ def test_protocol_uses_the_selected_mask() -> None:
 
 @pytest.mark.parametrize("disabled", [False, True])
 def test_doctor_reports_speedups(disabled: bool) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "URINGWS_NO_SPEEDUPS"}
+    env = {k: v for k, v in os.environ.items() if k not in ("URINGWS_NO_SPEEDUPS", "URINGWS_PURE")}
     if disabled:
         env["URINGWS_NO_SPEEDUPS"] = "1"
     proc = subprocess.run([sys.executable, "-m", "uringws", "doctor", "--json"], capture_output=True, text=True,
