@@ -70,8 +70,20 @@ class FaultProxy:
             server_box.append(server)
             started.set()
 
-        thread = threading.Thread(target=lambda: (loop.run_until_complete(start()), loop.run_forever()),
-                                  daemon=True)
+        def main() -> None:
+            loop.run_until_complete(start())
+            loop.run_forever()
+            # Finish the pipes still open here, on this loop: left to the garbage collector, a pipe's `finally`
+            # would close its transport on a loop that is gone ("Event loop is closed", an unraisable warning).
+            async def finish(tasks: set[asyncio.Task[object]]) -> None:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+            loop.run_until_complete(finish(asyncio.all_tasks(loop)))
+            loop.close()
+
+        thread = threading.Thread(target=main, daemon=True)
         thread.start()
         assert started.wait(10), "proxy did not start"
         try:
