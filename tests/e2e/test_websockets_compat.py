@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import logging
 import ssl
@@ -66,6 +67,20 @@ class SilentPeer:
         payload = await self.reader.readexactly(second & 0x7F)
         return first & 0x0F, bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[int]:
+        """Listen on a free port (yielded); on exit close our side too. Since Python 3.12 a server's
+        wait_closed() waits for every connection, and a StreamWriter left open after the client's close keeps
+        its half-closed connection forever."""
+        server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        try:
+            yield server.sockets[0].getsockname()[1]
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+            server.close()
+            await server.wait_closed()
+
     def send_frame(self, opcode: int, payload: bytes, fin: bool = True) -> None:
         assert self.writer is not None and len(payload) < 126
         self.writer.write(struct.pack("!BB", (0x80 if fin else 0) | opcode, len(payload)) + payload)
@@ -77,9 +92,7 @@ class SilentPeer:
 @run
 async def test_ping_returns_a_waiter_before_the_pong_arrives() -> None:
     peer = SilentPeer()
-    server = await asyncio.start_server(peer.handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    async with server:
+    async with peer.serving() as port:
         async with connect(f"ws://127.0.0.1:{port}/", ping_interval=None, close_timeout=1) as ws:
             await peer.connected.wait()
             # The peer never answers by itself: await ping() must still return (it only sends).
@@ -408,9 +421,7 @@ async def test_recv_streaming_yields_fragments_as_they_arrive_from_websockets(co
 @run
 async def test_recv_streaming_utf8_split_between_frames_and_limits() -> None:
     peer = SilentPeer()
-    server = await asyncio.start_server(peer.handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    async with server:
+    async with peer.serving() as port:
         async with connect(f"ws://127.0.0.1:{port}/", ping_interval=None, max_size=100, close_timeout=1) as ws:
             await peer.connected.wait()
             # "é" is c3 a9: its two bytes are in different frames.
@@ -444,9 +455,7 @@ async def test_recv_streaming_utf8_split_between_frames_and_limits() -> None:
 @run
 async def test_recv_streaming_invalid_utf8_across_frames_fails_1007() -> None:
     peer = SilentPeer()
-    server = await asyncio.start_server(peer.handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    async with server:
+    async with peer.serving() as port:
         async with connect(f"ws://127.0.0.1:{port}/", ping_interval=None, close_timeout=1) as ws:
             await peer.connected.wait()
             peer.send_frame(0x1, b"ok\xc3", fin=False)
@@ -460,9 +469,7 @@ async def test_recv_streaming_invalid_utf8_across_frames_fails_1007() -> None:
 @run
 async def test_recv_streaming_concurrency_cancellation_and_abandon() -> None:
     peer = SilentPeer()
-    server = await asyncio.start_server(peer.handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    async with server:
+    async with peer.serving() as port:
         async with connect(f"ws://127.0.0.1:{port}/", ping_interval=None, close_timeout=1) as ws:
             await peer.connected.wait()
             # Cancelled before its first fragment: the message is not lost, recv() gets it whole.
