@@ -89,9 +89,12 @@ class _SelectorSocketTransport(_StdSocketTransport):
         try:
             super()._call_connection_lost(exc)
         finally:
-            # A bound method of self (3.11-3.12 never drop it; 3.13 does in close() but not abort()): each closed
-            # connection's transport would wait for the cycle collector.
+            # Bound methods of self (3.11-3.12 never drop them; 3.13 does in close() but not abort()): each closed
+            # connection's transport would wait for the cycle collector. _write_ready is one on 3.12+ only (the
+            # write method chosen per socket); on 3.11 it is the class's method and stays.
             self._read_ready_cb = None
+            if "_write_ready" in self.__dict__:
+                self._write_ready = None
 
 
 class EventLoop(_UnixSelectorEventLoop):
