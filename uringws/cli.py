@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-size", type=_opt_size, default=16 << 20,
                        help="largest message accepted, e.g. 1M, or 'none' (default 16M, for the demo's and "
                             "torture's large messages; the library's serve() and connect() default to 1M)")
+    serve.add_argument("--max-memory", type=_opt_size, default=256 << 20,
+                       help="memory that messages being received (64K and larger, until the app takes them) may "
+                            "hold across all connections of a process, e.g. 1G, or 'none'; a message over it "
+                            "closes only its connection with 1009 (default 256M; the library's serve() defaults "
+                            "to none)")
     serve.add_argument("--max-queue", type=_opt_positive_int, default=16,
                        help="messages buffered per connection (default 16)")
     serve.add_argument("--ping-interval", type=_opt_positive_float, default=20.0,
@@ -223,6 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         opts = serve.ServeOptions(
             host=args.host, port=port, certfile=args.certfile, keyfile=args.keyfile, app=args.app,
             app_dir=args.app_dir, tls=args.tls, backend=args.backend, max_size=args.max_size, max_queue=args.max_queue,
+            max_memory=args.max_memory,
             ping_interval=args.ping_interval, ping_timeout=args.ping_timeout, compression=args.compression,
             write_limit=args.write_limit, close_timeout=args.close_timeout, sndbuf=args.sndbuf, workers=args.workers,
             pubsub=args.pubsub, pubsub_mode=args.pubsub_mode)

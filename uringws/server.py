@@ -21,6 +21,7 @@ from typing import Any
 
 from .metrics import ServerStats, broadcast_stats
 from .tls.protocol import TLSProtocol
+from .ws.budget import MemoryBudget
 from .ws.config import WSConfig
 from .ws.connection import Connection, Data, LoggerLike, ProcessRequest, ProcessResponse
 from .ws.frames import serialize_header
@@ -56,6 +57,7 @@ class Server:
         create_server_kwargs: dict[str, Any] | None = None,
         sndbuf: int | None = None,
         logger: LoggerLike | None = None,
+        max_memory: int | None = None,
     ) -> None:
         self.handler = handler
         self.host = host
@@ -85,6 +87,11 @@ class Server:
         self._closed = False
         #: Totals of ended connections and failed handshakes (``uringws.metrics`` adds the live ones).
         self.stats = ServerStats()
+        #: Bytes the messages being received may hold, all connections together (``max_memory``); None when
+        #: unlimited (nothing is counted then).
+        self.budget: MemoryBudget | None = None if max_memory is None else MemoryBudget(max_memory)
+        if max_memory is not None:
+            return_freed_memory()
 
     def _make_protocol(self) -> asyncio.BaseProtocol:
         """Protocol factory for each accepted TCP connection (runs right after accept)."""
@@ -145,6 +152,7 @@ class Server:
             on_lost=self._connection_lost,
             sndbuf=self.sndbuf,
             logger=self.logger,
+            budget=self.budget,
         )
         return conn
 
@@ -231,6 +239,7 @@ def serve(
     server_header: str | None = "uringws",
     sndbuf: int | None = None,
     logger: LoggerLike | None = None,
+    max_memory: int | None = None,
     **kwargs: Any,
 ) -> Server:
     """Create a WebSocket server; ``handler(ws)`` runs for each connection after the handshake.
@@ -246,7 +255,9 @@ def serve(
     (the 101, a refusal, process_request's answer): change it in place or return another one. Both may be
     coroutine functions; an exception in either is logged and answered with a 500. ``logger``: a Logger or
     LoggerAdapter for the server and its connections (default ``logging.getLogger("uringws.server")``); how each
-    connection closed is logged at DEBUG.
+    connection closed is logged at DEBUG. ``max_memory``: bytes that messages being received (64 KiB and larger,
+    from their first frame until the handler's ``recv()`` takes them) may hold across all connections; a message
+    that would exceed it fails its own connection with 1009 (default None: unlimited; see docs/reference.md).
     """
     ws_options, rest = split_options(kwargs)
     return Server(
@@ -264,7 +275,36 @@ def serve(
         create_server_kwargs=rest,
         sndbuf=sndbuf,
         logger=logger,
+        max_memory=max_memory,
     )
+
+
+def return_freed_memory() -> None:
+    """Make glibc's malloc give large freed buffers back to the operating system (once per process).
+
+    glibc serves allocations of at least ``M_MMAP_THRESHOLD`` bytes with their own mmap(), unmapped on free, but
+    it raises that threshold (up to 32 MiB on 64-bit) each time such a block is freed: after a few large messages
+    their buffers come from the heap and stay in the process when freed, so RSS stays at its peak and a memory
+    budget bounds what is in use but not what the process holds. Setting the threshold explicitly (1 MiB) turns
+    that adjustment off. Not glibc (musl, or no libc found): nothing to do.
+    """
+    global _malloc_tuned
+    if _malloc_tuned:
+        return
+    _malloc_tuned = True
+    import ctypes
+    import os
+
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return
+        ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+    except (ValueError, OSError, AttributeError):  # no such confstr name (not glibc), no libc symbols
+        pass
+
+
+_M_MMAP_THRESHOLD = -3  # glibc malloc.h
+_malloc_tuned = False
 
 
 def broadcast(connections: Iterable[Connection], message: Data) -> int:

@@ -48,6 +48,7 @@ class ServeOptions:
     backend: str = "auto"  # auto | uring | epoll
     max_size: int | None = 16 << 20
     max_queue: int | None = 16
+    max_memory: int | None = 256 << 20  # server-wide budget for messages being received (per worker process)
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
     compression: bool = True
@@ -64,6 +65,7 @@ async def echo_handler(ws: Any) -> None:
     """Echo every message, on any path."""
     async for message in ws:
         await ws.send(message)
+        del message  # not kept while waiting for the next one: a large message would be held twice
 
 
 class DemoApp:
@@ -369,7 +371,7 @@ async def _serve(opts: ServeOptions, backend_line: str, tls: tuple[ssl.SSLContex
         "ssl": tls[0] if tls else None, "process_request": process_request, "max_size": opts.max_size,
         "max_queue": opts.max_queue, "ping_interval": opts.ping_interval, "ping_timeout": opts.ping_timeout,
         "compression": "deflate" if opts.compression else None, "write_limit": opts.write_limit,
-        "close_timeout": opts.close_timeout}
+        "close_timeout": opts.close_timeout, "max_memory": opts.max_memory}
     if opts.sndbuf:
         kwargs["sndbuf"] = opts.sndbuf
     kwargs["process_request"] = with_metrics(process_request, servers)

@@ -21,6 +21,7 @@ import socket
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeAlias
 
+from .budget import MemoryBudget
 from .config import WSConfig
 from .exceptions import (
     ConnectionClosed,
@@ -92,6 +93,7 @@ class Connection(asyncio.Protocol):
         "__weakref__",
         "_abort_handle",
         "_assembled",
+        "_budget",
         "_client_hs",
         "_close_initiator",
         "_drain_waiters",
@@ -147,8 +149,10 @@ class Connection(asyncio.Protocol):
         on_lost: Callable[[Connection], None] | None = None,
         sndbuf: int | None = None,
         logger: LoggerLike | None = None,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self.side = side
+        self._budget = budget  # the server's memory budget for received messages (uringws.ws.budget)
         #: Where this connection logs: handshake failures, handler errors, and at DEBUG how it closed.
         if logger is None:
             logger = logging.getLogger("uringws.server" if side is Side.SERVER else "uringws.client")
@@ -239,6 +243,8 @@ class Connection(asyncio.Protocol):
         if messages and not self._reading_paused and not self._streaming:
             message = messages.popleft()  # the common case under load: nothing to wait for, nothing to resume
             if type(message) is not Fragment:
+                if self.proto.held:  # type: ignore[union-attr]
+                    self.proto.release_message(message)  # type: ignore[union-attr]
                 return message  # type: ignore[return-value]
             messages.appendleft(message)
         if self._streaming:
@@ -322,6 +328,8 @@ class Connection(asyncio.Protocol):
             finally:
                 self._recv_waiter = None
         message = messages.popleft()
+        if self.proto is not None and self.proto.held:
+            self.proto.release_message(message)  # the application has it now: off the memory budget
         if self._reading_paused and len(messages) <= self._resume_threshold():
             self._reading_paused = False
             if (
@@ -366,6 +374,8 @@ class Connection(asyncio.Protocol):
         if messages and not self._reading_paused and not self._streaming:
             message = messages.popleft()  # same fast path as recv(), one coroutine call fewer per message
             if type(message) is not Fragment:
+                if self.proto.held:  # type: ignore[union-attr]
+                    self.proto.release_message(message)  # type: ignore[union-attr]
                 return message  # type: ignore[return-value]
             messages.appendleft(message)
         try:
@@ -886,6 +896,7 @@ class Connection(asyncio.Protocol):
             deflate=negotiated.deflate,
             defer_failure=True,
             message_sink=self._messages.append,
+            budget=self._budget,
         )
         self.proto.frame_budget = TURN_FRAMES
         if self.config.ping_interval is not None:

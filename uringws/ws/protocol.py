@@ -25,6 +25,7 @@ import struct
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
+from .budget import BUDGET_MIN, MemoryBudget
 from .deflate import PerMessageDeflate
 from .exceptions import InvalidState, InvalidUTF8, PayloadTooBig, ProtocolError
 from .frames import (
@@ -110,6 +111,9 @@ class Protocol:
     instead of one ``Message`` per message (``max_size`` still bounds the whole message).
     ``message_sink``: called with each complete message (str or bytes, in order) instead of queueing a
     ``Message`` event; a front-end passes ``deque.append`` to skip one object and one dispatch per message.
+    ``budget``: a server-wide ``MemoryBudget``; a message that would take it over its limit fails the connection
+    with 1009. The front-end gives each delivered message back with ``release_message`` once the application has
+    it, and ``receive_eof`` gives back all the connection holds.
     """
 
     # Slots for the parser's state (an instance dict of this many attributes costs about 1.5 KiB per connection);
@@ -136,10 +140,12 @@ class Protocol:
         "_msg_wire",
         "_out",
         "_raw_send",
+        "_reserved",
         "_send_compressed",
         "_send_opcode",
         "_small_ok",
         "_wire_limit",
+        "budget",
         "bytes_in",
         "close_rcvd",
         "close_rcvd_then_sent",
@@ -149,6 +155,7 @@ class Protocol:
         "eof_received",
         "failure",
         "frame_budget",
+        "held",
         "input_pending",
         "max_size",
         "messages_in",
@@ -168,8 +175,15 @@ class Protocol:
         stream_fragments: bool = False,
         defer_failure: bool = False,
         message_sink: Callable[[str | bytes], None] | None = None,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self.side = side
+        #: The server's memory budget: messages of ``BUDGET_MIN`` bytes or more reserve their bytes in it from their
+        #: first frame header until ``release_message`` (the front-end's recv()); None: nothing is counted.
+        self.budget = budget
+        self._reserved = 0  # bytes of budget reserved for the message being received
+        #: id() of each delivered message still holding budget -> its bytes.
+        self.held: dict[int, int] = {}
         self.state = State.OPEN
         self.max_size = max_size
         self.deflate = deflate
@@ -333,6 +347,9 @@ class Protocol:
                     if budget is not None:
                         budget -= 1
                     self._check_sequence(hdr)
+                    if self.budget is not None and hdr.opcode < 8:
+                        # The payload buffer is allocated now (FrameBuffer) or grows from here (_buf).
+                        self._reserve_up_to(hdr.length if self.stream_fragments else self._msg_size + hdr.length)
                     start = hdr.header_end
                     self._hdr = hdr
                     self._hdr_end = start
@@ -410,6 +427,8 @@ class Protocol:
             self._buf = bytearray()
             self._hdr = None
             self._gather = None
+            if self._reserved:
+                self._release_reserved()  # the message being received is dropped
             return True  # a close frame, a failure or a deferred failure: the front-end must look
         if buf is self._buf:
             if pos:
@@ -427,6 +446,49 @@ class Protocol:
         self.state = State.CLOSED
         self._discard_input = True
         self._close_transport = True
+        budget = self.budget
+        if budget is not None:  # the connection ended: give back everything it holds, queued messages included
+            budget.release(self._reserved + sum(self.held.values()))
+            self._reserved = 0
+            self.held.clear()
+
+    # -- memory budget -----------------------------------------------------------------------------------
+
+    def _reserve_up_to(self, total: int) -> None:
+        """Make the budget reservation of the message being received ``total`` bytes (never less than it is)."""
+        extra = total - self._reserved
+        if extra > 0 and total >= BUDGET_MIN:
+            budget = self.budget
+            assert budget is not None
+            if not budget.reserve(extra):
+                free = max(0, (budget.limit or 0) - budget.used)
+                raise PayloadTooBig(
+                    f"server memory budget exhausted: message needs {total} bytes, {free} of {budget.limit} free"
+                )
+            self._reserved = total
+
+    def _release_reserved(self) -> None:
+        assert self.budget is not None
+        self.budget.release(self._reserved)
+        self._reserved = 0
+
+    def _hold(self, message: str | bytes, size: int) -> None:
+        """A message was delivered: it keeps ``size`` bytes of its reservation until ``release_message``."""
+        if size < BUDGET_MIN:  # also spares the id() of a cached empty or 1-byte object from standing for two
+            self._release_reserved()
+            return
+        assert self.budget is not None
+        self.budget.release(self._reserved - size)
+        self._reserved = 0
+        key = id(message)  # unique while the message is alive; the front-end's queue keeps it so
+        self.held[key] = self.held.get(key, 0) + size
+
+    def release_message(self, message: object) -> None:
+        """The application took ``message``: give back the budget it held (none if it held none)."""
+        n = self.held.pop(id(message), 0)
+        if n:
+            assert self.budget is not None
+            self.budget.release(n)
 
     def _frame_limit(self) -> int | None:
         if self.max_size is None:
@@ -506,11 +568,16 @@ class Protocol:
             self._events.append(Fragment("".join(parts), hdr.fin, True))
             if hdr.fin:
                 self._msg_opcode = 0
+            if self._reserved:
+                self._release_reserved()
             return False
         if hdr.fin:
             self._msg_opcode = 0
             self._msg_parts = []
-            self._emit("".join(parts))
+            message = "".join(parts)
+            self._emit(message)
+            if self._reserved:
+                self._hold(message, self._msg_size)
             return True
         return False
 
@@ -527,8 +594,12 @@ class Protocol:
                     except UnicodeDecodeError:
                         raise InvalidUTF8() from None
                     self._emit(decoded)
+                    if self._reserved:
+                        self._hold(decoded, len(payload))
                 else:
                     self._emit(payload)
+                    if self._reserved:
+                        self._hold(payload, len(payload))
                 return True
             self._start_message(hdr)
         text = self._msg_opcode == _TEXT
@@ -537,6 +608,9 @@ class Protocol:
             assert self.deflate is not None
             limit = None if self.max_size is None else self.max_size - self._msg_size
             data = self.deflate.decompress(payload, fin, limit)
+            if self.budget is not None:
+                # The frame's payload goes, its decompressed bytes join the message.
+                self._reserve_up_to(len(data) if self.stream_fragments else self._msg_size + len(data))
         else:
             data = payload
         self._msg_size += len(data)
@@ -545,6 +619,8 @@ class Protocol:
             self._events.append(Fragment(item, fin, text))
             if fin:
                 self._msg_opcode = 0
+            if self._reserved:
+                self._release_reserved()  # fragments are the application's once queued
             return False
         if text:
             self._msg_parts.append(self._decoder.decode(data, fin))  # type: ignore[arg-type]
@@ -554,10 +630,10 @@ class Protocol:
             parts = self._msg_parts
             self._msg_parts = []
             self._msg_opcode = 0
-            if text:
-                self._emit("".join(parts))  # type: ignore[arg-type]
-            else:
-                self._emit(b"".join(parts))  # type: ignore[arg-type]
+            message = "".join(parts) if text else b"".join(parts)  # type: ignore[arg-type]
+            self._emit(message)
+            if self._reserved:
+                self._hold(message, self._msg_size)
             return True
         return False
 
@@ -753,3 +829,9 @@ class Protocol:
         self.state = State.CLOSING if self.state is not State.CLOSED else State.CLOSED
         self._discard_input = True
         self._close_transport = True
+        # Nothing more is parsed: the message being received is dropped now, its buffers and budget with it.
+        self._buf = bytearray()
+        self._gather = None
+        self._hdr = None
+        if self._reserved:
+            self._release_reserved()
