@@ -257,7 +257,8 @@ def serve(
     LoggerAdapter for the server and its connections (default ``logging.getLogger("uringws.server")``); how each
     connection closed is logged at DEBUG. ``max_memory``: bytes that messages being received (64 KiB and larger,
     from their first frame until the handler's ``recv()`` takes them) may hold across all connections; a message
-    that would exceed it fails its own connection with 1009 (default None: unlimited; see docs/reference.md).
+    that would exceed it fails its own connection with 1009 (default None: unlimited; see "Memory budget" in the
+    deployment guide).
     """
     ws_options, rest = split_options(kwargs)
     return Server(

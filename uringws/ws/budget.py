@@ -5,8 +5,8 @@ sending one ``max_size`` message can hold many times the memory the machine has.
 (per worker process) bounds that sum. Each connection's frame parser reserves bytes for a large or multi-frame
 message from the moment its first frame header arrives (when the payload buffer is allocated) until the
 application takes the message with ``recv()``; a message whose reservation would take the total above the limit
-fails that connection alone with 1009 (message too big). See docs/reference.md ("Memory budget") for what is
-counted and what is not.
+fails that connection alone with 1009 (message too big). The deployment guide's "Memory budget" section says
+what is counted and what is not.
 """
 
 from __future__ import annotations
