@@ -113,3 +113,36 @@ async def test_no_budget_by_default() -> None:
         async with connect(url(server)) as ws:
             await ws.send(os.urandom(MIB))
             assert len(await ws.recv()) == MIB
+
+
+@pytest.mark.parametrize("use_recv", [True, False], ids=["recv", "async-for"])
+def test_queued_messages_are_given_back_when_taken(use_recv: bool) -> None:
+    """Messages already queued when the application asks are taken without waiting, and given back too."""
+
+    @run
+    async def body() -> None:
+        go = asyncio.Event()
+
+        async def late_echo(ws: Connection) -> None:
+            await go.wait()
+            if use_recv:
+                for _ in range(3):
+                    await ws.send(await ws.recv())
+                await ws.wait_closed()  # open until the client closes: its end would give everything back
+            else:
+                async for message in ws:
+                    await ws.send(message)
+
+        async with serve(late_echo, "127.0.0.1", 0, max_size=4 * MIB, max_memory=64 * MIB) as server:
+            assert server.budget is not None
+            async with connect(url(server), compression=None) as ws:
+                payloads = [os.urandom(100_000) for _ in range(3)]
+                for payload in payloads:
+                    await ws.send(payload)
+                await used_becomes(server, 300_000)  # queued while the handler waits
+                go.set()
+                for payload in payloads:
+                    assert await ws.recv() == payload
+                await used_becomes(server, 0)  # the connection is still open
+
+    body()

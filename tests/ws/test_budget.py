@@ -98,6 +98,14 @@ def test_connection_end_gives_back_queued_and_partial_messages() -> None:
     assert budget.used == 0
 
 
+def test_a_close_frame_in_the_middle_of_a_message_drops_it() -> None:
+    budget = MemoryBudget(8 * MIB)
+    proto, got = server(budget)
+    proto.receive_data(masked(0x2, os.urandom(MIB), fin=False) + masked(0x8, b"\x03\xe8"))
+    assert got == [] and proto.close_rcvd is not None
+    assert budget.used == 0
+
+
 def test_fragments_are_given_back_as_they_are_delivered() -> None:
     budget = MemoryBudget(8 * MIB)
     proto, _ = server(budget, stream_fragments=True)
