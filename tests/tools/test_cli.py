@@ -41,6 +41,7 @@ def test_version_prints_installed_metadata() -> None:
     (["serve", "--port", "-5"], "uringws serve: ", "--port"),
     (["serve", "--max-size", "-1"], "uringws serve: ", "--max-size"),
     (["serve", "--ping-interval", "0"], "uringws serve: ", "--ping-interval"),
+    (["serve", "--max-memory", "lots"], "uringws serve: ", "--max-memory"),
     (["torture", "ws://127.0.0.1:9/", "-c", "0"], "uringws torture: ", "--connections"),
     (["torture", "ws://127.0.0.1:9/", "-n", "-1"], "uringws torture: ", "--messages"),
     (["torture", "ws://127.0.0.1:9/", "--min-size", "10", "--max-size", "5"], "uringws torture: ", "--min-size"),
@@ -97,3 +98,25 @@ def test_serve_help_states_both_max_size_defaults() -> None:
     serve_parser = build_parser()._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
     assert cli_default == serve_parser.get_default("max_size") == ServeOptions().max_size
     assert library_default == WSConfig().max_size
+
+
+def test_serve_help_states_both_max_memory_defaults() -> None:
+    """`uringws serve` has a 256M memory budget, the library's serve() none: --help says both, and both are real."""
+    import inspect
+    import re
+
+    from uringws.cli import _opt_size, build_parser
+    from uringws.server import serve
+    from uringws.tools.serve import ServeOptions
+
+    proc = cli("serve", "--help")
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    match = re.search(r"--max-memory MAX_MEMORY .*?\(default (\w+); the library's serve\(\) defaults to (\w+)\)", text)
+    assert match, text
+    cli_default, library_default = (_opt_size(word) for word in match.groups())
+    serve_parser = build_parser()._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
+    assert cli_default == serve_parser.get_default("max_memory") == ServeOptions().max_memory == 256 << 20
+    assert library_default is None and inspect.signature(serve).parameters["max_memory"].default is None
+    assert serve_parser.parse_args(["--max-memory", "none"]).max_memory is None
+    assert serve_parser.parse_args(["--max-memory", "1G"]).max_memory == 1 << 30

@@ -218,6 +218,30 @@ def test_custom_handler_module_and_plain_ws(data_home: dict[str, str], tmp_path:
     assert "WARNING: --no-tls" in out
 
 
+def test_max_memory_reaches_the_server(data_home: dict[str, str]) -> None:
+    """--max-memory is the server's budget: a message over it gets 1009, a smaller one on another connection is
+    echoed (the default 256M, and the one-line error for a bad size, are in test_cli)."""
+    from websockets.exceptions import ConnectionClosedError
+    from websockets.sync.client import connect
+
+    port = free_port()
+    proc = start(["--port", str(port), "--app", "echo", "--no-tls", "--max-size", "4M", "--max-memory", "1M"],
+                 data_home, port)
+    try:
+        with connect(f"ws://127.0.0.1:{port}/", max_size=None) as ws:
+            ws.send(b"x" * (2 << 20))
+            with pytest.raises(ConnectionClosedError) as info:
+                ws.recv(timeout=10)
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1009, info.value
+        assert "memory budget" in info.value.rcvd.reason
+        with connect(f"ws://127.0.0.1:{port}/", max_size=None) as ws:
+            ws.send(b"y" * (512 << 10))
+            assert ws.recv(timeout=10) == b"y" * (512 << 10)
+    finally:
+        out = stop(proc)
+    assert proc.returncode == 0, out
+
+
 def test_app_dir_errors(data_home: dict[str, str], tmp_path: Path) -> None:
     proc = subprocess.run(serve_cmd("--app", "myapp:shout", "--app-dir", str(tmp_path / "nope")), env=data_home,
                           capture_output=True, text=True, timeout=60)
