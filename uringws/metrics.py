@@ -108,8 +108,7 @@ class Family:
 
 def collect(servers: Server | Iterable[Server] = (), loop: asyncio.AbstractEventLoop | None = None) -> list[Family]:
     """The current values: servers' connection and message totals, and ``loop``'s send path (if it counts one)."""
-    if not isinstance(servers, Iterable):
-        servers = [servers]
+    servers = [servers] if not isinstance(servers, Iterable) else list(servers)  # read twice below
     stats = ServerStats()
     open_now = 0
     for server in servers:
@@ -159,6 +158,21 @@ def collect(servers: Server | Iterable[Server] = (), loop: asyncio.AbstractEvent
         Family("uringws_sent_bytes_total", "counter", "WebSocket frame bytes sent (before TLS).",
                [({}, stats.bytes_out + broadcast_stats.bytes)]),
     ]
+    budgets = [server.budget for server in servers if server.budget is not None]
+    if budgets:  # only servers given max_memory have one: no zeros that look like a budget
+        families += [
+            Family("uringws_memory_budget_limit_bytes", "gauge",
+                   "Memory budget for messages being received (max_memory), all servers with one.",
+                   [({}, sum(b.limit or 0 for b in budgets))]),
+            Family("uringws_memory_budget_used_bytes", "gauge", "Bytes of the memory budget reserved now.",
+                   [({}, sum(b.used for b in budgets))]),
+            Family("uringws_memory_budget_peak_bytes", "gauge",
+                   "The most bytes of the memory budget reserved at once (summed over servers).",
+                   [({}, sum(b.peak for b in budgets))]),
+            Family("uringws_memory_budget_refused_total", "counter",
+                   "Messages refused for want of budget (each failed its connection with 1009).",
+                   [({}, sum(b.refused for b in budgets))]),
+        ]
     # The epoll backend's loop has SendStats too, but its transports are asyncio's, which count nothing: no zeros
     # that look like a healthy send path.
     send = getattr(loop, "send_stats", None) if backend == "io_uring" else None

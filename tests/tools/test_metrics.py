@@ -133,3 +133,37 @@ def test_epoll_backend_reports_no_send_path() -> None:
         loop.close()
     assert 'uringws_info{version="' + uringws.__version__ + '",backend="epoll"}' in m, m
     assert not [k for k in m if k.startswith("uringws_send_")], m
+
+
+def test_memory_budget_gauges_only_with_a_budget() -> None:
+    async def hold(ws: object) -> None:
+        await ws.wait_closed()  # type: ignore[attr-defined]
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        async with serve(hold, "127.0.0.1", 0) as plain:
+            assert not any(name.startswith("uringws_memory_budget") for name in samples(plain, loop))
+        async with serve(hold, "127.0.0.1", 0, max_memory=1 << 20, max_size=4 << 20, compression=None) as server:
+            uri = f"ws://127.0.0.1:{server.port_bound}/"
+            async with connect(uri, compression=None, max_size=4 << 20) as ws:
+                await ws.send(b"x" * 600_000)  # queued unread: 600,000 bytes of the budget
+                for _ in range(200):
+                    if samples(server, loop)["uringws_memory_budget_used_bytes"] == 600_000:
+                        break
+                    await asyncio.sleep(0.02)
+                other = await connect(uri, compression=None, max_size=4 << 20)
+                await other.send(b"y" * 600_000)  # over what is left
+                with pytest.raises(uringws.ConnectionClosed):
+                    await other.recv()
+                now = samples(server, loop)
+            assert now["uringws_memory_budget_limit_bytes"] == 1 << 20
+            assert now["uringws_memory_budget_used_bytes"] == 600_000
+            assert now["uringws_memory_budget_peak_bytes"] == 600_000
+            assert now["uringws_memory_budget_refused_total"] == 1
+            assert metrics.summary(server, loop)["memory_budget_refused"] == 1
+
+    loop = new_event_loop()
+    try:
+        loop.run_until_complete(asyncio.wait_for(main(), 30))
+    finally:
+        loop.close()
