@@ -23,7 +23,6 @@ from .ws.protocol import Side
 
 __all__ = ["ClientConnection", "backoff", "connect", "retry_transient"]
 
-logger = logging.getLogger("uringws.client")
 
 ClientConnection = Connection
 
@@ -184,6 +183,7 @@ class connect:
             async with asyncio.timeout(self.config.open_timeout):
                 if proxy is not None:
                     kwargs["sock"] = await _through_proxy(proxy, host, port, self.config.open_timeout)
+
                 def make() -> Connection:
                     return Connection(Side.CLIENT, self.config, client_handshake=handshake, logger=self.logger)
 

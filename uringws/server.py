@@ -30,7 +30,6 @@ from .ws.protocol import Side, State
 
 __all__ = ["Server", "ServerConnection", "broadcast", "serve"]
 
-logger = logging.getLogger("uringws.server")
 
 ServerConnection = Connection
 Handler = Callable[[Connection], Awaitable[Any]]
