@@ -11,7 +11,7 @@ import random
 import ssl as ssl_module
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 from .ws.config import WSConfig
@@ -25,6 +25,13 @@ __all__ = ["ClientConnection", "backoff", "connect", "retry_transient"]
 
 
 ClientConnection = Connection
+
+
+class _Unset:
+    """The type of a keyword argument's default that means "not given" (None means something)."""
+
+
+_UNSET = _Unset()
 
 #: Reconnection delays of ``async for ws in connect(uri)``: the first attempt after a failure waits a random
 #: fraction of BACKOFF_INITIAL (so that many clients cut off at once do not come back at once), then
@@ -88,6 +95,9 @@ class connect:
     ``user:password@`` if the proxy wants it) uses that proxy; None connects directly. A proxy that refuses
     raises :class:`ProxyError`; one that cannot be reached, OSError.
 
+    ``additional_headers``: (name, value) pairs, a dict or a ``Headers``. ``user_agent`` (or websockets' name,
+    ``user_agent_header``): the User-Agent header, None for none.
+
     ``logger``: a Logger or LoggerAdapter for the connection (default ``logging.getLogger("uringws.client")``);
     how it closed is logged at DEBUG.
 
@@ -105,8 +115,9 @@ class connect:
         subprotocols: Sequence[str] | None = None,
         compression: Any = "deflate",
         origin: str | None = None,
-        additional_headers: Iterable[tuple[str, str]] = (),
+        additional_headers: Iterable[tuple[str, str]] | Mapping[str, str] | None = (),
         user_agent: str | None = "uringws",
+        user_agent_header: str | _Unset | None = _UNSET,
         config: WSConfig | None = None,
         host: str | None = None,
         port: int | None = None,
@@ -128,8 +139,12 @@ class connect:
         self.ssl = ssl
         self.subprotocols = subprotocols
         self.origin = origin
+        if additional_headers is None:
+            additional_headers = ()
+        elif isinstance(additional_headers, Mapping):
+            additional_headers = additional_headers.items()  # iterating a dict gives its keys alone
         self.additional_headers = list(additional_headers)
-        self.user_agent = user_agent
+        self.user_agent = user_agent if isinstance(user_agent_header, _Unset) else user_agent_header
         self.host = host or self.uri.host
         self.port = port or self.uri.port
         self.server_hostname = server_hostname

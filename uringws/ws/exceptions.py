@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .handshake import Response
+
 __all__ = [
+    "ConcurrencyError",
     "ConnectionClosed",
     "ConnectionClosedError",
     "ConnectionClosedOK",
@@ -17,11 +23,22 @@ __all__ = [
     "ProxyError",
     "SecurityError",
     "WebSocketError",
+    "WebSocketException",
 ]
 
 
 class WebSocketError(Exception):
     """Base class of every uringws WebSocket error."""
+
+
+#: websockets' name for the base class: ``except WebSocketException`` in ported code catches every uringws error.
+WebSocketException = WebSocketError
+
+
+class ConcurrencyError(WebSocketError, RuntimeError):
+    """Two coroutines did what only one may do at a time: wait in ``recv()``/``recv_streaming()`` together, read
+    after ``recv_streaming()`` was left in the middle of a message, or ping with a payload still waiting for its
+    pong. A RuntimeError too, as websockets' ConcurrencyError is."""
 
 
 class InvalidHandshake(WebSocketError):
@@ -41,9 +58,22 @@ class NegotiationError(InvalidHandshake):
 class InvalidStatus(InvalidHandshake):
     """The server answered the opening handshake with something other than 101 Switching Protocols."""
 
-    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes = b"") -> None:
+    def __init__(
+        self, status: int, headers: list[tuple[str, str]], body: bytes = b"", response: Response | None = None
+    ) -> None:
         super().__init__(f"server rejected WebSocket connection: HTTP {status}", status, headers)
         self.body = body
+        self._response = response
+
+    @property
+    def response(self) -> Response:
+        """The server's answer, as websockets' ``InvalidStatus.response``: ``.status_code``, ``.reason_phrase``,
+        ``.headers``, ``.body``."""
+        if self._response is None:
+            from .handshake import Headers, Response  # handshake imports this module
+
+            self._response = Response(self.status, Headers(self.headers), self.body)
+        return self._response
 
 
 class SecurityError(InvalidHandshake):
