@@ -103,8 +103,9 @@ class connect:
 
     ``async for ws in connect(uri):`` connects again and again: after a failure to connect it waits (see
     :func:`backoff`) and retries while ``process_exception(exc)`` returns None (default:
-    :func:`retry_transient`), and raises what it returns otherwise. Each connection is closed when the loop body
-    moves on; a body that gets ``ConnectionClosed`` should ``continue`` to reconnect.
+    :func:`retry_transient`), and raises what it returns otherwise; ``reconnect_delays()`` makes the delays
+    (default :func:`backoff`; called again after each successful connection). Each connection is closed when the
+    loop body moves on; a body that gets ``ConnectionClosed`` should ``continue`` to reconnect.
     """
 
     def __init__(
@@ -123,6 +124,7 @@ class connect:
         port: int | None = None,
         server_hostname: str | None = None,
         process_exception: Callable[[Exception], Exception | None] = retry_transient,
+        reconnect_delays: Callable[[], Iterator[float]] = backoff,
         max_redirects: int = MAX_REDIRECTS,
         proxy: str | Literal[True] | None = True,
         logger: LoggerLike | None = None,
@@ -150,6 +152,7 @@ class connect:
         self.server_hostname = server_hostname
         self.create_connection_kwargs = rest
         self.process_exception = process_exception
+        self.reconnect_delays = reconnect_delays
         self.max_redirects = max_redirects
         self.proxy = proxy
         #: The connection's logger (``logger=``; default ``logging.getLogger("uringws.client")``).
@@ -241,7 +244,7 @@ class connect:
                         raise
                     raise fatal from exc
                 if delays is None:
-                    delays = backoff()
+                    delays = self.reconnect_delays()
                 delay = next(delays)
                 self.logger.info("connecting to %s failed (%s); retrying in %.1f s", self._uri_text, exc, delay)
                 await asyncio.sleep(delay)

@@ -399,7 +399,6 @@ class Connection(asyncio.Protocol):
     async def send(
         self,
         message: Data | bytearray | memoryview | Iterable[Data] | AsyncIterable[Data],
-        *,
         text: bool | None = None,
     ) -> None:
         """Send a message: str (text), bytes-like (binary), or an (async) iterable of fragments.
@@ -752,12 +751,27 @@ class Connection(asyncio.Protocol):
             return ConnectionClosedError(1006, "")
         rcvd, sent = proto.close_rcvd, proto.close_sent
         sent_code = None if sent is None else sent.code
+        frames = {
+            "rcvd": rcvd,
+            "sent": sent,
+            "rcvd_then_sent": None if rcvd is None or sent is None else self._close_initiator == "the peer",
+        }
         ok_codes = (1000, 1001, 1005)
         if rcvd is not None and rcvd.code in ok_codes and (sent is None or sent.code in ok_codes):
-            return ConnectionClosedOK(rcvd.code, rcvd.reason, sent_code)
+            return ConnectionClosedOK(rcvd.code, rcvd.reason, sent_code, **frames)
         if rcvd is None:
-            return ConnectionClosedError(1006, "", sent_code)
-        return ConnectionClosedError(rcvd.code, rcvd.reason, sent_code)
+            return ConnectionClosedError(1006, "", sent_code, **frames)
+        return ConnectionClosedError(rcvd.code, rcvd.reason, sent_code, **frames)
+
+    @property
+    def close_exc(self) -> ConnectionClosed:
+        """The exception raised by operations on this closed connection (websockets' ``close_exc``).
+
+        Raises InvalidState while the connection is not closed yet: the close codes are only final then.
+        """
+        if self.state is not State.CLOSED:
+            raise InvalidState(f"close_exc is known once the connection is closed; it is {self.state.name}")
+        return self._closed_exception()
 
     async def _drain(self) -> None:
         if self.lost.done():

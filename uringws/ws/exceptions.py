@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .handshake import Response
@@ -116,12 +116,28 @@ class InvalidState(WebSocketError):
 
 
 class ConnectionClosed(WebSocketError):
-    """The connection is closed; ``code``/``reason`` are the peer's close frame (1006 if none came)."""
+    """The connection is closed; ``code``/``reason`` are the peer's close frame (1006 if none came).
 
-    def __init__(self, code: int, reason: str, sent_code: int | None = None) -> None:
+    As in websockets, ``rcvd`` and ``sent`` are the close frames received and sent (each with ``.code`` and
+    ``.reason``; None if there was none) and ``rcvd_then_sent`` says which came first (None unless both).
+    """
+
+    def __init__(
+        self,
+        code: int,
+        reason: str,
+        sent_code: int | None = None,
+        *,
+        rcvd: Any = None,
+        sent: Any = None,
+        rcvd_then_sent: bool | None = None,
+    ) -> None:
         self.code = code
         self.reason = reason
         self.sent_code = sent_code
+        self.rcvd = rcvd
+        self.sent = sent
+        self.rcvd_then_sent = rcvd_then_sent
         detail = f"{code} ({reason})" if reason else f"{code}"
         super().__init__(f"WebSocket connection closed: {detail}")
 
