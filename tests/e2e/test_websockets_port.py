@@ -10,6 +10,8 @@ import re
 import socket
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,8 +21,10 @@ import websockets
 import websockets.asyncio.client
 import websockets.asyncio.server
 import websockets.exceptions
+import websockets.sync.server
 
 import uringws
+import uringws.sync
 from uringws import (
     ConcurrencyError,
     ConnectionClosedError,
@@ -318,3 +322,24 @@ async def test_close_exc_and_closed_frames_match_websockets() -> None:
         assert (exc.rcvd.code, exc.rcvd.reason, exc.rcvd_then_sent) == (4000, "server first", True)
         assert exc.sent.code == 4000
         assert (exc.code, exc.reason) == (4000, "server first")  # the older spelling stays
+
+
+def test_sync_client_send_text_against_websockets_threading_server() -> None:
+    """``uringws.sync.connect`` takes ``send(..., text=)`` as websockets' threading client does."""
+    received: list[object] = []
+
+    def handler(ws: websockets.sync.server.ServerConnection) -> None:
+        for message in ws:
+            received.append(message)
+
+    with websockets.sync.server.serve(handler, "127.0.0.1", 0) as wserver:
+        thread = threading.Thread(target=wserver.serve_forever, daemon=True)
+        thread.start()
+        with uringws.sync.connect(f"ws://127.0.0.1:{wserver.socket.getsockname()[1]}/") as ws:
+            ws.send(b'{"k": 1}', text=True)
+            ws.send("raw", text=False)
+        while len(received) < 2:
+            time.sleep(0.01)
+        wserver.shutdown()
+        thread.join(10)
+    assert received == ['{"k": 1}', b"raw"]
