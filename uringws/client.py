@@ -124,7 +124,7 @@ class connect:
         port: int | None = None,
         server_hostname: str | None = None,
         process_exception: Callable[[Exception], Exception | None] = retry_transient,
-        reconnect_delays: Callable[[], Iterator[float]] = backoff,
+        reconnect_delays: Callable[[], Iterator[float]] | None = None,
         max_redirects: int = MAX_REDIRECTS,
         proxy: str | Literal[True] | None = True,
         logger: LoggerLike | None = None,
@@ -244,7 +244,8 @@ class connect:
                         raise
                     raise fatal from exc
                 if delays is None:
-                    delays = self.reconnect_delays()
+                    # The module's backoff looked up now, not bound at definition: tests replace it.
+                    delays = (self.reconnect_delays or backoff)()
                 delay = next(delays)
                 self.logger.info("connecting to %s failed (%s); retrying in %.1f s", self._uri_text, exc, delay)
                 await asyncio.sleep(delay)
