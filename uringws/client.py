@@ -11,7 +11,7 @@ import random
 import ssl as ssl_module
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 from .ws.config import WSConfig
@@ -23,9 +23,15 @@ from .ws.protocol import Side
 
 __all__ = ["ClientConnection", "backoff", "connect", "retry_transient"]
 
-logger = logging.getLogger("uringws.client")
 
 ClientConnection = Connection
+
+
+class _Unset:
+    """The type of a keyword argument's default that means "not given" (None means something)."""
+
+
+_UNSET = _Unset()
 
 #: Reconnection delays of ``async for ws in connect(uri)``: the first attempt after a failure waits a random
 #: fraction of BACKOFF_INITIAL (so that many clients cut off at once do not come back at once), then
@@ -89,13 +95,17 @@ class connect:
     ``user:password@`` if the proxy wants it) uses that proxy; None connects directly. A proxy that refuses
     raises :class:`ProxyError`; one that cannot be reached, OSError.
 
+    ``additional_headers``: (name, value) pairs, a dict or a ``Headers``. ``user_agent`` (or websockets' name,
+    ``user_agent_header``): the User-Agent header, None for none.
+
     ``logger``: a Logger or LoggerAdapter for the connection (default ``logging.getLogger("uringws.client")``);
     how it closed is logged at DEBUG.
 
     ``async for ws in connect(uri):`` connects again and again: after a failure to connect it waits (see
     :func:`backoff`) and retries while ``process_exception(exc)`` returns None (default:
-    :func:`retry_transient`), and raises what it returns otherwise. Each connection is closed when the loop body
-    moves on; a body that gets ``ConnectionClosed`` should ``continue`` to reconnect.
+    :func:`retry_transient`), and raises what it returns otherwise; ``reconnect_delays()`` makes the delays
+    (default :func:`backoff`; called again after each successful connection). Each connection is closed when the
+    loop body moves on; a body that gets ``ConnectionClosed`` should ``continue`` to reconnect.
     """
 
     def __init__(
@@ -106,13 +116,15 @@ class connect:
         subprotocols: Sequence[str] | None = None,
         compression: Any = "deflate",
         origin: str | None = None,
-        additional_headers: Iterable[tuple[str, str]] = (),
+        additional_headers: Iterable[tuple[str, str]] | Mapping[str, str] | None = (),
         user_agent: str | None = "uringws",
+        user_agent_header: str | _Unset | None = _UNSET,
         config: WSConfig | None = None,
         host: str | None = None,
         port: int | None = None,
         server_hostname: str | None = None,
         process_exception: Callable[[Exception], Exception | None] = retry_transient,
+        reconnect_delays: Callable[[], Iterator[float]] | None = None,
         max_redirects: int = MAX_REDIRECTS,
         proxy: str | Literal[True] | None = True,
         logger: LoggerLike | None = None,
@@ -129,13 +141,18 @@ class connect:
         self.ssl = ssl
         self.subprotocols = subprotocols
         self.origin = origin
+        if additional_headers is None:
+            additional_headers = ()
+        elif isinstance(additional_headers, Mapping):
+            additional_headers = additional_headers.items()  # iterating a dict gives its keys alone
         self.additional_headers = list(additional_headers)
-        self.user_agent = user_agent
+        self.user_agent = user_agent if isinstance(user_agent_header, _Unset) else user_agent_header
         self.host = host or self.uri.host
         self.port = port or self.uri.port
         self.server_hostname = server_hostname
         self.create_connection_kwargs = rest
         self.process_exception = process_exception
+        self.reconnect_delays = reconnect_delays
         self.max_redirects = max_redirects
         self.proxy = proxy
         #: The connection's logger (``logger=``; default ``logging.getLogger("uringws.client")``).
@@ -184,6 +201,7 @@ class connect:
             async with asyncio.timeout(self.config.open_timeout):
                 if proxy is not None:
                     kwargs["sock"] = await _through_proxy(proxy, host, port, self.config.open_timeout)
+
                 def make() -> Connection:
                     return Connection(Side.CLIENT, self.config, client_handshake=handshake, logger=self.logger)
 
@@ -226,7 +244,8 @@ class connect:
                         raise
                     raise fatal from exc
                 if delays is None:
-                    delays = backoff()
+                    # The module's backoff looked up now, not bound at definition: tests replace it.
+                    delays = (self.reconnect_delays or backoff)()
                 delay = next(delays)
                 self.logger.info("connecting to %s failed (%s); retrying in %.1f s", self._uri_text, exc, delay)
                 await asyncio.sleep(delay)

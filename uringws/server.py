@@ -31,7 +31,6 @@ from .ws.protocol import Side, State
 
 __all__ = ["Server", "ServerConnection", "broadcast", "serve"]
 
-logger = logging.getLogger("uringws.server")
 
 ServerConnection = Connection
 Handler = Callable[[Connection], Awaitable[Any]]
@@ -217,6 +216,20 @@ class Server:
         if self.server is not None:
             await self.server.wait_closed()
 
+    def is_serving(self) -> bool:
+        """True while the server accepts connections (started, not closed)."""
+        return self.server is not None and self.server.is_serving()
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the server runs on (it must be started)."""
+        if self.server is None:
+            raise RuntimeError("the server is not started: use `async with serve(...)` or `await serve(...)`")
+        return self.server.get_loop()
+
+    async def start_serving(self) -> None:
+        """Start accepting connections; the server already does once started, as websockets' does."""
+        await self.start()
+
     async def serve_forever(self) -> None:
         await self.start()
         assert self.server is not None
@@ -308,8 +321,10 @@ _M_MMAP_THRESHOLD = -3  # glibc malloc.h
 _malloc_tuned = False
 
 
-def broadcast(connections: Iterable[Connection], message: Data) -> int:
+def broadcast(connections: Iterable[Connection], message: Data, *, text: bool | None = None) -> int:
     """Send ``message`` to every open connection without waiting; return how many it was written to.
+
+    ``text`` forces the frame type as in ``send()``: True sends bytes (UTF-8) as text, False a str as binary.
 
     The frame is built once (and compressed once per group of connections whose compressor keeps no
     context); connections with a context-keeping compressor compress it themselves. Policy for slow
@@ -320,9 +335,9 @@ def broadcast(connections: Iterable[Connection], message: Data) -> int:
     ``connections`` is iterated once and not copied: pass ``server.connections`` as it is.
     """
     if isinstance(message, str):
-        opcode, payload = 0x1, message.encode("utf-8")
+        opcode, payload = 0x2 if text is False else 0x1, message.encode("utf-8")
     elif isinstance(message, bytes | bytearray | memoryview):
-        opcode, payload = 0x2, bytes(message)
+        opcode, payload = 0x1 if text else 0x2, bytes(message)
     else:
         raise TypeError(f"cannot broadcast {type(message).__name__}: use str or bytes")
     plain: bytes | None = None

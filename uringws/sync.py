@@ -104,10 +104,10 @@ class ClientConnection:
             except ConnectionClosedOK:
                 return
 
-    def send(self, message: Data | bytearray | memoryview | Iterable[Data]) -> None:
-        """Send a message (str: text, bytes-like: binary, an iterable: fragments); blocks while the write buffer
-        is above its high-water mark."""
-        self._run(self.connection.send(message))
+    def send(self, message: Data | bytearray | memoryview | Iterable[Data], *, text: bool | None = None) -> None:
+        """Send a message (str: text, bytes-like: binary, an iterable: fragments; ``text`` forces the frame type
+        as in the asyncio ``send()``); blocks while the write buffer is above its high-water mark."""
+        self._run(self.connection.send(message, text=text))
 
     def ping(self, data: str | bytes | None = None) -> threading.Event:
         """Send a ping; the returned event is set when its pong arrives (as in websockets' threading client)."""

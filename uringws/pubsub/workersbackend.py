@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import logging
 import socket
 import struct
 from collections.abc import Callable
@@ -36,7 +35,6 @@ __all__ = [
     "encode",
 ]
 
-logger = logging.getLogger("uringws.pubsub.workers")
 
 HEADER = struct.Struct("!IcH")
 READY, SUBSCRIBE, UNSUBSCRIBE, PUBLISH = b"R", b"S", b"U", b"P"

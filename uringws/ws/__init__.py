@@ -7,6 +7,7 @@ front-end used by ``uringws.server`` and ``uringws.client`` (the only module her
 
 from .config import DEFAULT_CONFIG, DeflateConfig, WSConfig
 from .exceptions import (
+    ConcurrencyError,
     ConnectionClosed,
     ConnectionClosedError,
     ConnectionClosedOK,
@@ -19,6 +20,7 @@ from .exceptions import (
     PayloadTooBig,
     ProtocolError,
     WebSocketError,
+    WebSocketException,
 )
 from .handshake import ClientHandshake, Headers, Request, Response, ServerHandshake
 from .protocol import Close, Fragment, Message, Ping, Pong, Protocol, Side, State
@@ -27,6 +29,7 @@ __all__ = [
     "DEFAULT_CONFIG",
     "ClientHandshake",
     "Close",
+    "ConcurrencyError",
     "ConnectionClosed",
     "ConnectionClosedError",
     "ConnectionClosedOK",
@@ -52,4 +55,5 @@ __all__ = [
     "State",
     "WSConfig",
     "WebSocketError",
+    "WebSocketException",
 ]

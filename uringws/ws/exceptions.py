@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .handshake import Response
+
 __all__ = [
+    "ConcurrencyError",
     "ConnectionClosed",
     "ConnectionClosedError",
     "ConnectionClosedOK",
@@ -17,11 +23,22 @@ __all__ = [
     "ProxyError",
     "SecurityError",
     "WebSocketError",
+    "WebSocketException",
 ]
 
 
 class WebSocketError(Exception):
     """Base class of every uringws WebSocket error."""
+
+
+#: websockets' name for the base class: ``except WebSocketException`` in ported code catches every uringws error.
+WebSocketException = WebSocketError
+
+
+class ConcurrencyError(WebSocketError, RuntimeError):
+    """Two coroutines did what only one may do at a time: wait in ``recv()``/``recv_streaming()`` together, read
+    after ``recv_streaming()`` was left in the middle of a message, or ping with a payload still waiting for its
+    pong. A RuntimeError too, as websockets' ConcurrencyError is."""
 
 
 class InvalidHandshake(WebSocketError):
@@ -41,9 +58,22 @@ class NegotiationError(InvalidHandshake):
 class InvalidStatus(InvalidHandshake):
     """The server answered the opening handshake with something other than 101 Switching Protocols."""
 
-    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes = b"") -> None:
+    def __init__(
+        self, status: int, headers: list[tuple[str, str]], body: bytes = b"", response: Response | None = None
+    ) -> None:
         super().__init__(f"server rejected WebSocket connection: HTTP {status}", status, headers)
         self.body = body
+        self._response = response
+
+    @property
+    def response(self) -> Response:
+        """The server's answer, as websockets' ``InvalidStatus.response``: ``.status_code``, ``.reason_phrase``,
+        ``.headers``, ``.body``."""
+        if self._response is None:
+            from .handshake import Headers, Response  # handshake imports this module
+
+            self._response = Response(self.status, Headers(self.headers), self.body)
+        return self._response
 
 
 class SecurityError(InvalidHandshake):
@@ -86,12 +116,28 @@ class InvalidState(WebSocketError):
 
 
 class ConnectionClosed(WebSocketError):
-    """The connection is closed; ``code``/``reason`` are the peer's close frame (1006 if none came)."""
+    """The connection is closed; ``code``/``reason`` are the peer's close frame (1006 if none came).
 
-    def __init__(self, code: int, reason: str, sent_code: int | None = None) -> None:
+    As in websockets, ``rcvd`` and ``sent`` are the close frames received and sent (each with ``.code`` and
+    ``.reason``; None if there was none) and ``rcvd_then_sent`` says which came first (None unless both).
+    """
+
+    def __init__(
+        self,
+        code: int,
+        reason: str,
+        sent_code: int | None = None,
+        *,
+        rcvd: Any = None,
+        sent: Any = None,
+        rcvd_then_sent: bool | None = None,
+    ) -> None:
         self.code = code
         self.reason = reason
         self.sent_code = sent_code
+        self.rcvd = rcvd
+        self.sent = sent
+        self.rcvd_then_sent = rcvd_then_sent
         detail = f"{code} ({reason})" if reason else f"{code}"
         super().__init__(f"WebSocket connection closed: {detail}")
 

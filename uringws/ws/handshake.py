@@ -131,6 +131,21 @@ class Response:
     body: bytes = b""
     reason: str = ""
 
+    @property
+    def status_code(self) -> int:
+        """``status``, under websockets' name."""
+        return self.status
+
+    @property
+    def reason_phrase(self) -> str:
+        """The reason phrase: the one received, else the standard one for ``status`` (websockets' name)."""
+        if self.reason:
+            return self.reason
+        try:
+            return HTTPStatus(self.status).phrase
+        except ValueError:
+            return ""
+
 
 class Negotiated(NamedTuple):
     """What the opening handshake agreed on."""
@@ -179,8 +194,10 @@ def _decode_headers(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
 
 
 def _head_too_large(what: str, size: int, limit: int, incomplete: bool) -> str:
-    return (f"HTTP {what} head too large: {'at least ' if incomplete else ''}{size} bytes, over the limit of "
-            f"{limit} (WSConfig.max_header_bytes)")
+    return (
+        f"HTTP {what} head too large: {'at least ' if incomplete else ''}{size} bytes, over the limit of "
+        f"{limit} (WSConfig.max_header_bytes)"
+    )
 
 
 class ServerHandshake:
@@ -226,7 +243,9 @@ class ServerHandshake:
         if line + 1 > limit:
             raise InvalidHandshake(
                 f"request line too long: {'' if self._line_end >= 0 else 'at least '}{line + 1} bytes, over the "
-                f"limit of {limit} (WSConfig.max_header_bytes)", 414)
+                f"limit of {limit} (WSConfig.max_header_bytes)",
+                414,
+            )
         try:
             conn.receive_data(data)
             event = conn.next_event()
@@ -478,11 +497,13 @@ class ClientHandshake:
                 if isinstance(event, h11.InformationalResponse):
                     if event.status_code != 101:
                         continue  # 1xx other than 101: keep waiting (RFC 9110 §15.2)
-                    self.response = Response(101, _decode_headers(event.headers), reason=event.reason.decode())
+                    self.response = Response(101, _decode_headers(event.headers), reason=event.reason.decode("latin-1"))
                     self.trailing_data = bytes(conn.trailing_data[0])
                     return self.response
                 if isinstance(event, h11.Response):
-                    self.response = Response(event.status_code, _decode_headers(event.headers))
+                    self.response = Response(
+                        event.status_code, _decode_headers(event.headers), reason=event.reason.decode("latin-1")
+                    )
                     continue
                 if isinstance(event, h11.Data) and self.response is not None:
                     if len(self.response.body) < 65536:
@@ -497,8 +518,9 @@ class ClientHandshake:
         except h11.RemoteProtocolError as exc:
             if exc.error_status_hint == 431:  # h11's limit on an incomplete head
                 limit = self.config.max_header_bytes
-                raise InvalidHandshake(_head_too_large("response", self._received - self._head_start, limit,
-                                                       True)) from None
+                raise InvalidHandshake(
+                    _head_too_large("response", self._received - self._head_start, limit, True)
+                ) from None
             raise InvalidHandshake(f"malformed HTTP response: {exc}") from None
 
     def _check_head_size(self) -> None:
@@ -512,7 +534,7 @@ class ClientHandshake:
     def accept(self, response: Response) -> Negotiated:
         """Validate the server's response; raises InvalidStatus for non-101, InvalidHandshake otherwise."""
         if response.status != 101:
-            raise InvalidStatus(response.status, response.headers.items(), response.body)
+            raise InvalidStatus(response.status, response.headers.items(), response.body, response)
         headers = response.headers
         if "websocket" not in _tokens(headers.get_all("Upgrade")):
             raise InvalidHandshake("response lacks 'Upgrade: websocket'")
