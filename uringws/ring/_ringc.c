@@ -137,6 +137,16 @@ static PyObject *RingError;       /* uringws.ring.ring.RingError */
 static PyObject *RingClosedError; /* uringws.ring.ring.RingClosedError */
 static PyObject *Orphaned;        /* uringws.ring.ring._ORPHANED: buffers of ops that never completed */
 
+/* One operation in flight. The table is open addressing with linear probing on user_data, which is sequential:
+ * a slot is mostly found at its first probe, and backward-shift deletion keeps probe runs short (no tombstones).
+ * It replaces two dicts ({user_data: callback}, {user_data: keepalive}): no int object per lookup, one probe. */
+#define TAB_DEAD UINT64_MAX
+struct pslot {
+    uint64_t ud; /* 0: empty (user_data starts at 1); TAB_DEAD: removed */
+    PyObject *cb;
+    PyObject *keep;
+};
+
 typedef struct {
     PyObject_HEAD
     int fd;
@@ -158,8 +168,11 @@ typedef struct {
     uint64_t limit;      /* SQ slots are free while sq_tail < limit; 0 once closed */
     uint64_t chain;      /* trailing unsubmitted SQEs of an open link chain */
     Py_ssize_t exports;  /* live buffer exports of the SQE array (_sqes) */
-    PyObject *pending;   /* {user_data: callback or None} */
-    PyObject *keep;      /* {user_data: what the kernel may still touch} */
+    struct pslot *tab;   /* operations in flight by user_data: callback and what the kernel may still touch */
+    size_t tab_mask;     /* capacity - 1 (a power of two) */
+    Py_ssize_t tab_count; /* live entries */
+    Py_ssize_t tab_used;  /* live + dead slots */
+    Py_ssize_t keep_count;
     PyObject *backlog;   /* [(user_data, res, flags)] consumed from the CQ, not dispatched yet */
     PyObject *on_callback_error;
     struct ktimespec wait_ts;
@@ -403,6 +416,112 @@ ring_enter(RingObject *self, unsigned to_submit, unsigned min_complete, unsigned
     }
 }
 
+/* ------------------------------------------------------------------------------------------------ in flight */
+
+static Py_ssize_t
+tab_find(RingObject *self, uint64_t ud)
+{
+    if (self->tab == NULL || ud == 0 || ud == TAB_DEAD)
+        return -1;
+    size_t i = (size_t)ud & self->tab_mask;
+    for (;;) {
+        uint64_t u = self->tab[i].ud;
+        if (u == ud)
+            return (Py_ssize_t)i;
+        if (u == 0)
+            return -1;
+        i = (i + 1) & self->tab_mask; /* past other entries and tombstones */
+    }
+}
+
+/* Insert a user_data that is not in the table (user_data are never reused): the first empty or dead slot. */
+static void
+tab_put(RingObject *self, uint64_t ud, PyObject *cb, PyObject *keep)
+{
+    size_t i = (size_t)ud & self->tab_mask;
+    uint64_t u;
+    while ((u = self->tab[i].ud) != 0 && u != TAB_DEAD)
+        i = (i + 1) & self->tab_mask;
+    if (u == 0)
+        self->tab_used++;
+    self->tab[i].ud = ud;
+    self->tab[i].cb = cb;
+    self->tab[i].keep = keep;
+}
+
+/* Room for one more entry: live + dead slots stay under 3/4 of the table (so that every probe meets an empty
+ * slot), else the table is rebuilt without its dead slots, twice as large if it is more than half live. */
+static int
+tab_reserve(RingObject *self)
+{
+    size_t cap = self->tab == NULL ? 0 : self->tab_mask + 1;
+    if ((size_t)(self->tab_used + 1) * 4 <= cap * 3)
+        return 0;
+    size_t ncap = cap ? cap : 256;
+    while ((size_t)(self->tab_count + 1) * 2 > ncap)
+        ncap *= 2;
+    struct pslot *old = self->tab;
+    struct pslot *ntab = PyMem_Calloc(ncap, sizeof *ntab);
+    if (ntab == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->tab = ntab;
+    self->tab_mask = ncap - 1;
+    self->tab_used = 0;
+    for (size_t i = 0; i < cap; i++)
+        if (old[i].ud != 0 && old[i].ud != TAB_DEAD)
+            tab_put(self, old[i].ud, old[i].cb, old[i].keep);
+    PyMem_Free(old);
+    return 0;
+}
+
+/* Take slot i out (its references go to the caller). A dead slot keeps the probe runs of others intact; when
+ * the next slot is empty, no run goes through this one and it can be empty again. */
+static void
+tab_remove(RingObject *self, size_t i)
+{
+    struct pslot *t = self->tab;
+    if (t[i].keep != NULL)
+        self->keep_count--;
+    self->tab_count--;
+    if (t[(i + 1) & self->tab_mask].ud == 0) {
+        t[i].ud = 0;
+        self->tab_used--;
+    }
+    else {
+        t[i].ud = TAB_DEAD;
+    }
+    t[i].cb = NULL;
+    t[i].keep = NULL;
+}
+
+static int orphan_object(PyObject *obj);
+
+/* Drop every entry: keepalives go to the orphan list (the kernel may still use them), callbacks are released. */
+static int
+tab_clear(RingObject *self, int orphan)
+{
+    int r = 0;
+    if (self->tab == NULL)
+        return 0;
+    for (size_t i = 0; i <= self->tab_mask; i++) {
+        struct pslot *sl = &self->tab[i];
+        if (sl->ud == 0 || sl->ud == TAB_DEAD)
+            continue;
+        if (sl->keep != NULL && orphan && orphan_object(sl->keep) < 0)
+            r = -1;
+        sl->ud = 0;
+        Py_CLEAR(sl->cb);
+        Py_CLEAR(sl->keep);
+    }
+    memset(self->tab, 0, (self->tab_mask + 1) * sizeof *self->tab);
+    self->tab_count = 0;
+    self->tab_used = 0;
+    self->keep_count = 0;
+    return r;
+}
+
 /* ------------------------------------------------------------------------------------------------ SQEs */
 
 static inline uint64_t
@@ -452,25 +571,16 @@ commit(RingObject *self, struct sqe *s, PyObject *callback, PyObject *keep)
     uint64_t ud = self->sq_tail + 1;
     s->user_data = ud;
     PyObject *key = PyLong_FromUnsignedLongLong(ud);
-    if (key == NULL) {
+    if (key == NULL || tab_reserve(self) < 0) {
+        Py_XDECREF(key);
         Py_XDECREF(keep);
         return NULL;
     }
-    if (PyDict_SetItem(self->pending, key, callback) < 0) {
-        Py_XDECREF(keep);
-        Py_DECREF(key);
-        return NULL;
-    }
-    if (keep != NULL) {
-        int r = PyDict_SetItem(self->keep, key, keep);
-        Py_DECREF(keep);
-        if (r < 0) {
-            PyObject *t = PyObject_CallMethod(self->pending, "pop", "O", key); /* undo; keeps the error */
-            Py_XDECREF(t);
-            Py_DECREF(key);
-            return NULL;
-        }
-    }
+    Py_INCREF(callback);
+    tab_put(self, ud, callback, keep); /* keep: stolen */
+    self->tab_count++;
+    if (keep != NULL)
+        self->keep_count++;
     self->sq_tail = ud;
     uint8_t f = s->flags;
     if (f & LINKS)
@@ -979,28 +1089,18 @@ drain_cq_to_backlog(RingObject *self)
 static int
 deliver(RingObject *self, uint64_t ud, int32_t res, uint32_t flags)
 {
-    PyObject *key = PyLong_FromUnsignedLongLong(ud);
-    if (key == NULL)
-        return -1;
-    PyObject *cb = PyDict_GetItemWithError(self->pending, key);
-    if (cb == NULL) {
-        Py_DECREF(key);
-        return PyErr_Occurred() ? -1 : 0;
+    Py_ssize_t i = tab_find(self, ud);
+    if (i < 0)
+        return 0; /* ours (an internal TIMEOUT) or already delivered */
+    PyObject *cb = self->tab[i].cb;
+    PyObject *key = NULL;
+    if (flags & IORING_CQE_F_MORE) {
+        Py_INCREF(cb);
     }
-    Py_INCREF(cb);
-    if (!(flags & IORING_CQE_F_MORE)) {
-        if (PyDict_DelItem(self->pending, key) < 0)
-            goto fail;
-        if (PyDict_GET_SIZE(self->keep)) {
-            PyObject *k = PyDict_GetItemWithError(self->keep, key);
-            if (k != NULL) {
-                if (PyDict_DelItem(self->keep, key) < 0)
-                    goto fail;
-            }
-            else if (PyErr_Occurred()) {
-                goto fail;
-            }
-        }
+    else {
+        PyObject *keep = self->tab[i].keep;
+        tab_remove(self, (size_t)i); /* its references are ours now */
+        Py_XDECREF(keep);
     }
     if (cb != Py_None) {
         PyObject *cargs[2];
@@ -1023,7 +1123,12 @@ deliver(RingObject *self, uint64_t ud, int32_t res, uint32_t flags)
                 PyException_SetTraceback(ev, tb);
             Py_XDECREF(et);
             Py_XDECREF(tb);
-            PyObject *h;
+            PyObject *h = NULL;
+            key = PyLong_FromUnsignedLongLong(ud);
+            if (key == NULL) {
+                Py_XDECREF(ev);
+                goto fail;
+            }
             if (self->on_callback_error != NULL && self->on_callback_error != Py_None)
                 h = PyObject_CallFunctionObjArgs(self->on_callback_error, ev ? ev : Py_None, key, NULL);
             else
@@ -1038,11 +1143,11 @@ deliver(RingObject *self, uint64_t ud, int32_t res, uint32_t flags)
         }
     }
     Py_DECREF(cb);
-    Py_DECREF(key);
+    Py_XDECREF(key);
     return 0;
 fail:
     Py_DECREF(cb);
-    Py_DECREF(key);
+    Py_XDECREF(key);
     return -1;
 }
 
@@ -1329,14 +1434,9 @@ Ring__attach(RingObject *self, PyObject *const *args, Py_ssize_t nargs)
 }
 
 static int
-orphan_values(PyObject *dict)
+orphan_object(PyObject *obj)
 {
-    PyObject *k, *v;
-    Py_ssize_t pos = 0;
-    while (Orphaned != NULL && PyDict_Next(dict, &pos, &k, &v))
-        if (PyList_Append(Orphaned, v) < 0)
-            return -1;
-    return 0;
+    return Orphaned != NULL ? PyList_Append(Orphaned, obj) : 0;
 }
 
 /* _mark_closed(): refuse every later operation (they raise RingClosedError); the fd stays open. */
@@ -1354,13 +1454,11 @@ Ring__release(RingObject *self, PyObject *Py_UNUSED(ignored))
 {
     self->closed = 1;
     self->limit = 0;
-    Py_ssize_t n_pending = PyDict_GET_SIZE(self->pending);
-    self->leaked = n_pending || PyDict_GET_SIZE(self->keep);
+    Py_ssize_t n_pending = self->tab_count;
+    self->leaked = n_pending != 0;
     /* Leaking memory is better than letting the kernel write into freed memory. */
-    if (orphan_values(self->keep) < 0)
+    if (tab_clear(self, 1) < 0)
         return NULL;
-    PyDict_Clear(self->pending);
-    PyDict_Clear(self->keep);
     PyList_SetSlice(self->backlog, 0, PyList_GET_SIZE(self->backlog), NULL);
     int busy = self->exports != 0;
     unmap_all(self);
@@ -1386,7 +1484,42 @@ Ring_get_closed(RingObject *self, void *c)
 static PyObject *
 Ring_get_in_flight(RingObject *self, void *c)
 {
-    return PyLong_FromSsize_t(PyDict_GET_SIZE(self->pending));
+    return PyLong_FromSsize_t(self->tab_count);
+}
+
+/* {user_data: callback} (which == 0) or {user_data: keepalive} (which == 1): a snapshot. */
+static PyObject *
+tab_snapshot(RingObject *self, int which)
+{
+    PyObject *d = PyDict_New();
+    if (d == NULL || self->tab == NULL)
+        return d;
+    for (size_t i = 0; i <= self->tab_mask; i++) {
+        struct pslot *sl = &self->tab[i];
+        PyObject *v = which ? sl->keep : sl->cb;
+        if (sl->ud == 0 || sl->ud == TAB_DEAD || v == NULL)
+            continue;
+        PyObject *k = PyLong_FromUnsignedLongLong(sl->ud);
+        if (k == NULL || PyDict_SetItem(d, k, v) < 0) {
+            Py_XDECREF(k);
+            Py_DECREF(d);
+            return NULL;
+        }
+        Py_DECREF(k);
+    }
+    return d;
+}
+
+static PyObject *
+Ring_get_pending(RingObject *self, void *c)
+{
+    return tab_snapshot(self, 0);
+}
+
+static PyObject *
+Ring_get_keep(RingObject *self, void *c)
+{
+    return tab_snapshot(self, 1);
 }
 
 static PyObject *
@@ -1470,10 +1603,8 @@ Ring_new(PyTypeObject *type, PyObject *args, PyObject *kw)
         return NULL;
     self->fd = -1;
     self->closed = 1;
-    self->pending = PyDict_New();
-    self->keep = PyDict_New();
     self->backlog = PyList_New(0);
-    if (self->pending == NULL || self->keep == NULL || self->backlog == NULL) {
+    if (self->backlog == NULL) {
         Py_DECREF(self);
         return NULL;
     }
@@ -1485,8 +1616,14 @@ Ring_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 static int
 Ring_traverse(RingObject *self, visitproc visit, void *arg)
 {
-    Py_VISIT(self->pending);
-    Py_VISIT(self->keep);
+    if (self->tab != NULL) {
+        for (size_t i = 0; i <= self->tab_mask; i++) {
+            if (self->tab[i].ud != 0 && self->tab[i].ud != TAB_DEAD) {
+                Py_VISIT(self->tab[i].cb);
+                Py_VISIT(self->tab[i].keep);
+            }
+        }
+    }
     Py_VISIT(self->backlog);
     Py_VISIT(self->on_callback_error);
     return 0;
@@ -1496,7 +1633,7 @@ static void
 orphan_keep(RingObject *self)
 {
     /* Buffers the kernel may still use must outlive the ring: never free them with it. */
-    if (self->keep != NULL && !self->closed && orphan_values(self->keep) < 0)
+    if (tab_clear(self, !self->closed) < 0)
         PyErr_Clear();
 }
 
@@ -1504,8 +1641,6 @@ static int
 Ring_clear(RingObject *self)
 {
     orphan_keep(self);
-    Py_CLEAR(self->pending);
-    Py_CLEAR(self->keep);
     Py_CLEAR(self->backlog);
     Py_CLEAR(self->on_callback_error);
     return 0;
@@ -1524,6 +1659,8 @@ Ring_dealloc(RingObject *self)
         close(self->fd); /* the kernel cancels what is left when its last reference goes */
         self->fd = -1;
     }
+    PyMem_Free(self->tab);
+    self->tab = NULL;
     tp->tp_free((PyObject *)self); /* a subclass's dealloc drops its reference to its type itself */
 }
 
@@ -1566,8 +1703,6 @@ static PyMemberDef Ring_members[] = {
     {"_ext_arg", T_INT, offsetof(RingObject, ext_arg), 0, "waits use IORING_ENTER_EXT_ARG"},
     {"_sq_mask", T_UINT, offsetof(RingObject, sq_mask), READONLY, "SQ ring mask"},
     {"_in_dispatch", T_INT, offsetof(RingObject, in_dispatch), READONLY, "callbacks are running"},
-    {"_pending", T_OBJECT, offsetof(RingObject, pending), READONLY, "{user_data: callback}"},
-    {"_keep", T_OBJECT, offsetof(RingObject, keep), READONLY, "{user_data: keepalive}"},
     {"_backlog", T_OBJECT, offsetof(RingObject, backlog), READONLY, "consumed, undelivered CQEs"},
     {"on_callback_error", T_OBJECT, offsetof(RingObject, on_callback_error), 0, "hook(exc, user_data) or None"},
     {NULL, 0, 0, 0, NULL},
@@ -1578,6 +1713,8 @@ static PyGetSetDef Ring_getset[] = {
     {"in_flight", (getter)Ring_get_in_flight, NULL, "operations whose final CQE was not dispatched yet", NULL},
     {"unsubmitted", (getter)Ring_get_unsubmitted, NULL, "SQEs queued but not handed to the kernel", NULL},
     {"_sq_tail", (getter)Ring_get_sq_tail, NULL, "SQEs ever queued", NULL},
+    {"_pending", (getter)Ring_get_pending, NULL, "{user_data: callback} of the operations in flight (a copy)", NULL},
+    {"_keep", (getter)Ring_get_keep, NULL, "{user_data: keepalive} of the operations in flight (a copy)", NULL},
     {"_chain", (getter)Ring_get_chain, (setter)Ring_set_chain, "unsubmitted SQEs of an open link chain", NULL},
     {"_sq_flags", (getter)Ring_get_sq_kflags, NULL, "the kernel's SQ ring flags", NULL},
     {"_sqes", (getter)Ring_get_sqes, NULL, "a writable view of the SQE array (tests)", NULL},

@@ -108,12 +108,12 @@ if _core is not None:
             if self._in_dispatch:
                 raise RingError("Ring.close() called from a completion callback")
             try:
-                if self._pending:
+                if self.in_flight:
                     self._cancel_all(time.monotonic() + timeout)
             finally:
                 self._mark_closed()
-                left = len(self._pending)
-                if left or self._keep:
+                left = self.in_flight
+                if left:
                     log.warning("io_uring: %d operations did not complete before close; their buffers are kept", left)
                 self._release()
 
@@ -132,12 +132,12 @@ if _core is not None:
             )
             self.submit()
             done: set[int] = set(ours)
-            pending = self._pending
-            while pending:
+            while self.in_flight:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return
                 self.wait(min(left, 0.05))
+                pending = self._pending  # a copy: the C core keeps its table to itself
                 # Kernels before 5.19 reject CANCEL_ANY (-EINVAL); callbacks may also have queued new requests.
                 if answer and (answer[0] < 0 or len(pending) > len(ours)):
                     for ud in [u for u in pending if u not in done]:
