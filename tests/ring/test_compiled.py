@@ -227,3 +227,33 @@ def test_keyboard_interrupt_in_a_callback_keeps_the_rest_for_the_next_wait() -> 
         assert seen == [1]
         reap_until(ring, lambda: ring.in_flight == 0)
         assert seen == [1, 3, 4]
+
+
+@needs_compiled
+def test_long_lived_operations_survive_heavy_churn_around_them() -> None:
+    """The in-flight table: recvs that stay pending while 20,000 NOPs come and go around them (growth, reuse of
+    removed slots, rebuilds) are each still found exactly once, by their own user_data."""
+    pairs = [socket.socketpair() for _ in range(300)]
+    try:
+        with COMPILED[0](64) as ring:
+            got: dict[int, list[int]] = {}
+            uds = {}
+            for i, (_a, b) in enumerate(pairs):
+                got[i] = []
+                uds[i] = ring.recv(b.fileno(), bytearray(8), lambda res, f, i=i: got[i].append(res))
+            nops: list[int] = []
+            for _ in range(20_000 // 50):
+                for _ in range(50):
+                    ring.nop(lambda res, f: nops.append(res))
+                ring.wait(0)
+                assert ring.in_flight >= len(pairs)
+            reap_until(ring, lambda: len(nops) == 20_000)
+            assert ring.in_flight == len(pairs) and set(ring._pending) == set(uds.values())
+            for i, (a, _b) in enumerate(pairs):
+                a.send(b"%03d" % i)
+            reap_until(ring, lambda: ring.in_flight == 0)
+            assert got == {i: [3] for i in range(len(pairs))}
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
