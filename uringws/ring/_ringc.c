@@ -138,8 +138,9 @@ static PyObject *RingClosedError; /* uringws.ring.ring.RingClosedError */
 static PyObject *Orphaned;        /* uringws.ring.ring._ORPHANED: buffers of ops that never completed */
 
 /* One operation in flight. The table is open addressing with linear probing on user_data, which is sequential:
- * a slot is mostly found at its first probe, and backward-shift deletion keeps probe runs short (no tombstones).
- * It replaces two dicts ({user_data: callback}, {user_data: keepalive}): no int object per lookup, one probe. */
+ * a slot is mostly found at its first probe; a removed slot becomes dead (a tombstone) that the next user_data
+ * with the same home reuses. It replaces two dicts ({user_data: callback}, {user_data: keepalive}): no int
+ * object per lookup, one probe. keep may be tagged (KEEP_EXPORT, see keep_release). */
 #define TAB_DEAD UINT64_MAX
 struct pslot {
     uint64_t ud; /* 0: empty (user_data starts at 1); TAB_DEAD: removed */
@@ -296,10 +297,47 @@ arg_u64(PyObject *obj, int opcode, const char *what, uint64_t *out)
     return 0;
 }
 
-/* (address, length, keepalive) of a contiguous buffer, like _sys.buffer_address(). */
-static int
-buffer_address(PyObject *obj, int writable, uint64_t *addr, uint64_t *len, PyObject **keep)
+/* A keepalive is a strong reference, or (tagged in its low bit) a bytearray we hold a buffer export of: the
+ * export is what stops a resize from moving the memory, and a bytearray's export needs no memoryview around it
+ * (two allocations less per RECV into a bytearray). keep_release() ends either kind. */
+#define KEEP_EXPORT ((uintptr_t)1)
+
+static inline PyObject *
+keep_obj(PyObject *k)
 {
+    return (PyObject *)((uintptr_t)k & ~KEEP_EXPORT);
+}
+
+static void
+keep_release(PyObject *k)
+{
+    if (k == NULL)
+        return;
+    if ((uintptr_t)k & KEEP_EXPORT) {
+        Py_buffer view;
+        memset(&view, 0, sizeof view);
+        view.obj = keep_obj(k); /* bytearray's releasebuffer reads only obj; PyBuffer_Release drops our reference */
+        PyBuffer_Release(&view);
+    }
+    else {
+        Py_DECREF(k);
+    }
+}
+
+/* (address, length, keepalive) of a contiguous buffer, like _sys.buffer_address(); the keepalive may be tagged
+ * (KEEP_EXPORT) when tagged_ok. */
+static int
+buffer_address(PyObject *obj, int writable, uint64_t *addr, uint64_t *len, PyObject **keep, int tagged_ok)
+{
+    if (tagged_ok && PyByteArray_CheckExact(obj)) {
+        Py_buffer view;
+        if (PyObject_GetBuffer(obj, &view, writable ? PyBUF_WRITABLE : PyBUF_SIMPLE) < 0)
+            return -1;
+        *len = (uint64_t)view.len;
+        *addr = view.len ? (uint64_t)(uintptr_t)view.buf : 0;
+        *keep = (PyObject *)((uintptr_t)view.obj | KEEP_EXPORT); /* view.obj: our reference, and the export */
+        return 0;
+    }
     if (!writable && PyBytes_CheckExact(obj)) {
         *addr = (uint64_t)(uintptr_t)PyBytes_AS_STRING(obj);
         *len = (uint64_t)PyBytes_GET_SIZE(obj);
@@ -509,11 +547,19 @@ tab_clear(RingObject *self, int orphan)
         struct pslot *sl = &self->tab[i];
         if (sl->ud == 0 || sl->ud == TAB_DEAD)
             continue;
-        if (sl->keep != NULL && orphan && orphan_object(sl->keep) < 0)
-            r = -1;
+        PyObject *keep = sl->keep;
         sl->ud = 0;
+        sl->keep = NULL;
+        if (keep != NULL && orphan) {
+            /* The kernel may still use it: the orphan list keeps it (and an export stays, so it cannot move). */
+            if (orphan_object(keep_obj(keep)) < 0)
+                r = -1;
+            Py_DECREF(keep_obj(keep));
+        }
+        else {
+            keep_release(keep);
+        }
         Py_CLEAR(sl->cb);
-        Py_CLEAR(sl->keep);
     }
     memset(self->tab, 0, (self->tab_mask + 1) * sizeof *self->tab);
     self->tab_count = 0;
@@ -573,7 +619,7 @@ commit(RingObject *self, struct sqe *s, PyObject *callback, PyObject *keep)
     PyObject *key = PyLong_FromUnsignedLongLong(ud);
     if (key == NULL || tab_reserve(self) < 0) {
         Py_XDECREF(key);
-        Py_XDECREF(keep);
+        keep_release(keep);
         return NULL;
     }
     Py_INCREF(callback);
@@ -618,12 +664,12 @@ prep(RingObject *self, int opcode, long long sqe_flags, long long ioprio, long l
         bad = "flags";
     if (bad != NULL) {
         out_of_range(opcode, bad);
-        Py_XDECREF(keep);
+        keep_release(keep);
         return NULL;
     }
     struct sqe *s = claim(self);
     if (s == NULL) {
-        Py_XDECREF(keep);
+        keep_release(keep);
         return NULL;
     }
     s->opcode = (uint8_t)opcode;
@@ -693,7 +739,7 @@ buffer_op(RingObject *self, int opcode, int writable, PyObject *const *args, Py_
     }
     uint64_t addr, len;
     PyObject *keep;
-    if (buffer_address(a[1], writable, &addr, &len, &keep) < 0)
+    if (buffer_address(a[1], writable, &addr, &len, &keep, 1) < 0)
         return NULL;
     return prep(self, opcode, sqe_flags, 0, fd, off, addr, len > U32 ? -1 : (long long)len, flags, a[2], keep);
 }
@@ -819,7 +865,7 @@ Ring_sendmsg(RingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject
     for (Py_ssize_t i = 0; i < count; i++) {
         uint64_t addr, len;
         PyObject *k;
-        if (buffer_address(PySequence_Fast_GET_ITEM(seq, i), 0, &addr, &len, &k) < 0) {
+        if (buffer_address(PySequence_Fast_GET_ITEM(seq, i), 0, &addr, &len, &k, 0) < 0) {
             Py_DECREF(keep);
             Py_DECREF(seq);
             return NULL;
@@ -1100,7 +1146,7 @@ deliver(RingObject *self, uint64_t ud, int32_t res, uint32_t flags)
     else {
         PyObject *keep = self->tab[i].keep;
         tab_remove(self, (size_t)i); /* its references are ours now */
-        Py_XDECREF(keep);
+        keep_release(keep);
     }
     if (cb != Py_None) {
         PyObject *cargs[2];
@@ -1496,7 +1542,7 @@ tab_snapshot(RingObject *self, int which)
         return d;
     for (size_t i = 0; i <= self->tab_mask; i++) {
         struct pslot *sl = &self->tab[i];
-        PyObject *v = which ? sl->keep : sl->cb;
+        PyObject *v = which ? keep_obj(sl->keep) : sl->cb;
         if (sl->ud == 0 || sl->ud == TAB_DEAD || v == NULL)
             continue;
         PyObject *k = PyLong_FromUnsignedLongLong(sl->ud);
@@ -1620,7 +1666,7 @@ Ring_traverse(RingObject *self, visitproc visit, void *arg)
         for (size_t i = 0; i <= self->tab_mask; i++) {
             if (self->tab[i].ud != 0 && self->tab[i].ud != TAB_DEAD) {
                 Py_VISIT(self->tab[i].cb);
-                Py_VISIT(self->tab[i].keep);
+                Py_VISIT(keep_obj(self->tab[i].keep));
             }
         }
     }
