@@ -1,6 +1,6 @@
 """Build of the optional C pieces; all other metadata lives in pyproject.toml.
 
-Both are ``optional=True``: without a working compiler (or, for the TLS engine, without OpenSSL's headers) the
+All are ``optional=True``: without a working compiler (or, for the TLS engine, without OpenSSL's headers) the
 install still succeeds and uringws runs on their pure-Python twins (``uringws doctor`` lists what is in use).
 """
 
@@ -9,6 +9,8 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension("uringws.ws._speedups", ["uringws/ws/_speedups.c"], optional=True),
+        # The ring's hot path (SQE preparation, io_uring_enter, CQE dispatch); Linux only, no extra libraries.
+        Extension("uringws.ring._ringc", ["uringws/ring/_ringc.c"], optional=True),
         # Linked against the system's libssl, which must be the one Python's _ssl uses (checked at import).
         Extension("uringws.tls._engine", ["uringws/tls/_engine.c"], libraries=["ssl", "crypto"], optional=True),
     ]

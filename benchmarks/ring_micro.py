@@ -1,6 +1,8 @@
 """Micro-benchmarks of uringws.ring: µs per batched NOP and per SEND+RECV pair, against plain socket calls.
 
-Run: ``.venv/bin/python benchmarks/ring_micro.py [--rounds 7] [--ops 200000] [--clock cpu|wall]``.
+Run: ``.venv/bin/python benchmarks/ring_micro.py [--rounds 7] [--ops 200000] [--clock cpu|wall]
+[--ring pure|compiled|both]`` (``--ring`` picks the pure `Ring`, the compiled `CompiledRing`, or both side by side;
+the default is the one the event loop uses).
 Everything is measured in the same process, interleaved round by round, and reported as the median over rounds
 (the machines are noisy: compare the ratios, not the absolute numbers). Each ring operation includes its share of
 the submit + reap + callback. The default clock is process CPU time, which other jobs on the machine disturb far
@@ -18,6 +20,7 @@ import time
 from collections.abc import Callable
 
 from uringws.ring import Ring
+from uringws.ring.fast import RING_CLASS, RING_CLASSES
 
 PAYLOAD = b"x" * 64
 #: the clock of every measurement: process CPU time by default (user + sys of all our threads, io_uring's
@@ -25,8 +28,8 @@ PAYLOAD = b"x" * 64
 CLOCK: Callable[[], float] = time.process_time
 
 
-def bench_nop(batch: int, ops: int) -> Callable[[], float]:
-    ring = Ring(batch)
+def bench_nop(batch: int, ops: int, cls: type = Ring) -> Callable[[], float]:
+    ring = cls(batch)
     done = [0]
 
     def cb(res: int, flags: int) -> None:
@@ -83,9 +86,9 @@ def bench_python_floor(batch: int, ops: int) -> Callable[[], float]:
     return run
 
 
-def bench_ring_pairs(batch: int, ops: int) -> Callable[[], float]:
+def bench_ring_pairs(batch: int, ops: int, cls: type = Ring) -> Callable[[], float]:
     """``batch`` socketpairs; per round each gets one SEND (a->b) and one RECV (b); one wait() per batch."""
-    ring = Ring(2 * batch)
+    ring = cls(2 * batch)
     pairs = [socket.socketpair() for _ in range(batch)]
     fds = [(a.fileno(), b.fileno()) for a, b in pairs]
     bufs = [bytearray(len(PAYLOAD)) for _ in range(batch)]
@@ -136,17 +139,31 @@ def main() -> None:
     ap.add_argument("--ops", type=int, default=200_000, help="operations per round and case")
     ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
                     help="cpu: process CPU time (default; robust on a shared machine); wall: perf_counter")
+    ap.add_argument("--ring", choices=["pure", "compiled", "both"], default=None,
+                    help="which ring class (default: the one the loop uses; compiled needs the built extension)")
     args = ap.parse_args()
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
-    cases: dict[str, Callable[[], float]] = {
-        "NOP, batch 64": bench_nop(64, args.ops),
-        "NOP, batch 256": bench_nop(256, args.ops),
-        "python floor (dict + callback), batch 256": bench_python_floor(256, args.ops),
-        "ring SEND+RECV pair, 64 pairs/wait": bench_ring_pairs(64, args.ops // 4),
-        "ring SEND+RECV pair, 1 pair/wait": bench_ring_pairs(1, args.ops // 8),
-        "plain send+recv_into pair": bench_plain_pairs(args.ops // 4),
-    }
+    compiled = [c for c in RING_CLASSES if c is not Ring]
+    if args.ring in ("compiled", "both") and not compiled:
+        ap.error("the compiled ring is not available (not built, or URINGWS_PURE=1); see `uringws doctor`")
+    if args.ring == "both":
+        classes: list[tuple[str, type]] = [("pure ", Ring), ("compiled ", compiled[0])]
+    elif args.ring == "pure":
+        classes = [("", Ring)]
+    elif args.ring == "compiled":
+        classes = [("", compiled[0])]
+    else:
+        classes = [("", RING_CLASS)]
+    cases: dict[str, Callable[[], float]] = {}
+    for prefix, cls in classes:
+        cases[f"{prefix}NOP, batch 64"] = bench_nop(64, args.ops, cls)
+        cases[f"{prefix}NOP, batch 256"] = bench_nop(256, args.ops, cls)
+    cases["python floor (dict + callback), batch 256"] = bench_python_floor(256, args.ops)
+    for prefix, cls in classes:
+        cases[f"{prefix}ring SEND+RECV pair, 64 pairs/wait"] = bench_ring_pairs(64, args.ops // 4, cls)
+        cases[f"{prefix}ring SEND+RECV pair, 1 pair/wait"] = bench_ring_pairs(1, args.ops // 8, cls)
+    cases["plain send+recv_into pair"] = bench_plain_pairs(args.ops // 4)
     results: dict[str, list[float]] = {name: [] for name in cases}
     gc.disable()  # a collection in the middle of one round is noise, not the ring's cost
     try:
@@ -158,12 +175,12 @@ def main() -> None:
     finally:
         gc.enable()
     plain = statistics.median(results["plain send+recv_into pair"])
-    print(f"clock: {args.clock}, {args.rounds} rounds, medians")
-    print(f"{'case':44} {'median µs/op':>13} {'min':>8} {'max':>8} {'vs plain':>9}")
+    print(f"clock: {args.clock}, {args.rounds} rounds, medians; ring: {', '.join(c.__name__ for _, c in classes)}")
+    print(f"{'case':53} {'median µs/op':>13} {'min':>8} {'max':>8} {'vs plain':>9}")
     for name, xs in results.items():
         med = statistics.median(xs)
         ratio = f"{med / plain:8.2f}x" if "pair" in name else ""
-        print(f"{name:44} {med * 1e6:13.3f} {min(xs) * 1e6:8.3f} {max(xs) * 1e6:8.3f} {ratio:>9}")
+        print(f"{name:53} {med * 1e6:13.3f} {min(xs) * 1e6:8.3f} {max(xs) * 1e6:8.3f} {ratio:>9}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ PURE = os.environ.get("URINGWS_PURE", "") not in ("", "0")
 
 # The modules whose import registers a compiled piece (kept here so status() is complete without the caller
 # knowing them; this module imports nothing of uringws at import time, so any layer may register).
-_OWNERS = ("uringws.ws.frames", "uringws.tls.engine")
+_OWNERS = ("uringws.ws.frames", "uringws.tls.engine", "uringws.ring.fast")
 
 _registry: dict[str, tuple[bool, str]] = {}
 

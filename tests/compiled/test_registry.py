@@ -37,22 +37,22 @@ def _built(module: str) -> bool:
 
 
 def test_registry_lists_every_piece() -> None:
-    assert set(_compiled.status()) == {"ws._speedups", "tls._engine"}
+    assert set(_compiled.status()) == {"ws._speedups", "tls._engine", "ring._ringc"}
 
 
 def test_pure_switches_every_piece_off() -> None:
     report = _doctor_json(_env(URINGWS_PURE="1"))
     compiled = report["compiled"]
     assert isinstance(compiled, dict)
-    assert set(compiled) == {"ws._speedups", "tls._engine"}
+    assert set(compiled) == {"ws._speedups", "tls._engine", "ring._ringc"}
     assert not any(compiled.values())
     assert report["speedups"] is False
-    code = ("from uringws.ws import frames; from uringws.tls import engine; "
-            "print(frames.apply_mask is frames.apply_mask_py, engine.available())")
+    code = ("from uringws.ws import frames; from uringws.tls import engine; from uringws.ring import fast; "
+            "print(frames.apply_mask is frames.apply_mask_py, engine.available(), fast.RING_CLASS.__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          env=_env(URINGWS_PURE="1"))
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["True", "False"]
+    assert out.stdout.split() == ["True", "False", "Ring"]
 
 
 def test_doctor_reports_what_is_built() -> None:
@@ -61,11 +61,13 @@ def test_doctor_reports_what_is_built() -> None:
     assert isinstance(compiled, dict)
     assert compiled["ws._speedups"] is _built("uringws.ws._speedups")
     assert compiled["tls._engine"] is _built("uringws.tls._engine")
+    assert compiled["ring._ringc"] is _built("uringws.ring._ringc")
     text = subprocess.run([sys.executable, "-m", "uringws", "doctor"], capture_output=True, text=True, timeout=120,
                           env=_env(URINGWS_PURE="1"))
     assert text.returncode == 0, text.stderr
     assert "Compiled    ws._speedups: not in use (switched off by URINGWS_PURE=1)" in text.stdout
     assert "Compiled    tls._engine: not in use (switched off by URINGWS_PURE=1)" in text.stdout
+    assert "Compiled    ring._ringc: not in use (switched off by URINGWS_PURE=1)" in text.stdout
 
 
 def _new_setuptools() -> bool:
@@ -96,10 +98,11 @@ def test_builds_and_runs_pure_without_compiler_or_openssl_headers(tmp_path: Path
                            text=True, timeout=600, env=_env(CC=cc, LDSHARED=f"{cc} -shared"))
     assert build.returncode == 0, build.stdout + build.stderr
     built = sorted(p.name.split(".")[0] for p in (tree / "uringws").rglob("*.so"))
-    assert built == ([] if broken == "compiler" else ["_speedups"])
+    assert built == ([] if broken == "compiler" else ["_ringc", "_speedups"])
     env = _env(PYTHONPATH=str(tree))
     report = _doctor_json(env, cwd=tree)
-    assert report["compiled"] == {"ws._speedups": broken != "compiler", "tls._engine": False}
+    assert report["compiled"] == {"ws._speedups": broken != "compiler", "tls._engine": False,
+                                  "ring._ringc": broken != "compiler"}
     echo = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/tls/test_echo.py"],
                           cwd=tree, capture_output=True, text=True, timeout=600, env=env)
     assert echo.returncode == 0, echo.stdout[-3000:] + echo.stderr[-3000:]

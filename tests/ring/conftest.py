@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from uringws.ring import Ring
+from uringws.ring.fast import RING_CLASSES
 from uringws.ring.probe import availability
 
 
@@ -24,9 +25,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(params=RING_CLASSES, ids=lambda cls: "compiled" if cls is not Ring else "pure")
+def ring_cls(request: pytest.FixtureRequest) -> type[Ring]:
+    """Each ring class there is: the pure `Ring`, and `CompiledRing` where it is built (and not URINGWS_PURE=1)."""
+    cls: type[Ring] = request.param
+    return cls
+
+
 @pytest.fixture
-def ring() -> Iterator[Ring]:
-    r = Ring(64)
+def ring(ring_cls: type[Ring]) -> Iterator[Ring]:
+    r = ring_cls(64)
     try:
         yield r
     finally:

@@ -37,12 +37,12 @@ class Buf(bytearray):
 
 
 # ------------------------------------------------------------------------------------------------ close
-def test_close_with_ops_in_flight_cancels_them_and_leaks_nothing() -> None:
+def test_close_with_ops_in_flight_cancels_them_and_leaks_nothing(ring_cls: type[Ring]) -> None:
     gc.collect()
     fds_before, maps_before = _fds(), _uring_maps()
     pairs = [socket.socketpair() for _ in range(20)]
     try:
-        ring = Ring(16)
+        ring = ring_cls(16)
         assert len(_uring_maps()) > len(maps_before)
         results: list[int] = []
         for _a, b in pairs:
@@ -73,10 +73,10 @@ def test_close_with_ops_in_flight_cancels_them_and_leaks_nothing() -> None:
     assert _uring_maps() == maps_before
 
 
-def test_close_when_a_link_chain_fills_the_sq() -> None:
+def test_close_when_a_link_chain_fills_the_sq(ring_cls: type[Ring]) -> None:
     a, b = socket.socketpair()
     with a, b:
-        ring = Ring(4)
+        ring = ring_cls(4)
         results: list[int] = []
         for _ in range(4):
             ring.recv(b.fileno(), bytearray(8), lambda res, f: results.append(res), sqe_flags=IOSQE_IO_LINK)
@@ -89,9 +89,9 @@ def test_close_when_a_link_chain_fills_the_sq() -> None:
         assert results[1:] == [-errno.ECANCELED] * 3 and results[0] in (-errno.ECANCELED, -errno.EINTR)
 
 
-def test_close_from_a_callback_is_refused() -> None:
+def test_close_from_a_callback_is_refused(ring_cls: type[Ring]) -> None:
     errors: list[BaseException] = []
-    with Ring(4, on_callback_error=lambda exc, ud: errors.append(exc)) as ring:
+    with ring_cls(4, on_callback_error=lambda exc, ud: errors.append(exc)) as ring:
         ring.nop(lambda res, f: ring.close())
         reap_until(ring, lambda: ring.in_flight == 0)
         assert len(errors) == 1 and isinstance(errors[0], RingError)
@@ -100,10 +100,10 @@ def test_close_from_a_callback_is_refused() -> None:
     assert ring.closed
 
 
-def test_unclosed_ring_warns_and_cleans_up() -> None:
+def test_unclosed_ring_warns_and_cleans_up(ring_cls: type[Ring]) -> None:
     gc.collect()
     fds_before = _fds()
-    ring = Ring(4)
+    ring = ring_cls(4)
     ring.nop(None)
     with pytest.warns(ResourceWarning, match="unclosed io_uring"):
         del ring
@@ -111,11 +111,11 @@ def test_unclosed_ring_warns_and_cleans_up() -> None:
     assert _fds() == fds_before
 
 
-def test_many_rings_open_and_close() -> None:
+def test_many_rings_open_and_close(ring_cls: type[Ring]) -> None:
     gc.collect()
     fds_before, maps_before = _fds(), _uring_maps()
     for _ in range(50):
-        with Ring(8) as r:
+        with ring_cls(8) as r:
             r.nop(None)
             r.wait(1)
     gc.collect()
@@ -123,8 +123,8 @@ def test_many_rings_open_and_close() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ misuse
-def test_closed_ring_raises_ring_closed_error() -> None:
-    ring = Ring(4)
+def test_closed_ring_raises_ring_closed_error(ring_cls: type[Ring]) -> None:
+    ring = ring_cls(4)
     ring.close()
     a, b = socket.socketpair()
     with a, b:
@@ -136,9 +136,9 @@ def test_closed_ring_raises_ring_closed_error() -> None:
     assert "closed" in repr(ring)
 
 
-def test_wait_from_a_callback_raises_ring_error() -> None:
+def test_wait_from_a_callback_raises_ring_error(ring_cls: type[Ring]) -> None:
     errors: list[tuple[BaseException, int]] = []
-    with Ring(4, on_callback_error=lambda exc, ud: errors.append((exc, ud))) as ring:
+    with ring_cls(4, on_callback_error=lambda exc, ud: errors.append((exc, ud))) as ring:
         ud = ring.nop(lambda res, f: ring.wait(0))
         assert ring.wait(1) == 1
         assert len(errors) == 1
@@ -146,9 +146,9 @@ def test_wait_from_a_callback_raises_ring_error() -> None:
         assert isinstance(exc, RingError) and "callback" in str(exc) and bad_ud == ud
 
 
-def test_failing_callback_does_not_stop_the_others(caplog: pytest.LogCaptureFixture) -> None:
+def test_failing_callback_does_not_stop_the_others(ring_cls: type[Ring], caplog: pytest.LogCaptureFixture) -> None:
     seen: list[int] = []
-    with Ring(8) as ring:
+    with ring_cls(8) as ring:
         ring.nop(lambda res, f: seen.append(1))
         ring.nop(lambda res, f: 1 / 0)
         ring.nop(lambda res, f: seen.append(3))
@@ -158,13 +158,13 @@ def test_failing_callback_does_not_stop_the_others(caplog: pytest.LogCaptureFixt
         assert "ZeroDivisionError" in caplog.text
 
 
-def test_base_exception_in_callback_keeps_the_rest_of_the_batch() -> None:
+def test_base_exception_in_callback_keeps_the_rest_of_the_batch(ring_cls: type[Ring]) -> None:
     seen: list[int] = []
 
     def boom(res: int, flags: int) -> None:
         raise KeyboardInterrupt
 
-    with Ring(8) as ring:
+    with ring_cls(8) as ring:
         ring.nop(lambda res, f: seen.append(1))
         ring.nop(boom)
         ring.nop(lambda res, f: seen.append(3))
@@ -312,11 +312,11 @@ def test_multishot_poll_keeps_callback_until_final_cqe(ring: Ring) -> None:
         assert ref() is None
 
 
-def test_completions_posted_by_callbacks_wait_for_the_next_wait() -> None:
+def test_completions_posted_by_callbacks_wait_for_the_next_wait(ring_cls: type[Ring]) -> None:
     """A callback that makes another operation complete at once (a NOP submitted from it; in the loop, a flooding
     socket's multishot RECV) must not keep one wait() dispatching: the event loop runs nothing else meanwhile."""
     calls: list[int] = []
-    with Ring(8) as ring:
+    with ring_cls(8) as ring:
 
         def again(res: int, flags: int) -> None:
             calls.append(res)

@@ -35,10 +35,10 @@ class Counter:
         return ud
 
 
-def test_10000_ops_across_1000_sockets_complete_exactly_once() -> None:
+def test_10000_ops_across_1000_sockets_complete_exactly_once(ring_cls: type[Ring]) -> None:
     pairs = [socket.socketpair() for _ in range(1000)]  # 2,000 sockets
     try:
-        with Ring(256, cq_entries=1024) as ring:
+        with ring_cls(256, cq_entries=1024) as ring:
             counter = Counter()
             uds: list[int] = []
             bufs: dict[int, bytearray] = {}
@@ -73,9 +73,9 @@ def test_10000_ops_across_1000_sockets_complete_exactly_once() -> None:
             b.close()
 
 
-def test_sq_full_submits_early_and_keeps_order_of_a_socket() -> None:
+def test_sq_full_submits_early_and_keeps_order_of_a_socket(ring_cls: type[Ring]) -> None:
     a, b = socket.socketpair()
-    with a, b, Ring(8) as ring:
+    with a, b, ring_cls(8) as ring:
         counter = Counter()
         # 100 sends on one socket queued before any wait(): the 8-entry SQ fills many times over.
         for i in range(100):
@@ -105,9 +105,9 @@ def test_cq_overflow_loses_nothing() -> None:
         assert not ring._sq_kflags[0] & IORING_SQ_CQ_OVERFLOW
 
 
-def test_cq_overflow_while_callbacks_submit_more() -> None:
+def test_cq_overflow_while_callbacks_submit_more(ring_cls: type[Ring]) -> None:
     """Callbacks that queue new work while the CQ overflows: every op still completes exactly once."""
-    with Ring(4, cq_entries=8) as ring:
+    with ring_cls(4, cq_entries=8) as ring:
         counter = Counter()
         total = 0
 

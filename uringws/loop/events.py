@@ -23,8 +23,8 @@ from asyncio import constants, exceptions, sslproto
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..ring import Ring
 from ..ring import bufring as _bufring
+from ..ring.fast import RING_CLASS, RING_CLASSES
 from ..ring.probe import availability, kernel_version
 from . import compat
 from .selector import RingSelector
@@ -152,7 +152,7 @@ class EventLoop(_UnixSelectorEventLoop):
             selector = selectors.EpollSelector()
         else:
             if ring is None:
-                ring = (ring_factory or Ring)(ring_entries)
+                ring = (ring_factory or RING_CLASS)(ring_entries)
             self._ring = ring
             ring.on_callback_error = self._on_ring_callback_error
             selector = RingSelector(ring)
@@ -178,7 +178,7 @@ class EventLoop(_UnixSelectorEventLoop):
         if read_mode == "poll":
             return
         why = ""
-        if read_mode == "auto" and not isinstance(self._ring, Ring):
+        if read_mode == "auto" and not isinstance(self._ring, RING_CLASSES):
             why = "the ring is not a uringws Ring (a test double)"
         elif read_mode == "auto" and self._stream_transport_class is not RingSocketTransport:
             # A replacement transport may hook the poll-based read path (_read_cb, _on_readable); it opts in

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Self
 
 from . import _sys
+from .fast import RING_CLASS
 from .io_uring import IORING_ASYNC_CANCEL_ANY, IORING_CQE_F_MORE
 from .ring import Callback, Ring, RingClosedError, RingError
 
@@ -97,11 +98,12 @@ def plan_batch(entries: Sequence[Completion], n_old: int, rng: random.Random,
 
 
 class FaultyRing:
-    """A :class:`Ring` (wrapped, real) that injects short sends/recvs, errors, reordering and delays."""
+    """A real ring (`Ring` or `CompiledRing`, wrapped) that injects short sends/recvs, errors, reordering, delays."""
 
     def __init__(self, ring: Ring | None = None, *, seed: int = 0, faults: Faults | None = None,
                  **ring_kwargs: Any) -> None:
-        self.ring: Ring = ring if ring is not None else Ring(**ring_kwargs)
+        # The ring the loop would use (the compiled one when it is built), so the fault tests exercise it.
+        self.ring: Ring = ring if ring is not None else RING_CLASS(**ring_kwargs)
         self.rng = random.Random(seed)
         self.faults = faults if faults is not None else Faults()
         #: injected faults by kind: send_short, send_error, sendmsg_short, sendmsg_error, recv_short,

@@ -1,0 +1,1825 @@
+/* Optional compiled core of uringws.ring.Ring: SQE preparation, submission and CQE dispatch in C.
+ *
+ * The pure ring (ring.py) drives io_uring through ctypes and struct: each operation costs several C calls made
+ * from bytecode, and the io_uring_enter goes through ctypes. This type owns the mmapped SQ/CQ of a ring that
+ * fast.py set up (io_uring_setup stays in Python: it runs once), prepares SQEs in place, calls io_uring_enter as
+ * a raw syscall and dispatches CQEs to the callbacks by user_data, with the same contract as ring.Ring:
+ *
+ *   - every prep writes all 64 bytes of its SQE (a field of the slot's previous SQE never survives);
+ *   - a value that does not fit the SQE raises ValueError before anything is committed;
+ *   - buffers, addresses and timespecs are held (by user_data) until the operation's last CQE, one without
+ *     IORING_CQE_F_MORE, so the kernel never touches freed memory;
+ *   - one batch of CQEs per wait(); KeyboardInterrupt/SystemExit in a callback keeps the rest for the next wait.
+ *
+ * Memory ordering is explicit (not x86 ordering by accident): the SQ tail is published with a release store after
+ * the SQE stores, the CQ tail is read with an acquire load before the CQEs below it, the CQ head is released with
+ * a release store after those CQEs were copied out, and the SQ head (slots the kernel consumed) is read with an
+ * acquire load before those slots are rewritten. These are liburing's io_uring_smp_load_acquire/store_release.
+ *
+ * fast.py subclasses this type (CompiledRing) for the parts that run once per ring: set-up, close with its
+ * cancel-and-reap loop, __del__, __repr__. The type is not thread-safe, like ring.Ring.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include "structmember.h"
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef __NR_io_uring_enter
+#define __NR_io_uring_enter 426
+#endif
+
+/* Our own copies of the uapi layouts (include/uapi/linux/io_uring.h), so that old system headers do not matter. */
+struct sqe {
+    uint8_t opcode;
+    uint8_t flags;
+    uint16_t ioprio;
+    int32_t fd;
+    uint64_t off;
+    uint64_t addr;
+    uint32_t len;
+    uint32_t op_flags;
+    uint64_t user_data;
+    uint16_t buf_group;
+    uint16_t personality;
+    int32_t splice_fd_in;
+    uint64_t addr3;
+    uint64_t pad2;
+};
+
+struct cqe {
+    uint64_t user_data;
+    int32_t res;
+    uint32_t flags;
+};
+
+struct sqring_offsets {
+    uint32_t head, tail, ring_mask, ring_entries, flags, dropped, array, resv1;
+    uint64_t user_addr;
+};
+
+struct cqring_offsets {
+    uint32_t head, tail, ring_mask, ring_entries, overflow, cqes, flags, resv1;
+    uint64_t user_addr;
+};
+
+struct uring_params {
+    uint32_t sq_entries, cq_entries, flags, sq_thread_cpu, sq_thread_idle, features, wq_fd, resv[3];
+    struct sqring_offsets sq_off;
+    struct cqring_offsets cq_off;
+};
+
+struct getevents_arg {
+    uint64_t sigmask;
+    uint32_t sigmask_sz;
+    uint32_t min_wait_usec;
+    uint64_t ts;
+};
+
+struct ktimespec {
+    int64_t tv_sec;
+    int64_t tv_nsec;
+};
+
+struct msghdr64 {
+    uint64_t msg_name;
+    uint32_t msg_namelen;
+    uint32_t pad;
+    uint64_t msg_iov;
+    uint64_t msg_iovlen;
+    uint64_t msg_control;
+    uint64_t msg_controllen;
+    int32_t msg_flags;
+    int32_t pad2;
+};
+
+struct iovec64 {
+    uint64_t base;
+    uint64_t len;
+};
+
+_Static_assert(sizeof(struct sqe) == 64, "io_uring_sqe is 64 bytes");
+_Static_assert(sizeof(struct cqe) == 16, "io_uring_cqe is 16 bytes");
+_Static_assert(sizeof(struct uring_params) == 120, "io_uring_params is 120 bytes");
+_Static_assert(sizeof(struct msghdr64) == 56, "msghdr is 56 bytes");
+
+enum {
+    OP_NOP = 0, OP_POLL_ADD = 6, OP_POLL_REMOVE = 7, OP_SENDMSG = 9, OP_TIMEOUT = 11, OP_ACCEPT = 13,
+    OP_ASYNC_CANCEL = 14, OP_LINK_TIMEOUT = 15, OP_CONNECT = 16, OP_CLOSE = 19, OP_READ = 22, OP_SEND = 26,
+    OP_RECV = 27, OP_SHUTDOWN = 34,
+};
+#define IOSQE_IO_LINK (1U << 2)
+#define IOSQE_IO_HARDLINK (1U << 3)
+#define IOSQE_BUFFER_SELECT (1U << 5)
+#define LINKS (IOSQE_IO_LINK | IOSQE_IO_HARDLINK)
+#define IORING_POLL_ADD_MULTI 1U
+#define IORING_RECV_MULTISHOT (1U << 1)
+#define IORING_ACCEPT_MULTISHOT 1U
+#define IORING_CQE_F_MORE (1U << 1)
+#define IORING_FEAT_SINGLE_MMAP 1U
+#define IORING_FEAT_EXT_ARG (1U << 8)
+#define IORING_OFF_SQ_RING 0ULL
+#define IORING_OFF_CQ_RING 0x8000000ULL
+#define IORING_OFF_SQES 0x10000000ULL
+#define IORING_SQ_CQ_OVERFLOW (1U << 1)
+#define IORING_SQ_TASKRUN (1U << 2)
+#define IORING_ENTER_GETEVENTS 1U
+#define IORING_ENTER_EXT_ARG (1U << 3)
+#define U32 0xFFFFFFFFULL
+
+static PyObject *RingError;       /* uringws.ring.ring.RingError */
+static PyObject *RingClosedError; /* uringws.ring.ring.RingClosedError */
+static PyObject *Orphaned;        /* uringws.ring.ring._ORPHANED: buffers of ops that never completed */
+
+/* One operation in flight. The table is open addressing with linear probing on user_data, which is sequential:
+ * a slot is mostly found at its first probe; a removed slot becomes dead (a tombstone) that the next user_data
+ * with the same home reuses. It replaces two dicts ({user_data: callback}, {user_data: keepalive}): no int
+ * object per lookup, one probe. keep may be tagged (KEEP_EXPORT, see keep_release). */
+#define TAB_DEAD UINT64_MAX
+struct pslot {
+    uint64_t ud; /* 0: empty (user_data starts at 1); TAB_DEAD: removed */
+    PyObject *cb;
+    PyObject *keep;
+};
+
+typedef struct {
+    PyObject_HEAD
+    int fd;
+    int closed;
+    int in_dispatch;
+    int ext_arg;
+    char leaked;
+    unsigned sq_entries, cq_entries, setup_flags, features;
+    unsigned sq_mask, cq_mask;
+    void *sq_map, *cq_map, *sqe_map;
+    size_t sq_map_size, cq_map_size, sqe_map_size;
+    unsigned *sq_khead, *sq_ktail, *sq_kflags;
+    unsigned *cq_khead, *cq_ktail;
+    struct sqe *sqes;
+    struct cqe *cqes;
+    struct cqe *batch;   /* CQEs copied out of the CQ for one dispatch (cq_entries of them) */
+    uint64_t sq_tail;    /* every SQE ever queued; user_data of the SQE queued at t is t + 1 */
+    uint64_t submitted;  /* SQ tail already handed to the kernel (mod 2**32) */
+    uint64_t limit;      /* SQ slots are free while sq_tail < limit; 0 once closed */
+    uint64_t chain;      /* trailing unsubmitted SQEs of an open link chain */
+    Py_ssize_t exports;  /* live buffer exports of the SQE array (_sqes) */
+    struct pslot *tab;   /* operations in flight by user_data: callback and what the kernel may still touch */
+    size_t tab_mask;     /* capacity - 1 (a power of two) */
+    Py_ssize_t tab_count; /* live entries */
+    Py_ssize_t tab_used;  /* live + dead slots */
+    Py_ssize_t keep_count;
+    PyObject *backlog;   /* [(user_data, res, flags)] consumed from the CQ, not dispatched yet */
+    PyObject *on_callback_error;
+    struct ktimespec wait_ts;
+    struct getevents_arg wait_arg;
+} RingObject;
+
+/* ------------------------------------------------------------------------------------------------ arguments */
+
+/* Fast-call argument parsing: positionals, then keywords by name (the rest keep the caller's defaults). */
+static int
+parse(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, const char *const *names,
+      Py_ssize_t min_pos, Py_ssize_t max_pos, PyObject **out)
+{
+    Py_ssize_t n = 0;
+    while (names[n] != NULL)
+        n++;
+    if (nargs < min_pos || nargs > max_pos) {
+        PyErr_Format(PyExc_TypeError, "%s() takes from %zd to %zd positional arguments but %zd were given", fname,
+                     min_pos, max_pos, nargs);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++)
+        out[i] = args[i];
+    if (kwnames == NULL)
+        return 0;
+    Py_ssize_t nkw = PyTuple_GET_SIZE(kwnames);
+    for (Py_ssize_t k = 0; k < nkw; k++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, k);
+        Py_ssize_t j = 0;
+        for (; j < n; j++)
+            if (PyUnicode_CompareWithASCIIString(key, names[j]) == 0)
+                break;
+        if (j == n) {
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'", fname, key);
+            return -1;
+        }
+        if (j < nargs) {
+            PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'", fname, names[j]);
+            return -1;
+        }
+        out[j] = args[nargs + k];
+    }
+    for (Py_ssize_t i = 0; i < min_pos; i++) {
+        if (out[i] == NULL) {
+            PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", fname, names[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static const char *
+op_name(int opcode)
+{
+    switch (opcode) {
+    case OP_NOP: return "NOP";
+    case OP_POLL_ADD: return "POLL_ADD";
+    case OP_POLL_REMOVE: return "POLL_REMOVE";
+    case OP_SENDMSG: return "SENDMSG";
+    case OP_TIMEOUT: return "TIMEOUT";
+    case OP_ACCEPT: return "ACCEPT";
+    case OP_ASYNC_CANCEL: return "ASYNC_CANCEL";
+    case OP_LINK_TIMEOUT: return "LINK_TIMEOUT";
+    case OP_CONNECT: return "CONNECT";
+    case OP_CLOSE: return "CLOSE";
+    case OP_READ: return "READ";
+    case OP_SEND: return "SEND";
+    case OP_RECV: return "RECV";
+    case OP_SHUTDOWN: return "SHUTDOWN";
+    default: return NULL;
+    }
+}
+
+static void
+out_of_range(int opcode, const char *what)
+{
+    const char *name = op_name(opcode);
+    if (name != NULL)
+        PyErr_Format(PyExc_ValueError, "%s: an argument is out of range (%s)", name, what);
+    else
+        PyErr_Format(PyExc_ValueError, "%d: an argument is out of range (%s)", opcode, what);
+}
+
+/* An int argument in [lo, hi] (signed) or ValueError naming the operation; obj NULL means dflt. */
+static int
+arg_i64(PyObject *obj, long long dflt, long long lo, long long hi, int opcode, const char *what, long long *out)
+{
+    if (obj == NULL) {
+        *out = dflt;
+        return 0;
+    }
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow || v < lo || v > hi) {
+        out_of_range(opcode, what);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* An unsigned 64-bit argument (addresses, offsets, user_data). */
+static int
+arg_u64(PyObject *obj, int opcode, const char *what, uint64_t *out)
+{
+    if (!PyLong_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an int, not '%.100s'", what, Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    unsigned long long v = PyLong_AsUnsignedLongLong(obj);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+            return -1;
+        PyErr_Clear();
+        out_of_range(opcode, what);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* A keepalive is a strong reference, or (tagged in its low bit) a bytearray we hold a buffer export of: the
+ * export is what stops a resize from moving the memory, and a bytearray's export needs no memoryview around it
+ * (two allocations less per RECV into a bytearray). keep_release() ends either kind. */
+#define KEEP_EXPORT ((uintptr_t)1)
+
+static inline PyObject *
+keep_obj(PyObject *k)
+{
+    return (PyObject *)((uintptr_t)k & ~KEEP_EXPORT);
+}
+
+static void
+keep_release(PyObject *k)
+{
+    if (k == NULL)
+        return;
+    if ((uintptr_t)k & KEEP_EXPORT) {
+        Py_buffer view;
+        memset(&view, 0, sizeof view);
+        view.obj = keep_obj(k); /* bytearray's releasebuffer reads only obj; PyBuffer_Release drops our reference */
+        PyBuffer_Release(&view);
+    }
+    else {
+        Py_DECREF(k);
+    }
+}
+
+/* (address, length, keepalive) of a contiguous buffer, like _sys.buffer_address(); the keepalive may be tagged
+ * (KEEP_EXPORT) when tagged_ok. */
+static int
+buffer_address(PyObject *obj, int writable, uint64_t *addr, uint64_t *len, PyObject **keep, int tagged_ok)
+{
+    if (tagged_ok && PyByteArray_CheckExact(obj)) {
+        Py_buffer view;
+        if (PyObject_GetBuffer(obj, &view, writable ? PyBUF_WRITABLE : PyBUF_SIMPLE) < 0)
+            return -1;
+        *len = (uint64_t)view.len;
+        *addr = view.len ? (uint64_t)(uintptr_t)view.buf : 0;
+        *keep = (PyObject *)((uintptr_t)view.obj | KEEP_EXPORT); /* view.obj: our reference, and the export */
+        return 0;
+    }
+    if (!writable && PyBytes_CheckExact(obj)) {
+        *addr = (uint64_t)(uintptr_t)PyBytes_AS_STRING(obj);
+        *len = (uint64_t)PyBytes_GET_SIZE(obj);
+        Py_INCREF(obj);
+        *keep = obj;
+        return 0;
+    }
+    if (!PyObject_CheckBuffer(obj)) {
+        PyErr_Format(PyExc_TypeError, "a bytes-like object is required, not '%.100s'", Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    /* Our own memoryview exports the buffer for as long as we hold it: a bytearray cannot be resized (moved)
+     * and a memoryview cannot be released under the kernel's feet. */
+    PyObject *view = PyMemoryView_FromObject(obj);
+    if (view == NULL)
+        return -1;
+    Py_buffer *b = PyMemoryView_GET_BUFFER(view);
+    if (writable && b->readonly) {
+        PyErr_Format(PyExc_TypeError, "a writable buffer is required, not a read-only '%.100s'",
+                     Py_TYPE(obj)->tp_name);
+        Py_DECREF(view);
+        return -1;
+    }
+    if (!PyBuffer_IsContiguous(b, 'C')) {
+        PyErr_SetString(PyExc_BufferError, "the buffer must be C-contiguous");
+        Py_DECREF(view);
+        return -1;
+    }
+    *len = (uint64_t)b->len;
+    *addr = b->len ? (uint64_t)(uintptr_t)b->buf : 0;
+    *keep = view;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------------ enter */
+
+static int drain_cq_to_backlog(RingObject *self);
+
+/* io_uring_enter, with the Python ring's error handling. Returns the SQEs consumed, or -1 with an exception. */
+static long
+ring_enter(RingObject *self, unsigned to_submit, unsigned min_complete, unsigned flags, int block, void *arg,
+           size_t argsz)
+{
+    if (to_submit) {
+        /* The release store: every SQE store above happens before the kernel can see the new tail. */
+        __atomic_store_n(self->sq_ktail, (unsigned)((self->submitted + to_submit) & U32), __ATOMIC_RELEASE);
+    }
+    int busy = 0;
+    for (;;) {
+        long ret;
+        int err = 0;
+        if (block) {
+            Py_BEGIN_ALLOW_THREADS
+            ret = syscall(__NR_io_uring_enter, self->fd, to_submit, min_complete, flags, arg, argsz);
+            if (ret < 0)
+                err = errno;
+            Py_END_ALLOW_THREADS
+        }
+        else {
+            ret = syscall(__NR_io_uring_enter, self->fd, to_submit, min_complete, flags, arg, argsz);
+            if (ret < 0)
+                err = errno;
+        }
+        if (ret >= 0) {
+            if (to_submit && !self->closed) {
+                /* Without SUBMIT_ALL the kernel may stop early at an SQE it could not even prepare; the rest
+                 * stays below the kernel's tail and goes with the next enter. */
+                self->submitted = (self->submitted + (uint64_t)ret) & U32;
+                uint64_t tail = self->sq_tail;
+                unsigned khead = __atomic_load_n(self->sq_khead, __ATOMIC_ACQUIRE);
+                self->limit = tail + self->sq_entries - ((tail - khead) & U32);
+                if (self->chain) {
+                    uint64_t unsub = (self->sq_tail - self->submitted) & U32;
+                    if (self->chain > unsub)
+                        self->chain = unsub;
+                }
+            }
+            return ret;
+        }
+        if (err == EINTR) {
+            if (to_submit)
+                continue;
+            return 0;
+        }
+        if (err == EAGAIN || err == EBUSY) {
+            /* The CQ is full (overflow backlog) or the kernel is short of memory: make room by moving CQEs
+             * into our backlog, then try again, for a bounded time. */
+            int moved = drain_cq_to_backlog(self);
+            if (moved < 0)
+                return -1;
+            if (!moved) {
+                if (++busy > 2000) {
+                    PyErr_Format(PyExc_OSError, "io_uring_enter: %s for more than a second", strerror(err));
+                    return -1;
+                }
+                Py_BEGIN_ALLOW_THREADS
+                usleep(500);
+                Py_END_ALLOW_THREADS
+            }
+            continue;
+        }
+        if (err == ETIME)
+            return 0;
+        PyObject *margs = Py_BuildValue("(is)", err, "");
+        if (margs != NULL) {
+            PyObject *msg = PyUnicode_FromFormat("io_uring_enter: %s", strerror(err));
+            if (msg != NULL) {
+                PyTuple_SetItem(margs, 1, msg); /* steals msg */
+                PyErr_SetObject(PyExc_OSError, margs);
+            }
+            Py_DECREF(margs);
+        }
+        return -1;
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------ in flight */
+
+static Py_ssize_t
+tab_find(RingObject *self, uint64_t ud)
+{
+    if (self->tab == NULL || ud == 0 || ud == TAB_DEAD)
+        return -1;
+    size_t i = (size_t)ud & self->tab_mask;
+    for (;;) {
+        uint64_t u = self->tab[i].ud;
+        if (u == ud)
+            return (Py_ssize_t)i;
+        if (u == 0)
+            return -1;
+        i = (i + 1) & self->tab_mask; /* past other entries and tombstones */
+    }
+}
+
+/* Insert a user_data that is not in the table (user_data are never reused): the first empty or dead slot. */
+static void
+tab_put(RingObject *self, uint64_t ud, PyObject *cb, PyObject *keep)
+{
+    size_t i = (size_t)ud & self->tab_mask;
+    uint64_t u;
+    while ((u = self->tab[i].ud) != 0 && u != TAB_DEAD)
+        i = (i + 1) & self->tab_mask;
+    if (u == 0)
+        self->tab_used++;
+    self->tab[i].ud = ud;
+    self->tab[i].cb = cb;
+    self->tab[i].keep = keep;
+}
+
+/* Room for one more entry: live + dead slots stay under 3/4 of the table (so that every probe meets an empty
+ * slot), else the table is rebuilt without its dead slots, twice as large if it is more than half live. */
+static int
+tab_reserve(RingObject *self)
+{
+    size_t cap = self->tab == NULL ? 0 : self->tab_mask + 1;
+    if ((size_t)(self->tab_used + 1) * 4 <= cap * 3)
+        return 0;
+    size_t ncap = cap ? cap : 256;
+    while ((size_t)(self->tab_count + 1) * 2 > ncap)
+        ncap *= 2;
+    struct pslot *old = self->tab;
+    struct pslot *ntab = PyMem_Calloc(ncap, sizeof *ntab);
+    if (ntab == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->tab = ntab;
+    self->tab_mask = ncap - 1;
+    self->tab_used = 0;
+    for (size_t i = 0; i < cap; i++)
+        if (old[i].ud != 0 && old[i].ud != TAB_DEAD)
+            tab_put(self, old[i].ud, old[i].cb, old[i].keep);
+    PyMem_Free(old);
+    return 0;
+}
+
+/* Take slot i out (its references go to the caller). A dead slot keeps the probe runs of others intact; when
+ * the next slot is empty, no run goes through this one and it can be empty again. */
+static void
+tab_remove(RingObject *self, size_t i)
+{
+    struct pslot *t = self->tab;
+    if (t[i].keep != NULL)
+        self->keep_count--;
+    self->tab_count--;
+    if (t[(i + 1) & self->tab_mask].ud == 0) {
+        t[i].ud = 0;
+        self->tab_used--;
+    }
+    else {
+        t[i].ud = TAB_DEAD;
+    }
+    t[i].cb = NULL;
+    t[i].keep = NULL;
+}
+
+static int orphan_object(PyObject *obj);
+
+/* Drop every entry: keepalives go to the orphan list (the kernel may still use them), callbacks are released. */
+static int
+tab_clear(RingObject *self, int orphan)
+{
+    int r = 0;
+    if (self->tab == NULL)
+        return 0;
+    for (size_t i = 0; i <= self->tab_mask; i++) {
+        struct pslot *sl = &self->tab[i];
+        if (sl->ud == 0 || sl->ud == TAB_DEAD)
+            continue;
+        PyObject *keep = sl->keep;
+        sl->ud = 0;
+        sl->keep = NULL;
+        if (keep != NULL && orphan) {
+            /* The kernel may still use it: the orphan list keeps it (and an export stays, so it cannot move). */
+            if (orphan_object(keep_obj(keep)) < 0)
+                r = -1;
+            Py_DECREF(keep_obj(keep));
+        }
+        else {
+            keep_release(keep);
+        }
+        Py_CLEAR(sl->cb);
+    }
+    memset(self->tab, 0, (self->tab_mask + 1) * sizeof *self->tab);
+    self->tab_count = 0;
+    self->tab_used = 0;
+    self->keep_count = 0;
+    return r;
+}
+
+/* ------------------------------------------------------------------------------------------------ SQEs */
+
+static inline uint64_t
+unsubmitted(RingObject *self)
+{
+    return (self->sq_tail - self->submitted) & U32;
+}
+
+/* No free SQ slot: hand the kernel everything but an unfinished link chain (chains must stay whole). */
+static int
+make_room(RingObject *self)
+{
+    if (self->closed) {
+        PyErr_SetString(RingClosedError, "the ring is closed");
+        return -1;
+    }
+    uint64_t n = unsubmitted(self);
+    if (n <= self->chain) {
+        PyErr_Format(RingError, "a link chain of %llu SQEs fills the whole SQ (%u entries)",
+                     (unsigned long long)self->chain, self->sq_entries);
+        return -1;
+    }
+    if (ring_enter(self, (unsigned)(n - self->chain), 0, 0, 0, NULL, 0) < 0)
+        return -1;
+    if (self->sq_tail >= self->limit) {
+        PyErr_SetString(RingError, "the kernel did not consume any SQE from a full SQ");
+        return -1;
+    }
+    return 0;
+}
+
+/* The free slot for the next SQE (zeroed: every prep writes all 64 bytes), or NULL with an exception. */
+static inline struct sqe *
+claim(RingObject *self)
+{
+    if (self->sq_tail >= self->limit && make_room(self) < 0)
+        return NULL;
+    struct sqe *s = &self->sqes[self->sq_tail & self->sq_mask];
+    memset(s, 0, sizeof *s);
+    return s;
+}
+
+/* Commit the SQE written into the claimed slot: pending/keep entries, then the tail. Steals keep. */
+static PyObject *
+commit(RingObject *self, struct sqe *s, PyObject *callback, PyObject *keep)
+{
+    uint64_t ud = self->sq_tail + 1;
+    s->user_data = ud;
+    PyObject *key = PyLong_FromUnsignedLongLong(ud);
+    if (key == NULL || tab_reserve(self) < 0) {
+        Py_XDECREF(key);
+        keep_release(keep);
+        return NULL;
+    }
+    Py_INCREF(callback);
+    tab_put(self, ud, callback, keep); /* keep: stolen */
+    self->tab_count++;
+    if (keep != NULL)
+        self->keep_count++;
+    self->sq_tail = ud;
+    uint8_t f = s->flags;
+    if (f & LINKS)
+        self->chain++;
+    else
+        self->chain = 0;
+    return key;
+}
+
+static int
+check_open(RingObject *self)
+{
+    if (self->closed) {
+        PyErr_SetString(RingClosedError, "the ring is closed");
+        return -1;
+    }
+    return 0;
+}
+
+/* The generic prep: all fields given, checked against their SQE widths. Steals keep. */
+static PyObject *
+prep(RingObject *self, int opcode, long long sqe_flags, long long ioprio, long long fd, uint64_t off, uint64_t addr,
+     long long len, long long op_flags, PyObject *callback, PyObject *keep)
+{
+    const char *bad = NULL;
+    if (sqe_flags < 0 || sqe_flags > 0xFF)
+        bad = "sqe_flags";
+    else if (ioprio < 0 || ioprio > 0xFFFF)
+        bad = "ioprio";
+    else if (fd < INT32_MIN || fd > INT32_MAX)
+        bad = "fd";
+    else if (len < 0 || (unsigned long long)len > U32)
+        bad = "len";
+    else if (op_flags < 0 || (unsigned long long)op_flags > U32)
+        bad = "flags";
+    if (bad != NULL) {
+        out_of_range(opcode, bad);
+        keep_release(keep);
+        return NULL;
+    }
+    struct sqe *s = claim(self);
+    if (s == NULL) {
+        keep_release(keep);
+        return NULL;
+    }
+    s->opcode = (uint8_t)opcode;
+    s->flags = (uint8_t)sqe_flags;
+    s->ioprio = (uint16_t)ioprio;
+    s->fd = (int32_t)fd;
+    s->off = off;
+    s->addr = addr;
+    s->len = (uint32_t)len;
+    s->op_flags = (uint32_t)op_flags;
+    return commit(self, s, callback, keep);
+}
+
+#define FLAGS_ARG(obj, name, out) arg_i64((obj), 0, LLONG_MIN, LLONG_MAX, opcode, (name), (out))
+
+static PyObject *
+Ring_nop(RingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (nargs == 1 && kwnames == NULL) {
+        struct sqe *s = claim(self);
+        if (s == NULL)
+            return NULL;
+        s->opcode = OP_NOP;
+        s->fd = -1;
+        return commit(self, s, args[0], NULL);
+    }
+    static const char *const names[] = {"callback", "sqe_flags", NULL};
+    PyObject *a[2] = {NULL, NULL};
+    const int opcode = OP_NOP;
+    long long sqe_flags;
+    if (parse("nop", args, nargs, kwnames, names, 1, 1, a) < 0 || FLAGS_ARG(a[1], "sqe_flags", &sqe_flags) < 0)
+        return NULL;
+    return prep(self, OP_NOP, sqe_flags, 0, -1, 0, 0, 0, 0, a[0], NULL);
+}
+
+/* send/recv/read: (fd, buffer, callback, *, flags|offset, sqe_flags). */
+static PyObject *
+buffer_op(RingObject *self, int opcode, int writable, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const send_names[] = {"fd", "data", "callback", "flags", "sqe_flags", NULL};
+    static const char *const recv_names[] = {"fd", "buf", "callback", "flags", "sqe_flags", NULL};
+    static const char *const read_names[] = {"fd", "buf", "callback", "offset", "sqe_flags", NULL};
+    PyObject *a[5] = {NULL, NULL, NULL, NULL, NULL};
+    const char *fname = opcode == OP_SEND ? "send" : opcode == OP_RECV ? "recv" : "read";
+    if (nargs == 3 && kwnames == NULL) {
+        a[0] = args[0];
+        a[1] = args[1];
+        a[2] = args[2];
+    }
+    else if (parse(fname, args, nargs, kwnames,
+                   opcode == OP_SEND ? send_names : opcode == OP_RECV ? recv_names : read_names, 3, 3, a) < 0) {
+        return NULL;
+    }
+    long long fd, sqe_flags, flags = 0;
+    uint64_t off = 0;
+    if (arg_i64(a[0], 0, INT32_MIN, INT32_MAX, opcode, "fd", &fd) < 0 ||
+        FLAGS_ARG(a[4], "sqe_flags", &sqe_flags) < 0)
+        return NULL;
+    if (opcode == OP_READ) {
+        long long o;
+        if (arg_i64(a[3], -1, LLONG_MIN, LLONG_MAX, opcode, "offset", &o) < 0)
+            return NULL;
+        off = (uint64_t)o;
+    }
+    else if (FLAGS_ARG(a[3], "flags", &flags) < 0) {
+        return NULL;
+    }
+    uint64_t addr, len;
+    PyObject *keep;
+    if (buffer_address(a[1], writable, &addr, &len, &keep, 1) < 0)
+        return NULL;
+    return prep(self, opcode, sqe_flags, 0, fd, off, addr, len > U32 ? -1 : (long long)len, flags, a[2], keep);
+}
+
+static PyObject *
+Ring_send(RingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    return buffer_op(self, OP_SEND, 0, args, nargs, kwnames);
+}
+
+static PyObject *
+Ring_recv(RingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    return buffer_op(self, OP_RECV, 1, args, nargs, kwnames);
+}
+
+static PyObject *
+Ring_read(RingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    return buffer_op(self, OP_READ, 1, args, nargs, kwnames);
+}
+
+static PyObject *
+Ring_poll_add(RingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"fd", "events", "callback", "multishot", "sqe_flags", NULL};
+    PyObject *a[5] = {NULL, NULL, NULL, NULL, NULL};
+    const int opcode = OP_POLL_ADD;
+    if (nargs == 3 && kwnames == NULL) {
+        a[0] = args[0];
+        a[1] = args[1];
+        a[2] = args[2];
+    }
+    else if (parse("poll_add", args, nargs, kwnames, names, 3, 3, a) < 0) {
+        return NULL;
+    }
+    long long fd, sqe_flags;
+    int multishot = 0;
+    if (arg_i64(a[0], 0, INT32_MIN, INT32_MAX, opcode, "fd", &fd) < 0 ||
+        FLAGS_ARG(a[4], "sqe_flags", &sqe_flags) < 0)
+        return NULL;
+    if (a[3] != NULL && (multishot = PyObject_IsTrue(a[3])) < 0)
+        return NULL;
+    if (!PyLong_Check(a[1])) {
+        PyErr_Format(PyExc_TypeError, "events must be an int, not '%.100s'", Py_TYPE(a[1])->tp_name);
+        return NULL;
+    }
+    unsigned long events = PyLong_AsUnsignedLongMask(a[1]) & U32; /* like the pure ring: events & 0xFFFFFFFF */
+    if (events == (unsigned long)-1 && PyErr_Occurred())
+        return NULL;
+    return prep(self, opcode, sqe_flags, 0, fd, 0, 0, multishot ? IORING_POLL_ADD_MULTI : 0, (long long)events,
+                a[2], NULL);
+}
+
+static PyObject *
+Ring_recv_select(RingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"fd", "bgid", "callback", "multishot", "flags", "sqe_flags", NULL};
+    PyObject *a[6] = {NULL, NULL, NULL, NULL, NULL, NULL};
+    const int opcode = OP_RECV;
+    long long fd, bgid, flags, sqe_flags;
+    int multishot = 1;
+    if (parse("recv_select", args, nargs, kwnames, names, 3, 3, a) < 0)
+        return NULL;
+    if (a[3] != NULL && (multishot = PyObject_IsTrue(a[3])) < 0)
+        return NULL;
+    if (arg_i64(a[0], 0, INT32_MIN, INT32_MAX, opcode, "fd", &fd) < 0 || FLAGS_ARG(a[4], "flags", &flags) < 0 ||
+        FLAGS_ARG(a[5], "sqe_flags", &sqe_flags) < 0)
+        return NULL;
+    int overflow = 0;
+    bgid = PyLong_AsLongLongAndOverflow(a[1], &overflow);
+    if (bgid == -1 && PyErr_Occurred())
+        return NULL;
+    if (overflow || bgid < 0 || bgid > 0xFFFF) {
+        PyErr_SetString(PyExc_ValueError, "bgid must fit in 16 bits");
+        return NULL;
+    }
+    if (sqe_flags >= 0 && sqe_flags <= 0xFF)
+        sqe_flags |= IOSQE_BUFFER_SELECT;
+    uint64_t tail = self->sq_tail;
+    PyObject *ud = prep(self, opcode, sqe_flags, multishot ? IORING_RECV_MULTISHOT : 0, fd, 0, 0, 0, flags, a[2],
+                        NULL);
+    if (ud != NULL)
+        self->sqes[tail & self->sq_mask].buf_group = (uint16_t)bgid; /* not handed over before the next enter */
+    return ud;
+}
+
+static PyObject *
+Ring_sendmsg(RingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"fd", "buffers", "callback", "flags", "sqe_flags", NULL};
+    PyObject *a[5] = {NULL, NULL, NULL, NULL, NULL};
+    const int opcode = OP_SENDMSG;
+    long long fd, flags, sqe_flags;
+    if (parse("sendmsg", args, nargs, kwnames, names, 3, 3, a) < 0)
+        return NULL;
+    if (arg_i64(a[0], 0, INT32_MIN, INT32_MAX, opcode, "fd", &fd) < 0 || FLAGS_ARG(a[3], "flags", &flags) < 0 ||
+        FLAGS_ARG(a[4], "sqe_flags", &sqe_flags) < 0)
+        return NULL;
+    PyObject *seq = PySequence_Fast(a[1], "sendmsg() needs a sequence of buffers");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    if (count == 0) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "sendmsg() needs at least one buffer");
+        return NULL;
+    }
+    /* keep = (blob, keepalive of each buffer); the blob holds the msghdr and the iovec array (8-aligned). */
+    PyObject *keep = PyTuple_New(count + 1);
+    PyObject *blob = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(sizeof(struct msghdr64) +
+                                                                  count * sizeof(struct iovec64)));
+    if (keep == NULL || blob == NULL) {
+        Py_XDECREF(keep);
+        Py_XDECREF(blob);
+        Py_DECREF(seq);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(keep, 0, blob);
+    struct msghdr64 *msg = (struct msghdr64 *)PyBytes_AS_STRING(blob);
+    struct iovec64 *iov = (struct iovec64 *)(msg + 1);
+    memset(msg, 0, sizeof *msg);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        uint64_t addr, len;
+        PyObject *k;
+        if (buffer_address(PySequence_Fast_GET_ITEM(seq, i), 0, &addr, &len, &k, 0) < 0) {
+            Py_DECREF(keep);
+            Py_DECREF(seq);
+            return NULL;
+        }
+        iov[i].base = addr;
+        iov[i].len = len;
+        PyTuple_SET_ITEM(keep, i + 1, k);
+    }
+    Py_DECREF(seq);
+    msg->msg_iov = (uint64_t)(uintptr_t)iov;
+    msg->msg_iovlen = (uint64_t)count;
+    return prep(self, opcode, sqe_flags, 0, fd, 0, (uint64_t)(uintptr_t)msg, 1, flags, a[2], keep);
+}
+
+static PyObject *
+Ring_accept(RingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"fd", "callback", "multishot", "flags", "sqe_flags", NULL};
+    PyObject *a[5] = {NULL, NULL, NULL, NULL, NULL};
+    const int opcode = OP_ACCEPT;
+    long long fd, flags, sqe_flags;
+    int multishot = 0;
+    if (parse("accept", args, nargs, kwnames, names, 2, 2, a) < 0)
+        return NULL;
+    if (a[2] != NULL && (multishot = PyObject_IsTrue(a[2])) < 0)
+        return NULL;
+    if (arg_i64(a[0], 0, INT32_MIN, INT32_MAX, opcode, "fd", &fd) < 0 ||
+        arg_i64(a[3], SOCK_CLOEXEC, LLONG_MIN, LLONG_MAX, opcode, "flags", &flags) < 0 ||
+        FLAGS_ARG(a[4], "sqe_flags", &sqe_flags) < 0)
+        return NULL;
+    return prep(self, opcode, sqe_flags, multishot ? IORING_ACCEPT_MULTISHOT : 0, fd, 0, 0, 0, flags, a[1], NULL);
+}
+
+static PyObject *
+Ring_connect(RingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"fd", "address", "callback", "sqe_flags", NULL};
+    PyObject *a[4] = {NULL, NULL, NULL, NULL};
+    const int opcode = OP_CONNECT;
+    long long fd, sqe_flags;
+    if (parse("connect", args, nargs, kwnames, names, 3, 3, a) < 0)
+        return NULL;
+    if (!PyBytes_Check(a[1])) {
+        PyErr_SetString(PyExc_TypeError, "connect() needs an encoded sockaddr (bytes); use uringws.ring.sockaddr()");
+        return NULL;
+    }
+    if (arg_i64(a[0], 0, INT32_MIN, INT32_MAX, opcode, "fd", &fd) < 0 ||
+        FLAGS_ARG(a[3], "sqe_flags", &sqe_flags) < 0)
+        return NULL;
+    Py_INCREF(a[1]);
+    return prep(self, opcode, sqe_flags, 0, fd, (uint64_t)PyBytes_GET_SIZE(a[1]),
+                (uint64_t)(uintptr_t)PyBytes_AS_STRING(a[1]), 0, 0, a[2], a[1]);
+}
+
+/* shutdown(fd, how, cb) and close_fd(fd, cb). */
+static PyObject *
+Ring_shutdown(RingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"fd", "how", "callback", "sqe_flags", NULL};
+    PyObject *a[4] = {NULL, NULL, NULL, NULL};
+    const int opcode = OP_SHUTDOWN;
+    long long fd, how, sqe_flags;
+    if (parse("shutdown", args, nargs, kwnames, names, 3, 3, a) < 0)
+        return NULL;
+    if (arg_i64(a[0], 0, INT32_MIN, INT32_MAX, opcode, "fd", &fd) < 0 || FLAGS_ARG(a[1], "how", &how) < 0 ||
+        FLAGS_ARG(a[3], "sqe_flags", &sqe_flags) < 0)
+        return NULL;
+    return prep(self, opcode, sqe_flags, 0, fd, 0, 0, how, 0, a[2], NULL);
+}
+
+static PyObject *
+Ring_close_fd(RingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"fd", "callback", "sqe_flags", NULL};
+    PyObject *a[3] = {NULL, NULL, NULL};
+    const int opcode = OP_CLOSE;
+    long long fd, sqe_flags;
+    if (parse("close_fd", args, nargs, kwnames, names, 2, 2, a) < 0)
+        return NULL;
+    if (arg_i64(a[0], 0, INT32_MIN, INT32_MAX, opcode, "fd", &fd) < 0 ||
+        FLAGS_ARG(a[2], "sqe_flags", &sqe_flags) < 0)
+        return NULL;
+    return prep(self, opcode, sqe_flags, 0, fd, 0, 0, 0, 0, a[1], NULL);
+}
+
+/* poll_remove(target, callback=None) and cancel(target, callback=None, *, cancel_flags=0). */
+static PyObject *
+target_op(RingObject *self, int opcode, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const rm_names[] = {"target", "callback", "sqe_flags", NULL};
+    static const char *const cancel_names[] = {"target", "callback", "cancel_flags", "sqe_flags", NULL};
+    PyObject *a[4] = {NULL, NULL, NULL, NULL};
+    long long sqe_flags, cancel_flags = 0;
+    uint64_t target;
+    if (opcode == OP_POLL_REMOVE) {
+        if (parse("poll_remove", args, nargs, kwnames, rm_names, 1, 2, a) < 0 ||
+            FLAGS_ARG(a[2], "sqe_flags", &sqe_flags) < 0)
+            return NULL;
+    }
+    else if (parse("cancel", args, nargs, kwnames, cancel_names, 1, 2, a) < 0 ||
+             FLAGS_ARG(a[2], "cancel_flags", &cancel_flags) < 0 || FLAGS_ARG(a[3], "sqe_flags", &sqe_flags) < 0) {
+        return NULL;
+    }
+    if (arg_u64(a[0], opcode, "target", &target) < 0)
+        return NULL;
+    return prep(self, opcode, sqe_flags, 0, -1, 0, target, 0, cancel_flags, a[1] ? a[1] : Py_None, NULL);
+}
+
+static PyObject *
+Ring_poll_remove(RingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    return target_op(self, OP_POLL_REMOVE, args, nargs, kwnames);
+}
+
+static PyObject *
+Ring_cancel(RingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    return target_op(self, OP_ASYNC_CANCEL, args, nargs, kwnames);
+}
+
+/* A __kernel_timespec in a fresh bytes object (the op's keepalive). */
+static PyObject *
+timespec_bytes(PyObject *seconds_obj, struct ktimespec **out)
+{
+    double seconds = PyFloat_AsDouble(seconds_obj);
+    if (seconds == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (!(seconds >= 0))
+        seconds = 0.0;
+    if (seconds > 9.2e18)
+        seconds = 9.2e18;
+    PyObject *b = PyBytes_FromStringAndSize(NULL, sizeof(struct ktimespec));
+    if (b == NULL)
+        return NULL;
+    struct ktimespec *ts = (struct ktimespec *)PyBytes_AS_STRING(b);
+    ts->tv_sec = (int64_t)seconds;
+    ts->tv_nsec = (int64_t)((seconds - (double)ts->tv_sec) * 1e9);
+    *out = ts;
+    return b;
+}
+
+static PyObject *
+Ring_timeout(RingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"seconds", "callback", "count", "sqe_flags", NULL};
+    PyObject *a[4] = {NULL, NULL, NULL, NULL};
+    const int opcode = OP_TIMEOUT;
+    long long count, sqe_flags;
+    struct ktimespec *ts;
+    if (parse("timeout", args, nargs, kwnames, names, 2, 2, a) < 0 ||
+        arg_i64(a[2], 0, 0, LLONG_MAX, opcode, "count", &count) < 0 || FLAGS_ARG(a[3], "sqe_flags", &sqe_flags) < 0)
+        return NULL;
+    PyObject *keep = timespec_bytes(a[0], &ts);
+    if (keep == NULL)
+        return NULL;
+    return prep(self, opcode, sqe_flags, 0, -1, (uint64_t)count, (uint64_t)(uintptr_t)ts, 1, 0, a[1], keep);
+}
+
+static PyObject *
+Ring_link_timeout(RingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"seconds", "callback", NULL};
+    PyObject *a[2] = {NULL, NULL};
+    struct ktimespec *ts;
+    if (parse("link_timeout", args, nargs, kwnames, names, 1, 2, a) < 0)
+        return NULL;
+    if (check_open(self) < 0)
+        return NULL;
+    if (self->chain == 0 || unsubmitted(self) == 0) {
+        PyErr_SetString(RingError, "link_timeout() must directly follow an operation prepared with IOSQE_IO_LINK");
+        return NULL;
+    }
+    PyObject *keep = timespec_bytes(a[0], &ts);
+    if (keep == NULL)
+        return NULL;
+    return prep(self, OP_LINK_TIMEOUT, 0, 0, -1, 0, (uint64_t)(uintptr_t)ts, 1, 0, a[1] ? a[1] : Py_None, keep);
+}
+
+/* _prep(opcode, sqe_flags, ioprio, fd, off, addr, length, op_flags, callback, keep): any SQE (tests, rare ops). */
+static PyObject *
+Ring__prep(RingObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 10) {
+        PyErr_SetString(PyExc_TypeError, "_prep() takes 10 arguments");
+        return NULL;
+    }
+    long long v[8];
+    uint64_t off, addr;
+    static const char *const what[] = {"opcode", "sqe_flags", "ioprio", "fd", "off", "addr", "len", "op_flags"};
+    for (int i = 0; i < 8; i++) {
+        if (i == 4 || i == 5)
+            continue;
+        if (arg_i64(args[i], 0, LLONG_MIN, LLONG_MAX, -1, what[i], &v[i]) < 0)
+            return NULL;
+    }
+    if (v[0] < 0 || v[0] > 0xFF) {
+        out_of_range((int)v[0], "opcode");
+        return NULL;
+    }
+    if (arg_u64(args[4], (int)v[0], "off", &off) < 0 || arg_u64(args[5], (int)v[0], "addr", &addr) < 0)
+        return NULL;
+    PyObject *keep = args[9] == Py_None ? NULL : args[9];
+    Py_XINCREF(keep);
+    return prep(self, (int)v[0], v[1], v[2], v[3], off, addr, v[6], v[7], args[8], keep);
+}
+
+/* ------------------------------------------------------------------------------------------------ CQEs */
+
+/* Copy every CQE now in the CQ into self->batch and release their slots. Returns how many. */
+static unsigned
+reap(RingObject *self)
+{
+    unsigned head = *self->cq_khead; /* only we write it */
+    unsigned tail = __atomic_load_n(self->cq_ktail, __ATOMIC_ACQUIRE);
+    unsigned n = tail - head;
+    if (n > self->cq_entries)
+        n = self->cq_entries; /* cannot happen with a sane kernel; never read past the batch */
+    for (unsigned i = 0; i < n; i++)
+        self->batch[i] = self->cqes[(head + i) & self->cq_mask];
+    /* The release store: the copies above are complete before the kernel may reuse these slots. */
+    __atomic_store_n(self->cq_khead, head + n, __ATOMIC_RELEASE);
+    return n;
+}
+
+static PyObject *
+cqe_tuple(const struct cqe *c)
+{
+    return Py_BuildValue("(KiI)", (unsigned long long)c->user_data, (int)c->res, (unsigned)c->flags);
+}
+
+/* Append batch[from:n] to the backlog (at its end, or at its start when they come before it). */
+static int
+batch_to_backlog(RingObject *self, unsigned from, unsigned n, int at_start)
+{
+    if (from >= n)
+        return 0;
+    PyObject *lst = PyList_New(n - from);
+    if (lst == NULL)
+        return -1;
+    for (unsigned i = from; i < n; i++) {
+        PyObject *t = cqe_tuple(&self->batch[i]);
+        if (t == NULL) {
+            Py_DECREF(lst);
+            return -1;
+        }
+        PyList_SET_ITEM(lst, i - from, t);
+    }
+    Py_ssize_t at = at_start ? 0 : PyList_GET_SIZE(self->backlog);
+    int r = PyList_SetSlice(self->backlog, at, at, lst);
+    Py_DECREF(lst);
+    return r;
+}
+
+static int
+drain_cq_to_backlog(RingObject *self)
+{
+    if (self->cq_map == NULL)
+        return 0;
+    unsigned n = reap(self);
+    if (batch_to_backlog(self, 0, n, 0) < 0)
+        return -1; /* the CQEs are lost only if we are out of memory */
+    return n != 0;
+}
+
+/* Run one completion's callback. Returns 0, or -1 when a BaseException (or a failing error hook) must stop the
+ * dispatch with that exception set. */
+static int
+deliver(RingObject *self, uint64_t ud, int32_t res, uint32_t flags)
+{
+    Py_ssize_t i = tab_find(self, ud);
+    if (i < 0)
+        return 0; /* ours (an internal TIMEOUT) or already delivered */
+    PyObject *cb = self->tab[i].cb;
+    PyObject *key = NULL;
+    if (flags & IORING_CQE_F_MORE) {
+        Py_INCREF(cb);
+    }
+    else {
+        PyObject *keep = self->tab[i].keep;
+        tab_remove(self, (size_t)i); /* its references are ours now */
+        keep_release(keep);
+    }
+    if (cb != Py_None) {
+        PyObject *cargs[2];
+        cargs[0] = PyLong_FromLong(res);
+        cargs[1] = PyLong_FromUnsignedLong(flags);
+        PyObject *r = NULL;
+        if (cargs[0] != NULL && cargs[1] != NULL)
+            r = PyObject_Vectorcall(cb, cargs, 2, NULL);
+        Py_XDECREF(cargs[0]);
+        Py_XDECREF(cargs[1]);
+        if (r != NULL) {
+            Py_DECREF(r);
+        }
+        else if (PyErr_ExceptionMatches(PyExc_Exception)) {
+            /* One callback's bug must not stop the others. */
+            PyObject *et, *ev, *tb;
+            PyErr_Fetch(&et, &ev, &tb);
+            PyErr_NormalizeException(&et, &ev, &tb);
+            if (tb != NULL && ev != NULL)
+                PyException_SetTraceback(ev, tb);
+            Py_XDECREF(et);
+            Py_XDECREF(tb);
+            PyObject *h = NULL;
+            key = PyLong_FromUnsignedLongLong(ud);
+            if (key == NULL) {
+                Py_XDECREF(ev);
+                goto fail;
+            }
+            if (self->on_callback_error != NULL && self->on_callback_error != Py_None)
+                h = PyObject_CallFunctionObjArgs(self->on_callback_error, ev ? ev : Py_None, key, NULL);
+            else
+                h = PyObject_CallMethod((PyObject *)self, "_callback_failed", "OO", ev ? ev : Py_None, key);
+            Py_XDECREF(ev);
+            if (h == NULL)
+                goto fail;
+            Py_DECREF(h);
+        }
+        else {
+            goto fail;
+        }
+    }
+    Py_DECREF(cb);
+    Py_XDECREF(key);
+    return 0;
+fail:
+    Py_DECREF(cb);
+    Py_XDECREF(key);
+    return -1;
+}
+
+/* Deliver the backlog's CQEs (older than anything in the CQ). */
+static int
+deliver_backlog(RingObject *self, Py_ssize_t *total)
+{
+    PyObject *items = self->backlog;
+    self->backlog = PyList_New(0);
+    if (self->backlog == NULL) {
+        self->backlog = items;
+        return -1;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(items);
+    *total += n;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned long long ud;
+        int res;
+        unsigned flags;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(items, i), "KiI", &ud, &res, &flags) ||
+            deliver(self, ud, res, flags) < 0) {
+            PyObject *exc_t, *exc_v, *exc_tb;
+            PyErr_Fetch(&exc_t, &exc_v, &exc_tb);
+            PyObject *rest = PyList_GetSlice(items, i + 1, n);
+            if (rest != NULL) {
+                PyList_SetSlice(self->backlog, 0, 0, rest);
+                Py_DECREF(rest);
+            }
+            PyErr_Restore(exc_t, exc_v, exc_tb);
+            Py_DECREF(items);
+            return -1;
+        }
+    }
+    Py_DECREF(items);
+    return 0;
+}
+
+static PyObject *
+dispatch(RingObject *self)
+{
+    Py_ssize_t total = 0;
+    for (;;) {
+        unsigned n = 0;
+        unsigned head = *self->cq_khead;
+        unsigned tail = __atomic_load_n(self->cq_ktail, __ATOMIC_ACQUIRE);
+        int have_backlog = PyList_GET_SIZE(self->backlog) != 0;
+        unsigned kflags = __atomic_load_n(self->sq_kflags, __ATOMIC_RELAXED);
+        if (head != tail) {
+            n = reap(self);
+        }
+        else if (!have_backlog) {
+            if (kflags & IORING_SQ_CQ_OVERFLOW) {
+                /* IORING_FEAT_NODROP kept the CQEs that did not fit; GETEVENTS flushes them into the CQ. */
+                if (ring_enter(self, 0, 0, IORING_ENTER_GETEVENTS, 0, NULL, 0) < 0)
+                    return NULL;
+                continue;
+            }
+            return PyLong_FromSsize_t(total);
+        }
+        self->in_dispatch = 1;
+        if (have_backlog) {
+            /* Rare: the backlog is older than the CQ's CQEs; deliver it all as tuples, in order. */
+            if (batch_to_backlog(self, 0, n, 0) < 0 || deliver_backlog(self, &total) < 0) {
+                self->in_dispatch = 0;
+                return NULL;
+            }
+        }
+        else {
+            total += n;
+            for (unsigned i = 0; i < n; i++) {
+                struct cqe *c = &self->batch[i];
+                if (deliver(self, c->user_data, c->res, c->flags) < 0) {
+                    /* KeyboardInterrupt/SystemExit (or an error hook that raised): the rest of this batch is
+                     * consumed from the CQ already; keep it for the next wait(), delivered exactly once. */
+                    PyObject *et, *ev, *tb;
+                    PyErr_Fetch(&et, &ev, &tb);
+                    batch_to_backlog(self, i + 1, n, 1);
+                    PyErr_Restore(et, ev, tb);
+                    self->in_dispatch = 0;
+                    return NULL;
+                }
+            }
+        }
+        self->in_dispatch = 0;
+        /* One batch per wait(): only CQEs the kernel kept on its overflow list are still taken now. */
+        if (!(__atomic_load_n(self->sq_kflags, __ATOMIC_RELAXED) & IORING_SQ_CQ_OVERFLOW))
+            return PyLong_FromSsize_t(total);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------ methods */
+
+static PyObject *
+Ring_submit(RingObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (check_open(self) < 0)
+        return NULL;
+    uint64_t n = unsubmitted(self);
+    if (!n)
+        return PyLong_FromLong(0);
+    long r = ring_enter(self, (unsigned)n, 0, 0, 0, NULL, 0);
+    return r < 0 ? NULL : PyLong_FromLong(r);
+}
+
+static PyObject *
+Ring_wait(RingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"timeout", NULL};
+    PyObject *a[1] = {NULL};
+    if ((nargs != 1 || kwnames != NULL) && parse("wait", args, nargs, kwnames, names, 0, 1, a) < 0)
+        return NULL;
+    if (nargs == 1 && kwnames == NULL)
+        a[0] = args[0];
+    if (check_open(self) < 0)
+        return NULL;
+    if (self->in_dispatch) {
+        PyErr_SetString(RingError, "Ring.wait() called from a completion callback");
+        return NULL;
+    }
+    int forever = a[0] == NULL || a[0] == Py_None;
+    double timeout = 0.0;
+    if (!forever) {
+        timeout = PyFloat_AsDouble(a[0]);
+        if (timeout == -1.0 && PyErr_Occurred())
+            return NULL;
+    }
+    unsigned to_submit = (unsigned)unsubmitted(self);
+    unsigned head = *self->cq_khead;
+    unsigned tail = __atomic_load_n(self->cq_ktail, __ATOMIC_ACQUIRE);
+    long r = 0;
+    if (PyList_GET_SIZE(self->backlog) || head != tail || (!forever && timeout <= 0)) {
+        unsigned flags = 0;
+        if (__atomic_load_n(self->sq_kflags, __ATOMIC_RELAXED) & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW))
+            flags = IORING_ENTER_GETEVENTS; /* run deferred task work / flush overflowed CQEs */
+        if (to_submit || flags)
+            r = ring_enter(self, to_submit, 0, flags, 0, NULL, 0);
+    }
+    else if (forever) {
+        r = ring_enter(self, to_submit, 1, IORING_ENTER_GETEVENTS, 1, NULL, 0);
+    }
+    else if (self->ext_arg) {
+        if (timeout > 9.2e18)
+            timeout = 9.2e18;
+        self->wait_ts.tv_sec = (int64_t)timeout;
+        self->wait_ts.tv_nsec = (int64_t)((timeout - (double)self->wait_ts.tv_sec) * 1e9);
+        self->wait_arg.ts = (uint64_t)(uintptr_t)&self->wait_ts;
+        r = ring_enter(self, to_submit, 1, IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, 1, &self->wait_arg,
+                       sizeof self->wait_arg);
+    }
+    else {
+        /* Old kernels: a TIMEOUT that also completes as soon as one other CQE is posted. */
+        struct ktimespec *ts;
+        PyObject *keep = timespec_bytes(a[0], &ts);
+        if (keep == NULL)
+            return NULL;
+        PyObject *t = prep(self, OP_TIMEOUT, 0, 0, -1, 1, (uint64_t)(uintptr_t)ts, 1, 0, Py_None, keep);
+        if (t == NULL)
+            return NULL;
+        Py_DECREF(t);
+        r = ring_enter(self, (unsigned)unsubmitted(self), 1, IORING_ENTER_GETEVENTS, 1, NULL, 0);
+    }
+    if (r < 0)
+        return NULL;
+    return dispatch(self);
+}
+
+static PyObject *
+Ring_has_feature(RingObject *self, PyObject *arg)
+{
+    unsigned long f = PyLong_AsUnsignedLongMask(arg);
+    if (f == (unsigned long)-1 && PyErr_Occurred())
+        return NULL;
+    return PyBool_FromLong((self->features & f) != 0);
+}
+
+static PyObject *
+Ring_fileno(RingObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromLong(self->fd);
+}
+
+static void
+unmap_all(RingObject *self)
+{
+    if (self->sqe_map != NULL && self->exports == 0) {
+        munmap(self->sqe_map, self->sqe_map_size);
+        self->sqe_map = NULL;
+        self->sqes = NULL;
+    }
+    if (self->cq_map != NULL && self->cq_map != self->sq_map)
+        munmap(self->cq_map, self->cq_map_size);
+    self->cq_map = NULL;
+    if (self->sq_map != NULL)
+        munmap(self->sq_map, self->sq_map_size);
+    self->sq_map = NULL;
+    PyMem_Free(self->batch);
+    self->batch = NULL;
+}
+
+/* _attach(fd, params: bytes): map the rings of a set-up io_uring (whose fd this object owns from now on). */
+static PyObject *
+Ring__attach(RingObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyBytes_Check(args[1]) || PyBytes_GET_SIZE(args[1]) != sizeof(struct uring_params)) {
+        PyErr_SetString(PyExc_TypeError, "_attach(fd, params) needs the fd and the 120 bytes of io_uring_params");
+        return NULL;
+    }
+    if (self->fd >= 0 || self->sq_map != NULL) {
+        PyErr_SetString(RingError, "the ring is attached already");
+        return NULL;
+    }
+    long fd = PyLong_AsLong(args[0]);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    if (fd < 0 || fd > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "_attach(): not an fd");
+        return NULL;
+    }
+    struct uring_params p;
+    memcpy(&p, PyBytes_AS_STRING(args[1]), sizeof p);
+    size_t sq_size = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+    size_t cq_size = p.cq_off.cqes + p.cq_entries * sizeof(struct cqe);
+    int mflags = MAP_SHARED | MAP_POPULATE;
+    if (p.features & IORING_FEAT_SINGLE_MMAP) {
+        if (cq_size > sq_size)
+            sq_size = cq_size;
+        cq_size = sq_size;
+    }
+    void *sq = mmap(NULL, sq_size, PROT_READ | PROT_WRITE, mflags, fd, IORING_OFF_SQ_RING);
+    if (sq == MAP_FAILED)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    self->sq_map = sq;
+    self->sq_map_size = sq_size;
+    void *cq = sq;
+    if (!(p.features & IORING_FEAT_SINGLE_MMAP)) {
+        cq = mmap(NULL, cq_size, PROT_READ | PROT_WRITE, mflags, fd, IORING_OFF_CQ_RING);
+        if (cq == MAP_FAILED) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            unmap_all(self);
+            return NULL;
+        }
+    }
+    self->cq_map = cq;
+    self->cq_map_size = cq_size;
+    size_t sqe_size = p.sq_entries * sizeof(struct sqe);
+    void *sqes = mmap(NULL, sqe_size, PROT_READ | PROT_WRITE, mflags, fd, IORING_OFF_SQES);
+    if (sqes == MAP_FAILED) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        unmap_all(self);
+        return NULL;
+    }
+    self->sqe_map = sqes;
+    self->sqe_map_size = sqe_size;
+    self->batch = PyMem_Calloc(p.cq_entries, sizeof(struct cqe));
+    if (self->batch == NULL) {
+        unmap_all(self);
+        return PyErr_NoMemory();
+    }
+    char *sqb = sq, *cqb = cq;
+    self->sq_entries = p.sq_entries;
+    self->cq_entries = p.cq_entries;
+    self->setup_flags = p.flags;
+    self->features = p.features;
+    self->sq_mask = *(unsigned *)(sqb + p.sq_off.ring_mask);
+    self->sq_khead = (unsigned *)(sqb + p.sq_off.head);
+    self->sq_ktail = (unsigned *)(sqb + p.sq_off.tail);
+    self->sq_kflags = (unsigned *)(sqb + p.sq_off.flags);
+    unsigned *array = (unsigned *)(sqb + p.sq_off.array);
+    for (unsigned i = 0; i < p.sq_entries; i++)
+        array[i] = i; /* an identity map set once: never written again */
+    self->cq_mask = *(unsigned *)(cqb + p.cq_off.ring_mask);
+    self->cq_khead = (unsigned *)(cqb + p.cq_off.head);
+    self->cq_ktail = (unsigned *)(cqb + p.cq_off.tail);
+    self->cqes = (struct cqe *)(cqb + p.cq_off.cqes);
+    self->sqes = sqes;
+    self->sq_tail = __atomic_load_n(self->sq_ktail, __ATOMIC_RELAXED);
+    self->submitted = self->sq_tail;
+    self->limit = self->sq_tail + self->sq_entries;
+    self->chain = 0;
+    self->ext_arg = (p.features & IORING_FEAT_EXT_ARG) != 0;
+    self->fd = (int)fd;
+    self->closed = 0;
+    Py_RETURN_NONE;
+}
+
+static int
+orphan_object(PyObject *obj)
+{
+    return Orphaned != NULL ? PyList_Append(Orphaned, obj) : 0;
+}
+
+/* _mark_closed(): refuse every later operation (they raise RingClosedError); the fd stays open. */
+static PyObject *
+Ring__mark_closed(RingObject *self, PyObject *Py_UNUSED(ignored))
+{
+    self->closed = 1;
+    self->limit = 0;
+    Py_RETURN_NONE;
+}
+
+/* _release(): orphan what the kernel may still touch, drop the tables, unmap and close the fd. */
+static PyObject *
+Ring__release(RingObject *self, PyObject *Py_UNUSED(ignored))
+{
+    self->closed = 1;
+    self->limit = 0;
+    Py_ssize_t n_pending = self->tab_count;
+    self->leaked = n_pending != 0;
+    /* Leaking memory is better than letting the kernel write into freed memory. */
+    if (tab_clear(self, 1) < 0)
+        return NULL;
+    PyList_SetSlice(self->backlog, 0, PyList_GET_SIZE(self->backlog), NULL);
+    int busy = self->exports != 0;
+    unmap_all(self);
+    if (self->fd >= 0) {
+        close(self->fd);
+        self->fd = -1;
+    }
+    if (busy) {
+        PyErr_SetString(PyExc_BufferError, "the SQE array is still exported (a live _sqes view); it stays mapped");
+        return NULL;
+    }
+    return PyLong_FromSsize_t(n_pending);
+}
+
+/* ------------------------------------------------------------------------------------------------ getters */
+
+static PyObject *
+Ring_get_closed(RingObject *self, void *c)
+{
+    return PyBool_FromLong(self->closed);
+}
+
+static PyObject *
+Ring_get_in_flight(RingObject *self, void *c)
+{
+    return PyLong_FromSsize_t(self->tab_count);
+}
+
+/* {user_data: callback} (which == 0) or {user_data: keepalive} (which == 1): a snapshot. */
+static PyObject *
+tab_snapshot(RingObject *self, int which)
+{
+    PyObject *d = PyDict_New();
+    if (d == NULL || self->tab == NULL)
+        return d;
+    for (size_t i = 0; i <= self->tab_mask; i++) {
+        struct pslot *sl = &self->tab[i];
+        PyObject *v = which ? keep_obj(sl->keep) : sl->cb;
+        if (sl->ud == 0 || sl->ud == TAB_DEAD || v == NULL)
+            continue;
+        PyObject *k = PyLong_FromUnsignedLongLong(sl->ud);
+        if (k == NULL || PyDict_SetItem(d, k, v) < 0) {
+            Py_XDECREF(k);
+            Py_DECREF(d);
+            return NULL;
+        }
+        Py_DECREF(k);
+    }
+    return d;
+}
+
+static PyObject *
+Ring_get_pending(RingObject *self, void *c)
+{
+    return tab_snapshot(self, 0);
+}
+
+static PyObject *
+Ring_get_keep(RingObject *self, void *c)
+{
+    return tab_snapshot(self, 1);
+}
+
+static PyObject *
+Ring_get_unsubmitted(RingObject *self, void *c)
+{
+    return PyLong_FromUnsignedLongLong(unsubmitted(self));
+}
+
+static PyObject *
+Ring_get_sq_tail(RingObject *self, void *c)
+{
+    return PyLong_FromUnsignedLongLong(self->sq_tail);
+}
+
+static PyObject *
+Ring_get_chain(RingObject *self, void *c)
+{
+    return PyLong_FromUnsignedLongLong(self->chain);
+}
+
+static int
+Ring_set_chain(RingObject *self, PyObject *v, void *c)
+{
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete _chain");
+        return -1;
+    }
+    unsigned long long n = PyLong_AsUnsignedLongLong(v);
+    if (n == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;
+    self->chain = n;
+    return 0;
+}
+
+static PyObject *
+Ring_get_sq_kflags(RingObject *self, void *c)
+{
+    if (self->sq_kflags == NULL || self->sq_map == NULL)
+        return PyLong_FromLong(0);
+    return PyLong_FromUnsignedLong(__atomic_load_n(self->sq_kflags, __ATOMIC_RELAXED));
+}
+
+static PyObject *
+Ring_get_sqes(RingObject *self, void *c)
+{
+    if (self->sqes == NULL) {
+        PyErr_SetString(RingClosedError, "the ring is closed");
+        return NULL;
+    }
+    return PyMemoryView_FromObject((PyObject *)self);
+}
+
+static int
+Ring_getbuffer(RingObject *self, Py_buffer *view, int flags)
+{
+    if (self->sqes == NULL) {
+        PyErr_SetString(PyExc_BufferError, "the ring is closed");
+        return -1;
+    }
+    if (PyBuffer_FillInfo(view, (PyObject *)self, self->sqes, (Py_ssize_t)self->sqe_map_size, 0, flags) < 0)
+        return -1;
+    self->exports++;
+    return 0;
+}
+
+static void
+Ring_releasebuffer(RingObject *self, Py_buffer *view)
+{
+    self->exports--;
+}
+
+static PyBufferProcs Ring_as_buffer = {(getbufferproc)Ring_getbuffer, (releasebufferproc)Ring_releasebuffer};
+
+/* ------------------------------------------------------------------------------------------------ type */
+
+static PyObject *
+Ring_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    RingObject *self = (RingObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->fd = -1;
+    self->closed = 1;
+    self->backlog = PyList_New(0);
+    if (self->backlog == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    Py_INCREF(Py_None);
+    self->on_callback_error = Py_None;
+    return (PyObject *)self;
+}
+
+static int
+Ring_traverse(RingObject *self, visitproc visit, void *arg)
+{
+    if (self->tab != NULL) {
+        for (size_t i = 0; i <= self->tab_mask; i++) {
+            if (self->tab[i].ud != 0 && self->tab[i].ud != TAB_DEAD) {
+                Py_VISIT(self->tab[i].cb);
+                Py_VISIT(keep_obj(self->tab[i].keep));
+            }
+        }
+    }
+    Py_VISIT(self->backlog);
+    Py_VISIT(self->on_callback_error);
+    return 0;
+}
+
+static void
+orphan_keep(RingObject *self)
+{
+    /* Buffers the kernel may still use must outlive the ring: never free them with it. */
+    if (tab_clear(self, !self->closed) < 0)
+        PyErr_Clear();
+}
+
+static int
+Ring_clear(RingObject *self)
+{
+    orphan_keep(self);
+    Py_CLEAR(self->backlog);
+    Py_CLEAR(self->on_callback_error);
+    return 0;
+}
+
+static void
+Ring_dealloc(RingObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    PyTypeObject *tp = Py_TYPE(self);
+    Ring_clear(self);
+    if (self->exports == 0) {
+        unmap_all(self);
+    }
+    if (self->fd >= 0) {
+        close(self->fd); /* the kernel cancels what is left when its last reference goes */
+        self->fd = -1;
+    }
+    PyMem_Free(self->tab);
+    self->tab = NULL;
+    tp->tp_free((PyObject *)self); /* a subclass's dealloc drops its reference to its type itself */
+}
+
+#define FASTKW (METH_FASTCALL | METH_KEYWORDS)
+
+static PyMethodDef Ring_methods[] = {
+    {"nop", (PyCFunction)(void (*)(void))Ring_nop, FASTKW, "NOP: completes with res 0."},
+    {"send", (PyCFunction)(void (*)(void))Ring_send, FASTKW, "SEND of a bytes-like object."},
+    {"recv", (PyCFunction)(void (*)(void))Ring_recv, FASTKW, "RECV into a writable buffer."},
+    {"read", (PyCFunction)(void (*)(void))Ring_read, FASTKW, "READ into a writable buffer."},
+    {"recv_select", (PyCFunction)(void (*)(void))Ring_recv_select, FASTKW, "RECV into a provided buffer."},
+    {"sendmsg", (PyCFunction)(void (*)(void))Ring_sendmsg, FASTKW, "SENDMSG of several buffers."},
+    {"accept", (PyCFunction)(void (*)(void))Ring_accept, FASTKW, "ACCEPT (optionally multishot)."},
+    {"connect", (PyCFunction)(void (*)(void))Ring_connect, FASTKW, "CONNECT to an encoded sockaddr."},
+    {"shutdown", (PyCFunction)(void (*)(void))Ring_shutdown, FASTKW, "SHUTDOWN of a socket."},
+    {"close_fd", (PyCFunction)(void (*)(void))Ring_close_fd, FASTKW, "CLOSE an fd asynchronously."},
+    {"poll_add", (PyCFunction)(void (*)(void))Ring_poll_add, FASTKW, "POLL_ADD (optionally multishot)."},
+    {"poll_remove", (PyCFunction)(void (*)(void))Ring_poll_remove, FASTKW, "POLL_REMOVE by user_data."},
+    {"cancel", (PyCFunction)(void (*)(void))Ring_cancel, FASTKW, "ASYNC_CANCEL by user_data."},
+    {"timeout", (PyCFunction)(void (*)(void))Ring_timeout, FASTKW, "TIMEOUT after seconds or count CQEs."},
+    {"link_timeout", (PyCFunction)(void (*)(void))Ring_link_timeout, FASTKW, "LINK_TIMEOUT for the linked op."},
+    {"_prep", (PyCFunction)(void (*)(void))Ring__prep, METH_FASTCALL, "Any SQE, all fields given."},
+    {"submit", (PyCFunction)Ring_submit, METH_NOARGS, "Hand every queued SQE to the kernel."},
+    {"wait", (PyCFunction)(void (*)(void))Ring_wait, FASTKW, "Submit, wait, dispatch one batch of CQEs."},
+    {"has_feature", (PyCFunction)Ring_has_feature, METH_O, "Whether the ring has IORING_FEAT_* feat."},
+    {"fileno", (PyCFunction)Ring_fileno, METH_NOARGS, "The ring's fd."},
+    {"_attach", (PyCFunction)(void (*)(void))Ring__attach, METH_FASTCALL, "Map the rings of a set-up fd."},
+    {"_mark_closed", (PyCFunction)Ring__mark_closed, METH_NOARGS, "Refuse every later operation."},
+    {"_release", (PyCFunction)Ring__release, METH_NOARGS, "Unmap and close; returns ops left in flight."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef Ring_members[] = {
+    {"fd", T_INT, offsetof(RingObject, fd), READONLY, "the ring's fd (-1 once closed)"},
+    {"sq_entries", T_UINT, offsetof(RingObject, sq_entries), READONLY, "SQ size"},
+    {"cq_entries", T_UINT, offsetof(RingObject, cq_entries), READONLY, "CQ size"},
+    {"setup_flags", T_UINT, offsetof(RingObject, setup_flags), READONLY, "IORING_SETUP_* flags in effect"},
+    {"features", T_UINT, offsetof(RingObject, features), READONLY, "IORING_FEAT_* flags of the kernel"},
+    {"leaked", T_BOOL, offsetof(RingObject, leaked), READONLY, "some operation never completed before close"},
+    {"_ext_arg", T_INT, offsetof(RingObject, ext_arg), 0, "waits use IORING_ENTER_EXT_ARG"},
+    {"_sq_mask", T_UINT, offsetof(RingObject, sq_mask), READONLY, "SQ ring mask"},
+    {"_in_dispatch", T_INT, offsetof(RingObject, in_dispatch), READONLY, "callbacks are running"},
+    {"_backlog", T_OBJECT, offsetof(RingObject, backlog), READONLY, "consumed, undelivered CQEs"},
+    {"on_callback_error", T_OBJECT, offsetof(RingObject, on_callback_error), 0, "hook(exc, user_data) or None"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyGetSetDef Ring_getset[] = {
+    {"closed", (getter)Ring_get_closed, NULL, "the ring was closed", NULL},
+    {"in_flight", (getter)Ring_get_in_flight, NULL, "operations whose final CQE was not dispatched yet", NULL},
+    {"unsubmitted", (getter)Ring_get_unsubmitted, NULL, "SQEs queued but not handed to the kernel", NULL},
+    {"_sq_tail", (getter)Ring_get_sq_tail, NULL, "SQEs ever queued", NULL},
+    {"_pending", (getter)Ring_get_pending, NULL, "{user_data: callback} of the operations in flight (a copy)", NULL},
+    {"_keep", (getter)Ring_get_keep, NULL, "{user_data: keepalive} of the operations in flight (a copy)", NULL},
+    {"_chain", (getter)Ring_get_chain, (setter)Ring_set_chain, "unsubmitted SQEs of an open link chain", NULL},
+    {"_sq_flags", (getter)Ring_get_sq_kflags, NULL, "the kernel's SQ ring flags", NULL},
+    {"_sqes", (getter)Ring_get_sqes, NULL, "a writable view of the SQE array (tests)", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject RingType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "uringws.ring._ringc.Ring",
+    .tp_basicsize = sizeof(RingObject),
+    .tp_dealloc = (destructor)Ring_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The compiled core of an io_uring instance (see uringws.ring.fast.CompiledRing).",
+    .tp_traverse = (traverseproc)Ring_traverse,
+    .tp_clear = (inquiry)Ring_clear,
+    .tp_methods = Ring_methods,
+    .tp_members = Ring_members,
+    .tp_getset = Ring_getset,
+    .tp_as_buffer = &Ring_as_buffer,
+    .tp_new = Ring_new,
+};
+
+static int
+module_exec(PyObject *m)
+{
+    PyObject *ring_mod = PyImport_ImportModule("uringws.ring.ring");
+    if (ring_mod == NULL)
+        return -1;
+    RingError = PyObject_GetAttrString(ring_mod, "RingError");
+    RingClosedError = PyObject_GetAttrString(ring_mod, "RingClosedError");
+    Orphaned = PyObject_GetAttrString(ring_mod, "_ORPHANED");
+    Py_DECREF(ring_mod);
+    if (RingError == NULL || RingClosedError == NULL || Orphaned == NULL || !PyList_Check(Orphaned))
+        return -1;
+    if (PyType_Ready(&RingType) < 0)
+        return -1;
+    Py_INCREF(&RingType);
+    if (PyModule_AddObject(m, "Ring", (PyObject *)&RingType) < 0) {
+        Py_DECREF(&RingType);
+        return -1;
+    }
+    return 0;
+}
+
+static PyModuleDef_Slot slots[] = {
+    {Py_mod_exec, module_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "uringws.ring._ringc",
+    .m_doc = "The compiled core of uringws.ring: SQE preparation, io_uring_enter and CQE dispatch.",
+    .m_size = 0,
+    .m_slots = slots,
+};
+
+PyMODINIT_FUNC
+PyInit__ringc(void)
+{
+    return PyModuleDef_Init(&module_def);
+}

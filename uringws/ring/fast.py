@@ -1,0 +1,178 @@
+"""`CompiledRing`: the :class:`~uringws.ring.Ring` interface over the compiled core ``_ringc`` (when it is built).
+
+The C type prepares SQEs, calls ``io_uring_enter`` as a raw system call and dispatches CQEs with real
+acquire/release barriers; this module adds what runs once per ring (set-up with the same setup-flag fallback as
+`Ring`, close with its cancel-and-reap loop, ``__del__``). `RING_CLASS` is the class the event loop uses:
+`CompiledRing` when the extension imports and ``URINGWS_PURE`` is unset, else the pure `Ring`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any, Self
+
+from .. import _compiled
+from . import _sys
+from .io_uring import (
+    IORING_ASYNC_CANCEL_ALL,
+    IORING_ASYNC_CANCEL_ANY,
+    IORING_SETUP_COOP_TASKRUN,
+    IORING_SETUP_CQSIZE,
+    IORING_SETUP_SUBMIT_ALL,
+    io_uring_params,
+)
+from .probe import cpu_refusal
+from .ring import Ring, RingError
+
+__all__ = ["RING_CLASS", "RING_CLASSES", "CompiledRing", "available"]
+
+log = logging.getLogger("uringws.ring")
+
+_core: Any
+_reason = ""
+if _compiled.PURE:
+    _core, _reason = None, "switched off by URINGWS_PURE=1"
+else:
+    try:
+        from . import _ringc as _core
+    except ImportError as exc:
+        _core, _reason = None, f"not built ({exc}); reinstall with a C compiler"
+
+
+def available() -> bool:
+    """Whether the compiled ring core is built and switched on."""
+    return _core is not None
+
+
+if _core is not None:
+
+    class CompiledRing(_core.Ring):
+        """One io_uring instance with the compiled hot path; the same interface and contract as `Ring`."""
+
+        PREFERRED_SETUP_FLAGS = Ring.PREFERRED_SETUP_FLAGS
+
+        def __init__(
+            self,
+            entries: int = 256,
+            *,
+            cq_entries: int | None = None,
+            setup_flags: int | None = None,
+            on_callback_error: Callable[[BaseException, int], Any] | None = None,
+        ) -> None:
+            if entries < 1 or entries > 32768:
+                raise ValueError("entries must be between 1 and 32768")
+            refusal = cpu_refusal()
+            if refusal is not None:
+                raise OSError(errno.ENOTSUP, refusal)
+            self.on_callback_error = on_callback_error
+            cq_entries = cq_entries if cq_entries is not None else entries * 4
+            wanted = self.PREFERRED_SETUP_FLAGS if setup_flags is None else setup_flags
+            candidates = (
+                [wanted]
+                if setup_flags is not None
+                else [wanted, IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN, IORING_SETUP_SUBMIT_ALL, 0]
+            )
+            last_exc: OSError | None = None
+            for flags in candidates:
+                params = io_uring_params()
+                params.flags = flags | IORING_SETUP_CQSIZE
+                params.cq_entries = cq_entries
+                try:
+                    fd = _sys.io_uring_setup(entries, ctypes.addressof(params))
+                    break
+                except OSError as exc:
+                    last_exc = exc
+                    if exc.errno != errno.EINVAL:
+                        raise
+            else:
+                assert last_exc is not None
+                raise last_exc
+            self.params = params
+            try:
+                self._attach(fd, bytes(params))
+            except BaseException:
+                os.close(fd)
+                raise
+
+        # -------------------------------------------------------------------------------------------- close
+        def close(self, timeout: float = 2.0) -> None:
+            """Cancel everything in flight, reap every CQE, unmap and close the fd (as `Ring.close`)."""
+            if self.closed:
+                return
+            if self._in_dispatch:
+                raise RingError("Ring.close() called from a completion callback")
+            try:
+                if self.in_flight:
+                    self._cancel_all(time.monotonic() + timeout)
+            finally:
+                self._mark_closed()
+                left = self.in_flight
+                if left:
+                    log.warning("io_uring: %d operations did not complete before close; their buffers are kept", left)
+                self._release()
+
+        def _cancel_all(self, deadline: float) -> None:
+            """Cancel every request and reap until none is left (or the deadline passes)."""
+            self._chain = 0
+            self.submit()
+            ours: set[int] = set()
+            answer: list[int] = []
+            ours.add(
+                self.cancel(
+                    0,
+                    lambda res, _f: answer.append(res),
+                    cancel_flags=IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL,
+                )
+            )
+            self.submit()
+            done: set[int] = set(ours)
+            while self.in_flight:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self.wait(min(left, 0.05))
+                pending = self._pending  # a copy: the C core keeps its table to itself
+                # Kernels before 5.19 reject CANCEL_ANY (-EINVAL); callbacks may also have queued new requests.
+                if answer and (answer[0] < 0 or len(pending) > len(ours)):
+                    for ud in [u for u in pending if u not in done]:
+                        done.add(ud)
+                        c = self.cancel(ud, None)
+                        ours.add(c)
+                        done.add(c)
+                    self.submit()
+                ours.intersection_update(pending)
+
+        def _callback_failed(self, exc: BaseException, ud: int) -> None:
+            log.exception("io_uring completion callback failed (user_data=%d)", ud, exc_info=exc)
+
+        def __enter__(self) -> Self:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.close()
+
+        def __del__(self) -> None:
+            if not self.closed:
+                warnings.warn(f"unclosed io_uring {self.fd}", ResourceWarning, stacklevel=1)
+                try:
+                    self.close(timeout=0.5)
+                except Exception:  # a finalizer must not raise; log why instead
+                    log.debug("closing an unclosed io_uring from __del__ failed", exc_info=True)
+
+        def __repr__(self) -> str:
+            state = "closed" if self.closed else f"fd={self.fd} sq={self.sq_entries} in_flight={self.in_flight}"
+            return f"<CompiledRing {state}>"
+
+    RING_CLASS: type = CompiledRing
+    RING_CLASSES: tuple[type, ...] = (Ring, CompiledRing)
+    _compiled.register("ring._ringc", True, "SQE preparation, io_uring_enter and CQE dispatch in C")
+else:
+    RING_CLASS = Ring
+    RING_CLASSES = (Ring,)
+    _compiled.register("ring._ringc", False, _reason)
