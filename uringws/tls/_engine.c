@@ -524,7 +524,7 @@ Engine_read(Engine *self, PyObject *const *args, Py_ssize_t nargs)
 /* read_all(buffer, partial=0) -> int: decrypt into buffer as much as there is, by as many SSL_read calls as it
  * takes, and return the count. The Python loop this replaces made one call per TLS record. `partial` is what the
  * caller knows of the trailing incomplete record (bytes of it received): while no more than that is unread,
- * no complete record is waiting and the loop stops without the SSL_read that could only fail.
+ * no complete record is waiting and the loop stops without the SSL_read that could only fail (negative: unknown).
  *
  * Stops when the buffer is full, when OpenSSL needs more ciphertext (the common end: a count, no exception), or
  * at a close_notify or an error. With nothing read, a close_notify raises SSLZeroReturnError and an error
@@ -539,10 +539,10 @@ Engine_read_all(Engine *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "read_all(buffer, partial=0)");
         return NULL;
     }
-    size_t partial = 0;
+    Py_ssize_t partial = 0;  /* negative: nothing known, never stop early */
     if (nargs == 2) {
-        partial = PyLong_AsSize_t(args[1]);
-        if (partial == (size_t)-1 && PyErr_Occurred())
+        partial = PyLong_AsSsize_t(args[1]);
+        if (partial == -1 && PyErr_Occurred())
             return NULL;
     }
     if (raise_pending(self) < 0)
@@ -560,7 +560,7 @@ Engine_read_all(Engine *self, PyObject *const *args, Py_ssize_t nargs)
         total += n;
         /* No complete record left and nothing decrypted inside OpenSSL: another SSL_read could only fail with
          * WANT_READ, which costs as much as a small record. */
-        if (in_pending(self) <= partial && SSL_pending(self->ssl) == 0) {
+        if (partial >= 0 && in_pending(self) <= (size_t)partial && SSL_pending(self->ssl) == 0) {
             PyBuffer_Release(&view);
             self->more = 0;
             return PyLong_FromSize_t(total);

@@ -725,9 +725,11 @@ class TLSProtocol(asyncio.BufferedProtocol):
         # No complete record in the BIO and nothing decrypted inside OpenSSL: a read could only raise WantRead.
         partial = self._partial if self._framed else 0
         compiled = self._lend_in is not None
-        # ... unless the compiled engine still has something to say (a full buffer's rest, a close_notify or an
-        # error met after data it returned): skipping that read would leave the connection waiting forever.
-        if incoming.pending <= partial and not sslobj.pending() and not (compiled and sslobj.more):
+        if compiled and sslobj.more:
+            # The compiled engine still has something to say (a full buffer's rest, a close_notify or an error met
+            # after data it returned): never skip that read, it would leave the connection waiting forever.
+            partial = -1
+        if incoming.pending <= partial and not sslobj.pending():
             return
         app = self._app
         got_close_notify = False
