@@ -224,11 +224,11 @@ release_data:
     return out;
 }
 
-/* parse_messages(buf, pos, masked, sink) -> int
+/* parse_messages(buf, pos, masked, sink, limit=65535) -> int
  *
  * Twin of frames.parse_messages_py. Starting at buf[pos], take each complete frame that is a whole data
- * message of < 64 KiB on its own: FIN set, RSV1-3 clear, opcode text (1) or binary (2), mask bit equal to
- * `masked`, a 7-bit or 16-bit length, and the whole frame present. Call sink(payload) for each, payload
+ * message on its own: FIN set, RSV1-3 clear, opcode text (1) or binary (2), mask bit equal to `masked`, a
+ * length of at most `limit` (64-bit length fields only when limit >= 64 KiB), and the whole frame present. Call sink(payload) for each, payload
  * unmasked, as bytes (binary) or str (text, strict UTF-8). Stop at the first frame that is anything else,
  * incomplete, or text that is not valid UTF-8 (the caller's general parser then reports it), and return the
  * position of that frame (len(buf) if everything was taken). Errors raised by sink propagate. */
@@ -236,18 +236,29 @@ static PyObject *
 parse_messages(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer view;
-    Py_ssize_t pos;
+    Py_ssize_t pos, limit = 65535;
     int masked;
     PyObject *sink;
     (void)module;
 
-    if (nargs != 4) {
-        PyErr_Format(PyExc_TypeError, "parse_messages() takes 4 positional arguments but %zd were given", nargs);
+    if (nargs != 4 && nargs != 5) {
+        PyErr_Format(PyExc_TypeError, "parse_messages() takes 4 or 5 positional arguments but %zd were given",
+                     nargs);
         return NULL;
     }
     pos = PyLong_AsSsize_t(args[1]);
     if (pos == -1 && PyErr_Occurred()) {
         return NULL;
+    }
+    if (nargs == 5) {
+        limit = PyLong_AsSsize_t(args[4]);
+        if (limit == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (limit < 0) {
+            PyErr_SetString(PyExc_ValueError, "limit must not be negative");
+            return NULL;
+        }
     }
     masked = PyObject_IsTrue(args[2]);
     if (masked < 0) {
@@ -276,14 +287,35 @@ parse_messages(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         length = b1 & 0x7F;
         start = pos + 2;
         if (length == 127) {
-            break;
+            if (limit < 65536 || n - pos < 10) {
+                break;
+            }
+            uint64_t wide = 0;
+            for (int k = 2; k < 10; k++) {
+                wide = (wide << 8) | buf[pos + k];
+            }
+            /* Compared as unsigned 64-bit before any arithmetic: a length with its top bit set (a protocol
+             * error) or of more than 4 GiB on any build is above any limit a Py_ssize_t can hold, or stops at
+             * the completeness check below; the general parser reports it. */
+            if (wide > (uint64_t)limit || wide <= 127) {
+                break;  /* (a non-minimal encoding of <= 127 is left to the general parser, as in the pure twin) */
+            }
+            length = (Py_ssize_t)wide;
+            start = pos + 10;
         }
-        if (length == 126) {
+        else if (length == 126) {
             if (n - pos < 4) {
                 break;
             }
             length = ((Py_ssize_t)buf[pos + 2] << 8) | buf[pos + 3];
             start = pos + 4;
+        }
+        if (length > limit) {
+            break;
+        }
+        /* Incomplete frame; written as a difference so that no sum can overflow whatever the length. */
+        if (length > n - start - (masked ? 4 : 0)) {
+            break;
         }
         end = start + (masked ? 4 : 0) + length;
         if (end > n) {
@@ -520,7 +552,8 @@ static PyMethodDef methods[] = {
     {"apply_mask", (PyCFunction)(void (*)(void))apply_mask, METH_FASTCALL | METH_KEYWORDS,
      "apply_mask(data, mask) -> bytes\n\nXOR data with the 4-byte mask repeated (RFC 6455 section 5.3)."},
     {"parse_messages", (PyCFunction)(void (*)(void))parse_messages, METH_FASTCALL,
-     "parse_messages(buf, pos, masked, sink) -> int\n\nDeliver a run of whole small data messages to sink; "
+     "parse_messages(buf, pos, masked, sink, limit=65535) -> int\n\nDeliver a run of whole data messages of at "
+     "most limit bytes to sink; "
      "return the position of the first frame not taken."},
     {NULL, NULL, 0, NULL},
 };
