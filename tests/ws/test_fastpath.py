@@ -304,3 +304,106 @@ def test_no_speedups_switch_selects_the_pure_parser() -> None:
         env.pop("URINGWS_PURE", None)  # the suite's second CI run sets it; this subprocess wants the build as is
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         assert out.stdout.strip() == "False"
+
+
+# -- parse_messages' limit and 64-bit lengths ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+@pytest.mark.parametrize("masked", [True, False])
+@pytest.mark.parametrize("size", [65536, 70001])
+def test_parse_messages_takes_64_bit_lengths_up_to_the_limit(parser: Parser, masked: bool, size: int) -> None:
+    wire = frame(0x2, b"\x01" * size, masked) + frame(0x1, b"next", masked)
+    for limit, taken in ((size, 2), (size + 1, 2), (size - 1, 0), (65535, 0), (None, 0)):
+        got: list[str | bytes] = []
+        args = (wire, 0, masked, got.append) if limit is None else (wire, 0, masked, got.append, limit)
+        end = parser(*args)  # type: ignore[call-arg]
+        assert got == [b"\x01" * size, "next"][:taken], limit
+        assert end == (len(wire) if taken else 0)
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+@pytest.mark.parametrize("length", [100, 125, 126, 1000])
+def test_parse_messages_stops_at_a_frame_longer_than_a_small_limit(parser: Parser, length: int) -> None:
+    wire = frame(0x2, b"x" * length, True)
+    got: list[str | bytes] = []
+    assert parser(wire, 0, True, got.append, length - 1) == 0  # type: ignore[call-arg]
+    assert parser(wire, 0, True, got.append, length) == len(wire)  # type: ignore[call-arg]
+    assert got == [b"x" * length]
+
+
+# Length fields a 64-bit header can carry that no buffer holds: the top bit set (a protocol error), past 4 GiB
+# (where a 32-bit sum would wrap), and near 2**63 (where a signed 64-bit sum would).
+_HUGE = [2**32 - 1, 2**32, 2**32 + 5, 2**62, 2**63 - 1, 2**63, 2**63 + 10, 2**64 - 1]
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+@pytest.mark.parametrize("masked", [True, False])
+@pytest.mark.parametrize("length", _HUGE)
+@pytest.mark.parametrize("limit", [1 << 20, 2**63 - 1])
+def test_parse_messages_never_takes_a_huge_length(parser: Parser, masked: bool, length: int, limit: int) -> None:
+    # A real frame first, then the huge header with some payload bytes: the run stops at the huge one.
+    first = frame(0x2, b"ok", masked)
+    header = struct.pack("!BBQ", 0x82, (0x80 if masked else 0) | 127, length) + (os.urandom(4) if masked else b"")
+    wire = first + header + os.urandom(3000)
+    got: list[str | bytes] = []
+    assert parser(wire, 0, masked, got.append, limit) == len(first)  # type: ignore[call-arg]
+    assert got == [b"ok"]
+
+
+@pytest.mark.parametrize("length", _HUGE)
+def test_a_huge_length_fails_the_connection_not_the_parser(length: int) -> None:
+    for max_size in (1 << 20, None):
+        s, sink = sink_server(max_size=max_size)
+        header = struct.pack("!BBQ", 0x82, 0x80 | 127, length) + os.urandom(4)
+        s.receive_data(cframe(0x2, b"ok") + header + b"\x00" * 100)
+        assert list(sink) == [b"ok"]
+        if length >> 63:
+            assert s.state is State.CLOSING  # 1002: the top bit must be 0
+        elif max_size is not None:
+            assert s.state is State.CLOSING  # 1009: above max_size
+        else:
+            assert s.state is State.OPEN  # waiting for the payload
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+def test_parse_messages_refuses_a_negative_limit(parser: Parser) -> None:
+    with pytest.raises(ValueError, match="limit"):
+        parser(b"", 0, True, print, -1)  # type: ignore[call-arg]
+
+
+@needs_c
+@settings(max_examples=150, deadline=None)
+@given(
+    sizes=st.lists(st.sampled_from([0, 1, 125, 126, 127, 65535, 65536, 65537, 100_000]), max_size=5),
+    wide=st.lists(st.booleans(), min_size=5, max_size=5),
+    limit=st.one_of(st.integers(0, 200_000), st.just(2**63 - 1)),
+    masked=st.booleans(),
+    cut=st.integers(0, 300_000),
+)
+def test_compiled_and_pure_parse_messages_agree_on_any_limit(
+    sizes: list[int], wide: list[bool], limit: int, masked: bool, cut: int
+) -> None:
+    assert _speedups is not None
+    wire = b"".join(
+        frame(0x2, bytes([i]) * n, masked, wide=w)
+        for i, (n, w) in enumerate(zip(sizes, wide[: len(sizes)], strict=True))
+    )
+    wire = wire[: min(cut, len(wire))] if cut else wire
+    results = []
+    for parser in (parse_messages_py, _speedups.parse_messages):
+        got: list[str | bytes] = []
+        results.append((parser(wire, 0, masked, got.append, limit), got))
+    assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("max_size", [69_999, 70_000])
+def test_a_whole_large_frame_in_one_read_is_bounded_by_max_size(max_size: int) -> None:
+    s, sink = sink_server(max_size=max_size)
+    s.receive_data(cframe(0x2, b"z" * 70_000) + cframe(0x2, b"after"))
+    if max_size >= 70_000:
+        assert list(sink) == [b"z" * 70_000, b"after"]
+        assert s.state is State.OPEN
+    else:
+        assert list(sink) == []
+        assert s.state is State.CLOSING

@@ -203,12 +203,93 @@ def test_doctor_reports_speedups(disabled: bool) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("URINGWS_NO_SPEEDUPS", "URINGWS_PURE")}
     if disabled:
         env["URINGWS_NO_SPEEDUPS"] = "1"
-    proc = subprocess.run([sys.executable, "-m", "uringws", "doctor", "--json"], capture_output=True, text=True,
-                          timeout=60, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "uringws", "doctor", "--json"], capture_output=True, text=True, timeout=60, env=env
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["speedups"] is (_speedups is not None and not disabled)
-    text = subprocess.run([sys.executable, "-m", "uringws", "doctor"], capture_output=True, text=True, timeout=60,
-                          env=env)
+    text = subprocess.run(
+        [sys.executable, "-m", "uringws", "doctor"], capture_output=True, text=True, timeout=60, env=env
+    )
     assert text.returncode == 0, text.stderr
     expected = "C mask (uringws.ws._speedups)" if _speedups is not None and not disabled else "pure Python"
     assert f"Speedups    {expected}" in text.stdout
+
+
+# -- the AVX2 loop and the portable one ----------------------------------------------------------------------------
+
+# Every length up to 300 (the vector loop's 128- and 32-byte steps and the portable tail) at every start offset
+# up to 36 (unaligned loads), plus larger sizes, through apply_mask and a FrameBuffer fed in uneven chunks (the
+# mask's phase carried between chunks), each checked against the pure twin; prints the loop used and a digest.
+_SWEEP = r"""
+import hashlib, random
+from uringws.ws import _speedups, frames
+rng = random.Random(1405)
+data = bytes(rng.getrandbits(8) for _ in range(70000))
+h = hashlib.sha256()
+for mask in (b"\x00\x00\x00\x00", b"\xff\x01\x80\x7f", bytes(rng.getrandbits(8) for _ in range(4))):
+    for start in range(37):
+        for n in [*range(301), 511, 512, 513, 1023, 4096, 4163, 65536 + 37]:
+            part = memoryview(data)[start : start + n]
+            out = _speedups.apply_mask(part, mask)
+            assert out == frames.apply_mask_py(part, mask), (mask, start, n)
+            h.update(out)
+    for chunk in (1, 3, 31, 33, 100, 4099):
+        fb = _speedups.FrameBuffer(len(data) - 5, mask)
+        pos = 5
+        while fb.remaining:
+            pos += fb.feed(data[: pos + chunk], pos)
+        out = fb.take()
+        assert out == frames.apply_mask_py(data[5:], mask), (mask, chunk)
+        h.update(out)
+print(_speedups.AVX2, h.hexdigest())
+"""
+
+
+def _sweep(no_avx2: bool) -> tuple[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("URINGWS_NO_SPEEDUPS", "URINGWS_PURE", "URINGWS_NO_AVX2")}
+    if no_avx2:
+        env["URINGWS_NO_AVX2"] = "1"
+    out = subprocess.run([sys.executable, "-c", _SWEEP], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    used, digest = out.stdout.split()
+    return used, digest
+
+
+@needs_c
+def test_avx2_and_portable_loops_give_the_same_bytes_as_pure() -> None:
+    used, digest = _sweep(no_avx2=False)
+    portable_used, portable_digest = _sweep(no_avx2=True)
+    assert portable_used == "False"  # URINGWS_NO_AVX2=1 forces the portable loop
+    assert used == str(_cpu_has_avx2())
+    assert digest == portable_digest
+
+
+def _cpu_has_avx2() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " avx2" in line for line in f)
+    except OSError:
+        return False
+
+
+@needs_c
+@given(
+    data=st.integers(0, 5000).map(os.urandom),
+    start=st.integers(0, 63),
+    mask=st.binary(min_size=4, max_size=4),
+    splits=st.lists(st.integers(1, 700), max_size=8),
+)
+def test_framebuffer_matches_pure_at_any_offset_and_split(
+    data: bytes, start: int, mask: bytes, splits: list[int]
+) -> None:
+    # The active loop (AVX2 where the CPU has it) through FrameBuffer: chunks end anywhere, so the mask's phase
+    # at the start of each chunk is anything.
+    start = min(start, len(data))
+    payload = data[start:]
+    fb = frames.FrameBuffer(len(payload), mask)
+    pos = start
+    for size in [*splits, len(data)]:
+        pos += fb.feed(data[: pos + size], pos)
+    assert fb.remaining == 0
+    assert fb.take() == apply_mask_py(payload, mask)

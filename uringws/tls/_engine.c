@@ -13,7 +13,8 @@
  *
  * Types (each method mirrors the same-named method of ssl.SSLObject / ssl.MemoryBIO and raises the same ssl
  * exception classes):
- *   Engine(context, server_side)  do_handshake, read, write, pending, unwrap, and the connection queries
+ *   Engine(context, server_side)  do_handshake, read, write, pending, unwrap, and the connection queries;
+ *                                 read_all(buffer) and .more: every decrypted byte available, in one call
  *   Engine.incoming               an object with write(data) and .pending, like the incoming MemoryBIO, and
  *                                 lend(data) / keep() to have OpenSSL read received bytes in place
  *   Engine.outgoing               an object with read() and .pending, like the outgoing MemoryBIO
@@ -67,6 +68,12 @@ typedef struct {
     Py_ssize_t out_len, out_cap;
     int server_side;
     int failed;            /* a BIO callback failed to allocate: report MemoryError */
+    /* read_all(): whether the caller must call it again before waiting for more input (the buffer filled up,
+     * or the records after the data returned were a close_notify or an error, see error_pending). */
+    char more;
+    /* An error that read_all() met after decrypting data: the data is returned first, the error is raised by
+     * the next read_all() or read(). Never dropped: a connection left waiting on it would hang. */
+    PyObject *error_pending;
 } Engine;
 
 typedef struct {
@@ -338,6 +345,43 @@ ssl_error(Engine *self, int ret, int line)
     return NULL;
 }
 
+/* Move the exception being raised into self->error_pending (without its traceback). */
+static void
+stash_error(Engine *self)
+{
+    PyObject *exc;
+#if PY_VERSION_HEX >= 0x030C0000
+    exc = PyErr_GetRaisedException();
+#else
+    PyObject *type, *tb;
+    PyErr_Fetch(&type, &exc, &tb);
+    PyErr_NormalizeException(&type, &exc, &tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+#endif
+    if (exc != NULL)
+        PyException_SetTraceback(exc, Py_None);
+    Py_XSETREF(self->error_pending, exc);
+}
+
+/* Raise the stashed error, if any: returns -1 then (and the engine no longer holds it), else 0. */
+static int
+raise_pending(Engine *self)
+{
+    PyObject *exc = self->error_pending;
+    if (exc == NULL)
+        return 0;
+    self->error_pending = NULL;
+    self->more = 0;
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(exc);
+#else
+    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+    Py_DECREF(exc);
+#endif
+    return -1;
+}
+
 /* -- Engine -------------------------------------------------------------------------------------------------- */
 
 static SSL_CTX *
@@ -406,6 +450,7 @@ Engine_dealloc(Engine *self)
         PyBuffer_Release(&self->lent);
     free(self->in_buf);
     Py_XDECREF(self->out);
+    Py_XDECREF(self->error_pending);
     Py_XDECREF(self->context);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -428,6 +473,8 @@ Engine_read(Engine *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "read(len, buffer=None)");
         return NULL;
     }
+    if (raise_pending(self) < 0)
+        return NULL;
     Py_ssize_t len = PyLong_AsSsize_t(args[0]);
     if (len == -1 && PyErr_Occurred())
         return NULL;
@@ -472,6 +519,77 @@ Engine_read(Engine *self, PyObject *const *args, Py_ssize_t nargs)
         return PyLong_FromLong(0);
     }
     return ssl_error(self, ret, __LINE__);
+}
+
+/* read_all(buffer, partial=0) -> int: decrypt into buffer as much as there is, by as many SSL_read calls as it
+ * takes, and return the count. The Python loop this replaces made one call per TLS record. `partial` is what the
+ * caller knows of the trailing incomplete record (bytes of it received): while no more than that is unread,
+ * no complete record is waiting and the loop stops without the SSL_read that could only fail (negative: unknown).
+ *
+ * Stops when the buffer is full, when OpenSSL needs more ciphertext (the common end: a count, no exception), or
+ * at a close_notify or an error. With nothing read, a close_notify raises SSLZeroReturnError and an error
+ * raises it. With data read, the data is returned first and `more` is set: the caller delivers it and calls
+ * again, which returns the rest, raises SSLZeroReturnError (OpenSSL repeats it) or raises the error kept in
+ * error_pending. `more` is also set when the buffer filled up; after a count with `more` clear, OpenSSL has
+ * consumed every complete record it was given. */
+static PyObject *
+Engine_read_all(Engine *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "read_all(buffer, partial=0)");
+        return NULL;
+    }
+    Py_ssize_t partial = 0;  /* negative: nothing known, never stop early */
+    if (nargs == 2) {
+        partial = PyLong_AsSsize_t(args[1]);
+        if (partial == -1 && PyErr_Occurred())
+            return NULL;
+    }
+    if (raise_pending(self) < 0)
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_WRITABLE) < 0)
+        return NULL;
+    size_t total = 0, cap = (size_t)view.len;
+    int ret = 1;
+    while (total < cap) {
+        size_t n = 0;
+        ret = SSL_read_ex(self->ssl, (char *)view.buf + total, cap - total, &n);
+        if (ret <= 0)
+            break;
+        total += n;
+        /* No complete record left and nothing decrypted inside OpenSSL: another SSL_read could only fail with
+         * WANT_READ, which costs as much as a small record. */
+        if (partial >= 0 && in_pending(self) <= (size_t)partial && SSL_pending(self->ssl) == 0) {
+            PyBuffer_Release(&view);
+            self->more = 0;
+            return PyLong_FromSize_t(total);
+        }
+    }
+    PyBuffer_Release(&view);
+    if (ret > 0) {  /* full (or an empty buffer) */
+        self->more = cap > 0;
+        return PyLong_FromSize_t(total);
+    }
+    int err = SSL_get_error(self->ssl, ret);
+    if (err == SSL_ERROR_WANT_READ && !self->failed) {
+        ERR_clear_error();
+        self->more = 0;
+        return PyLong_FromSize_t(total);
+    }
+    if (total == 0) {
+        self->more = 0;
+        return ssl_error(self, ret, __LINE__);
+    }
+    if (err == SSL_ERROR_ZERO_RETURN) {
+        ERR_clear_error();  /* the next call sees the close_notify again */
+    }
+    else {
+        ssl_error(self, ret, __LINE__);
+        stash_error(self);
+    }
+    self->more = 1;
+    return PyLong_FromSize_t(total);
 }
 
 static PyObject *
@@ -620,6 +738,8 @@ Engine_tls_unique(Engine *self, PyObject *Py_UNUSED(ignored))
 static PyMethodDef Engine_methods[] = {
     {"do_handshake", (PyCFunction)Engine_do_handshake, METH_NOARGS, "SSL_do_handshake, as SSLObject's."},
     {"read", (PyCFunction)(void (*)(void))Engine_read, METH_FASTCALL, "read(len, buffer=None), as SSLObject's."},
+    {"read_all", (PyCFunction)(void (*)(void))Engine_read_all, METH_FASTCALL,
+     "read_all(buffer, partial=0) -> int: decrypt all that is available into buffer; see `more`."},
     {"write", (PyCFunction)Engine_write, METH_O, "write(data) -> count, as SSLObject's."},
     {"pending", (PyCFunction)Engine_pending, METH_NOARGS, "Decrypted bytes buffered inside OpenSSL."},
     {"unwrap", (PyCFunction)Engine_unwrap, METH_NOARGS, "Send close_notify, as SSLObject.unwrap."},
@@ -662,6 +782,8 @@ static PyGetSetDef Engine_getset[] = {
 static PyMemberDef Engine_members[] = {
     {"server_side", T_INT, offsetof(Engine, server_side), READONLY, "True on the server side."},
     {"context", T_OBJECT, offsetof(Engine, context), READONLY, "The ssl.SSLContext."},
+    {"more", T_BOOL, offsetof(Engine, more), READONLY,
+     "After read_all(): call it again before waiting for input (buffer full, close_notify or error next)."},
     {NULL, 0, 0, 0, NULL},
 };
 

@@ -724,6 +724,11 @@ class TLSProtocol(asyncio.BufferedProtocol):
         assert incoming is not None
         # No complete record in the BIO and nothing decrypted inside OpenSSL: a read could only raise WantRead.
         partial = self._partial if self._framed else 0
+        compiled = self._lend_in is not None
+        if compiled and sslobj.more:
+            # The compiled engine still has something to say (a full buffer's rest, a close_notify or an error met
+            # after data it returned): never skip that read, it would leave the connection waiting forever.
+            partial = -1
         if incoming.pending <= partial and not sslobj.pending():
             return
         app = self._app
@@ -747,6 +752,24 @@ class TLSProtocol(asyncio.BufferedProtocol):
                     if self._state != _WRAPPED or self._app_read_paused:
                         break
                     if incoming.pending <= partial and not sslobj.pending():
+                        break
+            elif compiled:
+                # The compiled engine decrypts everything available in one call (Engine.read_all).
+                view = self._shared.plain
+                lend = self._app_view
+                read_all = sslobj.read_all
+                while True:
+                    n = read_all(view, partial)
+                    if n:
+                        if lend is None:
+                            app.data_received(view[:n].tobytes())
+                        else:
+                            part = view[:n]
+                            try:
+                                lend(part)
+                            finally:
+                                part.release()
+                    if not sslobj.more or self._state != _WRAPPED or self._app_read_paused:
                         break
             else:
                 view = self._shared.plain

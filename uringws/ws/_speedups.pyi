@@ -3,9 +3,15 @@ frames.parse_messages_py and frames.FrameBufferPy, its pure twins)."""
 
 from collections.abc import Callable
 
+AVX2: bool  # whether masking uses the AVX2 loop (the CPU has it and URINGWS_NO_AVX2=1 is not set)
+
 def apply_mask(data: bytes | bytearray | memoryview, mask: bytes | bytearray | memoryview) -> bytes: ...
 def parse_messages(
-    buf: bytes | bytearray | memoryview, pos: int, masked: bool, sink: Callable[[str | bytes], object]
+    buf: bytes | bytearray | memoryview,
+    pos: int,
+    masked: bool,
+    sink: Callable[[str | bytes], object],
+    limit: int = 65535,
 ) -> int: ...
 
 class FrameBuffer:

@@ -110,16 +110,24 @@ def apply_mask_py(data: bytes | bytearray | memoryview, mask: bytes | bytearray 
 
 
 def parse_messages_py(
-    buf: bytes | bytearray | memoryview, pos: int, masked: bool, sink: Callable[[str | bytes], object]
+    buf: bytes | bytearray | memoryview,
+    pos: int,
+    masked: bool,
+    sink: Callable[[str | bytes], object],
+    limit: int = 65535,
 ) -> int:
-    """Deliver a run of whole small data messages at ``buf[pos:]`` to ``sink``; return where the run stops.
+    """Deliver a run of whole data messages at ``buf[pos:]`` to ``sink``; return where the run stops.
 
     Takes each complete frame that is a message on its own: FIN set, RSV bits clear, opcode text or binary,
-    the mask bit equal to ``masked``, a length below 64 KiB. ``sink`` gets the unmasked payload as bytes
-    (binary) or str (text, strict UTF-8). Stops at the first frame that is anything else, incomplete, or text
-    that is not valid UTF-8, and returns its position: the caller's general parser (``parse_header``) takes
-    it from there and reports any error. A shortcut only; it checks nothing that the general path would not.
+    the mask bit equal to ``masked``, a length of at most ``limit`` (the caller's size limit; frames with a
+    64-bit length field are taken only when ``limit`` is 64 KiB or more). ``sink`` gets the unmasked payload as
+    bytes (binary) or str (text, strict UTF-8). Stops at the first frame that is anything else, longer than
+    ``limit`` (a 64-bit length with its top bit set always is), incomplete, or text that is not valid UTF-8, and
+    returns its position: the caller's general parser (``parse_header``) takes it from there and reports any
+    error. A shortcut only; it checks nothing that the general path would not.
     """
+    if limit < 0:
+        raise ValueError("limit must not be negative")
     n = len(buf)
     mbit = 0x80 if masked else 0
     while n - pos >= 2:
@@ -129,6 +137,13 @@ def parse_messages_py(
             break
         length = b1 & 0x7F
         start = pos + 2
+        if length == 127 and limit >= 65536 and n - pos >= 10:
+            length = _unpack_Q(buf, pos + 2)[0]
+            # Above the limit (a set top bit, a protocol error, always is), or a non-minimal encoding of a
+            # length of at most 127: the general path takes it (and reports any error).
+            if length > limit or length <= 127:
+                break
+            start = pos + 10
         if length == 127:
             break
         if length == 126:
@@ -136,6 +151,8 @@ def parse_messages_py(
                 break
             length = (buf[pos + 2] << 8) | buf[pos + 3]
             start = pos + 4
+        if length > limit:
+            break
         if masked:
             end = start + 4 + length
             if end > n:

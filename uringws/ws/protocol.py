@@ -94,6 +94,7 @@ _JOIN_LIMIT = 4096
 # A data frame of at least _GATHER_MIN bytes (one TLS record's plaintext) that is not complete in one read is
 # gathered into a FrameBuffer as it arrives. Its buffer is allocated when the header arrives (max_size bounds
 # it); above _GATHER_MAX (max_size=None) frames take the general path, which grows its buffer with the data.
+_NO_LIMIT = (1 << 63) - 1  # parse_messages()'s limit with max_size=None: any frame (complete in the buffer)
 _GATHER_MIN = 16 * 1024
 _GATHER_MAX = 64 * 1024 * 1024
 _pack_BBH = struct.Struct("!BBH").pack
@@ -315,6 +316,8 @@ class Protocol:
         pos = 0
         masked = self._expect_masked
         small_ok = self._small_ok
+        # The fast path takes whole frames up to the message size limit (the general path refuses longer ones).
+        run_limit = _NO_LIMIT if self.max_size is None else self.max_size
         emit = self._emit
         delivered = 0  # messages completed in this call (they may have gone to the sink, not to _events)
         budget = self.frame_budget
@@ -326,10 +329,10 @@ class Protocol:
                     if budget is not None and budget <= 0:
                         stopped = pos < n
                         break
-                    # Fast path: a run of whole unfragmented, uncompressed text/binary messages of < 64 KiB in
-                    # one call (compiled when built). It stops at anything else; the general path takes that.
+                    # Fast path: a run of whole unfragmented, uncompressed text/binary messages, each complete in
+                    # buf, in one call (compiled when built). It stops at anything else; the general path takes that.
                     if small_ok and not self._msg_opcode:
-                        end = parse_messages(buf, pos, masked, emit)
+                        end = parse_messages(buf, pos, masked, emit, run_limit)
                         if end != pos:
                             pos = end
                             delivered += 1
