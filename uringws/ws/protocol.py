@@ -316,8 +316,11 @@ class Protocol:
         pos = 0
         masked = self._expect_masked
         small_ok = self._small_ok
-        # The fast path takes whole frames up to the message size limit (the general path refuses longer ones).
+        # The fast path takes whole frames up to the message size limit (the general path refuses longer ones);
+        # with a memory budget, only messages below BUDGET_MIN, which the budget does not count.
         run_limit = _NO_LIMIT if self.max_size is None else self.max_size
+        if self.budget is not None and run_limit >= BUDGET_MIN:
+            run_limit = BUDGET_MIN - 1
         emit = self._emit
         delivered = 0  # messages completed in this call (they may have gone to the sink, not to _events)
         budget = self.frame_budget
