@@ -21,6 +21,7 @@ import websockets
 import websockets.asyncio.client
 import websockets.asyncio.server
 import websockets.exceptions
+import websockets.http11
 import websockets.sync.server
 
 import uringws
@@ -30,6 +31,8 @@ from uringws import (
     ConnectionClosedError,
     ConnectionClosedOK,
     InvalidStatus,
+    Request,
+    Response,
     WebSocketException,
     broadcast,
     connect,
@@ -109,7 +112,13 @@ def test_exceptions_have_websockets_names_and_bases() -> None:
 
 @run
 async def test_respond_with_text_answers_a_websockets_client() -> None:
-    async def process_request(connection: Connection, request: object) -> object:
+    refused: list[Exception] = []
+
+    async def process_request(connection: Connection, request: Request) -> Response:
+        try:
+            connection.respond(403, "text", b"body")  # a text and a body: which one was meant?
+        except TypeError as exc:
+            refused.append(exc)
         return connection.respond(403, "not for you\n")
 
     async with serve(_echo, "127.0.0.1", 0, process_request=process_request) as server:
@@ -119,14 +128,20 @@ async def test_respond_with_text_answers_a_websockets_client() -> None:
         assert response.status_code == 403
         assert response.body == b"not for you\n"
         assert response.headers["Content-Type"] == "text/plain; charset=utf-8"
+        assert len(refused) == 1
 
 
 @run
 async def test_invalid_status_response_from_a_websockets_server() -> None:
-    async def process_request(connection: object, request: object) -> object:
-        return connection.respond(404, "no such room\n")  # type: ignore[attr-defined]
+    def process_request(
+        connection: websockets.asyncio.server.ServerConnection, request: websockets.http11.Request
+    ) -> websockets.http11.Response:
+        return connection.respond(404, "no such room\n")
 
-    async with websockets.asyncio.server.serve(_echo, "127.0.0.1", 0, process_request=process_request) as wserver:
+    async def wait(ws: websockets.asyncio.server.ServerConnection) -> None:
+        await ws.wait_closed()
+
+    async with websockets.asyncio.server.serve(wait, "127.0.0.1", 0, process_request=process_request) as wserver:
         with pytest.raises(InvalidStatus) as caught:
             await connect(f"ws://127.0.0.1:{_port(wserver)}/")
         response = caught.value.response

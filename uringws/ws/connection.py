@@ -256,7 +256,7 @@ class Connection(asyncio.Protocol):
         if isinstance(headers, str):
             if body:
                 raise TypeError("respond(status, text) takes no body; use respond(status, headers, body)")
-            headers, body = (), headers
+            return self._server_hs.reject(status, headers)
         return self._server_hs.reject(status, body, headers)
 
     async def recv(self) -> Data:
@@ -764,17 +764,13 @@ class Connection(asyncio.Protocol):
             return ConnectionClosedError(1006, "")
         rcvd, sent = proto.close_rcvd, proto.close_sent
         sent_code = None if sent is None else sent.code
-        frames = {
-            "rcvd": rcvd,
-            "sent": sent,
-            "rcvd_then_sent": None if rcvd is None or sent is None else self._close_initiator == "the peer",
-        }
+        order = None if rcvd is None or sent is None else self._close_initiator == "the peer"
         ok_codes = (1000, 1001, 1005)
         if rcvd is not None and rcvd.code in ok_codes and (sent is None or sent.code in ok_codes):
-            return ConnectionClosedOK(rcvd.code, rcvd.reason, sent_code, **frames)
+            return ConnectionClosedOK(rcvd.code, rcvd.reason, sent_code, rcvd=rcvd, sent=sent, rcvd_then_sent=order)
         if rcvd is None:
-            return ConnectionClosedError(1006, "", sent_code, **frames)
-        return ConnectionClosedError(rcvd.code, rcvd.reason, sent_code, **frames)
+            return ConnectionClosedError(1006, "", sent_code, rcvd=rcvd, sent=sent, rcvd_then_sent=order)
+        return ConnectionClosedError(rcvd.code, rcvd.reason, sent_code, rcvd=rcvd, sent=sent, rcvd_then_sent=order)
 
     @property
     def close_exc(self) -> ConnectionClosed:
