@@ -9,7 +9,9 @@ nothing) and the server process is measured twice, in two runs:
   allocation sites (file:line) per connection. tracemalloc costs memory of its own, so this run's RSS is not used.
 
 **native** = total − python: memory Python's allocators never see, i.e. OpenSSL's per-SSL state (``SSL``,
-record layer, session), the C engine's own buffers and malloc's overhead. Stacks:
+record layer, session), the C engine's own buffers and malloc's overhead. **trimmed**: the total again, taken
+after glibc's ``malloc_trim(0)`` at the end of the untraced run: the part of the total that is free memory the
+allocator kept resident (slack left by the handshakes' temporary allocations) shows up as the difference. Stacks:
 
 - ``uringws``: ``uringws.server.serve`` on ``uringws.new_event_loop`` (as ``uringws serve`` runs; the compiled pieces
   in use where built, none with ``URINGWS_PURE=1``), echo handler, compression and keepalive pings off;
@@ -29,6 +31,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import ctypes
 import json
 import os
 import resource
@@ -60,6 +63,16 @@ def _rss_kib() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def _rss_after_malloc_trim() -> int | None:
+    """RSS in KiB after glibc's ``malloc_trim(0)`` returned free heap pages to the kernel; None without glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        return None
+    return _rss_kib()
 
 
 # --- the server process -----------------------------------------------------------------------------------------
@@ -102,6 +115,9 @@ async def _serve(stack: str, certfile: str, keyfile: str, trace: bool) -> None:
                     (f"{'/'.join(s.traceback[0].filename.rsplit('/', 2)[-2:])}:{s.traceback[0].lineno}", s.size_diff)
                     for s in diff[:12]
                 ]
+        if line == "quit":
+            # And once more after glibc's malloc_trim(0): what the allocator held free but resident (slack).
+            out["rss_trimmed_kib"] = _rss_after_malloc_trim()
         print(json.dumps(out), flush=True)
         if line == "quit":
             break
@@ -194,6 +210,8 @@ def measure(stack: str, n: int, certfile: str, keyfile: str, trace: bool) -> dic
                 after = json.loads(_ask(server, "quit"))
     out: dict[str, Any] = {"stack": stack, "connections": opened}
     out["rss_kib_per_conn"] = (after["rss_kib"] - before["rss_kib"]) / opened
+    if after.get("rss_trimmed_kib") is not None:
+        out["trimmed_kib_per_conn"] = (after["rss_trimmed_kib"] - before["rss_kib"]) / opened
     if trace:
         out["python_kib_per_conn"] = (after["traced"] - before["traced"]) / 1024 / opened
         out["sites_bytes_per_conn"] = [(site, size / opened) for site, size in after.get("sites", [])]
@@ -236,17 +254,18 @@ def main(argv: list[str] | None = None) -> int:
             traced = measure(stack, args.connections, certfile, keyfile, trace=True)
             total.update({k: v for k, v in traced.items() if k not in total})
             total["native_kib_per_conn"] = total["rss_kib_per_conn"] - total["python_kib_per_conn"]
+            total.setdefault("trimmed_kib_per_conn", float("nan"))
             total["seconds"] = round(time.monotonic() - t0, 1)
             results.append(total)
     if args.json:
         print(json.dumps({"pure": os.environ.get("URINGWS_PURE") == "1", "results": results}, indent=1))
         return 0
     print(f"RSS per idle TLS connection, {args.connections} connections (KiB; 1 KiB = 1024 bytes)")
-    print(f"{'stack':<10} {'total':>7} {'python':>7} {'native':>7}")
+    print(f"{'stack':<10} {'total':>7} {'python':>7} {'native':>7} {'trimmed':>8}")
     for r in results:
         print(
             f"{r['stack']:<10} {r['rss_kib_per_conn']:>7.1f} {r['python_kib_per_conn']:>7.1f} "
-            f"{r['native_kib_per_conn']:>7.1f}"
+            f"{r['native_kib_per_conn']:>7.1f} {r['trimmed_kib_per_conn']:>8.1f}"
         )
     for r in results:
         print(f"\n{r['stack']}: top Python allocation sites, bytes per connection")
