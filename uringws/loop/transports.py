@@ -675,17 +675,13 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
         self._flush_scheduled = False
         if self._send_state != _IDLE or self._release_wanted or self._selector.closing:
             return
-        if self._direct_send:
-            self._direct_flush()
-        else:
+        if not self._direct_send:
             self._submit_send()
-
-    def _direct_flush(self) -> None:
-        """Send the queue's next batch with one sendmsg(2) (MSG_DONTWAIT); a remainder goes to the ring.
-
-        Nothing is in flight (the caller checked), so this send cannot overtake anything. Most sends on a
-        healthy connection complete here, without a ring operation and its completion callback.
-        """
+            return
+        # The direct send, inline (this hook runs once per message): the queue's next batch with one
+        # sendmsg(2) (MSG_DONTWAIT); a remainder goes to the ring. Nothing is in flight (checked above), so this
+        # send cannot overtake anything. Most sends on a healthy connection complete here, without a ring
+        # operation and its completion callback.
         queue = self._queue
         bufs = queue.next_send()
         if bufs is None:
@@ -717,7 +713,9 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
             stats.resent_bytes += sum(map(len, bufs)) - n  # of this batch; bytes queued behind it were never sent
             if not queue._closed:
                 self._submit_send()
-        else:
+        elif self._release_wanted or self._closing or self._eof:
+            # Drained (all of it went): _after_send() has something to do only for these. Its call is skipped
+            # in the common case, once per message.
             self._after_send()
 
     def _submit_send(self) -> None:
