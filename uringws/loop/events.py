@@ -286,7 +286,7 @@ class EventLoop(_UnixSelectorEventLoop):
                 handle._run()
                 continue
             try:
-                handle._context.run(handle._callback, *handle._args)
+                handle._context.run(handle._callback, *handle._args)  # type: ignore[attr-defined]
             except (SystemExit, KeyboardInterrupt):
                 raise
             except BaseException as exc:  # noqa: BLE001  (asyncio's contract: CancelledError included)
@@ -306,14 +306,14 @@ class EventLoop(_UnixSelectorEventLoop):
         _call_soon(), Handle.__init__() with its get_debug()): a task's wake-up goes through here once per
         message. Debug mode and a closed loop take asyncio's own (its checks, its errors)."""
         if self._debug or self._closed or not _LEAN_RUN_ONCE:
-            return super().call_soon(callback, *args, context=context)  # type: ignore[no-any-return]
+            return super().call_soon(callback, *args, context=context)
         # Handle.__init__() with get_debug() False, inlined: every slot it sets (compat.HANDLE_SLOTS).
         handle = _new_handle(Handle)
         handle._context = copy_context() if context is None else context  # type: ignore[attr-defined]
         handle._loop = self  # type: ignore[attr-defined]
         handle._callback = callback  # type: ignore[attr-defined]
-        handle._args = args  # type: ignore[attr-defined]
-        handle._cancelled = False  # type: ignore[attr-defined]
+        handle._args = args
+        handle._cancelled = False
         handle._repr = None  # type: ignore[attr-defined]
         handle._source_traceback = None  # type: ignore[attr-defined]
         self._ready.append(handle)
