@@ -24,7 +24,7 @@ from uringws.routing import Router
 from uringws.server import Server, broadcast, serve
 from uringws.ws.config import WSConfig
 from uringws.ws.connection import Connection
-from uringws.ws.exceptions import ConnectionClosedError, ConnectionClosedOK, InvalidStatus
+from uringws.ws.exceptions import ConcurrencyError, ConnectionClosedError, ConnectionClosedOK, InvalidStatus
 from uringws.ws.frames import parse_frame, serialize_frame
 from uringws.ws.handshake import ClientHandshake, parse_uri
 
@@ -68,6 +68,54 @@ def url(server: Server, path: str = "/", scheme: str = "ws") -> str:
 
 
 # -- round trips -----------------------------------------------------------------------------------------------
+
+
+@run
+async def test_async_for_waits_like_recv_one_reader_at_a_time() -> None:
+    """``async for`` waits for the next message itself (not through recv()), with recv()'s rules: a second
+    reader gets ConcurrencyError whichever of the two came first, a cancelled wait leaves nothing behind, and
+    every message goes to exactly one reader, in order."""
+    async with serve(echo, "127.0.0.1", 0, compression=None) as server, connect(url(server)) as ws:
+        iterator = ws.__aiter__()
+        first = asyncio.create_task(iterator.__anext__())
+        await asyncio.sleep(0.01)
+        with pytest.raises(ConcurrencyError):
+            await ws.recv()
+        with pytest.raises(ConcurrencyError):
+            await iterator.__anext__()
+        await ws.send("one")
+        assert await first == "one"
+        second = asyncio.create_task(ws.recv())
+        await asyncio.sleep(0.01)
+        with pytest.raises(ConcurrencyError):
+            await iterator.__anext__()
+        second.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await second
+        waiting = asyncio.create_task(iterator.__anext__())
+        await asyncio.sleep(0.01)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await ws.send("two")
+        await ws.send("three")
+        assert [await iterator.__anext__(), await ws.recv()] == ["two", "three"]
+
+
+@run
+async def test_async_for_during_recv_streaming_is_a_concurrency_error() -> None:
+    async with serve(echo, "127.0.0.1", 0, compression=None) as server, connect(url(server)) as ws:
+        stream = ws.recv_streaming()
+        started = asyncio.create_task(stream.__anext__())
+        await asyncio.sleep(0.01)
+        with pytest.raises(ConcurrencyError):
+            await ws.__anext__()
+        await ws.send("whole")
+        assert await started == "whole"
+        with pytest.raises(StopAsyncIteration):
+            await stream.__anext__()
+        await ws.send("next")
+        assert await ws.__anext__() == "next"
 
 
 @pytest.mark.parametrize("compression", ["deflate", None])

@@ -8,6 +8,7 @@ in the same test) and hold the transport to one iteration per echoed message.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import socket
 import threading
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 import uringws.loop
+from uringws.loop import compat
 from uringws.loop import events as loop_events
 
 
@@ -112,6 +114,59 @@ def test_run_once_keeps_the_rest_of_the_ready_queue_after_a_base_exception(
     backend_loop.call_soon(backend_loop.stop)
     backend_loop.run_forever()
     assert order == ["a", "b"]  # "b" stayed queued and ran, once
+
+
+def _handle_state(handle: asyncio.Handle) -> dict[str, Any]:
+    return {name: getattr(handle, name) for name in compat.HANDLE_SLOTS if name != "_loop"}
+
+
+def test_call_soon_builds_the_handle_asyncio_builds(backend_loop: uringws.loop.EventLoop) -> None:
+    """The lean call_soon() sets every slot of Handle, to what Handle.__init__() sets (context given or not)."""
+    assert set(compat.HANDLE_SLOTS) == set(asyncio.Handle.__slots__) - {"__weakref__"}
+    ctx = contextvars.copy_context()
+    for kwargs in ({}, {"context": ctx}):
+        stock = asyncio.SelectorEventLoop()
+        try:
+            expected = stock.call_soon(print, 1, 2, **kwargs)
+        finally:
+            stock.close()
+        got = backend_loop.call_soon(print, 1, 2, **kwargs)
+        assert type(got) is asyncio.Handle
+        assert got._loop is backend_loop  # type: ignore[attr-defined]
+        want, have = _handle_state(expected), _handle_state(got)
+        if not kwargs:  # a fresh copy of the current context each
+            assert isinstance(have.pop("_context"), contextvars.Context)
+            want.pop("_context")
+        assert have == want
+        assert list(backend_loop._ready)[-1] is got  # type: ignore[attr-defined]
+        got.cancel()
+    backend_loop.close()
+    with pytest.raises(RuntimeError, match="Event loop is closed"):
+        backend_loop.call_soon(print)
+
+
+def test_a_failing_callback_is_reported_as_asyncio_reports_it(backend_loop: uringws.loop.EventLoop) -> None:
+    def boom(arg: int) -> None:
+        raise ValueError(arg)
+
+    reports: list[tuple[dict[str, Any], asyncio.Handle]] = []
+    for loop in (asyncio.SelectorEventLoop(), backend_loop):
+        try:
+            loop.set_exception_handler(lambda _loop, context: reports.append(context))
+            loop.call_soon(boom, 7)
+            loop.call_later(0, boom, 8)
+            loop.run_until_complete(asyncio.sleep(0.01))
+        finally:
+            if loop is not backend_loop:
+                loop.close()
+    assert len(reports) == 4
+    stock, ours = reports[:2], reports[2:]
+    for a, b in zip(stock, ours, strict=True):
+        assert a.keys() == b.keys() == {"message", "exception", "handle"}
+        assert a["message"] == b["message"]
+        assert type(a["handle"]) is type(b["handle"])
+        assert repr(a["exception"]) == repr(b["exception"])
+    assert ours[0]["message"].startswith("Exception in callback test_a_failing_callback_is_reported")
 
 
 def test_debug_mode_uses_asyncios_iteration(ring_loop: uringws.loop.EventLoop,

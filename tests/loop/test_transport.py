@@ -124,6 +124,33 @@ def test_flow_control_knobs_and_reading(backend_loop: EventLoop) -> None:
     backend_loop.run_until_complete(asyncio.wait_for(main(), 10))
 
 
+def test_write_eof_after_queued_writes_shuts_down_once_they_are_sent(backend_loop: EventLoop) -> None:
+    """write_eof() with small writes still queued (they leave just before the loop waits): the peer gets every
+    byte, then the EOF, and the transport stays open for reading."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        transport, proto, peer = await _pair(Collect)
+        transport.write(b"first ")
+        transport.write(b"second")
+        transport.write_eof()
+        got = b""
+        while chunk := await asyncio.wait_for(loop.sock_recv(peer, 100), 5):
+            got += chunk
+        assert got == b"first second"
+        assert not transport.is_closing()
+        await loop.sock_sendall(peer, b"still reading")
+        for _ in range(100):
+            if proto.data:
+                break
+            await asyncio.sleep(0.01)
+        assert proto.data == b"still reading"
+        transport.close()
+        peer.close()
+
+    backend_loop.run_until_complete(asyncio.wait_for(main(), 10))
+
+
 class FlowCollect(Collect):
     def __init__(self) -> None:
         super().__init__()

@@ -16,12 +16,13 @@ from __future__ import annotations
 import socket
 import ssl
 import sys
-from asyncio import base_events, constants, futures, selector_events, sslproto, transports, unix_events
+from asyncio import base_events, constants, format_helpers, futures, selector_events, sslproto, transports, unix_events
 from typing import Any
 
 __all__ = [
     "CHECKED",
     "CHECKED_VERSIONS",
+    "HANDLE_SLOTS",
     "LEAN_RUN_ONCE",
     "MAXIMUM_SELECT_TIMEOUT",
     "MIN_CANCELLED_TIMER_HANDLES_FRACTION",
@@ -32,6 +33,7 @@ __all__ = [
     "SendfileFallbackProtocol",
     "SendfileMode",
     "UnixSelectorEventLoop",
+    "format_callback_source",
     "set_nodelay",
     "set_result_unless_cancelled",
     "ssl_protocol_app_transport",
@@ -93,6 +95,10 @@ LOOP_ATTRIBUTES = ("_scheduled", "_ready", "_timer_cancelled_count", "_stopping"
                    "_selector", "_transports")
 TIMER_HANDLE_ATTRIBUTES = ("_when", "_scheduled", "_cancelled")
 HANDLE_ATTRIBUTES = ("_cancelled", "_run")
+#: every slot Handle.__init__() sets (EventLoop.call_soon() builds its handles itself outside debug mode)
+HANDLE_SLOTS = ("_callback", "_args", "_cancelled", "_loop", "_source_traceback", "_repr", "_context")
+#: the words of Handle._run()'s report of a failed callback (EventLoop._run_once() runs handles itself)
+format_callback_source: Any = _required(format_helpers, "_format_callback_source")
 
 #: Server._attach()/_detach() take the transport from 3.13 on (before: no argument); a ring transport calls them
 #: so that Server.close()/wait_closed() count its connections

@@ -349,7 +349,17 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
             if self._buffered:
                 view = bufring.view[start:start + res]
                 try:
-                    self._feed_view(view)
+                    sink = self._view_sink
+                    if sink is None:
+                        self._feed_buffered(view)
+                    else:
+                        # self._feed_view(view), inline (once per message)
+                        try:
+                            sink(view)
+                        except (SystemExit, KeyboardInterrupt):
+                            raise
+                        except BaseException as exc:  # noqa: BLE001  (asyncio's contract: CancelledError included)
+                            self._fatal_error(exc, "Fatal error: protocol.received_view() call failed.")
                 finally:
                     # Released at once: a traceback that keeps this frame alive must not pin the loop's mmap.
                     view.release()
@@ -675,17 +685,13 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
         self._flush_scheduled = False
         if self._send_state != _IDLE or self._release_wanted or self._selector.closing:
             return
-        if self._direct_send:
-            self._direct_flush()
-        else:
+        if not self._direct_send:
             self._submit_send()
-
-    def _direct_flush(self) -> None:
-        """Send the queue's next batch with one sendmsg(2) (MSG_DONTWAIT); a remainder goes to the ring.
-
-        Nothing is in flight (the caller checked), so this send cannot overtake anything. Most sends on a
-        healthy connection complete here, without a ring operation and its completion callback.
-        """
+            return
+        # The direct send, inline (this hook runs once per message): the queue's next batch with one
+        # sendmsg(2) (MSG_DONTWAIT); a remainder goes to the ring. Nothing is in flight (checked above), so this
+        # send cannot overtake anything. Most sends on a healthy connection complete here, without a ring
+        # operation and its completion callback.
         queue = self._queue
         bufs = queue.next_send()
         if bufs is None:
@@ -717,7 +723,9 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
             stats.resent_bytes += sum(map(len, bufs)) - n  # of this batch; bytes queued behind it were never sent
             if not queue._closed:
                 self._submit_send()
-        else:
+        elif self._release_wanted or self._closing or self._eof:
+            # Drained (all of it went): _after_send() has something to do only for these. Its call is skipped
+            # in the common case, once per message.
             self._after_send()
 
     def _submit_send(self) -> None:

@@ -570,7 +570,11 @@ class TLSProtocol(asyncio.BufferedProtocol):
         # a view of the loop's receive buffers, valid only during this call).
         self._lend_in(data)
         try:
-            self._process_received()
+            if self._state == _WRAPPED:  # _process_received(), its common case inline (once per message)
+                if not self._app_read_paused:
+                    self._read()
+            else:
+                self._process_received()
         finally:
             incoming.keep()
 
@@ -1122,7 +1126,10 @@ class TLSProtocol(asyncio.BufferedProtocol):
                     return
         if self._state != _WRAPPED:
             return
-        self._flush()
+        if outgoing.pending:  # self._flush(), inline: this runs once per message
+            t = self._transport
+            if t is not None:
+                t.write(outgoing.read())
         if not backlog and self._app_closing and self._backlog is backlog:
             self._send_close_notify()
 
@@ -1131,7 +1138,9 @@ class TLSProtocol(asyncio.BufferedProtocol):
         self._flush_scheduled = False
         if self._backlog and not self._tcp_paused and self._state == _WRAPPED:
             self._drain_backlog()
-            self._update_app_writing()
+            if self._app_write_paused or self._tcp_paused or self._backlog_size > self._high:
+                # (otherwise _update_app_writing() has nothing to do: not paused, not above the high-water mark)
+                self._update_app_writing()
         if self._backlog is not None and not self._backlog:
             self._backlog = None  # an empty deque is ~760 B per idle connection; the next write makes a new one
 

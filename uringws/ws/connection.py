@@ -394,13 +394,39 @@ class Connection(asyncio.Protocol):
     async def __anext__(self) -> Data:
         """``async for message in ws``: the next message; the loop ends when the peer closed normally."""
         messages = self._messages
-        if messages and not self._reading_paused and not self._streaming:
-            message = messages.popleft()  # same fast path as recv(), one coroutine call fewer per message
-            if type(message) is not Fragment:
-                if self.proto.held:  # type: ignore[union-attr]
-                    self.proto.release_message(message)  # type: ignore[union-attr]
-                return message  # type: ignore[return-value]
-            messages.appendleft(message)
+        while True:
+            if messages and not self._reading_paused and not self._streaming:
+                message = messages.popleft()  # same fast path as recv(), one coroutine call fewer per message
+                if type(message) is not Fragment:
+                    if self.proto.held:  # type: ignore[union-attr]
+                        self.proto.release_message(message)  # type: ignore[union-attr]
+                    return message  # type: ignore[return-value]
+                messages.appendleft(message)
+                break
+            # Nothing queued on an open connection: wait for the next message right here. recv() ->
+            # _next_item() waits the same way two coroutines deeper, and every level is entered and resumed
+            # once per message. Anything else (a failure, a close, another reader, streaming, a paused read
+            # to resume) takes recv(), which does all of it.
+            proto = self.proto
+            if (
+                messages
+                or self._streaming
+                or self._assembled
+                or self._recv_waiter is not None
+                or proto is None
+                or proto.pending_failure is not None
+                or proto.close_rcvd is not None
+                or proto.failure is not None
+                or proto.state is State.CLOSED
+                or self.lost.done()
+            ):
+                break
+            waiter = self.loop.create_future()
+            self._recv_waiter = waiter
+            try:
+                await waiter
+            finally:
+                self._recv_waiter = None
         try:
             return await self.recv()
         except ConnectionClosedOK:
