@@ -8,7 +8,6 @@ acquire/release barriers; this module adds what runs once per ring (set-up with 
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
 import os
@@ -18,17 +17,12 @@ from collections.abc import Callable
 from typing import Any, Self
 
 from .. import _compiled
-from . import _sys
 from .io_uring import (
     IORING_ASYNC_CANCEL_ALL,
     IORING_ASYNC_CANCEL_ANY,
-    IORING_SETUP_COOP_TASKRUN,
-    IORING_SETUP_CQSIZE,
-    IORING_SETUP_SUBMIT_ALL,
-    io_uring_params,
 )
 from .probe import cpu_refusal
-from .ring import Ring, RingError
+from .ring import Ring, RingError, setup_ring
 
 __all__ = ["RING_CLASS", "RING_CLASSES", "CompiledRing", "available"]
 
@@ -71,28 +65,7 @@ if _core is not None:
             if refusal is not None:
                 raise OSError(errno.ENOTSUP, refusal)
             self.on_callback_error = on_callback_error
-            cq_entries = cq_entries if cq_entries is not None else entries * 4
-            wanted = self.PREFERRED_SETUP_FLAGS if setup_flags is None else setup_flags
-            candidates = (
-                [wanted]
-                if setup_flags is not None
-                else [wanted, IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN, IORING_SETUP_SUBMIT_ALL, 0]
-            )
-            last_exc: OSError | None = None
-            for flags in candidates:
-                params = io_uring_params()
-                params.flags = flags | IORING_SETUP_CQSIZE
-                params.cq_entries = cq_entries
-                try:
-                    fd = _sys.io_uring_setup(entries, ctypes.addressof(params))
-                    break
-                except OSError as exc:
-                    last_exc = exc
-                    if exc.errno != errno.EINVAL:
-                        raise
-            else:
-                assert last_exc is not None
-                raise last_exc
+            fd, params = setup_ring(entries, cq_entries, setup_flags, self.PREFERRED_SETUP_FLAGS)
             self.params = params
             try:
                 self._attach(fd, bytes(params))

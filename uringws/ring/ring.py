@@ -126,6 +126,33 @@ def _timespec(seconds: float) -> kernel_timespec:
     return kernel_timespec(sec, int((seconds - sec) * 1e9))
 
 
+def setup_ring(
+    entries: int, cq_entries: int | None, setup_flags: int | None, preferred: int
+) -> tuple[int, io_uring_params]:
+    """io_uring_setup() with ``setup_flags``, or else ``preferred`` and fewer flags each time the kernel refuses one.
+
+    Returns the ring's fd and the params the kernel filled in. The CQ has ``cq_entries`` (default ``4 * entries``).
+    An explicit ``setup_flags`` is tried alone; any error other than EINVAL is raised at once.
+    """
+    cq_entries = cq_entries if cq_entries is not None else entries * 4
+    wanted = preferred if setup_flags is None else setup_flags
+    candidates = [wanted] if setup_flags is not None else [
+        wanted, IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN, IORING_SETUP_SUBMIT_ALL, 0]
+    last_exc: OSError | None = None
+    for flags in candidates:
+        params = io_uring_params()
+        params.flags = flags | IORING_SETUP_CQSIZE
+        params.cq_entries = cq_entries
+        try:
+            return _sys.io_uring_setup(entries, ctypes.addressof(params)), params
+        except OSError as exc:
+            last_exc = exc
+            if exc.errno != errno.EINVAL:
+                raise
+    assert last_exc is not None
+    raise last_exc
+
+
 class Ring:
     """One io_uring instance. Not thread-safe: use it from the thread that runs the loop."""
 
@@ -143,25 +170,7 @@ class Ring:
             raise OSError(errno.ENOTSUP, refusal)
         self._closed = True  # until fully set up
         self.on_callback_error = on_callback_error
-        cq_entries = cq_entries if cq_entries is not None else entries * 4
-        wanted = self.PREFERRED_SETUP_FLAGS if setup_flags is None else setup_flags
-        candidates = [wanted] if setup_flags is not None else [
-            wanted, IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN, IORING_SETUP_SUBMIT_ALL, 0]
-        last_exc: OSError | None = None
-        for flags in candidates:
-            params = io_uring_params()
-            params.flags = flags | IORING_SETUP_CQSIZE
-            params.cq_entries = cq_entries
-            try:
-                fd = _sys.io_uring_setup(entries, ctypes.addressof(params))
-                break
-            except OSError as exc:
-                last_exc = exc
-                if exc.errno != errno.EINVAL:
-                    raise
-        else:
-            assert last_exc is not None
-            raise last_exc
+        fd, params = setup_ring(entries, cq_entries, setup_flags, self.PREFERRED_SETUP_FLAGS)
         self.fd: int = fd
         self.params = params
         self.setup_flags: int = params.flags
