@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -28,3 +29,25 @@ async def until(predicate: Any, timeout: float = 20, what: str = "condition") ->
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+def run_in_thread(coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+    """Like ``run``, on a daemon thread joined with ``timeout``: bounds code that may swallow the cancellation
+    ``run``'s timeout relies on (a hang then fails the test instead of blocking the run)."""
+    result: list[T] = []
+    error: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            result.append(run(coro, timeout))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+            error.append(exc)
+
+    thread = threading.Thread(target=target, name="bounded-test-loop", daemon=True)
+    thread.start()
+    thread.join(timeout + 5)
+    if thread.is_alive():
+        raise AssertionError(f"still running {timeout + 5:.0f} s later: it ignored its cancellation (a hang)")
+    if error:
+        raise error[0]
+    return result[0]

@@ -7,13 +7,17 @@ import logging
 import socket
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+import redis.asyncio
+import redis.asyncio.client
+import redis.exceptions
 
 from uringws.pubsub import BackendUnavailable, Hub, RedisBackend, Subscription
 
 from .conftest import RedisServer
-from .helpers import run, until
+from .helpers import run, run_in_thread, until
 
 
 async def drain(sub: Subscription, idle: float = 0.3) -> list[object]:
@@ -214,3 +218,73 @@ def test_wrong_database_number_is_refused_at_start(redis_server: RedisServer) ->
             await Hub(RedisBackend(f"redis://127.0.0.1:{redis_server.port}/999", connect_timeout=2)).start()
 
     run(main())
+
+
+def _absorb_cancellation(method: Any, then_sleep: float = 0.0) -> Any:
+    """Wrap a redis-py coroutine method so that a cancellation comes out as a ConnectionError (after sleeping
+    ``then_sleep`` seconds, through further cancellations), as a library call that absorbs a cancel may do."""
+
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(*args, **kwargs)
+        except asyncio.CancelledError:
+            deadline = asyncio.get_running_loop().time() + then_sleep
+            while (left := deadline - asyncio.get_running_loop().time()) > 0:
+                try:
+                    await asyncio.sleep(left)
+                except asyncio.CancelledError:
+                    pass
+            raise redis.exceptions.ConnectionError("connection closed while reading") from None
+
+    return wrapper
+
+
+@pytest.mark.parametrize("mode", ["pubsub", "streams"])
+def test_close_ends_the_reader_even_if_a_call_absorbs_the_cancellation(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    # The reader loop must not take the ConnectionError for an outage and reconnect forever: close() would hang.
+    monkeypatch.setattr(redis.asyncio.Redis, "xread", _absorb_cancellation(redis.asyncio.Redis.xread))
+    monkeypatch.setattr(
+        redis.asyncio.client.PubSub, "get_message", _absorb_cancellation(redis.asyncio.client.PubSub.get_message)
+    )
+
+    async def main() -> None:
+        b = backend(redis_server, mode=mode)
+        hub = Hub(b)
+        await hub.start()
+        async with hub.subscribe("c") as sub:
+            await hub.publish("c", "x")
+            assert await sub.get() == "x"
+            await asyncio.sleep(0.2)  # the reader is waiting in XREAD BLOCK / get_message
+            task = b._task
+            assert task is not None
+            async with asyncio.timeout(3):
+                await hub.close()
+            assert task.done() and b.state == "closed"
+            assert b.outages == 0  # closing is not an outage
+
+    run_in_thread(main(), timeout=20)
+
+
+def test_close_is_bounded_when_the_reader_ignores_cancellation(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(redis.asyncio.Redis, "xread", _absorb_cancellation(redis.asyncio.Redis.xread, then_sleep=3))
+
+    async def main() -> None:
+        b = backend(redis_server, mode="streams", close_timeout=0.5)
+        async with Hub(b) as hub, hub.subscribe("c"):
+            await asyncio.sleep(0.2)
+            task = b._task
+            assert task is not None
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            with caplog.at_level(logging.WARNING, "uringws.pubsub"):
+                await hub.close()
+            assert loop.time() - began < 2
+            assert any("did not end within" in r.getMessage() for r in caplog.records)
+            await asyncio.wait({task}, timeout=5)  # it ends on its own, without reconnecting
+            assert task.done() and b.state == "closed"
+
+    run_in_thread(main(), timeout=20)

@@ -63,6 +63,7 @@ class RedisBackend(Backend):
         backoff_min: float = 0.1,
         backoff_max: float = 5.0,
         stream_block: float = 0.5,
+        close_timeout: float = 5.0,
     ) -> None:
         if aioredis is None:
             raise ImportError("RedisBackend needs redis-py: pip install 'uringws[redis]'")
@@ -80,6 +81,7 @@ class RedisBackend(Backend):
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
         self.stream_block = stream_block
+        self.close_timeout = close_timeout
         self.node_id = os.urandom(_NODE_ID_LEN)
         self.state = "new"
         #: Outages since start (each logged once).
@@ -137,14 +139,26 @@ class RedisBackend(Backend):
         self._task = asyncio.get_running_loop().create_task(run())
 
     async def close(self) -> None:
+        """Stop reading and close the connections; returns within about ``close_timeout`` seconds.
+
+        The reader task is cancelled, and it also checks ``state`` between steps, so a cancellation absorbed by
+        a call it awaits (one that turns it into a connection error, say) still ends it instead of sending it
+        back to reconnect forever. A task that has not ended after ``close_timeout`` is left cancelled and
+        logged, rather than holding up the caller (a server's shutdown).
+        """
         self.state = "closed"
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        self._streams_changed.set()  # a streams reader waiting for channels wakes up and sees "closed"
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=self.close_timeout)
+            if not done:
+                task.cancel()
+                logger.warning(
+                    "the Redis reader task did not end within %.1f s of close(); left cancelled", self.close_timeout
+                )
+        if task is not None and task.done() and not task.cancelled() and task.exception() is not None:
+            logger.warning("the Redis reader task had failed: %s", _describe(task.exception()))  # type: ignore[arg-type]
         await self._discard()
         self._release_waiters()
 
@@ -167,6 +181,8 @@ class RedisBackend(Backend):
     # -- outage handling ---------------------------------------------------------------------------------
 
     def _went_down(self, exc: BaseException) -> None:
+        if self.state == "closed":
+            return
         if self.state == "up":
             self.outages += 1
             logger.warning(
@@ -179,6 +195,8 @@ class RedisBackend(Backend):
         self._release_waiters()
 
     def _came_up(self) -> None:
+        if self.state == "closed":
+            return
         self.state = "up"
         took = asyncio.get_running_loop().time() - self._down_since
         logger.warning("Redis at %s is back after %.1f s", self._where, took)
@@ -191,16 +209,24 @@ class RedisBackend(Backend):
         self._confirm.clear()
 
     async def _reconnect(self, connect: Any) -> Any:
-        """Call ``connect()`` until it succeeds, with capped exponential backoff and jitter."""
+        """Call ``connect()`` until it succeeds, with capped exponential backoff and jitter; None once closed."""
         delay = self.backoff_min
-        while True:
+        while self.state != "closed":
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            if self.state == "closed":
+                break
             try:
                 async with asyncio.timeout(self.connect_timeout):
-                    return await connect()
+                    conn = await connect()
             except (RedisError, OSError, TimeoutError) as exc:
                 logger.debug("reconnecting to Redis at %s failed: %s", self._where, _describe(exc))
                 delay = min(delay * 2, self.backoff_max)
+                continue
+            if self.state == "closed":  # closed while connecting: nobody will close it otherwise
+                await _quiet_close(conn)
+                break
+            return conn
+        return None
 
     # -- publishing --------------------------------------------------------------------------------------
 
@@ -314,13 +340,17 @@ class RedisBackend(Backend):
             self._deliver(channel, message)
 
     async def _run_pubsub(self) -> None:
-        while True:
+        # Every step checks `state`: close() cancels this task, but a cancellation that a library call turns
+        # into a connection error must not send a closed backend back to reconnecting.
+        while self.state != "closed":
             try:
                 await self._read_pubsub(self._pubsub)
             except (RedisError, OSError, TimeoutError, _Stale) as exc:
                 self._went_down(exc)
             pubsub, self._pubsub = self._pubsub, None
             await _quiet_close(pubsub)
+            if self.state == "closed":
+                return
             self._pubsub = await self._reconnect(self._connect_pubsub)
             self._came_up()
 
@@ -329,7 +359,7 @@ class RedisBackend(Backend):
         interval = self.health_interval
         heard = loop.time()
         pinged = False
-        while True:
+        while self.state != "closed":
             msg = await pubsub.get_message(timeout=interval)
             if msg is None:
                 if pinged and loop.time() - heard > 2 * interval:
@@ -370,16 +400,20 @@ class RedisBackend(Backend):
             self._last_ids[key] = entries[0][0] if entries else b"0-0"
 
     async def _run_streams(self) -> None:
+        # As in _run_pubsub, `state` is checked at every step, so close() ends this loop even if a cancellation
+        # was absorbed; close() also sets _streams_changed to wake the wait for channels.
         block_ms = max(1, int(self.stream_block * 1000))
-        while True:
+        while self.state != "closed":
             try:
-                while True:
+                while self.state != "closed":
                     for key in [k for k, v in self._last_ids.items() if v is None]:
                         await self._fetch_tail(key)
                     streams = {k: v for k, v in self._last_ids.items() if v is not None}
                     if not streams:
                         await self._reader.ping()
                         self._streams_changed.clear()
+                        if self.state == "closed":
+                            break
                         try:
                             async with asyncio.timeout(self.health_interval):
                                 await self._streams_changed.wait()
@@ -395,6 +429,8 @@ class RedisBackend(Backend):
                 self._went_down(exc)
             reader, self._reader, self._reader_id = self._reader, None, None
             await _quiet_close(reader)
+            if self.state == "closed":
+                return
             self._reader = await self._reconnect(self._connect_reader)
             self._came_up()
 
