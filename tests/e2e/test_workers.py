@@ -226,6 +226,50 @@ def test_broadcast_reaches_every_member_on_every_worker_once_in_order(two_worker
     assert two_workers.stop() == 0
 
 
+def test_sigkill_of_a_worker_its_broadcast_clients_reconnect_and_rejoin(two_workers: Served) -> None:
+    async def members_on_both_workers(clients: list[Connection]) -> None:
+        """Connect more /broadcast clients until each worker's room has members."""
+        while len(clients) < 4 or not all(i["connections"] for i in two_workers.infos(2).values()):
+            clients.append(await connect(two_workers, "/broadcast"))
+            assert len(clients) < 40, "every connection landed on one worker"
+        await asyncio.sleep(0.5)  # every member joined (the handler joins after the handshake)
+
+    async def everyone_gets(clients: list[Connection], sender: Connection, text: str) -> None:
+        await sender.send(text)
+        for ws in clients:
+            assert await asyncio.wait_for(ws.recv(), 20) == text
+
+    async def main() -> float:
+        clients: list[Connection] = []
+        await members_on_both_workers(clients)
+        await everyone_gets(clients, clients[0], "before")
+        victim = two_workers.infos(2)[0]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        killed = time.monotonic()
+        await asyncio.sleep(1.0)  # the kernel closed the dead worker's connections at once
+        dead = [ws for ws in clients if ws.lost.done()]
+        alive = [ws for ws in clients if not ws.lost.done()]
+        assert dead and alive, (len(dead), len(alive))
+        # The dead worker's clients reconnect (as a browser's chat page does) and the worker is replaced.
+        infos = two_workers.infos(2, timeout=20)
+        replaced = time.monotonic() - killed
+        assert sorted(infos) == [0, 1] and infos[0]["pid"] != victim, infos
+        clients = alive + [await connect(two_workers, "/broadcast") for _ in dead]
+        await members_on_both_workers(clients)
+        # Messages flow between every member again, from an old member and from one that reconnected.
+        await everyone_gets(clients, alive[0], "after from a survivor")
+        await everyone_gets(clients, clients[-1], "after from a new member")
+        for ws in clients:
+            with pytest.raises(TimeoutError):  # exactly once
+                await asyncio.wait_for(ws.recv(), 0.3)
+            await ws.close()
+        return replaced
+
+    replaced = run(main())
+    assert replaced < 10, f"the worker was replaced after {replaced:.1f} s"
+    assert two_workers.stop() == 0
+
+
 def test_port_in_use_is_one_line_and_exit_2(env: dict[str, str]) -> None:
     import socket
 

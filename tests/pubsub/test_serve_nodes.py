@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,6 +105,44 @@ def test_unreachable_redis_at_start_is_one_line_and_exit_2(env: dict[str, str]) 
         assert proc.returncode == 2, proc.stdout + proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("uringws serve: --pubsub: cannot use Redis at"), lines
+
+
+def test_a_server_that_is_not_redis_is_one_line_and_exit_2(env: dict[str, str]) -> None:
+    # Something else listens on the --pubsub port (here a web server answering 400 to anything).
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def answer_garbage() -> None:
+        listener.settimeout(0.1)
+        conns = []
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            conns.append(conn)
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        for conn in conns:
+            conn.close()
+
+    thread = threading.Thread(target=answer_garbage, daemon=True)
+    thread.start()
+    try:
+        for workers in ("1", "2"):
+            began = time.monotonic()
+            cmd = [sys.executable, "-P", "-m", "uringws", "serve", "--port", str(free_port()), "--no-tls"]
+            cmd += ["--workers", workers, "--pubsub", f"redis://127.0.0.1:{port}/0"]
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+            assert proc.returncode == 2, proc.stdout + proc.stderr
+            lines = proc.stderr.strip().splitlines()
+            assert len(lines) == 1, lines
+            assert lines[0].startswith(f"uringws serve: --pubsub: cannot use Redis at redis://127.0.0.1:{port}/0")
+            assert time.monotonic() - began < 30
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
 
 
 def test_not_a_redis_url_is_one_line_and_exit_2(env: dict[str, str]) -> None:
