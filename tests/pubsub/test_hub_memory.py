@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import tracemalloc
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import pytest
 
@@ -67,7 +67,7 @@ def test_join_costs_under_a_kib_per_connection_and_is_freed_on_close() -> None:
 
 
 @pytest.mark.parametrize("mode", ["pubsub", "streams"])
-def test_a_redis_hub_adds_nothing_per_connection(redis_server: RedisServer, mode: str) -> None:
+def test_a_redis_hub_adds_nothing_per_connection(redis_server: RedisServer, mode: Literal["pubsub", "streams"]) -> None:
     # One Redis subscription per channel per node: more members of a channel cost Redis and the backend nothing.
     async def main() -> None:
         backend: Any = RedisBackend(redis_server.url, mode=mode, connect_timeout=3)
