@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import socket
 import threading
 from collections.abc import Iterator
@@ -288,3 +289,33 @@ def test_close_is_bounded_when_the_reader_ignores_cancellation(
             assert task.done() and b.state == "closed"
 
     run_in_thread(main(), timeout=20)
+
+
+@pytest.mark.parametrize("mode", ["pubsub", "streams"])
+@pytest.mark.parametrize("outage", ["killed", "paused"])
+def test_close_during_an_outage_returns_at_once(redis_server: RedisServer, mode: str, outage: str) -> None:
+    # Killed: the reader is reconnecting with backoff. Paused (SIGSTOP): connections are open but nothing answers.
+    async def main() -> float:
+        b = backend(redis_server, mode=mode)
+        hub = Hub(b)
+        await hub.start()
+        async with hub.subscribe("c"):
+            if outage == "killed":
+                redis_server.kill()
+                await until(lambda: b.state == "down", what="down")
+                await asyncio.sleep(0.3)  # a reconnect attempt or two
+            else:
+                assert redis_server.proc is not None
+                redis_server.proc.send_signal(signal.SIGSTOP)
+                await asyncio.sleep(0.5)
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            try:
+                await hub.close()
+            finally:
+                if outage == "paused":
+                    redis_server.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+            return loop.time() - began
+
+    took = run_in_thread(main(), timeout=20)
+    assert took < 1.0, f"close() took {took:.2f} s"
