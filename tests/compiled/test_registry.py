@@ -24,8 +24,14 @@ def _env(**extra: str) -> dict[str, str]:
 
 def _doctor_json(env: dict[str, str], cwd: Path = ROOT) -> dict[str, object]:
     # cwd matters: ``python -m`` puts it first on sys.path.
-    proc = subprocess.run([sys.executable, "-m", "uringws", "doctor", "--json"], capture_output=True, text=True,
-                          timeout=120, env=env, cwd=cwd)
+    proc = subprocess.run(
+        [sys.executable, "-m", "uringws", "doctor", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=cwd,
+    )
     assert proc.returncode == 0, proc.stderr
     report: dict[str, object] = json.loads(proc.stdout)
     return report
@@ -83,19 +89,32 @@ def _new_setuptools() -> bool:
 def test_builds_and_runs_pure_without_compiler_or_openssl_headers(tmp_path: Path, broken: str) -> None:
     """setup.py's extensions are optional: a failed compile leaves a working pure package."""
     tree = tmp_path / "tree"
-    shutil.copytree(ROOT, tree, ignore=shutil.ignore_patterns("*.so", ".git", ".venv*", "__pycache__", "artifacts",
-                                                               "site", ".hypothesis", "*.egg-info", "build"))
+    shutil.copytree(
+        ROOT,
+        tree,
+        ignore=shutil.ignore_patterns(
+            "*.so", ".git", ".venv*", "__pycache__", "artifacts", "site", ".hypothesis", "*.egg-info", "build"
+        ),
+    )
     if broken == "compiler":
         cc = "false"
     else:  # a compiler that cannot find OpenSSL's headers: only the extensions that include them fail
         wrapper = tmp_path / "cc-no-openssl"
-        wrapper.write_text('#!/bin/sh\nfor a in "$@"; do case "$a" in *_engine.c) '
-                           'echo "fatal error: openssl/ssl.h: No such file or directory" >&2; exit 1;; esac; done\n'
-                           'exec cc "$@"\n')
+        wrapper.write_text(
+            '#!/bin/sh\nfor a in "$@"; do case "$a" in *_engine.c) '
+            'echo "fatal error: openssl/ssl.h: No such file or directory" >&2; exit 1;; esac; done\n'
+            'exec cc "$@"\n'
+        )
         wrapper.chmod(0o755)
         cc = str(wrapper)
-    build = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=tree, capture_output=True,
-                           text=True, timeout=600, env=_env(CC=cc, LDSHARED=f"{cc} -shared"))
+    build = subprocess.run(
+        [sys.executable, "setup.py", "build_ext", "--inplace"],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_env(CC=cc, LDSHARED=f"{cc} -shared"),
+    )
     assert build.returncode == 0, build.stdout + build.stderr
     built = sorted(p.name.split(".")[0] for p in (tree / "uringws").rglob("*.so"))
     assert built == ([] if broken == "compiler" else ["_ringc", "_speedups"])
@@ -106,3 +125,26 @@ def test_builds_and_runs_pure_without_compiler_or_openssl_headers(tmp_path: Path
     echo = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/tls/test_echo.py"],
                           cwd=tree, capture_output=True, text=True, timeout=600, env=env)
     assert echo.returncode == 0, echo.stdout[-3000:] + echo.stderr[-3000:]
+
+
+def test_doctor_says_which_mask_loop_runs() -> None:
+    if not _built("uringws.ws._speedups"):
+        pytest.skip("uringws.ws._speedups was not built")
+    base = {k: v for k, v in _env().items() if k != "URINGWS_NO_AVX2"}
+    for env, loop in (
+        (base, "AVX2" if _cpu_has_avx2() else "portable"),
+        ({**base, "URINGWS_NO_AVX2": "1"}, "portable"),
+    ):
+        text = subprocess.run(
+            [sys.executable, "-m", "uringws", "doctor"], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT
+        )
+        assert text.returncode == 0, text.stderr
+        assert f"ws._speedups: in use (mask ({loop} loop)" in text.stdout, text.stdout
+
+
+def _cpu_has_avx2() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " avx2" in line for line in f)
+    except OSError:
+        return False

@@ -26,7 +26,7 @@ needs_engine = pytest.mark.skipif(not engine_mod.available(), reason="compiled T
 
 def drain(server: Server, size: int) -> tuple[bytes, str]:
     """Decrypt with read_all() into a buffer of ``size`` bytes, calling again while ``more`` says so."""
-    eng = server.obj._engine  # type: ignore[attr-defined]
+    eng = server.obj._engine
     got = bytearray()
     buf = bytearray(size)
     while True:
@@ -99,7 +99,7 @@ def test_read_all_gives_what_reads_one_record_at_a_time_give(
 @pytest.mark.parametrize("version", ["TLSv1_2", "TLSv1_3"])
 def test_an_error_after_data_is_raised_by_the_next_call(version: str) -> None:
     pure_data, data, (_, pure), (_, server) = stream(version, [1000, 2000], "corrupt")
-    eng = server.obj._engine  # type: ignore[attr-defined]
+    eng = server.obj._engine
     server.incoming.write(data)
     buf = bytearray(1 << 16)
     assert eng.read_all(buf) == 1000  # the good record, then the bad one: the data comes first
@@ -115,7 +115,7 @@ def test_an_error_after_data_is_raised_by_the_next_call(version: str) -> None:
 def test_a_pending_error_is_raised_by_read_too() -> None:
     _, data, _, (_, server) = stream("TLSv1_3", [10, 20], "corrupt")
     server.incoming.write(data)
-    assert server.obj._engine.read_all(bytearray(100)) == 10  # type: ignore[attr-defined]
+    assert server.obj._engine.read_all(bytearray(100)) == 10
     with pytest.raises(ssl.SSLError):
         server.obj.read(100)
 
@@ -123,7 +123,7 @@ def test_a_pending_error_is_raised_by_read_too() -> None:
 @needs_engine
 def test_close_notify_after_data_comes_on_the_next_call() -> None:
     _, data, _, (_, server) = stream("TLSv1_3", [10], "close_notify")
-    eng = server.obj._engine  # type: ignore[attr-defined]
+    eng = server.obj._engine
     server.incoming.write(data)
     buf = bytearray(100)
     assert eng.read_all(buf) == 10 and eng.more

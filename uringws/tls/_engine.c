@@ -524,7 +524,8 @@ Engine_read(Engine *self, PyObject *const *args, Py_ssize_t nargs)
 /* read_all(buffer, partial=0) -> int: decrypt into buffer as much as there is, by as many SSL_read calls as it
  * takes, and return the count. The Python loop this replaces made one call per TLS record. `partial` is what the
  * caller knows of the trailing incomplete record (bytes of it received): while no more than that is unread,
- * no complete record is waiting and the loop stops without the SSL_read that could only fail (negative: unknown).
+ * no complete record is waiting and the loop stops without the SSL_read that could only fail (negative:
+ * unknown, never stop early).
  *
  * Stops when the buffer is full, when OpenSSL needs more ciphertext (the common end: a count, no exception), or
  * at a close_notify or an error. With nothing read, a close_notify raises SSLZeroReturnError and an error
@@ -1023,8 +1024,98 @@ field_is_set(PyObject *Py_UNUSED(module), PyObject *args)
     return PyBool_FromLong(p != NULL && p != (void *)Py_None);
 }
 
+/* scan_records(data, rec_left, partial, hdr, max_body) -> (rec_left, partial, hdr, framed)
+ *
+ * Twin of TLSProtocol._track_records (uringws/tls/protocol.py): follow TLS record boundaries (5-byte headers)
+ * across a received chunk.
+ * rec_left: body bytes of the current record still expected before `data`; partial: bytes of the trailing
+ * incomplete record received so far; hdr: a header cut short by the previous chunk (< 5 bytes). framed is
+ * False when a header is not one OpenSSL accepts (type 20-24, body length <= max_body). The loop the Python
+ * twin runs once per record runs here in C: a 1 MiB message is 64 records. */
+static PyObject *
+scan_records(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "scan_records(data, rec_left, partial, hdr, max_body)");
+        return NULL;
+    }
+    Py_ssize_t left = PyLong_AsSsize_t(args[1]);
+    if (left == -1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t partial = PyLong_AsSsize_t(args[2]);
+    if (partial == -1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t max_body = PyLong_AsSsize_t(args[4]);
+    if (max_body == -1 && PyErr_Occurred())
+        return NULL;
+    if (left < 0 || partial < 0) {
+        PyErr_SetString(PyExc_ValueError, "rec_left and partial must not be negative");
+        return NULL;
+    }
+    Py_buffer hview;
+    if (PyObject_GetBuffer(args[3], &hview, PyBUF_SIMPLE) < 0)
+        return NULL;
+    unsigned char hdr[5];
+    Py_ssize_t hlen = hview.len;
+    if (hlen > 4) {
+        PyBuffer_Release(&hview);
+        PyErr_SetString(PyExc_ValueError, "hdr must be shorter than 5 bytes");
+        return NULL;
+    }
+    memcpy(hdr, hview.buf, (size_t)hlen);
+    PyBuffer_Release(&hview);
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const unsigned char *data = view.buf;
+    const Py_ssize_t n = view.len;
+    int framed = 1;
+    if (left >= n) {  /* the whole chunk is inside one record body */
+        left -= n;
+        partial = left == 0 ? 0 : partial + n;
+    }
+    else {
+        /* i may run past n by up to a record body: the sums stay far below PY_SSIZE_T_MAX. */
+        Py_ssize_t i = left, length = 0;
+        while (i < n) {
+            int ctype;
+            if (hlen > 0 || n - i < 5) {
+                Py_ssize_t take = 5 - hlen < n - i ? 5 - hlen : n - i;
+                memcpy(hdr + hlen, data + i, (size_t)take);
+                hlen += take;
+                i += take;
+                if (hlen < 5)
+                    break;
+                ctype = hdr[0];
+                length = ((Py_ssize_t)hdr[3] << 8) | hdr[4];
+                hlen = 0;
+            }
+            else {
+                ctype = data[i];
+                length = ((Py_ssize_t)data[i + 3] << 8) | data[i + 4];
+                i += 5;
+            }
+            if (ctype < 20 || ctype > 24 || length > max_body)
+                framed = 0;
+            i += length;
+        }
+        if (i > n) {
+            left = i - n;
+            partial = 5 + length - (i - n);
+        }
+        else {
+            left = 0;
+            partial = hlen;
+        }
+    }
+    PyBuffer_Release(&view);
+    return Py_BuildValue("(nny#O)", left, partial, (const char *)hdr, hlen, framed ? Py_True : Py_False);
+}
+
 static PyMethodDef module_methods[] = {
     {"context_matches", context_matches, METH_VARARGS, "Check the SSL_CTX read from an SSLContext."},
+    {"scan_records", (PyCFunction)(void (*)(void))scan_records, METH_FASTCALL,
+     "scan_records(data, rec_left, partial, hdr, max_body) -> (rec_left, partial, hdr, framed)"},
     {"field_offset", field_offset, METH_VARARGS, "Offset of a pointer to target inside obj, or -1."},
     {"field_is_set", field_is_set, METH_VARARGS, "Whether a context's pointer field is set."},
     {NULL, NULL, 0, NULL},

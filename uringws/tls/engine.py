@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import _compiled
 
-__all__ = ["CompiledSSLObject", "available", "unsupported"]
+__all__ = ["CompiledSSLObject", "available", "scan_records", "unsupported"]
 
 logger = logging.getLogger("uringws.tls")
 
@@ -65,9 +65,11 @@ def _load() -> None:
         _reason = f"not built ({exc}); reinstall with a C compiler and OpenSSL's headers (libssl-dev)"
         return
     if not mod.OPENSSL_VERSION_NUMBER == mod.LOADED_OPENSSL_VERSION_NUMBER == ssl.OPENSSL_VERSION_NUMBER:
-        _reason = (f"OpenSSL mismatch: built against {mod.OPENSSL_VERSION_NUMBER:#x}, loaded "
-                   f"{mod.LOADED_OPENSSL_VERSION_NUMBER:#x}, Python's ssl uses {ssl.OPENSSL_VERSION_NUMBER:#x}; "
-                   "rebuild uringws against the OpenSSL Python uses")
+        _reason = (
+            f"OpenSSL mismatch: built against {mod.OPENSSL_VERSION_NUMBER:#x}, loaded "
+            f"{mod.LOADED_OPENSSL_VERSION_NUMBER:#x}, Python's ssl uses {ssl.OPENSSL_VERSION_NUMBER:#x}; "
+            "rebuild uringws against the OpenSSL Python uses"
+        )
         return
     probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     probe.options |= ssl.OP_NO_TICKET
@@ -85,6 +87,10 @@ def _load() -> None:
 
 _load()
 _compiled.register("tls._engine", _engine is not None, _reason or "TLS records through OpenSSL with our own BIOs")
+
+#: The C twin of ``TLSProtocol._track_records`` (TLS record boundaries of a received chunk), or None where the
+#: engine is not in use; it serves connections on either engine.
+scan_records: Any = None if _engine is None else getattr(_engine, "scan_records", None)
 
 _logged: set[str] = set()
 

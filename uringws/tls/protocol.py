@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..loop import compat
 from .engine import CompiledSSLObject, new_engine
+from .engine import scan_records as _engine_scan_records
 
 __all__ = [
     "HANDSHAKE_TIMEOUT",
@@ -557,7 +558,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
             or data[left] != 23  # application data; other types take the general path, which checks them
             or left + 5 + ((data[left + 3] << 8) | data[left + 4]) != nbytes
         ):
-            self._track_records(data)
+            self._track(data)
         else:
             self._rec_left = 0
             self._partial = 0
@@ -634,6 +635,17 @@ class TLSProtocol(asyncio.BufferedProtocol):
             self._rec_left = 0
             self._partial = len(hdr)
         self._hdr = hdr
+
+    def _track_records_c(self, data: bytes | memoryview) -> None:
+        """_track_records in C (the compiled engine's ``scan_records``): its per-record loop, once per received
+        chunk. Used instead of it when built (``_track``); the pure method stays the reference it is tested on."""
+        self._rec_left, self._partial, self._hdr, framed = _engine_scan_records(
+            data, self._rec_left, self._partial, self._hdr, _MAX_RECORD_BODY
+        )
+        if not framed:
+            self._framed = False
+
+    _track = _track_records_c if _engine_scan_records is not None else _track_records
 
     def _flush(self) -> None:
         """Hand everything OpenSSL produced to the TCP transport, in order."""

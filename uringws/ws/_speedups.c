@@ -228,8 +228,8 @@ release_data:
  *
  * Twin of frames.parse_messages_py. Starting at buf[pos], take each complete frame that is a whole data
  * message on its own: FIN set, RSV1-3 clear, opcode text (1) or binary (2), mask bit equal to `masked`, a
- * length of at most `limit` (64-bit length fields only when limit >= 64 KiB), and the whole frame present. Call sink(payload) for each, payload
- * unmasked, as bytes (binary) or str (text, strict UTF-8). Stop at the first frame that is anything else,
+ * length of at most `limit` (64-bit length fields only when limit >= 64 KiB), and the whole frame present.
+ * Call sink(payload) for each, payload unmasked, as bytes (binary) or str (text, strict UTF-8). Stop at the first frame that is anything else,
  * incomplete, or text that is not valid UTF-8 (the caller's general parser then reports it), and return the
  * position of that frame (len(buf) if everything was taken). Errors raised by sink propagate. */
 static PyObject *

@@ -234,10 +234,15 @@ else:
         _compiled.register("ws._speedups", False, f"not built ({exc}); reinstall with a C compiler")
     else:
         apply_mask = _speedups.apply_mask
-        # An extension built from an older _speedups.c lacks it: keep the pure one then.
+        # An extension built from an older _speedups.c lacks it, or its limit argument: keep the pure one then.
         parse_messages = getattr(_speedups, "parse_messages", parse_messages_py)
+        try:
+            parse_messages(b"", 0, True, print, 0)
+        except TypeError:
+            parse_messages = parse_messages_py
         FrameBuffer = getattr(_speedups, "FrameBuffer", FrameBufferPy)
-        _compiled.register("ws._speedups", True, "mask, frame parser and frame buffer in C")
+        _loop = "AVX2" if getattr(_speedups, "AVX2", False) else "portable"
+        _compiled.register("ws._speedups", True, f"mask ({_loop} loop), frame parser and frame buffer in C")
 
 _unpack_H = struct.Struct("!H").unpack_from
 _unpack_Q = struct.Struct("!Q").unpack_from
