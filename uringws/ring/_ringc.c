@@ -1124,9 +1124,22 @@ drain_cq_to_backlog(RingObject *self)
 {
     if (self->cq_map == NULL)
         return 0;
-    unsigned n = reap(self);
-    if (batch_to_backlog(self, 0, n, 0) < 0)
-        return -1; /* the CQEs are lost only if we are out of memory */
+    /* Not through self->batch: dispatch() may be iterating over it (a callback's submit got EAGAIN/EBUSY). */
+    unsigned head = *self->cq_khead;
+    unsigned tail = __atomic_load_n(self->cq_ktail, __ATOMIC_ACQUIRE);
+    unsigned n = tail - head;
+    if (n > self->cq_entries)
+        n = self->cq_entries;
+    for (unsigned i = 0; i < n; i++) {
+        PyObject *t = cqe_tuple(&self->cqes[(head + i) & self->cq_mask]);
+        if (t == NULL || PyList_Append(self->backlog, t) < 0) {
+            Py_XDECREF(t);
+            __atomic_store_n(self->cq_khead, head + i, __ATOMIC_RELEASE);
+            return -1;
+        }
+        Py_DECREF(t);
+    }
+    __atomic_store_n(self->cq_khead, head + n, __ATOMIC_RELEASE);
     return n != 0;
 }
 
@@ -1319,6 +1332,10 @@ Ring_wait(RingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *k
         timeout = PyFloat_AsDouble(a[0]);
         if (timeout == -1.0 && PyErr_Occurred())
             return NULL;
+        if (timeout != timeout) {
+            PyErr_SetString(PyExc_ValueError, "cannot convert float NaN to integer");
+            return NULL;
+        }
     }
     unsigned to_submit = (unsigned)unsubmitted(self);
     unsigned head = *self->cq_khead;
