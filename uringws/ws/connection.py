@@ -20,7 +20,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 from .budget import MemoryBudget
 from .config import WSConfig
@@ -61,6 +61,11 @@ Data = str | bytes
 # Connection._streaming: no recv_streaming(); one waits for its message to start or is in it; one was left in the
 # middle of a message (the rest of it cannot be told from the next message: the connection cannot be read).
 _IDLE, _ACTIVE, _ABANDONED = 0, 1, 2
+
+# Connection._messages until the first message arrives: an empty deque costs about 760 bytes (its first block of
+# 64 slots), and an idle connection never needs one. Falsy and of length 0 like an empty deque; nothing appends to
+# it (Connection._queue() and Connection._first_message() replace it with a real deque first).
+_NO_MESSAGES = cast("collections.deque[Any]", ())
 #: ``process_request(connection, request)``: return None to continue the WebSocket handshake, or a Response /
 #: (status, headers, body) tuple to answer plain HTTP instead (e.g. a health check or a 404).
 HTTPAnswer = Response | tuple[int, Iterable[tuple[str, str]], bytes | str]
@@ -181,7 +186,8 @@ class Connection(asyncio.Protocol):
         self._sndbuf = sndbuf
 
         # Whole messages, and while the parser streams fragments (recv_streaming()), Fragment events, in order.
-        self._messages: collections.deque[Data | Fragment] = collections.deque()
+        # _NO_MESSAGES (empty, shared) until the first one arrives: see _queue().
+        self._messages: collections.deque[Data | Fragment] = _NO_MESSAGES
         self._assembled: list[Data] = []  # fragments recv() took of a message not complete yet
         self._streaming = _IDLE  # what recv_streaming() is doing (it sets the parser's fragment mode)
         self._max_queue = config.max_queue  # read per received batch; the config is frozen
@@ -350,6 +356,7 @@ class Connection(asyncio.Protocol):
                 await waiter
             finally:
                 self._recv_waiter = None
+            messages = self._messages  # the first message replaces _NO_MESSAGES with a deque
         message = messages.popleft()
         if self.proto is not None and self.proto.held:
             self.proto.release_message(message)  # the application has it now: off the memory budget
@@ -377,7 +384,7 @@ class Connection(asyncio.Protocol):
             text = proto._msg_opcode == 0x1
             if parts:
                 data = "".join(parts) if text else b"".join(parts)  # type: ignore[arg-type]
-                self._messages.append(Fragment(data, False, text))
+                self._queue().append(Fragment(data, False, text))
 
     def _fragments_off(self) -> None:
         """Back to whole messages once no recv_streaming() wants fragments, none are queued and the parser is
@@ -427,6 +434,7 @@ class Connection(asyncio.Protocol):
                 await waiter
             finally:
                 self._recv_waiter = None
+            messages = self._messages  # the first message replaces _NO_MESSAGES with a deque
         try:
             return await self.recv()
         except ConnectionClosedOK:
@@ -859,8 +867,8 @@ class Connection(asyncio.Protocol):
         assert proto is not None
         events = proto.events_received()
         for event in events:
-            if type(event) is Message:  # not used: the core hands messages to self._messages.append
-                self._messages.append(event.data)
+            if type(event) is Message:  # not used: the core hands messages to self._first_message / the deque
+                self._queue().append(event.data)
             elif type(event) is Pong:
                 self._on_pong(event.payload)
             elif type(event) is Close:
@@ -870,7 +878,7 @@ class Connection(asyncio.Protocol):
                     # The server should close TCP now; if it does not, we do after close_timeout.
                     self._arm_abort()
             elif type(event) is Fragment:
-                self._messages.append(event)
+                self._queue().append(event)
             elif type(event) is Ping:
                 pass  # answered by the core
         if self._messages:
@@ -903,6 +911,20 @@ class Connection(asyncio.Protocol):
             ):
                 transport.pause_reading()
             self.loop.call_soon(self._next_turn)
+
+    def _queue(self) -> collections.deque[Data | Fragment]:
+        """The message queue, made on first use (an idle connection keeps the shared empty _NO_MESSAGES)."""
+        messages = self._messages
+        if messages is _NO_MESSAGES:
+            messages = self._messages = collections.deque()
+            if self.proto is not None:
+                self.proto._emit = messages.append  # later messages go straight to the deque
+        return messages
+
+    def _first_message(self, message: Data) -> None:
+        """The parser's message sink until a message arrives: makes the deque, then hands the parser its append
+        (the parse in progress keeps calling this for the rest of its batch: one identity check each)."""
+        self._queue().append(message)
 
     def _messages_arrived(self) -> None:
         """Wake recv(), and pause reading once ``max_queue`` messages wait unread."""
@@ -992,7 +1014,7 @@ class Connection(asyncio.Protocol):
             max_size=self.config.max_size,
             deflate=negotiated.deflate,
             defer_failure=True,
-            message_sink=self._messages.append,
+            message_sink=self._first_message,
             budget=self._budget,
         )
         self.proto.frame_budget = TURN_FRAMES
