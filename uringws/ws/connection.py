@@ -672,6 +672,10 @@ class Connection(asyncio.Protocol):
             self._log_close(exc)
         if self.proto is not None:
             self.proto.receive_eof()
+            if self._messages is _NO_MESSAGES:
+                # The parser's sink is still self._first_message: a cycle (self -> proto -> self) that only the
+                # cycle collector would free. The deque's append holds no reference back.
+                self._queue()
         if self._abort_handle is not None:
             self._abort_handle.cancel()
         if self._pending_failure_handle is not None:
