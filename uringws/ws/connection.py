@@ -61,6 +61,7 @@ Data = str | bytes
 # Connection._streaming: no recv_streaming(); one waits for its message to start or is in it; one was left in the
 # middle of a message (the rest of it cannot be told from the next message: the connection cannot be read).
 _IDLE, _ACTIVE, _ABANDONED = 0, 1, 2
+_PENDING = object()  # Connection._handshake_result while the opening handshake goes on
 
 # Connection._messages until the first message arrives: an empty deque costs about 760 bytes (its first block of
 # 64 slots), and an idle connection never needs one. Falsy and of length 0 like an empty deque; nothing appends to
@@ -105,6 +106,8 @@ class Connection(asyncio.Protocol):
         "_close_initiator",
         "_drain_waiters",
         "_handler",
+        "_handshake_done",
+        "_handshake_result",
         "_id",
         "_keepalive_task",
         "_lingering",
@@ -130,7 +133,6 @@ class Connection(asyncio.Protocol):
         "_write_paused",
         "_written",
         "config",
-        "handshake_done",
         "latency",
         "local_address",
         "logger",
@@ -203,8 +205,15 @@ class Connection(asyncio.Protocol):
         #: Round-trip time in seconds of the last ping answered (ours or the keepalive's); 0.0 before any.
         self.latency = 0.0
         self._id: uuid.UUID | None = None
-        self._request_ready: asyncio.Future[Request] = self.loop.create_future()
-        self.handshake_done: asyncio.Future[None] = self.loop.create_future()
+        # The server's handshake request, from _server_handshake_data to _run_server (a server connection only;
+        # dropped once open: self.request keeps the request).
+        self._request_ready: asyncio.Future[Request] | None = (
+            None if server_handshake is None else self.loop.create_future()
+        )
+        # How the opening handshake ended: _PENDING, None (open) or the exception; handshake_done is made on first
+        # use (the client's connect() waits on it, a server connection seldom has anyone asking).
+        self._handshake_result: BaseException | object | None = _PENDING
+        self._handshake_done: asyncio.Future[None] | None = None
         self.lost: asyncio.Future[None] = self.loop.create_future()
         self._keepalive_task: asyncio.Task[None] | None = None
         self._lingering = False  # a rejected head: reading only to discard until the peer closes
@@ -218,6 +227,33 @@ class Connection(asyncio.Protocol):
         self._open_deadline = None if timeout is None else self.loop.time() + timeout
 
     # -- public API --------------------------------------------------------------------------------------
+
+    @property
+    def handshake_done(self) -> asyncio.Future[None]:
+        """A future done once the opening handshake succeeded, or with its exception when it failed."""
+        waiter = self._handshake_done
+        if waiter is None:
+            waiter = self._handshake_done = self.loop.create_future()
+            result = self._handshake_result
+            if result is None:
+                waiter.set_result(None)
+            elif result is not _PENDING:
+                assert isinstance(result, BaseException)
+                waiter.set_exception(result)
+                waiter.exception()  # mark retrieved, as the failure was when nobody had asked yet
+        return waiter
+
+    def _settle_handshake(self, exc: BaseException | None) -> None:
+        """Record how the opening handshake ended (None: it succeeded), once; resolve handshake_done if made."""
+        if self._handshake_result is not _PENDING:
+            return
+        self._handshake_result = exc
+        waiter = self._handshake_done
+        if waiter is not None and not waiter.done():
+            if exc is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(exc)
 
     @property
     def state(self) -> State:
@@ -662,7 +698,7 @@ class Connection(asyncio.Protocol):
             self._messages_arrived()
 
     def eof_received(self) -> bool | None:
-        if self.proto is None and self._client_hs is not None and not self.handshake_done.done():
+        if self.proto is None and self._client_hs is not None and self._handshake_result is _PENDING:
             self._client_handshake_data(b"")
         return None  # let the transport close itself
 
@@ -680,12 +716,13 @@ class Connection(asyncio.Protocol):
             self._abort_handle.cancel()
         if self._pending_failure_handle is not None:
             self._pending_failure_handle.cancel()
-        if not self._request_ready.done():
+        if self._request_ready is not None and not self._request_ready.done():
             self._request_ready.set_exception(ConnectionError("connection closed during the opening handshake"))
             self._request_ready.exception()  # mark retrieved
-        if not self.handshake_done.done():
-            self.handshake_done.set_exception(ConnectionError("connection closed during the opening handshake"))
-            self.handshake_done.exception()
+        if self._handshake_result is _PENDING:
+            self._settle_handshake(ConnectionError("connection closed during the opening handshake"))
+            if self._handshake_done is not None:
+                self._handshake_done.exception()  # mark retrieved
         if self._recv_waiter is not None and not self._recv_waiter.done():
             self._recv_waiter.set_result(None)
         closed = self._closed_exception()
@@ -1024,8 +1061,7 @@ class Connection(asyncio.Protocol):
         self.proto.frame_budget = TURN_FRAMES
         if self.config.ping_interval is not None:
             self._keepalive_task = self.loop.create_task(self._keepalive())
-        if not self.handshake_done.done():
-            self.handshake_done.set_result(None)
+        self._settle_handshake(None)
         if trailing:
             self.proto.receive_data(trailing)
             self._process()
@@ -1070,6 +1106,7 @@ class Connection(asyncio.Protocol):
         assert hs is not None
         if self._lingering:
             return  # the rest of a rejected head: read only so that closing doesn't reset the connection
+        assert self._request_ready is not None
         if self._request_ready.done():
             hs.trailing_data += data  # arrived while the request is being processed
             return
@@ -1107,7 +1144,7 @@ class Connection(asyncio.Protocol):
 
     async def _run_server(self) -> None:
         hs = self._server_hs
-        assert hs is not None
+        assert hs is not None and self._request_ready is not None
         try:
             async with asyncio.timeout_at(self._open_deadline):
                 request = await self._request_ready
@@ -1150,6 +1187,7 @@ class Connection(asyncio.Protocol):
                 # The handshake's parser (h11 state, buffers: ~1 KiB) is not needed once open; this frame lives
                 # as long as the connection, so drop both references. respond() is for process_request only.
                 self._server_hs = hs = None
+                self._request_ready = None  # done; its request is self.request
         except TimeoutError:
             self.logger.info("opening handshake timed out for %s", self.remote_address)
             self._abort()
@@ -1185,7 +1223,7 @@ class Connection(asyncio.Protocol):
     def _client_handshake_data(self, data: bytes) -> None:
         hs = self._client_hs
         assert hs is not None
-        if self.handshake_done.done():
+        if self._handshake_result is not _PENDING:
             return
         try:
             response = hs.receive_data(data)
@@ -1196,7 +1234,7 @@ class Connection(asyncio.Protocol):
             self.response = response
             negotiated = hs.accept(response)
         except (InvalidHandshake, ConnectionError) as exc:
-            self.handshake_done.set_exception(exc)
+            self._settle_handshake(exc)
             self._close_transport()
             return
         self._start_open(negotiated, hs.trailing_data)
