@@ -22,10 +22,10 @@ from .test_ws_api import run
 N = 300
 #: Bytes per idle connection allocated at lines of uringws/ws/ and uringws/server.py, or one call below them (what
 #: asyncio makes for them: futures, tasks), traced by tracemalloc over plain TCP, compression and keepalive off.
-#: Measured about 4,250 B. Over the bound: an eager empty collections.deque for the message queue (+760 B), the
+#: Measured about 4,130 B. Over the bound: an eager empty collections.deque for the message queue (+760 B), the
 #: request's headers as a tuple and two str per header instead of packed (+820 B), the handshake futures made
 #: for every server connection and kept (+280 B).
-IDLE_LIMIT = 4400
+IDLE_LIMIT = 4300
 UPGRADE = (
     "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     "Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"

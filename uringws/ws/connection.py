@@ -199,9 +199,9 @@ class Connection(asyncio.Protocol):
         self._written = 0  # bytes handed to transport.write() once open (keepalive measures progress with it)
         self._read_paused_for_writes = False  # reading paused while our write buffer is above the high-water mark
         self._read_paused_for_turn = False  # reading paused until the next turn: the frame budget ran out
-        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._drain_waiters: list[asyncio.Future[None]] | None = None  # made by the first wait for a drain
         self._send_lock = asyncio.Lock()
-        self._pings: dict[bytes, tuple[asyncio.Future[float], float]] = {}
+        self._pings: dict[bytes, tuple[asyncio.Future[float], float]] | None = None  # made by the first ping
         #: Round-trip time in seconds of the last ping answered (ours or the keepalive's); 0.0 before any.
         self.latency = 0.0
         self._id: uuid.UUID | None = None
@@ -607,9 +607,12 @@ class Connection(asyncio.Protocol):
 
     def _send_ping(self, data: str | bytes | bytearray | memoryview | None) -> asyncio.Future[float]:
         proto = self._open_proto()
+        pings = self._pings
+        if pings is None:
+            pings = self._pings = {}
         if data is None:
             data = os.urandom(4)
-            while data in self._pings:
+            while data in pings:
                 data = os.urandom(4)
         elif isinstance(data, str):
             data = data.encode("utf-8")
@@ -617,11 +620,11 @@ class Connection(asyncio.Protocol):
             data = bytes(data)  # a dict key, and the pong is matched by value
         elif not isinstance(data, bytes):
             raise TypeError(f"ping data must be str or bytes-like, not {type(data).__name__}")
-        if data in self._pings:
+        if data in pings:
             raise ConcurrencyError("a ping with this payload is already waiting for its pong")
         waiter: asyncio.Future[float] = self.loop.create_future()
         proto.send_ping(data)
-        self._pings[data] = (waiter, self.loop.time())
+        pings[data] = (waiter, self.loop.time())
         self._flush()
         return waiter
 
@@ -726,15 +729,17 @@ class Connection(asyncio.Protocol):
         if self._recv_waiter is not None and not self._recv_waiter.done():
             self._recv_waiter.set_result(None)
         closed = self._closed_exception()
-        for waiter, _ in self._pings.values():
-            if not waiter.done():
-                waiter.set_exception(closed)
-                waiter.exception()
-        self._pings.clear()
-        for drain in self._drain_waiters:
-            if not drain.done():
-                drain.set_result(None)
-        self._drain_waiters.clear()
+        if self._pings:
+            for waiter, _ in self._pings.values():
+                if not waiter.done():
+                    waiter.set_exception(closed)
+                    waiter.exception()
+            self._pings.clear()
+        if self._drain_waiters:
+            for drain in self._drain_waiters:
+                if not drain.done():
+                    drain.set_result(None)
+            self._drain_waiters.clear()
         task = self._keepalive_task
         if task is not None:
             # Dropped, not kept: the cancelled task keeps its CancelledError, whose traceback holds the frame of
@@ -776,10 +781,11 @@ class Connection(asyncio.Protocol):
                 and not transport.is_closing()
             ):
                 transport.resume_reading()
-        for drain in self._drain_waiters:
-            if not drain.done():
-                drain.set_result(None)
-        self._drain_waiters.clear()
+        if self._drain_waiters:
+            for drain in self._drain_waiters:
+                if not drain.done():
+                    drain.set_result(None)
+            self._drain_waiters.clear()
 
     # -- internals ---------------------------------------------------------------------------------------
 
@@ -861,6 +867,8 @@ class Connection(asyncio.Protocol):
         if self.lost.done():
             raise self._closed_exception()
         waiter: asyncio.Future[None] = self.loop.create_future()
+        if self._drain_waiters is None:
+            self._drain_waiters = []
         self._drain_waiters.append(waiter)
         await waiter
         if self.lost.done() and (self.proto is None or self.proto.close_rcvd is None):
@@ -990,12 +998,13 @@ class Connection(asyncio.Protocol):
             self._close_transport()
 
     def _on_pong(self, payload: bytes) -> None:
-        if payload not in self._pings:
+        pings = self._pings
+        if pings is None or payload not in pings:
             return
         now = self.loop.time()
-        while self._pings:
-            key = next(iter(self._pings))
-            waiter, sent_at = self._pings.pop(key)
+        while pings:
+            key = next(iter(pings))
+            waiter, sent_at = pings.pop(key)
             if not waiter.done():
                 waiter.set_result(now - sent_at)
             if key == payload:
