@@ -20,7 +20,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 from .budget import MemoryBudget
 from .config import WSConfig
@@ -61,6 +61,12 @@ Data = str | bytes
 # Connection._streaming: no recv_streaming(); one waits for its message to start or is in it; one was left in the
 # middle of a message (the rest of it cannot be told from the next message: the connection cannot be read).
 _IDLE, _ACTIVE, _ABANDONED = 0, 1, 2
+_PENDING = object()  # Connection._handshake_result while the opening handshake goes on
+
+# Connection._messages until the first message arrives: an empty deque costs about 760 bytes (its first block of
+# 64 slots), and an idle connection never needs one. Falsy and of length 0 like an empty deque; nothing appends to
+# it (Connection._queue() and Connection._first_message() replace it with a real deque first).
+_NO_MESSAGES = cast("collections.deque[Any]", ())
 #: ``process_request(connection, request)``: return None to continue the WebSocket handshake, or a Response /
 #: (status, headers, body) tuple to answer plain HTTP instead (e.g. a health check or a 404).
 HTTPAnswer = Response | tuple[int, Iterable[tuple[str, str]], bytes | str]
@@ -100,6 +106,8 @@ class Connection(asyncio.Protocol):
         "_close_initiator",
         "_drain_waiters",
         "_handler",
+        "_handshake_done",
+        "_handshake_result",
         "_id",
         "_keepalive_task",
         "_lingering",
@@ -125,7 +133,6 @@ class Connection(asyncio.Protocol):
         "_write_paused",
         "_written",
         "config",
-        "handshake_done",
         "latency",
         "local_address",
         "logger",
@@ -181,7 +188,8 @@ class Connection(asyncio.Protocol):
         self._sndbuf = sndbuf
 
         # Whole messages, and while the parser streams fragments (recv_streaming()), Fragment events, in order.
-        self._messages: collections.deque[Data | Fragment] = collections.deque()
+        # _NO_MESSAGES (empty, shared) until the first one arrives: see _queue().
+        self._messages: collections.deque[Data | Fragment] = _NO_MESSAGES
         self._assembled: list[Data] = []  # fragments recv() took of a message not complete yet
         self._streaming = _IDLE  # what recv_streaming() is doing (it sets the parser's fragment mode)
         self._max_queue = config.max_queue  # read per received batch; the config is frozen
@@ -191,14 +199,21 @@ class Connection(asyncio.Protocol):
         self._written = 0  # bytes handed to transport.write() once open (keepalive measures progress with it)
         self._read_paused_for_writes = False  # reading paused while our write buffer is above the high-water mark
         self._read_paused_for_turn = False  # reading paused until the next turn: the frame budget ran out
-        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._drain_waiters: list[asyncio.Future[None]] | None = None  # made by the first wait for a drain
         self._send_lock = asyncio.Lock()
-        self._pings: dict[bytes, tuple[asyncio.Future[float], float]] = {}
+        self._pings: dict[bytes, tuple[asyncio.Future[float], float]] | None = None  # made by the first ping
         #: Round-trip time in seconds of the last ping answered (ours or the keepalive's); 0.0 before any.
         self.latency = 0.0
         self._id: uuid.UUID | None = None
-        self._request_ready: asyncio.Future[Request] = self.loop.create_future()
-        self.handshake_done: asyncio.Future[None] = self.loop.create_future()
+        # The server's handshake request, from _server_handshake_data to _run_server (a server connection only;
+        # dropped once open: self.request keeps the request).
+        self._request_ready: asyncio.Future[Request] | None = (
+            None if server_handshake is None else self.loop.create_future()
+        )
+        # How the opening handshake ended: _PENDING, None (open) or the exception; handshake_done is made on first
+        # use (the client's connect() waits on it, a server connection seldom has anyone asking).
+        self._handshake_result: BaseException | object | None = _PENDING
+        self._handshake_done: asyncio.Future[None] | None = None
         self.lost: asyncio.Future[None] = self.loop.create_future()
         self._keepalive_task: asyncio.Task[None] | None = None
         self._lingering = False  # a rejected head: reading only to discard until the peer closes
@@ -212,6 +227,33 @@ class Connection(asyncio.Protocol):
         self._open_deadline = None if timeout is None else self.loop.time() + timeout
 
     # -- public API --------------------------------------------------------------------------------------
+
+    @property
+    def handshake_done(self) -> asyncio.Future[None]:
+        """A future done once the opening handshake succeeded, or with its exception when it failed."""
+        waiter = self._handshake_done
+        if waiter is None:
+            waiter = self._handshake_done = self.loop.create_future()
+            result = self._handshake_result
+            if result is None:
+                waiter.set_result(None)
+            elif result is not _PENDING:
+                assert isinstance(result, BaseException)
+                waiter.set_exception(result)
+                waiter.exception()  # mark retrieved, as the failure was when nobody had asked yet
+        return waiter
+
+    def _settle_handshake(self, exc: BaseException | None) -> None:
+        """Record how the opening handshake ended (None: it succeeded), once; resolve handshake_done if made."""
+        if self._handshake_result is not _PENDING:
+            return
+        self._handshake_result = exc
+        waiter = self._handshake_done
+        if waiter is not None and not waiter.done():
+            if exc is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(exc)
 
     @property
     def state(self) -> State:
@@ -350,6 +392,7 @@ class Connection(asyncio.Protocol):
                 await waiter
             finally:
                 self._recv_waiter = None
+            messages = self._messages  # the first message replaces _NO_MESSAGES with a deque
         message = messages.popleft()
         if self.proto is not None and self.proto.held:
             self.proto.release_message(message)  # the application has it now: off the memory budget
@@ -377,7 +420,7 @@ class Connection(asyncio.Protocol):
             text = proto._msg_opcode == 0x1
             if parts:
                 data = "".join(parts) if text else b"".join(parts)  # type: ignore[arg-type]
-                self._messages.append(Fragment(data, False, text))
+                self._queue().append(Fragment(data, False, text))
 
     def _fragments_off(self) -> None:
         """Back to whole messages once no recv_streaming() wants fragments, none are queued and the parser is
@@ -427,6 +470,7 @@ class Connection(asyncio.Protocol):
                 await waiter
             finally:
                 self._recv_waiter = None
+            messages = self._messages  # the first message replaces _NO_MESSAGES with a deque
         try:
             return await self.recv()
         except ConnectionClosedOK:
@@ -563,9 +607,12 @@ class Connection(asyncio.Protocol):
 
     def _send_ping(self, data: str | bytes | bytearray | memoryview | None) -> asyncio.Future[float]:
         proto = self._open_proto()
+        pings = self._pings
+        if pings is None:
+            pings = self._pings = {}
         if data is None:
             data = os.urandom(4)
-            while data in self._pings:
+            while data in pings:
                 data = os.urandom(4)
         elif isinstance(data, str):
             data = data.encode("utf-8")
@@ -573,11 +620,11 @@ class Connection(asyncio.Protocol):
             data = bytes(data)  # a dict key, and the pong is matched by value
         elif not isinstance(data, bytes):
             raise TypeError(f"ping data must be str or bytes-like, not {type(data).__name__}")
-        if data in self._pings:
+        if data in pings:
             raise ConcurrencyError("a ping with this payload is already waiting for its pong")
         waiter: asyncio.Future[float] = self.loop.create_future()
         proto.send_ping(data)
-        self._pings[data] = (waiter, self.loop.time())
+        pings[data] = (waiter, self.loop.time())
         self._flush()
         return waiter
 
@@ -654,7 +701,7 @@ class Connection(asyncio.Protocol):
             self._messages_arrived()
 
     def eof_received(self) -> bool | None:
-        if self.proto is None and self._client_hs is not None and not self.handshake_done.done():
+        if self.proto is None and self._client_hs is not None and self._handshake_result is _PENDING:
             self._client_handshake_data(b"")
         return None  # let the transport close itself
 
@@ -664,28 +711,35 @@ class Connection(asyncio.Protocol):
             self._log_close(exc)
         if self.proto is not None:
             self.proto.receive_eof()
+            if self._messages is _NO_MESSAGES:
+                # The parser's sink is still self._first_message: a cycle (self -> proto -> self) that only the
+                # cycle collector would free. The deque's append holds no reference back.
+                self._queue()
         if self._abort_handle is not None:
             self._abort_handle.cancel()
         if self._pending_failure_handle is not None:
             self._pending_failure_handle.cancel()
-        if not self._request_ready.done():
+        if self._request_ready is not None and not self._request_ready.done():
             self._request_ready.set_exception(ConnectionError("connection closed during the opening handshake"))
             self._request_ready.exception()  # mark retrieved
-        if not self.handshake_done.done():
-            self.handshake_done.set_exception(ConnectionError("connection closed during the opening handshake"))
-            self.handshake_done.exception()
+        if self._handshake_result is _PENDING:
+            self._settle_handshake(ConnectionError("connection closed during the opening handshake"))
+            if self._handshake_done is not None:
+                self._handshake_done.exception()  # mark retrieved
         if self._recv_waiter is not None and not self._recv_waiter.done():
             self._recv_waiter.set_result(None)
         closed = self._closed_exception()
-        for waiter, _ in self._pings.values():
-            if not waiter.done():
-                waiter.set_exception(closed)
-                waiter.exception()
-        self._pings.clear()
-        for drain in self._drain_waiters:
-            if not drain.done():
-                drain.set_result(None)
-        self._drain_waiters.clear()
+        if self._pings:
+            for waiter, _ in self._pings.values():
+                if not waiter.done():
+                    waiter.set_exception(closed)
+                    waiter.exception()
+            self._pings.clear()
+        if self._drain_waiters:
+            for drain in self._drain_waiters:
+                if not drain.done():
+                    drain.set_result(None)
+            self._drain_waiters.clear()
         task = self._keepalive_task
         if task is not None:
             # Dropped, not kept: the cancelled task keeps its CancelledError, whose traceback holds the frame of
@@ -727,10 +781,11 @@ class Connection(asyncio.Protocol):
                 and not transport.is_closing()
             ):
                 transport.resume_reading()
-        for drain in self._drain_waiters:
-            if not drain.done():
-                drain.set_result(None)
-        self._drain_waiters.clear()
+        if self._drain_waiters:
+            for drain in self._drain_waiters:
+                if not drain.done():
+                    drain.set_result(None)
+            self._drain_waiters.clear()
 
     # -- internals ---------------------------------------------------------------------------------------
 
@@ -812,6 +867,8 @@ class Connection(asyncio.Protocol):
         if self.lost.done():
             raise self._closed_exception()
         waiter: asyncio.Future[None] = self.loop.create_future()
+        if self._drain_waiters is None:
+            self._drain_waiters = []
         self._drain_waiters.append(waiter)
         await waiter
         if self.lost.done() and (self.proto is None or self.proto.close_rcvd is None):
@@ -859,8 +916,8 @@ class Connection(asyncio.Protocol):
         assert proto is not None
         events = proto.events_received()
         for event in events:
-            if type(event) is Message:  # not used: the core hands messages to self._messages.append
-                self._messages.append(event.data)
+            if type(event) is Message:  # not used: the core hands messages to self._first_message / the deque
+                self._queue().append(event.data)
             elif type(event) is Pong:
                 self._on_pong(event.payload)
             elif type(event) is Close:
@@ -870,7 +927,7 @@ class Connection(asyncio.Protocol):
                     # The server should close TCP now; if it does not, we do after close_timeout.
                     self._arm_abort()
             elif type(event) is Fragment:
-                self._messages.append(event)
+                self._queue().append(event)
             elif type(event) is Ping:
                 pass  # answered by the core
         if self._messages:
@@ -904,6 +961,20 @@ class Connection(asyncio.Protocol):
                 transport.pause_reading()
             self.loop.call_soon(self._next_turn)
 
+    def _queue(self) -> collections.deque[Data | Fragment]:
+        """The message queue, made on first use (an idle connection keeps the shared empty _NO_MESSAGES)."""
+        messages = self._messages
+        if messages is _NO_MESSAGES:
+            messages = self._messages = collections.deque()
+            if self.proto is not None:
+                self.proto._emit = messages.append  # later messages go straight to the deque
+        return messages
+
+    def _first_message(self, message: Data) -> None:
+        """The parser's message sink until a message arrives: makes the deque, then hands the parser its append
+        (the parse in progress keeps calling this for the rest of its batch: one identity check each)."""
+        self._queue().append(message)
+
     def _messages_arrived(self) -> None:
         """Wake recv(), and pause reading once ``max_queue`` messages wait unread."""
         waiter = self._recv_waiter
@@ -927,12 +998,13 @@ class Connection(asyncio.Protocol):
             self._close_transport()
 
     def _on_pong(self, payload: bytes) -> None:
-        if payload not in self._pings:
+        pings = self._pings
+        if pings is None or payload not in pings:
             return
         now = self.loop.time()
-        while self._pings:
-            key = next(iter(self._pings))
-            waiter, sent_at = self._pings.pop(key)
+        while pings:
+            key = next(iter(pings))
+            waiter, sent_at = pings.pop(key)
             if not waiter.done():
                 waiter.set_result(now - sent_at)
             if key == payload:
@@ -992,14 +1064,13 @@ class Connection(asyncio.Protocol):
             max_size=self.config.max_size,
             deflate=negotiated.deflate,
             defer_failure=True,
-            message_sink=self._messages.append,
+            message_sink=self._first_message,
             budget=self._budget,
         )
         self.proto.frame_budget = TURN_FRAMES
         if self.config.ping_interval is not None:
             self._keepalive_task = self.loop.create_task(self._keepalive())
-        if not self.handshake_done.done():
-            self.handshake_done.set_result(None)
+        self._settle_handshake(None)
         if trailing:
             self.proto.receive_data(trailing)
             self._process()
@@ -1044,6 +1115,7 @@ class Connection(asyncio.Protocol):
         assert hs is not None
         if self._lingering:
             return  # the rest of a rejected head: read only so that closing doesn't reset the connection
+        assert self._request_ready is not None
         if self._request_ready.done():
             hs.trailing_data += data  # arrived while the request is being processed
             return
@@ -1081,7 +1153,7 @@ class Connection(asyncio.Protocol):
 
     async def _run_server(self) -> None:
         hs = self._server_hs
-        assert hs is not None
+        assert hs is not None and self._request_ready is not None
         try:
             async with asyncio.timeout_at(self._open_deadline):
                 request = await self._request_ready
@@ -1124,6 +1196,7 @@ class Connection(asyncio.Protocol):
                 # The handshake's parser (h11 state, buffers: ~1 KiB) is not needed once open; this frame lives
                 # as long as the connection, so drop both references. respond() is for process_request only.
                 self._server_hs = hs = None
+                self._request_ready = None  # done; its request is self.request
         except TimeoutError:
             self.logger.info("opening handshake timed out for %s", self.remote_address)
             self._abort()
@@ -1159,7 +1232,7 @@ class Connection(asyncio.Protocol):
     def _client_handshake_data(self, data: bytes) -> None:
         hs = self._client_hs
         assert hs is not None
-        if self.handshake_done.done():
+        if self._handshake_result is not _PENDING:
             return
         try:
             response = hs.receive_data(data)
@@ -1170,7 +1243,7 @@ class Connection(asyncio.Protocol):
             self.response = response
             negotiated = hs.accept(response)
         except (InvalidHandshake, ConnectionError) as exc:
-            self.handshake_done.set_exception(exc)
+            self._settle_handshake(exc)
             self._close_transport()
             return
         self._start_open(negotiated, hs.trailing_data)

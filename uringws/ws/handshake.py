@@ -62,14 +62,44 @@ def accept_key(key: str) -> str:
 class Headers:
     """HTTP headers: ordered (name, value) pairs with case-insensitive lookup."""
 
-    __slots__ = ("_items",)
+    __slots__ = ("_items", "_packed")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
-        self._items: list[tuple[str, str]] = list(items)
+        self._items: list[tuple[str, str]] | None = list(items)
+        # Received heads (see _packed_from) keep their pairs as one str, "name:value" lines joined by "\n": a
+        # connection keeps its request for its whole life, and a tuple and two str per header cost about six
+        # times the text. Read as it is; turned into _items by the first change (add, __setitem__, __delitem__).
+        self._packed = ""
+
+    @classmethod
+    def _packed_from(cls, pairs: list[tuple[str, str]]) -> Headers:
+        """Headers holding ``pairs`` packed into one str (as a list if some name or value would be ambiguous)."""
+        headers = cls(())
+        if pairs and not any(":" in k or "\n" in k or "\n" in v for k, v in pairs):
+            headers._items = None
+            headers._packed = "\n".join([f"{k}:{v}" for k, v in pairs])
+        else:
+            headers._items = pairs
+        return headers
+
+    def _pairs(self) -> list[tuple[str, str]]:
+        """The pairs: the list itself, or a new one unpacked from the packed text (not kept)."""
+        items = self._items
+        if items is not None:
+            return items
+        return [(k, v) for k, _, v in (line.partition(":") for line in self._packed.split("\n"))]
+
+    def _own(self) -> list[tuple[str, str]]:
+        """The pairs as a list kept for changes."""
+        items = self._items
+        if items is None:
+            items = self._items = self._pairs()
+            self._packed = ""
+        return items
 
     def get_all(self, name: str) -> list[str]:
         lname = name.lower()
-        return [v for k, v in self._items if k.lower() == lname]
+        return [v for k, v in self._pairs() if k.lower() == lname]
 
     def get(self, name: str, default: str | None = None) -> str | None:
         values = self.get_all(name)
@@ -85,31 +115,33 @@ class Headers:
         return isinstance(name, str) and bool(self.get_all(name))
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
-        return iter(self._items)
+        return iter(self._pairs())
 
     def __len__(self) -> int:
-        return len(self._items)
+        items = self._items
+        return len(items) if items is not None else self._packed.count("\n") + 1
 
     def items(self) -> list[tuple[str, str]]:
-        return list(self._items)
+        return list(self._pairs())
 
     def add(self, name: str, value: str) -> None:
-        self._items.append((name, value))
+        self._own().append((name, value))
 
     def __setitem__(self, name: str, value: str) -> None:
         """Add a header, as websockets' ``Headers`` does (a second value for a name adds a line)."""
-        self._items.append((name, value))
+        self._own().append((name, value))
 
     def __delitem__(self, name: str) -> None:
         """Remove every value of ``name``; KeyError when there is none."""
         lname = name.lower()
-        kept = [(k, v) for k, v in self._items if k.lower() != lname]
-        if len(kept) == len(self._items):
+        items = self._own()
+        kept = [(k, v) for k, v in items if k.lower() != lname]
+        if len(kept) == len(items):
             raise KeyError(name)
         self._items = kept
 
     def __repr__(self) -> str:
-        return f"Headers({self._items!r})"
+        return f"Headers({self._pairs()!r})"
 
 
 @dataclass
@@ -190,7 +222,7 @@ def serialize_response(response: Response) -> bytes:
 
 
 def _decode_headers(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
-    return Headers((k.decode("latin-1"), v.decode("latin-1")) for k, v in raw)
+    return Headers._packed_from([(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw])
 
 
 def _head_too_large(what: str, size: int, limit: int, incomplete: bool) -> str:
