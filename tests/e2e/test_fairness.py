@@ -79,7 +79,7 @@ def make_conn(max_queue: int | None = 16) -> tuple[Connection, Transport]:
     conn = Connection(Side.SERVER, config)
     transport = Transport(conn)
     conn.transport = transport
-    conn.proto = Protocol(Side.SERVER, message_sink=conn._messages.append)
+    conn.proto = Protocol(Side.SERVER, message_sink=conn._first_message)  # as the opening handshake wires it
     conn.proto.frame_budget = connection_module.TURN_FRAMES  # as the opening handshake sets it up
     return conn, transport
 
@@ -345,7 +345,7 @@ def test_keepalive_keeps_a_peer_that_reads_our_queued_data(reading: bool) -> Non
         conn = Connection(Side.SERVER, config)
         transport = Transport(conn)
         conn.transport = transport
-        conn.proto = Protocol(Side.SERVER, message_sink=conn._messages.append)
+        conn.proto = Protocol(Side.SERVER, message_sink=conn._first_message)  # as the opening handshake wires it
         transport.queued = 10**6  # a lot queued ahead of the ping
         conn._keepalive_task = asyncio.get_running_loop().create_task(conn._keepalive())
         for _ in range(30):  # 0.6 s: six timeouts
