@@ -197,7 +197,7 @@ class Runner:
     async def broadcast(self, connections: int, window: int) -> dict[str, Any]:
         payload = os.urandom(self.args.size)
         pairs = await self.connect_many(connections, lambda: Receiver(self.st))
-        trigger, trigger_listener = pairs[0]
+        trigger = pairs[0][0]
         st = self.st
         # A server's handler joins its room after the client has seen the 101; one delivery lost to a member
         # that had not joined yet would stall the window below for good.
@@ -211,7 +211,11 @@ class Runner:
                 trigger.send(WSMsgType.BINARY, payload)
                 sent += 1
 
-        trigger_listener.on_delivery = top_up
+        # Every member tops up, not only the trigger: the trigger's own copies can all arrive before the
+        # other members' (with several workers, its worker serves it first), and a top-up that ran only then
+        # would find the window full and never run again.
+        for _, listener in pairs:
+            listener.on_delivery = top_up
         top_up()
         d = await self.window()
         out = {"deliveries_per_s": d["messages"] / d["t"],
