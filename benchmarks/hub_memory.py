@@ -19,30 +19,16 @@ import json
 import resource
 import shutil
 import socket
-import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from _common import FrameCounter, free_port, rss_bytes
+
 HERE = Path(__file__).resolve().parent
 MODES = ("none", "memory", "redis")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def rss_bytes(pid: int) -> int:
-    """VmRSS of ``pid`` in bytes."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 # -- the server (a child process) --------------------------------------------------------------------------------
@@ -79,50 +65,11 @@ async def serve(mode: str, port: int, redis_url: str | None) -> None:
 # -- the client and the measurement (this process) ---------------------------------------------------------------
 
 
-class Clients:
-    """``n`` picows connections that each send "join" on request and count the "ok" answers."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        self.ctx.check_hostname = False
-        self.ctx.verify_mode = ssl.CERT_NONE
-        self.transports: list[Any] = []
-        self.answers = 0
-
-    async def open(self, n: int, concurrency: int = 64) -> None:
-        from picows import WSFrame, WSListener, WSTransport, ws_connect
-
-        clients = self
-
-        class Listener(WSListener):
-            def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-                clients.answers += 1
-
-        sem = asyncio.Semaphore(concurrency)
-
-        async def one() -> None:
-            async with sem:
-                transport, _ = await ws_connect(Listener, self.url, ssl_context=self.ctx)
-                self.transports.append(transport)
-
-        await asyncio.gather(*(one() for _ in range(n)))
-
-    async def join(self, transports: list[Any], timeout: float = 120) -> None:
-        from picows import WSMsgType
-
-        want = self.answers + len(transports)
-        for t in transports:
-            t.send(WSMsgType.TEXT, b"join")
-        deadline = time.monotonic() + timeout
-        while self.answers < want:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"only {self.answers - want + len(transports)} of {len(transports)} joins answered")
-            await asyncio.sleep(0.01)
-
-    def close(self) -> None:
-        for t in self.transports:
-            t.disconnect()
+async def join(clients: FrameCounter, transports: list[Any], timeout: float = 120) -> None:
+    """Send "join" on each of ``transports`` and wait for as many "ok" answers."""
+    want = clients.received + len(transports)
+    clients.send_each(transports, b"join")
+    await clients.wait_for(want, timeout, poll=0.01)
 
 
 async def measure(mode: str, connections: int, idle: float, redis_url: str | None) -> dict[str, Any]:
@@ -135,15 +82,15 @@ async def measure(mode: str, connections: int, idle: float, redis_url: str | Non
         assert server.stdout is not None
         if server.stdout.readline().strip() != "ready":
             raise SystemExit(f"the {mode} server exited with {server.wait()}")
-        clients = Clients(f"wss://127.0.0.1:{port}/")
+        clients = FrameCounter(f"wss://127.0.0.1:{port}/")
         await clients.open(1)  # warm-up: TLS, imports, the hub's channel, in the baseline
-        await clients.join(clients.transports)
+        await join(clients, clients.transports)
         await asyncio.sleep(idle)
         rss0 = rss_bytes(server.pid)
         await clients.open(connections)
         await asyncio.sleep(idle)
         rss1 = rss_bytes(server.pid)
-        await clients.join(clients.transports[1:])
+        await join(clients, clients.transports[1:])
         await asyncio.sleep(idle)
         rss2 = rss_bytes(server.pid)
         clients.close()

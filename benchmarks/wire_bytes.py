@@ -24,21 +24,14 @@ import asyncio
 import json
 import re
 import resource
-import socket
-import ssl
 import subprocess
 import sys
-import time
 from typing import Any
+
+from _common import FrameCounter, free_port, start_serve
 
 HEADERS = 52  # IPv4 + TCP + timestamps option, per segment
 COUNTERS = ("bytes_sent", "bytes_received", "segs_out", "segs_in")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def server_counters(port: int) -> dict[str, int]:
@@ -59,47 +52,10 @@ def server_counters(port: int) -> dict[str, int]:
     return totals
 
 
-class Room:
-    """``n`` picows connections to /broadcast counting what they receive."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        self.ctx.check_hostname = False
-        self.ctx.verify_mode = ssl.CERT_NONE
-        self.transports: list[Any] = []
-        self.received = 0
-
-    async def open(self, n: int) -> None:
-        from picows import WSFrame, WSListener, WSTransport, ws_connect
-
-        room = self
-
-        class Listener(WSListener):
-            def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-                room.received += 1
-
-        sem = asyncio.Semaphore(64)
-
-        async def one() -> None:
-            async with sem:
-                transport, _ = await ws_connect(Listener, self.url, ssl_context=self.ctx)
-                self.transports.append(transport)
-
-        await asyncio.gather(*(one() for _ in range(n)))
-
-    async def wait_for(self, total: int, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while self.received < total:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"only {self.received} of {total} deliveries arrived")
-            await asyncio.sleep(0.001)
-
-
 async def run(port: int, connections: int, messages: int, size: int) -> list[dict[str, Any]]:
     from picows import WSMsgType
 
-    room = Room(f"wss://127.0.0.1:{port}/broadcast")
+    room = FrameCounter(f"wss://127.0.0.1:{port}/broadcast")
     await room.open(connections)
     sender = room.transports[0]
     payload = b"x" * size
@@ -140,8 +96,7 @@ async def run(port: int, connections: int, messages: int, size: int) -> list[dic
                 "segs_in_per_delivery": round(d["segs_in"] / deliveries, 2),
             }
         )
-    for t in room.transports:
-        t.disconnect()
+    room.close()
     return results
 
 
@@ -156,18 +111,8 @@ def main() -> int:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "uringws", "serve", "--port", str(port), "--no-compression", "--log-level", "warning"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    server = start_serve(port)
     try:
-        assert server.stdout is not None
-        for line in server.stdout:
-            if "Ctrl-C to stop" in line:
-                break
-        else:
-            raise SystemExit(f"server exited with {server.wait()}")
         for result in uvloop.run(run(port, args.connections, args.messages, args.size)):
             print(json.dumps(result), flush=True)
     finally:

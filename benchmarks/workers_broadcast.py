@@ -11,19 +11,14 @@ from __future__ import annotations
 
 import argparse
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from _common import free_port, start_serve
+
 HERE = Path(__file__).resolve().parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def children(pid: int) -> list[int]:
@@ -39,16 +34,8 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=5.0)
     args = p.parse_args()
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "uringws", "serve", "--port", str(port), "--workers",
-                               str(args.workers), "--no-compression", "--log-level", "warning"],
-                              stdout=subprocess.PIPE, text=True)
+    server = start_serve(port, "--workers", str(args.workers))
     try:
-        assert server.stdout is not None
-        for line in server.stdout:
-            if "Ctrl-C to stop" in line:
-                break
-        else:
-            raise SystemExit(f"server exited with {server.wait()}")
         pids = [server.pid, *children(server.pid)] if args.workers > 1 else [server.pid]
         if len(pids) != args.workers + (args.workers > 1):
             raise SystemExit(f"expected {args.workers} workers, found pids {pids}")
