@@ -93,3 +93,22 @@ def test_harness_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert doc["machine"]["nproc"] >= 1
     if args.plot:
         assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_broadcast_window_keeps_going_with_two_workers() -> None:
+    """The load client's broadcast window does not stall when the trigger's own copies arrive first.
+
+    With two workers the trigger's worker serves it before the other members; a top-up run only on the
+    trigger's deliveries found the window full then and never ran again: 0 deliveries measured.
+    """
+    for mod in ("picows", "uvloop"):
+        pytest.importorskip(mod)
+    pytest.importorskip("uringws.server")
+    import subprocess
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "workers_broadcast.py"
+    result = subprocess.run([sys.executable, str(script), "--workers", "2", "--connections", "40", "--inflight",
+                             "4", "--duration", "0.5"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout.strip().splitlines()[-1])
+    assert doc["messages"] > 0, doc
