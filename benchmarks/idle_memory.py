@@ -11,7 +11,10 @@ nothing) and the server process is measured twice, in two runs:
 **native** = total − python: memory Python's allocators never see, i.e. OpenSSL's per-SSL state (``SSL``,
 record layer, session), the C engine's own buffers and malloc's overhead. **trimmed**: the total again, taken
 after glibc's ``malloc_trim(0)`` at the end of the untraced run: the part of the total that is free memory the
-allocator kept resident (slack left by the handshakes' temporary allocations) shows up as the difference. Stacks:
+allocator kept resident (slack left by the handshakes' temporary allocations) shows up as the difference.
+**malloc**: the growth of glibc's in-use malloc chunks (``mallinfo2()``, chunk headers included), divided by N, in
+the untraced run: OpenSSL's and the engine's memory plus Python's objects over 512 bytes (the smaller ones live in
+pymalloc's arenas, outside malloc). Stacks:
 
 - ``uringws``: ``uringws.server.serve`` on ``uringws.new_event_loop`` (as ``uringws serve`` runs; the compiled pieces
   in use where built, none with ``URINGWS_PURE=1``), echo handler, compression and keepalive pings off;
@@ -65,6 +68,25 @@ def _rss_kib() -> int:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def _malloc_in_use() -> int | None:
+    """Bytes of malloc'd chunks in use (glibc's ``mallinfo2()``: uordblks + hblkhd, chunk headers included), or None
+    without glibc >= 2.33. Python's objects of up to 512 bytes are not in it (they live in pymalloc's arenas); what
+    is: OpenSSL's, the compiled engine's and the ring's allocations, and Python's larger objects."""
+    try:
+        fn = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    fn.restype = _MallInfo2
+    info = fn()
+    return int(info.uordblks + info.hblkhd)
+
+
 def _rss_after_malloc_trim() -> int | None:
     """RSS in KiB after glibc's ``malloc_trim(0)`` returned free heap pages to the kernel; None without glibc."""
     try:
@@ -105,7 +127,7 @@ async def _serve(stack: str, certfile: str, keyfile: str, trace: bool) -> None:
     while line := (await loop.run_in_executor(None, sys.stdin.readline)).strip():
         # "measure": settle, then report RSS (and the traced memory with the sites that grew since the last one).
         await asyncio.sleep(1.0)
-        out: dict[str, Any] = {"rss_kib": _rss_kib()}
+        out: dict[str, Any] = {"rss_kib": _rss_kib(), "malloc": _malloc_in_use()}
         if trace:
             snapshots.append(tracemalloc.take_snapshot())
             out["traced"] = tracemalloc.get_traced_memory()[0]
@@ -210,6 +232,8 @@ def measure(stack: str, n: int, certfile: str, keyfile: str, trace: bool) -> dic
                 after = json.loads(_ask(server, "quit"))
     out: dict[str, Any] = {"stack": stack, "connections": opened}
     out["rss_kib_per_conn"] = (after["rss_kib"] - before["rss_kib"]) / opened
+    if after.get("malloc") is not None and before.get("malloc") is not None:
+        out["malloc_kib_per_conn"] = (after["malloc"] - before["malloc"]) / 1024 / opened
     if after.get("rss_trimmed_kib") is not None:
         out["trimmed_kib_per_conn"] = (after["rss_trimmed_kib"] - before["rss_kib"]) / opened
     if trace:
@@ -255,17 +279,18 @@ def main(argv: list[str] | None = None) -> int:
             total.update({k: v for k, v in traced.items() if k not in total})
             total["native_kib_per_conn"] = total["rss_kib_per_conn"] - total["python_kib_per_conn"]
             total.setdefault("trimmed_kib_per_conn", float("nan"))
+            total.setdefault("malloc_kib_per_conn", float("nan"))
             total["seconds"] = round(time.monotonic() - t0, 1)
             results.append(total)
     if args.json:
         print(json.dumps({"pure": os.environ.get("URINGWS_PURE") == "1", "results": results}, indent=1))
         return 0
     print(f"RSS per idle TLS connection, {args.connections} connections (KiB; 1 KiB = 1024 bytes)")
-    print(f"{'stack':<10} {'total':>7} {'python':>7} {'native':>7} {'trimmed':>8}")
+    print(f"{'stack':<10} {'total':>7} {'python':>7} {'native':>7} {'trimmed':>8} {'malloc':>7}")
     for r in results:
         print(
             f"{r['stack']:<10} {r['rss_kib_per_conn']:>7.1f} {r['python_kib_per_conn']:>7.1f} "
-            f"{r['native_kib_per_conn']:>7.1f} {r['trimmed_kib_per_conn']:>8.1f}"
+            f"{r['native_kib_per_conn']:>7.1f} {r['trimmed_kib_per_conn']:>8.1f} {r['malloc_kib_per_conn']:>7.1f}"
         )
     for r in results:
         print(f"\n{r['stack']}: top Python allocation sites, bytes per connection")
