@@ -26,6 +26,14 @@ The server is pinned to CPU 0 and the client (asyncio + uvloop, raw sockets, one
 to CPU 1 where the machine has two. Prints a table, or JSON with ``--json``::
 
     PYTHONPATH=$PWD python benchmarks/idle_memory.py --connections 5000 --stacks uringws,asyncio
+
+The native part per allocation site: the server under heaptrack (``--server-wrapper``; it then exits with the
+connections open, so heaptrack's leaks are what they hold; the RSS figures of such a run include heaptrack's),
+with N and with 1 connection, the difference per stack (divide by N - 1)::
+
+    python benchmarks/idle_memory.py --connections 1000 --stacks uringws --server-wrapper 'heaptrack -o /tmp/ht1000'
+    python benchmarks/idle_memory.py --connections 1 --stacks uringws --server-wrapper 'heaptrack -o /tmp/ht1'
+    heaptrack_print -f /tmp/ht1000.zst -d /tmp/ht1.zst --print-leaks 1 --print-peaks 0 --print-allocators 0
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import ctypes
 import json
 import os
 import resource
+import shlex
 import ssl
 import subprocess
 import sys
@@ -104,7 +113,7 @@ class _Ignore(asyncio.Protocol):
     __slots__ = ()
 
 
-async def _serve(stack: str, certfile: str, keyfile: str, trace: bool) -> None:
+async def _serve(stack: str, certfile: str, keyfile: str, trace: bool, exit_held: bool = False) -> None:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(certfile, keyfile)
     loop = asyncio.get_running_loop()
@@ -142,10 +151,15 @@ async def _serve(stack: str, certfile: str, keyfile: str, trace: bool) -> None:
             out["rss_trimmed_kib"] = _rss_after_malloc_trim()
         print(json.dumps(out), flush=True)
         if line == "quit":
+            if exit_held:
+                # Leave through the C library's exit(): its atexit handlers run (a heap profiler's among them)
+                # with every connection still open, so what they hold is what the profiler reports as not freed.
+                sys.stderr.flush()
+                ctypes.CDLL("libc.so.6").exit(0)
             break
 
 
-def server_main(stack: str, certfile: str, keyfile: str, trace: bool) -> None:
+def server_main(stack: str, certfile: str, keyfile: str, trace: bool, exit_held: bool = False) -> None:
     """Entry point of the server process (``--serve``)."""
     _raise_fd_limit()
     if stack == "asyncio":
@@ -155,7 +169,7 @@ def server_main(stack: str, certfile: str, keyfile: str, trace: bool) -> None:
 
         factory = uringws.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(_serve(stack, certfile, keyfile, trace))
+        runner.run(_serve(stack, certfile, keyfile, trace, exit_held))
 
 
 # --- the client process -----------------------------------------------------------------------------------------
@@ -217,12 +231,21 @@ def _ask(proc: subprocess.Popen[str], line: str) -> str:
     return answer.strip()
 
 
-def measure(stack: str, n: int, certfile: str, keyfile: str, trace: bool) -> dict[str, Any]:
-    """One run: one warm connection, measure, N more, measure; the growth per connection."""
+def _ready(proc: subprocess.Popen[str]) -> int:
+    """The server's port, from its READY line (a wrapper such as heaptrack may print lines of its own first)."""
+    while not (line := _ask(proc, "")).startswith("READY "):
+        pass
+    return int(line.split()[1])
+
+
+def measure(stack: str, n: int, certfile: str, keyfile: str, trace: bool, wrapper: list[str] | None = None) -> dict[
+        str, Any]:
+    """One run: one warm connection, measure, N more, measure; the growth per connection. ``wrapper``: a command
+    the server runs under (``heaptrack -o FILE``); the server then exits with the connections open."""
     me = [sys.executable, os.path.abspath(__file__)]
-    serve = [*_pin(0), *me, "--serve", stack, "--certfile", certfile, "--keyfile", keyfile]
-    with _process(serve + (["--trace"] if trace else [])) as server:
-        port = int(_ask(server, "").split()[1])
+    serve = [*_pin(0), *(wrapper or []), *me, "--serve", stack, "--certfile", certfile, "--keyfile", keyfile]
+    with _process(serve + (["--trace"] if trace else []) + (["--exit-held"] if wrapper else [])) as server:
+        port = _ready(server)
         websocket = stack != "asyncio"
         with _process([*_pin(1), *me, "--connect", str(port), "1", *(["--ws"] if websocket else [])]) as warm:
             _ask(warm, "")
@@ -251,11 +274,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keyfile")
     p.add_argument("--serve", choices=STACKS, help=argparse.SUPPRESS)
     p.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--exit-held", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--server-wrapper", metavar="CMD",
+        help="run the untraced server under this command, e.g. 'heaptrack -o /tmp/ht5000'; the server then exits "
+             "through libc's exit() with its connections open, so the profile's leaks are what they hold",
+    )
     p.add_argument("--connect", nargs=2, type=int, metavar=("PORT", "N"), help=argparse.SUPPRESS)
     p.add_argument("--ws", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve:
-        server_main(args.serve, args.certfile, args.keyfile, args.trace)
+        server_main(args.serve, args.certfile, args.keyfile, args.trace, args.exit_held)
         return 0
     if args.connect:
         client_main(args.connect[0], args.connect[1], args.ws)
@@ -274,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
             certfile, keyfile = str(cert.cert_path), str(cert.key_path)
         for stack in stacks:
             t0 = time.monotonic()
-            total = measure(stack, args.connections, certfile, keyfile, trace=False)
+            wrapper = shlex.split(args.server_wrapper) if args.server_wrapper else None
+            total = measure(stack, args.connections, certfile, keyfile, trace=False, wrapper=wrapper)
             traced = measure(stack, args.connections, certfile, keyfile, trace=True)
             total.update({k: v for k, v in traced.items() if k not in total})
             total["native_kib_per_conn"] = total["rss_kib_per_conn"] - total["python_kib_per_conn"]
