@@ -11,7 +11,10 @@ nothing) and the server process is measured twice, in two runs:
 **native** = total − python: memory Python's allocators never see, i.e. OpenSSL's per-SSL state (``SSL``,
 record layer, session), the C engine's own buffers and malloc's overhead. **trimmed**: the total again, taken
 after glibc's ``malloc_trim(0)`` at the end of the untraced run: the part of the total that is free memory the
-allocator kept resident (slack left by the handshakes' temporary allocations) shows up as the difference. Stacks:
+allocator kept resident (slack left by the handshakes' temporary allocations) shows up as the difference.
+**malloc**: the growth of glibc's in-use malloc chunks (``mallinfo2()``, chunk headers included), divided by N, in
+the untraced run: OpenSSL's and the engine's memory plus Python's objects over 512 bytes (the smaller ones live in
+pymalloc's arenas, outside malloc). Stacks:
 
 - ``uringws``: ``uringws.server.serve`` on ``uringws.new_event_loop`` (as ``uringws serve`` runs; the compiled pieces
   in use where built, none with ``URINGWS_PURE=1``), echo handler, compression and keepalive pings off;
@@ -23,6 +26,14 @@ The server is pinned to CPU 0 and the client (asyncio + uvloop, raw sockets, one
 to CPU 1 where the machine has two. Prints a table, or JSON with ``--json``::
 
     PYTHONPATH=$PWD python benchmarks/idle_memory.py --connections 5000 --stacks uringws,asyncio
+
+The native part per allocation site: the server under heaptrack (``--server-wrapper``; it then exits with the
+connections open, so heaptrack's leaks are what they hold; the RSS figures of such a run include heaptrack's),
+with N and with 1 connection, the difference per stack (divide by N - 1)::
+
+    python benchmarks/idle_memory.py --connections 1000 --stacks uringws --server-wrapper 'heaptrack -o /tmp/ht1000'
+    python benchmarks/idle_memory.py --connections 1 --stacks uringws --server-wrapper 'heaptrack -o /tmp/ht1'
+    heaptrack_print -f /tmp/ht1000.zst -d /tmp/ht1.zst --print-leaks 1 --print-peaks 0 --print-allocators 0
 """
 
 from __future__ import annotations
@@ -35,6 +46,7 @@ import ctypes
 import json
 import os
 import resource
+import shlex
 import ssl
 import subprocess
 import sys
@@ -65,6 +77,25 @@ def _rss_kib() -> int:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def _malloc_in_use() -> int | None:
+    """Bytes of malloc'd chunks in use (glibc's ``mallinfo2()``: uordblks + hblkhd, chunk headers included), or None
+    without glibc >= 2.33. Python's objects of up to 512 bytes are not in it (they live in pymalloc's arenas); what
+    is: OpenSSL's, the compiled engine's and the ring's allocations, and Python's larger objects."""
+    try:
+        fn = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    fn.restype = _MallInfo2
+    info = fn()
+    return int(info.uordblks + info.hblkhd)
+
+
 def _rss_after_malloc_trim() -> int | None:
     """RSS in KiB after glibc's ``malloc_trim(0)`` returned free heap pages to the kernel; None without glibc."""
     try:
@@ -82,7 +113,7 @@ class _Ignore(asyncio.Protocol):
     __slots__ = ()
 
 
-async def _serve(stack: str, certfile: str, keyfile: str, trace: bool) -> None:
+async def _serve(stack: str, certfile: str, keyfile: str, trace: bool, exit_held: bool = False) -> None:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(certfile, keyfile)
     loop = asyncio.get_running_loop()
@@ -105,7 +136,7 @@ async def _serve(stack: str, certfile: str, keyfile: str, trace: bool) -> None:
     while line := (await loop.run_in_executor(None, sys.stdin.readline)).strip():
         # "measure": settle, then report RSS (and the traced memory with the sites that grew since the last one).
         await asyncio.sleep(1.0)
-        out: dict[str, Any] = {"rss_kib": _rss_kib()}
+        out: dict[str, Any] = {"rss_kib": _rss_kib(), "malloc": _malloc_in_use()}
         if trace:
             snapshots.append(tracemalloc.take_snapshot())
             out["traced"] = tracemalloc.get_traced_memory()[0]
@@ -120,10 +151,15 @@ async def _serve(stack: str, certfile: str, keyfile: str, trace: bool) -> None:
             out["rss_trimmed_kib"] = _rss_after_malloc_trim()
         print(json.dumps(out), flush=True)
         if line == "quit":
+            if exit_held:
+                # Leave through the C library's exit(): its atexit handlers run (a heap profiler's among them)
+                # with every connection still open, so what they hold is what the profiler reports as not freed.
+                sys.stderr.flush()
+                ctypes.CDLL("libc.so.6").exit(0)
             break
 
 
-def server_main(stack: str, certfile: str, keyfile: str, trace: bool) -> None:
+def server_main(stack: str, certfile: str, keyfile: str, trace: bool, exit_held: bool = False) -> None:
     """Entry point of the server process (``--serve``)."""
     _raise_fd_limit()
     if stack == "asyncio":
@@ -133,7 +169,7 @@ def server_main(stack: str, certfile: str, keyfile: str, trace: bool) -> None:
 
         factory = uringws.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(_serve(stack, certfile, keyfile, trace))
+        runner.run(_serve(stack, certfile, keyfile, trace, exit_held))
 
 
 # --- the client process -----------------------------------------------------------------------------------------
@@ -195,12 +231,21 @@ def _ask(proc: subprocess.Popen[str], line: str) -> str:
     return answer.strip()
 
 
-def measure(stack: str, n: int, certfile: str, keyfile: str, trace: bool) -> dict[str, Any]:
-    """One run: one warm connection, measure, N more, measure; the growth per connection."""
+def _ready(proc: subprocess.Popen[str]) -> int:
+    """The server's port, from its READY line (a wrapper such as heaptrack may print lines of its own first)."""
+    while not (line := _ask(proc, "")).startswith("READY "):
+        pass
+    return int(line.split()[1])
+
+
+def measure(stack: str, n: int, certfile: str, keyfile: str, trace: bool, wrapper: list[str] | None = None) -> dict[
+        str, Any]:
+    """One run: one warm connection, measure, N more, measure; the growth per connection. ``wrapper``: a command
+    the server runs under (``heaptrack -o FILE``); the server then exits with the connections open."""
     me = [sys.executable, os.path.abspath(__file__)]
-    serve = [*_pin(0), *me, "--serve", stack, "--certfile", certfile, "--keyfile", keyfile]
-    with _process(serve + (["--trace"] if trace else [])) as server:
-        port = int(_ask(server, "").split()[1])
+    serve = [*_pin(0), *(wrapper or []), *me, "--serve", stack, "--certfile", certfile, "--keyfile", keyfile]
+    with _process(serve + (["--trace"] if trace else []) + (["--exit-held"] if wrapper else [])) as server:
+        port = _ready(server)
         websocket = stack != "asyncio"
         with _process([*_pin(1), *me, "--connect", str(port), "1", *(["--ws"] if websocket else [])]) as warm:
             _ask(warm, "")
@@ -210,6 +255,8 @@ def measure(stack: str, n: int, certfile: str, keyfile: str, trace: bool) -> dic
                 after = json.loads(_ask(server, "quit"))
     out: dict[str, Any] = {"stack": stack, "connections": opened}
     out["rss_kib_per_conn"] = (after["rss_kib"] - before["rss_kib"]) / opened
+    if after.get("malloc") is not None and before.get("malloc") is not None:
+        out["malloc_kib_per_conn"] = (after["malloc"] - before["malloc"]) / 1024 / opened
     if after.get("rss_trimmed_kib") is not None:
         out["trimmed_kib_per_conn"] = (after["rss_trimmed_kib"] - before["rss_kib"]) / opened
     if trace:
@@ -227,11 +274,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keyfile")
     p.add_argument("--serve", choices=STACKS, help=argparse.SUPPRESS)
     p.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--exit-held", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--server-wrapper", metavar="CMD",
+        help="run the untraced server under this command, e.g. 'heaptrack -o /tmp/ht5000'; the server then exits "
+             "through libc's exit() with its connections open, so the profile's leaks are what they hold",
+    )
     p.add_argument("--connect", nargs=2, type=int, metavar=("PORT", "N"), help=argparse.SUPPRESS)
     p.add_argument("--ws", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve:
-        server_main(args.serve, args.certfile, args.keyfile, args.trace)
+        server_main(args.serve, args.certfile, args.keyfile, args.trace, args.exit_held)
         return 0
     if args.connect:
         client_main(args.connect[0], args.connect[1], args.ws)
@@ -250,22 +303,24 @@ def main(argv: list[str] | None = None) -> int:
             certfile, keyfile = str(cert.cert_path), str(cert.key_path)
         for stack in stacks:
             t0 = time.monotonic()
-            total = measure(stack, args.connections, certfile, keyfile, trace=False)
+            wrapper = shlex.split(args.server_wrapper) if args.server_wrapper else None
+            total = measure(stack, args.connections, certfile, keyfile, trace=False, wrapper=wrapper)
             traced = measure(stack, args.connections, certfile, keyfile, trace=True)
             total.update({k: v for k, v in traced.items() if k not in total})
             total["native_kib_per_conn"] = total["rss_kib_per_conn"] - total["python_kib_per_conn"]
             total.setdefault("trimmed_kib_per_conn", float("nan"))
+            total.setdefault("malloc_kib_per_conn", float("nan"))
             total["seconds"] = round(time.monotonic() - t0, 1)
             results.append(total)
     if args.json:
         print(json.dumps({"pure": os.environ.get("URINGWS_PURE") == "1", "results": results}, indent=1))
         return 0
     print(f"RSS per idle TLS connection, {args.connections} connections (KiB; 1 KiB = 1024 bytes)")
-    print(f"{'stack':<10} {'total':>7} {'python':>7} {'native':>7} {'trimmed':>8}")
+    print(f"{'stack':<10} {'total':>7} {'python':>7} {'native':>7} {'trimmed':>8} {'malloc':>7}")
     for r in results:
         print(
             f"{r['stack']:<10} {r['rss_kib_per_conn']:>7.1f} {r['python_kib_per_conn']:>7.1f} "
-            f"{r['native_kib_per_conn']:>7.1f} {r['trimmed_kib_per_conn']:>8.1f}"
+            f"{r['native_kib_per_conn']:>7.1f} {r['trimmed_kib_per_conn']:>8.1f} {r['malloc_kib_per_conn']:>7.1f}"
         )
     for r in results:
         print(f"\n{r['stack']}: top Python allocation sites, bytes per connection")

@@ -421,17 +421,16 @@ Engine_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         raise_ssl(SSLError, PY_SSL_ERROR_SSL, "SSL_new failed", ERR_peek_last_error(), __LINE__, NULL);
         return NULL;
     }
-    BIO *rbio = BIO_new(engine_bio_method);
-    BIO *wbio = BIO_new(engine_bio_method);
-    if (rbio == NULL || wbio == NULL) {
-        BIO_free(rbio);
-        BIO_free(wbio);
+    /* One BIO both ways (reads take from in_buf/lent, writes append to out): a second one would cost every
+     * connection another BIO and its lock, about 200 bytes kept for its lifetime. SSL_set_bio takes the
+     * extra reference itself when rbio == wbio, and SSL_free drops both. */
+    BIO *bio = BIO_new(engine_bio_method);
+    if (bio == NULL) {
         Py_DECREF(self);
         return PyErr_NoMemory();
     }
-    BIO_set_data(rbio, self);
-    BIO_set_data(wbio, self);
-    SSL_set_bio(self->ssl, rbio, wbio);
+    BIO_set_data(bio, self);
+    SSL_set_bio(self->ssl, bio, bio);
     /* As CPython's newPySSLSocket: writes may be retried from another buffer (our backlog joins parts). */
     SSL_set_mode(self->ssl, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_AUTO_RETRY);
     if (server_side)
@@ -445,7 +444,7 @@ static void
 Engine_dealloc(Engine *self)
 {
     if (self->ssl != NULL)
-        SSL_free(self->ssl);  /* frees both BIOs */
+        SSL_free(self->ssl);  /* frees the BIO */
     if (self->lending)
         PyBuffer_Release(&self->lent);
     free(self->in_buf);

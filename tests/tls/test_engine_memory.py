@@ -1,0 +1,91 @@
+"""Native memory an idle server connection keeps on the compiled TLS engine, against the stdlib's SSLObject.
+
+Both hold one OpenSSL ``SSL`` made from the same context, so what they keep differs only by what sits around it:
+the stdlib's two memory BIOs, whose buffers keep their largest size, against the engine's one BIO and its own
+buffers, which it frees once drained (``in_buf``) or hands over (``out``). Measured as the growth of glibc's
+in-use malloc chunks (``mallinfo2()``) per connection, after the handshake and after one 3000 B record each way
+(OpenSSL 3.0, TLS 1.3: about 14.1 / 14.1 KB on the engine, 16.6 / 20.8 KB on the stdlib). An engine buffer kept
+while idle shows: a drained ``in_buf`` not freed adds about 1 KB after traffic, an output buffer kept after
+``outgoing.read()`` about 4 KB already after the handshake (both measured failing).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import ssl
+
+import pytest
+
+from uringws.tls import engine as engine_mod
+
+from .test_engine_parity import Client, Server, client_ctx, handshake, server_ctx
+
+pytestmark = pytest.mark.skipif(not engine_mod.available(), reason="compiled TLS engine not in use")
+
+N = 200
+MESSAGE = b"m" * 3000  # one TLS record, delivered in two parts
+#: Bytes per connection that traffic may leave behind on the engine (measured: within about 50 B of none).
+KEPT_LIMIT = 512
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def _malloc_in_use() -> int:
+    try:
+        fn = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        pytest.skip("needs glibc >= 2.33 (mallinfo2)")
+    fn.restype = _MallInfo2
+    gc.collect()
+    info = fn()
+    return int(info.uordblks + info.hblkhd)
+
+
+def _idle_server(kind: str, sctx: ssl.SSLContext, cctx: ssl.SSLContext, exchange: bool) -> Server:
+    """A server connection after a handshake, then (exchange) one record received in two parts, the first one fed
+    (the engine copies it into in_buf), the second one lent (read in place), and one record sent."""
+    client, server = Client(cctx), Server(kind, sctx)
+    assert handshake(client, server) is None
+    if exchange:
+        client.obj.write(MESSAGE)
+        record = client.outgoing.read()
+        cut = len(record) // 2
+        server.feed(record[:cut])
+        assert server.read_all() == (b"", "want-read")
+        assert server.deliver(record[cut:]) == (MESSAGE, "want-read")
+        server.obj.write(MESSAGE)
+        client.incoming.write(server.take())
+        assert client.obj.read(len(MESSAGE)) == MESSAGE
+    return server
+
+
+def _kept_per_connection(kind: str, version: str, exchange: bool) -> float:
+    sctx, cctx = server_ctx(version), client_ctx()
+    keep: list[Server | None] = [_idle_server(kind, sctx, cctx, exchange)]  # warms up one-time allocations
+    keep += [None] * N  # the list's own memory, allocated before measuring
+    before = _malloc_in_use()
+    for i in range(N):
+        keep[i + 1] = _idle_server(kind, sctx, cctx, exchange)
+    return (_malloc_in_use() - before) / N
+
+
+@pytest.mark.parametrize("version", ["TLSv1_3", "TLSv1_2"])
+def test_an_idle_engine_keeps_no_buffer_after_traffic(version: str) -> None:
+    ours = _kept_per_connection("compiled", version, exchange=False)
+    ours_after = _kept_per_connection("compiled", version, exchange=True)
+    stdlib = _kept_per_connection("pure", version, exchange=False)
+    stdlib_after = _kept_per_connection("pure", version, exchange=True)
+    report = (f"B per idle connection, after the handshake / after a {len(MESSAGE)} B record each way: "
+              f"compiled {ours:.0f} / {ours_after:.0f}, stdlib {stdlib:.0f} / {stdlib_after:.0f}")
+    # The measure sees a kept buffer: the stdlib's memory BIOs keep theirs (about the record's size).
+    assert stdlib_after - stdlib > len(MESSAGE) / 2, report
+    # The engine frees in_buf once drained and hands its output over: nothing of the record stays.
+    assert ours_after - ours < KEPT_LIMIT, report
+    # Nor after the handshake: its last flight is handed over, not kept (the stdlib's BIOs keep their buffers).
+    assert ours < stdlib, report
+    assert ours_after < stdlib_after, report
