@@ -145,6 +145,11 @@ class EventLoop(_UnixSelectorEventLoop):
         self._efd_lock = threading.Lock()
         self._efd_buf = bytearray(8)
         self._ring: Any = None
+        # The RingSelector whose before_wait hooks _run_once() runs itself (None on epoll), and whether it is
+        # running them now: a transport's write() from a hook (a TLS layer handing down the records of this
+        # iteration) is the last write before the wait, so it sends at once instead of adding a hook of its own.
+        self._hook_selector: RingSelector | None = None
+        self.in_before_wait = False
         # listening socket -> its accept pause (out of fds), until an accept() works again
         self._accept_paused: dict[socket.socket, _AcceptPause] = {}
         self._accept_warned_at: float | None = None
@@ -164,6 +169,7 @@ class EventLoop(_UnixSelectorEventLoop):
             super().__init__(selector)
             if isinstance(selector, RingSelector):
                 selector.loop_ready = self._ready  # BaseEventLoop's deque of ready handles
+                self._hook_selector = selector
             if self._ring is not None:
                 self._efd = os.eventfd(0, os.EFD_CLOEXEC)
                 self._arm_wakeup()
@@ -249,6 +255,21 @@ class EventLoop(_UnixSelectorEventLoop):
                     self._timer_cancelled_count -= 1
                     handle = heapq.heappop(scheduled)
                     handle._scheduled = False
+        # The selector's before_wait hooks (deferred sends), run here rather than in select() so that writes made
+        # by them can tell (in_before_wait); first, so that a callback they schedule makes the wait non-blocking.
+        selector = self._hook_selector
+        if selector is not None and selector.before_wait:
+            self.in_before_wait = True
+            try:
+                hooks = selector.before_wait
+                while hooks:
+                    # A hook may add hooks (a TLS layer's flush writes to its socket): run them all before waiting.
+                    selector.before_wait = []
+                    for hook in hooks:
+                        hook()
+                    hooks = selector.before_wait
+            finally:
+                self.in_before_wait = False
         timeout: float | None
         if ready or self._stopping:
             timeout = 0

@@ -638,11 +638,12 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
                 log.debug("%r: write() after the connection was lost; this and later writes are dropped", self)
             self._conn_lost += 1
             return
-        if (len(data) >= _DEFER_BELOW and self._direct_send and self._send_state == _IDLE
-                and not queue._buffered and queue._inflight is None):
+        if ((len(data) >= _DEFER_BELOW or self._loop.in_before_wait) and self._direct_send
+                and self._send_state == _IDLE and not queue._buffered and queue._inflight is None):
             # A large write with nothing queued or in flight goes now (it cannot overtake anything): coalescing
             # saves nothing at this size, and queueing it first would cross the high-water mark and pause the
-            # protocol for bytes the kernel takes at once.
+            # protocol for bytes the kernel takes at once. So does any write from a before_wait hook (a TLS
+            # layer's records of this iteration): the loop is about to wait, nothing else would join it.
             try:
                 n = self._sock.send(data, _DIRECT_FLAGS)  # type: ignore[union-attr]
             except (BlockingIOError, InterruptedError):
