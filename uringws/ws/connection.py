@@ -22,6 +22,7 @@ import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeAlias, cast
 
+from ..tls.protocol import TLSTransport
 from .budget import MemoryBudget
 from .config import WSConfig
 from .exceptions import (
@@ -130,6 +131,7 @@ class Connection(asyncio.Protocol):
         "_server_hs",
         "_sndbuf",
         "_streaming",
+        "_write_if_open",
         "_write_paused",
         "_written",
         "config",
@@ -197,6 +199,8 @@ class Connection(asyncio.Protocol):
         self._reading_paused = False  # max_queue messages wait unread
         self._write_paused = False
         self._written = 0  # bytes handed to transport.write() once open (keepalive measures progress with it)
+        # Over uringws's TLS: its "write unless is_closing()" in one call (set by connection_made), else None.
+        self._write_if_open: Callable[[bytes], None] | None = None
         self._read_paused_for_writes = False  # reading paused while our write buffer is above the high-water mark
         self._read_paused_for_turn = False  # reading paused until the next turn: the frame budget ran out
         self._drain_waiters: list[asyncio.Future[None]] | None = None  # made by the first wait for a drain
@@ -498,10 +502,16 @@ class Connection(asyncio.Protocol):
             # the generic dispatch and the data_to_send() list (frame_message returns None otherwise).
             frame = proto.frame_message(message)
             if frame is not None:
-                transport = self.transport
-                if transport is not None and not transport.is_closing():
-                    transport.write(frame)
+                write = self._write_if_open
+                if write is not None:
+                    # Dropped if the TLS transport is closing (counted anyway: the close is reported soon).
+                    write(frame)
                     self._written += len(frame)
+                else:
+                    transport = self.transport
+                    if transport is not None and not transport.is_closing():
+                        transport.write(frame)
+                        self._written += len(frame)
                 if self._write_paused:
                     await self._drain()
                 return
@@ -663,6 +673,8 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        if isinstance(transport, TLSTransport):
+            self._write_if_open = transport._tls._write_if_open
         self.remote_address = transport.get_extra_info("peername")
         self.local_address = transport.get_extra_info("sockname")
         transport.set_write_buffer_limits(high=self.config.write_limit_high, low=self.config.write_limit_low)
