@@ -182,6 +182,18 @@ def test_debug_mode_uses_asyncios_iteration(ring_loop: uringws.loop.EventLoop,
     assert any("Executing" in r.getMessage() for r in caplog.records)
 
 
+def test_get_debug_follows_set_debug(ring_loop: uringws.loop.EventLoop) -> None:
+    """Outside debug mode get_debug() is a C callable (every Future's constructor calls it); it must still answer
+    what set_debug() said, and debug mode must still give futures their creation traceback."""
+    assert ring_loop.get_debug() is False
+    ring_loop.set_debug(True)
+    assert ring_loop.get_debug() is True
+    assert ring_loop.create_future()._source_traceback  # type: ignore[attr-defined]
+    ring_loop.set_debug(False)
+    assert ring_loop.get_debug() is False
+    assert not ring_loop.create_future()._source_traceback  # type: ignore[attr-defined]
+
+
 class _Echo(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: Any = transport

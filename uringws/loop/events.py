@@ -322,6 +322,15 @@ class EventLoop(_UnixSelectorEventLoop):
             context["source_traceback"] = handle._source_traceback  # type: ignore[attr-defined]
         self.call_exception_handler(context)
 
+    def set_debug(self, enabled: bool) -> None:
+        super().set_debug(enabled)
+        # Every asyncio Future's constructor calls loop.get_debug() (a task's wake-up makes one per message): outside
+        # debug mode it is the C callable bool() (False), not a Python method. Debug mode gets the method back.
+        if enabled:
+            self.__dict__.pop("get_debug", None)
+        else:
+            self.get_debug = bool  # type: ignore[method-assign]
+
     def call_soon(self, callback: Callable[..., object], *args: Any, context: Any = None) -> Handle:
         """asyncio's call_soon(); outside debug mode without its three inner Python calls (_check_closed(),
         _call_soon(), Handle.__init__() with its get_debug()): a task's wake-up goes through here once per

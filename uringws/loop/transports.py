@@ -349,7 +349,17 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
             if self._buffered:
                 view = bufring.view[start:start + res]
                 try:
-                    self._feed_view(view)
+                    # self._feed_view(view), inline (once per received chunk)
+                    sink = self._view_sink
+                    if sink is None:
+                        self._feed_buffered(view)
+                    else:
+                        try:
+                            sink(view)
+                        except (SystemExit, KeyboardInterrupt):
+                            raise
+                        except BaseException as exc:  # noqa: BLE001  (asyncio's contract: CancelledError included)
+                            self._fatal_error(exc, "Fatal error: protocol.received_view() call failed.")
                 finally:
                     # Released at once: a traceback that keeps this frame alive must not pin the loop's mmap.
                     view.release()

@@ -41,9 +41,11 @@ from .handshake import (
     ServerHandshake,
     serialize_response,
 )
-from .protocol import Close, Fragment, Message, Ping, Pong, Protocol, Side, State
+from .protocol import _BINARY_HEADERS, _OPEN, Close, Fragment, Message, Ping, Pong, Protocol, Side, State
 
 __all__ = ["Connection", "Data", "LoggerLike", "ProcessRequest", "ProcessResponse"]
+
+_Future = asyncio.Future
 
 #: A ``logging.Logger`` or ``LoggerAdapter`` (to add context, e.g. a request id), as websockets' ``logger=``.
 LoggerLike: TypeAlias = "logging.Logger | logging.LoggerAdapter[Any]"
@@ -468,7 +470,9 @@ class Connection(asyncio.Protocol):
                 or self.lost.done()
             ):
                 break
-            waiter = self.loop.create_future()
+            # loop.create_future(), without its Python frame: asyncio's Future is what it returns (asyncio's
+            # loops and uvloop alike).
+            waiter = _Future(loop=self.loop)
             self._recv_waiter = waiter
             try:
                 await waiter
@@ -500,7 +504,19 @@ class Connection(asyncio.Protocol):
         if proto is not None and text is None and not self._send_lock._locked:  # type: ignore[attr-defined]
             # Fast path: a small whole message on a plain server connection goes out as one buffer, without
             # the generic dispatch and the data_to_send() list (frame_message returns None otherwise).
-            frame = proto.frame_message(message)
+            if (
+                type(message) is bytes
+                and len(message) < 126
+                and proto._raw_send
+                and proto.state is _OPEN
+                and not proto._send_opcode
+                and not proto._out
+            ):
+                # proto.frame_message(message), its most common case inline: one Python call fewer per message.
+                frame = _BINARY_HEADERS[len(message)] + message
+                proto.messages_out += 1
+            else:
+                frame = proto.frame_message(message)
             if frame is not None:
                 write = self._write_if_open
                 if write is not None:
@@ -710,7 +726,13 @@ class Connection(asyncio.Protocol):
         elif proto.receive_data(view):  # data_received(), inlined: once per received chunk
             self._process()
         elif self._messages:
-            self._messages_arrived()
+            # self._messages_arrived(), its common case inline: wake recv(); at max_queue, the call pauses reading.
+            waiter = self._recv_waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            max_queue = self._max_queue
+            if max_queue is not None and len(self._messages) >= max_queue:
+                self._messages_arrived()
 
     def eof_received(self) -> bool | None:
         if self.proto is None and self._client_hs is not None and self._handshake_result is _PENDING:
