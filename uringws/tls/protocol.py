@@ -1178,8 +1178,30 @@ class TLSProtocol(asyncio.BufferedProtocol):
     def _flush_pending(self) -> None:
         """before_wait hook: encrypt the plaintext coalesced during this loop iteration and hand it down."""
         self._flush_scheduled = False
-        if self._backlog and not self._tcp_paused and self._state == _WRAPPED:
-            self._drain_backlog()
+        backlog = self._backlog
+        if backlog and not self._tcp_paused and self._state == _WRAPPED:
+            if self._backlog_size <= RECORD_PLAINTEXT and not self._app_closing:
+                # _drain_backlog(), inline for its common case (once per loop iteration per connection): all of
+                # the coalesced plaintext is one record, one SSL_write, one transport write.
+                data = backlog[0] if len(backlog) == 1 else b"".join(backlog)
+                try:
+                    self._ssl.write(data)
+                except ssl.SSLWantReadError:  # TLS 1.2 renegotiation step: the backlog waits for the peer as it is
+                    self._flush()
+                except ssl.SSLError as exc:
+                    self._backlog = None
+                    self._backlog_size = 0
+                    self._tls_error(exc)
+                else:
+                    self._backlog = None
+                    self._backlog_size = 0
+                    outgoing = self._outgoing
+                    if outgoing.pending:
+                        t = self._transport
+                        if t is not None:
+                            t.write(outgoing.read())  # may call pause_writing() right away
+            else:
+                self._drain_backlog()
             if self._app_write_paused or self._tcp_paused or self._backlog_size > self._high:
                 # (otherwise _update_app_writing() has nothing to do: not paused, not above the high-water mark)
                 self._update_app_writing()
