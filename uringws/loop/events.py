@@ -281,9 +281,17 @@ class EventLoop(_UnixSelectorEventLoop):
                 timeout = 0
         else:
             timeout = None
-        event_list = self._selector.select(timeout)
-        if event_list:
-            self._process_events(event_list)
+        if selector is not None and not selector._dirty and not selector._ready:
+            # RingSelector.select(), inline for its common case (once per iteration): the hooks ran above, no poll
+            # to arm, no readiness left over; the wait runs the ring's completion callbacks. Readiness reported by
+            # them (add_reader/add_writer polls) is taken the way select() takes it.
+            selector.ring.wait(timeout)
+            if selector._ready:
+                self._process_events(_take_ready(selector))
+        else:
+            event_list = self._selector.select(timeout)
+            if event_list:
+                self._process_events(event_list)
         event_list = None  # asyncio does this too: it breaks reference cycles when an exception occurs
         if scheduled:
             end_time = self.time() + self._clock_resolution
@@ -561,6 +569,21 @@ class EventLoop(_UnixSelectorEventLoop):
                 efd, self._efd = self._efd, None
             if efd is not None:
                 os.close(efd)  # after the ring: its READ held the eventfd until it was cancelled and reaped
+
+
+def _take_ready(selector: RingSelector) -> list[tuple[selectors.SelectorKey, int]]:
+    """The end of RingSelector.select(): the events its polls reported, for the fds still registered."""
+    ready = selector._ready
+    selector._ready = {}
+    keys = selector._keys
+    out = []
+    for fd, events in ready.items():
+        key = keys.get(fd)
+        if key is not None:
+            ev = events & key.events
+            if ev:
+                out.append((key, ev))
+    return out
 
 
 def _write_during_sendfile(data: Any) -> None:
