@@ -10,6 +10,8 @@ When nothing is in flight, bytes leave through a plain ``send(2)``/``sendmsg(2)`
 `_DEFER_BELOW` bytes are not sent from write() but just before the loop next waits in the kernel (a
 ``RingSelector.before_wait`` hook), so that everything written in one loop iteration -- a burst of replies to
 one received segment, a TLS layer's records, a broadcast -- costs one syscall per socket, not one per write.
+A write made while the loop runs those hooks (``loop.in_before_wait``: a TLS layer handing down the records it
+coalesced) is the last one before the wait, and goes at once when nothing is queued or in flight.
 
 Reads keep an idle connection cheap: a one-shot POLLIN poll, then one non-blocking ``recv_into`` straight into the
 protocol's buffer (BufferedProtocol), or one ``recv`` of up to `READ_SIZE` bytes (Protocol: the kernel copies
