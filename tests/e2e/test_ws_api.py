@@ -475,6 +475,28 @@ async def test_handler_exception_closes_with_1011() -> None:
 
 
 @run
+async def test_server_send_after_the_peer_closed_raises() -> None:
+    """A small bytes message (the send fast path, which builds the frame itself) on a server connection that the
+    peer closed raises ConnectionClosedOK, as every other send does; it is not framed and written."""
+    outcome: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+
+    async def handler(ws: Connection) -> None:
+        async for _ in ws:
+            pass  # until the peer's close
+        try:
+            await ws.send(b"after close")
+        except BaseException as exc:  # noqa: BLE001 -- reported to the test
+            outcome.set_result(exc)
+        else:
+            outcome.set_result(None)
+
+    async with serve(handler, "127.0.0.1", 0, compression=None) as server:  # uncompressed: the fast path
+        async with connect(url(server)) as ws:
+            await ws.send(b"hello")
+        assert isinstance(await outcome, ConnectionClosedOK)
+
+
+@run
 async def test_server_shutdown_sends_1001() -> None:
     started = asyncio.Event()
 

@@ -25,16 +25,15 @@ def _timer_script(loop: asyncio.AbstractEventLoop) -> list[tuple[str, int]]:
     """Callbacks, due timers (most of them cancelled, enough to make asyncio rebuild its heap) and callbacks
     scheduled by callbacks; returns what ran, in order, each with the number of the iteration it ran in."""
     order: list[tuple[str, int]] = []
-    selects = 0
-    selector: Any = loop._selector  # type: ignore[attr-defined]
-    real_select = selector.select
+    selects = 0  # iterations: one select (or the ring loop's inline wait) each
+    real_run_once = loop._run_once  # type: ignore[attr-defined]
 
-    def counting_select(timeout: float | None = None) -> Any:
+    def counting_run_once() -> None:
         nonlocal selects
         selects += 1
-        return real_select(timeout)
+        real_run_once()
 
-    selector.select = counting_select
+    loop._run_once = counting_run_once  # type: ignore[attr-defined]
 
     def rec(name: str) -> None:
         order.append((name, selects))
@@ -55,7 +54,7 @@ def _timer_script(loop: asyncio.AbstractEventLoop) -> list[tuple[str, int]]:
     loop.call_later(0.02, done.set_result, None)
     loop.run_until_complete(done)
     loop.run_until_complete(asyncio.sleep(0))
-    del selector.select
+    del loop._run_once  # type: ignore[attr-defined]
     return order
 
 
@@ -180,6 +179,64 @@ def test_debug_mode_uses_asyncios_iteration(ring_loop: uringws.loop.EventLoop,
     with caplog.at_level("WARNING", logger="asyncio"):
         ring_loop.run_until_complete(asyncio.sleep(0.001))
     assert any("Executing" in r.getMessage() for r in caplog.records)
+
+
+def test_reader_runs_in_the_iteration_after_its_fd_became_readable(backend_loop: uringws.loop.EventLoop) -> None:
+    """A poll armed in an earlier iteration that fires during a later wait (the ring loop takes that readiness
+    inline, without select()) calls its reader in that same iteration, as epoll and asyncio's selector do."""
+    loop = backend_loop
+    iteration = 0
+    real_run_once = loop._run_once  # type: ignore[attr-defined]
+
+    def counting_run_once() -> None:
+        nonlocal iteration
+        iteration += 1
+        real_run_once()
+
+    a, b = socket.socketpair()
+    got: list[int] = []
+    wrote: list[int] = []
+
+    async def main() -> None:
+        done = loop.create_future()
+
+        def readable() -> None:
+            got.append(iteration)
+            a.recv(100)
+            loop.remove_reader(a.fileno())
+            done.set_result(None)
+
+        loop.add_reader(a.fileno(), readable)
+        for _ in range(3):
+            await asyncio.sleep(0)  # the poll is armed, nothing to read yet
+
+        def write() -> None:
+            wrote.append(iteration)
+            b.send(b"x")
+
+        loop.call_later(0.01, write)
+        await asyncio.wait_for(done, 5)
+
+    loop._run_once = counting_run_once  # type: ignore[attr-defined]
+    try:
+        loop.run_until_complete(main())
+    finally:
+        del loop._run_once  # type: ignore[attr-defined]
+        a.close()
+        b.close()
+    assert got[0] - wrote[0] == 1, (wrote, got)
+
+
+def test_get_debug_follows_set_debug(ring_loop: uringws.loop.EventLoop) -> None:
+    """Outside debug mode get_debug() is a C callable (every Future's constructor calls it); it must still answer
+    what set_debug() said, and debug mode must still give futures their creation traceback."""
+    assert ring_loop.get_debug() is False
+    ring_loop.set_debug(True)
+    assert ring_loop.get_debug() is True
+    assert ring_loop.create_future()._source_traceback  # type: ignore[attr-defined]
+    ring_loop.set_debug(False)
+    assert ring_loop.get_debug() is False
+    assert not ring_loop.create_future()._source_traceback  # type: ignore[attr-defined]
 
 
 class _Echo(asyncio.Protocol):

@@ -30,6 +30,8 @@ FRAMES = "uringws/ws/frames.py"
 SPEEDUPS = "uringws/ws/_speedups.c"
 TLS = "uringws/tls/protocol.py"
 SERVER = "uringws/server.py"
+LOOP = "uringws/loop/events.py"
+CONN = "uringws/ws/connection.py"
 
 SQ_TESTS = ("tests/loop/test_sendqueue.py",)
 TR_TESTS = (
@@ -622,8 +624,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "tls-flush-flag",
         TLS,
-        "        self._flush_scheduled = False\n        if self._backlog and",
-        "        if self._backlog and",
+        "        self._flush_scheduled = False\n        backlog = self._backlog",
+        "        backlog = self._backlog",
         TLS_TESTS,
         "the coalescing hook is never scheduled again",
     ),
@@ -711,5 +713,46 @@ MUTATIONS: tuple[Mutation, ...] = (
         "serialize_header(opcode, len(data), True, False)",
         BC_TESTS,
         "the shared compressed frame sent without RSV1",
+    ),
+    Mutation(
+        "tls-write-if-open-closing",
+        TLS,
+        "            if not self._app_closing and self._state != _CLOSED:\n                self._app_write(data)",
+        "            if True:\n                self._app_write(data)",
+        TLS_TESTS,
+        "the WebSocket layer's writes to a closing TLS transport count (and warn) as writes after close",
+    ),
+    Mutation(
+        "tls-write-if-open-order",
+        TLS,
+        "            backlog.append(data)\n            self._backlog_size = size\n            return",
+        "            backlog.appendleft(data)\n            self._backlog_size = size\n            return",
+        TLS_TESTS,
+        "a coalesced frame goes ahead of the plaintext already waiting",
+    ),
+    Mutation(
+        "tls-hook-refused-kept",
+        TLS,
+        "the backlog waits for the peer as it is\n                    self._flush()\n",
+        "the backlog waits for the peer as it is\n                    self._flush()\n"
+        "                    self._backlog = None\n",
+        ("tests/tls/test_records.py", *TLS_TESTS),
+        "plaintext refused by a renegotiation step at the hook is dropped",
+    ),
+    Mutation(
+        "loop-take-ready",
+        LOOP,
+        "            ev = events & key.events\n            if ev:\n                out.append((key, ev))",
+        "            ev = events & key.events",
+        ("tests/loop/test_iter.py",),
+        "readiness reported during the ring loop's inline wait is dropped (re-polling only delays the reader)",
+    ),
+    Mutation(
+        "conn-inline-frame",
+        CONN,
+        "                and proto._raw_send\n                and proto.state is _OPEN\n",
+        "                and proto._raw_send\n",
+        ("tests/ws/test_after_close.py", "tests/e2e/test_ws_api.py"),
+        "send() of a small bytes message frames and writes it on a connection that is no longer open",
     ),
 )

@@ -95,6 +95,31 @@ def test_plaintext_refused_by_a_renegotiation_step_keeps_its_place() -> None:
         p.close()
 
 
+def test_plaintext_refused_at_the_hook_waits_for_the_peer_and_keeps_its_place() -> None:
+    """The hook's one-record path (the common case) refused by a renegotiation step: nothing is lost or reordered;
+    the backlog goes once the peer has been heard from."""
+    p = Pair(sslobject_class=Renegotiating)
+    try:
+        Renegotiating.refuse, Renegotiating.refused = True, 0
+        p.writer.write(b"one")
+        p.writer.write(b"two")
+        p.selector.run_hooks()
+        assert Renegotiating.refused == 1
+        assert p.writer.get_write_buffer_size() == 6  # still waiting, as plaintext
+        Renegotiating.refuse = False
+        p.writer.write(b"three")  # behind them
+        p.capp.transport.write(b"hello")  # the peer speaks: the server reads, then encrypts what waits
+        p.selector.run_hooks()
+        deliver(p.ct, p.server, 1 << 30)
+        p.selector.run_hooks()
+        p.to_client()
+        assert p.sapp.data == b"hello"
+        assert p.capp.data == b"onetwothree"
+    finally:
+        Renegotiating.refuse = False
+        p.close()
+
+
 def test_coalesced_plaintext_is_encrypted_once_a_record_is_waiting() -> None:
     """Small writes wait for the loop's hook only until a record's worth (COALESCE_LIMIT) has gathered."""
     p = Pair()

@@ -199,6 +199,53 @@ def test_writes_after_close_are_dropped(pair: Pair) -> None:
     assert pair.capp.eof
 
 
+def test_write_if_open_is_write_unless_closing(pair: Pair) -> None:
+    """_write_if_open() (one call per WebSocket message) does what ``if not is_closing(): write()`` does: coalesced
+    in order with write()s, and dropped without counting as a write after close once the transport is closing."""
+    pair.server._write_if_open(b"one")
+    pair.writer.write(b"two")
+    pair.server._write_if_open(b"three")
+    assert pair.st.writes == 0
+    assert pair.writer.get_write_buffer_size() == 11
+    assert pair.selector.run_hooks() == 1
+    assert pair.st.writes == 1
+    pair.server._write_if_open(b"x" * COALESCE_LIMIT)  # not small: encrypted and handed down at once
+    assert pair.st.writes == 2
+    pair.to_client()
+    assert pair.capp.data == b"onetwothree" + b"x" * COALESCE_LIMIT
+    pair.writer.close()
+    assert pair.writer.is_closing()
+    for _ in range(10):
+        pair.server._write_if_open(b"after")
+    assert pair.server._writes_after_close == 0
+    pair.selector.run_hooks()
+    pair.to_client()
+    assert pair.capp.data == b"onetwothree" + b"x" * COALESCE_LIMIT
+    assert pair.capp.eof
+
+
+def test_write_if_open_during_the_handshake_queues_like_write() -> None:
+    sel = HookSelector()
+    loop = asyncio.SelectorEventLoop(sel)
+    try:
+        sctx, cctx = contexts(True)
+        capp, sapp = Sink(), Sink()
+        client = TLSProtocol(loop, capp, cctx, None, False, "localhost")
+        server = TLSProtocol(loop, sapp, sctx, None, True)
+        ct, st_ = MemTransport(), MemTransport()
+        client.connection_made(ct)  # type: ignore[arg-type]
+        server.connection_made(st_)  # type: ignore[arg-type]
+        client._write_if_open(b"early")  # before the handshake: queued, sent once it is done
+        deliver(ct, server, 1 << 30)
+        deliver(st_, client, 1 << 30)
+        client._write_if_open(b"late")
+        sel.run_hooks()
+        deliver(ct, server, 1 << 30)
+        assert sapp.data == b"earlylate"
+    finally:
+        loop.close()
+
+
 def test_abort_drops_pending_plaintext(pair: Pair) -> None:
     for m in messages(4):
         pair.writer.write(m)
@@ -302,6 +349,8 @@ ops = st.lists(
         st.tuples(st.just("write"), st.integers(1, 300)),
         st.tuples(st.just("write"), st.integers(1, 20_000)),
         st.tuples(st.just("write"), st.integers(200_000, 400_000)),
+        st.tuples(st.just("frame"), st.integers(1, 300)),  # the WebSocket layer's _write_if_open(bytes)
+        st.tuples(st.just("frame"), st.integers(1, 20_000)),
         st.tuples(st.just("hook"), st.just(0)),
         st.tuples(st.just("s2c"), st.integers(1, 50_000)),
         st.tuples(st.just("limits"), st.integers(0, 40_000)),
@@ -325,11 +374,14 @@ def test_random_writes_hooks_and_backpressure_keep_the_stream_exact(
         sent = bytearray()
         counter = 0
         for op, n in script:
-            if op == "write":
+            if op in ("write", "frame"):
                 msg = bytearray((counter + i) % 251 for i in range(min(n, 997))) * (n // 997 + 1)
                 del msg[n:]
                 counter += 1
-                p.writer.write(msg)
+                if op == "frame":
+                    p.server._write_if_open(bytes(msg))
+                else:
+                    p.writer.write(msg)
                 sent += msg
                 msg[:1] = b"\xff"  # mutating after write() must not change what is sent
             elif op == "hook":

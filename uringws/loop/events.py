@@ -145,6 +145,11 @@ class EventLoop(_UnixSelectorEventLoop):
         self._efd_lock = threading.Lock()
         self._efd_buf = bytearray(8)
         self._ring: Any = None
+        # The RingSelector whose before_wait hooks _run_once() runs itself (None on epoll), and whether it is
+        # running them now: a transport's write() from a hook (a TLS layer handing down the records of this
+        # iteration) is the last write before the wait, so it sends at once instead of adding a hook of its own.
+        self._hook_selector: RingSelector | None = None
+        self.in_before_wait = False
         # listening socket -> its accept pause (out of fds), until an accept() works again
         self._accept_paused: dict[socket.socket, _AcceptPause] = {}
         self._accept_warned_at: float | None = None
@@ -164,6 +169,7 @@ class EventLoop(_UnixSelectorEventLoop):
             super().__init__(selector)
             if isinstance(selector, RingSelector):
                 selector.loop_ready = self._ready  # BaseEventLoop's deque of ready handles
+                self._hook_selector = selector
             if self._ring is not None:
                 self._efd = os.eventfd(0, os.EFD_CLOEXEC)
                 self._arm_wakeup()
@@ -249,6 +255,21 @@ class EventLoop(_UnixSelectorEventLoop):
                     self._timer_cancelled_count -= 1
                     handle = heapq.heappop(scheduled)
                     handle._scheduled = False
+        # The selector's before_wait hooks (deferred sends), run here rather than in select() so that writes made
+        # by them can tell (in_before_wait); first, so that a callback they schedule makes the wait non-blocking.
+        selector = self._hook_selector
+        if selector is not None and selector.before_wait:
+            self.in_before_wait = True
+            try:
+                hooks = selector.before_wait
+                while hooks:
+                    # A hook may add hooks (a TLS layer's flush writes to its socket): run them all before waiting.
+                    selector.before_wait = []
+                    for hook in hooks:
+                        hook()
+                    hooks = selector.before_wait
+            finally:
+                self.in_before_wait = False
         timeout: float | None
         if ready or self._stopping:
             timeout = 0
@@ -260,9 +281,17 @@ class EventLoop(_UnixSelectorEventLoop):
                 timeout = 0
         else:
             timeout = None
-        event_list = self._selector.select(timeout)
-        if event_list:
-            self._process_events(event_list)
+        if selector is not None and not selector._dirty and not selector._ready:
+            # RingSelector.select(), inline for its common case (once per iteration): the hooks ran above, no poll
+            # to arm, no readiness left over; the wait runs the ring's completion callbacks. Readiness reported by
+            # them (add_reader/add_writer polls) is taken the way select() takes it.
+            selector.ring.wait(timeout)
+            if selector._ready:
+                self._process_events(_take_ready(selector))
+        else:
+            event_list = self._selector.select(timeout)
+            if event_list:
+                self._process_events(event_list)
         event_list = None  # asyncio does this too: it breaks reference cycles when an exception occurs
         if scheduled:
             end_time = self.time() + self._clock_resolution
@@ -300,6 +329,15 @@ class EventLoop(_UnixSelectorEventLoop):
         if handle._source_traceback:  # type: ignore[attr-defined]
             context["source_traceback"] = handle._source_traceback  # type: ignore[attr-defined]
         self.call_exception_handler(context)
+
+    def set_debug(self, enabled: bool) -> None:
+        super().set_debug(enabled)
+        # Every asyncio Future's constructor calls loop.get_debug() (a task's wake-up makes one per message): outside
+        # debug mode it is the C callable bool() (False), not a Python method. Debug mode gets the method back.
+        if enabled:
+            self.__dict__.pop("get_debug", None)
+        else:
+            self.get_debug = bool  # type: ignore[method-assign]
 
     def call_soon(self, callback: Callable[..., object], *args: Any, context: Any = None) -> Handle:
         """asyncio's call_soon(); outside debug mode without its three inner Python calls (_check_closed(),
@@ -531,6 +569,21 @@ class EventLoop(_UnixSelectorEventLoop):
                 efd, self._efd = self._efd, None
             if efd is not None:
                 os.close(efd)  # after the ring: its READ held the eventfd until it was cancelled and reaped
+
+
+def _take_ready(selector: RingSelector) -> list[tuple[selectors.SelectorKey, int]]:
+    """The end of RingSelector.select(): the events its polls reported, for the fds still registered."""
+    ready = selector._ready
+    selector._ready = {}
+    keys = selector._keys
+    out = []
+    for fd, events in ready.items():
+        key = keys.get(fd)
+        if key is not None:
+            ev = events & key.events
+            if ev:
+                out.append((key, ev))
+    return out
 
 
 def _write_during_sendfile(data: Any) -> None:

@@ -10,6 +10,8 @@ When nothing is in flight, bytes leave through a plain ``send(2)``/``sendmsg(2)`
 `_DEFER_BELOW` bytes are not sent from write() but just before the loop next waits in the kernel (a
 ``RingSelector.before_wait`` hook), so that everything written in one loop iteration -- a burst of replies to
 one received segment, a TLS layer's records, a broadcast -- costs one syscall per socket, not one per write.
+A write made while the loop runs those hooks (``loop.in_before_wait``: a TLS layer handing down the records it
+coalesced) is the last one before the wait, and goes at once when nothing is queued or in flight.
 
 Reads keep an idle connection cheap: a one-shot POLLIN poll, then one non-blocking ``recv_into`` straight into the
 protocol's buffer (BufferedProtocol), or one ``recv`` of up to `READ_SIZE` bytes (Protocol: the kernel copies
@@ -349,7 +351,17 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
             if self._buffered:
                 view = bufring.view[start:start + res]
                 try:
-                    self._feed_view(view)
+                    # self._feed_view(view), inline (once per received chunk)
+                    sink = self._view_sink
+                    if sink is None:
+                        self._feed_buffered(view)
+                    else:
+                        try:
+                            sink(view)
+                        except (SystemExit, KeyboardInterrupt):
+                            raise
+                        except BaseException as exc:  # noqa: BLE001  (asyncio's contract: CancelledError included)
+                            self._fatal_error(exc, "Fatal error: protocol.received_view() call failed.")
                 finally:
                     # Released at once: a traceback that keeps this frame alive must not pin the loop's mmap.
                     view.release()
@@ -638,11 +650,12 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
                 log.debug("%r: write() after the connection was lost; this and later writes are dropped", self)
             self._conn_lost += 1
             return
-        if (len(data) >= _DEFER_BELOW and self._direct_send and self._send_state == _IDLE
-                and not queue._buffered and queue._inflight is None):
+        if ((len(data) >= _DEFER_BELOW or self._loop.in_before_wait) and self._direct_send
+                and self._send_state == _IDLE and not queue._buffered and queue._inflight is None):
             # A large write with nothing queued or in flight goes now (it cannot overtake anything): coalescing
             # saves nothing at this size, and queueing it first would cross the high-water mark and pause the
-            # protocol for bytes the kernel takes at once.
+            # protocol for bytes the kernel takes at once. So does any write from a before_wait hook (a TLS
+            # layer's records of this iteration): the loop is about to wait, nothing else would join it.
             try:
                 n = self._sock.send(data, _DIRECT_FLAGS)  # type: ignore[union-attr]
             except (BlockingIOError, InterruptedError):

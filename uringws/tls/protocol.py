@@ -1017,6 +1017,36 @@ class TLSProtocol(asyncio.BufferedProtocol):
         self._encrypt(data)  # copies only what it has to queue
         self._update_app_writing()
 
+    def _write_if_open(self, data: bytes) -> None:
+        """``if not app_transport.is_closing(): app_transport.write(data)`` for a non-empty bytes object, in one
+        call instead of three: the WebSocket layer sends each message through here. The common case (open, small,
+        coalesced until the loop waits) is `_app_write`'s own, inline; anything else goes through it."""
+        if self._state != _WRAPPED or self._app_closing or self._tcp_paused or self._selector is None:
+            if not self._app_closing and self._state != _CLOSED:
+                self._app_write(data)
+            return
+        backlog = self._backlog
+        if backlog:
+            size = self._backlog_size + len(data)
+            if not self._flush_scheduled or size >= COALESCE_LIMIT or size > self._high or self._app_write_paused:
+                self._app_write(data)
+                return
+            backlog.append(data)
+            self._backlog_size = size
+            return
+        size = len(data)
+        if size >= COALESCE_LIMIT or size >= self._high:
+            self._app_write(data)
+            return
+        if backlog is None:
+            self._backlog = collections.deque((data,))
+        else:
+            backlog.append(data)
+        self._backlog_size = size
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._selector.before_wait.append(self._flush_pending)
+
     def _app_writelines(self, list_of_data: Any) -> None:
         if (
             self._selector is not None
@@ -1148,8 +1178,30 @@ class TLSProtocol(asyncio.BufferedProtocol):
     def _flush_pending(self) -> None:
         """before_wait hook: encrypt the plaintext coalesced during this loop iteration and hand it down."""
         self._flush_scheduled = False
-        if self._backlog and not self._tcp_paused and self._state == _WRAPPED:
-            self._drain_backlog()
+        backlog = self._backlog
+        if backlog and not self._tcp_paused and self._state == _WRAPPED:
+            if self._backlog_size <= RECORD_PLAINTEXT and not self._app_closing:
+                # _drain_backlog(), inline for its common case (once per loop iteration per connection): all of
+                # the coalesced plaintext is one record, one SSL_write, one transport write.
+                data = backlog[0] if len(backlog) == 1 else b"".join(backlog)
+                try:
+                    self._ssl.write(data)
+                except ssl.SSLWantReadError:  # TLS 1.2 renegotiation step: the backlog waits for the peer as it is
+                    self._flush()
+                except ssl.SSLError as exc:
+                    self._backlog = None
+                    self._backlog_size = 0
+                    self._tls_error(exc)
+                else:
+                    self._backlog = None
+                    self._backlog_size = 0
+                    outgoing = self._outgoing
+                    if outgoing.pending:
+                        t = self._transport
+                        if t is not None:
+                            t.write(outgoing.read())  # may call pause_writing() right away
+            else:
+                self._drain_backlog()
             if self._app_write_paused or self._tcp_paused or self._backlog_size > self._high:
                 # (otherwise _update_app_writing() has nothing to do: not paused, not above the high-water mark)
                 self._update_app_writing()
