@@ -428,6 +428,18 @@ ring_enter(RingObject *self, unsigned to_submit, unsigned min_complete, unsigned
             int moved = drain_cq_to_backlog(self);
             if (moved < 0)
                 return -1;
+            if (moved && min_complete) {
+                /* A waiting enter now has completions to dispatch: the retry must not wait for one more (which
+                 * may never come) while those sit in the backlog. It only submits, and GETEVENTS still flushes
+                 * the kernel's overflow list into the CQ. */
+                if (!to_submit)
+                    return 0;
+                min_complete = 0;
+                flags = IORING_ENTER_GETEVENTS;
+                arg = NULL;
+                argsz = 0;
+                block = 0;
+            }
             if (!moved) {
                 if (++busy > 2000) {
                     PyErr_Format(PyExc_OSError, "io_uring_enter: %s for more than a second", strerror(err));

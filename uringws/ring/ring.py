@@ -521,7 +521,16 @@ class Ring:
             if err in (errno.EAGAIN, errno.EBUSY):
                 # The CQ is full (overflow backlog) or the kernel is short of memory: make room by moving CQEs
                 # into our own backlog, then try again -- for a bounded time, not forever.
-                if not self._drain_cq_to_backlog():
+                if self._drain_cq_to_backlog():
+                    if min_complete:
+                        # A waiting enter now has completions to dispatch: the retry must not wait for one
+                        # more (which may never come) while those sit in the backlog. It only submits, and
+                        # GETEVENTS still flushes the kernel's overflow list into the CQ.
+                        if not to_submit:
+                            return 0
+                        min_complete, flags, arg, argsz = 0, IORING_ENTER_GETEVENTS, None, _SIZE_0
+                        fn = _ENTER_GIL
+                else:
                     busy += 1
                     if busy > 2000:
                         raise OSError(err, f"io_uring_enter: {os.strerror(err)} for more than a second")
