@@ -588,6 +588,15 @@ unsubmitted(RingObject *self)
     return (self->sq_tail - self->submitted) & U32;
 }
 
+/* Queued SQEs that may go to the kernel: all but the trailing SQEs of a link chain still open (its last SQE has
+ * IOSQE_IO_LINK). The kernel ends a chain at the end of each submission, so an open chain goes only once closed. */
+static inline uint64_t
+ready(RingObject *self)
+{
+    uint64_t n = unsubmitted(self);
+    return n > self->chain ? n - self->chain : 0;
+}
+
 /* No free SQ slot: hand the kernel everything but an unfinished link chain (chains must stay whole). */
 static int
 make_room(RingObject *self)
@@ -1316,7 +1325,7 @@ Ring_submit(RingObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (check_open(self) < 0)
         return NULL;
-    uint64_t n = unsubmitted(self);
+    uint64_t n = ready(self);
     if (!n)
         return PyLong_FromLong(0);
     long r = ring_enter(self, (unsigned)n, 0, 0, 0, NULL, 0);
@@ -1349,7 +1358,7 @@ Ring_wait(RingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *k
             return NULL;
         }
     }
-    unsigned to_submit = (unsigned)unsubmitted(self);
+    unsigned to_submit = (unsigned)ready(self);
     unsigned head = *self->cq_khead;
     unsigned tail = __atomic_load_n(self->cq_ktail, __ATOMIC_ACQUIRE);
     long r = 0;
@@ -1373,7 +1382,14 @@ Ring_wait(RingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *k
                        sizeof self->wait_arg);
     }
     else {
-        /* Old kernels: a TIMEOUT that also completes as soon as one other CQE is posted. */
+        /* Old kernels: a TIMEOUT that also completes as soon as one other CQE is posted. It would join (and
+         * close) an open link chain, so that must be closed first. */
+        if (self->chain) {
+            PyErr_SetString(RingError, "wait() with a timeout on a kernel without IORING_FEAT_EXT_ARG adds a TIMEOUT "
+                                       "SQE, which would join the open link chain: close the chain (an SQE without "
+                                       "IOSQE_IO_LINK) first");
+            return NULL;
+        }
         struct ktimespec *ts;
         PyObject *keep = timespec_bytes(a[0], &ts);
         if (keep == NULL)
@@ -1382,7 +1398,7 @@ Ring_wait(RingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *k
         if (t == NULL)
             return NULL;
         Py_DECREF(t);
-        r = ring_enter(self, (unsigned)unsubmitted(self), 1, IORING_ENTER_GETEVENTS, 1, NULL, 0);
+        r = ring_enter(self, (unsigned)ready(self), 1, IORING_ENTER_GETEVENTS, 1, NULL, 0);
     }
     if (r < 0)
         return NULL;

@@ -99,6 +99,10 @@ _buffer_address = _sys.buffer_address
 _BYTES_DATA_OFFSET = _sys.BYTES_DATA_OFFSET or 0
 
 
+_OPEN_CHAIN_WAIT = ("wait() with a timeout on a kernel without IORING_FEAT_EXT_ARG adds a TIMEOUT SQE, which would "
+                    "join the open link chain: close the chain (an SQE without IOSQE_IO_LINK) first")
+
+
 class _NeverAnInstance:
     pass
 
@@ -508,8 +512,8 @@ class Ring:
                     tail = self._sq_tail
                     self._limit = tail + self.sq_entries - ((tail - self._sq_khead[0]) & _U32)
                     if self._chain:
-                        # An open chain handed to the kernel was ended by this enter (chains never span
-                        # two enters); only what is still unsubmitted can belong to a chain now.
+                        # Only close() hands an open chain to the kernel, which ends it with this enter
+                        # (chains never span two enters); only what is still unsubmitted can belong to a chain.
                         self._chain = min(self._chain, self.unsubmitted)
                     self._fast = -1 if self._chain else self._limit
                 return ret
@@ -541,23 +545,31 @@ class Ring:
             raise OSError(err, f"io_uring_enter: {os.strerror(err)}")
 
     def submit(self) -> int:
-        """Hand every queued SQE to the kernel (no waiting). Returns how many it took."""
+        """Hand the queued SQEs to the kernel (no waiting). Returns how many it took.
+
+        The SQEs of a link chain still open (the last one queued has IOSQE_IO_LINK) stay queued until an SQE
+        without the flag closes the chain: the kernel ends a chain at the end of each submission, so handing it
+        half a chain would silently split it in two. ``wait()`` holds them back the same way.
+        """
         if self._closed:
             raise RingClosedError("the ring is closed")
-        n = self.unsubmitted
-        if not n:
+        n = self.unsubmitted - self._chain
+        if n <= 0:
             return 0
         return self._enter(n, 0, 0, block=False)
 
     def wait(self, timeout: float | None = None) -> int:
         """Submit queued SQEs, wait up to ``timeout`` seconds (None: forever, 0: don't) for a completion, and
         run the callbacks of the completions available then (not of those posted while they run: they wait for
-        the next wait()). Returns the number of CQEs dispatched."""
+        the next wait()). Returns the number of CQEs dispatched.
+
+        An open link chain is not submitted (see `submit`); with a timeout on a kernel without
+        IORING_FEAT_EXT_ARG (before 5.11), wait() raises RingError while a chain is open."""
         if self._closed:
             raise RingClosedError("the ring is closed")
         if self._in_dispatch:
             raise RingError("Ring.wait() called from a completion callback")
-        to_submit = (self._sq_tail - self._submitted) & _U32
+        to_submit = ((self._sq_tail - self._submitted) & _U32) - self._chain
         if self._backlog or self._cq_ktail[0] != self._cq_khead[0] or (timeout is not None and timeout <= 0):
             flags = 0
             if self._sq_kflags[0] & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW):
@@ -576,7 +588,10 @@ class Ring:
                         arg=self._wait_argp, argsz=self._wait_argsz)
         else:
             if timeout is not None:
-                # Old kernels: a TIMEOUT that also completes as soon as one other CQE is posted.
+                # Old kernels: a TIMEOUT that also completes as soon as one other CQE is posted. It would join
+                # (and close) an open link chain, so that must be closed first.
+                if self._chain:
+                    raise RingError(_OPEN_CHAIN_WAIT)
                 self.timeout(timeout, None, count=1)
                 to_submit = self.unsubmitted
             self._enter(to_submit, 1, IORING_ENTER_GETEVENTS, block=True)
