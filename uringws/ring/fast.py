@@ -24,7 +24,7 @@ from .io_uring import (
 from .probe import cpu_refusal
 from .ring import Ring, RingError, setup_ring
 
-__all__ = ["RING_CLASS", "RING_CLASSES", "CompiledRing", "available"]
+__all__ = ["RING_CLASS", "RING_CLASSES", "CompiledRing", "RingIndex", "available"]
 
 log = logging.getLogger("uringws.ring")
 
@@ -42,6 +42,11 @@ else:
 def available() -> bool:
     """Whether the compiled ring core is built and switched on."""
     return _core is not None
+
+
+#: ``RingIndex(buffer, offset, width)``: a u16/u32 index in memory shared with the kernel whose ``[0]`` is an
+#: acquire load and ``[0] = v`` a release store (None where the compiled core is off: plain memoryview stores).
+RingIndex: Any = getattr(_core, "RingIndex", None)
 
 
 if _core is not None:

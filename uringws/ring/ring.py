@@ -484,10 +484,12 @@ class Ring:
     # matters only for SQPOLL's NEED_WAKEUP check (a full fence), and we don't use SQPOLL. On a weakly ordered
     # CPU (aarch64, POWER, RISC-V) each of the three may be reordered: the kernel could run a half-written SQE,
     # we could read a CQE before the kernel's write of it lands, or the kernel could reuse a CQ slot we are
-    # still reading. Hence probe.cpu_refusal(): anything but x86-64 gets the epoll backend. What lifts that is a
-    # compiled ring core doing these head/tail accesses with real acquire loads and release stores
-    # (__atomic_load_n(..., __ATOMIC_ACQUIRE) / __atomic_store_n(..., __ATOMIC_RELEASE)). bufring.py relies on
-    # the same store -> store order for its tail.
+    # still reading. Hence probe.cpu_refusal(): anything but x86-64 gets the epoll backend. The compiled twin
+    # (fast.CompiledRing, _ringc.c) does these head/tail accesses with real acquire loads and release stores
+    # (__atomic_load_n(..., __ATOMIC_ACQUIRE) / __atomic_store_n(..., __ATOMIC_RELEASE)), and bufring.py
+    # publishes its tail through _ringc.RingIndex (a release store) when compiled; the refusal still covers
+    # both, because this pure ring is the silent fallback (URINGWS_PURE=1, no build) and neither was tested on
+    # a weakly ordered CPU.
 
     # ------------------------------------------------------------------------------------------------ enter
     def _enter(self, to_submit: int, min_complete: int, flags: int, *, block: bool,
