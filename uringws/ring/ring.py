@@ -20,7 +20,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from . import _sys
 from .io_uring import (
@@ -157,7 +157,36 @@ def setup_ring(
     raise last_exc
 
 
-class Ring:
+class _RingLifecycle:
+    """What `Ring` and `fast.CompiledRing` share around their own ``close()``: the context manager, and a
+    finalizer that warns about an unclosed ring and closes it (cancelling what is in flight)."""
+
+    # Provided by the ring classes (a property of Ring, a getter of the C type); declared for type checkers
+    # only, so that nothing of this mixin shadows them in the MRO.
+    fd: int
+    if TYPE_CHECKING:
+        @property
+        def closed(self) -> bool: ...
+
+        def close(self, timeout: float = 2.0) -> None: ...
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # getattr: a ring whose __init__ failed early may not have the state `closed` reads.
+        if not getattr(self, "closed", True):
+            warnings.warn(f"unclosed io_uring {self.fd}", ResourceWarning, stacklevel=1)
+            try:
+                self.close(timeout=0.5)
+            except Exception:  # a finalizer must not raise; log why instead
+                log.debug("closing an unclosed io_uring from __del__ failed", exc_info=True)
+
+
+class Ring(_RingLifecycle):
     """One io_uring instance. Not thread-safe: use it from the thread that runs the loop."""
 
     #: setup flags tried first; dropped one by one on kernels that refuse them (EINVAL)
@@ -769,20 +798,6 @@ class Ring:
         self._maps.clear()
         if errors:
             raise errors[0]
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if not getattr(self, "_closed", True):
-            warnings.warn(f"unclosed io_uring {self.fd}", ResourceWarning, stacklevel=1)
-            try:
-                self.close(timeout=0.5)
-            except Exception:  # a finalizer must not raise; log why instead
-                log.debug("closing an unclosed io_uring from __del__ failed", exc_info=True)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"fd={self.fd} sq={self.sq_entries} in_flight={len(self._pending)}"
