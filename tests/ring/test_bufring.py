@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import random
 import socket
+import struct
 from collections.abc import Iterator
 
 import pytest
@@ -237,3 +238,22 @@ def test_incremental_ring_shared_by_many_sockets(ring: Ring) -> None:
         for c, s in pairs:
             c.close()
             s.close()
+
+
+def test_tail_is_published_by_a_release_store_when_compiled(ring: Ring) -> None:
+    """The compiled core's RingIndex stores the tail (a release store on any CPU); the pure path keeps a plain
+    memoryview store, valid on x86-64 only (bufring.supported())."""
+    from uringws.ring import fast
+
+    br = BufferRing(ring, count=4, size=64)
+    try:
+        if fast.available():
+            assert type(br._tail_view) is fast.RingIndex
+        else:
+            assert type(br._tail_view) is memoryview
+        before = br._tail_view[0]
+        br.recycle(1)
+        assert br._tail_view[0] == (before + 1) & 0xFFFF == br._tail & 0xFFFF
+        assert bytes(br._ring_mm[14:16]) == struct.pack("<H", br._tail & 0xFFFF)
+    finally:
+        br.close()

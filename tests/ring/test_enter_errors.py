@@ -26,16 +26,25 @@ SHIM = r"""
 #include <errno.h>
 #include <stdarg.h>
 #include <sys/syscall.h>
-static int armed;
+static int armed, armed_wait;
 void arm(void) { armed = 1; }
-/* The next io_uring_enter() that submits without waiting fails once with EBUSY. */
+void arm_wait(void) { armed_wait = 1; }
+/* arm(): the next io_uring_enter() that submits without waiting fails once with EBUSY.
+ * arm_wait(): the next one that waits (min_complete > 0) first waits for real without submitting, so that
+ * completions are posted to the CQ, then fails with EBUSY: as if the CQ had filled while the kernel refused. */
 long syscall(long nr, ...) {
     static long (*real)(long, ...);
     if (!real) real = dlsym(RTLD_NEXT, "syscall");
     va_list ap; va_start(ap, nr);
     long a[6]; for (int i = 0; i < 6; i++) a[i] = va_arg(ap, long);
     va_end(ap);
-    if (nr == SYS_io_uring_enter && armed && a[1] > 0 && a[3] == 0) { armed = 0; errno = EBUSY; return -1; }
+    if (nr == SYS_io_uring_enter && armed && (int)a[1] > 0 && (int)a[3] == 0) { armed = 0; errno = EBUSY; return -1; }
+    if (nr == SYS_io_uring_enter && armed_wait && (int)a[2] > 0) {
+        armed_wait = 0;
+        if (real(nr, a[0], 0L, a[2], a[3], a[4], a[5]) < 0) return -1;
+        errno = EBUSY;
+        return -1;
+    }
     return real(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
 }
 """
@@ -96,6 +105,48 @@ def test_ebusy_inside_a_callback_loses_and_doubles_nothing(shim: Path, cls: str)
     assert sorted(seen) == ["A0", "A1", "A2", "A3", "B0", "B1", "B2", "B3", "B4"], seen
     assert seen[:4] == ["A0", "A1", "A2", "A3"], seen  # the batch being dispatched comes first
     assert in_flight == "0"
+
+
+WAIT_SCRIPT = """
+import ctypes, socket, sys, time
+from uringws.ring.fast import RING_CLASSES
+cls = next(c for c in RING_CLASSES if c.__name__ == sys.argv[2])
+queued, timeout = sys.argv[3] == "queued", None if sys.argv[4] == "None" else float(sys.argv[4])
+shim = ctypes.CDLL(sys.argv[1])
+a, b = socket.socketpair()
+r = cls(8)
+seen = []
+r.timeout(0.05, lambda res, flags: seen.append(res))
+r.submit()
+if queued:  # an SQE for the wait to submit, which never completes by itself
+    r.recv(b.fileno(), bytearray(8), None)
+shim.arm_wait()
+t0 = time.monotonic()
+n = r.wait(timeout)
+print(n, len(seen), r.unsubmitted, f"{time.monotonic() - t0:.3f}")
+r.close()
+"""
+
+
+@pytest.mark.parametrize("queued,timeout", [(False, "None"), (True, "None"), (True, "5.0")],
+                         ids=["forever", "forever-submitting", "timeout-submitting"])
+@pytest.mark.parametrize("cls", [c.__name__ for c in RING_CLASSES])
+def test_ebusy_in_a_blocking_wait_dispatches_what_it_drained(shim: Path, cls: str, queued: bool,
+                                                             timeout: str) -> None:
+    """EBUSY/EAGAIN from a waiting io_uring_enter: the ring drains the CQ into its backlog and retries. The
+    retry must not wait for yet another completion (maybe never coming) while the drained ones sit undispatched:
+    it only submits what is queued, and wait() returns to dispatch them."""
+    env = {**os.environ, "LD_PRELOAD": str(shim)}
+    args = [sys.executable, "-c", textwrap.dedent(WAIT_SCRIPT), str(shim), cls, "queued" if queued else "-", timeout]
+    try:
+        out = subprocess.run(args, capture_output=True, text=True, timeout=20, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail("wait() blocked although completions were drained to the backlog")
+    assert out.returncode == 0, out.stderr
+    dispatched, seen, unsubmitted, elapsed = out.stdout.split()
+    assert (dispatched, seen) == ("1", "1")  # the TIMEOUT's CQE, drained by the EBUSY handling, dispatched
+    assert unsubmitted == "0"  # the queued RECV was still handed to the kernel
+    assert float(elapsed) < 2.0, elapsed  # not the 5 s of the wait's own timeout
 
 
 @pytest.mark.parametrize("cls", RING_CLASSES, ids=lambda c: c.__name__)

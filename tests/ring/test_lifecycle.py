@@ -6,6 +6,8 @@ import errno
 import gc
 import os
 import socket
+import sys
+import warnings
 import weakref
 from typing import Any
 
@@ -109,6 +111,40 @@ def test_unclosed_ring_warns_and_cleans_up(ring_cls: type[Ring]) -> None:
         del ring
         gc.collect()
     assert _fds() == fds_before
+
+
+def test_both_rings_share_one_lifecycle(ring_cls: type[Ring]) -> None:
+    """The context manager and the finalizer are written once (ring._RingLifecycle), not once per ring."""
+    from uringws.ring.ring import _RingLifecycle
+
+    assert issubclass(ring_cls, _RingLifecycle)
+    for name in ("__enter__", "__exit__", "__del__"):
+        assert getattr(ring_cls, name) is getattr(_RingLifecycle, name), name
+
+
+def test_with_block_closes_on_an_exception(ring_cls: type[Ring]) -> None:
+    got: list[int] = []
+    a, b = socket.socketpair()
+    with a, b:
+        with pytest.raises(KeyError), ring_cls(4) as ring:
+            ring.recv(b.fileno(), bytearray(4), lambda res, f: got.append(res))
+            ring.submit()
+            raise KeyError
+        assert ring.closed and ring.fd == -1
+        assert got == [-errno.ECANCELED]  # close() cancelled and reaped what was in flight
+
+
+def test_a_ring_that_failed_to_start_finalizes_quietly(ring_cls: type[Ring],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        for bad in (0, 40000):
+            with pytest.raises(ValueError):
+                ring_cls(bad)
+        gc.collect()
+    assert unraisable == []
 
 
 def test_many_rings_open_and_close(ring_cls: type[Ring]) -> None:

@@ -306,6 +306,59 @@ def test_link_timeout_needs_a_linked_op(ring: Ring) -> None:
         ring.link_timeout(1.0)
 
 
+# ------------------------------------------------------------------------------------------------ link chains
+# The kernel ends a link chain at the end of each submission: half a chain handed over would run as a chain of
+# its own, and the rest, queued later, would no longer wait for it. Both rings hold an open chain back instead.
+def test_submit_and_wait_hold_back_an_open_link_chain(ring: Ring) -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        order: list[tuple[str, int]] = []
+        ring.nop(lambda res, f: order.append(("before", res)))  # queued before the chain: goes at once
+        ring.recv(b.fileno(), bytearray(10), lambda res, f: order.append(("recv", res)), sqe_flags=IOSQE_IO_LINK)
+        assert ring.submit() == 1
+        assert ring.unsubmitted == 1  # the chain's RECV is still queued
+        reap_until(ring, lambda: bool(order))
+        assert ring.wait(0.02) == 0 and ring.unsubmitted == 1
+        ring.nop(lambda res, f: order.append(("nop", res)))  # closes the chain: RECV -> NOP
+        ring.wait(0.02)
+        assert ring.unsubmitted == 0
+        assert order == [("before", 0)]  # the NOP waits for the RECV it is linked to, which waits for data
+        a.sendall(b"data")
+        reap_until(ring, lambda: len(order) == 3)
+        assert order == [("before", 0), ("recv", 4), ("nop", 0)]
+
+
+def test_a_chain_cut_by_a_failing_link_cancels_its_rest(ring: Ring) -> None:
+    """The chain closed after a submit() is still one chain: a failed head cancels the SQE that closed it."""
+    _, bad = submit(ring, "send", 999_999, b"x", sqe_flags=IOSQE_IO_LINK)  # -EBADF
+    ring.submit()
+    ring.wait(0.01)
+    assert not bad  # not submitted yet: the chain is open
+    _, tail = submit(ring, "nop")
+    reap_until(ring, lambda: bool(bad and tail))
+    assert bad[0][0] == -errno.EBADF
+    assert tail[0][0] == -errno.ECANCELED
+
+
+def test_wait_with_a_timeout_sqe_refuses_an_open_chain(ring: Ring) -> None:
+    """Kernels without EXT_ARG bound a wait with a TIMEOUT SQE, which would join the open chain: refused."""
+    from uringws.ring import RingError
+
+    a, b = socket.socketpair()
+    with a, b:
+        ring._ext_arg = False
+        _, rgot = submit(ring, "recv", b.fileno(), bytearray(10), sqe_flags=IOSQE_IO_LINK)
+        tail = ring._sq_tail
+        with pytest.raises(RingError, match="link chain"):
+            ring.wait(0.01)
+        assert ring._sq_tail == tail  # no TIMEOUT was added to the chain
+        assert ring.wait(0) == 0  # without a timeout: no TIMEOUT SQE, nothing to refuse
+        ring.nop(None)
+        a.sendall(b"x")
+        reap_until(ring, lambda: bool(rgot))
+        assert rgot[0][0] == 1
+
+
 def test_poll_add_oneshot(ring: Ring) -> None:
     a, b = socket.socketpair()
     with a, b:

@@ -18,11 +18,15 @@
  *
  * fast.py subclasses this type (CompiledRing) for the parts that run once per ring: set-up, close with its
  * cancel-and-reap loop, __del__, __repr__. The type is not thread-safe, like ring.Ring.
+ *
+ * RingIndex (at the end) gives Python code the same acquire loads and release stores for an index of a ring it
+ * drives itself: the provided buffer ring's tail (bufring.py).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include "structmember.h"
 #include <errno.h>
+#include <limits.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -428,6 +432,18 @@ ring_enter(RingObject *self, unsigned to_submit, unsigned min_complete, unsigned
             int moved = drain_cq_to_backlog(self);
             if (moved < 0)
                 return -1;
+            if (moved && min_complete) {
+                /* A waiting enter now has completions to dispatch: the retry must not wait for one more (which
+                 * may never come) while those sit in the backlog. It only submits, and GETEVENTS still flushes
+                 * the kernel's overflow list into the CQ. */
+                if (!to_submit)
+                    return 0;
+                min_complete = 0;
+                flags = IORING_ENTER_GETEVENTS;
+                arg = NULL;
+                argsz = 0;
+                block = 0;
+            }
             if (!moved) {
                 if (++busy > 2000) {
                     PyErr_Format(PyExc_OSError, "io_uring_enter: %s for more than a second", strerror(err));
@@ -574,6 +590,15 @@ static inline uint64_t
 unsubmitted(RingObject *self)
 {
     return (self->sq_tail - self->submitted) & U32;
+}
+
+/* Queued SQEs that may go to the kernel: all but the trailing SQEs of a link chain still open (its last SQE has
+ * IOSQE_IO_LINK). The kernel ends a chain at the end of each submission, so an open chain goes only once closed. */
+static inline uint64_t
+ready(RingObject *self)
+{
+    uint64_t n = unsubmitted(self);
+    return n > self->chain ? n - self->chain : 0;
 }
 
 /* No free SQ slot: hand the kernel everything but an unfinished link chain (chains must stay whole). */
@@ -1304,7 +1329,7 @@ Ring_submit(RingObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (check_open(self) < 0)
         return NULL;
-    uint64_t n = unsubmitted(self);
+    uint64_t n = ready(self);
     if (!n)
         return PyLong_FromLong(0);
     long r = ring_enter(self, (unsigned)n, 0, 0, 0, NULL, 0);
@@ -1337,7 +1362,7 @@ Ring_wait(RingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *k
             return NULL;
         }
     }
-    unsigned to_submit = (unsigned)unsubmitted(self);
+    unsigned to_submit = (unsigned)ready(self);
     unsigned head = *self->cq_khead;
     unsigned tail = __atomic_load_n(self->cq_ktail, __ATOMIC_ACQUIRE);
     long r = 0;
@@ -1361,7 +1386,14 @@ Ring_wait(RingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *k
                        sizeof self->wait_arg);
     }
     else {
-        /* Old kernels: a TIMEOUT that also completes as soon as one other CQE is posted. */
+        /* Old kernels: a TIMEOUT that also completes as soon as one other CQE is posted. It would join (and
+         * close) an open link chain, so that must be closed first. */
+        if (self->chain) {
+            PyErr_SetString(RingError, "wait() with a timeout on a kernel without IORING_FEAT_EXT_ARG adds a TIMEOUT "
+                                       "SQE, which would join the open link chain: close the chain (an SQE without "
+                                       "IOSQE_IO_LINK) first");
+            return NULL;
+        }
         struct ktimespec *ts;
         PyObject *keep = timespec_bytes(a[0], &ts);
         if (keep == NULL)
@@ -1370,7 +1402,7 @@ Ring_wait(RingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *k
         if (t == NULL)
             return NULL;
         Py_DECREF(t);
-        r = ring_enter(self, (unsigned)unsubmitted(self), 1, IORING_ENTER_GETEVENTS, 1, NULL, 0);
+        r = ring_enter(self, (unsigned)ready(self), 1, IORING_ENTER_GETEVENTS, 1, NULL, 0);
     }
     if (r < 0)
         return NULL;
@@ -1800,6 +1832,215 @@ static PyTypeObject RingType = {
     .tp_new = Ring_new,
 };
 
+/* ------------------------------------------------------------------------------------------------ RingIndex */
+
+/* One head or tail index in memory shared with the kernel, for the rings driven from Python (the provided
+ * buffer ring's tail, bufring.py): index[0] is an acquire load, index[0] = v a release store, as liburing's
+ * io_uring_smp_load_acquire/store_release. A release store orders every store this thread made before it (the
+ * ring entry written by an earlier mmap slice assignment included) before the index; an acquire load orders every
+ * later load after it. It holds a buffer export of the memory, so the mapping cannot be closed under it
+ * (mmap.close() raises BufferError) until release(). The interface is memoryview(...).cast("H"/"I")'s, so it
+ * replaces such a view where the ordering matters. */
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view;
+    void *addr; /* NULL once released */
+    int width;  /* 2 or 4 bytes */
+} IndexObject;
+
+static PyObject *
+Index_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"buffer", "offset", "width", NULL};
+    PyObject *obj;
+    Py_ssize_t offset;
+    int width;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oni:RingIndex", kwlist, &obj, &offset, &width))
+        return NULL;
+    if (width != 2 && width != 4) {
+        PyErr_SetString(PyExc_ValueError, "RingIndex width must be 2 or 4 (bytes)");
+        return NULL;
+    }
+    IndexObject *self = (IndexObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    if (PyObject_GetBuffer(obj, &self->view, PyBUF_WRITABLE) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    const char *bad = NULL;
+    if (offset < 0 || offset > self->view.len - width)
+        bad = "RingIndex offset out of the buffer";
+    else if (((uintptr_t)self->view.buf + (uintptr_t)offset) % (uintptr_t)width)
+        bad = "RingIndex address not aligned to its width";
+    if (bad != NULL) {
+        PyBuffer_Release(&self->view);
+        PyErr_SetString(PyExc_ValueError, bad);
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->addr = (char *)self->view.buf + offset;
+    self->width = width;
+    return (PyObject *)self;
+}
+
+static void
+Index_dealloc(IndexObject *self)
+{
+    if (self->addr != NULL) {
+        self->addr = NULL;
+        PyBuffer_Release(&self->view);
+    }
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+index_alive(IndexObject *self)
+{
+    if (self->addr == NULL) {
+        PyErr_SetString(PyExc_ValueError, "operation forbidden on released RingIndex object");
+        return -1;
+    }
+    return 0;
+}
+
+static int
+index_check(IndexObject *self, PyObject *key)
+{
+    if (index_alive(self) < 0)
+        return -1;
+    Py_ssize_t i = PyNumber_AsSsize_t(key, PyExc_IndexError);
+    if (i == -1 && PyErr_Occurred())
+        return -1;
+    if (i != 0 && i != -1) {
+        PyErr_SetString(PyExc_IndexError, "RingIndex has one element: [0]");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+Index_load(IndexObject *self)
+{
+    if (self->width == 2)
+        return PyLong_FromUnsignedLong(__atomic_load_n((uint16_t *)self->addr, __ATOMIC_ACQUIRE));
+    return PyLong_FromUnsignedLong(__atomic_load_n((uint32_t *)self->addr, __ATOMIC_ACQUIRE));
+}
+
+static int
+Index_store(IndexObject *self, PyObject *value)
+{
+    unsigned long v = PyLong_AsUnsignedLong(value);
+    if (v == (unsigned long)-1 && PyErr_Occurred()) {
+        if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            PyErr_Clear();
+            v = ULONG_MAX; /* reported as out of range below */
+        }
+        else {
+            return -1;
+        }
+    }
+    if (v > (self->width == 2 ? 0xFFFFUL : 0xFFFFFFFFUL)) {
+        PyErr_Format(PyExc_ValueError, "RingIndex value out of range for %d bytes", self->width);
+        return -1;
+    }
+    if (self->width == 2)
+        __atomic_store_n((uint16_t *)self->addr, (uint16_t)v, __ATOMIC_RELEASE);
+    else
+        __atomic_store_n((uint32_t *)self->addr, (uint32_t)v, __ATOMIC_RELEASE);
+    return 0;
+}
+
+static PyObject *
+Index_subscript(IndexObject *self, PyObject *key)
+{
+    if (index_check(self, key) < 0)
+        return NULL;
+    return Index_load(self);
+}
+
+static int
+Index_ass_subscript(IndexObject *self, PyObject *key, PyObject *value)
+{
+    if (value == NULL) {
+        PyErr_SetString(PyExc_TypeError, "cannot delete a RingIndex element");
+        return -1;
+    }
+    if (index_check(self, key) < 0)
+        return -1;
+    return Index_store(self, value);
+}
+
+static Py_ssize_t
+Index_length(IndexObject *self)
+{
+    return 1;
+}
+
+static PyObject *
+Index_load_method(IndexObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (index_alive(self) < 0)
+        return NULL;
+    return Index_load(self);
+}
+
+static PyObject *
+Index_store_method(IndexObject *self, PyObject *value)
+{
+    if (index_alive(self) < 0 || Index_store(self, value) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Index_release(IndexObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->addr != NULL) {
+        self->addr = NULL;
+        PyBuffer_Release(&self->view);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Index_get_released(IndexObject *self, void *c)
+{
+    return PyBool_FromLong(self->addr == NULL);
+}
+
+static PyMappingMethods Index_as_mapping = {
+    (lenfunc)Index_length,
+    (binaryfunc)Index_subscript,
+    (objobjargproc)Index_ass_subscript,
+};
+
+static PyMethodDef Index_methods[] = {
+    {"load", (PyCFunction)Index_load_method, METH_NOARGS, "The index, by an acquire load (as index[0])."},
+    {"store", (PyCFunction)Index_store_method, METH_O, "Publish the index by a release store (as index[0] = v)."},
+    {"release", (PyCFunction)Index_release, METH_NOARGS, "Drop the buffer export (the memory may be unmapped)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Index_getset[] = {
+    {"released", (getter)Index_get_released, NULL, "release() was called", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject IndexType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "uringws.ring._ringc.RingIndex",
+    .tp_basicsize = sizeof(IndexObject),
+    .tp_dealloc = (destructor)Index_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "RingIndex(buffer, offset, width): a u16/u32 index in shared memory; [0] loads with acquire, "
+              "[0] = v stores with release.",
+    .tp_as_mapping = &Index_as_mapping,
+    .tp_methods = Index_methods,
+    .tp_getset = Index_getset,
+    .tp_new = Index_new,
+};
+
 static int
 module_exec(PyObject *m)
 {
@@ -1812,8 +2053,13 @@ module_exec(PyObject *m)
     Py_DECREF(ring_mod);
     if (RingError == NULL || RingClosedError == NULL || Orphaned == NULL || !PyList_Check(Orphaned))
         return -1;
-    if (PyType_Ready(&RingType) < 0)
+    if (PyType_Ready(&RingType) < 0 || PyType_Ready(&IndexType) < 0)
         return -1;
+    Py_INCREF(&IndexType);
+    if (PyModule_AddObject(m, "RingIndex", (PyObject *)&IndexType) < 0) {
+        Py_DECREF(&IndexType);
+        return -1;
+    }
     Py_INCREF(&RingType);
     if (PyModule_AddObject(m, "Ring", (PyObject *)&RingType) < 0) {
         Py_DECREF(&RingType);

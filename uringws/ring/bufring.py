@@ -20,10 +20,21 @@ u32 len; u16 bid; u16 resv}``; the ``resv`` field of entry 0 (byte offset 14) do
 only we write and the kernel reads with an acquire load. The head lives in the kernel. Registration takes
 ``struct io_uring_buf_reg {u64 ring_addr; u32 ring_entries; u16 bgid; u16 flags; u64 resv[3]}``.
 
-Memory ordering: an entry is stored before the tail that publishes it. CPython stores them in program order
-through separate calls the compiler cannot merge or reorder, and x86-64 (TSO) keeps store order across cores;
-weakly ordered CPUs would need a release barrier, which pure Python cannot issue, so :func:`supported` says no
-there (as :func:`uringws.ring.probe.availability` does for the whole io_uring backend).
+Memory ordering: an entry must be visible before the tail that publishes it (the kernel reads the tail with an
+acquire load, then the entries below it). With the compiled ring core (:data:`uringws.ring.fast.RingIndex`, unless
+``URINGWS_PURE=1``) the tail is a release store, which orders every earlier store of this thread before it on any
+CPU. The pure path stores the tail through a plain ``memoryview``: CPython makes the entry store and the tail store
+in program order, through separate C calls the compiler cannot merge or reorder, and x86-64 (TSO) never reorders
+a store with an earlier store, so the kernel cannot see the new tail before the entry -- on x86-64 only. A weakly
+ordered CPU (aarch64, POWER, RISC-V) may make the tail visible first, and the kernel would pick a stale entry.
+That is why :func:`supported` (like :func:`uringws.ring.probe.availability` and both rings' constructors, through
+:func:`uringws.ring.probe.cpu_refusal`) says no on anything but x86-64 -- today even with the compiled core, whose
+release store would be correct there: the pure fallback is silent (``URINGWS_PURE=1``, a missing build), and
+nothing has been tested on such a CPU.
+
+The tail is ``self._tail_view``, and ``uringws.loop.transports`` inlines :meth:`BufferRing.recycle` by storing
+``bufring._tail_view[0]``: whichever object that is (``RingIndex`` or ``memoryview``), the inlined store gets the
+same ordering as :meth:`recycle`.
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ import struct
 from typing import Any
 
 from . import _sys
+from .fast import RingIndex
 from .io_uring import (
     IORING_CQE_BUFFER_SHIFT,
     IORING_CQE_F_BUF_MORE,
@@ -53,7 +65,8 @@ _ORPHANED: list[Any] = []
 
 
 def supported() -> bool:
-    """True where plain CPython stores are ordered enough for the ring's tail protocol (see module docstring)."""
+    """True where the tail protocol is known to be ordered: x86-64, where even the pure path's plain stores are
+    (see the module docstring)."""
     return cpu_refusal() is None
 
 
@@ -87,7 +100,10 @@ class BufferRing:
         self._ring_mm = mmap.mmap(-1, max(count * 16, mmap.PAGESIZE))
         self._data_mm = mmap.mmap(-1, count * size)
         self._ring_view = memoryview(self._ring_mm)
-        self._tail_view = self._ring_view[14:16].cast("H")
+        # Entry 0's resv field is the tail: a release store with the compiled core, else a plain one (x86-64 only;
+        # see the module docstring). Both are indexed [0] and released by release().
+        self._tail_view: Any = (RingIndex(self._ring_mm, 14, 2) if RingIndex is not None
+                                else self._ring_view[14:16].cast("H"))
         #: the buffers' bytes, indexed by ``bid * size`` (``mm[a:b]`` copies into bytes; ``view[a:b]`` does not)
         self.mm = self._data_mm
         self.view = memoryview(self._data_mm)
@@ -146,7 +162,7 @@ class BufferRing:
         # Straight into the mmap: slicing the memoryview would build a view object first (~20% slower).
         self._ring_mm[off:off + 14] = self._entries[bid]
         self._tail = tail = tail + 1
-        self._tail_view[0] = tail & 0xFFFF  # publishes the entry just written (see the module docstring)
+        self._tail_view[0] = tail & 0xFFFF  # publishes the entry just written: a release store (module docstring)
 
     def close(self, *, ring_clean: bool = True) -> None:
         """Unregister (if the ring is still open) and unmap; with ``ring_clean=False`` (operations of the ring

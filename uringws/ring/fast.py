@@ -2,8 +2,9 @@
 
 The C type prepares SQEs, calls ``io_uring_enter`` as a raw system call and dispatches CQEs with real
 acquire/release barriers; this module adds what runs once per ring (set-up with the same setup-flag fallback as
-`Ring`, close with its cancel-and-reap loop, ``__del__``). `RING_CLASS` is the class the event loop uses:
-`CompiledRing` when the extension imports and ``URINGWS_PURE`` is unset, else the pure `Ring`.
+`Ring`, close with its cancel-and-reap loop; the context manager and ``__del__`` come from the mixin both rings
+share). `RING_CLASS` is the class the event loop uses: `CompiledRing` when the extension imports and
+``URINGWS_PURE`` is unset, else the pure `Ring`.
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ import errno
 import logging
 import os
 import time
-import warnings
 from collections.abc import Callable
-from typing import Any, Self
+from typing import Any
 
 from .. import _compiled
 from .io_uring import (
@@ -22,9 +22,9 @@ from .io_uring import (
     IORING_ASYNC_CANCEL_ANY,
 )
 from .probe import cpu_refusal
-from .ring import Ring, RingError, setup_ring
+from .ring import Ring, RingError, _RingLifecycle, setup_ring
 
-__all__ = ["RING_CLASS", "RING_CLASSES", "CompiledRing", "available"]
+__all__ = ["RING_CLASS", "RING_CLASSES", "CompiledRing", "RingIndex", "available"]
 
 log = logging.getLogger("uringws.ring")
 
@@ -44,9 +44,14 @@ def available() -> bool:
     return _core is not None
 
 
+#: ``RingIndex(buffer, offset, width)``: a u16/u32 index in memory shared with the kernel whose ``[0]`` is an
+#: acquire load and ``[0] = v`` a release store (None where the compiled core is off: plain memoryview stores).
+RingIndex: Any = getattr(_core, "RingIndex", None)
+
+
 if _core is not None:
 
-    class CompiledRing(_core.Ring):
+    class CompiledRing(_RingLifecycle, _core.Ring):
         """One io_uring instance with the compiled hot path; the same interface and contract as `Ring`."""
 
         PREFERRED_SETUP_FLAGS = Ring.PREFERRED_SETUP_FLAGS
@@ -123,20 +128,6 @@ if _core is not None:
 
         def _callback_failed(self, exc: BaseException, ud: int) -> None:
             log.exception("io_uring completion callback failed (user_data=%d)", ud, exc_info=exc)
-
-        def __enter__(self) -> Self:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            self.close()
-
-        def __del__(self) -> None:
-            if not self.closed:
-                warnings.warn(f"unclosed io_uring {self.fd}", ResourceWarning, stacklevel=1)
-                try:
-                    self.close(timeout=0.5)
-                except Exception:  # a finalizer must not raise; log why instead
-                    log.debug("closing an unclosed io_uring from __del__ failed", exc_info=True)
 
         def __repr__(self) -> str:
             state = "closed" if self.closed else f"fd={self.fd} sq={self.sq_entries} in_flight={self.in_flight}"

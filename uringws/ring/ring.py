@@ -20,7 +20,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from . import _sys
 from .io_uring import (
@@ -99,6 +99,10 @@ _buffer_address = _sys.buffer_address
 _BYTES_DATA_OFFSET = _sys.BYTES_DATA_OFFSET or 0
 
 
+_OPEN_CHAIN_WAIT = ("wait() with a timeout on a kernel without IORING_FEAT_EXT_ARG adds a TIMEOUT SQE, which would "
+                    "join the open link chain: close the chain (an SQE without IOSQE_IO_LINK) first")
+
+
 class _NeverAnInstance:
     pass
 
@@ -153,7 +157,36 @@ def setup_ring(
     raise last_exc
 
 
-class Ring:
+class _RingLifecycle:
+    """What `Ring` and `fast.CompiledRing` share around their own ``close()``: the context manager, and a
+    finalizer that warns about an unclosed ring and closes it (cancelling what is in flight)."""
+
+    # Provided by the ring classes (a property of Ring, a getter of the C type); declared for type checkers
+    # only, so that nothing of this mixin shadows them in the MRO.
+    fd: int
+    if TYPE_CHECKING:
+        @property
+        def closed(self) -> bool: ...
+
+        def close(self, timeout: float = 2.0) -> None: ...
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # getattr: a ring whose __init__ failed early may not have the state `closed` reads.
+        if not getattr(self, "closed", True):
+            warnings.warn(f"unclosed io_uring {self.fd}", ResourceWarning, stacklevel=1)
+            try:
+                self.close(timeout=0.5)
+            except Exception:  # a finalizer must not raise; log why instead
+                log.debug("closing an unclosed io_uring from __del__ failed", exc_info=True)
+
+
+class Ring(_RingLifecycle):
     """One io_uring instance. Not thread-safe: use it from the thread that runs the loop."""
 
     #: setup flags tried first; dropped one by one on kernels that refuse them (EINVAL)
@@ -480,10 +513,12 @@ class Ring:
     # matters only for SQPOLL's NEED_WAKEUP check (a full fence), and we don't use SQPOLL. On a weakly ordered
     # CPU (aarch64, POWER, RISC-V) each of the three may be reordered: the kernel could run a half-written SQE,
     # we could read a CQE before the kernel's write of it lands, or the kernel could reuse a CQ slot we are
-    # still reading. Hence probe.cpu_refusal(): anything but x86-64 gets the epoll backend. What lifts that is a
-    # compiled ring core doing these head/tail accesses with real acquire loads and release stores
-    # (__atomic_load_n(..., __ATOMIC_ACQUIRE) / __atomic_store_n(..., __ATOMIC_RELEASE)). bufring.py relies on
-    # the same store -> store order for its tail.
+    # still reading. Hence probe.cpu_refusal(): anything but x86-64 gets the epoll backend. The compiled twin
+    # (fast.CompiledRing, _ringc.c) does these head/tail accesses with real acquire loads and release stores
+    # (__atomic_load_n(..., __ATOMIC_ACQUIRE) / __atomic_store_n(..., __ATOMIC_RELEASE)), and bufring.py
+    # publishes its tail through _ringc.RingIndex (a release store) when compiled; the refusal still covers
+    # both, because this pure ring is the silent fallback (URINGWS_PURE=1, no build) and neither was tested on
+    # a weakly ordered CPU.
 
     # ------------------------------------------------------------------------------------------------ enter
     def _enter(self, to_submit: int, min_complete: int, flags: int, *, block: bool,
@@ -508,8 +543,8 @@ class Ring:
                     tail = self._sq_tail
                     self._limit = tail + self.sq_entries - ((tail - self._sq_khead[0]) & _U32)
                     if self._chain:
-                        # An open chain handed to the kernel was ended by this enter (chains never span
-                        # two enters); only what is still unsubmitted can belong to a chain now.
+                        # Only close() hands an open chain to the kernel, which ends it with this enter
+                        # (chains never span two enters); only what is still unsubmitted can belong to a chain.
                         self._chain = min(self._chain, self.unsubmitted)
                     self._fast = -1 if self._chain else self._limit
                 return ret
@@ -521,7 +556,16 @@ class Ring:
             if err in (errno.EAGAIN, errno.EBUSY):
                 # The CQ is full (overflow backlog) or the kernel is short of memory: make room by moving CQEs
                 # into our own backlog, then try again -- for a bounded time, not forever.
-                if not self._drain_cq_to_backlog():
+                if self._drain_cq_to_backlog():
+                    if min_complete:
+                        # A waiting enter now has completions to dispatch: the retry must not wait for one
+                        # more (which may never come) while those sit in the backlog. It only submits, and
+                        # GETEVENTS still flushes the kernel's overflow list into the CQ.
+                        if not to_submit:
+                            return 0
+                        min_complete, flags, arg, argsz = 0, IORING_ENTER_GETEVENTS, None, _SIZE_0
+                        fn = _ENTER_GIL
+                else:
                     busy += 1
                     if busy > 2000:
                         raise OSError(err, f"io_uring_enter: {os.strerror(err)} for more than a second")
@@ -532,23 +576,31 @@ class Ring:
             raise OSError(err, f"io_uring_enter: {os.strerror(err)}")
 
     def submit(self) -> int:
-        """Hand every queued SQE to the kernel (no waiting). Returns how many it took."""
+        """Hand the queued SQEs to the kernel (no waiting). Returns how many it took.
+
+        The SQEs of a link chain still open (the last one queued has IOSQE_IO_LINK) stay queued until an SQE
+        without the flag closes the chain: the kernel ends a chain at the end of each submission, so handing it
+        half a chain would silently split it in two. ``wait()`` holds them back the same way.
+        """
         if self._closed:
             raise RingClosedError("the ring is closed")
-        n = self.unsubmitted
-        if not n:
+        n = self.unsubmitted - self._chain
+        if n <= 0:
             return 0
         return self._enter(n, 0, 0, block=False)
 
     def wait(self, timeout: float | None = None) -> int:
         """Submit queued SQEs, wait up to ``timeout`` seconds (None: forever, 0: don't) for a completion, and
         run the callbacks of the completions available then (not of those posted while they run: they wait for
-        the next wait()). Returns the number of CQEs dispatched."""
+        the next wait()). Returns the number of CQEs dispatched.
+
+        An open link chain is not submitted (see `submit`); with a timeout on a kernel without
+        IORING_FEAT_EXT_ARG (before 5.11), wait() raises RingError while a chain is open."""
         if self._closed:
             raise RingClosedError("the ring is closed")
         if self._in_dispatch:
             raise RingError("Ring.wait() called from a completion callback")
-        to_submit = (self._sq_tail - self._submitted) & _U32
+        to_submit = ((self._sq_tail - self._submitted) & _U32) - self._chain
         if self._backlog or self._cq_ktail[0] != self._cq_khead[0] or (timeout is not None and timeout <= 0):
             flags = 0
             if self._sq_kflags[0] & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW):
@@ -567,7 +619,10 @@ class Ring:
                         arg=self._wait_argp, argsz=self._wait_argsz)
         else:
             if timeout is not None:
-                # Old kernels: a TIMEOUT that also completes as soon as one other CQE is posted.
+                # Old kernels: a TIMEOUT that also completes as soon as one other CQE is posted. It would join
+                # (and close) an open link chain, so that must be closed first.
+                if self._chain:
+                    raise RingError(_OPEN_CHAIN_WAIT)
                 self.timeout(timeout, None, count=1)
                 to_submit = self.unsubmitted
             self._enter(to_submit, 1, IORING_ENTER_GETEVENTS, block=True)
@@ -743,20 +798,6 @@ class Ring:
         self._maps.clear()
         if errors:
             raise errors[0]
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if not getattr(self, "_closed", True):
-            warnings.warn(f"unclosed io_uring {self.fd}", ResourceWarning, stacklevel=1)
-            try:
-                self.close(timeout=0.5)
-            except Exception:  # a finalizer must not raise; log why instead
-                log.debug("closing an unclosed io_uring from __del__ failed", exc_info=True)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"fd={self.fd} sq={self.sq_entries} in_flight={len(self._pending)}"
