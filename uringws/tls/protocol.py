@@ -79,9 +79,6 @@ WRITE_CHUNK = 256 * 1024  # larger writes are encrypted and handed down in piece
 # the kernel, and leave together: one SSL_write, i.e. one TLS record, per 16 KiB of coalesced plaintext.
 COALESCE_LIMIT = 16 * 1024
 RECORD_PLAINTEXT = 16 * 1024  # TLS maximum plaintext per record: joined small writes fill at most one
-# The compiled engine: more unread bytes than this of a trailing incomplete record are read into OpenSSL's record
-# buffer by a read that ends in want-read (one copy), not kept aside by incoming.keep() and read later (two).
-ABSORB_PARTIAL = 2048
 _MAX_RECORD_BODY = 16 * 1024 + 2048  # TLS 1.2's ciphertext limit (RFC 5246 6.2.3); 1.3's is lower
 _WARN_WRITES_AFTER_CLOSE = 5  # asyncio.constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES
 
@@ -744,15 +741,11 @@ class TLSProtocol(asyncio.BufferedProtocol):
         # No complete record in the BIO and nothing decrypted inside OpenSSL: a read could only raise WantRead.
         partial = self._partial if self._framed else 0
         compiled = self._lend_in is not None
-        pending = incoming.pending
-        if compiled and (sslobj.more or (partial > ABSORB_PARTIAL and pending > ABSORB_PARTIAL)):
+        if compiled and sslobj.more:
             # The compiled engine still has something to say (a full buffer's rest, a close_notify or an error met
             # after data it returned): never skip that read, it would leave the connection waiting forever.
-            # Or more than ABSORB_PARTIAL unread bytes of an incomplete record wait (the last min(partial, pending)
-            # bytes): the read that stops at them (want-read) has OpenSSL take them into its record buffer now,
-            # so incoming.keep() need not copy them aside first.
             partial = -1
-        if pending <= partial and not sslobj.pending():
+        if incoming.pending <= partial and not sslobj.pending():
             return
         app = self._app
         got_close_notify = False
