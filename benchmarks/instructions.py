@@ -3,7 +3,7 @@
 Usage (from the repository root, in the benchmark environment; needs Debian's ``valgrind``)::
 
     .venv/bin/python benchmarks/instructions.py [--scenarios pingpong,echo64,echo64k,echo1m]
-        [--servers uringws,picows,...] [--tree LABEL=PATH ...] [--tcp] [--json PATH]
+        [--servers uringws,picows,...] [--tree LABEL=PATH ...] [--tcp] [--json PATH] [--keep DIR]
 
 On these 2-core shared machines a server's CPU time per message moves by 10-20 % between identical runs
 (neighbours, memory bandwidth, the load client on the other core), so an effect of a few per cent cannot be
@@ -20,6 +20,10 @@ to about 0.1 %; with many in flight (``echo64``) batching depends on timing and 
 
 ``--tree LABEL=PATH`` measures the uringws server from another source tree (a ``git archive`` snapshot with
 its C speedup built), so that two commits are compared in one run; without it, the installed uringws.
+
+``--keep DIR`` keeps the callgrind dumps there (``cg.<label>.<scenario>.<ns>.<pid>.1`` is the measured part) for
+``callgrind_annotate``: ``--inclusive=yes`` for a function with all it calls, ``--tree=caller`` for who calls
+``memcpy`` (under callgrind a large copy counts about one instruction per byte: glibc copies with ``rep movsb``).
 """
 
 from __future__ import annotations
@@ -116,7 +120,9 @@ async def drive(url: str, pid: int, size: int, conns: int, inflight: int, count:
     subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
 
 
-def measure(server: str, tree: str | None, scenario: str, tls: bool, cert: str, out_dir: str) -> float:
+def measure(
+    server: str, tree: str | None, scenario: str, tls: bool, cert: str, out_dir: str, label: str | None = None
+) -> float:
     """Instructions per message of one server for one scenario."""
     size, conns, inflight, count = SCENARIOS[scenario]
     script, loop = SCRIPTS[server]
@@ -125,7 +131,7 @@ def measure(server: str, tree: str | None, scenario: str, tls: bool, cert: str, 
     if tree is not None:
         env["PYTHONPATH"] = tree
         servers_dir = Path(tree) / "benchmarks" / "servers"
-    prefix = f"{out_dir}/cg.{server}.{scenario}.{time.monotonic_ns()}"
+    prefix = f"{out_dir}/cg.{label or server}.{scenario}.{time.monotonic_ns()}"
     cmd = [
         "valgrind",
         "--tool=callgrind",
@@ -172,6 +178,7 @@ def main() -> None:
     )
     p.add_argument("--tcp", action="store_true", help="plain ws:// instead of wss://")
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--keep", metavar="DIR", help="keep the callgrind dumps in this directory")
     args = p.parse_args()
     if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
         sys.exit("needs valgrind (Debian: apt-get install valgrind)")
@@ -190,13 +197,17 @@ def main() -> None:
         else:
             runs.append((server, server, None))
     results: dict[str, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory(prefix="uringws-instr-") as tmp:
-        cert = f"{tmp}/cert.pem"
+    with tempfile.TemporaryDirectory(prefix="uringws-instr-") as scratch:
+        tmp = scratch
+        if args.keep:
+            tmp = str(Path(args.keep).resolve())
+            os.makedirs(tmp, exist_ok=True)
+        cert = f"{scratch}/cert.pem"
         trustme.CA().issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(cert)
         for scenario in scenarios:
             base = None
             for label, server, tree in runs:
-                ir = measure(server, tree, scenario, not args.tcp, cert, tmp)
+                ir = measure(server, tree, scenario, not args.tcp, cert, tmp, label)
                 results.setdefault(scenario, {})[label] = ir
                 base = ir if base is None else base
                 print(

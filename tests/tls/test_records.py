@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from uringws.tls import engine as engine_mod
 from uringws.tls.protocol import COALESCE_LIMIT
 
 from .test_inmemory import deliver
@@ -133,5 +134,33 @@ def test_coalesced_plaintext_is_encrypted_once_a_record_is_waiting() -> None:
         assert p.capp.data == part * 2
         assert p.writer.get_write_buffer_size() == 0
         p.selector.run_hooks()
+    finally:
+        p.close()
+
+
+@pytest.mark.skipif(not engine_mod.available(), reason="compiled TLS engine not in use")
+@pytest.mark.parametrize("tls13", [False, True], ids=["tls12", "tls13"])
+@pytest.mark.parametrize("part", [1000, 3000])
+def test_a_large_part_of_a_record_goes_to_openssl_not_aside(tls13: bool, part: int) -> None:
+    """Compiled engine: the incomplete record after a complete one; more than 2 KiB of it are read into OpenSSL's
+    record buffer at once (no incoming.keep() copy), less waits in the engine, unread (no read that must fail)."""
+    p = Pair(tls13=tls13)
+    try:
+        assert p.server._lend_in is not None  # the compiled engine serves this connection
+        messages = [bytes(range(256)) * 60, bytes(range(255, -1, -1)) * 60]
+        records = []
+        for m in messages:
+            p.capp.transport.write(m)
+            p.selector.run_hooks()
+            records.append(len(p.ct.buf) - sum(records))
+        assert records[0] == 5 + ((p.ct.buf[3] << 8) | p.ct.buf[4])  # one record each
+        # One chunk, whatever buffer get_buffer() would lend (a private one is smaller than these bytes).
+        chunk = bytes(p.ct.buf[: records[0] + part])
+        del p.ct.buf[: len(chunk)]
+        p.server.data_received(chunk)
+        assert p.sapp.data == messages[0]
+        assert p.server._incoming.pending == (0 if part > 2048 else part)
+        deliver(p.ct, p.server, records[1])
+        assert p.sapp.data == b"".join(messages)
     finally:
         p.close()

@@ -49,6 +49,9 @@ typedef struct {
  * needs 5 + 16 + 48 + 256); reserving it up front means the output never grows (and moves) mid-write. */
 #define RECORD_SLACK 512
 #define RECORD_PLAINTEXT 16384
+/* read_all(): unread bytes of an incomplete record above this are read into OpenSSL's record buffer (one copy)
+ * rather than left for incoming.keep() to copy aside and a later read to copy again. */
+#define ABSORB_PARTIAL 2048
 
 typedef struct {
     PyObject_HEAD
@@ -523,8 +526,9 @@ Engine_read(Engine *self, PyObject *const *args, Py_ssize_t nargs)
 /* read_all(buffer, partial=0) -> int: decrypt into buffer as much as there is, by as many SSL_read calls as it
  * takes, and return the count. The Python loop this replaces made one call per TLS record. `partial` is what the
  * caller knows of the trailing incomplete record (bytes of it received): while no more than that is unread,
- * no complete record is waiting and the loop stops without the SSL_read that could only fail (negative:
- * unknown, never stop early).
+ * no complete record is waiting and the loop stops without the SSL_read that could only fail, unless more than
+ * ABSORB_PARTIAL bytes are unread: that read moves them into OpenSSL's record buffer (negative: unknown, never
+ * stop early).
  *
  * Stops when the buffer is full, when OpenSSL needs more ciphertext (the common end: a count, no exception), or
  * at a close_notify or an error. With nothing read, a close_notify raises SSLZeroReturnError and an error
@@ -559,8 +563,11 @@ Engine_read_all(Engine *self, PyObject *const *args, Py_ssize_t nargs)
             break;
         total += n;
         /* No complete record left and nothing decrypted inside OpenSSL: another SSL_read could only fail with
-         * WANT_READ, which costs as much as a small record. */
-        if (partial >= 0 && in_pending(self) <= (size_t)partial && SSL_pending(self->ssl) == 0) {
+         * WANT_READ, which costs as much as a small record. Unless more than ABSORB_PARTIAL bytes of the
+         * incomplete record are unread: that read takes them into OpenSSL's record buffer now, where
+         * incoming.keep() would copy them aside first (and the next read copy them again). */
+        size_t unread = in_pending(self);
+        if (partial >= 0 && unread <= (size_t)partial && unread <= ABSORB_PARTIAL && SSL_pending(self->ssl) == 0) {
             PyBuffer_Release(&view);
             self->more = 0;
             return PyLong_FromSize_t(total);
