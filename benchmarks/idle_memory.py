@@ -31,9 +31,9 @@ The native part per allocation site: the server under heaptrack (``--server-wrap
 connections open, so heaptrack's leaks are what they hold; the RSS figures of such a run include heaptrack's),
 with N and with 1 connection, the difference per stack (divide by N - 1)::
 
-    python benchmarks/idle_memory.py --connections 1000 --stacks uringws --server-wrapper 'heaptrack -o /tmp/ht1000'
-    python benchmarks/idle_memory.py --connections 1 --stacks uringws --server-wrapper 'heaptrack -o /tmp/ht1'
-    heaptrack_print -f /tmp/ht1000.zst -d /tmp/ht1.zst --print-leaks 1 --print-peaks 0 --print-allocators 0
+    python benchmarks/idle_memory.py --connections 1000 --stacks uringws --server-wrapper 'heaptrack -o ht1000'
+    python benchmarks/idle_memory.py --connections 1 --stacks uringws --server-wrapper 'heaptrack -o ht1'
+    heaptrack_print -f ht1000.zst -d ht1.zst --print-leaks 1 --print-peaks 0 --print-allocators 0
 """
 
 from __future__ import annotations
