@@ -337,7 +337,7 @@ class EventLoop(_UnixSelectorEventLoop):
         if enabled:
             self.__dict__.pop("get_debug", None)
         else:
-            self.get_debug = bool  # type: ignore[method-assign]
+            self.get_debug = bool
 
     def call_soon(self, callback: Callable[..., object], *args: Any, context: Any = None) -> Handle:
         """asyncio's call_soon(); outside debug mode without its three inner Python calls (_check_closed(),

@@ -472,7 +472,7 @@ class Connection(asyncio.Protocol):
                 break
             # loop.create_future(), without its Python frame: asyncio's Future is what it returns (asyncio's
             # loops and uvloop alike).
-            waiter = _Future(loop=self.loop)
+            waiter: asyncio.Future[None] = _Future(loop=self.loop)
             self._recv_waiter = waiter
             try:
                 await waiter
@@ -502,6 +502,7 @@ class Connection(asyncio.Protocol):
         # _send_lock._locked is what Lock.locked() returns (asyncio's pure-Python Lock, 3.11-3.13); read directly,
         # it saves a method call per message.
         if proto is not None and text is None and not self._send_lock._locked:  # type: ignore[attr-defined]
+            frame: bytes | None
             # Fast path: a small whole message on a plain server connection goes out as one buffer, without
             # the generic dispatch and the data_to_send() list (frame_message returns None otherwise).
             if (
