@@ -32,6 +32,7 @@ TLS = "uringws/tls/protocol.py"
 SERVER = "uringws/server.py"
 LOOP = "uringws/loop/events.py"
 CONN = "uringws/ws/connection.py"
+SELECTOR = "uringws/loop/selector.py"
 
 SQ_TESTS = ("tests/loop/test_sendqueue.py",)
 TR_TESTS = (
@@ -741,11 +742,11 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "loop-take-ready",
-        LOOP,
-        "            ev = events & key.events\n            if ev:\n                out.append((key, ev))",
-        "            ev = events & key.events",
+        SELECTOR,
+        "                ev = events & key.events\n                if ev:\n                    out.append((key, ev))",
+        "                ev = events & key.events",
         ("tests/loop/test_iter.py",),
-        "readiness reported during the ring loop's inline wait is dropped (re-polling only delays the reader)",
+        "the selector's readiness is dropped, in select() and after the ring loop's inline wait alike",
     ),
     Mutation(
         "conn-inline-frame",

@@ -287,7 +287,7 @@ class EventLoop(_UnixSelectorEventLoop):
             # them (add_reader/add_writer polls) is taken the way select() takes it.
             selector.ring.wait(timeout)
             if selector._ready:
-                self._process_events(_take_ready(selector))
+                self._process_events(selector.take_ready())
         else:
             event_list = self._selector.select(timeout)
             if event_list:
@@ -569,21 +569,6 @@ class EventLoop(_UnixSelectorEventLoop):
                 efd, self._efd = self._efd, None
             if efd is not None:
                 os.close(efd)  # after the ring: its READ held the eventfd until it was cancelled and reaped
-
-
-def _take_ready(selector: RingSelector) -> list[tuple[selectors.SelectorKey, int]]:
-    """The end of RingSelector.select(): the events its polls reported, for the fds still registered."""
-    ready = selector._ready
-    selector._ready = {}
-    keys = selector._keys
-    out = []
-    for fd, events in ready.items():
-        key = keys.get(fd)
-        if key is not None:
-            ev = events & key.events
-            if ev:
-                out.append((key, ev))
-    return out
 
 
 def _write_during_sendfile(data: Any) -> None:

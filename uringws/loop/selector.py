@@ -204,9 +204,16 @@ class RingSelector(selectors.BaseSelector):
         if timeout is not None and timeout < 0:
             timeout = 0
         self.ring.wait(timeout)
-        ready = self._ready
-        if not ready:
+        if not self._ready:
             return []
+        return self.take_ready()
+
+    def take_ready(self) -> list[tuple[selectors.SelectorKey, int]]:
+        """The events the polls reported since the last call, for the fds still registered (and forget them).
+
+        The end of select(); the loop calls it itself after waiting on the ring directly.
+        """
+        ready = self._ready
         self._ready = {}
         keys = self._keys
         out = []
