@@ -20,21 +20,13 @@ import subprocess
 import sys
 import time
 
+from _common import free_port, rss_bytes
+
 import uringws
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def rss_mib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) // 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    return rss_bytes(pid) // 2**20
 
 
 async def push(port: int, clients: int, rounds: int, seed: int) -> None:
