@@ -280,6 +280,21 @@ def test_tls_layer_uses_the_engine_where_it_can() -> None:
     assert _protocol_engine(client_ctx(), server_side=False) == "pure"
 
 
+def test_received_view_is_the_compiled_receive_path_on_the_engine() -> None:
+    """The ring transport's hook (looked up once per connection) is the C twin of data_received() on the compiled
+    engine, and data_received() itself on the stdlib's: a hook that silently fell back to Python would still
+    pass every functional test."""
+    loop = asyncio.new_event_loop()
+    try:
+        server = TLSProtocol(loop, asyncio.Protocol(), server_ctx(), server_side=True)
+        client = TLSProtocol(loop, asyncio.Protocol(), client_ctx(), server_side=False, server_hostname="localhost")
+        assert type(server.received_view).__name__ == "Receive"
+        assert type(server.received_view) is engine_mod.receive_type
+        assert client.received_view == client.data_received
+    finally:
+        loop.close()
+
+
 def _with(setting: str) -> ssl.SSLContext:
     ctx = server_ctx()
     if setting == "sni_callback":

@@ -28,6 +28,8 @@
 #include <openssl/x509.h>
 #include <openssl/opensslv.h>
 
+#include "../_fastattr.h"
+
 /* ssl.SSLError and friends, taken from the ssl module at import so isinstance() checks match the stdlib's. */
 static PyObject *SSLError, *SSLZeroReturnError, *SSLWantReadError, *SSLWantWriteError, *SSLSyscallError,
     *SSLEOFError, *SSLCertVerificationError;
@@ -367,6 +369,37 @@ stash_error(Engine *self)
     Py_XSETREF(self->error_pending, exc);
 }
 
+/* The exception being raised, taken (with its traceback), or NULL; and back. PyErr_GetRaisedException is 3.12+. */
+static PyObject *
+fetch_exc(void)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (type == NULL)
+        return NULL;
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL) {
+        PyException_SetTraceback(value, tb);
+        Py_DECREF(tb);
+    }
+    Py_DECREF(type);
+    return value;
+#endif
+}
+
+static void
+restore_exc(PyObject *exc)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(exc);
+#else
+    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc, PyException_GetTraceback(exc));
+#endif
+}
+
 /* Raise the stashed error, if any: returns -1 then (and the engine no longer holds it), else 0. */
 static int
 raise_pending(Engine *self)
@@ -536,6 +569,56 @@ Engine_read(Engine *self, PyObject *const *args, Py_ssize_t nargs)
  * again, which returns the rest, raises SSLZeroReturnError (OpenSSL repeats it) or raises the error kept in
  * error_pending. `more` is also set when the buffer filled up; after a count with `more` clear, OpenSSL has
  * consumed every complete record it was given. */
+/* read_all()'s work on a plain buffer: the count, or -1 with an exception set. */
+static Py_ssize_t
+read_all_into(Engine *self, char *buf, size_t cap, Py_ssize_t partial)
+{
+    if (raise_pending(self) < 0)
+        return -1;
+    size_t total = 0;
+    int ret = 1;
+    while (total < cap) {
+        size_t n = 0;
+        ret = SSL_read_ex(self->ssl, buf + total, cap - total, &n);
+        if (ret <= 0)
+            break;
+        total += n;
+        /* No complete record left and nothing decrypted inside OpenSSL: another SSL_read could only fail with
+         * WANT_READ, which costs as much as a small record. Unless more than ABSORB_PARTIAL bytes of the
+         * incomplete record are unread: that read takes them into OpenSSL's record buffer now, where
+         * incoming.keep() would copy them aside first (and the next read copy them again). */
+        size_t unread = in_pending(self);
+        if (partial >= 0 && unread <= (size_t)partial && unread <= ABSORB_PARTIAL && SSL_pending(self->ssl) == 0) {
+            self->more = 0;
+            return (Py_ssize_t)total;
+        }
+    }
+    if (ret > 0) {  /* full (or an empty buffer) */
+        self->more = cap > 0;
+        return (Py_ssize_t)total;
+    }
+    int err = SSL_get_error(self->ssl, ret);
+    if (err == SSL_ERROR_WANT_READ && !self->failed) {
+        ERR_clear_error();
+        self->more = 0;
+        return (Py_ssize_t)total;
+    }
+    if (total == 0) {
+        self->more = 0;
+        ssl_error(self, ret, __LINE__);
+        return -1;
+    }
+    if (err == SSL_ERROR_ZERO_RETURN) {
+        ERR_clear_error();  /* the next call sees the close_notify again */
+    }
+    else {
+        ssl_error(self, ret, __LINE__);
+        stash_error(self);
+    }
+    self->more = 1;
+    return (Py_ssize_t)total;
+}
+
 static PyObject *
 Engine_read_all(Engine *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -549,54 +632,12 @@ Engine_read_all(Engine *self, PyObject *const *args, Py_ssize_t nargs)
         if (partial == -1 && PyErr_Occurred())
             return NULL;
     }
-    if (raise_pending(self) < 0)
-        return NULL;
     Py_buffer view;
     if (PyObject_GetBuffer(args[0], &view, PyBUF_WRITABLE) < 0)
         return NULL;
-    size_t total = 0, cap = (size_t)view.len;
-    int ret = 1;
-    while (total < cap) {
-        size_t n = 0;
-        ret = SSL_read_ex(self->ssl, (char *)view.buf + total, cap - total, &n);
-        if (ret <= 0)
-            break;
-        total += n;
-        /* No complete record left and nothing decrypted inside OpenSSL: another SSL_read could only fail with
-         * WANT_READ, which costs as much as a small record. Unless more than ABSORB_PARTIAL bytes of the
-         * incomplete record are unread: that read takes them into OpenSSL's record buffer now, where
-         * incoming.keep() would copy them aside first (and the next read copy them again). */
-        size_t unread = in_pending(self);
-        if (partial >= 0 && unread <= (size_t)partial && unread <= ABSORB_PARTIAL && SSL_pending(self->ssl) == 0) {
-            PyBuffer_Release(&view);
-            self->more = 0;
-            return PyLong_FromSize_t(total);
-        }
-    }
+    Py_ssize_t total = read_all_into(self, view.buf, (size_t)view.len, partial);
     PyBuffer_Release(&view);
-    if (ret > 0) {  /* full (or an empty buffer) */
-        self->more = cap > 0;
-        return PyLong_FromSize_t(total);
-    }
-    int err = SSL_get_error(self->ssl, ret);
-    if (err == SSL_ERROR_WANT_READ && !self->failed) {
-        ERR_clear_error();
-        self->more = 0;
-        return PyLong_FromSize_t(total);
-    }
-    if (total == 0) {
-        self->more = 0;
-        return ssl_error(self, ret, __LINE__);
-    }
-    if (err == SSL_ERROR_ZERO_RETURN) {
-        ERR_clear_error();  /* the next call sees the close_notify again */
-    }
-    else {
-        ssl_error(self, ret, __LINE__);
-        stash_error(self);
-    }
-    self->more = 1;
-    return PyLong_FromSize_t(total);
+    return total < 0 ? NULL : PyLong_FromSsize_t(total);
 }
 
 static PyObject *
@@ -1030,51 +1071,15 @@ field_is_set(PyObject *Py_UNUSED(module), PyObject *args)
     return PyBool_FromLong(p != NULL && p != (void *)Py_None);
 }
 
-/* scan_records(data, rec_left, partial, hdr, max_body) -> (rec_left, partial, hdr, framed)
- *
- * Twin of TLSProtocol._track_records (uringws/tls/protocol.py): follow TLS record boundaries (5-byte headers)
- * across a received chunk.
- * rec_left: body bytes of the current record still expected before `data`; partial: bytes of the trailing
- * incomplete record received so far; hdr: a header cut short by the previous chunk (< 5 bytes). framed is
- * False when a header is not one OpenSSL accepts (type 20-24, body length <= max_body). The loop the Python
- * twin runs once per record runs here in C: a 1 MiB message is 64 records. */
-static PyObject *
-scan_records(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+/* Follow TLS record boundaries (5-byte headers) across a received chunk: the loop of scan_records() and of
+ * Receive. left: body bytes of the current record still expected before data; partial: bytes of the trailing
+ * incomplete record received so far; hdr[:*hlen]: a header cut short by the previous chunk (< 5 bytes). Returns
+ * 0 when a header is not one OpenSSL accepts (type 20-24, body length <= max_body), else 1. */
+static int
+scan_chunk(const unsigned char *data, Py_ssize_t n, Py_ssize_t *left_p, Py_ssize_t *partial_p, unsigned char *hdr,
+           Py_ssize_t *hlen_p, Py_ssize_t max_body)
 {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "scan_records(data, rec_left, partial, hdr, max_body)");
-        return NULL;
-    }
-    Py_ssize_t left = PyLong_AsSsize_t(args[1]);
-    if (left == -1 && PyErr_Occurred())
-        return NULL;
-    Py_ssize_t partial = PyLong_AsSsize_t(args[2]);
-    if (partial == -1 && PyErr_Occurred())
-        return NULL;
-    Py_ssize_t max_body = PyLong_AsSsize_t(args[4]);
-    if (max_body == -1 && PyErr_Occurred())
-        return NULL;
-    if (left < 0 || partial < 0) {
-        PyErr_SetString(PyExc_ValueError, "rec_left and partial must not be negative");
-        return NULL;
-    }
-    Py_buffer hview;
-    if (PyObject_GetBuffer(args[3], &hview, PyBUF_SIMPLE) < 0)
-        return NULL;
-    unsigned char hdr[5];
-    Py_ssize_t hlen = hview.len;
-    if (hlen > 4) {
-        PyBuffer_Release(&hview);
-        PyErr_SetString(PyExc_ValueError, "hdr must be shorter than 5 bytes");
-        return NULL;
-    }
-    memcpy(hdr, hview.buf, (size_t)hlen);
-    PyBuffer_Release(&hview);
-    Py_buffer view;
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
-        return NULL;
-    const unsigned char *data = view.buf;
-    const Py_ssize_t n = view.len;
+    Py_ssize_t left = *left_p, partial = *partial_p, hlen = *hlen_p;
     int framed = 1;
     if (left >= n) {  /* the whole chunk is inside one record body */
         left -= n;
@@ -1114,9 +1119,457 @@ scan_records(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
             partial = hlen;
         }
     }
+    *left_p = left;
+    *partial_p = partial;
+    *hlen_p = hlen;
+    return framed;
+}
+
+/* scan_records(data, rec_left, partial, hdr, max_body) -> (rec_left, partial, hdr, framed)
+ *
+ * Twin of TLSProtocol._track_records (uringws/tls/protocol.py): follow TLS record boundaries across a received
+ * chunk (scan_chunk). framed is False when a header is not one OpenSSL accepts. The loop the Python twin runs
+ * once per record runs here in C: a 1 MiB message is 64 records. */
+static PyObject *
+scan_records(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "scan_records(data, rec_left, partial, hdr, max_body)");
+        return NULL;
+    }
+    Py_ssize_t left = PyLong_AsSsize_t(args[1]);
+    if (left == -1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t partial = PyLong_AsSsize_t(args[2]);
+    if (partial == -1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t max_body = PyLong_AsSsize_t(args[4]);
+    if (max_body == -1 && PyErr_Occurred())
+        return NULL;
+    if (left < 0 || partial < 0) {
+        PyErr_SetString(PyExc_ValueError, "rec_left and partial must not be negative");
+        return NULL;
+    }
+    Py_buffer hview;
+    if (PyObject_GetBuffer(args[3], &hview, PyBUF_SIMPLE) < 0)
+        return NULL;
+    unsigned char hdr[5];
+    Py_ssize_t hlen = hview.len;
+    if (hlen > 4) {
+        PyBuffer_Release(&hview);
+        PyErr_SetString(PyExc_ValueError, "hdr must be shorter than 5 bytes");
+        return NULL;
+    }
+    memcpy(hdr, hview.buf, (size_t)hlen);
+    PyBuffer_Release(&hview);
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    int framed = scan_chunk(view.buf, view.len, &left, &partial, hdr, &hlen, max_body);
     PyBuffer_Release(&view);
     return Py_BuildValue("(nny#O)", left, partial, (const char *)hdr, hlen, framed ? Py_True : Py_False);
 }
+
+/* -- Receive: a TLS connection's receive path in one C call --------------------------------------------------- */
+
+/* Receive(tls, engine, wrapped, max_body, plain)
+ *
+ * The compiled twin of TLSProtocol.data_received() on this engine, its common case: what the ring transport calls
+ * with each received chunk (TLSProtocol.received_view returns one). For a connection in the WRAPPED state whose
+ * application takes lent views (received_view), it does what data_received() and _read() do, without their two
+ * Python frames: record tracking, lending the chunk to OpenSSL, read_all() into the thread's shared plaintext
+ * buffer, handing each decrypted run to the application's received_view(), and _read()'s ending (flush a
+ * KeyUpdate answer, close_notify, a write backlog), with _read()'s error handling. Every other state, and
+ * applications that take bytes or buffers, go to the Python data_received(), which stays the reference. The
+ * TLSProtocol's fields are read and written as attributes: there is one copy of the state, the Python one. */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *tls;          /* the TLSProtocol */
+    Engine *engine;
+    PyObject *plain_obj;    /* the thread's shared plaintext buffer (a writable memoryview)... */
+    Py_buffer plain;        /* ...and its memory */
+    long wrapped;           /* the value of protocol._WRAPPED */
+    Py_ssize_t max_body;
+    FastAttrs fa;           /* where the TLSProtocol's fields are */
+} ReceiveObject;
+
+enum { S_STATE, S_APP_READ_PAUSED, S_APP_BUFFERED, S_APP_VIEW, S_REC_LEFT, S_PARTIAL, S_HDR, S_FRAMED, S_BACKLOG,
+       S_TCP_PAUSED, S_FLUSH_SCHEDULED, S_DATA_RECEIVED, S_FLUSH, S_DRAIN_BACKLOG, S_ON_CLOSE_NOTIFY, S_TLS_ERROR,
+       S_FATAL, S_RELEASE, S_COUNT };
+static const char *const receive_names[S_COUNT] = {
+    "_state", "_app_read_paused", "_app_buffered", "_app_view", "_rec_left", "_partial", "_hdr", "_framed",
+    "_backlog", "_tcp_paused", "_flush_scheduled", "data_received", "_flush", "_drain_backlog", "_on_close_notify",
+    "_tls_error", "_fatal", "release",
+};
+static PyObject *receive_str[S_COUNT];
+static PyObject *fatal_message;  /* _read()'s message for an exception raised by the application */
+
+static PyTypeObject ReceiveType;
+
+static PyObject *Receive_vectorcall(ReceiveObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames);
+
+static PyObject *
+Receive_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *tls, *engine, *plain;
+    long wrapped;
+    Py_ssize_t max_body;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
+        PyErr_SetString(PyExc_TypeError, "Receive() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OO!lnO:Receive", &tls, &EngineType, &engine, &wrapped, &max_body, &plain))
+        return NULL;
+    ReceiveObject *self = PyObject_GC_New(ReceiveObject, type);
+    if (self == NULL)
+        return NULL;
+    self->vectorcall = (vectorcallfunc)Receive_vectorcall;
+    self->tls = Py_NewRef(tls);
+    self->engine = (Engine *)Py_NewRef(engine);
+    self->plain_obj = NULL;
+    self->wrapped = wrapped;
+    self->max_body = max_body;
+    self->fa.type = NULL;
+    fa_resolve(&self->fa, Py_TYPE(tls), receive_str, S_COUNT);
+    if (PyObject_GetBuffer(plain, &self->plain, PyBUF_WRITABLE) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->plain_obj = Py_NewRef(plain);
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+static int
+Receive_traverse(ReceiveObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->tls);
+    Py_VISIT(self->engine);
+    Py_VISIT(self->plain_obj);
+    Py_VISIT(self->fa.type);
+    return 0;
+}
+
+static int
+Receive_clear(ReceiveObject *self)
+{
+    Py_CLEAR(self->tls);
+    Py_CLEAR(self->engine);
+    fa_clear(&self->fa);
+    if (self->plain_obj != NULL) {
+        PyBuffer_Release(&self->plain);
+        Py_CLEAR(self->plain_obj);
+    }
+    return 0;
+}
+
+static void
+Receive_dealloc(ReceiveObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    Receive_clear(self);
+    PyObject_GC_Del(self);
+}
+
+/* A field of the TLSProtocol as a C value: -1 with an exception set on failure. */
+static int
+get_ssize(ReceiveObject *self, int name, Py_ssize_t *out)
+{
+    PyObject *v = fa_get(&self->fa, self->tls, receive_str, name);
+    if (v == NULL)
+        return -1;
+    *out = PyLong_AsSsize_t(v);
+    Py_DECREF(v);
+    return *out == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+static int
+get_bool(ReceiveObject *self, int name)
+{
+    PyObject *v = fa_get(&self->fa, self->tls, receive_str, name);
+    if (v == NULL)
+        return -1;
+    int r = v == Py_True ? 1 : v == Py_False || v == Py_None ? 0 : PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return r;
+}
+
+static int
+set_ssize(ReceiveObject *self, int name, Py_ssize_t value)
+{
+    PyObject *v = PyLong_FromSsize_t(value);
+    if (v == NULL)
+        return -1;
+    int r = fa_set(&self->fa, self->tls, receive_str, name, v);
+    Py_DECREF(v);
+    return r;
+}
+
+/* Whether the connection is reading application data into a received_view() app: 1 yes (*app_view set, a new
+ * reference), 0 no, -1 error. */
+static int
+receive_fast(ReceiveObject *self, PyObject **app_view)
+{
+    PyObject *tls = self->tls;
+    Py_ssize_t state;
+    int r;
+    if (get_ssize(self, S_STATE, &state) < 0)
+        return -1;
+    if (state != self->wrapped)
+        return 0;
+    if ((r = get_bool(self, S_APP_READ_PAUSED)) != 0)
+        return r < 0 ? -1 : 0;
+    if ((r = get_bool(self, S_APP_BUFFERED)) != 0)
+        return r < 0 ? -1 : 0;
+    PyObject *view = fa_get(&self->fa, tls, receive_str, S_APP_VIEW);
+    if (view == NULL)
+        return -1;
+    if (view == Py_None) {
+        Py_DECREF(view);
+        return 0;
+    }
+    *app_view = view;
+    return 1;
+}
+
+/* Still reading after a delivery: state WRAPPED and not paused. */
+static int
+still_reading(ReceiveObject *self)
+{
+    Py_ssize_t state;
+    if (get_ssize(self, S_STATE, &state) < 0)
+        return -1;
+    if (state != self->wrapped)
+        return 0;
+    int r = get_bool(self, S_APP_READ_PAUSED);
+    return r < 0 ? -1 : !r;
+}
+
+/* Track the records of a received chunk in the TLSProtocol's fields (its data_received()'s first part). */
+static int
+receive_track(ReceiveObject *self, const unsigned char *data, Py_ssize_t n)
+{
+    PyObject *tls = self->tls;
+    Py_ssize_t left, partial;
+    if (get_ssize(self, S_REC_LEFT, &left) < 0 || get_ssize(self, S_PARTIAL, &partial) < 0)
+        return -1;
+    PyObject *hobj = fa_get(&self->fa, tls, receive_str, S_HDR);
+    if (hobj == NULL)
+        return -1;
+    if (!PyBytes_Check(hobj) || PyBytes_GET_SIZE(hobj) > 4 || left < 0 || partial < 0) {
+        Py_DECREF(hobj);
+        PyErr_SetString(PyExc_SystemError, "TLSProtocol record tracking state out of range");
+        return -1;
+    }
+    unsigned char hdr[5];
+    Py_ssize_t hlen = PyBytes_GET_SIZE(hobj), old_hlen = hlen;
+    memcpy(hdr, PyBytes_AS_STRING(hobj), (size_t)hlen);
+    Py_DECREF(hobj);
+    int framed = scan_chunk(data, n, &left, &partial, hdr, &hlen, self->max_body);
+    if (set_ssize(self, S_REC_LEFT, left) < 0 || set_ssize(self, S_PARTIAL, partial) < 0)
+        return -1;
+    if (hlen || old_hlen) {
+        PyObject *h = PyBytes_FromStringAndSize((const char *)hdr, hlen);
+        if (h == NULL)
+            return -1;
+        int r = fa_set(&self->fa, tls, receive_str, S_HDR, h);
+        Py_DECREF(h);
+        if (r < 0)
+            return -1;
+    }
+    if (!framed && fa_set(&self->fa, tls, receive_str, S_FRAMED, Py_False) < 0)
+        return -1;
+    return 0;
+}
+
+/* Hand plain[:n] to the app's received_view(); the view is released after the call (as TLSProtocol._lend), so a
+ * view the app kept by mistake fails loudly instead of showing bytes of a later record. */
+static int
+receive_deliver(ReceiveObject *self, PyObject *app_view, Py_ssize_t n)
+{
+    PyObject *part = PyMemoryView_FromMemory(self->plain.buf, n, PyBUF_WRITE);
+    if (part == NULL)
+        return -1;
+    PyObject *res = PyObject_CallOneArg(app_view, part);
+    int ok = res != NULL;
+    Py_XDECREF(res);
+    if (Py_REFCNT(part) > 1) {  /* kept: release it now (a derived view still exported makes this raise) */
+        PyObject *exc = ok ? NULL : fetch_exc();
+        PyObject *r = PyObject_CallMethodNoArgs(part, receive_str[S_RELEASE]);
+        if (r == NULL)
+            ok = 0;
+        Py_XDECREF(r);
+        if (exc != NULL) {
+            if (r == NULL)
+                Py_XDECREF(fetch_exc());
+            restore_exc(exc);
+        }
+    }
+    Py_DECREF(part);
+    return ok ? 0 : -1;
+}
+
+/* _read()'s except clauses for an exception raised while reading: 1 a close_notify (go on to the ending), 0
+ * handled (by _tls_error or _fatal: stop), -1 not handled (propagate). */
+static int
+receive_exception(ReceiveObject *self)
+{
+    if (PyErr_ExceptionMatches(SSLZeroReturnError)) {
+        PyErr_Clear();
+        return 1;
+    }
+    int is_ssl = PyErr_ExceptionMatches(SSLError);
+    if (!is_ssl && !PyErr_ExceptionMatches(PyExc_Exception))
+        return -1;
+    PyObject *exc = fetch_exc();
+    PyObject *r = is_ssl ? PyObject_CallMethodOneArg(self->tls, receive_str[S_TLS_ERROR], exc)
+                         : PyObject_CallMethodObjArgs(self->tls, receive_str[S_FATAL], exc, fatal_message, NULL);
+    Py_DECREF(exc);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static PyObject *
+call_method0(PyObject *obj, int name)
+{
+    return PyObject_CallMethodNoArgs(obj, receive_str[name]);
+}
+
+/* _read()'s ending: an answer OpenSSL produced (a KeyUpdate's), then the close_notify, or a write backlog that
+ * waited for the read. */
+static int
+receive_ending(ReceiveObject *self, int got_close_notify)
+{
+    PyObject *tls = self->tls, *r;
+    if (self->engine->out_len) {
+        if ((r = call_method0(tls, S_FLUSH)) == NULL)
+            return -1;
+        Py_DECREF(r);
+    }
+    Py_ssize_t state;
+    if (get_ssize(self, S_STATE, &state) < 0)
+        return -1;
+    if (got_close_notify) {
+        if (state != self->wrapped)
+            return 0;
+        if ((r = call_method0(tls, S_ON_CLOSE_NOTIFY)) == NULL)
+            return -1;
+        Py_DECREF(r);
+        return 0;
+    }
+    int b = get_bool(self, S_BACKLOG);
+    if (b <= 0)
+        return b;
+    int t = get_bool(self, S_TCP_PAUSED);
+    if (t != 0)
+        return t < 0 ? -1 : 0;
+    int f = get_bool(self, S_FLUSH_SCHEDULED);
+    if (f != 0)
+        return f < 0 ? -1 : 0;
+    if (state != self->wrapped)
+        return 0;
+    if ((r = call_method0(tls, S_DRAIN_BACKLOG)) == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static PyObject *
+Receive_vectorcall(ReceiveObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "Receive(data) takes one positional argument");
+        return NULL;
+    }
+    if (self->tls == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Receive object cleared");
+        return NULL;
+    }
+    PyObject *data = args[0];
+    PyObject *app_view = NULL;
+    int fast = receive_fast(self, &app_view);
+    if (fast < 0)
+        return NULL;
+    if (!fast)
+        return PyObject_CallMethodOneArg(self->tls, receive_str[S_DATA_RECEIVED], data);
+    Engine *e = self->engine;
+    /* Lent to OpenSSL (incoming.lend): in_keep() copies what it has not read and releases the buffer. */
+    if (in_keep(e) < 0) {
+        Py_DECREF(app_view);
+        return NULL;
+    }
+    if (PyObject_GetBuffer(data, &e->lent, PyBUF_SIMPLE) < 0) {
+        Py_DECREF(app_view);
+        return NULL;
+    }
+    e->lent_pos = 0;
+    e->lending = 1;
+    int ok = 0;
+    if (receive_track(self, e->lent.buf, e->lent.len) < 0)
+        goto done;
+    /* _read(), the compiled engine's branch. */
+    Py_ssize_t partial;
+    int framed = get_bool(self, S_FRAMED);
+    if (framed < 0 || get_ssize(self, S_PARTIAL, &partial) < 0)
+        goto done;
+    if (!framed)
+        partial = 0;
+    if (e->more)
+        partial = -1;  /* the engine still has something to say: never skip this read */
+    if ((Py_ssize_t)in_pending(e) <= partial && SSL_pending(e->ssl) == 0) {
+        ok = 1;
+        goto done;
+    }
+    int got_close_notify = 0;
+    for (;;) {
+        Py_ssize_t n = read_all_into(e, self->plain.buf, (size_t)self->plain.len, partial);
+        if (n > 0 && receive_deliver(self, app_view, n) < 0)
+            n = -1;
+        if (n < 0) {
+            int r = receive_exception(self);
+            if (r < 0)
+                goto done;
+            if (r == 0) {
+                ok = 1;
+                goto done;
+            }
+            got_close_notify = 1;
+            break;
+        }
+        if (!e->more)
+            break;
+        int r = still_reading(self);
+        if (r < 0)
+            goto done;
+        if (!r)
+            break;
+    }
+    ok = receive_ending(self, got_close_notify) == 0;
+done:
+    Py_DECREF(app_view);
+    if (in_keep(e) < 0 && ok)  /* TLSProtocol.data_received's finally: incoming.keep() */
+        ok = 0;
+    if (!ok)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyTypeObject ReceiveType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "uringws.tls._engine.Receive",
+    .tp_basicsize = sizeof(ReceiveObject),
+    .tp_dealloc = (destructor)Receive_dealloc,
+    .tp_vectorcall_offset = offsetof(ReceiveObject, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "Receive(tls, engine, wrapped, max_body, plain): TLSProtocol.data_received's common case in C.",
+    .tp_traverse = (traverseproc)Receive_traverse,
+    .tp_clear = (inquiry)Receive_clear,
+    .tp_new = Receive_new,
+};
 
 static PyMethodDef module_methods[] = {
     {"context_matches", context_matches, METH_VARARGS, "Check the SSL_CTX read from an SSLContext."},
@@ -1166,12 +1619,20 @@ PyInit__engine(void)
         || !BIO_meth_set_create(engine_bio_method, bio_create)
         || !BIO_meth_set_destroy(engine_bio_method, bio_destroy))
         return PyErr_NoMemory();
-    if (PyType_Ready(&EngineType) < 0 || PyType_Ready(&IncomingType) < 0 || PyType_Ready(&OutgoingType) < 0)
+    if (PyType_Ready(&EngineType) < 0 || PyType_Ready(&IncomingType) < 0 || PyType_Ready(&OutgoingType) < 0
+        || PyType_Ready(&ReceiveType) < 0)
+        return NULL;
+    for (int i = 0; i < S_COUNT; i++) {
+        if ((receive_str[i] = PyUnicode_InternFromString(receive_names[i])) == NULL)
+            return NULL;
+    }
+    if ((fatal_message = PyUnicode_InternFromString("Fatal error in application protocol receiving TLS data")) == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (m == NULL)
         return NULL;
     if (PyModule_AddObjectRef(m, "Engine", (PyObject *)&EngineType) < 0
+        || PyModule_AddObjectRef(m, "Receive", (PyObject *)&ReceiveType) < 0
         /* What we were compiled against and what is loaded now: engine.py compares both with the stdlib's. */
         || PyModule_AddObject(m, "OPENSSL_VERSION_NUMBER", PyLong_FromUnsignedLong(OPENSSL_VERSION_NUMBER)) < 0
         || PyModule_AddObject(m, "LOADED_OPENSSL_VERSION_NUMBER", PyLong_FromUnsignedLong(OpenSSL_version_num())) < 0

@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import _compiled
 
-__all__ = ["CompiledSSLObject", "available", "scan_records", "unsupported"]
+__all__ = ["CompiledSSLObject", "available", "receive_type", "scan_records", "unsupported"]
 
 logger = logging.getLogger("uringws.tls")
 
@@ -91,6 +91,8 @@ _compiled.register("tls._engine", _engine is not None, _reason or "TLS records t
 #: The C twin of ``TLSProtocol._track_records`` (TLS record boundaries of a received chunk), or None where the
 #: engine is not in use; it serves connections on either engine.
 scan_records: Any = None if _engine is None else getattr(_engine, "scan_records", None)
+#: The C twin of ``TLSProtocol.data_received``'s common case (``TLSProtocol.received_view``), or None.
+receive_type: Any = None if _engine is None else getattr(_engine, "Receive", None)
 
 _logged: set[str] = set()
 

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..loop import compat
 from .engine import CompiledSSLObject, new_engine
+from .engine import receive_type as _Receive
 from .engine import scan_records as _engine_scan_records
 
 __all__ = [
@@ -589,7 +590,17 @@ class TLSProtocol(asyncio.BufferedProtocol):
         elif state == _SHUTDOWN:
             self._read_shutdown()
 
-    received_view = data_received
+    @property
+    def received_view(self) -> Any:
+        """The ring transport's hook for received bytes lent as a view (see data_received()).
+
+        On the compiled engine, a C object that does data_received()'s common case (application data for an app
+        that takes lent views) without its Python frames, and calls data_received() for everything else; it is
+        made per access, so the transport that keeps it is what keeps it alive. Elsewhere data_received() itself.
+        """
+        if self._lend_in is not None and _Receive is not None:
+            return _Receive(self, self._ssl, _WRAPPED, _MAX_RECORD_BODY, self._shared.plain)
+        return self.data_received
 
     def eof_received(self) -> bool:
         """TCP FIN from the peer.  Returns True only to keep the transport open while app reading is paused."""

@@ -17,6 +17,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include "../_fastattr.h"
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -224,6 +225,100 @@ release_data:
     return out;
 }
 
+/* parse_messages()'s loop over buf[pos:n]: the position it stopped at, or -1 with an exception set. Each payload
+ * goes to sink(payload), or with `collect` is appended to the list sink. */
+static Py_ssize_t
+parse_run(const unsigned char *buf, const Py_ssize_t n, Py_ssize_t pos, int masked, Py_ssize_t limit,
+          PyObject *sink, int collect)
+{
+    const unsigned char mbit = masked ? 0x80 : 0;
+
+    while (n - pos >= 2) {
+        const unsigned char b0 = buf[pos];
+        const unsigned char b1 = buf[pos + 1];
+        Py_ssize_t length, start, end;
+        if ((b0 != 0x81 && b0 != 0x82) || (b1 & 0x80) != mbit) {
+            break;
+        }
+        length = b1 & 0x7F;
+        start = pos + 2;
+        if (length == 127) {
+            if (limit < 65536 || n - pos < 10) {
+                break;
+            }
+            uint64_t wide = 0;
+            for (int k = 2; k < 10; k++) {
+                wide = (wide << 8) | buf[pos + k];
+            }
+            /* Compared as unsigned 64-bit before any arithmetic: a length with its top bit set (a protocol
+             * error) or of more than 4 GiB on any build is above any limit a Py_ssize_t can hold, or stops at
+             * the completeness check below; the general parser reports it. */
+            if (wide > (uint64_t)limit || wide <= 127) {
+                break;  /* (a non-minimal encoding of <= 127 is left to the general parser, as in the pure twin) */
+            }
+            length = (Py_ssize_t)wide;
+            start = pos + 10;
+        }
+        else if (length == 126) {
+            if (n - pos < 4) {
+                break;
+            }
+            length = ((Py_ssize_t)buf[pos + 2] << 8) | buf[pos + 3];
+            start = pos + 4;
+        }
+        if (length > limit) {
+            break;
+        }
+        /* Incomplete frame; written as a difference so that no sum can overflow whatever the length. */
+        if (length > n - start - (masked ? 4 : 0)) {
+            break;
+        }
+        end = start + (masked ? 4 : 0) + length;
+        if (end > n) {
+            break;
+        }
+        PyObject *payload = PyBytes_FromStringAndSize(NULL, length);
+        if (payload == NULL) {
+            return -1;
+        }
+        if (masked) {
+            xor_mask(buf + start + 4, (unsigned char *)PyBytes_AS_STRING(payload), length, buf + start);
+        }
+        else {
+            memcpy(PyBytes_AS_STRING(payload), buf + start, (size_t)length);
+        }
+        if (b0 == 0x81) {
+            PyObject *text = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(payload), length, "strict");
+            Py_DECREF(payload);
+            if (text == NULL) {
+                if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+                    PyErr_Clear();
+                    break;  /* the general parser fails the connection with 1007 */
+                }
+                return -1;
+            }
+            payload = text;
+        }
+        if (collect) {
+            int r = PyList_Append(sink, payload);
+            Py_DECREF(payload);
+            if (r < 0) {
+                return -1;
+            }
+        }
+        else {
+            PyObject *res = PyObject_CallOneArg(sink, payload);
+            Py_DECREF(payload);
+            if (res == NULL) {
+                return -1;
+            }
+            Py_DECREF(res);
+        }
+        pos = end;
+    }
+    return pos;
+}
+
 /* parse_messages(buf, pos, masked, sink, limit=65535) -> int
  *
  * Twin of frames.parse_messages_py. Starting at buf[pos], take each complete frame that is a whole data
@@ -273,90 +368,9 @@ parse_messages(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "pos out of range");
         return NULL;
     }
-    const unsigned char *buf = view.buf;
-    const Py_ssize_t n = view.len;
-    const unsigned char mbit = masked ? 0x80 : 0;
-
-    while (n - pos >= 2) {
-        const unsigned char b0 = buf[pos];
-        const unsigned char b1 = buf[pos + 1];
-        Py_ssize_t length, start, end;
-        if ((b0 != 0x81 && b0 != 0x82) || (b1 & 0x80) != mbit) {
-            break;
-        }
-        length = b1 & 0x7F;
-        start = pos + 2;
-        if (length == 127) {
-            if (limit < 65536 || n - pos < 10) {
-                break;
-            }
-            uint64_t wide = 0;
-            for (int k = 2; k < 10; k++) {
-                wide = (wide << 8) | buf[pos + k];
-            }
-            /* Compared as unsigned 64-bit before any arithmetic: a length with its top bit set (a protocol
-             * error) or of more than 4 GiB on any build is above any limit a Py_ssize_t can hold, or stops at
-             * the completeness check below; the general parser reports it. */
-            if (wide > (uint64_t)limit || wide <= 127) {
-                break;  /* (a non-minimal encoding of <= 127 is left to the general parser, as in the pure twin) */
-            }
-            length = (Py_ssize_t)wide;
-            start = pos + 10;
-        }
-        else if (length == 126) {
-            if (n - pos < 4) {
-                break;
-            }
-            length = ((Py_ssize_t)buf[pos + 2] << 8) | buf[pos + 3];
-            start = pos + 4;
-        }
-        if (length > limit) {
-            break;
-        }
-        /* Incomplete frame; written as a difference so that no sum can overflow whatever the length. */
-        if (length > n - start - (masked ? 4 : 0)) {
-            break;
-        }
-        end = start + (masked ? 4 : 0) + length;
-        if (end > n) {
-            break;
-        }
-        PyObject *payload = PyBytes_FromStringAndSize(NULL, length);
-        if (payload == NULL) {
-            goto error;
-        }
-        if (masked) {
-            xor_mask(buf + start + 4, (unsigned char *)PyBytes_AS_STRING(payload), length, buf + start);
-        }
-        else {
-            memcpy(PyBytes_AS_STRING(payload), buf + start, (size_t)length);
-        }
-        if (b0 == 0x81) {
-            PyObject *text = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(payload), length, "strict");
-            Py_DECREF(payload);
-            if (text == NULL) {
-                if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
-                    PyErr_Clear();
-                    break;  /* the general parser fails the connection with 1007 */
-                }
-                goto error;
-            }
-            payload = text;
-        }
-        PyObject *res = PyObject_CallOneArg(sink, payload);
-        Py_DECREF(payload);
-        if (res == NULL) {
-            goto error;
-        }
-        Py_DECREF(res);
-        pos = end;
-    }
+    pos = parse_run(view.buf, view.len, pos, masked, limit, sink, 0);
     PyBuffer_Release(&view);
-    return PyLong_FromSsize_t(pos);
-
-error:
-    PyBuffer_Release(&view);
-    return NULL;
+    return pos < 0 ? NULL : PyLong_FromSsize_t(pos);
 }
 
 /* FrameBuffer(length, mask) -- twin of frames.FrameBufferPy.
@@ -522,6 +536,336 @@ static PyTypeObject FrameBufferType = {
     .tp_getset = framebuffer_getset,
 };
 
+/* ViewSink(connection, no_limit, budget_min) -- the compiled twin of Connection.received_view (connection.py).
+ *
+ * What uringws's TLS layer calls with each run of decrypted bytes (a view lent for the call). Its common case,
+ * a WebSocket connection between messages that receives only whole unfragmented, uncompressed text or binary
+ * messages, is done here without the Python frames of Connection.received_view and Protocol.receive_data: the
+ * frames are parsed (parse_run), every message goes to the parser's sink, the counters move as receive_data moves
+ * them, and the waiting recv() is woken as Connection.received_view wakes it. All or nothing: when anything in the
+ * bytes is not such a message, or the parser is in any other state, nothing is delivered here and the Python
+ * Connection._received_view takes the whole view (the reference, and what URINGWS_PURE=1 runs). Attributes are
+ * read and written on the Python objects: they keep the only copy of the state. */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *conn;
+    Py_ssize_t no_limit, budget_min;
+    FastAttrs conn_fa, proto_fa;  /* where the Connection's and its Protocol's fields are */
+} ViewSinkObject;
+
+enum { V_PROTO, V_RECEIVED_VIEW, V_DISCARD_INPUT, V_INPUT_PENDING, V_BUF, V_HDR, V_SMALL_OK, V_MSG_OPCODE,
+       V_FRAME_BUDGET, V_EXPECT_MASKED, V_MAX_SIZE, V_BUDGET, V_EMIT, V_MESSAGES_IN, V_BYTES_IN, V_EVENTS, V_OUT,
+       V_PROCESS, V_MESSAGES, V_RECV_WAITER, V_DONE, V_SET_RESULT, V_MAX_QUEUE, V_MESSAGES_ARRIVED, V_COUNT };
+static const char *const view_names[V_COUNT] = {
+    "proto", "_received_view", "_discard_input", "input_pending", "_buf", "_hdr", "_small_ok", "_msg_opcode",
+    "frame_budget", "_expect_masked", "max_size", "budget", "_emit", "messages_in", "bytes_in", "_events", "_out",
+    "_process", "_messages", "_recv_waiter", "done", "set_result", "_max_queue", "_messages_arrived",
+};
+static PyObject *view_str[V_COUNT];
+
+static PyObject *ViewSink_vectorcall(ViewSinkObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames);
+
+static PyObject *
+ViewSink_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *conn;
+    Py_ssize_t no_limit, budget_min;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
+        PyErr_SetString(PyExc_TypeError, "ViewSink() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "Onn:ViewSink", &conn, &no_limit, &budget_min)) {
+        return NULL;
+    }
+    ViewSinkObject *self = PyObject_GC_New(ViewSinkObject, type);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = (vectorcallfunc)ViewSink_vectorcall;
+    self->conn = Py_NewRef(conn);
+    self->no_limit = no_limit;
+    self->budget_min = budget_min;
+    self->conn_fa.type = self->proto_fa.type = NULL;
+    fa_resolve(&self->conn_fa, Py_TYPE(conn), view_str, V_COUNT);
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+static int
+ViewSink_traverse(ViewSinkObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->conn);
+    Py_VISIT(self->conn_fa.type);
+    Py_VISIT(self->proto_fa.type);
+    return 0;
+}
+
+static int
+ViewSink_clear(ViewSinkObject *self)
+{
+    Py_CLEAR(self->conn);
+    fa_clear(&self->conn_fa);
+    fa_clear(&self->proto_fa);
+    return 0;
+}
+
+static void
+ViewSink_dealloc(ViewSinkObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    ViewSink_clear(self);
+    PyObject_GC_Del(self);
+}
+
+/* The truth of an attribute: 1, 0, or -1 with an exception set. */
+static int
+attr_true(FastAttrs *fa, PyObject *obj, int name)
+{
+    PyObject *v = fa_get(fa, obj, view_str, name);
+    if (v == NULL) {
+        return -1;
+    }
+    int r = v == Py_True ? 1 : (v == Py_False || v == Py_None) ? 0 : PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return r;
+}
+
+static int
+attr_is_none(FastAttrs *fa, PyObject *obj, int name)
+{
+    PyObject *v = fa_get(fa, obj, view_str, name);
+    if (v == NULL) {
+        return -1;
+    }
+    int r = v == Py_None;
+    Py_DECREF(v);
+    return r;
+}
+
+/* obj.name += n */
+static int
+attr_add(FastAttrs *fa, PyObject *obj, int name, Py_ssize_t n)
+{
+    PyObject *v = fa_get(fa, obj, view_str, name);
+    if (v == NULL) {
+        return -1;
+    }
+    PyObject *d = PyLong_FromSsize_t(n);
+    if (d == NULL) {
+        Py_DECREF(v);
+        return -1;
+    }
+    PyObject *sum = PyNumber_Add(v, d);
+    Py_DECREF(v);
+    Py_DECREF(d);
+    if (sum == NULL) {
+        return -1;
+    }
+    int r = fa_set(fa, obj, view_str, name, sum);
+    Py_DECREF(sum);
+    return r;
+}
+
+/* Protocol.receive_data(view)'s common case: 1 done (*wants set to its return value), 0 not taken (nothing was
+ * done), -1 error. */
+static int
+receive_messages(ViewSinkObject *self, PyObject *proto, PyObject *data, int *wants)
+{
+    int r;
+    FastAttrs *fa = &self->proto_fa;
+    if (Py_TYPE(proto) != fa->type) {
+        fa_resolve(fa, Py_TYPE(proto), view_str, V_COUNT);
+    }
+    /* The parser between messages, with nothing carried over: the only state parse_run's messages leave as is. */
+    if ((r = attr_true(fa, proto, V_DISCARD_INPUT)) != 0 || (r = attr_true(fa, proto, V_INPUT_PENDING)) != 0
+        || (r = attr_true(fa, proto, V_BUF)) != 0 || (r = attr_is_none(fa, proto, V_HDR)) != 1
+        || (r = attr_true(fa, proto, V_SMALL_OK)) != 1 || (r = attr_true(fa, proto, V_MSG_OPCODE)) != 0) {
+        return r < 0 ? -1 : 0;
+    }
+    /* The fairness budget of frames per read: a run of whole messages does not spend it, but an exhausted one
+     * stops the parse before the run. */
+    PyObject *fb = fa_get(fa, proto, view_str, V_FRAME_BUDGET);
+    if (fb == NULL) {
+        return -1;
+    }
+    Py_ssize_t frames_left = fb == Py_None ? 1 : PyLong_AsSsize_t(fb);
+    Py_DECREF(fb);
+    if (frames_left <= 0) {
+        return frames_left == -1 && PyErr_Occurred() ? -1 : 0;
+    }
+    int masked = attr_true(fa, proto, V_EXPECT_MASKED);
+    if (masked < 0) {
+        return -1;
+    }
+    Py_ssize_t limit = self->no_limit;
+    PyObject *v = fa_get(fa, proto, view_str, V_MAX_SIZE);
+    if (v == NULL) {
+        return -1;
+    }
+    if (v != Py_None) {
+        limit = PyLong_AsSsize_t(v);
+    }
+    Py_DECREF(v);
+    if (limit == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if ((r = attr_is_none(fa, proto, V_BUDGET)) < 0) {
+        return -1;
+    }
+    if (!r && limit >= self->budget_min) {
+        limit = self->budget_min - 1;
+    }
+    if (limit < 0) {
+        return 0;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+        return -1;
+    }
+    PyObject *messages = PyList_New(0);
+    if (messages == NULL) {
+        PyBuffer_Release(&view);
+        return -1;
+    }
+    Py_ssize_t n = view.len;
+    Py_ssize_t pos = n ? parse_run(view.buf, n, 0, masked, limit, messages, 1) : 0;
+    PyBuffer_Release(&view);
+    if (pos != n || n == 0) {  /* anything else in the bytes (or an error): the Python twin takes it all */
+        Py_DECREF(messages);
+        return pos < 0 ? -1 : 0;
+    }
+    PyObject *emit = fa_get(fa, proto, view_str, V_EMIT);
+    if (emit == NULL) {
+        Py_DECREF(messages);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(messages); i++) {
+        PyObject *res = PyObject_CallOneArg(emit, PyList_GET_ITEM(messages, i));
+        if (res == NULL) {
+            Py_DECREF(emit);
+            Py_DECREF(messages);
+            return -1;
+        }
+        Py_DECREF(res);
+    }
+    Py_DECREF(emit);
+    Py_DECREF(messages);
+    /* receive_data's ending: one run delivered, n bytes in, nothing pending. */
+    if (attr_add(fa, proto, V_MESSAGES_IN, 1) < 0 || attr_add(fa, proto, V_BYTES_IN, n) < 0) {
+        return -1;
+    }
+    if ((r = attr_true(fa, proto, V_EVENTS)) == 0) {
+        r = attr_true(fa, proto, V_OUT);
+    }
+    if (r < 0) {
+        return -1;
+    }
+    *wants = r;
+    return 1;
+}
+
+static PyObject *
+ViewSink_vectorcall(ViewSinkObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "ViewSink(view) takes one positional argument");
+        return NULL;
+    }
+    PyObject *conn = self->conn;
+    if (conn == NULL) {
+        PyErr_SetString(PyExc_ValueError, "ViewSink cleared");
+        return NULL;
+    }
+    PyObject *proto = fa_get(&self->conn_fa, conn, view_str, V_PROTO);
+    if (proto == NULL) {
+        return NULL;
+    }
+    int wants = 0, r = 0;
+    if (proto != Py_None) {
+        r = receive_messages(self, proto, args[0], &wants);
+    }
+    Py_DECREF(proto);
+    if (r < 0) {
+        return NULL;
+    }
+    if (r == 0) {
+        return PyObject_CallMethodOneArg(conn, view_str[V_RECEIVED_VIEW], args[0]);
+    }
+    /* Connection.received_view's ending. */
+    if (wants) {
+        return PyObject_CallMethodNoArgs(conn, view_str[V_PROCESS]);
+    }
+    PyObject *messages = fa_get(&self->conn_fa, conn, view_str, V_MESSAGES);
+    if (messages == NULL) {
+        return NULL;
+    }
+    int any = PyObject_IsTrue(messages);
+    if (any <= 0) {
+        Py_DECREF(messages);
+        if (any < 0) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    PyObject *waiter = fa_get(&self->conn_fa, conn, view_str, V_RECV_WAITER);
+    if (waiter == NULL) {
+        Py_DECREF(messages);
+        return NULL;
+    }
+    if (waiter != Py_None) {
+        PyObject *done = PyObject_CallMethodNoArgs(waiter, view_str[V_DONE]);
+        int is_done = done == NULL ? -1 : PyObject_IsTrue(done);
+        Py_XDECREF(done);
+        PyObject *res = is_done == 0 ? PyObject_CallMethodOneArg(waiter, view_str[V_SET_RESULT], Py_None) : NULL;
+        if (is_done < 0 || (is_done == 0 && res == NULL)) {
+            Py_DECREF(waiter);
+            Py_DECREF(messages);
+            return NULL;
+        }
+        Py_XDECREF(res);
+    }
+    Py_DECREF(waiter);
+    PyObject *max_queue = fa_get(&self->conn_fa, conn, view_str, V_MAX_QUEUE);
+    if (max_queue == NULL) {
+        Py_DECREF(messages);
+        return NULL;
+    }
+    int full = 0;
+    if (max_queue != Py_None) {
+        Py_ssize_t mq = PyLong_AsSsize_t(max_queue), len = PyObject_Length(messages);
+        if ((mq == -1 || len == -1) && PyErr_Occurred()) {
+            full = -1;
+        }
+        else {
+            full = len >= mq;
+        }
+    }
+    Py_DECREF(max_queue);
+    Py_DECREF(messages);
+    if (full < 0) {
+        return NULL;
+    }
+    if (full) {
+        return PyObject_CallMethodNoArgs(conn, view_str[V_MESSAGES_ARRIVED]);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyTypeObject ViewSinkType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "uringws.ws._speedups.ViewSink",
+    .tp_basicsize = sizeof(ViewSinkObject),
+    .tp_dealloc = (destructor)ViewSink_dealloc,
+    .tp_vectorcall_offset = offsetof(ViewSinkObject, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "ViewSink(connection, no_limit, budget_min): Connection.received_view's common case in C.",
+    .tp_traverse = (traverseproc)ViewSink_traverse,
+    .tp_clear = (inquiry)ViewSink_clear,
+    .tp_new = ViewSink_new,
+};
+
 static int
 module_exec(PyObject *module)
 {
@@ -544,6 +888,14 @@ module_exec(PyObject *module)
     if (PyModule_AddObject(module, "FrameBuffer", (PyObject *)&FrameBufferType) < 0) {
         Py_DECREF(&FrameBufferType);
         return -1;
+    }
+    if (PyType_Ready(&ViewSinkType) < 0 || PyModule_AddObjectRef(module, "ViewSink", (PyObject *)&ViewSinkType) < 0) {
+        return -1;
+    }
+    for (int i = 0; i < V_COUNT; i++) {
+        if (view_str[i] == NULL && (view_str[i] = PyUnicode_InternFromString(view_names[i])) == NULL) {
+            return -1;
+        }
     }
     return 0;
 }

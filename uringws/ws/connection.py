@@ -23,7 +23,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 from typing import Any, TypeAlias, cast
 
 from ..tls.protocol import TLSTransport
-from .budget import MemoryBudget
+from .budget import BUDGET_MIN, MemoryBudget
 from .config import WSConfig
 from .exceptions import (
     ConcurrencyError,
@@ -33,6 +33,7 @@ from .exceptions import (
     InvalidHandshake,
     InvalidState,
 )
+from .frames import ViewSink as _ViewSink
 from .handshake import (
     ClientHandshake,
     Negotiated,
@@ -41,7 +42,7 @@ from .handshake import (
     ServerHandshake,
     serialize_response,
 )
-from .protocol import _BINARY_HEADERS, _OPEN, Close, Fragment, Message, Ping, Pong, Protocol, Side, State
+from .protocol import _BINARY_HEADERS, _NO_LIMIT, _OPEN, Close, Fragment, Message, Ping, Pong, Protocol, Side, State
 
 __all__ = ["Connection", "Data", "LoggerLike", "ProcessRequest", "ProcessResponse"]
 
@@ -718,9 +719,22 @@ class Connection(asyncio.Protocol):
         elif self._client_hs is not None:
             self._client_handshake_data(data)
 
-    def received_view(self, view: memoryview) -> None:
+    @property
+    def received_view(self) -> Callable[[memoryview], None]:
         """data_received() for bytes lent only for the duration of the call (uringws's TLS layer lends a view of
-        its plaintext buffer): the frame parser copies what it keeps; the handshake gets its own bytes."""
+        its plaintext buffer, and looks this up once per connection).
+
+        With the compiled pieces, a C object (``_speedups.ViewSink``) that does the common case, whole small
+        messages between messages, without a Python frame, and calls :meth:`_received_view` for everything else;
+        that method is the reference it is tested against.
+        """
+        if _ViewSink is not None:
+            sink: Callable[[memoryview], None] = _ViewSink(self, _NO_LIMIT, BUDGET_MIN)
+            return sink
+        return self._received_view
+
+    def _received_view(self, view: memoryview) -> None:
+        """received_view() in Python: the frame parser copies what it keeps; the handshake gets its own bytes."""
         proto = self.proto
         if proto is None:
             self.data_received(view.tobytes())

@@ -10,7 +10,7 @@ import enum
 import os
 import struct
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .. import _compiled
 from .exceptions import InvalidUTF8, PayloadTooBig, ProtocolError
@@ -223,6 +223,8 @@ class FrameBufferPy:
 apply_mask = apply_mask_py
 parse_messages = parse_messages_py
 FrameBuffer: type[FrameBufferPy] = FrameBufferPy
+#: The C twin of ``Connection.received_view``'s common case (``Connection.received_view`` returns one), or None.
+ViewSink: Any = None
 if _compiled.PURE:
     _compiled.register("ws._speedups", False, "switched off by URINGWS_PURE=1")
 elif os.environ.get("URINGWS_NO_SPEEDUPS", "") not in ("", "0"):
@@ -241,6 +243,7 @@ else:
         except TypeError:
             parse_messages = parse_messages_py
         FrameBuffer = getattr(_speedups, "FrameBuffer", FrameBufferPy)
+        ViewSink = getattr(_speedups, "ViewSink", None)
         _loop = "AVX2" if getattr(_speedups, "AVX2", False) else "portable"
         _compiled.register("ws._speedups", True, f"mask ({_loop} loop), frame parser and frame buffer in C")
 

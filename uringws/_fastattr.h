@@ -1,0 +1,94 @@
+/* Fast access to the __slots__ fields of the Python objects a compiled hot path reads on every call.
+ *
+ * The C twins of the receive path (uringws/tls/_engine.c: Receive, uringws/ws/_speedups.c: ViewSink) keep no
+ * copy of the state of the Python objects they stand in for: they read and write those objects' fields, a few
+ * dozen times per received message. PyObject_GetAttr on a slot costs a type lookup and a descriptor call each
+ * time. Here a field is found once per type (its member descriptor's offset in the object) and then read or
+ * written in place, as the descriptor itself would (T_OBJECT_EX semantics: NULL means unset).
+ *
+ * Anything that is not a plain object slot of the exact type seen (a subclass that turns the name into a
+ * property, a type never resolved, an unset slot) goes through PyObject_GetAttr / PyObject_SetAttr: the fast
+ * way is only ever taken where it is equivalent. Uses PyMemberDescrObject (CPython's non-limited API, the same
+ * in 3.11-3.13).
+ */
+#ifndef URINGWS_FASTATTR_H
+#define URINGWS_FASTATTR_H
+
+#include <Python.h>
+#include <structmember.h>
+
+#if PY_VERSION_HEX >= 0x030C0000
+#define FA_T_OBJECT_EX Py_T_OBJECT_EX
+#define FA_READONLY Py_READONLY
+#else
+#define FA_T_OBJECT_EX T_OBJECT_EX
+#define FA_READONLY READONLY
+#endif
+
+/* The fields of one type: offsets[i] for names[i], or -1 where the generic path must be used. */
+typedef struct {
+    PyTypeObject *type;  /* a strong reference (NULL: nothing resolved); fa_clear() drops it */
+    Py_ssize_t offsets[32];
+} FastAttrs;
+
+/* Resolve the n names (n <= 32) for type tp. Never fails: unresolvable names get -1, and a type with its own
+ * __getattribute__/__getattr__/__setattr__ gets -1 for every name. */
+static inline void
+fa_resolve(FastAttrs *fa, PyTypeObject *tp, PyObject *const *names, int n)
+{
+    Py_XSETREF(fa->type, (PyTypeObject *)Py_NewRef(tp));
+    int generic = tp->tp_getattro == PyObject_GenericGetAttr && tp->tp_setattro == PyObject_GenericSetAttr;
+    for (int i = 0; i < n; i++) {
+        fa->offsets[i] = -1;
+        if (!generic) {
+            continue;
+        }
+        PyObject *d = PyObject_GetAttr((PyObject *)tp, names[i]);  /* a slot's member descriptor itself */
+        if (d == NULL) {
+            PyErr_Clear();
+            continue;
+        }
+        if (Py_IS_TYPE(d, &PyMemberDescr_Type)) {
+            PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+            if (m->type == FA_T_OBJECT_EX && !(m->flags & FA_READONLY)) {
+                fa->offsets[i] = m->offset;
+            }
+        }
+        Py_DECREF(d);
+    }
+}
+
+static inline void
+fa_clear(FastAttrs *fa)
+{
+    Py_CLEAR(fa->type);
+}
+
+/* obj.<names[i]>: a new reference, or NULL with an exception set. */
+static inline PyObject *
+fa_get(FastAttrs *fa, PyObject *obj, PyObject *const *names, int i)
+{
+    if (Py_TYPE(obj) == fa->type && fa->offsets[i] >= 0) {
+        PyObject *v = *(PyObject **)((char *)obj + fa->offsets[i]);
+        if (v != NULL) {
+            return Py_NewRef(v);
+        }
+    }
+    return PyObject_GetAttr(obj, names[i]);
+}
+
+/* obj.<names[i]> = value: 0, or -1 with an exception set. */
+static inline int
+fa_set(FastAttrs *fa, PyObject *obj, PyObject *const *names, int i, PyObject *value)
+{
+    if (Py_TYPE(obj) == fa->type && fa->offsets[i] >= 0) {
+        PyObject **slot = (PyObject **)((char *)obj + fa->offsets[i]);
+        PyObject *old = *slot;
+        *slot = Py_NewRef(value);
+        Py_XDECREF(old);
+        return 0;
+    }
+    return PyObject_SetAttr(obj, names[i], value);
+}
+
+#endif
