@@ -19,7 +19,8 @@ import os
 import selectors
 import socket
 import threading
-from asyncio import constants, exceptions, sslproto
+import time as _time
+from asyncio import base_events, constants, exceptions, sslproto
 from asyncio.events import Handle, TimerHandle
 from collections.abc import Callable
 from contextvars import copy_context
@@ -150,6 +151,10 @@ class EventLoop(_UnixSelectorEventLoop):
         # iteration) is the last write before the wait, so it sends at once instead of adding a hook of its own.
         self._hook_selector: RingSelector | None = None
         self.in_before_wait = False
+        # BaseEventLoop.time() is `return time.monotonic()`: a Python frame for a C call, up to twice per
+        # iteration in _run_once(). It reads the clock itself (looked up per call, so a patched time.monotonic
+        # is still seen) unless a subclass has a time() of its own.
+        self._stock_time = type(self).time is base_events.BaseEventLoop.time
         # listening socket -> its accept pause (out of fds), until an accept() works again
         self._accept_paused: dict[socket.socket, _AcceptPause] = {}
         self._accept_warned_at: float | None = None
@@ -274,7 +279,7 @@ class EventLoop(_UnixSelectorEventLoop):
         if ready or self._stopping:
             timeout = 0
         elif scheduled:
-            timeout = scheduled[0]._when - self.time()
+            timeout = scheduled[0]._when - (_time.monotonic() if self._stock_time else self.time())
             if timeout > _MAXIMUM_SELECT_TIMEOUT:
                 timeout = _MAXIMUM_SELECT_TIMEOUT
             elif timeout < 0:
@@ -294,7 +299,7 @@ class EventLoop(_UnixSelectorEventLoop):
                 self._process_events(event_list)
         event_list = None  # asyncio does this too: it breaks reference cycles when an exception occurs
         if scheduled:
-            end_time = self.time() + self._clock_resolution
+            end_time = (_time.monotonic() if self._stock_time else self.time()) + self._clock_resolution
             while scheduled:
                 handle = scheduled[0]
                 if handle._when >= end_time:
