@@ -944,6 +944,21 @@ Incoming_pending(EngineBIO *self, void *Py_UNUSED(closure))
     return PyLong_FromSize_t(in_pending(self->engine));
 }
 
+/* All ciphertext produced so far, as one bytes object (the buffer itself, trimmed): outgoing.read(). */
+static PyObject *
+out_take(Engine *e)
+{
+    if (e->out == NULL || e->out_len == 0)
+        return PyBytes_FromStringAndSize(NULL, 0);
+    PyObject *res = e->out;
+    Py_ssize_t len = e->out_len;
+    e->out = NULL;
+    e->out_len = e->out_cap = 0;
+    if (len != PyBytes_GET_SIZE(res) && _PyBytes_Resize(&res, len) < 0)
+        return NULL;
+    return res;
+}
+
 /* outgoing.read(): all ciphertext produced so far, as one bytes object (the buffer itself, trimmed). */
 static PyObject *
 Outgoing_read(EngineBIO *self, PyObject *const *args, Py_ssize_t nargs)
@@ -954,15 +969,7 @@ Outgoing_read(EngineBIO *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "read() takes no arguments here: it returns everything pending");
         return NULL;
     }
-    if (e->out == NULL || e->out_len == 0)
-        return PyBytes_FromStringAndSize(NULL, 0);
-    PyObject *res = e->out;
-    Py_ssize_t len = e->out_len;
-    e->out = NULL;
-    e->out_len = e->out_cap = 0;
-    if (len != PyBytes_GET_SIZE(res) && _PyBytes_Resize(&res, len) < 0)
-        return NULL;
-    return res;
+    return out_take(e);
 }
 
 static PyObject *
@@ -1571,6 +1578,388 @@ static PyTypeObject ReceiveType = {
     .tp_new = Receive_new,
 };
 
+/* -- Send: a TLS connection's small writes, coalesced until the loop waits ------------------------------------ */
+
+/* Send(tls, engine, wrapped, coalesce_limit, record_plaintext)
+ *
+ * The compiled twin of TLSProtocol._write_if_open (calling the object) and of its before-wait hook,
+ * _flush_pending (Send.flush). The WebSocket layer sends each message through _write_if_open: while the
+ * connection is WRAPPED and open, not paused by TCP, on a loop with before-wait hooks, a small write is appended to
+ * the backlog and the hook is registered once per loop iteration; the hook encrypts the backlog with one SSL_write
+ * (one record) and hands the records to the TCP transport. Anything else (a large write, a pause, any other state,
+ * a backlog larger than a record) goes to the Python methods, which stay the reference. As Receive, it keeps no
+ * state of its own: the TLSProtocol's fields are read and written in place. */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *tls;
+    Engine *engine;
+    long wrapped;
+    Py_ssize_t coalesce_limit, record_plaintext;
+    FastAttrs fa;
+} SendObject;
+
+enum { W_STATE, W_APP_CLOSING, W_TCP_PAUSED, W_SELECTOR, W_BACKLOG, W_BACKLOG_SIZE, W_FLUSH_SCHEDULED, W_HIGH,
+       W_APP_WRITE_PAUSED, W_WRITE_IF_OPEN, W_APP_WRITE, W_BEFORE_WAIT, W_TRANSPORT, W_WRITE, W_DRAIN_BACKLOG,
+       W_UPDATE_APP_WRITING, W_FLUSH, W_TLS_ERROR, W_APPEND, W_FLUSH_PENDING, W_COUNT };
+static const char *const send_names[W_COUNT] = {
+    "_state", "_app_closing", "_tcp_paused", "_selector", "_backlog", "_backlog_size", "_flush_scheduled", "_high",
+    "_app_write_paused", "_write_if_open", "_app_write", "before_wait", "_transport", "write", "_drain_backlog",
+    "_update_app_writing", "_flush", "_tls_error", "append", "_flush_pending",
+};
+static PyObject *send_str[W_COUNT];
+static PyObject *deque_type;  /* collections.deque */
+static PyTypeObject SendType;
+
+static PyObject *Send_vectorcall(SendObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames);
+
+static PyObject *
+Send_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *tls, *engine;
+    long wrapped;
+    Py_ssize_t coalesce_limit, record_plaintext;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
+        PyErr_SetString(PyExc_TypeError, "Send() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OO!lnn:Send", &tls, &EngineType, &engine, &wrapped, &coalesce_limit,
+                          &record_plaintext))
+        return NULL;
+    SendObject *self = PyObject_GC_New(SendObject, type);
+    if (self == NULL)
+        return NULL;
+    self->vectorcall = (vectorcallfunc)Send_vectorcall;
+    self->tls = Py_NewRef(tls);
+    self->engine = (Engine *)Py_NewRef(engine);
+    self->wrapped = wrapped;
+    self->coalesce_limit = coalesce_limit;
+    self->record_plaintext = record_plaintext;
+    self->fa.type = NULL;
+    fa_resolve(&self->fa, Py_TYPE(tls), send_str, W_COUNT);
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+static int
+Send_traverse(SendObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->tls);
+    Py_VISIT(self->engine);
+    Py_VISIT(self->fa.type);
+    return 0;
+}
+
+static int
+Send_clear(SendObject *self)
+{
+    Py_CLEAR(self->tls);
+    Py_CLEAR(self->engine);
+    fa_clear(&self->fa);
+    return 0;
+}
+
+static void
+Send_dealloc(SendObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    Send_clear(self);
+    PyObject_GC_Del(self);
+}
+
+static PyObject *
+w_get(SendObject *self, int name)
+{
+    return fa_get(&self->fa, self->tls, send_str, name);
+}
+
+static int
+w_set(SendObject *self, int name, PyObject *value)
+{
+    return fa_set(&self->fa, self->tls, send_str, name, value);
+}
+
+static int
+w_true(SendObject *self, int name)
+{
+    PyObject *v = w_get(self, name);
+    if (v == NULL)
+        return -1;
+    int r = v == Py_True ? 1 : (v == Py_False || v == Py_None) ? 0 : PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return r;
+}
+
+static int
+w_ssize(SendObject *self, int name, Py_ssize_t *out)
+{
+    PyObject *v = w_get(self, name);
+    if (v == NULL)
+        return -1;
+    *out = PyLong_AsSsize_t(v);
+    Py_DECREF(v);
+    return *out == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+static int
+w_set_ssize(SendObject *self, int name, Py_ssize_t value)
+{
+    PyObject *v = PyLong_FromSsize_t(value);
+    if (v == NULL)
+        return -1;
+    int r = w_set(self, name, v);
+    Py_DECREF(v);
+    return r;
+}
+
+static PyObject *
+w_call(SendObject *self, int name, PyObject *arg)
+{
+    return arg == NULL ? PyObject_CallMethodNoArgs(self->tls, send_str[name])
+                       : PyObject_CallMethodOneArg(self->tls, send_str[name], arg);
+}
+
+static PyObject *Send_flush(SendObject *self, PyObject *Py_UNUSED(ignored));
+static PyMethodDef send_flush_def = {"flush", (PyCFunction)Send_flush, METH_NOARGS, NULL};
+
+/* _write_if_open(data)'s common case; 1 done, 0 not taken (nothing done), -1 error. */
+static int
+send_coalesce(SendObject *self, PyObject *data, Py_ssize_t size)
+{
+    Py_ssize_t state;
+    int r;
+    if (w_ssize(self, W_STATE, &state) < 0)
+        return -1;
+    if (state != self->wrapped)
+        return 0;
+    if ((r = w_true(self, W_APP_CLOSING)) != 0 || (r = w_true(self, W_TCP_PAUSED)) != 0)
+        return r < 0 ? -1 : 0;
+    PyObject *selector = w_get(self, W_SELECTOR);
+    if (selector == NULL)
+        return -1;
+    if (selector == Py_None) {
+        Py_DECREF(selector);
+        return 0;
+    }
+    Py_ssize_t high;
+    PyObject *backlog = NULL;
+    int scheduled = w_true(self, W_FLUSH_SCHEDULED);
+    if (scheduled < 0 || w_ssize(self, W_HIGH, &high) < 0 || (backlog = w_get(self, W_BACKLOG)) == NULL)
+        goto error;
+    int queued = backlog == Py_None ? 0 : PyObject_IsTrue(backlog);
+    if (queued < 0)
+        goto error;
+    Py_ssize_t total = size;
+    if (queued) {
+        Py_ssize_t before;
+        if (w_ssize(self, W_BACKLOG_SIZE, &before) < 0)
+            goto error;
+        total += before;
+        int paused = w_true(self, W_APP_WRITE_PAUSED);
+        if (paused < 0)
+            goto error;
+        if (!scheduled || total >= self->coalesce_limit || total > high || paused)
+            goto not_taken;
+    }
+    else if (size >= self->coalesce_limit || size >= high)
+        goto not_taken;
+    if (backlog == Py_None) {
+        PyObject *items = PyTuple_Pack(1, data);
+        PyObject *d = items == NULL ? NULL : PyObject_CallOneArg(deque_type, items);
+        Py_XDECREF(items);
+        if (d == NULL || w_set(self, W_BACKLOG, d) < 0) {
+            Py_XDECREF(d);
+            goto error;
+        }
+        Py_DECREF(d);
+    }
+    else {
+        PyObject *res = PyObject_CallMethodOneArg(backlog, send_str[W_APPEND], data);
+        if (res == NULL)
+            goto error;
+        Py_DECREF(res);
+    }
+    if (w_set_ssize(self, W_BACKLOG_SIZE, total) < 0)
+        goto error;
+    if (!scheduled) {
+        /* selector.before_wait.append(<the flush hook>) */
+        PyObject *hooks = PyObject_GetAttr(selector, send_str[W_BEFORE_WAIT]);
+        PyObject *hook = hooks == NULL ? NULL : PyCFunction_New(&send_flush_def, (PyObject *)self);
+        int ok = hook != NULL && w_set(self, W_FLUSH_SCHEDULED, Py_True) == 0
+                 && (PyList_CheckExact(hooks) ? PyList_Append(hooks, hook) : -1) == 0;
+        if (hook != NULL && !ok && !PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "selector.before_wait is not a list");
+        Py_XDECREF(hook);
+        Py_XDECREF(hooks);
+        if (!ok)
+            goto error;
+    }
+    Py_DECREF(backlog);
+    Py_DECREF(selector);
+    return 1;
+not_taken:
+    Py_DECREF(backlog);
+    Py_DECREF(selector);
+    return 0;
+error:
+    Py_XDECREF(backlog);
+    Py_DECREF(selector);
+    return -1;
+}
+
+static PyObject *
+Send_vectorcall(SendObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "Send(data) takes one positional argument");
+        return NULL;
+    }
+    if (self->tls == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Send object cleared");
+        return NULL;
+    }
+    PyObject *data = args[0];
+    if (PyBytes_CheckExact(data) && PyBytes_GET_SIZE(data) > 0) {
+        int r = send_coalesce(self, data, PyBytes_GET_SIZE(data));
+        if (r < 0)
+            return NULL;
+        if (r > 0)
+            Py_RETURN_NONE;
+    }
+    return w_call(self, W_WRITE_IF_OPEN, data);
+}
+
+/* _flush_pending()'s common case: a backlog that fits one record, on an open WRAPPED connection that TCP has not
+ * paused, is joined, written with one SSL_write and handed down in one transport write; a larger backlog goes to
+ * _drain_backlog(), as in the Python hook. */
+static PyObject *
+Send_flush(SendObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->tls == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Send object cleared");
+        return NULL;
+    }
+    if (w_set(self, W_FLUSH_SCHEDULED, Py_False) < 0)
+        return NULL;
+    PyObject *backlog = w_get(self, W_BACKLOG), *res;
+    if (backlog == NULL)
+        return NULL;
+    int queued = backlog == Py_None ? 0 : PyObject_IsTrue(backlog), r;
+    Py_ssize_t state, size, high;
+    if (queued < 0)
+        goto error;
+    if (queued) {
+        if ((r = w_true(self, W_TCP_PAUSED)) < 0 || w_ssize(self, W_STATE, &state) < 0)
+            goto error;
+        queued = !r && state == self->wrapped;
+    }
+    if (queued) {
+        int closing = w_true(self, W_APP_CLOSING);
+        if (closing < 0 || w_ssize(self, W_BACKLOG_SIZE, &size) < 0)
+            goto error;
+        if (size <= self->record_plaintext && !closing) {
+            Py_ssize_t count = PyObject_Length(backlog);
+            PyObject *data = NULL;
+            if (count == 1)
+                data = PySequence_GetItem(backlog, 0);
+            else if (count > 1) {
+                PyObject *empty = PyBytes_FromStringAndSize(NULL, 0);
+                data = empty == NULL ? NULL : PyObject_CallMethod(empty, "join", "O", backlog);
+                Py_XDECREF(empty);
+            }
+            if (data == NULL)
+                goto error;
+            PyObject *n = Engine_write(self->engine, data);
+            Py_DECREF(data);
+            if (n == NULL) {
+                if (PyErr_ExceptionMatches(SSLWantReadError)) {  /* a TLS 1.2 renegotiation step: the backlog waits */
+                    PyErr_Clear();
+                    if ((res = w_call(self, W_FLUSH, NULL)) == NULL)
+                        goto error;
+                    Py_DECREF(res);
+                }
+                else if (PyErr_ExceptionMatches(SSLError)) {
+                    PyObject *exc = fetch_exc();
+                    int ok = w_set(self, W_BACKLOG, Py_None) == 0 && w_set_ssize(self, W_BACKLOG_SIZE, 0) == 0
+                             && (res = w_call(self, W_TLS_ERROR, exc)) != NULL;
+                    Py_DECREF(exc);
+                    if (!ok)
+                        goto error;
+                    Py_DECREF(res);
+                }
+                else
+                    goto error;
+            }
+            else {
+                Py_DECREF(n);
+                if (w_set(self, W_BACKLOG, Py_None) < 0 || w_set_ssize(self, W_BACKLOG_SIZE, 0) < 0)
+                    goto error;
+                if (self->engine->out_len) {
+                    PyObject *t = w_get(self, W_TRANSPORT);
+                    if (t == NULL)
+                        goto error;
+                    if (t != Py_None) {
+                        PyObject *records = out_take(self->engine);
+                        res = records == NULL ? NULL : PyObject_CallMethodOneArg(t, send_str[W_WRITE], records);
+                        Py_XDECREF(records);
+                        if (res == NULL) {
+                            Py_DECREF(t);
+                            goto error;
+                        }
+                        Py_DECREF(res);
+                    }
+                    Py_DECREF(t);
+                }
+            }
+        }
+        else {
+            if ((res = w_call(self, W_DRAIN_BACKLOG, NULL)) == NULL)
+                goto error;
+            Py_DECREF(res);
+        }
+        /* (otherwise _update_app_writing() has nothing to do: not paused, not above the high-water mark) */
+        int paused = w_true(self, W_APP_WRITE_PAUSED);
+        if (paused < 0 || (r = w_true(self, W_TCP_PAUSED)) < 0 || w_ssize(self, W_BACKLOG_SIZE, &size) < 0
+            || w_ssize(self, W_HIGH, &high) < 0)
+            goto error;
+        if (paused || r || size > high) {
+            if ((res = w_call(self, W_UPDATE_APP_WRITING, NULL)) == NULL)
+                goto error;
+            Py_DECREF(res);
+        }
+    }
+    Py_DECREF(backlog);
+    /* An empty deque is ~760 B per idle connection; the next write makes a new one. */
+    backlog = w_get(self, W_BACKLOG);
+    if (backlog == NULL)
+        return NULL;
+    if (backlog != Py_None) {
+        int any = PyObject_IsTrue(backlog);
+        if (any < 0 || (!any && w_set(self, W_BACKLOG, Py_None) < 0))
+            goto error;
+    }
+    Py_DECREF(backlog);
+    Py_RETURN_NONE;
+error:
+    Py_DECREF(backlog);
+    return NULL;
+}
+
+static PyTypeObject SendType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "uringws.tls._engine.Send",
+    .tp_basicsize = sizeof(SendObject),
+    .tp_dealloc = (destructor)Send_dealloc,
+    .tp_vectorcall_offset = offsetof(SendObject, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "Send(tls, engine, wrapped, coalesce_limit, record_plaintext): TLSProtocol._write_if_open and its "
+              "before-wait hook (flush) in C.",
+    .tp_traverse = (traverseproc)Send_traverse,
+    .tp_clear = (inquiry)Send_clear,
+    .tp_new = Send_new,
+};
+
 static PyMethodDef module_methods[] = {
     {"context_matches", context_matches, METH_VARARGS, "Check the SSL_CTX read from an SSLContext."},
     {"scan_records", (PyCFunction)(void (*)(void))scan_records, METH_FASTCALL,
@@ -1620,7 +2009,7 @@ PyInit__engine(void)
         || !BIO_meth_set_destroy(engine_bio_method, bio_destroy))
         return PyErr_NoMemory();
     if (PyType_Ready(&EngineType) < 0 || PyType_Ready(&IncomingType) < 0 || PyType_Ready(&OutgoingType) < 0
-        || PyType_Ready(&ReceiveType) < 0)
+        || PyType_Ready(&ReceiveType) < 0 || PyType_Ready(&SendType) < 0)
         return NULL;
     for (int i = 0; i < S_COUNT; i++) {
         if ((receive_str[i] = PyUnicode_InternFromString(receive_names[i])) == NULL)
@@ -1628,11 +2017,23 @@ PyInit__engine(void)
     }
     if ((fatal_message = PyUnicode_InternFromString("Fatal error in application protocol receiving TLS data")) == NULL)
         return NULL;
+    for (int i = 0; i < W_COUNT; i++) {
+        if ((send_str[i] = PyUnicode_InternFromString(send_names[i])) == NULL)
+            return NULL;
+    }
+    PyObject *collections = PyImport_ImportModule("collections");
+    if (collections == NULL)
+        return NULL;
+    deque_type = PyObject_GetAttrString(collections, "deque");
+    Py_DECREF(collections);
+    if (deque_type == NULL)
+        return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (m == NULL)
         return NULL;
     if (PyModule_AddObjectRef(m, "Engine", (PyObject *)&EngineType) < 0
         || PyModule_AddObjectRef(m, "Receive", (PyObject *)&ReceiveType) < 0
+        || PyModule_AddObjectRef(m, "Send", (PyObject *)&SendType) < 0
         /* What we were compiled against and what is loaded now: engine.py compares both with the stdlib's. */
         || PyModule_AddObject(m, "OPENSSL_VERSION_NUMBER", PyLong_FromUnsignedLong(OPENSSL_VERSION_NUMBER)) < 0
         || PyModule_AddObject(m, "LOADED_OPENSSL_VERSION_NUMBER", PyLong_FromUnsignedLong(OpenSSL_version_num())) < 0

@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import _compiled
 
-__all__ = ["CompiledSSLObject", "available", "receive_type", "scan_records", "unsupported"]
+__all__ = ["CompiledSSLObject", "available", "receive_type", "scan_records", "send_type", "unsupported"]
 
 logger = logging.getLogger("uringws.tls")
 
@@ -93,6 +93,8 @@ _compiled.register("tls._engine", _engine is not None, _reason or "TLS records t
 scan_records: Any = None if _engine is None else getattr(_engine, "scan_records", None)
 #: The C twin of ``TLSProtocol.data_received``'s common case (``TLSProtocol.received_view``), or None.
 receive_type: Any = None if _engine is None else getattr(_engine, "Receive", None)
+#: The C twin of ``TLSProtocol._write_if_open`` and ``_flush_pending``'s common cases (``write_if_open``), or None.
+send_type: Any = None if _engine is None else getattr(_engine, "Send", None)
 
 _logged: set[str] = set()
 

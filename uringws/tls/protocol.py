@@ -53,6 +53,7 @@ from ..loop import compat
 from .engine import CompiledSSLObject, new_engine
 from .engine import receive_type as _Receive
 from .engine import scan_records as _engine_scan_records
+from .engine import send_type as _Send
 
 __all__ = [
     "HANDSHAKE_TIMEOUT",
@@ -1027,6 +1028,15 @@ class TLSProtocol(asyncio.BufferedProtocol):
             return
         self._encrypt(data)  # copies only what it has to queue
         self._update_app_writing()
+
+    @property
+    def write_if_open(self) -> Any:
+        """``_write_if_open``, as the WebSocket layer looks it up once per connection: on the compiled engine a C
+        object that does its common case (and, as the before-wait hook it registers, ``_flush_pending``'s), and
+        calls the Python methods for everything else; elsewhere the method itself."""
+        if self._lend_in is not None and _Send is not None:
+            return _Send(self, self._ssl, _WRAPPED, COALESCE_LIMIT, RECORD_PLAINTEXT)
+        return self._write_if_open
 
     def _write_if_open(self, data: bytes) -> None:
         """``if not app_transport.is_closing(): app_transport.write(data)`` for a non-empty bytes object, in one

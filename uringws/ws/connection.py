@@ -692,7 +692,7 @@ class Connection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         if isinstance(transport, TLSTransport):
-            self._write_if_open = transport._tls._write_if_open
+            self._write_if_open = transport._tls.write_if_open
         self.remote_address = transport.get_extra_info("peername")
         self.local_address = transport.get_extra_info("sockname")
         transport.set_write_buffer_limits(high=self.config.write_limit_high, low=self.config.write_limit_low)

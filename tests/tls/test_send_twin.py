@@ -1,0 +1,108 @@
+"""``TLSProtocol.write_if_open``: the compiled ``Send`` object against the Python methods it stands for.
+
+The WebSocket layer sends each message through ``write_if_open``; on a loop with before-wait hooks small writes
+are coalesced and encrypted by the hook right before the loop waits. Here the "loop" is this test: it runs the
+hooks when the script says so, moves bytes to the client and pauses the server's "TCP transport" at random. The
+compiled object and the Python methods, given the same script, must hand down the same plaintext in the same
+order, in the same number of transport writes, with the same backpressure on the application.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from uringws.tls import engine as engine_mod
+from uringws.tls.protocol import TLSProtocol
+
+from .test_inmemory import _CA, _CERT, MemTransport, Sink, deliver
+
+pytestmark = pytest.mark.skipif(engine_mod.send_type is None, reason="compiled TLS engine not in use")
+
+
+def run_hooks(selector: Any) -> None:
+    """What the ring loop does before it waits: run the before-wait hooks, and the hooks they add."""
+    hooks = selector.before_wait
+    while hooks:
+        selector.before_wait = []
+        for hook in hooks:
+            hook()
+        hooks = selector.before_wait
+
+
+def run_script(
+    script: list[tuple[str, int]], compiled: bool, high: int, app_high: int
+) -> tuple[bytes, int, list[bool]]:
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    _CERT.configure_cert(sctx)
+    cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    _CA.configure_trust(cctx)
+    loop = asyncio.new_event_loop()  # only for timers; never run
+    # What TLSProtocol looks for on a loop (uringws's RingSelector has it): a list of before-wait hooks.
+    selector = loop._selector  # type: ignore[attr-defined]
+    selector.before_wait = []
+    try:
+        capp, sapp = Sink(), Sink()
+        client = TLSProtocol(loop, capp, cctx, None, False, "localhost")
+        server = TLSProtocol(loop, sapp, sctx, None, True)
+        ct, st_ = MemTransport(), MemTransport(high)
+        st_.protocol = server
+        client.connection_made(ct)  # type: ignore[arg-type]
+        server.connection_made(st_)  # type: ignore[arg-type]
+        for _ in range(1000):
+            if capp.transport is not None and sapp.transport is not None and not ct.buf and not st_.buf:
+                break
+            deliver(ct, server, 1 << 20)
+            deliver(st_, client, 1 << 20)
+            run_hooks(selector)
+        assert sapp.transport is not None
+        sapp.transport.set_write_buffer_limits(high=app_high)  # the TLS layer's own high-water mark
+        write = server.write_if_open
+        assert type(write) is engine_mod.send_type  # on the compiled engine, the C object
+        if not compiled:
+            write = server._write_if_open
+        sent = bytearray()
+        paused = []
+        writes_before = st_.writes
+        for i, (op, n) in enumerate(script):
+            if op == "write":
+                msg = bytes([i % 251]) * n
+                write(msg)
+                sent += msg
+            elif op == "hooks":
+                run_hooks(selector)
+            else:
+                deliver(st_, client, n)
+            paused.append(sapp.paused)
+        run_hooks(selector)
+        deliver(st_, client, 1 << 30)
+        run_hooks(selector)
+        deliver(st_, client, 1 << 30)
+        assert capp.data == sent
+        return bytes(capp.data), st_.writes - writes_before, paused
+    finally:
+        loop.close()
+
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("write"), st.integers(1, 300)),
+        st.tuples(st.just("write"), st.integers(10_000, 70_000)),  # around COALESCE_LIMIT and a record
+        st.tuples(st.just("hooks"), st.just(0)),
+        st.tuples(st.just("s2c"), st.integers(1, 40_000)),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(script=ops, high=st.integers(100, 300_000), app_high=st.integers(50, 100_000))
+def test_same_plaintext_writes_and_backpressure_as_the_python_methods(
+    script: list[Any], high: int, app_high: int
+) -> None:
+    assert run_script(script, True, high, app_high) == run_script(script, False, high, app_high)
