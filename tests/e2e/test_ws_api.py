@@ -173,6 +173,28 @@ def test_echo_over_tls(tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
     body()
 
 
+def test_large_binary_echo_over_tls_on_the_ring_loop(tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    """The server's large-message send path (header and payload written as two buffers through the TLS layer's
+    write_if_open, without the generic dispatch) at each header size and around the join limit."""
+    import uringws
+
+    sizes = [4095, 4096, 65535, 65536, 70_000, 1 << 20]
+
+    async def body() -> None:
+        async with serve(echo, "127.0.0.1", 0, ssl=tls[0], max_size=4 << 20, compression=None) as server:
+            async with connect(url(server, scheme="wss"), ssl=tls[1], max_size=4 << 20, compression=None) as ws:
+                for size in sizes:
+                    payload = os.urandom(size)
+                    await ws.send(payload)
+                    assert await ws.recv() == payload
+                (conn,) = server.connections
+                assert conn._write_if_open is not None  # the path under test was available
+                assert conn.proto is not None and conn.proto.messages_out == len(sizes)
+
+    with asyncio.Runner(loop_factory=uringws.new_event_loop) as runner:
+        runner.run(asyncio.wait_for(body(), 30))
+
+
 def test_connection_state_lives_in_slots(tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
     """On uringws's loop the per-connection objects keep their state in __slots__ (an instance dict of 30+
     attributes costs ~1.5 KiB per connection): after an echo their __dict__ is still empty, the server has dropped

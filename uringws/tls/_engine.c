@@ -1722,7 +1722,8 @@ w_call(SendObject *self, int name, PyObject *arg)
 static PyObject *Send_flush(SendObject *self, PyObject *Py_UNUSED(ignored));
 static PyMethodDef send_flush_def = {"flush", (PyCFunction)Send_flush, METH_NOARGS, NULL};
 
-/* _write_if_open(data)'s common case; 1 done, 0 not taken (nothing done), -1 error. */
+/* _write_if_open(data)'s common case; 1 done, 0 not taken (nothing done), 2 not taken but open (what
+ * _write_if_open then does is _app_write(data)), -1 error. */
 static int
 send_coalesce(SendObject *self, PyObject *data, Py_ssize_t size)
 {
@@ -1800,7 +1801,7 @@ send_coalesce(SendObject *self, PyObject *data, Py_ssize_t size)
 not_taken:
     Py_DECREF(backlog);
     Py_DECREF(selector);
-    return 0;
+    return 2;
 error:
     Py_XDECREF(backlog);
     Py_DECREF(selector);
@@ -1823,8 +1824,10 @@ Send_vectorcall(SendObject *self, PyObject *const *args, size_t nargsf, PyObject
         int r = send_coalesce(self, data, PyBytes_GET_SIZE(data));
         if (r < 0)
             return NULL;
-        if (r > 0)
+        if (r == 1)
             Py_RETURN_NONE;
+        if (r == 2)  /* large, or the backlog is full or paused: _write_if_open's own answer */
+            return w_call(self, W_APP_WRITE, data);
     }
     return w_call(self, W_WRITE_IF_OPEN, data);
 }

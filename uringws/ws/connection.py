@@ -34,6 +34,7 @@ from .exceptions import (
     InvalidState,
 )
 from .frames import ViewSink as _ViewSink
+from .frames import _pack_BBH, _pack_BBQ
 from .handshake import (
     ClientHandshake,
     Negotiated,
@@ -42,7 +43,20 @@ from .handshake import (
     ServerHandshake,
     serialize_response,
 )
-from .protocol import _BINARY_HEADERS, _NO_LIMIT, _OPEN, Close, Fragment, Message, Ping, Pong, Protocol, Side, State
+from .protocol import (
+    _BINARY_HEADERS,
+    _JOIN_LIMIT,
+    _NO_LIMIT,
+    _OPEN,
+    Close,
+    Fragment,
+    Message,
+    Ping,
+    Pong,
+    Protocol,
+    Side,
+    State,
+)
 
 __all__ = ["Connection", "Data", "LoggerLike", "ProcessRequest", "ProcessResponse"]
 
@@ -504,19 +518,33 @@ class Connection(asyncio.Protocol):
         # it saves a method call per message.
         if proto is not None and text is None and not self._send_lock._locked:  # type: ignore[attr-defined]
             frame: bytes | None
-            # Fast path: a small whole message on a plain server connection goes out as one buffer, without
-            # the generic dispatch and the data_to_send() list (frame_message returns None otherwise).
+            # Fast paths: a whole binary message on a plain server connection goes out without the generic
+            # dispatch and the data_to_send() list.
             if (
                 type(message) is bytes
-                and len(message) < 126
                 and proto._raw_send
                 and proto.state is _OPEN
                 and not proto._send_opcode
                 and not proto._out
             ):
-                # proto.frame_message(message), its most common case inline: one Python call fewer per message.
-                frame = _BINARY_HEADERS[len(message)] + message
-                proto.messages_out += 1
+                n = len(message)
+                if n < 126:
+                    # proto.frame_message(message), its most common case inline: one Python call fewer per message.
+                    frame = _BINARY_HEADERS[n] + message
+                    proto.messages_out += 1
+                elif n >= _JOIN_LIMIT and self._write_if_open is not None:
+                    # A large one: the header and the payload as two buffers, the payload uncopied, as
+                    # send_binary() and _flush() would write them, without their dozen Python calls.
+                    header = _pack_BBH(0x82, 126, n) if n < 65536 else _pack_BBQ(0x82, 127, n)
+                    proto.messages_out += 1
+                    self._write_if_open(header)
+                    self._write_if_open(message)
+                    self._written += len(header) + n
+                    if self._write_paused:
+                        await self._drain()
+                    return
+                else:
+                    frame = proto.frame_message(message)
             else:
                 frame = proto.frame_message(message)
             if frame is not None:
