@@ -48,6 +48,7 @@ import warnings
 from asyncio import constants, futures, protocols, transports, trsock
 from typing import TYPE_CHECKING, Any
 
+from ..ring import fast as _fast
 from . import compat
 from .sendqueue import SendQueue
 
@@ -77,6 +78,10 @@ _EAGAIN = errno.EAGAIN
 _SERVER_ATTACH_TAKES_TRANSPORT = compat.SERVER_ATTACH_TAKES_TRANSPORT
 _set_nodelay = compat.set_nodelay
 _set_result_unless_cancelled = compat.set_result_unless_cancelled
+# The compiled twin of RingSocketTransport._on_recv (uringws/ring/_ringc.c), and the ring type it is made for:
+# both None where the compiled ring core is off (URINGWS_PURE=1, not built).
+_RecvHook: Any = getattr(_fast._core, "RecvHook", None)
+_CompiledRingCore: Any = getattr(_fast._core, "Ring", None)
 
 # States of the send side. At most one operation of the send side is outstanding at any time.
 _IDLE = 0  # nothing in flight
@@ -166,6 +171,7 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
         "_read_eof",
         "_read_stats",
         "_read_ud",
+        "_recv_hook",
         "_release_wanted",
         "_ring",
         "_selector",
@@ -214,6 +220,10 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
         # Ring reads: the loop's BufferRing (None: poll + recv), data held while paused (bytes; an int ends it:
         # 0 = EOF, -errno = error), whether a cancel of the RECV is on its way, a scheduled delivery of _held.
         self._bufring: Any = getattr(loop, "_bufring", None)
+        # The RECV's completion callback: _on_recv in C (a RecvHook per arm) on the compiled ring, unless a
+        # subclass replaced _on_recv; else the Python method, its pure twin.
+        self._recv_hook: Any = (_RecvHook if _RecvHook is not None and isinstance(self._ring, _CompiledRingCore)
+                                and type(self)._on_recv is RingSocketTransport._on_recv else None)
         self._read_stats: ReadStats | None = getattr(loop, "read_stats", None)
         self._held: list[bytes | int] = []
         self._read_cancelling = False
@@ -317,7 +327,9 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
         if self._read_ud is None and not self._release_wanted and not self._selector.closing:
             bufring = self._bufring
             if bufring is not None:
-                self._read_ud = self._ring.recv_select(self._sock_fd, bufring.bgid, self._on_recv)
+                hook = self._recv_hook
+                self._read_ud = self._ring.recv_select(self._sock_fd, bufring.bgid,
+                                                       self._on_recv if hook is None else hook(self, bufring))
                 self._read_stats.arms += 1  # type: ignore[union-attr]
             else:
                 self._read_ud = self._ring.poll_add(self._sock_fd, _POLLIN, self._on_readable)
@@ -332,6 +344,8 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
 
     # -- ring reads (multishot RECV from the loop's BufferRing) -------------------------------------------
     def _on_recv(self, res: int, flags: int) -> None:
+        # The pure twin of the compiled RecvHook (uringws/ring/_ringc.c), which the compiled ring calls instead:
+        # change both together (tests/loop/test_recv_hook.py runs the same cases through each).
         if (res > 0 and (self._buffered or not flags & _F_SOCK_NONEMPTY) and not self._closing and not self._paused
                 and not self._held):
             # The hot path: data for a reading connection with nothing held back. (More bytes already in the

@@ -1168,6 +1168,541 @@ drain_cq_to_backlog(RingObject *self)
     return n != 0;
 }
 
+/* ------------------------------------------------------------------------------------------------ RecvHook */
+
+/* RecvHook(transport, bufring): the completion callback of a RingSocketTransport's multishot RECV when this ring
+ * core is in use -- RingSocketTransport._on_recv's hot path in C (uringws/loop/transports.py keeps the Python
+ * method as its pure twin; the two must stay equivalent). deliver() calls it without making int objects.
+ *
+ * The hot path (res > 0, a buffered protocol or no IORING_CQE_F_SOCK_NONEMPTY, not closing, not paused, nothing
+ * held) takes the bytes from the provided buffer ring as BufferRing.take() does (an incremental ring's buffer
+ * continues at bufring.offsets[bid]), hands them to protocol.data_received(bytes) (the buffer recycled first) or
+ * to the BufferedProtocol's received_view(view) / transport._feed_buffered(view) (a view released right after
+ * the call, the buffer recycled then), routes a protocol's exception to transport._fatal_error() with the same
+ * messages (SystemExit and KeyboardInterrupt propagate), and re-arms at the end of the multishot. Everything else
+ * goes to transport._on_recv_slow(res, flags).
+ *
+ * The transport's state is read where it lives, on every call (nothing is copied that could go stale): the
+ * slots of its class, read at their offsets when they are plain __slots__ members (looked up once per hook, as
+ * generic attribute lookup would find them), else by getattr. The buffer ring's fixed parts (its offsets list,
+ * its two mmaps, buffer size, mask) are taken once: BufferRing never replaces them. Its tail counter stays
+ * bufring._tail, shared with the Python recycle(); the ring's tail itself is published with a release store after
+ * the entry, as RingIndex does. */
+
+enum { A_BUFFERED, A_CLOSING, A_PAUSED, A_HELD, A_VIEW_SINK, A_PROTOCOL, A_READ_EOF, A_READ_STATS, A_COUNT };
+static const char *const hook_attr_names[A_COUNT] = {
+    "_buffered", "_closing", "_paused", "_held", "_view_sink", "_protocol", "_read_eof", "_read_stats",
+};
+static PyObject *hook_attr_str[A_COUNT];
+static PyObject *s_on_recv_slow, *s_feed_buffered, *s_fatal_error, *s_recv_ended, *s_arm_read, *s_data_received,
+    *s_release, *s_tail, *s_restarts, *s_msg_data_received, *s_msg_received_view;
+
+#define CQE_F_BUFFER 1U
+#define CQE_F_SOCK_NONEMPTY (1U << 2)
+#define CQE_F_BUF_MORE (1U << 4)
+#define CQE_BUFFER_SHIFT 16
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *transport;
+    PyObject *bufring;
+    PyObject *offsets; /* bufring.offsets: a list, one int per buffer id */
+    PyObject *mm;      /* bufring.mm: the buffers */
+    PyObject *ring_mm; /* bufring._ring_mm: the entries, with the tail in entry 0's resv */
+    Py_ssize_t size;   /* bufring.size */
+    uint64_t mask;     /* bufring._mask */
+    Py_ssize_t off[A_COUNT]; /* offset of each slot in the transport, 0: read it with getattr */
+} RecvHookObject;
+
+static PyTypeObject RecvHookType;
+
+/* A new reference to the transport's attribute i (NULL with an exception set). */
+static PyObject *
+hook_attr(RecvHookObject *h, int i)
+{
+    Py_ssize_t off = h->off[i];
+    if (off > 0) {
+        PyObject *v = *(PyObject **)((char *)h->transport + off);
+        if (v != NULL) {
+            Py_INCREF(v);
+            return v;
+        }
+    }
+    return PyObject_GetAttr(h->transport, hook_attr_str[i]);
+}
+
+/* The truth of attribute i: 1, 0, or -1 with an exception set. */
+static int
+hook_flag(RecvHookObject *h, int i)
+{
+    PyObject *v = hook_attr(h, i);
+    if (v == NULL)
+        return -1;
+    int r = v == Py_True ? 1 : v == Py_False || v == Py_None ? 0 : PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return r;
+}
+
+/* Give buffer bid back to the kernel: BufferRing.recycle(bid) (data_addr: where the buffers are mapped). */
+static int
+hook_recycle(RecvHookObject *h, Py_ssize_t bid, char *data_addr)
+{
+    PyObject *t = PyObject_GetAttr(h->bufring, s_tail);
+    if (t == NULL)
+        return -1;
+    unsigned long long tail = PyLong_AsUnsignedLongLong(t);
+    Py_DECREF(t);
+    if (tail == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;
+    Py_buffer rb;
+    if (PyObject_GetBuffer(h->ring_mm, &rb, PyBUF_WRITABLE) < 0)
+        return -1;
+    size_t off = (size_t)((tail & h->mask) << 4);
+    if (off + 16 > (size_t)rb.len) {
+        PyBuffer_Release(&rb);
+        PyErr_SetString(PyExc_ValueError, "RecvHook: buffer ring entry out of its mapping");
+        return -1;
+    }
+    /* struct io_uring_buf {u64 addr; u32 len; u16 bid; u16 resv}: resv of entry 0 is the tail, never written here */
+    char *e = (char *)rb.buf + off;
+    uint64_t addr = (uint64_t)(uintptr_t)data_addr + (uint64_t)bid * (uint64_t)h->size;
+    uint32_t len = (uint32_t)h->size;
+    uint16_t b = (uint16_t)bid;
+    memcpy(e, &addr, 8);
+    memcpy(e + 8, &len, 4);
+    memcpy(e + 12, &b, 2);
+    PyObject *nt = PyLong_FromUnsignedLongLong(tail + 1);
+    if (nt == NULL || PyObject_SetAttr(h->bufring, s_tail, nt) < 0) {
+        Py_XDECREF(nt);
+        PyBuffer_Release(&rb);
+        return -1;
+    }
+    Py_DECREF(nt);
+    __atomic_store_n((uint16_t *)((char *)rb.buf + 14), (uint16_t)((tail + 1) & 0xFFFF), __ATOMIC_RELEASE);
+    PyBuffer_Release(&rb);
+    return 0;
+}
+
+/* With a protocol's exception set: SystemExit/KeyboardInterrupt stay set (-1); anything else goes to
+ * transport._fatal_error(exc, message) (0, or -1 if that raised), as `except BaseException as exc` does. */
+static int
+hook_route(RecvHookObject *h, PyObject *message)
+{
+    if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
+        return -1;
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    PyErr_NormalizeException(&et, &ev, &tb);
+    if (ev == NULL) {
+        Py_XDECREF(et);
+        Py_XDECREF(tb);
+        PyErr_SetString(PyExc_SystemError, "RecvHook: exception without a value");
+        return -1;
+    }
+    if (tb != NULL)
+        PyException_SetTraceback(ev, tb);
+    Py_XDECREF(et);
+    Py_XDECREF(tb);
+    PyObject *prev = PyErr_GetHandledException(); /* as inside the except block: what it raises chains to ev */
+    PyErr_SetHandledException(ev);
+    PyObject *r = PyObject_CallMethodObjArgs(h->transport, s_fatal_error, ev, message, NULL);
+    PyErr_SetHandledException(prev);
+    Py_XDECREF(prev);
+    Py_DECREF(ev);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* The end of the multishot on the hot path: _recv_ended(), then re-arm while reading. */
+static int
+hook_ended(RecvHookObject *h)
+{
+    PyObject *r = PyObject_CallMethodNoArgs(h->transport, s_recv_ended);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    int c = hook_flag(h, A_CLOSING);
+    if (c != 0)
+        return c < 0 ? -1 : 0;
+    c = hook_flag(h, A_PAUSED);
+    if (c != 0)
+        return c < 0 ? -1 : 0;
+    c = hook_flag(h, A_READ_EOF);
+    if (c != 0)
+        return c < 0 ? -1 : 0;
+    PyObject *stats = hook_attr(h, A_READ_STATS);
+    if (stats == NULL)
+        return -1;
+    PyObject *n = PyObject_GetAttr(stats, s_restarts);
+    PyObject *one = PyLong_FromLong(1); /* a cached small int */
+    PyObject *n1 = n == NULL || one == NULL ? NULL : PyNumber_Add(n, one);
+    Py_XDECREF(one);
+    Py_XDECREF(n);
+    int bad = n1 == NULL || PyObject_SetAttr(stats, s_restarts, n1) < 0;
+    Py_XDECREF(n1);
+    Py_DECREF(stats);
+    if (bad)
+        return -1;
+    r = PyObject_CallMethodNoArgs(h->transport, s_arm_read);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* The data of a hot-path CQE: 0, or -1 with an exception set. */
+static int
+hook_hot(RecvHookObject *h, int32_t res, uint32_t flags, int buffered)
+{
+    Py_ssize_t bid = (Py_ssize_t)(flags >> CQE_BUFFER_SHIFT);
+    PyObject *offsets = h->offsets;
+    if (!PyList_Check(offsets) || bid >= PyList_GET_SIZE(offsets)) {
+        PyErr_SetString(PyExc_IndexError, "RecvHook: buffer id out of the buffer ring");
+        return -1;
+    }
+    Py_ssize_t start = PyLong_AsSsize_t(PyList_GET_ITEM(offsets, bid));
+    if (start == -1 && PyErr_Occurred())
+        return -1;
+    if (flags & CQE_F_BUF_MORE) {
+        PyObject *v = PyLong_FromSsize_t(start + res);
+        if (v == NULL)
+            return -1;
+        PyList_SetItem(offsets, bid, v); /* steals v */
+    }
+    else if (start) {
+        PyList_SetItem(offsets, bid, PyLong_FromLong(0)); /* a small int: cannot fail */
+    }
+    if (start < 0 || start > h->size - res) {
+        PyErr_SetString(PyExc_ValueError, "RecvHook: received bytes out of their buffer");
+        return -1;
+    }
+    start += bid * h->size;
+    Py_buffer data;
+    if (PyObject_GetBuffer(h->mm, &data, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (start + res > data.len) {
+        PyBuffer_Release(&data);
+        PyErr_SetString(PyExc_ValueError, "RecvHook: received bytes out of the buffer ring's mapping");
+        return -1;
+    }
+    char *base = (char *)data.buf;
+    int recycle = !(flags & CQE_F_BUF_MORE);
+    if (!buffered) {
+        PyObject *bytes = PyBytes_FromStringAndSize(base + start, res); /* one copy, straight into bytes */
+        PyBuffer_Release(&data);
+        if (bytes == NULL)
+            return -1;
+        if (recycle && hook_recycle(h, bid, base) < 0) {
+            Py_DECREF(bytes);
+            return -1;
+        }
+        PyObject *protocol = hook_attr(h, A_PROTOCOL);
+        PyObject *r = protocol == NULL ? NULL : PyObject_CallMethodOneArg(protocol, s_data_received, bytes);
+        Py_XDECREF(protocol);
+        Py_DECREF(bytes);
+        if (r == NULL)
+            return hook_route(h, s_msg_data_received);
+        Py_DECREF(r);
+        return 0;
+    }
+    /* A view of the ring's buffer, valid during the call only: released right after it (a traceback that keeps
+     * it must not pin the loop's mmap), then the buffer goes back unless the kernel still fills it. */
+    Py_buffer sub;
+    PyBuffer_FillInfo(&sub, NULL, base + start, res, data.readonly, PyBUF_FULL_RO);
+    PyObject *view = PyMemoryView_FromBuffer(&sub);
+    if (view == NULL) {
+        PyBuffer_Release(&data);
+        return -1;
+    }
+    int rc = 0;
+    PyObject *sink = hook_attr(h, A_VIEW_SINK);
+    if (sink == NULL) {
+        rc = -1;
+    }
+    else if (sink == Py_None) {
+        PyObject *r = PyObject_CallMethodOneArg(h->transport, s_feed_buffered, view);
+        if (r == NULL)
+            rc = -1;
+        Py_XDECREF(r);
+    }
+    else {
+        PyObject *r = PyObject_CallOneArg(sink, view);
+        if (r == NULL)
+            rc = hook_route(h, s_msg_received_view);
+        Py_XDECREF(r);
+    }
+    Py_XDECREF(sink);
+    /* finally: view.release(), then the recycle; an exception of theirs replaces the pending one (chained) */
+    PyObject *et = NULL, *ev = NULL, *tb = NULL;
+    if (rc < 0)
+        PyErr_Fetch(&et, &ev, &tb);
+    PyObject *r = PyObject_CallMethodNoArgs(view, s_release);
+    Py_DECREF(view);
+    int frc = r == NULL ? -1 : 0;
+    Py_XDECREF(r);
+    PyBuffer_Release(&data);
+    if (frc == 0 && recycle)
+        frc = hook_recycle(h, bid, base);
+    if (frc < 0) {
+        if (rc < 0) {
+            PyErr_NormalizeException(&et, &ev, &tb);
+            PyObject *nt, *nv, *ntb;
+            PyErr_Fetch(&nt, &nv, &ntb);
+            PyErr_NormalizeException(&nt, &nv, &ntb);
+            if (nv != NULL && ev != NULL) {
+                if (tb != NULL)
+                    PyException_SetTraceback(ev, tb);
+                PyException_SetContext(nv, ev); /* steals ev */
+                ev = NULL;
+            }
+            PyErr_Restore(nt, nv, ntb);
+            Py_XDECREF(et);
+            Py_XDECREF(ev);
+            Py_XDECREF(tb);
+        }
+        return -1;
+    }
+    if (rc < 0)
+        PyErr_Restore(et, ev, tb);
+    return rc;
+}
+
+/* One CQE of the RECV: 0, or -1 with an exception set (the ring's dispatch routes it like a callback's). */
+static int
+hook_run(RecvHookObject *h, int32_t res, uint32_t flags)
+{
+    if (h->transport == NULL) {
+        PyErr_SetString(PyExc_ValueError, "RecvHook was cleared");
+        return -1;
+    }
+    if (res > 0) {
+        int buffered = hook_flag(h, A_BUFFERED);
+        if (buffered < 0)
+            return -1;
+        int hot = buffered || !(flags & CQE_F_SOCK_NONEMPTY);
+        if (hot) {
+            int v = hook_flag(h, A_CLOSING);
+            if (v == 0)
+                v = hook_flag(h, A_PAUSED);
+            if (v == 0)
+                v = hook_flag(h, A_HELD);
+            if (v < 0)
+                return -1;
+            hot = !v;
+        }
+        if (hot) {
+            if (hook_hot(h, res, flags, buffered) < 0)
+                return -1;
+            if (!(flags & IORING_CQE_F_MORE))
+                return hook_ended(h);
+            return 0;
+        }
+    }
+    PyObject *a = PyLong_FromLong(res);
+    PyObject *b = PyLong_FromUnsignedLong(flags);
+    PyObject *r = NULL;
+    if (a != NULL && b != NULL)
+        r = PyObject_CallMethodObjArgs(h->transport, s_on_recv_slow, a, b, NULL);
+    Py_XDECREF(a);
+    Py_XDECREF(b);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static PyObject *
+RecvHook_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 2 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "RecvHook takes (res, flags)");
+        return NULL;
+    }
+    long res = PyLong_AsLong(args[0]);
+    if (res == -1 && PyErr_Occurred())
+        return NULL;
+    unsigned long flags = PyLong_AsUnsignedLong(args[1]);
+    if (flags == (unsigned long)-1 && PyErr_Occurred())
+        return NULL;
+    if (res < INT32_MIN || res > INT32_MAX || flags > 0xFFFFFFFFUL) {
+        PyErr_SetString(PyExc_OverflowError, "RecvHook: res or flags out of a CQE's range");
+        return NULL;
+    }
+    if (hook_run((RecvHookObject *)self, (int32_t)res, (uint32_t)flags) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* Where generic attribute lookup would read attribute name of an instance of tp: the offset of a plain object
+ * slot (a member descriptor found on the type, which takes precedence over the instance __dict__), else 0. */
+static Py_ssize_t
+slot_offset(PyTypeObject *tp, PyObject *name)
+{
+    if (tp->tp_getattro != PyObject_GenericGetAttr)
+        return 0;
+    PyObject *d = _PyType_Lookup(tp, name); /* borrowed */
+    if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type))
+        return 0;
+    PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+    if (m->type != T_OBJECT_EX || (m->flags & READ_RESTRICTED) || m->offset <= 0)
+        return 0;
+    if (!PyType_IsSubtype(tp, PyDescr_TYPE(d)))
+        return 0;
+    return m->offset;
+}
+
+static PyObject *
+RecvHook_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"transport", "bufring", NULL};
+    PyObject *transport, *bufring;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO:RecvHook", kwlist, &transport, &bufring))
+        return NULL;
+    RecvHookObject *h = (RecvHookObject *)type->tp_alloc(type, 0);
+    if (h == NULL)
+        return NULL;
+    h->vectorcall = RecvHook_vectorcall;
+    Py_INCREF(transport);
+    h->transport = transport;
+    Py_INCREF(bufring);
+    h->bufring = bufring;
+    h->offsets = PyObject_GetAttrString(bufring, "offsets");
+    h->mm = h->offsets == NULL ? NULL : PyObject_GetAttrString(bufring, "mm");
+    h->ring_mm = h->mm == NULL ? NULL : PyObject_GetAttrString(bufring, "_ring_mm");
+    if (h->ring_mm == NULL)
+        goto fail;
+    if (!PyList_Check(h->offsets)) {
+        PyErr_SetString(PyExc_TypeError, "RecvHook: bufring.offsets must be a list");
+        goto fail;
+    }
+    PyObject *v = PyObject_GetAttrString(bufring, "size");
+    if (v == NULL)
+        goto fail;
+    h->size = PyLong_AsSsize_t(v);
+    Py_DECREF(v);
+    if (h->size == -1 && PyErr_Occurred())
+        goto fail;
+    v = PyObject_GetAttrString(bufring, "_mask");
+    if (v == NULL)
+        goto fail;
+    h->mask = PyLong_AsUnsignedLongLong(v);
+    Py_DECREF(v);
+    if (h->mask == (uint64_t)-1 && PyErr_Occurred())
+        goto fail;
+    if (h->size < 1 || h->size > 0xFFFFFFFFLL || h->mask > 0x7FFF) {
+        PyErr_SetString(PyExc_ValueError, "RecvHook: not a buffer ring's size and mask");
+        goto fail;
+    }
+    for (int i = 0; i < A_COUNT; i++)
+        h->off[i] = slot_offset(Py_TYPE(transport), hook_attr_str[i]);
+    return (PyObject *)h;
+fail:
+    Py_DECREF(h);
+    return NULL;
+}
+
+static int
+RecvHook_traverse(RecvHookObject *h, visitproc visit, void *arg)
+{
+    Py_VISIT(h->transport);
+    Py_VISIT(h->bufring);
+    Py_VISIT(h->offsets);
+    Py_VISIT(h->mm);
+    Py_VISIT(h->ring_mm);
+    return 0;
+}
+
+static int
+RecvHook_clear(RecvHookObject *h)
+{
+    Py_CLEAR(h->transport);
+    Py_CLEAR(h->bufring);
+    Py_CLEAR(h->offsets);
+    Py_CLEAR(h->mm);
+    Py_CLEAR(h->ring_mm);
+    return 0;
+}
+
+static void
+RecvHook_dealloc(RecvHookObject *h)
+{
+    PyObject_GC_UnTrack(h);
+    RecvHook_clear(h);
+    Py_TYPE(h)->tp_free((PyObject *)h);
+}
+
+static PyObject *
+RecvHook_get_transport(RecvHookObject *h, void *c)
+{
+    PyObject *t = h->transport != NULL ? h->transport : Py_None;
+    Py_INCREF(t);
+    return t;
+}
+
+static PyObject *
+RecvHook_get_direct(RecvHookObject *h, void *c)
+{
+    /* which of the transport's attributes are read at their slot offsets (tests: none must be missed) */
+    PyObject *out = PyTuple_New(A_COUNT);
+    if (out == NULL)
+        return NULL;
+    for (int i = 0; i < A_COUNT; i++) {
+        PyObject *b = h->off[i] > 0 ? Py_True : Py_False;
+        Py_INCREF(b);
+        PyTuple_SET_ITEM(out, i, b);
+    }
+    return out;
+}
+
+static PyGetSetDef RecvHook_getset[] = {
+    {"transport", (getter)RecvHook_get_transport, NULL, "the RingSocketTransport it reads for", NULL},
+    {"_direct", (getter)RecvHook_get_direct, NULL, "per attribute read: at its slot offset (True) or by getattr",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject RecvHookType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "uringws.ring._ringc.RecvHook",
+    .tp_basicsize = sizeof(RecvHookObject),
+    .tp_dealloc = (destructor)RecvHook_dealloc,
+    .tp_vectorcall_offset = offsetof(RecvHookObject, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "RecvHook(transport, bufring): RingSocketTransport._on_recv in C, called as hook(res, flags).",
+    .tp_traverse = (traverseproc)RecvHook_traverse,
+    .tp_clear = (inquiry)RecvHook_clear,
+    .tp_getset = RecvHook_getset,
+    .tp_new = RecvHook_new,
+};
+
+static int
+recvhook_init_strings(void)
+{
+    for (int i = 0; i < A_COUNT; i++) {
+        if ((hook_attr_str[i] = PyUnicode_InternFromString(hook_attr_names[i])) == NULL)
+            return -1;
+    }
+#define S(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return -1
+    S(s_on_recv_slow, "_on_recv_slow");
+    S(s_feed_buffered, "_feed_buffered");
+    S(s_fatal_error, "_fatal_error");
+    S(s_recv_ended, "_recv_ended");
+    S(s_arm_read, "_arm_read");
+    S(s_data_received, "data_received");
+    S(s_release, "release");
+    S(s_tail, "_tail");
+    S(s_restarts, "restarts");
+    S(s_msg_data_received, "Fatal error: protocol.data_received() call failed.");
+    S(s_msg_received_view, "Fatal error: protocol.received_view() call failed.");
+#undef S
+    return 0;
+}
+
 /* Run one completion's callback. Returns 0, or -1 when a BaseException (or a failing error hook) must stop the
  * dispatch with that exception set. */
 static int
@@ -1188,13 +1723,22 @@ deliver(RingObject *self, uint64_t ud, int32_t res, uint32_t flags)
     }
     if (cb != Py_None) {
         PyObject *cargs[2];
+        PyObject *r = NULL;
+        if (Py_IS_TYPE(cb, &RecvHookType)) {
+            /* a transport's RECV (RingSocketTransport._on_recv in C): no int objects, no argument parsing */
+            if (hook_run((RecvHookObject *)cb, res, flags) == 0) {
+                r = Py_None;
+                Py_INCREF(r);
+            }
+            goto called;
+        }
         cargs[0] = PyLong_FromLong(res);
         cargs[1] = PyLong_FromUnsignedLong(flags);
-        PyObject *r = NULL;
         if (cargs[0] != NULL && cargs[1] != NULL)
             r = PyObject_Vectorcall(cb, cargs, 2, NULL);
         Py_XDECREF(cargs[0]);
         Py_XDECREF(cargs[1]);
+    called:
         if (r != NULL) {
             Py_DECREF(r);
         }
@@ -2053,8 +2597,15 @@ module_exec(PyObject *m)
     Py_DECREF(ring_mod);
     if (RingError == NULL || RingClosedError == NULL || Orphaned == NULL || !PyList_Check(Orphaned))
         return -1;
-    if (PyType_Ready(&RingType) < 0 || PyType_Ready(&IndexType) < 0)
+    if (recvhook_init_strings() < 0)
         return -1;
+    if (PyType_Ready(&RingType) < 0 || PyType_Ready(&IndexType) < 0 || PyType_Ready(&RecvHookType) < 0)
+        return -1;
+    Py_INCREF(&RecvHookType);
+    if (PyModule_AddObject(m, "RecvHook", (PyObject *)&RecvHookType) < 0) {
+        Py_DECREF(&RecvHookType);
+        return -1;
+    }
     Py_INCREF(&IndexType);
     if (PyModule_AddObject(m, "RingIndex", (PyObject *)&IndexType) < 0) {
         Py_DECREF(&IndexType);

@@ -19,6 +19,16 @@ class RingIndex:
     @property
     def released(self) -> bool: ...
 
+class RecvHook:
+    """RingSocketTransport._on_recv in C: the completion callback of a transport's multishot RECV."""
+
+    def __init__(self, transport: Any, bufring: Any) -> None: ...
+    def __call__(self, res: int, flags: int) -> None: ...
+    @property
+    def transport(self) -> Any: ...
+    @property
+    def _direct(self) -> tuple[bool, ...]: ...
+
 class Ring:
     fd: int
     sq_entries: int

@@ -135,7 +135,7 @@ if _core is not None:
 
     RING_CLASS: type = CompiledRing
     RING_CLASSES: tuple[type, ...] = (Ring, CompiledRing)
-    _compiled.register("ring._ringc", True, "SQE preparation, io_uring_enter and CQE dispatch in C")
+    _compiled.register("ring._ringc", True, "SQE preparation, io_uring_enter, CQE dispatch, the RECV callback in C")
 else:
     RING_CLASS = Ring
     RING_CLASSES = (Ring,)
