@@ -27,9 +27,18 @@
 
 /* The fields of one type: offsets[i] for names[i], or -1 where the generic path must be used. */
 typedef struct {
-    PyTypeObject *type;  /* a strong reference (NULL: nothing resolved); fa_clear() drops it */
+    PyTypeObject *type;  /* a strong reference (NULL: a free entry) */
     Py_ssize_t offsets[32];
 } FastAttrs;
+
+/* A few types' fields for one list of names, shared by every object of a C type (a per-object table would cost
+ * ~260 bytes per connection, and idle connections are counted in bytes). Entries are resolved on first sight of
+ * a type and kept for the life of the process; with more types than entries, the oldest is replaced. */
+#define FA_TYPES 4
+typedef struct {
+    FastAttrs entries[FA_TYPES];
+    int next;
+} FastAttrsCache;
 
 /* Resolve the n names (n <= 32) for type tp. Never fails: unresolvable names get -1, and a type with its own
  * __getattribute__/__getattr__/__setattr__ gets -1 for every name. */
@@ -58,10 +67,19 @@ fa_resolve(FastAttrs *fa, PyTypeObject *tp, PyObject *const *names, int n)
     }
 }
 
-static inline void
-fa_clear(FastAttrs *fa)
+/* The entry of cache for type tp (resolved now if it has none). */
+static inline FastAttrs *
+fa_lookup(FastAttrsCache *cache, PyTypeObject *tp, PyObject *const *names, int n)
 {
-    Py_CLEAR(fa->type);
+    for (int i = 0; i < FA_TYPES; i++) {
+        if (cache->entries[i].type == tp) {
+            return &cache->entries[i];
+        }
+    }
+    FastAttrs *fa = &cache->entries[cache->next];
+    cache->next = (cache->next + 1) % FA_TYPES;
+    fa_resolve(fa, tp, names, n);
+    return fa;
 }
 
 /* obj.<names[i]>: a new reference, or NULL with an exception set. */

@@ -1194,11 +1194,11 @@ typedef struct {
     vectorcallfunc vectorcall;
     PyObject *tls;          /* the TLSProtocol */
     Engine *engine;
-    PyObject *plain_obj;    /* the thread's shared plaintext buffer (a writable memoryview)... */
-    Py_buffer plain;        /* ...and its memory */
+    PyObject *plain_obj;    /* the thread's shared plaintext buffer (a writable memoryview) */
+    Py_buffer plain;        /* its memory, during a call */
     long wrapped;           /* the value of protocol._WRAPPED */
     Py_ssize_t max_body;
-    FastAttrs fa;           /* where the TLSProtocol's fields are */
+    FastAttrs *fa;          /* where the TLSProtocol's fields are (set per call, from receive_cache) */
 } ReceiveObject;
 
 enum { S_STATE, S_APP_READ_PAUSED, S_APP_BUFFERED, S_APP_VIEW, S_REC_LEFT, S_PARTIAL, S_HDR, S_FRAMED, S_BACKLOG,
@@ -1210,6 +1210,7 @@ static const char *const receive_names[S_COUNT] = {
     "_tls_error", "_fatal", "release",
 };
 static PyObject *receive_str[S_COUNT];
+static FastAttrsCache receive_cache;
 static PyObject *fatal_message;  /* _read()'s message for an exception raised by the application */
 
 static PyTypeObject ReceiveType;
@@ -1234,13 +1235,13 @@ Receive_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->vectorcall = (vectorcallfunc)Receive_vectorcall;
     self->tls = Py_NewRef(tls);
     self->engine = (Engine *)Py_NewRef(engine);
-    self->plain_obj = NULL;
     self->wrapped = wrapped;
     self->max_body = max_body;
-    self->fa.type = NULL;
-    fa_resolve(&self->fa, Py_TYPE(tls), receive_str, S_COUNT);
-    if (PyObject_GetBuffer(plain, &self->plain, PyBUF_WRITABLE) < 0) {
+    self->fa = NULL;
+    if (!PyMemoryView_Check(plain)) {
+        self->plain_obj = NULL;
         Py_DECREF(self);
+        PyErr_SetString(PyExc_TypeError, "Receive(): plain must be a memoryview");
         return NULL;
     }
     self->plain_obj = Py_NewRef(plain);
@@ -1254,7 +1255,6 @@ Receive_traverse(ReceiveObject *self, visitproc visit, void *arg)
     Py_VISIT(self->tls);
     Py_VISIT(self->engine);
     Py_VISIT(self->plain_obj);
-    Py_VISIT(self->fa.type);
     return 0;
 }
 
@@ -1263,11 +1263,7 @@ Receive_clear(ReceiveObject *self)
 {
     Py_CLEAR(self->tls);
     Py_CLEAR(self->engine);
-    fa_clear(&self->fa);
-    if (self->plain_obj != NULL) {
-        PyBuffer_Release(&self->plain);
-        Py_CLEAR(self->plain_obj);
-    }
+    Py_CLEAR(self->plain_obj);
     return 0;
 }
 
@@ -1283,7 +1279,7 @@ Receive_dealloc(ReceiveObject *self)
 static int
 get_ssize(ReceiveObject *self, int name, Py_ssize_t *out)
 {
-    PyObject *v = fa_get(&self->fa, self->tls, receive_str, name);
+    PyObject *v = fa_get(self->fa, self->tls, receive_str, name);
     if (v == NULL)
         return -1;
     *out = PyLong_AsSsize_t(v);
@@ -1294,7 +1290,7 @@ get_ssize(ReceiveObject *self, int name, Py_ssize_t *out)
 static int
 get_bool(ReceiveObject *self, int name)
 {
-    PyObject *v = fa_get(&self->fa, self->tls, receive_str, name);
+    PyObject *v = fa_get(self->fa, self->tls, receive_str, name);
     if (v == NULL)
         return -1;
     int r = v == Py_True ? 1 : v == Py_False || v == Py_None ? 0 : PyObject_IsTrue(v);
@@ -1308,7 +1304,7 @@ set_ssize(ReceiveObject *self, int name, Py_ssize_t value)
     PyObject *v = PyLong_FromSsize_t(value);
     if (v == NULL)
         return -1;
-    int r = fa_set(&self->fa, self->tls, receive_str, name, v);
+    int r = fa_set(self->fa, self->tls, receive_str, name, v);
     Py_DECREF(v);
     return r;
 }
@@ -1329,7 +1325,7 @@ receive_fast(ReceiveObject *self, PyObject **app_view)
         return r < 0 ? -1 : 0;
     if ((r = get_bool(self, S_APP_BUFFERED)) != 0)
         return r < 0 ? -1 : 0;
-    PyObject *view = fa_get(&self->fa, tls, receive_str, S_APP_VIEW);
+    PyObject *view = fa_get(self->fa, tls, receive_str, S_APP_VIEW);
     if (view == NULL)
         return -1;
     if (view == Py_None) {
@@ -1361,7 +1357,7 @@ receive_track(ReceiveObject *self, const unsigned char *data, Py_ssize_t n)
     Py_ssize_t left, partial;
     if (get_ssize(self, S_REC_LEFT, &left) < 0 || get_ssize(self, S_PARTIAL, &partial) < 0)
         return -1;
-    PyObject *hobj = fa_get(&self->fa, tls, receive_str, S_HDR);
+    PyObject *hobj = fa_get(self->fa, tls, receive_str, S_HDR);
     if (hobj == NULL)
         return -1;
     if (!PyBytes_Check(hobj) || PyBytes_GET_SIZE(hobj) > 4 || left < 0 || partial < 0) {
@@ -1380,12 +1376,12 @@ receive_track(ReceiveObject *self, const unsigned char *data, Py_ssize_t n)
         PyObject *h = PyBytes_FromStringAndSize((const char *)hdr, hlen);
         if (h == NULL)
             return -1;
-        int r = fa_set(&self->fa, tls, receive_str, S_HDR, h);
+        int r = fa_set(self->fa, tls, receive_str, S_HDR, h);
         Py_DECREF(h);
         if (r < 0)
             return -1;
     }
-    if (!framed && fa_set(&self->fa, tls, receive_str, S_FRAMED, Py_False) < 0)
+    if (!framed && fa_set(self->fa, tls, receive_str, S_FRAMED, Py_False) < 0)
         return -1;
     return 0;
 }
@@ -1497,18 +1493,25 @@ Receive_vectorcall(ReceiveObject *self, PyObject *const *args, size_t nargsf, Py
     }
     PyObject *data = args[0];
     PyObject *app_view = NULL;
+    self->fa = fa_lookup(&receive_cache, Py_TYPE(self->tls), receive_str, S_COUNT);
     int fast = receive_fast(self, &app_view);
     if (fast < 0)
         return NULL;
     if (!fast)
         return PyObject_CallMethodOneArg(self->tls, receive_str[S_DATA_RECEIVED], data);
+    if (PyObject_GetBuffer(self->plain_obj, &self->plain, PyBUF_WRITABLE) < 0) {
+        Py_DECREF(app_view);
+        return NULL;
+    }
     Engine *e = self->engine;
     /* Lent to OpenSSL (incoming.lend): in_keep() copies what it has not read and releases the buffer. */
     if (in_keep(e) < 0) {
+        PyBuffer_Release(&self->plain);
         Py_DECREF(app_view);
         return NULL;
     }
     if (PyObject_GetBuffer(data, &e->lent, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&self->plain);
         Py_DECREF(app_view);
         return NULL;
     }
@@ -1556,6 +1559,7 @@ Receive_vectorcall(ReceiveObject *self, PyObject *const *args, size_t nargsf, Py
     }
     ok = receive_ending(self, got_close_notify) == 0;
 done:
+    PyBuffer_Release(&self->plain);
     Py_DECREF(app_view);
     if (in_keep(e) < 0 && ok)  /* TLSProtocol.data_received's finally: incoming.keep() */
         ok = 0;
@@ -1596,7 +1600,7 @@ typedef struct {
     Engine *engine;
     long wrapped;
     Py_ssize_t coalesce_limit, record_plaintext;
-    FastAttrs fa;
+    FastAttrs *fa;  /* set per call, from send_cache */
 } SendObject;
 
 enum { W_STATE, W_APP_CLOSING, W_TCP_PAUSED, W_SELECTOR, W_BACKLOG, W_BACKLOG_SIZE, W_FLUSH_SCHEDULED, W_HIGH,
@@ -1608,6 +1612,7 @@ static const char *const send_names[W_COUNT] = {
     "_update_app_writing", "_flush", "_tls_error", "append", "_flush_pending",
 };
 static PyObject *send_str[W_COUNT];
+static FastAttrsCache send_cache;
 static PyObject *deque_type;  /* collections.deque */
 static PyTypeObject SendType;
 
@@ -1635,8 +1640,7 @@ Send_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->wrapped = wrapped;
     self->coalesce_limit = coalesce_limit;
     self->record_plaintext = record_plaintext;
-    self->fa.type = NULL;
-    fa_resolve(&self->fa, Py_TYPE(tls), send_str, W_COUNT);
+    self->fa = NULL;
     PyObject_GC_Track(self);
     return (PyObject *)self;
 }
@@ -1646,7 +1650,6 @@ Send_traverse(SendObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->tls);
     Py_VISIT(self->engine);
-    Py_VISIT(self->fa.type);
     return 0;
 }
 
@@ -1655,7 +1658,6 @@ Send_clear(SendObject *self)
 {
     Py_CLEAR(self->tls);
     Py_CLEAR(self->engine);
-    fa_clear(&self->fa);
     return 0;
 }
 
@@ -1670,13 +1672,13 @@ Send_dealloc(SendObject *self)
 static PyObject *
 w_get(SendObject *self, int name)
 {
-    return fa_get(&self->fa, self->tls, send_str, name);
+    return fa_get(self->fa, self->tls, send_str, name);
 }
 
 static int
 w_set(SendObject *self, int name, PyObject *value)
 {
-    return fa_set(&self->fa, self->tls, send_str, name, value);
+    return fa_set(self->fa, self->tls, send_str, name, value);
 }
 
 static int
@@ -1820,6 +1822,7 @@ Send_vectorcall(SendObject *self, PyObject *const *args, size_t nargsf, PyObject
         return NULL;
     }
     PyObject *data = args[0];
+    self->fa = fa_lookup(&send_cache, Py_TYPE(self->tls), send_str, W_COUNT);
     if (PyBytes_CheckExact(data) && PyBytes_GET_SIZE(data) > 0) {
         int r = send_coalesce(self, data, PyBytes_GET_SIZE(data));
         if (r < 0)
@@ -1842,6 +1845,7 @@ Send_flush(SendObject *self, PyObject *Py_UNUSED(ignored))
         PyErr_SetString(PyExc_ValueError, "Send object cleared");
         return NULL;
     }
+    self->fa = fa_lookup(&send_cache, Py_TYPE(self->tls), send_str, W_COUNT);
     if (w_set(self, W_FLUSH_SCHEDULED, Py_False) < 0)
         return NULL;
     PyObject *backlog = w_get(self, W_BACKLOG), *res;

@@ -991,9 +991,11 @@ class TLSProtocol(asyncio.BufferedProtocol):
             size = self._backlog_size = self._backlog_size + len(data)
             if self._flush_scheduled and not self._tcp_paused and (size >= COALESCE_LIMIT or size > self._high):
                 self._drain_backlog()  # enough coalesced: encrypt now (still in order, still few records)
-            elif not (self._app_write_paused or self._tcp_paused or size > self._high):
-                return  # nothing for _update_app_writing() to do: not paused, at or below the high-water mark
-            self._update_app_writing()
+                size = self._backlog_size
+            if self._app_write_paused or self._tcp_paused or size > self._high:
+                # (otherwise _update_app_writing() has nothing to do: not paused, at or below the high-water mark;
+                # skipped once per large message)
+                self._update_app_writing()
             return
         selector = self._selector
         if selector is not None and not self._tcp_paused:

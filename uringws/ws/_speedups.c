@@ -551,7 +551,6 @@ typedef struct {
     vectorcallfunc vectorcall;
     PyObject *conn;
     Py_ssize_t no_limit, budget_min;
-    FastAttrs conn_fa, proto_fa;  /* where the Connection's and its Protocol's fields are */
 } ViewSinkObject;
 
 enum { V_PROTO, V_RECEIVED_VIEW, V_DISCARD_INPUT, V_INPUT_PENDING, V_BUF, V_HDR, V_SMALL_OK, V_MSG_OPCODE,
@@ -563,6 +562,8 @@ static const char *const view_names[V_COUNT] = {
     "_process", "_messages", "_recv_waiter", "done", "set_result", "_max_queue", "_messages_arrived",
 };
 static PyObject *view_str[V_COUNT];
+/* Where the fields of Connections and of their Protocols are (both kinds of type share this cache). */
+static FastAttrsCache view_cache;
 
 static PyObject *ViewSink_vectorcall(ViewSinkObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames);
 
@@ -586,8 +587,6 @@ ViewSink_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->conn = Py_NewRef(conn);
     self->no_limit = no_limit;
     self->budget_min = budget_min;
-    self->conn_fa.type = self->proto_fa.type = NULL;
-    fa_resolve(&self->conn_fa, Py_TYPE(conn), view_str, V_COUNT);
     PyObject_GC_Track(self);
     return (PyObject *)self;
 }
@@ -596,8 +595,6 @@ static int
 ViewSink_traverse(ViewSinkObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->conn);
-    Py_VISIT(self->conn_fa.type);
-    Py_VISIT(self->proto_fa.type);
     return 0;
 }
 
@@ -605,8 +602,6 @@ static int
 ViewSink_clear(ViewSinkObject *self)
 {
     Py_CLEAR(self->conn);
-    fa_clear(&self->conn_fa);
-    fa_clear(&self->proto_fa);
     return 0;
 }
 
@@ -673,10 +668,7 @@ static int
 receive_messages(ViewSinkObject *self, PyObject *proto, PyObject *data, int *wants)
 {
     int r;
-    FastAttrs *fa = &self->proto_fa;
-    if (Py_TYPE(proto) != fa->type) {
-        fa_resolve(fa, Py_TYPE(proto), view_str, V_COUNT);
-    }
+    FastAttrs *fa = fa_lookup(&view_cache, Py_TYPE(proto), view_str, V_COUNT);
     /* The parser between messages, with nothing carried over: the only state parse_run's messages leave as is. */
     if ((r = attr_true(fa, proto, V_DISCARD_INPUT)) != 0 || (r = attr_true(fa, proto, V_INPUT_PENDING)) != 0
         || (r = attr_true(fa, proto, V_BUF)) != 0 || (r = attr_is_none(fa, proto, V_HDR)) != 1
@@ -777,7 +769,8 @@ ViewSink_vectorcall(ViewSinkObject *self, PyObject *const *args, size_t nargsf, 
         PyErr_SetString(PyExc_ValueError, "ViewSink cleared");
         return NULL;
     }
-    PyObject *proto = fa_get(&self->conn_fa, conn, view_str, V_PROTO);
+    FastAttrs *cfa = fa_lookup(&view_cache, Py_TYPE(conn), view_str, V_COUNT);
+    PyObject *proto = fa_get(cfa, conn, view_str, V_PROTO);
     if (proto == NULL) {
         return NULL;
     }
@@ -792,11 +785,13 @@ ViewSink_vectorcall(ViewSinkObject *self, PyObject *const *args, size_t nargsf, 
     if (r == 0) {
         return PyObject_CallMethodOneArg(conn, view_str[V_RECEIVED_VIEW], args[0]);
     }
-    /* Connection.received_view's ending. */
+    /* Connection.received_view's ending. (The lookup again: the call above may have resolved another type in the
+     * entry.) */
+    cfa = fa_lookup(&view_cache, Py_TYPE(conn), view_str, V_COUNT);
     if (wants) {
         return PyObject_CallMethodNoArgs(conn, view_str[V_PROCESS]);
     }
-    PyObject *messages = fa_get(&self->conn_fa, conn, view_str, V_MESSAGES);
+    PyObject *messages = fa_get(cfa, conn, view_str, V_MESSAGES);
     if (messages == NULL) {
         return NULL;
     }
@@ -808,7 +803,7 @@ ViewSink_vectorcall(ViewSinkObject *self, PyObject *const *args, size_t nargsf, 
         }
         Py_RETURN_NONE;
     }
-    PyObject *waiter = fa_get(&self->conn_fa, conn, view_str, V_RECV_WAITER);
+    PyObject *waiter = fa_get(cfa, conn, view_str, V_RECV_WAITER);
     if (waiter == NULL) {
         Py_DECREF(messages);
         return NULL;
@@ -826,7 +821,7 @@ ViewSink_vectorcall(ViewSinkObject *self, PyObject *const *args, size_t nargsf, 
         Py_XDECREF(res);
     }
     Py_DECREF(waiter);
-    PyObject *max_queue = fa_get(&self->conn_fa, conn, view_str, V_MAX_QUEUE);
+    PyObject *max_queue = fa_get(cfa, conn, view_str, V_MAX_QUEUE);
     if (max_queue == NULL) {
         Py_DECREF(messages);
         return NULL;
