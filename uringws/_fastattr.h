@@ -1,7 +1,7 @@
 /* Fast access to the __slots__ fields of the Python objects a compiled hot path reads on every call.
  *
- * The C twins of the receive path (uringws/tls/_engine.c: Receive, uringws/ws/_speedups.c: ViewSink) keep no
- * copy of the state of the Python objects they stand in for: they read and write those objects' fields, a few
+ * The C twins on the hot path (uringws/tls/_engine.c: Receive and Send, uringws/ws/_speedups.c: ViewSink,
+ * uringws/ring/_ringc.c: RecvHook) keep no copy of the state of the Python objects they stand in for: they read and write those objects' fields, a few
  * dozen times per received message. PyObject_GetAttr on a slot costs a type lookup and a descriptor call each
  * time. Here a field is found once per type (its member descriptor's offset in the object) and then read or
  * written in place, as the descriptor itself would (T_OBJECT_EX semantics: NULL means unset).
@@ -20,9 +20,11 @@
 #if PY_VERSION_HEX >= 0x030C0000
 #define FA_T_OBJECT_EX Py_T_OBJECT_EX
 #define FA_READONLY Py_READONLY
+#define FA_AUDIT_READ Py_AUDIT_READ
 #else
 #define FA_T_OBJECT_EX T_OBJECT_EX
 #define FA_READONLY READONLY
+#define FA_AUDIT_READ READ_RESTRICTED
 #endif
 
 /* The fields of one type: offsets[i] for names[i], or -1 where the generic path must be used. */
@@ -57,9 +59,10 @@ fa_resolve(FastAttrs *fa, PyTypeObject *tp, PyObject *const *names, int n)
             PyErr_Clear();
             continue;
         }
-        if (Py_IS_TYPE(d, &PyMemberDescr_Type)) {
+        /* A plain object slot of a base of tp (not a metaclass attribute), readable and writable as is. */
+        if (Py_IS_TYPE(d, &PyMemberDescr_Type) && PyType_IsSubtype(tp, PyDescr_TYPE(d))) {
             PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
-            if (m->type == FA_T_OBJECT_EX && !(m->flags & FA_READONLY)) {
+            if (m->type == FA_T_OBJECT_EX && !(m->flags & (FA_READONLY | FA_AUDIT_READ)) && m->offset > 0) {
                 fa->offsets[i] = m->offset;
             }
         }

@@ -25,6 +25,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include "structmember.h"
+
+#include "../_fastattr.h"
 #include <errno.h>
 #include <limits.h>
 #include <stdint.h>
@@ -1212,8 +1214,10 @@ typedef struct {
     PyObject *ring_mm; /* bufring._ring_mm: the entries, with the tail in entry 0's resv */
     Py_ssize_t size;   /* bufring.size */
     uint64_t mask;     /* bufring._mask */
-    Py_ssize_t off[A_COUNT]; /* offset of each slot in the transport, 0: read it with getattr */
+    FastAttrs *fa;     /* where the transport's fields are (set per call, from hook_cache) */
 } RecvHookObject;
+
+static FastAttrsCache hook_cache;
 
 static PyTypeObject RecvHookType;
 
@@ -1221,15 +1225,7 @@ static PyTypeObject RecvHookType;
 static PyObject *
 hook_attr(RecvHookObject *h, int i)
 {
-    Py_ssize_t off = h->off[i];
-    if (off > 0) {
-        PyObject *v = *(PyObject **)((char *)h->transport + off);
-        if (v != NULL) {
-            Py_INCREF(v);
-            return v;
-        }
-    }
-    return PyObject_GetAttr(h->transport, hook_attr_str[i]);
+    return fa_get(h->fa, h->transport, hook_attr_str, i);
 }
 
 /* The truth of attribute i: 1, 0, or -1 with an exception set. */
@@ -1478,6 +1474,7 @@ hook_run(RecvHookObject *h, int32_t res, uint32_t flags)
         PyErr_SetString(PyExc_ValueError, "RecvHook was cleared");
         return -1;
     }
+    h->fa = fa_lookup(&hook_cache, Py_TYPE(h->transport), hook_attr_str, A_COUNT);
     if (res > 0) {
         int buffered = hook_flag(h, A_BUFFERED);
         if (buffered < 0)
@@ -1537,24 +1534,6 @@ RecvHook_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf, PyObje
     Py_RETURN_NONE;
 }
 
-/* Where generic attribute lookup would read attribute name of an instance of tp: the offset of a plain object
- * slot (a member descriptor found on the type, which takes precedence over the instance __dict__), else 0. */
-static Py_ssize_t
-slot_offset(PyTypeObject *tp, PyObject *name)
-{
-    if (tp->tp_getattro != PyObject_GenericGetAttr)
-        return 0;
-    PyObject *d = _PyType_Lookup(tp, name); /* borrowed */
-    if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type))
-        return 0;
-    PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
-    if (m->type != T_OBJECT_EX || (m->flags & READ_RESTRICTED) || m->offset <= 0)
-        return 0;
-    if (!PyType_IsSubtype(tp, PyDescr_TYPE(d)))
-        return 0;
-    return m->offset;
-}
-
 static PyObject *
 RecvHook_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 {
@@ -1597,8 +1576,7 @@ RecvHook_new(PyTypeObject *type, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_ValueError, "RecvHook: not a buffer ring's size and mask");
         goto fail;
     }
-    for (int i = 0; i < A_COUNT; i++)
-        h->off[i] = slot_offset(Py_TYPE(transport), hook_attr_str[i]);
+    h->fa = fa_lookup(&hook_cache, Py_TYPE(transport), hook_attr_str, A_COUNT);
     return (PyObject *)h;
 fail:
     Py_DECREF(h);
@@ -1650,8 +1628,9 @@ RecvHook_get_direct(RecvHookObject *h, void *c)
     PyObject *out = PyTuple_New(A_COUNT);
     if (out == NULL)
         return NULL;
+    FastAttrs *fa = fa_lookup(&hook_cache, Py_TYPE(h->transport), hook_attr_str, A_COUNT);
     for (int i = 0; i < A_COUNT; i++) {
-        PyObject *b = h->off[i] > 0 ? Py_True : Py_False;
+        PyObject *b = fa->offsets[i] >= 0 ? Py_True : Py_False;
         Py_INCREF(b);
         PyTuple_SET_ITEM(out, i, b);
     }
