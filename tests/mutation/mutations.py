@@ -756,4 +756,28 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/ws/test_after_close.py", "tests/e2e/test_ws_api.py"),
         "send() of a small bytes message frames and writes it on a connection that is no longer open",
     ),
+    Mutation(
+        "conn-large-header",
+        CONN,
+        "_pack_BBQ(0x82, 127, n)",
+        "_pack_BBQ(0x82, 127, n - 1)",
+        ("tests/e2e/test_ws_api.py::test_large_binary_echo_over_tls_on_the_ring_loop",),
+        "send()'s large-message path writes a 64-bit length one short",
+    ),
+    Mutation(
+        "viewsink-mid-message",
+        SPEEDUPS,
+        "|| (r = attr_true(fa, proto, V_SMALL_OK)) != 1 || (r = attr_true(fa, proto, V_MSG_OPCODE)) != 0) {",
+        "|| (r = attr_true(fa, proto, V_SMALL_OK)) != 1) {",
+        ("tests/ws/test_viewsink.py",),
+        "the compiled received_view takes whole messages while a fragmented one is open (a 1002 missed)",
+    ),
+    Mutation(
+        "viewsink-bytes-in",
+        SPEEDUPS,
+        "attr_add(fa, proto, V_BYTES_IN, n) < 0",
+        "0",
+        ("tests/ws/test_viewsink.py",),
+        "the compiled received_view does not count the bytes it took",
+    ),
 )

@@ -14,7 +14,7 @@ import os
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from uringws.ws import connection as connection_module
@@ -118,6 +118,16 @@ def feed(hook: Any, data: bytes) -> None:
     scratch[:] = b"\xee" * len(scratch)
 
 
+# A message opened and left open, then a whole message in the next run: the Python path fails it with 1002; the C
+# twin must not take it as a message (found by the search below at times; kept here for every run).
+@example(
+    stream=[cframe(0x2, b"a", fin=False), cframe(0x2, b"b")],
+    cuts=[],
+    at_frames=[True] * 12,
+    max_size=None,
+    max_queue=None,
+    budget=False,
+)
 @needs_c
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
