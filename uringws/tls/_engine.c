@@ -1195,7 +1195,7 @@ typedef struct {
     PyObject *tls;          /* the TLSProtocol */
     Engine *engine;
     PyObject *plain_obj;    /* the thread's shared plaintext buffer (a writable memoryview) */
-    Py_buffer plain;        /* its memory, during a call */
+    char *plain_buf;        /* its memory, during a call (the buffer export is the call's own) */
     long wrapped;           /* the value of protocol._WRAPPED */
     Py_ssize_t max_body;
     FastAttrs *fa;          /* where the TLSProtocol's fields are (set per call, from receive_cache) */
@@ -1238,6 +1238,7 @@ Receive_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->wrapped = wrapped;
     self->max_body = max_body;
     self->fa = NULL;
+    self->plain_buf = NULL;
     if (!PyMemoryView_Check(plain)) {
         self->plain_obj = NULL;
         Py_DECREF(self);
@@ -1391,7 +1392,7 @@ receive_track(ReceiveObject *self, const unsigned char *data, Py_ssize_t n)
 static int
 receive_deliver(ReceiveObject *self, PyObject *app_view, Py_ssize_t n)
 {
-    PyObject *part = PyMemoryView_FromMemory(self->plain.buf, n, PyBUF_WRITE);
+    PyObject *part = PyMemoryView_FromMemory(self->plain_buf, n, PyBUF_WRITE);
     if (part == NULL)
         return -1;
     PyObject *res = PyObject_CallOneArg(app_view, part);
@@ -1499,19 +1500,21 @@ Receive_vectorcall(ReceiveObject *self, PyObject *const *args, size_t nargsf, Py
         return NULL;
     if (!fast)
         return PyObject_CallMethodOneArg(self->tls, receive_str[S_DATA_RECEIVED], data);
-    if (PyObject_GetBuffer(self->plain_obj, &self->plain, PyBUF_WRITABLE) < 0) {
+    Py_buffer plain;
+    if (PyObject_GetBuffer(self->plain_obj, &plain, PyBUF_WRITABLE) < 0) {
         Py_DECREF(app_view);
         return NULL;
     }
+    self->plain_buf = plain.buf;
     Engine *e = self->engine;
     /* Lent to OpenSSL (incoming.lend): in_keep() copies what it has not read and releases the buffer. */
     if (in_keep(e) < 0) {
-        PyBuffer_Release(&self->plain);
+        PyBuffer_Release(&plain);
         Py_DECREF(app_view);
         return NULL;
     }
     if (PyObject_GetBuffer(data, &e->lent, PyBUF_SIMPLE) < 0) {
-        PyBuffer_Release(&self->plain);
+        PyBuffer_Release(&plain);
         Py_DECREF(app_view);
         return NULL;
     }
@@ -1535,7 +1538,7 @@ Receive_vectorcall(ReceiveObject *self, PyObject *const *args, size_t nargsf, Py
     }
     int got_close_notify = 0;
     for (;;) {
-        Py_ssize_t n = read_all_into(e, self->plain.buf, (size_t)self->plain.len, partial);
+        Py_ssize_t n = read_all_into(e, plain.buf, (size_t)plain.len, partial);
         if (n > 0 && receive_deliver(self, app_view, n) < 0)
             n = -1;
         if (n < 0) {
@@ -1559,7 +1562,7 @@ Receive_vectorcall(ReceiveObject *self, PyObject *const *args, size_t nargsf, Py
     }
     ok = receive_ending(self, got_close_notify) == 0;
 done:
-    PyBuffer_Release(&self->plain);
+    PyBuffer_Release(&plain);
     Py_DECREF(app_view);
     if (in_keep(e) < 0 && ok)  /* TLSProtocol.data_received's finally: incoming.keep() */
         ok = 0;
