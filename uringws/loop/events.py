@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..ring import bufring as _bufring
 from ..ring.fast import RING_CLASS, RING_CLASSES
+from ..ring.fast import CallSoon as _CallSoon
 from ..ring.probe import availability, kernel_version
 from . import compat
 from .selector import RingSelector
@@ -175,6 +176,11 @@ class EventLoop(_UnixSelectorEventLoop):
             if isinstance(selector, RingSelector):
                 selector.loop_ready = self._ready  # BaseEventLoop's deque of ready handles
                 self._hook_selector = selector
+            if _CallSoon is not None and _LEAN_RUN_ONCE and type(self).call_soon is EventLoop.call_soon:
+                # call_soon()'s lean path in C, as this instance's call_soon: asyncio's C Future and Task schedule
+                # through it (a task's wake-up, once per message) without a Python frame. Debug mode and a closed
+                # loop still take the method below (the C object calls it). Dropped by close().
+                self.call_soon = _CallSoon(self, Handle, EventLoop.call_soon)  # type: ignore[method-assign]
             if self._ring is not None:
                 self._efd = os.eventfd(0, os.EFD_CLOEXEC)
                 self._arm_wakeup()
@@ -566,6 +572,7 @@ class EventLoop(_UnixSelectorEventLoop):
         try:
             super().close()
         finally:
+            self.__dict__.pop("call_soon", None)  # the C call_soon refers to the loop: no cycle left behind
             if self._bufring is not None:
                 # After the ring: every RECV that could write into these buffers has been reaped by then.
                 self._bufring.close(ring_clean=not getattr(self._ring, "leaked", False))

@@ -1659,6 +1659,192 @@ static PyTypeObject RecvHookType = {
     .tp_new = RecvHook_new,
 };
 
+/* -- CallSoon: the event loop's call_soon(), its lean path ---------------------------------------------------- */
+
+/* CallSoon(loop, handle_type, call_soon)
+ *
+ * The compiled twin of EventLoop.call_soon (uringws/loop/events.py) outside debug mode: a Handle made with
+ * Handle.__new__ and every slot Handle.__init__ sets (compat.HANDLE_SLOTS), appended to loop._ready. The loop
+ * installs it as its instance's call_soon, so asyncio's C Future and Task schedule their callbacks (a task's
+ * wake-up, once per message) without a Python frame. In debug mode, on a closed loop, or for a keyword other than
+ * context, it calls call_soon, the Python method, which takes asyncio's own path there. */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *loop;
+    PyObject *handle_type;
+    PyObject *call_soon;  /* EventLoop.call_soon, the function */
+} CallSoonObject;
+
+enum { H_CALLBACK, H_ARGS, H_CANCELLED, H_LOOP, H_SOURCE_TRACEBACK, H_REPR, H_CONTEXT, H_COUNT };
+static const char *const handle_names[H_COUNT] = {
+    "_callback", "_args", "_cancelled", "_loop", "_source_traceback", "_repr", "_context",
+};
+static PyObject *handle_str[H_COUNT];
+static FastAttrsCache handle_cache;
+static PyObject *s_debug, *s_closed, *s_ready, *s_append, *s_context;
+static PyObject *CallSoon_vectorcall(CallSoonObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames);
+
+static PyObject *
+CallSoon_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    PyObject *loop, *handle_type, *call_soon;
+    if (kw != NULL && PyDict_GET_SIZE(kw)) {
+        PyErr_SetString(PyExc_TypeError, "CallSoon() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OO!O:CallSoon", &loop, &PyType_Type, &handle_type, &call_soon))
+        return NULL;
+    CallSoonObject *self = PyObject_GC_New(CallSoonObject, type);
+    if (self == NULL)
+        return NULL;
+    self->vectorcall = (vectorcallfunc)CallSoon_vectorcall;
+    self->loop = Py_NewRef(loop);
+    self->handle_type = Py_NewRef(handle_type);
+    self->call_soon = Py_NewRef(call_soon);
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+static int
+CallSoon_traverse(CallSoonObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->loop);
+    Py_VISIT(self->handle_type);
+    Py_VISIT(self->call_soon);
+    return 0;
+}
+
+static int
+CallSoon_clear(CallSoonObject *self)
+{
+    Py_CLEAR(self->loop);
+    Py_CLEAR(self->handle_type);
+    Py_CLEAR(self->call_soon);
+    return 0;
+}
+
+static void
+CallSoon_dealloc(CallSoonObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    CallSoon_clear(self);
+    PyObject_GC_Del(self);
+}
+
+static int
+loop_flag(PyObject *loop, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(loop, name);
+    if (v == NULL)
+        return -1;
+    int r = v == Py_False ? 0 : v == Py_True ? 1 : PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return r;
+}
+
+/* call_soon(callback, *args, context=None) by the Python method: loop.call_soon is this object. */
+static PyObject *
+callsoon_python(CallSoonObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    PyObject **all = PyMem_Malloc((size_t)(nargs + nkw + 1) * sizeof(PyObject *));
+    if (all == NULL)
+        return PyErr_NoMemory();
+    all[0] = self->loop;
+    for (Py_ssize_t i = 0; i < nargs + nkw; i++)
+        all[i + 1] = args[i];
+    PyObject *res = PyObject_Vectorcall(self->call_soon, all, (size_t)(nargs + 1), kwnames);
+    PyMem_Free(all);
+    return res;
+}
+
+static PyObject *
+CallSoon_vectorcall(CallSoonObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *context = NULL;
+    if (self->loop == NULL) {
+        PyErr_SetString(PyExc_ValueError, "CallSoon was cleared");
+        return NULL;
+    }
+    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames)) {
+        if (PyTuple_GET_SIZE(kwnames) != 1 || PyUnicode_Compare(PyTuple_GET_ITEM(kwnames, 0), s_context) != 0)
+            return callsoon_python(self, args, nargsf, kwnames);
+        context = args[nargs];
+    }
+    int debug = loop_flag(self->loop, s_debug), closed = debug ? 0 : loop_flag(self->loop, s_closed);
+    if (debug < 0 || closed < 0)
+        return NULL;
+    if (nargs < 1 || debug || closed)
+        return callsoon_python(self, args, nargsf, kwnames);
+    PyTypeObject *ht = (PyTypeObject *)self->handle_type;
+    PyObject *empty = PyTuple_New(0);
+    PyObject *h = empty == NULL ? NULL : ht->tp_new(ht, empty, NULL);
+    Py_XDECREF(empty);
+    if (h == NULL)
+        return NULL;
+    FastAttrs *fa = fa_lookup(&handle_cache, ht, handle_str, H_COUNT);
+    PyObject *ctx = context == NULL || context == Py_None ? PyContext_CopyCurrent() : Py_NewRef(context);
+    PyObject *cbargs = PyTuple_New(nargs - 1);
+    if (ctx == NULL || cbargs == NULL)
+        goto error;
+    for (Py_ssize_t i = 1; i < nargs; i++)
+        PyTuple_SET_ITEM(cbargs, i - 1, Py_NewRef(args[i]));
+    if (fa_set(fa, h, handle_str, H_CONTEXT, ctx) < 0 || fa_set(fa, h, handle_str, H_LOOP, self->loop) < 0
+        || fa_set(fa, h, handle_str, H_CALLBACK, args[0]) < 0 || fa_set(fa, h, handle_str, H_ARGS, cbargs) < 0
+        || fa_set(fa, h, handle_str, H_CANCELLED, Py_False) < 0 || fa_set(fa, h, handle_str, H_REPR, Py_None) < 0
+        || fa_set(fa, h, handle_str, H_SOURCE_TRACEBACK, Py_None) < 0)
+        goto error;
+    Py_CLEAR(ctx);
+    Py_CLEAR(cbargs);
+    PyObject *ready = PyObject_GetAttr(self->loop, s_ready);
+    if (ready == NULL)
+        goto error;
+    PyObject *res = PyObject_CallMethodOneArg(ready, s_append, h);
+    Py_DECREF(ready);
+    if (res == NULL)
+        goto error;
+    Py_DECREF(res);
+    return h;
+error:
+    Py_XDECREF(ctx);
+    Py_XDECREF(cbargs);
+    Py_DECREF(h);
+    return NULL;
+}
+
+static PyTypeObject CallSoonType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "uringws.ring._ringc.CallSoon",
+    .tp_basicsize = sizeof(CallSoonObject),
+    .tp_dealloc = (destructor)CallSoon_dealloc,
+    .tp_vectorcall_offset = offsetof(CallSoonObject, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "CallSoon(loop, handle_type, call_soon): EventLoop.call_soon outside debug mode, in C.",
+    .tp_traverse = (traverseproc)CallSoon_traverse,
+    .tp_clear = (inquiry)CallSoon_clear,
+    .tp_new = CallSoon_new,
+};
+
+static int
+callsoon_init_strings(void)
+{
+    for (int i = 0; i < H_COUNT; i++) {
+        if ((handle_str[i] = PyUnicode_InternFromString(handle_names[i])) == NULL)
+            return -1;
+    }
+    if ((s_debug = PyUnicode_InternFromString("_debug")) == NULL
+        || (s_closed = PyUnicode_InternFromString("_closed")) == NULL
+        || (s_ready = PyUnicode_InternFromString("_ready")) == NULL
+        || (s_append = PyUnicode_InternFromString("append")) == NULL
+        || (s_context = PyUnicode_InternFromString("context")) == NULL)
+        return -1;
+    return 0;
+}
+
 static int
 recvhook_init_strings(void)
 {
@@ -2576,9 +2762,12 @@ module_exec(PyObject *m)
     Py_DECREF(ring_mod);
     if (RingError == NULL || RingClosedError == NULL || Orphaned == NULL || !PyList_Check(Orphaned))
         return -1;
-    if (recvhook_init_strings() < 0)
+    if (recvhook_init_strings() < 0 || callsoon_init_strings() < 0)
         return -1;
-    if (PyType_Ready(&RingType) < 0 || PyType_Ready(&IndexType) < 0 || PyType_Ready(&RecvHookType) < 0)
+    if (PyType_Ready(&RingType) < 0 || PyType_Ready(&IndexType) < 0 || PyType_Ready(&RecvHookType) < 0
+        || PyType_Ready(&CallSoonType) < 0)
+        return -1;
+    if (PyModule_AddObjectRef(m, "CallSoon", (PyObject *)&CallSoonType) < 0)
         return -1;
     Py_INCREF(&RecvHookType);
     if (PyModule_AddObject(m, "RecvHook", (PyObject *)&RecvHookType) < 0) {

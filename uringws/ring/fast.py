@@ -24,7 +24,7 @@ from .io_uring import (
 from .probe import cpu_refusal
 from .ring import Ring, RingError, _RingLifecycle, setup_ring
 
-__all__ = ["RING_CLASS", "RING_CLASSES", "CompiledRing", "RingIndex", "available"]
+__all__ = ["RING_CLASS", "RING_CLASSES", "CallSoon", "CompiledRing", "RingIndex", "available"]
 
 log = logging.getLogger("uringws.ring")
 
@@ -47,6 +47,8 @@ def available() -> bool:
 #: ``RingIndex(buffer, offset, width)``: a u16/u32 index in memory shared with the kernel whose ``[0]`` is an
 #: acquire load and ``[0] = v`` a release store (None where the compiled core is off: plain memoryview stores).
 RingIndex: Any = getattr(_core, "RingIndex", None)
+#: The C twin of ``EventLoop.call_soon``'s lean path, or None (pure, or an older build).
+CallSoon: Any = getattr(_core, "CallSoon", None)
 
 
 if _core is not None:
