@@ -112,4 +112,43 @@ fa_set(FastAttrs *fa, PyObject *obj, PyObject *const *names, int i, PyObject *va
     return PyObject_SetAttr(obj, names[i], value);
 }
 
+/* The truth of obj.<names[i]>: 1, 0, or -1 with an exception set (True, False and None without a call). */
+static inline int
+fa_true(FastAttrs *fa, PyObject *obj, PyObject *const *names, int i)
+{
+    PyObject *v = fa_get(fa, obj, names, i);
+    if (v == NULL) {
+        return -1;
+    }
+    int r = v == Py_True ? 1 : (v == Py_False || v == Py_None) ? 0 : PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return r;
+}
+
+/* obj.<names[i]> as a Py_ssize_t: 0, or -1 with an exception set. */
+static inline int
+fa_ssize(FastAttrs *fa, PyObject *obj, PyObject *const *names, int i, Py_ssize_t *out)
+{
+    PyObject *v = fa_get(fa, obj, names, i);
+    if (v == NULL) {
+        return -1;
+    }
+    *out = PyLong_AsSsize_t(v);
+    Py_DECREF(v);
+    return *out == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* obj.<names[i]> = value (an int): 0, or -1 with an exception set. */
+static inline int
+fa_set_ssize(FastAttrs *fa, PyObject *obj, PyObject *const *names, int i, Py_ssize_t value)
+{
+    PyObject *v = PyLong_FromSsize_t(value);
+    if (v == NULL) {
+        return -1;
+    }
+    int r = fa_set(fa, obj, names, i, v);
+    Py_DECREF(v);
+    return r;
+}
+
 #endif

@@ -80,8 +80,8 @@ _set_nodelay = compat.set_nodelay
 _set_result_unless_cancelled = compat.set_result_unless_cancelled
 # The compiled twin of RingSocketTransport._on_recv (uringws/ring/_ringc.c), and the ring type it is made for:
 # both None where the compiled ring core is off (URINGWS_PURE=1, not built).
-_RecvHook: Any = getattr(_fast._core, "RecvHook", None)
-_CompiledRingCore: Any = getattr(_fast._core, "Ring", None)
+_RecvHook: Any = _fast.RecvHook
+_CompiledRingCore: Any = _fast.CoreRing
 
 # States of the send side. At most one operation of the send side is outstanding at any time.
 _IDLE = 0  # nothing in flight

@@ -1232,12 +1232,7 @@ hook_attr(RecvHookObject *h, int i)
 static int
 hook_flag(RecvHookObject *h, int i)
 {
-    PyObject *v = hook_attr(h, i);
-    if (v == NULL)
-        return -1;
-    int r = v == Py_True ? 1 : v == Py_False || v == Py_None ? 0 : PyObject_IsTrue(v);
-    Py_DECREF(v);
-    return r;
+    return fa_true(h->fa, h->transport, hook_attr_str, i);
 }
 
 /* Give buffer bid back to the kernel: BufferRing.recycle(bid) (data_addr: where the buffers are mapped). */

@@ -1280,34 +1280,19 @@ Receive_dealloc(ReceiveObject *self)
 static int
 get_ssize(ReceiveObject *self, int name, Py_ssize_t *out)
 {
-    PyObject *v = fa_get(self->fa, self->tls, receive_str, name);
-    if (v == NULL)
-        return -1;
-    *out = PyLong_AsSsize_t(v);
-    Py_DECREF(v);
-    return *out == -1 && PyErr_Occurred() ? -1 : 0;
+    return fa_ssize(self->fa, self->tls, receive_str, name, out);
 }
 
 static int
 get_bool(ReceiveObject *self, int name)
 {
-    PyObject *v = fa_get(self->fa, self->tls, receive_str, name);
-    if (v == NULL)
-        return -1;
-    int r = v == Py_True ? 1 : v == Py_False || v == Py_None ? 0 : PyObject_IsTrue(v);
-    Py_DECREF(v);
-    return r;
+    return fa_true(self->fa, self->tls, receive_str, name);
 }
 
 static int
 set_ssize(ReceiveObject *self, int name, Py_ssize_t value)
 {
-    PyObject *v = PyLong_FromSsize_t(value);
-    if (v == NULL)
-        return -1;
-    int r = fa_set(self->fa, self->tls, receive_str, name, v);
-    Py_DECREF(v);
-    return r;
+    return fa_set_ssize(self->fa, self->tls, receive_str, name, value);
 }
 
 /* Whether the connection is reading application data into a received_view() app: 1 yes (*app_view set, a new
@@ -1687,34 +1672,19 @@ w_set(SendObject *self, int name, PyObject *value)
 static int
 w_true(SendObject *self, int name)
 {
-    PyObject *v = w_get(self, name);
-    if (v == NULL)
-        return -1;
-    int r = v == Py_True ? 1 : (v == Py_False || v == Py_None) ? 0 : PyObject_IsTrue(v);
-    Py_DECREF(v);
-    return r;
+    return fa_true(self->fa, self->tls, send_str, name);
 }
 
 static int
 w_ssize(SendObject *self, int name, Py_ssize_t *out)
 {
-    PyObject *v = w_get(self, name);
-    if (v == NULL)
-        return -1;
-    *out = PyLong_AsSsize_t(v);
-    Py_DECREF(v);
-    return *out == -1 && PyErr_Occurred() ? -1 : 0;
+    return fa_ssize(self->fa, self->tls, send_str, name, out);
 }
 
 static int
 w_set_ssize(SendObject *self, int name, Py_ssize_t value)
 {
-    PyObject *v = PyLong_FromSsize_t(value);
-    if (v == NULL)
-        return -1;
-    int r = w_set(self, name, v);
-    Py_DECREF(v);
-    return r;
+    return fa_set_ssize(self->fa, self->tls, send_str, name, value);
 }
 
 static PyObject *

@@ -617,13 +617,7 @@ ViewSink_dealloc(ViewSinkObject *self)
 static int
 attr_true(FastAttrs *fa, PyObject *obj, int name)
 {
-    PyObject *v = fa_get(fa, obj, view_str, name);
-    if (v == NULL) {
-        return -1;
-    }
-    int r = v == Py_True ? 1 : (v == Py_False || v == Py_None) ? 0 : PyObject_IsTrue(v);
-    Py_DECREF(v);
-    return r;
+    return fa_true(fa, obj, view_str, name);
 }
 
 static int
