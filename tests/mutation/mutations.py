@@ -759,10 +759,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "conn-large-header",
         CONN,
-        "_pack_BBQ(0x82, 127, n)",
-        "_pack_BBQ(0x82, 127, n - 1)",
+        "header = serialize_header(_BINARY, n)",
+        "header = serialize_header(_BINARY, n - 1)",
         ("tests/e2e/test_ws_api.py::test_large_binary_echo_over_tls_on_the_ring_loop",),
-        "send()'s large-message path writes a 64-bit length one short",
+        "send()'s large-message path writes a length one short",
     ),
     Mutation(
         "viewsink-mid-message",

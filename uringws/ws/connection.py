@@ -34,7 +34,7 @@ from .exceptions import (
     InvalidState,
 )
 from .frames import ViewSink as _ViewSink
-from .frames import _pack_BBH, _pack_BBQ
+from .frames import serialize_header
 from .handshake import (
     ClientHandshake,
     Negotiated,
@@ -44,6 +44,7 @@ from .handshake import (
     serialize_response,
 )
 from .protocol import (
+    _BINARY,
     _BINARY_HEADERS,
     _JOIN_LIMIT,
     _NO_LIMIT,
@@ -535,7 +536,7 @@ class Connection(asyncio.Protocol):
                 elif n >= _JOIN_LIMIT and self._write_if_open is not None:
                     # A large one: the header and the payload as two buffers, the payload uncopied, as
                     # send_binary() and _flush() would write them, without their dozen Python calls.
-                    header = _pack_BBH(0x82, 126, n) if n < 65536 else _pack_BBQ(0x82, 127, n)
+                    header = serialize_header(_BINARY, n)
                     proto.messages_out += 1
                     self._write_if_open(header)
                     self._write_if_open(message)
