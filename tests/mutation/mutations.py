@@ -33,6 +33,7 @@ SERVER = "uringws/server.py"
 LOOP = "uringws/loop/events.py"
 CONN = "uringws/ws/connection.py"
 SELECTOR = "uringws/loop/selector.py"
+ENGINE = "uringws/tls/_engine.c"
 
 SQ_TESTS = ("tests/loop/test_sendqueue.py",)
 TR_TESTS = (
@@ -767,8 +768,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "viewsink-mid-message",
         SPEEDUPS,
-        "|| (r = attr_true(fa, proto, V_SMALL_OK)) != 1 || (r = attr_true(fa, proto, V_MSG_OPCODE)) != 0) {",
-        "|| (r = attr_true(fa, proto, V_SMALL_OK)) != 1) {",
+        "if ((r = attr_true(fa, proto, V_SMALL_OK)) != 1 || (r = attr_true(fa, proto, V_MSG_OPCODE)) != 0) {",
+        "if ((r = attr_true(fa, proto, V_SMALL_OK)) != 1) {",
         ("tests/ws/test_viewsink.py",),
         "the compiled received_view takes whole messages while a fragmented one is open (a 1002 missed)",
     ),
@@ -779,5 +780,41 @@ MUTATIONS: tuple[Mutation, ...] = (
         "0",
         ("tests/ws/test_viewsink.py",),
         "the compiled received_view does not count the bytes it took",
+    ),
+    Mutation(
+        "viewsink-gather-fragment",
+        SPEEDUPS,
+        "if (PyTuple_GET_ITEM(hdr, 0) != Py_True || PyTuple_GET_ITEM(hdr, 1) != Py_False) {",
+        "if (PyTuple_GET_ITEM(hdr, 1) != Py_False) {",
+        ("tests/ws/test_viewsink.py",),
+        "the compiled received_view delivers a gathered frame without FIN as a whole message",
+    ),
+    Mutation(
+        "viewsink-gather-budget",
+        SPEEDUPS,
+        "(r = attr_true(fa, proto, V_RESERVED)) != 0",
+        "(r = 0) != 0",
+        ("tests/ws/test_viewsink.py",),
+        "the compiled received_view completes a gathered message without holding its memory-budget share",
+    ),
+    Mutation(
+        "send-pair-backlog",
+        ENGINE,
+        """    if ((r = w_true(self, W_APP_CLOSING)) != 0 || (r = w_true(self, W_TCP_PAUSED)) != 0
+        || (r = w_true(self, W_BACKLOG)) != 0)""",
+        """    if ((r = w_true(self, W_APP_CLOSING)) != 0 || (r = w_true(self, W_TCP_PAUSED)) != 0)""",
+        ("tests/tls/test_send_twin.py",),
+        "the compiled header+payload write encrypts ahead of plaintext still queued (reordered output)",
+    ),
+    Mutation(
+        "tls-pair-backlog",
+        TLS,
+        """            or self._selector is None
+            or self._backlog
+            or hsize >= COALESCE_LIMIT""",
+        """            or self._selector is None
+            or hsize >= COALESCE_LIMIT""",
+        ("tests/tls/test_send_twin.py",),
+        "_write_pair_if_open encrypts ahead of plaintext still queued (reordered output)",
     ),
 )

@@ -100,13 +100,19 @@ def copy_tree(dest: Path, root: Path = ROOT) -> None:
             shutil.copy2(src, dest / name)
 
 
-def build_speedups(tree: Path) -> None:
-    """Compile uringws/ws/_speedups.c in place, as setup.py's build would (raises CalledProcessError)."""
+#: the libraries each compiled piece links, as in setup.py
+_LIBRARIES = {"_engine": ("-lssl", "-lcrypto")}
+
+
+def build_extension(tree: Path, file: str = "uringws/ws/_speedups.c") -> None:
+    """Compile one of the C pieces (``file``, relative to the tree) in place, as setup.py's build would (raises
+    CalledProcessError)."""
     include = sysconfig.get_paths()["include"]
     suffix = sysconfig.get_config_var("EXT_SUFFIX")
     cc = os.environ.get("CC", sysconfig.get_config_var("CC") or "cc").split()
-    source = tree / "uringws" / "ws" / "_speedups.c"
-    for old in source.parent.glob("_speedups*.so"):
+    source = tree / file
+    name = source.stem
+    for old in source.parent.glob(f"{name}*.so"):
         old.unlink()  # never test the unmutated build by mistake
     subprocess.run(
         [
@@ -117,7 +123,8 @@ def build_speedups(tree: Path) -> None:
             f"-I{include}",
             str(source),
             "-o",
-            str(source.with_name(f"_speedups{suffix}")),
+            str(source.with_name(f"{name}{suffix}")),
+            *_LIBRARIES.get(name, ()),
         ],
         check=True,
         capture_output=True,
@@ -158,7 +165,7 @@ def run_one(mutation: Mutation, timeout: float, root: Path = ROOT, keep: bool = 
         target.write_text(target.read_text().replace(mutation.snippet, mutation.replacement, 1))
         if mutation.file.endswith(".c"):
             try:
-                build_speedups(tree)
+                build_extension(tree, mutation.file)
             except subprocess.CalledProcessError as exc:
                 return Result(mutation, "error", time.monotonic() - start, line, f"build failed:\n{exc.stderr}")
         rc, out = run_pytest(tree, mutation.tests, dict(mutation.env), timeout)

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import sys
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from uringws.tls import engine as engine_mod
@@ -36,7 +37,12 @@ def run_hooks(selector: Any) -> None:
 
 
 def run_script(
-    script: list[tuple[str, int]], compiled: bool, high: int, app_high: int
+    script: list[tuple[str, int]],
+    compiled: bool,
+    high: int,
+    app_high: int,
+    split_pairs: bool = False,
+    calls: list[str] | None = None,
 ) -> tuple[bytes, int, list[bool]]:
     sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _CERT.configure_cert(sctx)
@@ -66,6 +72,20 @@ def run_script(
         assert type(write) is engine_mod.send_type  # on the compiled engine, the C object
         if not compiled:
             write = server._write_if_open
+
+        def pair(header: bytes, payload: bytes) -> None:
+            if split_pairs:  # what _write_pair_if_open stands for
+                write(header)
+                write(payload)
+            elif calls is not None:  # the Python functions that run for it
+                sys.setprofile(lambda frame, event, _: calls.append(frame.f_code.co_name) if event == "call" else None)
+                try:
+                    write(header, payload)
+                finally:
+                    sys.setprofile(None)
+            else:
+                write(header, payload)
+
         sent = bytearray()
         paused = []
         writes_before = st_.writes
@@ -74,6 +94,10 @@ def run_script(
                 msg = bytes([i % 251]) * n
                 write(msg)
                 sent += msg
+            elif op == "pair":  # a frame header (2-10 bytes) and a large payload, as the WebSocket layer sends
+                header, payload = bytes([i % 251, 1]) * (1 + i % 5), bytes([(i + 1) % 251]) * n
+                pair(header, payload)
+                sent += header + payload
             elif op == "hooks":
                 run_hooks(selector)
             else:
@@ -93,6 +117,9 @@ ops = st.lists(
     st.one_of(
         st.tuples(st.just("write"), st.integers(1, 300)),
         st.tuples(st.just("write"), st.integers(10_000, 70_000)),  # around COALESCE_LIMIT and a record
+        # around a record, and WRITE_CHUNK
+        st.tuples(st.just("pair"), st.sampled_from([1, 4000, 16_373, 16_374, 16_383, 16_384, 262_144, 262_145])),
+        st.tuples(st.just("pair"), st.integers(1, 300_000)),
         st.tuples(st.just("hooks"), st.just(0)),
         st.tuples(st.just("s2c"), st.integers(1, 40_000)),
     ),
@@ -100,9 +127,35 @@ ops = st.lists(
 )
 
 
+@example(script=[("write", 10), ("pair", 65_536)], high=1 << 20, app_high=1 << 20)
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(script=ops, high=st.integers(100, 300_000), app_high=st.integers(50, 100_000))
 def test_same_plaintext_writes_and_backpressure_as_the_python_methods(
     script: list[Any], high: int, app_high: int
 ) -> None:
     assert run_script(script, True, high, app_high) == run_script(script, False, high, app_high)
+
+
+# A small write still queued when a pair comes: the pair must go behind it.
+@example(script=[("write", 10), ("pair", 65_536)], high=1 << 20, app_high=1 << 20)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(script=ops, high=st.integers(100, 300_000), app_high=st.integers(50, 100_000))
+def test_a_pair_is_its_two_writes(script: list[Any], high: int, app_high: int) -> None:
+    """``_write_pair_if_open(header, payload)`` (compiled and Python) against ``_write_if_open(header)`` then
+    ``_write_if_open(payload)``: the same plaintext, transport writes and backpressure."""
+    split = run_script(script, False, high, app_high, split_pairs=True)
+    assert run_script(script, False, high, app_high) == split
+    assert run_script(script, True, high, app_high) == split
+
+
+def test_a_large_pair_is_one_transport_write_without_the_backlog() -> None:
+    """The common case, a header and a 64 KiB payload with nothing queued: one transport write, and none of the
+    backlog's Python methods; compiled, no Python at all but the transport's write()."""
+    for compiled in (True, False):
+        calls: list[str] = []
+        data, writes, paused = run_script([("pair", 65_536)], compiled, 1 << 30, 1 << 20, calls=calls)
+        assert len(data) == 65_536 + 2 and writes == 1 and paused == [False]
+        if compiled:
+            assert calls == ["write"]
+        else:
+            assert "_app_write" not in calls and "_drain_backlog" not in calls and "write" in calls

@@ -93,7 +93,14 @@ fatal = st.one_of(  # each ends the connection: rarer, so that what follows them
     st.integers(1000, 70_000).map(lambda n: cframe(0x2, bytes(n))),  # over a small max_size: 1009
     st.just(cframe(0x8, b"\x03\xe8bye")),  # close
 )
-frame = st.one_of(whole, whole, whole, other, other, fatal)
+large = st.one_of(  # gathered as they arrive (a FrameBuffer) when cut: from 16 KiB
+    st.integers(16_000, 70_000).map(lambda n: cframe(0x2, os.urandom(n))),
+    # fragmented: two frames (a tuple, so that the stream is also cut between them)
+    st.integers(16_000, 40_000).map(lambda n: (cframe(0x2, bytes(n), fin=False), cframe(0x0, b"end"))),
+    st.integers(16_000, 40_000).map(lambda n: cframe(0x1, b"x" * n)),  # text: validated as it arrives, not gathered
+    st.integers(16_000, 40_000).map(lambda n: serialize_frame(0x2, bytes(n), True, False, None)),  # unmasked: 1002
+)
+frame = st.one_of(whole, whole, whole, other, other, fatal, large)
 
 
 def trace(conn: Connection, transport: Recorder) -> dict[str, Any]:
@@ -107,6 +114,9 @@ def trace(conn: Connection, transport: Recorder) -> dict[str, Any]:
         "close_code": proto.close_code if proto.state.name == "CLOSED" else None,
         "writes": bytes(transport.writes),
         "reading": transport.reading,
+        "budget": None if proto.budget is None else (proto.budget.used, proto._reserved, sorted(proto.held.values())),
+        # Where the parser is inside a frame (a gather in progress keeps it up to date, unused).
+        "frame": None if proto._hdr is None else (proto._hdr, proto._hdr_end, proto._gather is None),
     }
 
 
@@ -123,32 +133,51 @@ def feed(hook: Any, data: bytes) -> None:
 @example(
     stream=[cframe(0x2, b"a", fin=False), cframe(0x2, b"b")],
     cuts=[],
-    at_frames=[True] * 12,
+    at_frames=[True] * 24,
     max_size=None,
     max_queue=None,
     budget=False,
+)
+# A gathered frame that is not a whole message (the C twin feeds it; the Python method completes it) ...
+@example(
+    stream=[(cframe(0x2, bytes(20_000), fin=False), cframe(0x0, b"end"))],
+    cuts=[5000],
+    at_frames=[True] * 24,
+    max_size=None,
+    max_queue=None,
+    budget=False,
+)
+# ... and a whole one that holds a share of the memory budget (also the Python method's to complete).
+@example(
+    stream=[cframe(0x2, bytes(70_000))],
+    cuts=[5000],
+    at_frames=[True] * 24,
+    max_size=None,
+    max_queue=None,
+    budget=True,
 )
 @needs_c
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     stream=st.lists(frame, max_size=12),
     cuts=st.lists(st.integers(0, 200_000), max_size=8),
-    at_frames=st.lists(st.booleans(), min_size=12, max_size=12),
+    at_frames=st.lists(st.booleans(), min_size=24, max_size=24),
     max_size=st.sampled_from([None, 1000, 1 << 20]),
     max_queue=st.sampled_from([None, 2, 16]),
     budget=st.booleans(),
 )
 def test_same_trace_as_the_python_method_for_any_stream_and_cuts(
-    stream: list[bytes],
+    stream: list[bytes | tuple[bytes, ...]],
     cuts: list[int],
     at_frames: list[bool],
     max_size: int | None,
     max_queue: int | None,
     budget: bool,
 ) -> None:
-    data = b"".join(stream)
-    # Cuts anywhere, and at frame boundaries (where the C twin's common case starts).
-    ends = [sum(map(len, stream[: i + 1])) for i, cut in enumerate(at_frames[: len(stream)]) if cut]
+    frames_ = [f for item in stream for f in (item if isinstance(item, tuple) else (item,))]
+    data = b"".join(frames_)
+    # Cuts anywhere, and at frame boundaries (where the C twin's common case starts, and a gathered frame ends).
+    ends = [sum(map(len, frames_[: i + 1])) for i, cut in enumerate(at_frames[: len(frames_)]) if cut]
     points = sorted({c % (len(data) + 1) for c in cuts} | set(ends) | {0, len(data)})
     chunks = [data[a:b] for a, b in itertools.pairwise(points) if b > a]
 
@@ -205,6 +234,36 @@ def test_received_view_is_the_python_method_without_the_c_twin(monkeypatch: pyte
     async def body() -> None:
         conn, _ = make_conn(None, None, False)
         assert conn.received_view == conn._received_view
+
+    with asyncio.Runner() as runner:
+        runner.run(body())
+
+
+@needs_c
+def test_the_rest_of_a_gathered_frame_never_reaches_the_python_method(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large binary message cut in four: the Python method parses its header and starts the gather; the C twin
+    feeds the rest and delivers the message (the trace test alone would pass with a twin that always delegates)."""
+    calls: list[int] = []
+    original = Connection._received_view
+
+    def counting(self: Connection, view: memoryview) -> None:
+        calls.append(len(view))
+        original(self, view)
+
+    monkeypatch.setattr(Connection, "_received_view", counting)
+    payload = os.urandom(100_000)
+    data = cframe(0x2, payload)
+
+    async def body() -> None:
+        conn, _ = make_conn(1 << 20, 16, False)
+        hook = conn.received_view
+        waiter = conn._recv_waiter = asyncio.get_running_loop().create_future()
+        for a, b in itertools.pairwise([0, 1000, 40_000, 90_000, len(data)]):
+            feed(hook, data[a:b])
+        assert calls == [1000]
+        assert list(conn._messages) == [payload]
+        assert waiter.done()
+        assert conn.proto is not None and conn.proto.bytes_in == len(data) and conn.proto._gather is None
 
     with asyncio.Runner() as runner:
         runner.run(body())

@@ -1572,10 +1572,10 @@ static PyTypeObject ReceiveType = {
 
 /* -- Send: a TLS connection's small writes, coalesced until the loop waits ------------------------------------ */
 
-/* Send(tls, engine, wrapped, coalesce_limit, record_plaintext)
+/* Send(tls, engine, wrapped, coalesce_limit, record_plaintext, write_chunk)
  *
- * The compiled twin of TLSProtocol._write_if_open (calling the object) and of its before-wait hook,
- * _flush_pending (Send.flush). The WebSocket layer sends each message through _write_if_open: while the
+ * The compiled twin of TLSProtocol._write_if_open (calling the object; with two arguments, _write_pair_if_open)
+ * and of its before-wait hook, _flush_pending (Send.flush). The WebSocket layer sends each message through _write_if_open: while the
  * connection is WRAPPED and open, not paused by TCP, on a loop with before-wait hooks, a small write is appended to
  * the backlog and the hook is registered once per loop iteration; the hook encrypts the backlog with one SSL_write
  * (one record) and hands the records to the TCP transport. Anything else (a large write, a pause, any other state,
@@ -1587,17 +1587,18 @@ typedef struct {
     PyObject *tls;
     Engine *engine;
     long wrapped;
-    Py_ssize_t coalesce_limit, record_plaintext;
+    Py_ssize_t coalesce_limit, record_plaintext, write_chunk;
     FastAttrs *fa;  /* set per call, from send_cache */
 } SendObject;
 
 enum { W_STATE, W_APP_CLOSING, W_TCP_PAUSED, W_SELECTOR, W_BACKLOG, W_BACKLOG_SIZE, W_FLUSH_SCHEDULED, W_HIGH,
        W_APP_WRITE_PAUSED, W_WRITE_IF_OPEN, W_APP_WRITE, W_BEFORE_WAIT, W_TRANSPORT, W_WRITE, W_DRAIN_BACKLOG,
-       W_UPDATE_APP_WRITING, W_FLUSH, W_TLS_ERROR, W_APPEND, W_FLUSH_PENDING, W_COUNT };
+       W_UPDATE_APP_WRITING, W_FLUSH, W_TLS_ERROR, W_APPEND, W_FLUSH_PENDING, W_QUEUE, W_SEND_CLOSE_NOTIFY,
+       W_COUNT };
 static const char *const send_names[W_COUNT] = {
     "_state", "_app_closing", "_tcp_paused", "_selector", "_backlog", "_backlog_size", "_flush_scheduled", "_high",
     "_app_write_paused", "_write_if_open", "_app_write", "before_wait", "_transport", "write", "_drain_backlog",
-    "_update_app_writing", "_flush", "_tls_error", "append", "_flush_pending",
+    "_update_app_writing", "_flush", "_tls_error", "append", "_flush_pending", "_queue", "_send_close_notify",
 };
 static PyObject *send_str[W_COUNT];
 static FastAttrsCache send_cache;
@@ -1611,13 +1612,13 @@ Send_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     PyObject *tls, *engine;
     long wrapped;
-    Py_ssize_t coalesce_limit, record_plaintext;
+    Py_ssize_t coalesce_limit, record_plaintext, write_chunk;
     if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
         PyErr_SetString(PyExc_TypeError, "Send() takes no keyword arguments");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "OO!lnn:Send", &tls, &EngineType, &engine, &wrapped, &coalesce_limit,
-                          &record_plaintext))
+    if (!PyArg_ParseTuple(args, "OO!lnnn:Send", &tls, &EngineType, &engine, &wrapped, &coalesce_limit,
+                          &record_plaintext, &write_chunk))
         return NULL;
     SendObject *self = PyObject_GC_New(SendObject, type);
     if (self == NULL)
@@ -1628,6 +1629,7 @@ Send_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->wrapped = wrapped;
     self->coalesce_limit = coalesce_limit;
     self->record_plaintext = record_plaintext;
+    self->write_chunk = write_chunk;
     self->fa = NULL;
     PyObject_GC_Track(self);
     return (PyObject *)self;
@@ -1783,11 +1785,106 @@ error:
     return -1;
 }
 
+/* A failed SSL_write in _write_pair_if_open: what it does for SSLWantReadError (queue what is left, in order, hand
+ * down what OpenSSL produced) and for SSLError (_tls_error). 0 handled, -1 error. */
+static int
+send_pair_failed(SendObject *self, PyObject *header, PyObject *payload)
+{
+    PyObject *res;
+    if (PyErr_ExceptionMatches(SSLWantReadError)) {
+        PyErr_Clear();
+        if (header != NULL) {
+            if ((res = w_call(self, W_QUEUE, header)) == NULL)
+                return -1;
+            Py_DECREF(res);
+        }
+        if ((res = w_call(self, W_QUEUE, payload)) == NULL)
+            return -1;
+        Py_DECREF(res);
+        if ((res = w_call(self, W_FLUSH, NULL)) == NULL)
+            return -1;
+        Py_DECREF(res);
+        res = w_call(self, W_UPDATE_APP_WRITING, NULL);
+    }
+    else if (PyErr_ExceptionMatches(SSLError)) {
+        PyObject *exc = fetch_exc();
+        res = w_call(self, W_TLS_ERROR, exc);
+        Py_DECREF(exc);
+    }
+    else
+        return -1;
+    if (res == NULL)
+        return -1;
+    Py_DECREF(res);
+    return 0;
+}
+
+/* _write_pair_if_open(header, payload)'s common case, both non-empty bytes: nothing queued, nothing paused, a
+ * payload that does not fit one record with the header but fits one WRITE_CHUNK: two SSL_writes (the header a record
+ * of its own, as _drain_backlog would write it), one transport write. 1 done, 0 not taken (nothing done), -1 error. */
+static int
+send_pair(SendObject *self, PyObject *header, PyObject *payload)
+{
+    Py_ssize_t hsize = PyBytes_GET_SIZE(header), size = hsize + PyBytes_GET_SIZE(payload), state, high;
+    int r;
+    if (hsize >= self->coalesce_limit || size <= self->record_plaintext || size - hsize > self->write_chunk)
+        return 0;
+    if (w_ssize(self, W_STATE, &state) < 0)
+        return -1;
+    if (state != self->wrapped)
+        return 0;
+    if ((r = w_true(self, W_APP_CLOSING)) != 0 || (r = w_true(self, W_TCP_PAUSED)) != 0
+        || (r = w_true(self, W_BACKLOG)) != 0)
+        return r < 0 ? -1 : 0;
+    PyObject *selector = w_get(self, W_SELECTOR);
+    if (selector == NULL)
+        return -1;
+    int none = selector == Py_None;
+    Py_DECREF(selector);
+    if (none)
+        return 0;
+    if (w_ssize(self, W_HIGH, &high) < 0)
+        return -1;
+    if (hsize >= high)
+        return 0;
+    PyObject *n = Engine_write(self->engine, header);
+    if (n == NULL)
+        return send_pair_failed(self, header, payload) < 0 ? -1 : 1;
+    Py_DECREF(n);
+    n = Engine_write(self->engine, payload);
+    if (n == NULL)
+        return send_pair_failed(self, NULL, payload) < 0 ? -1 : 1;
+    Py_DECREF(n);
+    /* self._transport.write(self._outgoing.read()): may call pause_writing() right away */
+    PyObject *t = w_get(self, W_TRANSPORT);
+    if (t == NULL)
+        return -1;
+    PyObject *records = out_take(self->engine);
+    PyObject *res = records == NULL ? NULL : PyObject_CallMethodOneArg(t, send_str[W_WRITE], records);
+    Py_XDECREF(records);
+    Py_DECREF(t);
+    if (res == NULL)
+        return -1;
+    Py_DECREF(res);
+    /* the app closed from its pause_writing(): as _drain_backlog() ends */
+    if ((r = w_true(self, W_APP_CLOSING)) <= 0)
+        return r < 0 ? -1 : 1;
+    if (w_ssize(self, W_STATE, &state) < 0 || (r = w_true(self, W_BACKLOG)) < 0)
+        return -1;
+    if (state == self->wrapped && !r) {
+        if ((res = w_call(self, W_SEND_CLOSE_NOTIFY, NULL)) == NULL)
+            return -1;
+        Py_DECREF(res);
+    }
+    return 1;
+}
+
 static PyObject *
 Send_vectorcall(SendObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
-    if (PyVectorcall_NARGS(nargsf) != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
-        PyErr_SetString(PyExc_TypeError, "Send(data) takes one positional argument");
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs < 1 || nargs > 2 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "Send(data[, payload]) takes one or two positional arguments");
         return NULL;
     }
     if (self->tls == NULL) {
@@ -1796,6 +1893,24 @@ Send_vectorcall(SendObject *self, PyObject *const *args, size_t nargsf, PyObject
     }
     PyObject *data = args[0];
     self->fa = fa_lookup(&send_cache, Py_TYPE(self->tls), send_str, W_COUNT);
+    if (nargs == 2) {
+        PyObject *payload = args[1];
+        if (PyBytes_CheckExact(data) && PyBytes_GET_SIZE(data) > 0 && PyBytes_CheckExact(payload)
+            && PyBytes_GET_SIZE(payload) > 0) {
+            int r = send_pair(self, data, payload);
+            if (r < 0)
+                return NULL;
+            if (r == 1)
+                Py_RETURN_NONE;
+        }
+        /* Not taken: _write_if_open(header), _write_if_open(payload), as the Python method then does, each through
+         * this object's own common case. */
+        PyObject *res = Send_vectorcall(self, args, 1, NULL);
+        if (res == NULL)
+            return NULL;
+        Py_DECREF(res);
+        return Send_vectorcall(self, args + 1, 1, NULL);
+    }
     if (PyBytes_CheckExact(data) && PyBytes_GET_SIZE(data) > 0) {
         int r = send_coalesce(self, data, PyBytes_GET_SIZE(data));
         if (r < 0)
@@ -1933,7 +2048,7 @@ static PyTypeObject SendType = {
     .tp_vectorcall_offset = offsetof(SendObject, vectorcall),
     .tp_call = PyVectorcall_Call,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_doc = "Send(tls, engine, wrapped, coalesce_limit, record_plaintext): TLSProtocol._write_if_open and its "
+    .tp_doc = "Send(tls, engine, wrapped, coalesce_limit, record_plaintext, write_chunk): TLSProtocol._write_if_open and its "
               "before-wait hook (flush) in C.",
     .tp_traverse = (traverseproc)Send_traverse,
     .tp_clear = (inquiry)Send_clear,

@@ -1037,13 +1037,19 @@ class TLSProtocol(asyncio.BufferedProtocol):
         object that does its common case (and, as the before-wait hook it registers, ``_flush_pending``'s), and
         calls the Python methods for everything else; elsewhere the method itself."""
         if self._lend_in is not None and _Send is not None:
-            return _Send(self, self._ssl, _WRAPPED, COALESCE_LIMIT, RECORD_PLAINTEXT)
+            return _Send(self, self._ssl, _WRAPPED, COALESCE_LIMIT, RECORD_PLAINTEXT, WRITE_CHUNK)
         return self._write_if_open
 
-    def _write_if_open(self, data: bytes) -> None:
+    def _write_if_open(self, data: bytes, payload: bytes | None = None) -> None:
         """``if not app_transport.is_closing(): app_transport.write(data)`` for a non-empty bytes object, in one
         call instead of three: the WebSocket layer sends each message through here. The common case (open, small,
-        coalesced until the loop waits) is `_app_write`'s own, inline; anything else goes through it."""
+        coalesced until the loop waits) is `_app_write`'s own, inline; anything else goes through it.
+
+        With ``payload`` (non-empty bytes), ``data`` is a frame header and ``payload`` its large payload: see
+        `_write_pair_if_open`."""
+        if payload is not None:
+            self._write_pair_if_open(data, payload)
+            return
         if self._state != _WRAPPED or self._app_closing or self._tcp_paused or self._selector is None:
             if not self._app_closing and self._state != _CLOSED:
                 self._app_write(data)
@@ -1069,6 +1075,57 @@ class TLSProtocol(asyncio.BufferedProtocol):
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._selector.before_wait.append(self._flush_pending)
+
+    def _write_pair_if_open(self, header: bytes, payload: bytes) -> None:
+        """``_write_if_open(header)`` then ``_write_if_open(payload)``, for a frame header and a payload too large
+        to coalesce with it, without the backlog between them.
+
+        Those two calls would queue the header, then encrypt it as a record of its own and the payload after it,
+        and hand both down in one transport write (`_app_write`, `_drain_backlog`); this does the same here when
+        nothing is queued, nothing is paused and the payload fits one ``WRITE_CHUNK``. Anything else takes the two
+        calls. The WebSocket layer's large binary messages come this way, once per message.
+        """
+        hsize = len(header)
+        size = hsize + len(payload)
+        if (
+            self._state != _WRAPPED
+            or self._app_closing
+            or self._tcp_paused
+            or self._selector is None
+            or self._backlog
+            or hsize >= COALESCE_LIMIT
+            or hsize >= self._high
+            or size <= RECORD_PLAINTEXT
+            or size - hsize > WRITE_CHUNK
+        ):
+            self._write_if_open(header)
+            self._write_if_open(payload)
+            return
+        sslobj = self._ssl
+        try:
+            sslobj.write(header)
+        except ssl.SSLWantReadError:  # TLS 1.2 renegotiation step: both wait for the peer, in order
+            self._queue(header)
+            self._queue(payload)
+            self._flush()
+            self._update_app_writing()
+            return
+        except ssl.SSLError as exc:
+            self._tls_error(exc)
+            return
+        try:
+            sslobj.write(payload)
+        except ssl.SSLWantReadError:
+            self._queue(payload)
+            self._flush()
+            self._update_app_writing()
+            return
+        except ssl.SSLError as exc:
+            self._tls_error(exc)
+            return
+        self._transport.write(self._outgoing.read())  # may call pause_writing() right away
+        if self._app_closing and self._state == _WRAPPED and not self._backlog:
+            self._send_close_notify()  # the app closed from its pause_writing(): as _drain_backlog() ends
 
     def _app_writelines(self, list_of_data: Any) -> None:
         if (

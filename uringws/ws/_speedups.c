@@ -555,11 +555,13 @@ typedef struct {
 
 enum { V_PROTO, V_RECEIVED_VIEW, V_DISCARD_INPUT, V_INPUT_PENDING, V_BUF, V_HDR, V_SMALL_OK, V_MSG_OPCODE,
        V_FRAME_BUDGET, V_EXPECT_MASKED, V_MAX_SIZE, V_BUDGET, V_EMIT, V_MESSAGES_IN, V_BYTES_IN, V_EVENTS, V_OUT,
-       V_PROCESS, V_MESSAGES, V_RECV_WAITER, V_DONE, V_SET_RESULT, V_MAX_QUEUE, V_MESSAGES_ARRIVED, V_COUNT };
+       V_PROCESS, V_MESSAGES, V_RECV_WAITER, V_DONE, V_SET_RESULT, V_MAX_QUEUE, V_MESSAGES_ARRIVED, V_GATHER,
+       V_HDR_END, V_STREAM_FRAGMENTS, V_RESERVED, V_COUNT };
 static const char *const view_names[V_COUNT] = {
     "proto", "_received_view", "_discard_input", "input_pending", "_buf", "_hdr", "_small_ok", "_msg_opcode",
     "frame_budget", "_expect_masked", "max_size", "budget", "_emit", "messages_in", "bytes_in", "_events", "_out",
-    "_process", "_messages", "_recv_waiter", "done", "set_result", "_max_queue", "_messages_arrived",
+    "_process", "_messages", "_recv_waiter", "done", "set_result", "_max_queue", "_messages_arrived", "_gather",
+    "_hdr_end", "stream_fragments", "_reserved",
 };
 static PyObject *view_str[V_COUNT];
 /* Where the fields of Connections and of their Protocols are (both kinds of type share this cache). */
@@ -656,17 +658,168 @@ attr_add(FastAttrs *fa, PyObject *obj, int name, Py_ssize_t n)
     return r;
 }
 
-/* Protocol.receive_data(view)'s common case: 1 done (*wants set to its return value), 0 not taken (nothing was
+/* receive_data's ending when it delivered `delivered` messages of n bytes and left nothing pending: its return value
+ * into *wants. 0, or -1 with an exception set. */
+static int
+receive_ending(FastAttrs *fa, PyObject *proto, Py_ssize_t delivered, Py_ssize_t n, int *wants)
+{
+    int r;
+    if ((delivered && attr_add(fa, proto, V_MESSAGES_IN, delivered) < 0) || attr_add(fa, proto, V_BYTES_IN, n) < 0) {
+        return -1;
+    }
+    if ((r = attr_true(fa, proto, V_EVENTS)) == 0) {
+        r = attr_true(fa, proto, V_OUT);
+    }
+    if (r < 0) {
+        return -1;
+    }
+    *wants = r;
+    return 0;
+}
+
+/* Protocol.receive_data(view) with a large frame's payload being gathered (a FrameBuffer in _gather) when the view
+ * holds only more of that payload: fed to the FrameBuffer; when it completes the frame, a whole binary message
+ * (FIN, not compressed, not streamed as fragments, no budget reservation) goes to the sink as _on_data gives it. A
+ * view that runs past the frame's end, or a frame that ends otherwise, is not taken (receive_data's general path
+ * does it). 1 done, 0 not taken (nothing was done), -1 error. */
+static int
+receive_gather(FastAttrs *fa, PyObject *proto, PyObject *hdr, PyObject *data, int *wants)
+{
+    int r;
+    PyObject *gather = fa_get(fa, proto, view_str, V_GATHER);
+    if (gather == NULL) {
+        return -1;
+    }
+    if (Py_TYPE(gather) != &FrameBufferType || !PyTuple_Check(hdr) || PyTuple_GET_SIZE(hdr) != 6) {
+        Py_DECREF(gather);
+        return 0;
+    }
+    FrameBufferObject *fb = (FrameBufferObject *)gather;
+    Py_buffer view;
+    if (fb->out == NULL || PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();  /* (a view that is not one contiguous run of bytes: receive_data copies it first) */
+        Py_DECREF(gather);
+        return 0;
+    }
+    Py_ssize_t n = view.len, remaining = fb->length - fb->filled;
+    int completes = n == remaining;
+    if (n == 0 || n > remaining) {
+        goto not_taken;
+    }
+    if (completes) {
+        /* _on_data's fast path, binary: FIN, not RSV1, opcode 2, not stream_fragments, nothing reserved */
+        if (PyTuple_GET_ITEM(hdr, 0) != Py_True || PyTuple_GET_ITEM(hdr, 1) != Py_False) {
+            goto not_taken;
+        }
+        long opcode = PyLong_AsLong(PyTuple_GET_ITEM(hdr, 2));
+        if (opcode != 2) {
+            if (opcode == -1 && PyErr_Occurred()) {
+                goto error;
+            }
+            goto not_taken;
+        }
+        if ((r = attr_true(fa, proto, V_STREAM_FRAGMENTS)) != 0 || (r = attr_true(fa, proto, V_RESERVED)) != 0) {
+            if (r < 0) {
+                goto error;
+            }
+            goto not_taken;
+        }
+    }
+    /* pending.feed(buf, 0) */
+    unsigned char *dst = (unsigned char *)PyBytes_AS_STRING(fb->out) + fb->filled;
+    if (fb->masked) {
+        unsigned char rotated[4];
+        Py_ssize_t k = fb->filled & 3;
+        for (int i = 0; i < 4; i++) {
+            rotated[i] = fb->mask[(k + i) & 3];
+        }
+        xor_mask((const unsigned char *)view.buf, dst, n, rotated);
+    }
+    else {
+        memcpy(dst, view.buf, (size_t)n);
+    }
+    fb->filled += n;
+    PyBuffer_Release(&view);
+    Py_ssize_t delivered = 0;
+    if (!completes) {
+        /* the frame continues: `if pos and self._hdr is not None: self._hdr_end -= pos` */
+        PyObject *end = fa_get(fa, proto, view_str, V_HDR_END);
+        if (end == NULL) {
+            Py_DECREF(gather);
+            return -1;
+        }
+        Py_ssize_t e = PyLong_AsSsize_t(end);
+        Py_DECREF(end);
+        if ((e == -1 && PyErr_Occurred()) || fa_set_ssize(fa, proto, view_str, V_HDR_END, e - n) < 0) {
+            Py_DECREF(gather);
+            return -1;
+        }
+    }
+    else {
+        /* self._gather = None; self._hdr = None; self._on_data(hdr, pending.take()) */
+        PyObject *payload = fb->out;
+        fb->out = NULL;
+        if (fa_set(fa, proto, view_str, V_GATHER, Py_None) < 0 || fa_set(fa, proto, view_str, V_HDR, Py_None) < 0) {
+            Py_DECREF(payload);
+            Py_DECREF(gather);
+            return -1;
+        }
+        PyObject *emit = fa_get(fa, proto, view_str, V_EMIT);
+        PyObject *res = emit == NULL ? NULL : PyObject_CallOneArg(emit, payload);
+        Py_XDECREF(emit);
+        Py_DECREF(payload);
+        if (res == NULL) {
+            Py_DECREF(gather);
+            return -1;
+        }
+        Py_DECREF(res);
+        delivered = 1;
+        if ((r = attr_true(fa, proto, V_DISCARD_INPUT)) != 0) {
+            /* The sink failed the connection: receive_data's ending for a discarding parser. */
+            PyObject *empty = r < 0 ? NULL : PyByteArray_FromStringAndSize(NULL, 0);
+            r = empty == NULL || receive_ending(fa, proto, delivered, n, wants) < 0
+                || fa_set(fa, proto, view_str, V_BUF, empty) < 0;
+            Py_XDECREF(empty);
+            Py_DECREF(gather);
+            *wants = 1;
+            return r ? -1 : 1;
+        }
+    }
+    Py_DECREF(gather);
+    return receive_ending(fa, proto, delivered, n, wants) < 0 ? -1 : 1;
+not_taken:
+    PyBuffer_Release(&view);
+    Py_DECREF(gather);
+    return 0;
+error:
+    PyBuffer_Release(&view);
+    Py_DECREF(gather);
+    return -1;
+}
+
+/* Protocol.receive_data(view)'s common cases: 1 done (*wants set to its return value), 0 not taken (nothing was
  * done), -1 error. */
 static int
 receive_messages(ViewSinkObject *self, PyObject *proto, PyObject *data, int *wants)
 {
     int r;
     FastAttrs *fa = fa_lookup(&view_cache, Py_TYPE(proto), view_str, V_COUNT);
-    /* The parser between messages, with nothing carried over: the only state parse_run's messages leave as is. */
     if ((r = attr_true(fa, proto, V_DISCARD_INPUT)) != 0 || (r = attr_true(fa, proto, V_INPUT_PENDING)) != 0
-        || (r = attr_true(fa, proto, V_BUF)) != 0 || (r = attr_is_none(fa, proto, V_HDR)) != 1
-        || (r = attr_true(fa, proto, V_SMALL_OK)) != 1 || (r = attr_true(fa, proto, V_MSG_OPCODE)) != 0) {
+        || (r = attr_true(fa, proto, V_BUF)) != 0) {
+        return r < 0 ? -1 : 0;
+    }
+    PyObject *hdr = fa_get(fa, proto, view_str, V_HDR);
+    if (hdr == NULL) {
+        return -1;
+    }
+    if (hdr != Py_None) {
+        r = receive_gather(fa, proto, hdr, data, wants);
+        Py_DECREF(hdr);
+        return r;
+    }
+    Py_DECREF(hdr);
+    /* The parser between messages, with nothing carried over: the only state parse_run's messages leave as is. */
+    if ((r = attr_true(fa, proto, V_SMALL_OK)) != 1 || (r = attr_true(fa, proto, V_MSG_OPCODE)) != 0) {
         return r < 0 ? -1 : 0;
     }
     /* The fairness budget of frames per read: a run of whole messages does not spend it, but an exhausted one
@@ -738,17 +891,7 @@ receive_messages(ViewSinkObject *self, PyObject *proto, PyObject *data, int *wan
     Py_DECREF(emit);
     Py_DECREF(messages);
     /* receive_data's ending: one run delivered, n bytes in, nothing pending. */
-    if (attr_add(fa, proto, V_MESSAGES_IN, 1) < 0 || attr_add(fa, proto, V_BYTES_IN, n) < 0) {
-        return -1;
-    }
-    if ((r = attr_true(fa, proto, V_EVENTS)) == 0) {
-        r = attr_true(fa, proto, V_OUT);
-    }
-    if (r < 0) {
-        return -1;
-    }
-    *wants = r;
-    return 1;
+    return receive_ending(fa, proto, 1, n, wants) < 0 ? -1 : 1;
 }
 
 static PyObject *

@@ -217,8 +217,9 @@ class Connection(asyncio.Protocol):
         self._reading_paused = False  # max_queue messages wait unread
         self._write_paused = False
         self._written = 0  # bytes handed to transport.write() once open (keepalive measures progress with it)
-        # Over uringws's TLS: its "write unless is_closing()" in one call (set by connection_made), else None.
-        self._write_if_open: Callable[[bytes], None] | None = None
+        # Over uringws's TLS: its "write unless is_closing()" in one call (set by connection_made), else None. Given
+        # two buffers (a frame header and a large payload), it writes both, in order.
+        self._write_if_open: Callable[..., None] | None = None
         self._read_paused_for_writes = False  # reading paused while our write buffer is above the high-water mark
         self._read_paused_for_turn = False  # reading paused until the next turn: the frame budget ran out
         self._drain_waiters: list[asyncio.Future[None]] | None = None  # made by the first wait for a drain
@@ -538,8 +539,7 @@ class Connection(asyncio.Protocol):
                     # send_binary() and _flush() would write them, without their dozen Python calls.
                     header = serialize_header(_BINARY, n)
                     proto.messages_out += 1
-                    self._write_if_open(header)
-                    self._write_if_open(message)
+                    self._write_if_open(header, message)  # the two, in order (TLSProtocol._write_pair_if_open)
                     self._written += len(header) + n
                     if self._write_paused:
                         await self._drain()
