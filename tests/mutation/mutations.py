@@ -798,6 +798,22 @@ MUTATIONS: tuple[Mutation, ...] = (
         "the compiled received_view completes a gathered message without holding its memory-budget share",
     ),
     Mutation(
+        "viewsink-gather-limit",
+        SPEEDUPS,
+        "|| len > (uint64_t)limit",
+        "",
+        ("tests/ws/test_viewsink.py",),
+        "the compiled received_view starts gathering a frame over max_size instead of failing the connection (1009)",
+    ),
+    Mutation(
+        "viewsink-gather-budget-frame",
+        SPEEDUPS,
+        "fa_set_ssize(fa, proto, view_str, V_FRAME_BUDGET, v - 1)",
+        "fa_set_ssize(fa, proto, view_str, V_FRAME_BUDGET, v)",
+        ("tests/ws/test_viewsink.py",),
+        "the compiled received_view does not count a large frame's header against the turn's frame budget",
+    ),
+    Mutation(
         "send-pair-backlog",
         ENGINE,
         """    if ((r = w_true(self, W_APP_CLOSING)) != 0 || (r = w_true(self, W_TCP_PAUSED)) != 0

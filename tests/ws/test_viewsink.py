@@ -117,6 +117,8 @@ def trace(conn: Connection, transport: Recorder) -> dict[str, Any]:
         "budget": None if proto.budget is None else (proto.budget.used, proto._reserved, sorted(proto.held.values())),
         # Where the parser is inside a frame (a gather in progress keeps it up to date, unused).
         "frame": None if proto._hdr is None else (proto._hdr, proto._hdr_end, proto._gather is None),
+        "frame_budget": proto.frame_budget,
+        "message_size": (proto._msg_size, proto._msg_wire),
     }
 
 
@@ -147,6 +149,24 @@ def feed(hook: Any, data: bytes) -> None:
     max_queue=None,
     budget=False,
 )
+# A gather started by the C twin after a fragmented message: the sizes that message left are reset ...
+@example(
+    stream=[cframe(0x2, b"ab", fin=False), cframe(0x0, b"cd"), cframe(0x2, bytes(20_000))],
+    cuts=[5000],
+    at_frames=[True] * 24,
+    max_size=None,
+    max_queue=None,
+    budget=False,
+)
+# ... one over max_size is refused (1009), not gathered ...
+@example(
+    stream=[cframe(0x2, bytes(66_000))],
+    cuts=[5000],
+    at_frames=[True] * 24,
+    max_size=65_535,
+    max_queue=None,
+    budget=False,
+)
 # ... and a whole one that holds a share of the memory budget (also the Python method's to complete).
 @example(
     stream=[cframe(0x2, bytes(70_000))],
@@ -162,7 +182,7 @@ def feed(hook: Any, data: bytes) -> None:
     stream=st.lists(frame, max_size=12),
     cuts=st.lists(st.integers(0, 200_000), max_size=8),
     at_frames=st.lists(st.booleans(), min_size=24, max_size=24),
-    max_size=st.sampled_from([None, 1000, 1 << 20]),
+    max_size=st.sampled_from([None, 1000, 65_535, 1 << 20]),
     max_queue=st.sampled_from([None, 2, 16]),
     budget=st.booleans(),
 )
@@ -240,9 +260,10 @@ def test_received_view_is_the_python_method_without_the_c_twin(monkeypatch: pyte
 
 
 @needs_c
-def test_the_rest_of_a_gathered_frame_never_reaches_the_python_method(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A large binary message cut in four: the Python method parses its header and starts the gather; the C twin
-    feeds the rest and delivers the message (the trace test alone would pass with a twin that always delegates)."""
+def test_a_gathered_frame_never_reaches_the_python_method(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large binary message cut in four, behind a small one: the C twin delivers the small one, parses the large
+    one's header and starts the gather, feeds it and delivers the message (the trace test alone would pass with a
+    twin that always delegates)."""
     calls: list[int] = []
     original = Connection._received_view
 
@@ -252,18 +273,23 @@ def test_the_rest_of_a_gathered_frame_never_reaches_the_python_method(monkeypatc
 
     monkeypatch.setattr(Connection, "_received_view", counting)
     payload = os.urandom(100_000)
-    data = cframe(0x2, payload)
+    data = cframe(0x2, b"small") + cframe(0x2, payload)
 
     async def body() -> None:
         conn, _ = make_conn(1 << 20, 16, False)
         hook = conn.received_view
+        proto = conn.proto
+        assert proto is not None
         waiter = conn._recv_waiter = asyncio.get_running_loop().create_future()
-        for a, b in itertools.pairwise([0, 1000, 40_000, 90_000, len(data)]):
+        feed(hook, data[:1000])
+        assert list(conn._messages) == [b"small"] and proto._gather is not None
+        assert proto.frame_budget == connection_module.TURN_FRAMES - 1  # the large frame's header was counted
+        for a, b in itertools.pairwise([1000, 40_000, 90_000, len(data)]):
             feed(hook, data[a:b])
-        assert calls == [1000]
-        assert list(conn._messages) == [payload]
+        assert calls == []
+        assert list(conn._messages) == [b"small", payload]
         assert waiter.done()
-        assert conn.proto is not None and conn.proto.bytes_in == len(data) and conn.proto._gather is None
+        assert proto.bytes_in == len(data) and proto._gather is None and proto._hdr is None
 
     with asyncio.Runner() as runner:
         runner.run(body())

@@ -556,12 +556,12 @@ typedef struct {
 enum { V_PROTO, V_RECEIVED_VIEW, V_DISCARD_INPUT, V_INPUT_PENDING, V_BUF, V_HDR, V_SMALL_OK, V_MSG_OPCODE,
        V_FRAME_BUDGET, V_EXPECT_MASKED, V_MAX_SIZE, V_BUDGET, V_EMIT, V_MESSAGES_IN, V_BYTES_IN, V_EVENTS, V_OUT,
        V_PROCESS, V_MESSAGES, V_RECV_WAITER, V_DONE, V_SET_RESULT, V_MAX_QUEUE, V_MESSAGES_ARRIVED, V_GATHER,
-       V_HDR_END, V_STREAM_FRAGMENTS, V_RESERVED, V_COUNT };
+       V_HDR_END, V_STREAM_FRAGMENTS, V_RESERVED, V_DEFLATE, V_MSG_SIZE, V_MSG_WIRE, V_COUNT };
 static const char *const view_names[V_COUNT] = {
     "proto", "_received_view", "_discard_input", "input_pending", "_buf", "_hdr", "_small_ok", "_msg_opcode",
     "frame_budget", "_expect_masked", "max_size", "budget", "_emit", "messages_in", "bytes_in", "_events", "_out",
     "_process", "_messages", "_recv_waiter", "done", "set_result", "_max_queue", "_messages_arrived", "_gather",
-    "_hdr_end", "stream_fragments", "_reserved",
+    "_hdr_end", "stream_fragments", "_reserved", "deflate", "_msg_size", "_msg_wire",
 };
 static PyObject *view_str[V_COUNT];
 /* Where the fields of Connections and of their Protocols are (both kinds of type share this cache). */
@@ -797,6 +797,72 @@ error:
     return -1;
 }
 
+/* What starting a gather needs, from protocol.py (configure_gather): its FrameHeader type and its _GATHER_MIN and
+ * _GATHER_MAX. Set once at import; until then the Python twin starts every gather. */
+static PyObject *frame_header_type;
+static Py_ssize_t gather_min, gather_max;
+
+static PyObject *
+configure_gather(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *type;
+    Py_ssize_t lo, hi;
+    if (!PyArg_ParseTuple(args, "O!nn:configure_gather", &PyType_Type, &type, &lo, &hi)) {
+        return NULL;
+    }
+    if (!PyType_IsSubtype((PyTypeObject *)type, &PyTuple_Type) || lo < 1 || hi < lo) {
+        PyErr_SetString(PyExc_ValueError, "configure_gather(FrameHeader, gather_min, gather_max)");
+        return NULL;
+    }
+    Py_XSETREF(frame_header_type, Py_NewRef(type));
+    gather_min = lo;
+    gather_max = hi;
+    Py_RETURN_NONE;
+}
+
+/* The frame at buf[pos:n] when receive_data would start gathering it: a whole (FIN) uncompressed binary frame,
+ * masked as expected, of gather_min..gather_max bytes and at most `limit`, whose header is complete in the run and
+ * whose payload continues past it. Its length into *length, its header's size into *hlen: 1, else 0. Anything
+ * else (a control frame, text, a fragment, RSV bits, a frame too large) is left to receive_data. */
+static int
+gather_header(const unsigned char *buf, Py_ssize_t n, Py_ssize_t pos, int masked, Py_ssize_t limit,
+              Py_ssize_t *length, Py_ssize_t *hlen)
+{
+    if (frame_header_type == NULL || n - pos < 2 || buf[pos] != 0x82 || ((buf[pos + 1] & 0x80) != 0) != masked) {
+        return 0;
+    }
+    Py_ssize_t len7 = buf[pos + 1] & 0x7F, h;
+    uint64_t len;
+    if (len7 == 126) {
+        h = 4;
+        if (n - pos < h) {
+            return 0;
+        }
+        len = ((uint64_t)buf[pos + 2] << 8) | buf[pos + 3];
+    }
+    else if (len7 == 127) {
+        h = 10;
+        if (n - pos < h) {
+            return 0;
+        }
+        len = 0;
+        for (int i = 0; i < 8; i++) {
+            len = (len << 8) | buf[pos + 2 + i];
+        }
+    }
+    else {
+        return 0;  /* below gather_min */
+    }
+    h += masked ? 4 : 0;
+    if (n - pos < h || len < (uint64_t)gather_min || len > (uint64_t)gather_max || len > (uint64_t)limit
+        || (uint64_t)(n - pos - h) >= len) {
+        return 0;
+    }
+    *length = (Py_ssize_t)len;
+    *hlen = h;
+    return 1;
+}
+
 /* Protocol.receive_data(view)'s common cases: 1 done (*wants set to its return value), 0 not taken (nothing was
  * done), -1 error. */
 static int
@@ -852,8 +918,15 @@ receive_messages(ViewSinkObject *self, PyObject *proto, PyObject *data, int *wan
     if ((r = attr_is_none(fa, proto, V_BUDGET)) < 0) {
         return -1;
     }
+    int may_gather = r;  /* with a memory budget, a gather reserves its share: the Python twin starts it */
     if (!r && limit >= self->budget_min) {
         limit = self->budget_min - 1;
+    }
+    if (may_gather && (r = attr_is_none(fa, proto, V_DEFLATE)) != 1) {
+        if (r < 0) {
+            return -1;
+        }
+        may_gather = 0;
     }
     if (limit < 0) {
         return 0;
@@ -869,6 +942,45 @@ receive_messages(ViewSinkObject *self, PyObject *proto, PyObject *data, int *wan
     }
     Py_ssize_t n = view.len;
     Py_ssize_t pos = n ? parse_run(view.buf, n, 0, masked, limit, messages, 1) : 0;
+    /* After the whole messages, the start of a large frame that continues in later runs: gathered from here. */
+    Py_ssize_t length, hlen, hdr_end = 0;
+    FrameBufferObject *gfb = NULL;
+    PyObject *ghdr = NULL;
+    if (pos >= 0 && pos < n && may_gather && gather_header(view.buf, n, pos, masked, limit, &length, &hlen)) {
+        const unsigned char *b = (const unsigned char *)view.buf + pos;
+        PyObject *mask = masked ? PyBytes_FromStringAndSize((const char *)b + hlen - 4, 4) : Py_NewRef(Py_None);
+        PyObject *items = mask == NULL ? NULL
+                          : Py_BuildValue("(OOiOnn)", Py_True, Py_False, 2, mask, length, pos + hlen);
+        PyObject *args = items == NULL ? NULL : PyTuple_Pack(1, items);
+        ghdr = args == NULL ? NULL : PyTuple_Type.tp_new((PyTypeObject *)frame_header_type, args, NULL);
+        Py_XDECREF(args);
+        Py_XDECREF(items);
+        Py_XDECREF(mask);
+        gfb = ghdr == NULL ? NULL : (FrameBufferObject *)PyType_GenericNew(&FrameBufferType, NULL, NULL);
+        PyObject *out = gfb == NULL ? NULL : PyBytes_FromStringAndSize(NULL, length);
+        if (out == NULL) {
+            Py_XDECREF(gfb);
+            Py_XDECREF(ghdr);
+            PyBuffer_Release(&view);
+            Py_DECREF(messages);
+            return -1;
+        }
+        /* FrameBuffer(length, mask).feed(buf, header_end) */
+        gfb->out = out;
+        gfb->length = length;
+        gfb->masked = masked;
+        Py_ssize_t take = n - pos - hlen;
+        if (masked) {
+            memcpy(gfb->mask, b + hlen - 4, 4);
+            xor_mask(b + hlen, (unsigned char *)PyBytes_AS_STRING(out), take, gfb->mask);
+        }
+        else {
+            memcpy(PyBytes_AS_STRING(out), b + hlen, (size_t)take);
+        }
+        gfb->filled = take;
+        hdr_end = pos + hlen;
+        pos = n;
+    }
     PyBuffer_Release(&view);
     if (pos != n || n == 0) {  /* anything else in the bytes (or an error): the Python twin takes it all */
         Py_DECREF(messages);
@@ -877,6 +989,8 @@ receive_messages(ViewSinkObject *self, PyObject *proto, PyObject *data, int *wan
     PyObject *emit = fa_get(fa, proto, view_str, V_EMIT);
     if (emit == NULL) {
         Py_DECREF(messages);
+        Py_XDECREF(gfb);
+        Py_XDECREF(ghdr);
         return -1;
     }
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(messages); i++) {
@@ -884,14 +998,38 @@ receive_messages(ViewSinkObject *self, PyObject *proto, PyObject *data, int *wan
         if (res == NULL) {
             Py_DECREF(emit);
             Py_DECREF(messages);
+            Py_XDECREF(gfb);
+            Py_XDECREF(ghdr);
             return -1;
         }
         Py_DECREF(res);
     }
     Py_DECREF(emit);
+    Py_ssize_t delivered = PyList_GET_SIZE(messages) > 0;  /* (receive_data counts a run of messages as one) */
     Py_DECREF(messages);
-    /* receive_data's ending: one run delivered, n bytes in, nothing pending. */
-    return receive_ending(fa, proto, 1, n, wants) < 0 ? -1 : 1;
+    if (gfb != NULL) {
+        /* The gather started: _hdr, _hdr_end (header_end, less the n bytes consumed), _check_sequence's reset of
+         * the message's sizes, _gather, and the frame that parse_header counted against the budget. */
+        PyObject *left = fa_get(fa, proto, view_str, V_FRAME_BUDGET);
+        int ok = left != NULL;
+        if (ok && left != Py_None) {
+            Py_ssize_t v = PyLong_AsSsize_t(left);
+            ok = !(v == -1 && PyErr_Occurred()) && fa_set_ssize(fa, proto, view_str, V_FRAME_BUDGET, v - 1) == 0;
+        }
+        Py_XDECREF(left);
+        ok = ok && fa_set(fa, proto, view_str, V_HDR, ghdr) == 0
+             && fa_set_ssize(fa, proto, view_str, V_HDR_END, hdr_end - n) == 0
+             && fa_set_ssize(fa, proto, view_str, V_MSG_SIZE, 0) == 0
+             && fa_set_ssize(fa, proto, view_str, V_MSG_WIRE, 0) == 0
+             && fa_set(fa, proto, view_str, V_GATHER, (PyObject *)gfb) == 0;
+        Py_DECREF(ghdr);
+        Py_DECREF(gfb);
+        if (!ok) {
+            return -1;
+        }
+    }
+    /* receive_data's ending: n bytes in, nothing pending. */
+    return receive_ending(fa, proto, delivered, n, wants) < 0 ? -1 : 1;
 }
 
 static PyObject *
@@ -1035,6 +1173,8 @@ module_exec(PyObject *module)
 static PyMethodDef methods[] = {
     {"apply_mask", (PyCFunction)(void (*)(void))apply_mask, METH_FASTCALL | METH_KEYWORDS,
      "apply_mask(data, mask) -> bytes\n\nXOR data with the 4-byte mask repeated (RFC 6455 section 5.3)."},
+    {"configure_gather", (PyCFunction)configure_gather, METH_VARARGS,
+     "configure_gather(FrameHeader, gather_min, gather_max)\n\nLet ViewSink start gathering large frames itself."},
     {"parse_messages", (PyCFunction)(void (*)(void))parse_messages, METH_FASTCALL,
      "parse_messages(buf, pos, masked, sink, limit=65535) -> int\n\nDeliver a run of whole data messages of at "
      "most limit bytes to sink; "

@@ -225,6 +225,9 @@ parse_messages = parse_messages_py
 FrameBuffer: type[FrameBufferPy] = FrameBufferPy
 #: The C twin of ``Connection.received_view``'s common case (``Connection.received_view`` returns one), or None.
 ViewSink: Any = None
+#: ``configure_gather(FrameHeader, gather_min, gather_max)``: lets ViewSink start gathering large frames (set by
+#: protocol.py, which owns those limits), or None.
+configure_gather: Any = None
 if _compiled.PURE:
     _compiled.register("ws._speedups", False, "switched off by URINGWS_PURE=1")
 elif os.environ.get("URINGWS_NO_SPEEDUPS", "") not in ("", "0"):
@@ -244,6 +247,7 @@ else:
             parse_messages = parse_messages_py
         FrameBuffer = getattr(_speedups, "FrameBuffer", FrameBufferPy)
         ViewSink = getattr(_speedups, "ViewSink", None)
+        configure_gather = getattr(_speedups, "configure_gather", None)
         _loop = "AVX2" if getattr(_speedups, "AVX2", False) else "portable"
         _compiled.register("ws._speedups", True, f"mask ({_loop} loop), frame parser and frame buffer in C")
 

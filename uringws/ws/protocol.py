@@ -33,6 +33,7 @@ from .frames import (
     FrameBufferPy,
     FrameHeader,
     apply_mask,
+    configure_gather,
     parse_close,
     parse_header,
     parse_messages,
@@ -97,6 +98,8 @@ _JOIN_LIMIT = 4096
 _NO_LIMIT = (1 << 63) - 1  # parse_messages()'s limit with max_size=None: any frame (complete in the buffer)
 _GATHER_MIN = 16 * 1024
 _GATHER_MAX = 64 * 1024 * 1024
+if configure_gather is not None:  # the compiled received_view starts such gathers itself, with the same limits
+    configure_gather(FrameHeader, _GATHER_MIN, _GATHER_MAX)
 _pack_BBH = struct.Struct("!BBH").pack
 # Ready-made 2-byte headers of unmasked single-frame messages of < 126 bytes, indexed by length.
 _BINARY_HEADERS = [bytes((0x80 | _BINARY, n)) for n in range(126)]
