@@ -823,6 +823,19 @@ MUTATIONS: tuple[Mutation, ...] = (
         "the compiled header+payload write encrypts ahead of plaintext still queued (reordered output)",
     ),
     Mutation(
+        "send-pair-chunk-pause",
+        ENGINE,
+        """        if ((r = w_true(self, W_TCP_PAUSED)) != 0) {
+            if (r < 0)
+                return -1;
+            break;
+        }
+        Py_ssize_t end""",
+        """        Py_ssize_t end""",
+        ("tests/tls/test_send_twin.py",),
+        "the compiled pair goes on encrypting a large payload's pieces while TCP has paused us",
+    ),
+    Mutation(
         "tls-pair-backlog",
         TLS,
         """            or self._selector is None

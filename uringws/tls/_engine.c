@@ -640,22 +640,31 @@ Engine_read_all(Engine *self, PyObject *const *args, Py_ssize_t nargs)
     return total < 0 ? NULL : PyLong_FromSsize_t(total);
 }
 
+/* write() on len bytes at buf: 0 with the count written in *n, or -1 with the exception write() raises. */
+static int
+engine_write_raw(Engine *self, const void *buf, Py_ssize_t len, size_t *n)
+{
+    *n = 0;
+    if (out_reserve(self, len + (len / RECORD_PLAINTEXT + 1) * RECORD_SLACK) < 0)
+        return -1;
+    int ret = SSL_write_ex(self->ssl, buf, (size_t)len, n);
+    if (ret > 0)
+        return 0;
+    PyObject *res = ssl_error(self, ret, __LINE__);
+    Py_XDECREF(res);
+    return -1;
+}
+
 static PyObject *
 Engine_write(Engine *self, PyObject *data)
 {
     Py_buffer view;
     if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    size_t n = 0;
-    if (out_reserve(self, view.len + (view.len / RECORD_PLAINTEXT + 1) * RECORD_SLACK) < 0) {
-        PyBuffer_Release(&view);
-        return NULL;
-    }
-    int ret = SSL_write_ex(self->ssl, view.buf, (size_t)view.len, &n);
+    size_t n;
+    int r = engine_write_raw(self, view.buf, view.len, &n);
     PyBuffer_Release(&view);
-    if (ret > 0)
-        return PyLong_FromSize_t(n);
-    return ssl_error(self, ret, __LINE__);
+    return r < 0 ? NULL : PyLong_FromSize_t(n);
 }
 
 static PyObject *
@@ -1594,11 +1603,12 @@ typedef struct {
 enum { W_STATE, W_APP_CLOSING, W_TCP_PAUSED, W_SELECTOR, W_BACKLOG, W_BACKLOG_SIZE, W_FLUSH_SCHEDULED, W_HIGH,
        W_APP_WRITE_PAUSED, W_WRITE_IF_OPEN, W_APP_WRITE, W_BEFORE_WAIT, W_TRANSPORT, W_WRITE, W_DRAIN_BACKLOG,
        W_UPDATE_APP_WRITING, W_FLUSH, W_TLS_ERROR, W_APPEND, W_FLUSH_PENDING, W_QUEUE, W_SEND_CLOSE_NOTIFY,
-       W_COUNT };
+       W_APPENDLEFT, W_COUNT };
 static const char *const send_names[W_COUNT] = {
     "_state", "_app_closing", "_tcp_paused", "_selector", "_backlog", "_backlog_size", "_flush_scheduled", "_high",
     "_app_write_paused", "_write_if_open", "_app_write", "before_wait", "_transport", "write", "_drain_backlog",
     "_update_app_writing", "_flush", "_tls_error", "append", "_flush_pending", "_queue", "_send_close_notify",
+    "appendleft",
 };
 static PyObject *send_str[W_COUNT];
 static FastAttrsCache send_cache;
@@ -1819,15 +1829,136 @@ send_pair_failed(SendObject *self, PyObject *header, PyObject *payload)
     return 0;
 }
 
+/* self._transport.write(self._outgoing.read()): may call pause_writing() right away. 0, or -1 with an exception. */
+static int
+send_records(SendObject *self)
+{
+    PyObject *t = w_get(self, W_TRANSPORT);
+    if (t == NULL)
+        return -1;
+    PyObject *records = out_take(self->engine);
+    PyObject *res = records == NULL ? NULL : PyObject_CallMethodOneArg(t, send_str[W_WRITE], records);
+    Py_XDECREF(records);
+    Py_DECREF(t);
+    if (res == NULL)
+        return -1;
+    Py_DECREF(res);
+    return 0;
+}
+
+/* _encrypt(payload) for a bytes payload: WRITE_CHUNK pieces, each handed down (the first with whatever OpenSSL
+ * produced before it), while TCP does not pause us; the rest goes to the front of the backlog. 1 blocked (a TLS 1.2
+ * renegotiation step), 0 not, -1 error. */
+static int
+send_chunks(SendObject *self, PyObject *payload)
+{
+    const char *p = PyBytes_AS_STRING(payload);
+    Py_ssize_t n = PyBytes_GET_SIZE(payload), off = 0;
+    int blocked = 0, r;
+    PyObject *res;
+    while (off < n) {
+        if ((r = w_true(self, W_TCP_PAUSED)) != 0) {
+            if (r < 0)
+                return -1;
+            break;
+        }
+        Py_ssize_t end = n - off > self->write_chunk ? off + self->write_chunk : n;
+        size_t written;
+        if (engine_write_raw(self->engine, p + off, end - off, &written) < 0) {
+            if (PyErr_ExceptionMatches(SSLWantReadError)) {  /* renegotiation step: wait for the peer, keep the rest */
+                PyErr_Clear();
+                if ((res = w_call(self, W_FLUSH, NULL)) == NULL)
+                    return -1;
+                Py_DECREF(res);
+                blocked = 1;
+                break;
+            }
+            if (PyErr_ExceptionMatches(SSLError)) {
+                PyObject *exc = fetch_exc();
+                res = w_call(self, W_TLS_ERROR, exc);
+                Py_DECREF(exc);
+                if (res == NULL)
+                    return -1;
+                Py_DECREF(res);
+                return 0;
+            }
+            return -1;
+        }
+        off = end;
+        if (send_records(self) < 0)
+            return -1;
+    }
+    if (off < n) {
+        /* the app may not reuse a bytes object, but the rest is a new one, as _immutable(mv[off:]) makes */
+        PyObject *rest = PyBytes_FromStringAndSize(p + off, n - off), *backlog = NULL;
+        Py_ssize_t queued;
+        if (rest == NULL || (backlog = w_get(self, W_BACKLOG)) == NULL)
+            goto error;
+        if (backlog == Py_None) {
+            Py_DECREF(backlog);
+            if ((backlog = PyObject_CallNoArgs(deque_type)) == NULL || w_set(self, W_BACKLOG, backlog) < 0)
+                goto error;
+        }
+        if ((res = PyObject_CallMethodOneArg(backlog, send_str[W_APPENDLEFT], rest)) == NULL)
+            goto error;
+        Py_DECREF(res);
+        if (w_ssize(self, W_BACKLOG_SIZE, &queued) < 0 || w_set_ssize(self, W_BACKLOG_SIZE, queued + n - off) < 0)
+            goto error;
+        Py_DECREF(backlog);
+        Py_DECREF(rest);
+        return blocked;
+    error:
+        Py_XDECREF(backlog);
+        Py_XDECREF(rest);
+        return -1;
+    }
+    return blocked;
+}
+
+/* The end of _write_pair_if_open once both were encrypted (`finished`: not blocked), as _drain_backlog and
+ * _app_write end: close_notify if the app closed meanwhile (from its pause_writing()), then the app's flow control.
+ * 1, or -1 with an exception. */
+static int
+send_pair_ending(SendObject *self, int finished)
+{
+    Py_ssize_t state, size, high;
+    PyObject *res;
+    int r;
+    if (finished) {
+        if ((r = w_true(self, W_APP_CLOSING)) < 0)
+            return -1;
+        if (r) {
+            if (w_ssize(self, W_STATE, &state) < 0 || (r = w_true(self, W_BACKLOG)) < 0)
+                return -1;
+            if (state == self->wrapped && !r) {
+                if ((res = w_call(self, W_SEND_CLOSE_NOTIFY, NULL)) == NULL)
+                    return -1;
+                Py_DECREF(res);
+            }
+        }
+    }
+    int paused = w_true(self, W_APP_WRITE_PAUSED);
+    if (paused < 0 || (r = w_true(self, W_TCP_PAUSED)) < 0 || w_ssize(self, W_BACKLOG_SIZE, &size) < 0
+        || w_ssize(self, W_HIGH, &high) < 0)
+        return -1;
+    if (paused || r || size > high) {
+        if ((res = w_call(self, W_UPDATE_APP_WRITING, NULL)) == NULL)
+            return -1;
+        Py_DECREF(res);
+    }
+    return 1;
+}
+
 /* _write_pair_if_open(header, payload)'s common case, both non-empty bytes: nothing queued, nothing paused, a
- * payload that does not fit one record with the header but fits one WRITE_CHUNK: two SSL_writes (the header a record
- * of its own, as _drain_backlog would write it), one transport write. 1 done, 0 not taken (nothing done), -1 error. */
+ * payload that does not fit one record with the header: the header a record of its own (as _drain_backlog would
+ * write it), then the payload: up to one WRITE_CHUNK with it in one transport write, a larger one as _encrypt
+ * chunks it. 1 done, 0 not taken (nothing done), -1 error. */
 static int
 send_pair(SendObject *self, PyObject *header, PyObject *payload)
 {
     Py_ssize_t hsize = PyBytes_GET_SIZE(header), size = hsize + PyBytes_GET_SIZE(payload), state, high;
     int r;
-    if (hsize >= self->coalesce_limit || size <= self->record_plaintext || size - hsize > self->write_chunk)
+    if (hsize >= self->coalesce_limit || size <= self->record_plaintext)
         return 0;
     if (w_ssize(self, W_STATE, &state) < 0)
         return -1;
@@ -1847,36 +1978,20 @@ send_pair(SendObject *self, PyObject *header, PyObject *payload)
         return -1;
     if (hsize >= high)
         return 0;
-    PyObject *n = Engine_write(self->engine, header);
-    if (n == NULL)
+    size_t written;
+    if (engine_write_raw(self->engine, PyBytes_AS_STRING(header), hsize, &written) < 0)
         return send_pair_failed(self, header, payload) < 0 ? -1 : 1;
-    Py_DECREF(n);
-    n = Engine_write(self->engine, payload);
-    if (n == NULL)
-        return send_pair_failed(self, NULL, payload) < 0 ? -1 : 1;
-    Py_DECREF(n);
-    /* self._transport.write(self._outgoing.read()): may call pause_writing() right away */
-    PyObject *t = w_get(self, W_TRANSPORT);
-    if (t == NULL)
-        return -1;
-    PyObject *records = out_take(self->engine);
-    PyObject *res = records == NULL ? NULL : PyObject_CallMethodOneArg(t, send_str[W_WRITE], records);
-    Py_XDECREF(records);
-    Py_DECREF(t);
-    if (res == NULL)
-        return -1;
-    Py_DECREF(res);
-    /* the app closed from its pause_writing(): as _drain_backlog() ends */
-    if ((r = w_true(self, W_APP_CLOSING)) <= 0)
-        return r < 0 ? -1 : 1;
-    if (w_ssize(self, W_STATE, &state) < 0 || (r = w_true(self, W_BACKLOG)) < 0)
-        return -1;
-    if (state == self->wrapped && !r) {
-        if ((res = w_call(self, W_SEND_CLOSE_NOTIFY, NULL)) == NULL)
-            return -1;
-        Py_DECREF(res);
+    if (size - hsize > self->write_chunk) {
+        if ((r = send_chunks(self, payload)) != 0)
+            return r < 0 ? -1 : send_pair_ending(self, 0);
     }
-    return 1;
+    else {
+        if (engine_write_raw(self->engine, PyBytes_AS_STRING(payload), size - hsize, &written) < 0)
+            return send_pair_failed(self, NULL, payload) < 0 ? -1 : 1;
+        if (send_records(self) < 0)
+            return -1;
+    }
+    return send_pair_ending(self, 1);
 }
 
 static PyObject *

@@ -1080,10 +1080,11 @@ class TLSProtocol(asyncio.BufferedProtocol):
         """``_write_if_open(header)`` then ``_write_if_open(payload)``, for a frame header and a payload too large
         to coalesce with it, without the backlog between them.
 
-        Those two calls would queue the header, then encrypt it as a record of its own and the payload after it,
-        and hand both down in one transport write (`_app_write`, `_drain_backlog`); this does the same here when
-        nothing is queued, nothing is paused and the payload fits one ``WRITE_CHUNK``. Anything else takes the two
-        calls. The WebSocket layer's large binary messages come this way, once per message.
+        Those two calls would queue the header, then encrypt it as a record of its own and the payload after it
+        (`_app_write`, `_drain_backlog`): up to one ``WRITE_CHUNK`` in one transport write with the header, a
+        larger payload in ``WRITE_CHUNK`` pieces while TCP takes them (`_encrypt`). This does the same here when
+        nothing is queued and nothing is paused; anything else takes the two calls. The WebSocket layer's large
+        binary messages come this way, once per message.
         """
         hsize = len(header)
         size = hsize + len(payload)
@@ -1096,7 +1097,6 @@ class TLSProtocol(asyncio.BufferedProtocol):
             or hsize >= COALESCE_LIMIT
             or hsize >= self._high
             or size <= RECORD_PLAINTEXT
-            or size - hsize > WRITE_CHUNK
         ):
             self._write_if_open(header)
             self._write_if_open(payload)
@@ -1113,19 +1113,27 @@ class TLSProtocol(asyncio.BufferedProtocol):
         except ssl.SSLError as exc:
             self._tls_error(exc)
             return
-        try:
-            sslobj.write(payload)
-        except ssl.SSLWantReadError:
-            self._queue(payload)
-            self._flush()
+        if size - hsize > WRITE_CHUNK:
+            finished = not self._encrypt(payload)  # hands down the header's record with the first piece
+        else:
+            try:
+                sslobj.write(payload)
+            except ssl.SSLWantReadError:
+                self._queue(payload)
+                self._flush()
+                self._update_app_writing()
+                return
+            except ssl.SSLError as exc:
+                self._tls_error(exc)
+                return
+            self._transport.write(self._outgoing.read())  # may call pause_writing() right away
+            finished = True
+        # As _drain_backlog() and _app_write() end: close_notify if the app closed meanwhile (from its
+        # pause_writing()), then the app's flow control.
+        if finished and self._app_closing and self._state == _WRAPPED and not self._backlog:
+            self._send_close_notify()
+        if self._app_write_paused or self._tcp_paused or self._backlog_size > self._high:
             self._update_app_writing()
-            return
-        except ssl.SSLError as exc:
-            self._tls_error(exc)
-            return
-        self._transport.write(self._outgoing.read())  # may call pause_writing() right away
-        if self._app_closing and self._state == _WRAPPED and not self._backlog:
-            self._send_close_notify()  # the app closed from its pause_writing(): as _drain_backlog() ends
 
     def _app_writelines(self, list_of_data: Any) -> None:
         if (
