@@ -34,6 +34,7 @@ LOOP = "uringws/loop/events.py"
 CONN = "uringws/ws/connection.py"
 SELECTOR = "uringws/loop/selector.py"
 ENGINE = "uringws/tls/_engine.c"
+RINGC = "uringws/ring/_ringc.c"
 
 SQ_TESTS = ("tests/loop/test_sendqueue.py",)
 TR_TESTS = (
@@ -834,6 +835,22 @@ MUTATIONS: tuple[Mutation, ...] = (
         """        Py_ssize_t end""",
         ("tests/tls/test_send_twin.py",),
         "the compiled pair goes on encrypting a large payload's pieces while TCP has paused us",
+    ),
+    Mutation(
+        "run-once-cancelled",
+        RINGC,
+        "        if (c == 0 && run_handle(self, handle) < 0)",
+        "        if (c >= 0 && run_handle(self, handle) < 0)",
+        ("tests/loop/test_run_once_twin.py",),
+        "the compiled _run_once runs a cancelled handle that reached the ready queue",
+    ),
+    Mutation(
+        "run-once-before-wait-flag",
+        RINGC,
+        "            int reset = PyObject_SetAttr(loop, s_in_before_wait, Py_False);",
+        "            int reset = 0;",
+        ("tests/loop/test_run_once_twin.py",),
+        "the compiled _run_once leaves in_before_wait set after the hooks (every later write would send at once)",
     ),
     Mutation(
         "tls-pair-backlog",

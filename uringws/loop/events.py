@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from ..ring import bufring as _bufring
 from ..ring.fast import RING_CLASS, RING_CLASSES
 from ..ring.fast import CallSoon as _CallSoon
+from ..ring.fast import RunOnce as _RunOnce
 from ..ring.probe import availability, kernel_version
 from . import compat
 from .selector import RingSelector
@@ -181,6 +182,14 @@ class EventLoop(_UnixSelectorEventLoop):
                 # through it (a task's wake-up, once per message) without a Python frame. Debug mode and a closed
                 # loop still take the method below (the C object calls it). Dropped by close().
                 self.call_soon = _CallSoon(self, Handle, EventLoop.call_soon)  # type: ignore[method-assign]
+            if _RunOnce is not None and _LEAN_RUN_ONCE and type(self)._run_once is EventLoop._run_once:
+                # The iteration below in C, as this instance's _run_once (run_forever() calls it once per
+                # iteration, once per message in a ping-pong). Debug mode and a heap to rebuild still take the
+                # method (the C object calls it). Dropped by close().
+                self._run_once = _RunOnce(  # type: ignore[method-assign]
+                    self, EventLoop._run_once, Handle, TimerHandle, heapq.heappop, _time,
+                    _MIN_SCHEDULED_TIMER_HANDLES, _MIN_CANCELLED_TIMER_HANDLES_FRACTION, _MAXIMUM_SELECT_TIMEOUT,
+                )
             if self._ring is not None:
                 self._efd = os.eventfd(0, os.EFD_CLOEXEC)
                 self._arm_wakeup()
@@ -573,6 +582,7 @@ class EventLoop(_UnixSelectorEventLoop):
             super().close()
         finally:
             self.__dict__.pop("call_soon", None)  # the C call_soon refers to the loop: no cycle left behind
+            self.__dict__.pop("_run_once", None)  # as does the C _run_once
             if self._bufring is not None:
                 # After the ring: every RECV that could write into these buffers has been reaped by then.
                 self._bufring.close(ring_clean=not getattr(self._ring, "leaked", False))

@@ -1840,6 +1840,494 @@ callsoon_init_strings(void)
     return 0;
 }
 
+/* -- RunOnce: the event loop's iteration, its lean path -------------------------------------------------------- */
+
+/* RunOnce(loop, run_once, handle_type, timer_handle_type, heappop, time_module, min_scheduled, cancelled_fraction,
+ *         max_timeout)
+ *
+ * The compiled twin of EventLoop._run_once (uringws/loop/events.py), installed as the loop instance's _run_once:
+ * asyncio's run_forever() calls it once per iteration. The same algorithm, in the same order: cancelled timers
+ * dropped from the heap's head, the selector's before_wait hooks, the timeout, the ring's wait (or select()), due
+ * timers moved to the ready queue, and only the callbacks ready at that point run, each in its context, a failure
+ * reported by _callback_failed. In debug mode, and when most of a large heap is cancelled (asyncio rebuilds it), it
+ * calls run_once, the Python method, for the whole iteration. */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *loop, *run_once, *handle_type, *timer_handle_type, *heappop, *time_module;
+    Py_ssize_t min_scheduled;
+    double cancelled_fraction, max_timeout;
+} RunOnceObject;
+
+static PyObject *s_scheduled, *s_timer_cancelled_count, *s_hook_selector, *s_before_wait, *s_in_before_wait,
+    *s_stopping, *s_when, *s_dirty, *s_ready_sel, *s_ring, *s_wait, *s_take_ready, *s_process_events, *s_selector,
+    *s_select, *s_clock_resolution, *s_popleft, *s_run, *s_callback_failed, *s_cancelled, *s_scheduled_flag,
+    *s_stock_time, *s_time, *s_monotonic, *s_callback, *s_args, *s_context_attr, *s_run_method;
+
+static PyObject *one_long;
+static PyObject *RunOnce_vectorcall(RunOnceObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames);
+
+static PyObject *
+RunOnce_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    PyObject *loop, *run_once, *handle_type, *timer_handle_type, *heappop, *time_module;
+    Py_ssize_t min_scheduled;
+    double fraction, max_timeout;
+    if (kw != NULL && PyDict_GET_SIZE(kw)) {
+        PyErr_SetString(PyExc_TypeError, "RunOnce() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OOO!O!OOndd:RunOnce", &loop, &run_once, &PyType_Type, &handle_type, &PyType_Type,
+                          &timer_handle_type, &heappop, &time_module, &min_scheduled, &fraction, &max_timeout))
+        return NULL;
+    RunOnceObject *self = PyObject_GC_New(RunOnceObject, type);
+    if (self == NULL)
+        return NULL;
+    self->vectorcall = (vectorcallfunc)RunOnce_vectorcall;
+    self->loop = Py_NewRef(loop);
+    self->run_once = Py_NewRef(run_once);
+    self->handle_type = Py_NewRef(handle_type);
+    self->timer_handle_type = Py_NewRef(timer_handle_type);
+    self->heappop = Py_NewRef(heappop);
+    self->time_module = Py_NewRef(time_module);
+    self->min_scheduled = min_scheduled;
+    self->cancelled_fraction = fraction;
+    self->max_timeout = max_timeout;
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+static int
+RunOnce_traverse(RunOnceObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->loop);
+    Py_VISIT(self->run_once);
+    Py_VISIT(self->handle_type);
+    Py_VISIT(self->timer_handle_type);
+    Py_VISIT(self->heappop);
+    Py_VISIT(self->time_module);
+    return 0;
+}
+
+static int
+RunOnce_clear(RunOnceObject *self)
+{
+    Py_CLEAR(self->loop);
+    Py_CLEAR(self->run_once);
+    Py_CLEAR(self->handle_type);
+    Py_CLEAR(self->timer_handle_type);
+    Py_CLEAR(self->heappop);
+    Py_CLEAR(self->time_module);
+    return 0;
+}
+
+static void
+RunOnce_dealloc(RunOnceObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    RunOnce_clear(self);
+    PyObject_GC_Del(self);
+}
+
+/* obj.name as a truth value: 1, 0, -1 with an exception */
+static int
+attr_truth(PyObject *obj, PyObject *name)
+{
+    return loop_flag(obj, name);
+}
+
+/* obj.name as a double: 0, -1 with an exception */
+static int
+attr_double(PyObject *obj, PyObject *name, double *out)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL)
+        return -1;
+    *out = PyFloat_AsDouble(v);
+    Py_DECREF(v);
+    return *out == -1.0 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* The loop's clock: time.monotonic() (looked up per call) unless a subclass has a time() of its own. */
+static int
+loop_now(RunOnceObject *self, double *now)
+{
+    int stock = attr_truth(self->loop, s_stock_time);
+    if (stock < 0)
+        return -1;
+    PyObject *t = stock ? PyObject_CallMethodNoArgs(self->time_module, s_monotonic)
+                        : PyObject_CallMethodNoArgs(self->loop, s_time);
+    if (t == NULL)
+        return -1;
+    *now = PyFloat_AsDouble(t);
+    Py_DECREF(t);
+    return *now == -1.0 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* heappop(scheduled) with its _scheduled set to False: a new reference, or NULL */
+static PyObject *
+pop_timer(RunOnceObject *self, PyObject *scheduled)
+{
+    PyObject *h = PyObject_CallOneArg(self->heappop, scheduled);
+    if (h != NULL && PyObject_SetAttr(h, s_scheduled_flag, Py_False) < 0)
+        Py_CLEAR(h);
+    return h;
+}
+
+/* Run one ready handle as the Python loop does: 0, or -1 to propagate (SystemExit, KeyboardInterrupt, or a
+ * failure of the reporting itself). */
+static int
+run_handle(RunOnceObject *self, PyObject *handle)
+{
+    PyObject *res;
+    PyTypeObject *t = Py_TYPE(handle);
+    if ((PyObject *)t != self->handle_type && (PyObject *)t != self->timer_handle_type) {
+        res = PyObject_CallMethodNoArgs(handle, s_run);
+        Py_XDECREF(res);
+        return res == NULL ? -1 : 0;
+    }
+    PyObject *ctx = PyObject_GetAttr(handle, s_context_attr);
+    PyObject *cb = ctx == NULL ? NULL : PyObject_GetAttr(handle, s_callback);
+    PyObject *cbargs = cb == NULL ? NULL : PyObject_GetAttr(handle, s_args);
+    if (cbargs == NULL) {
+        Py_XDECREF(ctx);
+        Py_XDECREF(cb);
+        return -1;
+    }
+    if (!PyTuple_Check(cbargs)) {
+        PyErr_SetString(PyExc_TypeError, "handle._args is not a tuple");
+        res = NULL;
+    }
+    else {
+        /* handle._context.run(handle._callback, *handle._args) */
+        Py_ssize_t n = PyTuple_GET_SIZE(cbargs);
+        PyObject *small[8], **all = n + 2 <= 8 ? small : PyMem_Malloc((size_t)(n + 2) * sizeof(PyObject *));
+        if (all == NULL) {
+            res = PyErr_NoMemory();
+        }
+        else {
+            all[0] = ctx;
+            all[1] = cb;
+            for (Py_ssize_t i = 0; i < n; i++)
+                all[i + 2] = PyTuple_GET_ITEM(cbargs, i);
+            res = PyObject_VectorcallMethod(s_run_method, all, (size_t)(n + 2) | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+            if (all != small)
+                PyMem_Free(all);
+        }
+    }
+    Py_DECREF(ctx);
+    Py_DECREF(cb);
+    Py_DECREF(cbargs);
+    if (res != NULL) {
+        Py_DECREF(res);
+        return 0;
+    }
+    if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
+        return -1;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL)
+        PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    if (value == NULL)
+        return -1;
+    res = PyObject_CallMethodObjArgs(self->loop, s_callback_failed, handle, value, NULL);
+    Py_DECREF(value);
+    Py_XDECREF(res);
+    return res == NULL ? -1 : 0;
+}
+
+static PyObject *
+RunOnce_vectorcall(RunOnceObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) != 0 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "_run_once() takes no arguments");
+        return NULL;
+    }
+    if (self->loop == NULL) {
+        PyErr_SetString(PyExc_ValueError, "RunOnce was cleared");
+        return NULL;
+    }
+    PyObject *loop = self->loop, *scheduled = NULL, *ready = NULL, *selector = NULL, *res;
+    int debug = loop_flag(loop, s_debug);
+    if (debug < 0)
+        return NULL;
+    if (debug)
+        return PyObject_CallOneArg(self->run_once, loop);
+    if ((scheduled = PyObject_GetAttr(loop, s_scheduled)) == NULL)
+        return NULL;
+    if (!PyList_CheckExact(scheduled)) {
+        Py_DECREF(scheduled);
+        return PyObject_CallOneArg(self->run_once, loop);
+    }
+    Py_ssize_t sched_count = PyList_GET_SIZE(scheduled);
+    if (sched_count > self->min_scheduled) {
+        double cancelled;
+        if (attr_double(loop, s_timer_cancelled_count, &cancelled) < 0)
+            goto error;
+        if (cancelled / (double)sched_count > self->cancelled_fraction) {  /* asyncio rebuilds the heap */
+            Py_DECREF(scheduled);
+            return PyObject_CallOneArg(self->run_once, loop);
+        }
+    }
+    if ((ready = PyObject_GetAttr(loop, s_ready)) == NULL)
+        goto error;
+    /* cancelled timers off the heap's head */
+    while (PyList_GET_SIZE(scheduled)) {
+        int c = attr_truth(PyList_GET_ITEM(scheduled, 0), s_cancelled);
+        if (c < 0)
+            goto error;
+        if (!c)
+            break;
+        PyObject *count = PyObject_GetAttr(loop, s_timer_cancelled_count);
+        PyObject *less = count == NULL ? NULL : PyNumber_Subtract(count, one_long);
+        Py_XDECREF(count);
+        int ok = less != NULL && PyObject_SetAttr(loop, s_timer_cancelled_count, less) == 0;
+        Py_XDECREF(less);
+        PyObject *h = ok ? pop_timer(self, scheduled) : NULL;
+        if (h == NULL)
+            goto error;
+        Py_DECREF(h);
+    }
+    /* the selector's before_wait hooks, first */
+    if ((selector = PyObject_GetAttr(loop, s_hook_selector)) == NULL)
+        goto error;
+    if (selector != Py_None) {
+        PyObject *hooks = PyObject_GetAttr(selector, s_before_wait);
+        int any = hooks == NULL ? -1 : PyObject_IsTrue(hooks);
+        if (any < 0) {
+            Py_XDECREF(hooks);
+            goto error;
+        }
+        if (any) {
+            if (PyObject_SetAttr(loop, s_in_before_wait, Py_True) < 0) {
+                Py_DECREF(hooks);
+                goto error;
+            }
+            int failed = 0;
+            while (!failed) {
+                any = PyObject_IsTrue(hooks);
+                if (any <= 0) {
+                    failed = any < 0;
+                    break;
+                }
+                PyObject *fresh = PyList_New(0);
+                if (fresh == NULL || PyObject_SetAttr(selector, s_before_wait, fresh) < 0) {
+                    Py_XDECREF(fresh);
+                    failed = 1;
+                    break;
+                }
+                Py_DECREF(fresh);
+                PyObject *it = PyObject_GetIter(hooks);
+                PyObject *hook;
+                while (it != NULL && (hook = PyIter_Next(it)) != NULL) {
+                    res = PyObject_CallNoArgs(hook);
+                    Py_DECREF(hook);
+                    if (res == NULL)
+                        break;
+                    Py_DECREF(res);
+                }
+                Py_XDECREF(it);
+                if (PyErr_Occurred()) {
+                    failed = 1;
+                    break;
+                }
+                Py_DECREF(hooks);
+                if ((hooks = PyObject_GetAttr(selector, s_before_wait)) == NULL) {
+                    failed = 1;
+                    break;
+                }
+            }
+            Py_XDECREF(hooks);
+            /* finally: in_before_wait = False (keeping a hook's exception) */
+            PyObject *et, *ev, *etb;
+            PyErr_Fetch(&et, &ev, &etb);
+            int reset = PyObject_SetAttr(loop, s_in_before_wait, Py_False);
+            if (et != NULL) {
+                if (reset < 0)
+                    PyErr_Clear();
+                PyErr_Restore(et, ev, etb);
+                goto error;
+            }
+            if (reset < 0 || failed)
+                goto error;
+        }
+        else {
+            Py_DECREF(hooks);
+        }
+    }
+    /* the timeout */
+    PyObject *timeout;
+    int stopping = attr_truth(loop, s_stopping);
+    if (stopping < 0)
+        goto error;
+    Py_ssize_t nready = PyObject_Length(ready);
+    if (nready < 0)
+        goto error;
+    if (nready || stopping) {
+        timeout = PyLong_FromLong(0);
+    }
+    else if (PyList_GET_SIZE(scheduled)) {
+        double when, now;
+        if (attr_double(PyList_GET_ITEM(scheduled, 0), s_when, &when) < 0 || loop_now(self, &now) < 0)
+            goto error;
+        double t = when - now;
+        if (t > self->max_timeout)
+            t = self->max_timeout;
+        else if (t < 0)
+            t = 0;
+        timeout = t == 0 ? PyLong_FromLong(0) : PyFloat_FromDouble(t);
+    }
+    else {
+        timeout = Py_NewRef(Py_None);
+    }
+    if (timeout == NULL)
+        goto error;
+    /* the wait */
+    int lean = 0;
+    if (selector != Py_None) {
+        int dirty = attr_truth(selector, s_dirty), sready = dirty ? 0 : attr_truth(selector, s_ready_sel);
+        if (dirty < 0 || sready < 0) {
+            Py_DECREF(timeout);
+            goto error;
+        }
+        lean = !dirty && !sready;
+    }
+    if (lean) {
+        PyObject *ring = PyObject_GetAttr(selector, s_ring);
+        res = ring == NULL ? NULL : PyObject_CallMethodOneArg(ring, s_wait, timeout);
+        Py_XDECREF(ring);
+        Py_DECREF(timeout);
+        if (res == NULL)
+            goto error;
+        Py_DECREF(res);
+        int sready = attr_truth(selector, s_ready_sel);
+        if (sready < 0)
+            goto error;
+        if (sready) {
+            PyObject *events = PyObject_CallMethodNoArgs(selector, s_take_ready);
+            res = events == NULL ? NULL : PyObject_CallMethodOneArg(loop, s_process_events, events);
+            Py_XDECREF(events);
+            if (res == NULL)
+                goto error;
+            Py_DECREF(res);
+        }
+    }
+    else {
+        PyObject *sel = PyObject_GetAttr(loop, s_selector);
+        PyObject *events = sel == NULL ? NULL : PyObject_CallMethodOneArg(sel, s_select, timeout);
+        Py_XDECREF(sel);
+        Py_DECREF(timeout);
+        if (events == NULL)
+            goto error;
+        int any = PyObject_IsTrue(events);
+        res = any > 0 ? PyObject_CallMethodOneArg(loop, s_process_events, events) : NULL;
+        Py_DECREF(events);
+        if (any < 0 || (any > 0 && res == NULL))
+            goto error;
+        Py_XDECREF(res);
+    }
+    /* due timers to the ready queue */
+    if (PyList_GET_SIZE(scheduled)) {
+        double now, resolution;
+        if (loop_now(self, &now) < 0 || attr_double(loop, s_clock_resolution, &resolution) < 0)
+            goto error;
+        double end_time = now + resolution;
+        while (PyList_GET_SIZE(scheduled)) {
+            double when;
+            if (attr_double(PyList_GET_ITEM(scheduled, 0), s_when, &when) < 0)
+                goto error;
+            if (when >= end_time)
+                break;
+            PyObject *h = pop_timer(self, scheduled);
+            res = h == NULL ? NULL : PyObject_CallMethodOneArg(ready, s_append, h);
+            Py_XDECREF(h);
+            if (res == NULL)
+                goto error;
+            Py_DECREF(res);
+        }
+    }
+    /* only what is ready now runs */
+    nready = PyObject_Length(ready);
+    if (nready < 0)
+        goto error;
+    for (Py_ssize_t i = 0; i < nready; i++) {
+        PyObject *handle = PyObject_CallMethodNoArgs(ready, s_popleft);
+        if (handle == NULL)
+            goto error;
+        int c = attr_truth(handle, s_cancelled);
+        if (c == 0 && run_handle(self, handle) < 0)
+            c = -1;
+        Py_DECREF(handle);
+        if (c < 0)
+            goto error;
+    }
+    Py_DECREF(scheduled);
+    Py_DECREF(ready);
+    Py_DECREF(selector);
+    Py_RETURN_NONE;
+error:
+    Py_XDECREF(scheduled);
+    Py_XDECREF(ready);
+    Py_XDECREF(selector);
+    return NULL;
+}
+
+static PyTypeObject RunOnceType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "uringws.ring._ringc.RunOnce",
+    .tp_basicsize = sizeof(RunOnceObject),
+    .tp_dealloc = (destructor)RunOnce_dealloc,
+    .tp_vectorcall_offset = offsetof(RunOnceObject, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "RunOnce(loop, run_once, handle_type, timer_handle_type, heappop, time_module, min_scheduled, "
+              "cancelled_fraction, max_timeout): EventLoop._run_once outside debug mode, in C.",
+    .tp_traverse = (traverseproc)RunOnce_traverse,
+    .tp_clear = (inquiry)RunOnce_clear,
+    .tp_new = RunOnce_new,
+};
+
+static int
+runonce_init_strings(void)
+{
+#define S(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return -1
+    S(s_scheduled, "_scheduled");
+    S(s_timer_cancelled_count, "_timer_cancelled_count");
+    S(s_hook_selector, "_hook_selector");
+    S(s_before_wait, "before_wait");
+    S(s_in_before_wait, "in_before_wait");
+    S(s_stopping, "_stopping");
+    S(s_when, "_when");
+    S(s_dirty, "_dirty");
+    S(s_ready_sel, "_ready");
+    S(s_ring, "ring");
+    S(s_wait, "wait");
+    S(s_take_ready, "take_ready");
+    S(s_process_events, "_process_events");
+    S(s_selector, "_selector");
+    S(s_select, "select");
+    S(s_clock_resolution, "_clock_resolution");
+    S(s_popleft, "popleft");
+    S(s_run, "_run");
+    S(s_callback_failed, "_callback_failed");
+    S(s_cancelled, "_cancelled");
+    S(s_scheduled_flag, "_scheduled");
+    S(s_stock_time, "_stock_time");
+    S(s_time, "time");
+    S(s_monotonic, "monotonic");
+    S(s_callback, "_callback");
+    S(s_args, "_args");
+    S(s_context_attr, "_context");
+    S(s_run_method, "run");
+#undef S
+    if ((one_long = PyLong_FromLong(1)) == NULL)
+        return -1;
+    return 0;
+}
+
 static int
 recvhook_init_strings(void)
 {
@@ -2757,12 +3245,13 @@ module_exec(PyObject *m)
     Py_DECREF(ring_mod);
     if (RingError == NULL || RingClosedError == NULL || Orphaned == NULL || !PyList_Check(Orphaned))
         return -1;
-    if (recvhook_init_strings() < 0 || callsoon_init_strings() < 0)
+    if (recvhook_init_strings() < 0 || callsoon_init_strings() < 0 || runonce_init_strings() < 0)
         return -1;
     if (PyType_Ready(&RingType) < 0 || PyType_Ready(&IndexType) < 0 || PyType_Ready(&RecvHookType) < 0
-        || PyType_Ready(&CallSoonType) < 0)
+        || PyType_Ready(&CallSoonType) < 0 || PyType_Ready(&RunOnceType) < 0)
         return -1;
-    if (PyModule_AddObjectRef(m, "CallSoon", (PyObject *)&CallSoonType) < 0)
+    if (PyModule_AddObjectRef(m, "RunOnce", (PyObject *)&RunOnceType) < 0
+        || PyModule_AddObjectRef(m, "CallSoon", (PyObject *)&CallSoonType) < 0)
         return -1;
     Py_INCREF(&RecvHookType);
     if (PyModule_AddObject(m, "RecvHook", (PyObject *)&RecvHookType) < 0) {

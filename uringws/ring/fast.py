@@ -24,7 +24,17 @@ from .io_uring import (
 from .probe import cpu_refusal
 from .ring import Ring, RingError, _RingLifecycle, setup_ring
 
-__all__ = ["RING_CLASS", "RING_CLASSES", "CallSoon", "CompiledRing", "CoreRing", "RecvHook", "RingIndex", "available"]
+__all__ = [
+    "RING_CLASS",
+    "RING_CLASSES",
+    "CallSoon",
+    "CompiledRing",
+    "CoreRing",
+    "RecvHook",
+    "RingIndex",
+    "RunOnce",
+    "available",
+]
 
 log = logging.getLogger("uringws.ring")
 
@@ -49,6 +59,8 @@ def available() -> bool:
 RingIndex: Any = getattr(_core, "RingIndex", None)
 #: The C twin of ``EventLoop.call_soon``'s lean path, or None (pure, or an older build).
 CallSoon: Any = getattr(_core, "CallSoon", None)
+#: The C twin of ``EventLoop._run_once``'s lean path, or None (pure, or an older build).
+RunOnce: Any = getattr(_core, "RunOnce", None)
 #: The C twin of ``RingSocketTransport._on_recv``, and the compiled ring type it is made for (None, None: pure).
 RecvHook: Any = getattr(_core, "RecvHook", None)
 CoreRing: Any = getattr(_core, "Ring", None)
