@@ -1964,6 +1964,26 @@ loop_now(RunOnceObject *self, double *now)
     return *now == -1.0 && PyErr_Occurred() ? -1 : 0;
 }
 
+/* scheduled[0].name as a truth value (the handle held while its attribute is read): 1, 0, -1 with an exception */
+static int
+head_truth(PyObject *scheduled, PyObject *name)
+{
+    PyObject *head = Py_NewRef(PyList_GET_ITEM(scheduled, 0));
+    int r = attr_truth(head, name);
+    Py_DECREF(head);
+    return r;
+}
+
+/* scheduled[0]._when, likewise: 0, -1 with an exception */
+static int
+head_when(PyObject *scheduled, double *when)
+{
+    PyObject *head = Py_NewRef(PyList_GET_ITEM(scheduled, 0));
+    int r = attr_double(head, s_when, when);
+    Py_DECREF(head);
+    return r;
+}
+
 /* heappop(scheduled) with its _scheduled set to False: a new reference, or NULL */
 static PyObject *
 pop_timer(RunOnceObject *self, PyObject *scheduled)
@@ -2076,7 +2096,7 @@ RunOnce_vectorcall(RunOnceObject *self, PyObject *const *args, size_t nargsf, Py
         goto error;
     /* cancelled timers off the heap's head */
     while (PyList_GET_SIZE(scheduled)) {
-        int c = attr_truth(PyList_GET_ITEM(scheduled, 0), s_cancelled);
+        int c = head_truth(scheduled, s_cancelled);
         if (c < 0)
             goto error;
         if (!c)
@@ -2171,7 +2191,7 @@ RunOnce_vectorcall(RunOnceObject *self, PyObject *const *args, size_t nargsf, Py
     }
     else if (PyList_GET_SIZE(scheduled)) {
         double when, now;
-        if (attr_double(PyList_GET_ITEM(scheduled, 0), s_when, &when) < 0 || loop_now(self, &now) < 0)
+        if (head_when(scheduled, &when) < 0 || loop_now(self, &now) < 0)
             goto error;
         double t = when - now;
         if (t > self->max_timeout)
@@ -2237,7 +2257,7 @@ RunOnce_vectorcall(RunOnceObject *self, PyObject *const *args, size_t nargsf, Py
         double end_time = now + resolution;
         while (PyList_GET_SIZE(scheduled)) {
             double when;
-            if (attr_double(PyList_GET_ITEM(scheduled, 0), s_when, &when) < 0)
+            if (head_when(scheduled, &when) < 0)
                 goto error;
             if (when >= end_time)
                 break;
