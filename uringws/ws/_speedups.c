@@ -395,6 +395,26 @@ typedef struct {
     unsigned char mask[4];
 } FrameBufferObject;
 
+/* Copy n payload bytes from src into the frame's buffer where the last chunk ended, unmasking with the mask's
+ * phase at that position: feed()'s work, also done by ViewSink for the runs it takes. */
+static void
+framebuffer_fill(FrameBufferObject *self, const unsigned char *src, Py_ssize_t n)
+{
+    unsigned char *dst = (unsigned char *)PyBytes_AS_STRING(self->out) + self->filled;
+    if (self->masked) {
+        unsigned char rotated[4];
+        Py_ssize_t k = self->filled & 3;
+        for (int i = 0; i < 4; i++) {
+            rotated[i] = self->mask[(k + i) & 3];
+        }
+        xor_mask(src, dst, n, rotated);
+    }
+    else {
+        memcpy(dst, src, (size_t)n);
+    }
+    self->filled += n;
+}
+
 static int
 framebuffer_init(FrameBufferObject *self, PyObject *args, PyObject *kwds)
 {
@@ -470,21 +490,7 @@ framebuffer_feed(FrameBufferObject *self, PyObject *const *args, Py_ssize_t narg
     if (n > self->length - self->filled) {
         n = self->length - self->filled;
     }
-    unsigned char *dst = (unsigned char *)PyBytes_AS_STRING(self->out) + self->filled;
-    const unsigned char *src = (const unsigned char *)data.buf + start;
-    if (self->masked) {
-        /* The mask's phase continues where the last chunk ended. */
-        unsigned char rotated[4];
-        Py_ssize_t k = self->filled & 3;
-        for (int i = 0; i < 4; i++) {
-            rotated[i] = self->mask[(k + i) & 3];
-        }
-        xor_mask(src, dst, n, rotated);
-    }
-    else {
-        memcpy(dst, src, (size_t)n);
-    }
-    self->filled += n;
+    framebuffer_fill(self, (const unsigned char *)data.buf + start, n);
     PyBuffer_Release(&data);
     return PyLong_FromSsize_t(n);
 }
@@ -725,20 +731,7 @@ receive_gather(FastAttrs *fa, PyObject *proto, PyObject *hdr, PyObject *data, in
             goto not_taken;
         }
     }
-    /* pending.feed(buf, 0) */
-    unsigned char *dst = (unsigned char *)PyBytes_AS_STRING(fb->out) + fb->filled;
-    if (fb->masked) {
-        unsigned char rotated[4];
-        Py_ssize_t k = fb->filled & 3;
-        for (int i = 0; i < 4; i++) {
-            rotated[i] = fb->mask[(k + i) & 3];
-        }
-        xor_mask((const unsigned char *)view.buf, dst, n, rotated);
-    }
-    else {
-        memcpy(dst, view.buf, (size_t)n);
-    }
-    fb->filled += n;
+    framebuffer_fill(fb, (const unsigned char *)view.buf, n);  /* pending.feed(buf, 0) */
     PyBuffer_Release(&view);
     Py_ssize_t delivered = 0;
     if (!completes) {
@@ -968,16 +961,12 @@ receive_messages(ViewSinkObject *self, PyObject *proto, PyObject *data, int *wan
         /* FrameBuffer(length, mask).feed(buf, header_end) */
         gfb->out = out;
         gfb->length = length;
+        gfb->filled = 0;
         gfb->masked = masked;
-        Py_ssize_t take = n - pos - hlen;
         if (masked) {
             memcpy(gfb->mask, b + hlen - 4, 4);
-            xor_mask(b + hlen, (unsigned char *)PyBytes_AS_STRING(out), take, gfb->mask);
         }
-        else {
-            memcpy(PyBytes_AS_STRING(out), b + hlen, (size_t)take);
-        }
-        gfb->filled = take;
+        framebuffer_fill(gfb, b + hlen, n - pos - hlen);
         hdr_end = pos + hlen;
         pos = n;
     }
