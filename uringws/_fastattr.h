@@ -42,31 +42,38 @@ typedef struct {
     int next;
 } FastAttrsCache;
 
-/* Resolve the n names (n <= 32) for type tp. Never fails: unresolvable names get -1, and a type with its own
- * __getattribute__/__getattr__/__setattr__ gets -1 for every name. */
+/* The offset of name's plain object slot in objects of type tp, or -1 (not a slot, or tp has its own
+ * __getattribute__/__getattr__/__setattr__). Never fails. */
+static inline Py_ssize_t
+fa_offset(PyTypeObject *tp, PyObject *name)
+{
+    if (tp->tp_getattro != PyObject_GenericGetAttr || tp->tp_setattro != PyObject_GenericSetAttr) {
+        return -1;
+    }
+    PyObject *d = PyObject_GetAttr((PyObject *)tp, name);  /* a slot's member descriptor itself */
+    if (d == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    Py_ssize_t offset = -1;
+    /* A plain object slot of a base of tp (not a metaclass attribute), readable and writable as is. */
+    if (Py_IS_TYPE(d, &PyMemberDescr_Type) && PyType_IsSubtype(tp, PyDescr_TYPE(d))) {
+        PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+        if (m->type == FA_T_OBJECT_EX && !(m->flags & (FA_READONLY | FA_AUDIT_READ)) && m->offset > 0) {
+            offset = m->offset;
+        }
+    }
+    Py_DECREF(d);
+    return offset;
+}
+
+/* Resolve the n names (n <= 32) for type tp. Never fails: unresolvable names get -1. */
 static inline void
 fa_resolve(FastAttrs *fa, PyTypeObject *tp, PyObject *const *names, int n)
 {
     Py_XSETREF(fa->type, (PyTypeObject *)Py_NewRef(tp));
-    int generic = tp->tp_getattro == PyObject_GenericGetAttr && tp->tp_setattro == PyObject_GenericSetAttr;
     for (int i = 0; i < n; i++) {
-        fa->offsets[i] = -1;
-        if (!generic) {
-            continue;
-        }
-        PyObject *d = PyObject_GetAttr((PyObject *)tp, names[i]);  /* a slot's member descriptor itself */
-        if (d == NULL) {
-            PyErr_Clear();
-            continue;
-        }
-        /* A plain object slot of a base of tp (not a metaclass attribute), readable and writable as is. */
-        if (Py_IS_TYPE(d, &PyMemberDescr_Type) && PyType_IsSubtype(tp, PyDescr_TYPE(d))) {
-            PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
-            if (m->type == FA_T_OBJECT_EX && !(m->flags & (FA_READONLY | FA_AUDIT_READ)) && m->offset > 0) {
-                fa->offsets[i] = m->offset;
-            }
-        }
-        Py_DECREF(d);
+        fa->offsets[i] = fa_offset(tp, names[i]);
     }
 }
 
@@ -147,6 +154,64 @@ fa_set_ssize(FastAttrs *fa, PyObject *obj, PyObject *const *names, int i, Py_ssi
         return -1;
     }
     int r = fa_set(fa, obj, names, i, v);
+    Py_DECREF(v);
+    return r;
+}
+
+/* One field of whichever type was seen last, for a call site that reads one name of one kind of object (the event
+ * loop's fields, read once per iteration): a miss (another type) resolves again, and the generic path is taken
+ * wherever the fast one would not be equivalent, as above. */
+typedef struct {
+    PyTypeObject *type;  /* a strong reference, or NULL */
+    Py_ssize_t offset;
+} FastAttr1;
+
+/* obj.name: a new reference, or NULL with an exception set. */
+static inline PyObject *
+fa1_get(FastAttr1 *c, PyObject *obj, PyObject *name)
+{
+    PyTypeObject *tp = Py_TYPE(obj);
+    if (c->type != tp) {
+        Py_XSETREF(c->type, (PyTypeObject *)Py_NewRef(tp));
+        c->offset = fa_offset(tp, name);
+    }
+    if (c->offset >= 0) {
+        PyObject *v = *(PyObject **)((char *)obj + c->offset);
+        if (v != NULL) {
+            return Py_NewRef(v);
+        }
+    }
+    return PyObject_GetAttr(obj, name);
+}
+
+/* obj.name = value: 0, or -1 with an exception set. */
+static inline int
+fa1_set(FastAttr1 *c, PyObject *obj, PyObject *name, PyObject *value)
+{
+    PyTypeObject *tp = Py_TYPE(obj);
+    if (c->type != tp) {
+        Py_XSETREF(c->type, (PyTypeObject *)Py_NewRef(tp));
+        c->offset = fa_offset(tp, name);
+    }
+    if (c->offset >= 0) {
+        PyObject **slot = (PyObject **)((char *)obj + c->offset);
+        PyObject *old = *slot;
+        *slot = Py_NewRef(value);
+        Py_XDECREF(old);
+        return 0;
+    }
+    return PyObject_SetAttr(obj, name, value);
+}
+
+/* The truth of obj.name: 1, 0, or -1 with an exception set. */
+static inline int
+fa1_true(FastAttr1 *c, PyObject *obj, PyObject *name)
+{
+    PyObject *v = fa1_get(c, obj, name);
+    if (v == NULL) {
+        return -1;
+    }
+    int r = v == Py_True ? 1 : (v == Py_False || v == Py_None) ? 0 : PyObject_IsTrue(v);
     Py_DECREF(v);
     return r;
 }

@@ -6,6 +6,7 @@ trace, iteration by iteration."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 from typing import Any
 
@@ -14,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from uringws.loop import compat
-from uringws.loop.events import EventLoop
+from uringws.loop.events import EventLoop, _IterationFields
 from uringws.ring import fast
 
 needs_c = pytest.mark.skipif(fast.RunOnce is None or not compat.LEAN_RUN_ONCE, reason="compiled _run_once not in use")
@@ -160,3 +161,67 @@ def test_debug_mode_and_keyboard_interrupt(caplog: pytest.LogCaptureFixture) -> 
     finally:
         loop.close()
     assert "_run_once" not in loop.__dict__  # no cycle left behind
+
+
+class PropertyFields(FakeClock):
+    """A loop whose ``_stopping`` and ``_ready`` are properties of a subclass, not EventLoop's slots: the C twins
+    (which read the slots in place) must see that and read them through the properties."""
+
+    reads = 0
+
+    @property
+    def _stopping(self) -> bool:
+        type(self).reads += 1
+        return bool(self.__dict__.get("stop_flag", False))
+
+    @_stopping.setter
+    def _stopping(self, value: bool) -> None:
+        self.__dict__["stop_flag"] = value
+
+    @property
+    def _ready(self) -> Any:
+        type(self).reads += 1
+        return self.__dict__["ready_queue"]
+
+    @_ready.setter
+    def _ready(self, value: Any) -> None:
+        self.__dict__["ready_queue"] = value
+
+
+@needs_c
+@pytest.mark.parametrize("compiled", [True, False])
+def test_fields_a_subclass_turned_into_properties_are_read_through_them(compiled: bool) -> None:
+    from types import MemberDescriptorType
+
+    # The fast path's precondition: the loop's and the selector's fields that the iteration reads are slots.
+    for name in ("_ready", "_scheduled", "_stopping", "_debug", "in_before_wait", "_hook_selector"):
+        assert type(getattr(EventLoop, name)) is MemberDescriptorType, name
+    warm = EventLoop()  # the twins meet EventLoop's slots first (they remember the last type seen)
+    try:
+        warm.call_soon(warm.stop)
+        warm.run_forever()
+    finally:
+        warm.close()
+    PropertyFields.reads = 0
+    loop = PropertyFields()
+    # Decoys in the EventLoop slots the properties hide: reading a slot where the property is meant shows.
+    vars(_IterationFields)["_ready"].__set__(loop, collections.deque())
+    vars(_IterationFields)["_stopping"].__set__(loop, False)
+    seen: list[int] = []
+    try:
+        if compiled:
+            assert type(loop.__dict__["_run_once"]) is fast.RunOnce
+            assert type(loop.__dict__["call_soon"]) is fast.CallSoon
+        else:
+            del loop._run_once
+            del loop.call_soon
+        reads = PropertyFields.reads
+        for i in range(5):
+            loop.call_soon(seen.append, i)
+        loop.call_soon(loop.stop)
+        loop.run_forever()  # returns only if the iteration saw _stopping through the property
+        assert seen == [0, 1, 2, 3, 4]
+        assert PropertyFields.reads > reads + 6  # call_soon's _ready, the iteration's _ready and _stopping
+        assert len(loop.__dict__["ready_queue"]) == 0
+    finally:
+        loop.close()

@@ -35,6 +35,7 @@ CONN = "uringws/ws/connection.py"
 SELECTOR = "uringws/loop/selector.py"
 ENGINE = "uringws/tls/_engine.c"
 RINGC = "uringws/ring/_ringc.c"
+FASTATTR = "uringws/_fastattr.h"
 
 SQ_TESTS = ("tests/loop/test_sendqueue.py",)
 TR_TESTS = (
@@ -837,6 +838,16 @@ MUTATIONS: tuple[Mutation, ...] = (
         "the compiled pair goes on encrypting a large payload's pieces while TCP has paused us",
     ),
     Mutation(
+        "fastattr1-type",
+        FASTATTR,
+        "fa1_get(FastAttr1 *c, PyObject *obj, PyObject *name)\n{\n"
+        "    PyTypeObject *tp = Py_TYPE(obj);\n    if (c->type != tp) {",
+        "fa1_get(FastAttr1 *c, PyObject *obj, PyObject *name)\n{\n"
+        "    PyTypeObject *tp = Py_TYPE(obj);\n    if (c->type == NULL) {",
+        ("tests/loop/test_run_once_twin.py",),
+        "the compiled loop reads a field at the offset of the first type it saw, in an object of another type",
+    ),
+    Mutation(
         "run-once-cancelled",
         RINGC,
         "        if (c == 0 && run_handle(self, handle) < 0)",
@@ -847,7 +858,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "run-once-before-wait-flag",
         RINGC,
-        "            int reset = PyObject_SetAttr(loop, s_in_before_wait, Py_False);",
+        "            int reset = fa1_set(&c_in_before_wait, loop, s_in_before_wait, Py_False);",
         "            int reset = 0;",
         ("tests/loop/test_run_once_twin.py",),
         "the compiled _run_once leaves in_before_wait set after the hooks (every later write would send at once)",

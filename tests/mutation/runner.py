@@ -6,7 +6,8 @@ by hand (``mutations.py``): an exact source snippet, its replacement, and the te
 
 For each mutation the runner copies ``uringws/``, ``tests/`` and ``pyproject.toml`` to a temporary directory,
 replaces the snippet (which must occur exactly once), rebuilds the C extension if the mutation is in a ``.c``
-file, and runs pytest on the mutation's tests with ``PYTHONPATH`` pointing at the copy. Outcomes:
+file (all of them for a ``.h``), and runs pytest on the mutation's tests with ``PYTHONPATH`` pointing at the copy.
+Outcomes:
 
 * killed: the tests failed; timeout: they did not finish in time (counted as killed, reported apart);
 * survived: the tests passed (fine only if the mutation says why it is ``equivalent``);
@@ -100,6 +101,9 @@ def copy_tree(dest: Path, root: Path = ROOT) -> None:
             shutil.copy2(src, dest / name)
 
 
+#: the C pieces, as in setup.py
+C_PIECES = ("uringws/ws/_speedups.c", "uringws/tls/_engine.c", "uringws/ring/_ringc.c")
+
 #: the libraries each compiled piece links, as in setup.py
 _LIBRARIES = {"_engine": ("-lssl", "-lcrypto")}
 
@@ -163,9 +167,11 @@ def run_one(mutation: Mutation, timeout: float, root: Path = ROOT, keep: bool = 
         copy_tree(tree, root)
         target = tree / mutation.file
         target.write_text(target.read_text().replace(mutation.snippet, mutation.replacement, 1))
-        if mutation.file.endswith(".c"):
+        if mutation.file.endswith((".c", ".h")):
             try:
-                build_extension(tree, mutation.file)
+                # a header is included by every C piece: all of them are rebuilt
+                for file in (mutation.file,) if mutation.file.endswith(".c") else C_PIECES:
+                    build_extension(tree, file)
             except subprocess.CalledProcessError as exc:
                 return Result(mutation, "error", time.monotonic() - start, line, f"build failed:\n{exc.stderr}")
         rc, out = run_pytest(tree, mutation.tests, dict(mutation.env), timeout)

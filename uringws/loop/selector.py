@@ -58,6 +58,10 @@ class _Map(Mapping[Any, selectors.SelectorKey]):
 class RingSelector(selectors.BaseSelector):
     """Level-triggered readiness over one-shot io_uring polls; `select()` drives the whole ring."""
 
+    # Slots for what the loop's iteration reads every time (the compiled one reads them in place); the rest of the
+    # state stays in the instance's __dict__ (BaseSelector has one).
+    __slots__ = ("_dirty", "_ready", "before_wait", "ring")
+
     def __init__(self, ring: Any) -> None:
         self.ring = ring
         self._keys: dict[int, selectors.SelectorKey] = {}

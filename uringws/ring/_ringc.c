@@ -1678,6 +1678,14 @@ static const char *const handle_names[H_COUNT] = {
 static PyObject *handle_str[H_COUNT];
 static FastAttrsCache handle_cache;
 static PyObject *s_debug, *s_closed, *s_ready, *s_append, *s_context;
+/* The loop's fields, slots of EventLoop (uringws/loop/events.py), and the selector's, of RingSelector: read in
+ * place (FastAttr1) rather than by PyObject_GetAttr, a dozen times per iteration. */
+static FastAttr1 c_debug, c_closed, c_ready, c_scheduled, c_cancelled_count, c_hook_selector, c_in_before_wait,
+    c_stopping, c_stock_time, c_clock_resolution, c_before_wait, c_dirty, c_ready_sel, c_ring, c_when, c_scheduled_flag;
+/* collections.deque's append and popleft, contextvars.Context.run: called as the method descriptors they are, on
+ * objects of exactly those types, without a method lookup per call (NULL until the first RunOnce or CallSoon). */
+static PyObject *deque_type, *deque_append, *deque_popleft, *context_run;
+static int fast_methods_init(void);
 static PyObject *CallSoon_vectorcall(CallSoonObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames);
 
 static PyObject *
@@ -1689,6 +1697,8 @@ CallSoon_new(PyTypeObject *type, PyObject *args, PyObject *kw)
         return NULL;
     }
     if (!PyArg_ParseTuple(args, "OO!O:CallSoon", &loop, &PyType_Type, &handle_type, &call_soon))
+        return NULL;
+    if (fast_methods_init() < 0)
         return NULL;
     CallSoonObject *self = PyObject_GC_New(CallSoonObject, type);
     if (self == NULL)
@@ -1727,15 +1737,42 @@ CallSoon_dealloc(CallSoonObject *self)
     PyObject_GC_Del(self);
 }
 
+/* ready.append(h): 0, or -1 with an exception set */
 static int
-loop_flag(PyObject *loop, PyObject *name)
+ready_append(PyObject *ready, PyObject *h)
 {
-    PyObject *v = PyObject_GetAttr(loop, name);
-    if (v == NULL)
+    PyObject *res = Py_TYPE(ready) == (PyTypeObject *)deque_type
+                        ? PyObject_Vectorcall(deque_append, (PyObject *[]){ready, h}, 2, NULL)
+                        : PyObject_CallMethodOneArg(ready, s_append, h);
+    Py_XDECREF(res);
+    return res == NULL ? -1 : 0;
+}
+
+/* The method descriptors above, found once. */
+static int
+fast_methods_init(void)
+{
+    if (deque_type != NULL)
+        return 0;
+    PyObject *collections = PyImport_ImportModule("collections");
+    PyObject *dq = collections == NULL ? NULL : PyObject_GetAttrString(collections, "deque");
+    Py_XDECREF(collections);
+    if (dq == NULL)
         return -1;
-    int r = v == Py_False ? 0 : v == Py_True ? 1 : PyObject_IsTrue(v);
-    Py_DECREF(v);
-    return r;
+    PyObject *append = PyObject_GetAttrString(dq, "append"), *popleft = PyObject_GetAttrString(dq, "popleft");
+    PyObject *run = PyObject_GetAttrString((PyObject *)&PyContext_Type, "run");
+    if (append == NULL || popleft == NULL || run == NULL) {
+        Py_DECREF(dq);
+        Py_XDECREF(append);
+        Py_XDECREF(popleft);
+        Py_XDECREF(run);
+        return -1;
+    }
+    deque_append = append;
+    deque_popleft = popleft;
+    context_run = run;
+    deque_type = dq;
+    return 0;
 }
 
 /* call_soon(callback, *args, context=None) by the Python method: loop.call_soon is this object. */
@@ -1769,7 +1806,8 @@ CallSoon_vectorcall(CallSoonObject *self, PyObject *const *args, size_t nargsf, 
             return callsoon_python(self, args, nargsf, kwnames);
         context = args[nargs];
     }
-    int debug = loop_flag(self->loop, s_debug), closed = debug ? 0 : loop_flag(self->loop, s_closed);
+    int debug = fa1_true(&c_debug, self->loop, s_debug);
+    int closed = debug ? 0 : fa1_true(&c_closed, self->loop, s_closed);
     if (debug < 0 || closed < 0)
         return NULL;
     if (nargs < 1 || debug || closed)
@@ -1794,14 +1832,13 @@ CallSoon_vectorcall(CallSoonObject *self, PyObject *const *args, size_t nargsf, 
         goto error;
     Py_CLEAR(ctx);
     Py_CLEAR(cbargs);
-    PyObject *ready = PyObject_GetAttr(self->loop, s_ready);
+    PyObject *ready = fa1_get(&c_ready, self->loop, s_ready);
     if (ready == NULL)
         goto error;
-    PyObject *res = PyObject_CallMethodOneArg(ready, s_append, h);
+    int appended = ready_append(ready, h);
     Py_DECREF(ready);
-    if (res == NULL)
+    if (appended < 0)
         goto error;
-    Py_DECREF(res);
     return h;
 error:
     Py_XDECREF(ctx);
@@ -1861,8 +1898,8 @@ typedef struct {
 
 static PyObject *s_scheduled, *s_timer_cancelled_count, *s_hook_selector, *s_before_wait, *s_in_before_wait,
     *s_stopping, *s_when, *s_dirty, *s_ready_sel, *s_ring, *s_wait, *s_take_ready, *s_process_events, *s_selector,
-    *s_select, *s_clock_resolution, *s_popleft, *s_run, *s_callback_failed, *s_cancelled, *s_scheduled_flag,
-    *s_stock_time, *s_time, *s_monotonic, *s_callback, *s_args, *s_context_attr, *s_run_method;
+    *s_select, *s_clock_resolution, *s_popleft, *s_run, *s_callback_failed, *s_scheduled_flag,
+    *s_stock_time, *s_time, *s_monotonic, *s_run_method;
 
 static PyObject *one_long;
 static PyObject *RunOnce_vectorcall(RunOnceObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames);
@@ -1879,6 +1916,8 @@ RunOnce_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     }
     if (!PyArg_ParseTuple(args, "OOO!O!OOndd:RunOnce", &loop, &run_once, &PyType_Type, &handle_type, &PyType_Type,
                           &timer_handle_type, &heappop, &time_module, &min_scheduled, &fraction, &max_timeout))
+        return NULL;
+    if (fast_methods_init() < 0)
         return NULL;
     RunOnceObject *self = PyObject_GC_New(RunOnceObject, type);
     if (self == NULL)
@@ -1929,18 +1968,11 @@ RunOnce_dealloc(RunOnceObject *self)
     PyObject_GC_Del(self);
 }
 
-/* obj.name as a truth value: 1, 0, -1 with an exception */
-static int
-attr_truth(PyObject *obj, PyObject *name)
-{
-    return loop_flag(obj, name);
-}
-
 /* obj.name as a double: 0, -1 with an exception */
 static int
-attr_double(PyObject *obj, PyObject *name, double *out)
+attr_double(FastAttr1 *c, PyObject *obj, PyObject *name, double *out)
 {
-    PyObject *v = PyObject_GetAttr(obj, name);
+    PyObject *v = fa1_get(c, obj, name);
     if (v == NULL)
         return -1;
     *out = PyFloat_AsDouble(v);
@@ -1952,7 +1984,7 @@ attr_double(PyObject *obj, PyObject *name, double *out)
 static int
 loop_now(RunOnceObject *self, double *now)
 {
-    int stock = attr_truth(self->loop, s_stock_time);
+    int stock = fa1_true(&c_stock_time, self->loop, s_stock_time);
     if (stock < 0)
         return -1;
     PyObject *t = stock ? PyObject_CallMethodNoArgs(self->time_module, s_monotonic)
@@ -1964,12 +1996,12 @@ loop_now(RunOnceObject *self, double *now)
     return *now == -1.0 && PyErr_Occurred() ? -1 : 0;
 }
 
-/* scheduled[0].name as a truth value (the handle held while its attribute is read): 1, 0, -1 with an exception */
+/* scheduled[0]._cancelled (the handle held while its attribute is read): 1, 0, -1 with an exception */
 static int
-head_truth(PyObject *scheduled, PyObject *name)
+head_cancelled(PyObject *scheduled)
 {
     PyObject *head = Py_NewRef(PyList_GET_ITEM(scheduled, 0));
-    int r = attr_truth(head, name);
+    int r = fa_true(fa_lookup(&handle_cache, Py_TYPE(head), handle_str, H_COUNT), head, handle_str, H_CANCELLED);
     Py_DECREF(head);
     return r;
 }
@@ -1979,7 +2011,7 @@ static int
 head_when(PyObject *scheduled, double *when)
 {
     PyObject *head = Py_NewRef(PyList_GET_ITEM(scheduled, 0));
-    int r = attr_double(head, s_when, when);
+    int r = attr_double(&c_when, head, s_when, when);
     Py_DECREF(head);
     return r;
 }
@@ -1989,7 +2021,7 @@ static PyObject *
 pop_timer(RunOnceObject *self, PyObject *scheduled)
 {
     PyObject *h = PyObject_CallOneArg(self->heappop, scheduled);
-    if (h != NULL && PyObject_SetAttr(h, s_scheduled_flag, Py_False) < 0)
+    if (h != NULL && fa1_set(&c_scheduled_flag, h, s_scheduled_flag, Py_False) < 0)
         Py_CLEAR(h);
     return h;
 }
@@ -2006,9 +2038,10 @@ run_handle(RunOnceObject *self, PyObject *handle)
         Py_XDECREF(res);
         return res == NULL ? -1 : 0;
     }
-    PyObject *ctx = PyObject_GetAttr(handle, s_context_attr);
-    PyObject *cb = ctx == NULL ? NULL : PyObject_GetAttr(handle, s_callback);
-    PyObject *cbargs = cb == NULL ? NULL : PyObject_GetAttr(handle, s_args);
+    FastAttrs *fa = fa_lookup(&handle_cache, t, handle_str, H_COUNT);
+    PyObject *ctx = fa_get(fa, handle, handle_str, H_CONTEXT);
+    PyObject *cb = ctx == NULL ? NULL : fa_get(fa, handle, handle_str, H_CALLBACK);
+    PyObject *cbargs = cb == NULL ? NULL : fa_get(fa, handle, handle_str, H_ARGS);
     if (cbargs == NULL) {
         Py_XDECREF(ctx);
         Py_XDECREF(cb);
@@ -2030,7 +2063,10 @@ run_handle(RunOnceObject *self, PyObject *handle)
             all[1] = cb;
             for (Py_ssize_t i = 0; i < n; i++)
                 all[i + 2] = PyTuple_GET_ITEM(cbargs, i);
-            res = PyObject_VectorcallMethod(s_run_method, all, (size_t)(n + 2) | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+            res = Py_IS_TYPE(ctx, &PyContext_Type)
+                      ? PyObject_Vectorcall(context_run, all, (size_t)(n + 2), NULL)
+                      : PyObject_VectorcallMethod(s_run_method, all, (size_t)(n + 2) | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                                  NULL);
             if (all != small)
                 PyMem_Free(all);
         }
@@ -2071,12 +2107,12 @@ RunOnce_vectorcall(RunOnceObject *self, PyObject *const *args, size_t nargsf, Py
         return NULL;
     }
     PyObject *loop = self->loop, *scheduled = NULL, *ready = NULL, *selector = NULL, *res;
-    int debug = loop_flag(loop, s_debug);
+    int debug = fa1_true(&c_debug, loop, s_debug);
     if (debug < 0)
         return NULL;
     if (debug)
         return PyObject_CallOneArg(self->run_once, loop);
-    if ((scheduled = PyObject_GetAttr(loop, s_scheduled)) == NULL)
+    if ((scheduled = fa1_get(&c_scheduled, loop, s_scheduled)) == NULL)
         return NULL;
     if (!PyList_CheckExact(scheduled)) {
         Py_DECREF(scheduled);
@@ -2085,26 +2121,26 @@ RunOnce_vectorcall(RunOnceObject *self, PyObject *const *args, size_t nargsf, Py
     Py_ssize_t sched_count = PyList_GET_SIZE(scheduled);
     if (sched_count > self->min_scheduled) {
         double cancelled;
-        if (attr_double(loop, s_timer_cancelled_count, &cancelled) < 0)
+        if (attr_double(&c_cancelled_count, loop, s_timer_cancelled_count, &cancelled) < 0)
             goto error;
         if (cancelled / (double)sched_count > self->cancelled_fraction) {  /* asyncio rebuilds the heap */
             Py_DECREF(scheduled);
             return PyObject_CallOneArg(self->run_once, loop);
         }
     }
-    if ((ready = PyObject_GetAttr(loop, s_ready)) == NULL)
+    if ((ready = fa1_get(&c_ready, loop, s_ready)) == NULL)
         goto error;
     /* cancelled timers off the heap's head */
     while (PyList_GET_SIZE(scheduled)) {
-        int c = head_truth(scheduled, s_cancelled);
+        int c = head_cancelled(scheduled);
         if (c < 0)
             goto error;
         if (!c)
             break;
-        PyObject *count = PyObject_GetAttr(loop, s_timer_cancelled_count);
+        PyObject *count = fa1_get(&c_cancelled_count, loop, s_timer_cancelled_count);
         PyObject *less = count == NULL ? NULL : PyNumber_Subtract(count, one_long);
         Py_XDECREF(count);
-        int ok = less != NULL && PyObject_SetAttr(loop, s_timer_cancelled_count, less) == 0;
+        int ok = less != NULL && fa1_set(&c_cancelled_count, loop, s_timer_cancelled_count, less) == 0;
         Py_XDECREF(less);
         PyObject *h = ok ? pop_timer(self, scheduled) : NULL;
         if (h == NULL)
@@ -2112,17 +2148,17 @@ RunOnce_vectorcall(RunOnceObject *self, PyObject *const *args, size_t nargsf, Py
         Py_DECREF(h);
     }
     /* the selector's before_wait hooks, first */
-    if ((selector = PyObject_GetAttr(loop, s_hook_selector)) == NULL)
+    if ((selector = fa1_get(&c_hook_selector, loop, s_hook_selector)) == NULL)
         goto error;
     if (selector != Py_None) {
-        PyObject *hooks = PyObject_GetAttr(selector, s_before_wait);
+        PyObject *hooks = fa1_get(&c_before_wait, selector, s_before_wait);
         int any = hooks == NULL ? -1 : PyObject_IsTrue(hooks);
         if (any < 0) {
             Py_XDECREF(hooks);
             goto error;
         }
         if (any) {
-            if (PyObject_SetAttr(loop, s_in_before_wait, Py_True) < 0) {
+            if (fa1_set(&c_in_before_wait, loop, s_in_before_wait, Py_True) < 0) {
                 Py_DECREF(hooks);
                 goto error;
             }
@@ -2134,7 +2170,7 @@ RunOnce_vectorcall(RunOnceObject *self, PyObject *const *args, size_t nargsf, Py
                     break;
                 }
                 PyObject *fresh = PyList_New(0);
-                if (fresh == NULL || PyObject_SetAttr(selector, s_before_wait, fresh) < 0) {
+                if (fresh == NULL || fa1_set(&c_before_wait, selector, s_before_wait, fresh) < 0) {
                     Py_XDECREF(fresh);
                     failed = 1;
                     break;
@@ -2155,7 +2191,7 @@ RunOnce_vectorcall(RunOnceObject *self, PyObject *const *args, size_t nargsf, Py
                     break;
                 }
                 Py_DECREF(hooks);
-                if ((hooks = PyObject_GetAttr(selector, s_before_wait)) == NULL) {
+                if ((hooks = fa1_get(&c_before_wait, selector, s_before_wait)) == NULL) {
                     failed = 1;
                     break;
                 }
@@ -2164,7 +2200,7 @@ RunOnce_vectorcall(RunOnceObject *self, PyObject *const *args, size_t nargsf, Py
             /* finally: in_before_wait = False (keeping a hook's exception) */
             PyObject *et, *ev, *etb;
             PyErr_Fetch(&et, &ev, &etb);
-            int reset = PyObject_SetAttr(loop, s_in_before_wait, Py_False);
+            int reset = fa1_set(&c_in_before_wait, loop, s_in_before_wait, Py_False);
             if (et != NULL) {
                 if (reset < 0)
                     PyErr_Clear();
@@ -2180,7 +2216,7 @@ RunOnce_vectorcall(RunOnceObject *self, PyObject *const *args, size_t nargsf, Py
     }
     /* the timeout */
     PyObject *timeout;
-    int stopping = attr_truth(loop, s_stopping);
+    int stopping = fa1_true(&c_stopping, loop, s_stopping);
     if (stopping < 0)
         goto error;
     Py_ssize_t nready = PyObject_Length(ready);
@@ -2208,7 +2244,8 @@ RunOnce_vectorcall(RunOnceObject *self, PyObject *const *args, size_t nargsf, Py
     /* the wait */
     int lean = 0;
     if (selector != Py_None) {
-        int dirty = attr_truth(selector, s_dirty), sready = dirty ? 0 : attr_truth(selector, s_ready_sel);
+        int dirty = fa1_true(&c_dirty, selector, s_dirty);
+        int sready = dirty ? 0 : fa1_true(&c_ready_sel, selector, s_ready_sel);
         if (dirty < 0 || sready < 0) {
             Py_DECREF(timeout);
             goto error;
@@ -2216,14 +2253,14 @@ RunOnce_vectorcall(RunOnceObject *self, PyObject *const *args, size_t nargsf, Py
         lean = !dirty && !sready;
     }
     if (lean) {
-        PyObject *ring = PyObject_GetAttr(selector, s_ring);
+        PyObject *ring = fa1_get(&c_ring, selector, s_ring);
         res = ring == NULL ? NULL : PyObject_CallMethodOneArg(ring, s_wait, timeout);
         Py_XDECREF(ring);
         Py_DECREF(timeout);
         if (res == NULL)
             goto error;
         Py_DECREF(res);
-        int sready = attr_truth(selector, s_ready_sel);
+        int sready = fa1_true(&c_ready_sel, selector, s_ready_sel);
         if (sready < 0)
             goto error;
         if (sready) {
@@ -2252,7 +2289,7 @@ RunOnce_vectorcall(RunOnceObject *self, PyObject *const *args, size_t nargsf, Py
     /* due timers to the ready queue */
     if (PyList_GET_SIZE(scheduled)) {
         double now, resolution;
-        if (loop_now(self, &now) < 0 || attr_double(loop, s_clock_resolution, &resolution) < 0)
+        if (loop_now(self, &now) < 0 || attr_double(&c_clock_resolution, loop, s_clock_resolution, &resolution) < 0)
             goto error;
         double end_time = now + resolution;
         while (PyList_GET_SIZE(scheduled)) {
@@ -2262,11 +2299,10 @@ RunOnce_vectorcall(RunOnceObject *self, PyObject *const *args, size_t nargsf, Py
             if (when >= end_time)
                 break;
             PyObject *h = pop_timer(self, scheduled);
-            res = h == NULL ? NULL : PyObject_CallMethodOneArg(ready, s_append, h);
+            int appended = h == NULL ? -1 : ready_append(ready, h);
             Py_XDECREF(h);
-            if (res == NULL)
+            if (appended < 0)
                 goto error;
-            Py_DECREF(res);
         }
     }
     /* only what is ready now runs */
@@ -2274,10 +2310,13 @@ RunOnce_vectorcall(RunOnceObject *self, PyObject *const *args, size_t nargsf, Py
     if (nready < 0)
         goto error;
     for (Py_ssize_t i = 0; i < nready; i++) {
-        PyObject *handle = PyObject_CallMethodNoArgs(ready, s_popleft);
+        PyObject *handle = Py_TYPE(ready) == (PyTypeObject *)deque_type
+                               ? PyObject_Vectorcall(deque_popleft, &ready, 1, NULL)
+                               : PyObject_CallMethodNoArgs(ready, s_popleft);
         if (handle == NULL)
             goto error;
-        int c = attr_truth(handle, s_cancelled);
+        int c = fa_true(fa_lookup(&handle_cache, Py_TYPE(handle), handle_str, H_COUNT), handle, handle_str,
+                        H_CANCELLED);
         if (c == 0 && run_handle(self, handle) < 0)
             c = -1;
         Py_DECREF(handle);
@@ -2333,14 +2372,10 @@ runonce_init_strings(void)
     S(s_popleft, "popleft");
     S(s_run, "_run");
     S(s_callback_failed, "_callback_failed");
-    S(s_cancelled, "_cancelled");
     S(s_scheduled_flag, "_scheduled");
     S(s_stock_time, "_stock_time");
     S(s_time, "time");
     S(s_monotonic, "monotonic");
-    S(s_callback, "_callback");
-    S(s_args, "_args");
-    S(s_context_attr, "_context");
     S(s_run_method, "run");
 #undef S
     if ((one_long = PyLong_FromLong(1)) == NULL)
