@@ -44,6 +44,7 @@ TR_TESTS = (
     "tests/loop/test_coalesce.py",
     "tests/loop/test_faulty_ring.py",
     "tests/loop/test_integrity.py",
+    "tests/loop/test_transport_write_twin.py",
 )
 WS_TESTS = (
     "tests/ws/test_protocol.py",
@@ -70,6 +71,7 @@ BC_TESTS = (
     "tests/e2e/test_ws_api.py::test_broadcast_shares_compressed_frame_with_no_context_takeover",
 )
 PURE = {"URINGWS_NO_SPEEDUPS": "1"}
+RING_PURE = {"URINGWS_PURE": "1"}  # every compiled piece off
 
 MUTATIONS: tuple[Mutation, ...] = (
     # -- the send queue ----------------------------------------------------------------------------------------
@@ -221,10 +223,11 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "tr-direct-short",
         TR,
-        "            if n == len(data):\n                return",
-        "            if n:\n                return",
+        "            if n == len(data):\n                self._stats.direct_sends += 1\n                return",
+        "            if n:\n                self._stats.direct_sends += 1\n                return",
         TR_TESTS,
         "the rest of a short direct send is dropped",
+        env=RING_PURE,  # the compiled write (_ringc.TransportWrite) does the direct send otherwise
     ),
     Mutation(
         "tr-direct-rest",
@@ -241,6 +244,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "and queue._inflight is None",
         TR_TESTS,
         "a large write sent directly ahead of queued bytes",
+        env=RING_PURE,  # the compiled write (_ringc.TransportWrite) does the direct send otherwise
     ),
     Mutation(
         "tr-pause",
@@ -846,6 +850,46 @@ MUTATIONS: tuple[Mutation, ...] = (
         "    PyTypeObject *tp = Py_TYPE(obj);\n    if (c->type == NULL) {",
         ("tests/loop/test_run_once_twin.py",),
         "the compiled loop reads a field at the offset of the first type it saw, in an object of another type",
+    ),
+    Mutation(
+        "transport-write-queued",
+        RINGC,
+        "Q_BUFFERED, &buffered) < 0)\n        r = -1;\n",
+        "Q_BUFFERED, &buffered) < 0)\n        r = -1;\n    buffered = 0;\n",
+        ("tests/loop/test_transport_write_twin.py",),
+        "the compiled write sends at once while bytes are queued: it overtakes them",
+    ),
+    Mutation(
+        "transport-write-defer",
+        RINGC,
+        "    if (len < self->defer_below) {  /* a short write goes now only from a before-wait hook */",
+        "    if (0) {  /* a short write goes now only from a before-wait hook */",
+        ("tests/loop/test_transport_write_twin.py",),
+        "the compiled write sends a small write at once instead of joining it to the iteration's others",
+    ),
+    Mutation(
+        "transport-write-eagain",
+        RINGC,
+        "    if (n < 0 && err != EAGAIN && err != EWOULDBLOCK && err != EINTR) {",
+        "    if (n < 0 && err != EINTR) {",
+        ("tests/loop/test_transport_write_twin.py",),
+        "the compiled write takes a full socket buffer (EAGAIN) for a failed connection",
+    ),
+    Mutation(
+        "transport-write-short",
+        RINGC,
+        "        PyObject *sent = PyLong_FromSsize_t(n);",
+        "        PyObject *sent = PyLong_FromSsize_t(n + 1);",
+        ("tests/loop/test_transport_write_twin.py",),
+        "the compiled write tells _write_rest one byte more than the short send took: one byte is lost",
+    ),
+    Mutation(
+        "tr-rest-pause",
+        TR,
+        "if self._queue.write(data):\n            self._pause_protocol()",
+        "if self._queue.write(data):\n            pass",
+        ("tests/loop/test_transport_write_twin.py",),
+        "the rest of a short direct send crosses the high-water mark and the protocol is not paused",
     ),
     Mutation(
         "run-once-cancelled",

@@ -83,6 +83,9 @@ _set_result_unless_cancelled = compat.set_result_unless_cancelled
 _RecvHook: Any = _fast.RecvHook
 _CompiledRingCore: Any = _fast.CoreRing
 
+# The compiled twin of RingSocketTransport.write's direct send (None where the compiled ring core is off).
+_TransportWrite: Any = _fast.TransportWrite
+
 # States of the send side. At most one operation of the send side is outstanding at any time.
 _IDLE = 0  # nothing in flight
 _SENDING = 1  # a SEND/SENDMSG is in flight
@@ -679,18 +682,31 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
             except BaseException as exc:  # noqa: BLE001  (asyncio's contract: CancelledError included)
                 self._fatal_error(exc, "Fatal write error on socket transport")
                 return
-            self._stats.direct_sends += 1
             if n == len(data):
+                self._stats.direct_sends += 1
                 return
-            self._stats.direct_short += 1
-            self._stats.resent_bytes += len(data) - n
-            if n:
-                data = memoryview(data)[n:]
+            self._write_rest(data, n)
+            return
         if queue.write(data):
             self._pause_protocol()
         if self._send_state == _IDLE and not self._flush_scheduled:
             # Small writes are sent just before the loop waits in the kernel, not now: every write of this loop
             # iteration (a burst of echoes, a broadcast's frames, a TLS layer's records) leaves in one send(2).
+            self._flush_scheduled = True
+            self._selector.before_wait.append(self._flush)
+
+    def _write_rest(self, data: bytes | memoryview, n: int) -> None:
+        """write() after a direct send of ``data`` that took ``n`` bytes (0 <= n < len(data)): the rest is queued,
+        to go as the one ring send in flight. (Also called by the compiled write, `_ringc.TransportWrite`.)"""
+        stats = self._stats
+        stats.direct_sends += 1
+        stats.direct_short += 1
+        stats.resent_bytes += len(data) - n
+        if n:
+            data = memoryview(data)[n:]
+        if self._queue.write(data):
+            self._pause_protocol()
+        if self._send_state == _IDLE and not self._flush_scheduled:
             self._flush_scheduled = True
             self._selector.before_wait.append(self._flush)
 
@@ -940,3 +956,15 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
             return
         self._sock.close()
         self._sock = None
+
+
+#: RingSocketTransport.write, the Python function: the pure twin of the compiled write, which calls it for
+#: everything but the direct send of bytes (and which tests compare it with).
+write_py = RingSocketTransport.write
+if _TransportWrite is not None:
+    # write() in C for RingSocketTransport itself (a subclass's instances call write_py through it): its direct
+    # send, once per message, without a Python frame or socket.send()'s argument parsing. A method descriptor, so
+    # transport.write(data) makes no bound method.
+    RingSocketTransport.write = _TransportWrite(  # type: ignore[method-assign]
+        RingSocketTransport, write_py, _DEFER_BELOW, _DIRECT_FLAGS
+    )

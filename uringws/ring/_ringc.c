@@ -1277,8 +1277,17 @@ hook_recycle(RecvHookObject *h, Py_ssize_t bid, char *data_addr)
 
 /* With a protocol's exception set: SystemExit/KeyboardInterrupt stay set (-1); anything else goes to
  * transport._fatal_error(exc, message) (0, or -1 if that raised), as `except BaseException as exc` does. */
+static int transport_route(PyObject *transport, PyObject *message);
+
 static int
 hook_route(RecvHookObject *h, PyObject *message)
+{
+    return transport_route(h->transport, message);
+}
+
+/* hook_route for any transport (TransportWrite's send failures too). */
+static int
+transport_route(PyObject *transport, PyObject *message)
 {
     if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
         return -1;
@@ -1288,7 +1297,7 @@ hook_route(RecvHookObject *h, PyObject *message)
     if (ev == NULL) {
         Py_XDECREF(et);
         Py_XDECREF(tb);
-        PyErr_SetString(PyExc_SystemError, "RecvHook: exception without a value");
+        PyErr_SetString(PyExc_SystemError, "uringws: a transport's exception without a value");
         return -1;
     }
     if (tb != NULL)
@@ -1297,7 +1306,7 @@ hook_route(RecvHookObject *h, PyObject *message)
     Py_XDECREF(tb);
     PyObject *prev = PyErr_GetHandledException(); /* as inside the except block: what it raises chains to ev */
     PyErr_SetHandledException(ev);
-    PyObject *r = PyObject_CallMethodObjArgs(h->transport, s_fatal_error, ev, message, NULL);
+    PyObject *r = PyObject_CallMethodObjArgs(transport, s_fatal_error, ev, message, NULL);
     PyErr_SetHandledException(prev);
     Py_XDECREF(prev);
     Py_DECREF(ev);
@@ -2383,6 +2392,255 @@ runonce_init_strings(void)
     return 0;
 }
 
+/* -- TransportWrite: RingSocketTransport.write, its direct send ---------------------------------------------- */
+
+/* TransportWrite(transport_type, write, defer_below, flags)
+ *
+ * The compiled twin of RingSocketTransport.write (uringws/loop/transports.py), set as the class's `write`: a method
+ * descriptor, so `transport.write(data)` and PyObject_CallMethod(transport, "write", data) call it with the
+ * transport and the data and no bound method. It does write()'s direct send, the case of every TLS layer's records
+ * (written from a before-wait hook) and of every large write: bytes, nothing queued or in flight, the transport open,
+ * direct sends on. One send(2) with `flags` (MSG_DONTWAIT | MSG_NOSIGNAL); all of it taken, it counts the direct
+ * send and returns. A short send goes on in transport._write_rest(data, n), as write() goes on; a failure goes to
+ * transport._fatal_error(exc, message) (EAGAIN/EINTR are a short send of 0 bytes, as in write()). Anything else (not
+ * bytes, an instance of a subclass, a write to defer, a queue, a closed transport) calls `write`, the Python
+ * function, for the whole call. */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyTypeObject *transport_type;
+    PyObject *write;  /* RingSocketTransport.write, the Python function */
+    Py_ssize_t defer_below;
+    int flags;
+} TransportWriteObject;
+
+enum { T_EOF, T_CONN_LOST, T_QUEUE, T_DIRECT_SEND, T_SEND_STATE, T_LOOP, T_SOCK, T_SOCK_FD, T_STATS, T_COUNT };
+static const char *const write_attr_names[T_COUNT] = {
+    "_eof", "_conn_lost", "_queue", "_direct_send", "_send_state", "_loop", "_sock", "_sock_fd", "_stats",
+};
+static PyObject *write_attr_str[T_COUNT];
+static FastAttrsCache write_cache;
+enum { Q_CLOSED, Q_BUFFERED, Q_INFLIGHT, Q_COUNT };
+static const char *const queue_attr_names[Q_COUNT] = {"_closed", "_buffered", "_inflight"};
+static PyObject *queue_attr_str[Q_COUNT];
+static FastAttrsCache queue_cache;
+static FastAttr1 c_direct_sends;
+static PyObject *s_direct_sends, *s_write_rest, *s_write_error_message;
+
+static PyObject *TransportWrite_vectorcall(TransportWriteObject *self, PyObject *const *args, size_t nargsf,
+                                           PyObject *kwnames);
+
+static PyObject *
+TransportWrite_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    PyObject *transport_type, *write;
+    Py_ssize_t defer_below;
+    int flags;
+    if (kw != NULL && PyDict_GET_SIZE(kw)) {
+        PyErr_SetString(PyExc_TypeError, "TransportWrite() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "O!Oni:TransportWrite", &PyType_Type, &transport_type, &write, &defer_below, &flags))
+        return NULL;
+    TransportWriteObject *self = PyObject_GC_New(TransportWriteObject, type);
+    if (self == NULL)
+        return NULL;
+    self->vectorcall = (vectorcallfunc)TransportWrite_vectorcall;
+    self->transport_type = (PyTypeObject *)Py_NewRef(transport_type);
+    self->write = Py_NewRef(write);
+    self->defer_below = defer_below;
+    self->flags = flags;
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+static int
+TransportWrite_traverse(TransportWriteObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->transport_type);
+    Py_VISIT(self->write);
+    return 0;
+}
+
+static int
+TransportWrite_clear(TransportWriteObject *self)
+{
+    Py_CLEAR(self->transport_type);
+    Py_CLEAR(self->write);
+    return 0;
+}
+
+static void
+TransportWrite_dealloc(TransportWriteObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    TransportWrite_clear(self);
+    PyObject_GC_Del(self);
+}
+
+/* transport.write, looked up on an instance: bound, as a function would be. */
+static PyObject *
+TransportWrite_get(PyObject *self, PyObject *obj, PyObject *type)
+{
+    if (obj == NULL || obj == Py_None)
+        return Py_NewRef(self);
+    return PyMethod_New(self, obj);
+}
+
+/* 1: the direct send applies (the checks of write() before its send(2)), 0: it does not, -1: an exception */
+static int
+write_is_direct(TransportWriteObject *self, FastAttrs *fa, PyObject *t, Py_ssize_t len)
+{
+    int r = fa_true(fa, t, write_attr_str, T_EOF);
+    if (r != 0)
+        return r < 0 ? -1 : 0;
+    Py_ssize_t lost, state;
+    if (fa_ssize(fa, t, write_attr_str, T_CONN_LOST, &lost) < 0)
+        return -1;
+    if (lost)
+        return 0;
+    if ((r = fa_true(fa, t, write_attr_str, T_DIRECT_SEND)) <= 0)
+        return r;
+    if (fa_ssize(fa, t, write_attr_str, T_SEND_STATE, &state) < 0)
+        return -1;
+    if (state != 0)  /* _IDLE */
+        return 0;
+    PyObject *queue = fa_get(fa, t, write_attr_str, T_QUEUE);
+    if (queue == NULL)
+        return -1;
+    FastAttrs *qa = fa_lookup(&queue_cache, Py_TYPE(queue), queue_attr_str, Q_COUNT);
+    Py_ssize_t buffered = 0;
+    PyObject *inflight = NULL;
+    r = fa_true(qa, queue, queue_attr_str, Q_CLOSED);
+    if (r == 0 && fa_ssize(qa, queue, queue_attr_str, Q_BUFFERED, &buffered) < 0)
+        r = -1;
+    if (r == 0 && buffered == 0 && (inflight = fa_get(qa, queue, queue_attr_str, Q_INFLIGHT)) == NULL)
+        r = -1;
+    Py_DECREF(queue);
+    if (r != 0 || buffered != 0) {
+        return r < 0 ? -1 : 0;
+    }
+    int idle = inflight == Py_None;
+    Py_DECREF(inflight);
+    if (!idle)
+        return 0;
+    if (len < self->defer_below) {  /* a short write goes now only from a before-wait hook */
+        PyObject *loop = fa_get(fa, t, write_attr_str, T_LOOP);
+        if (loop == NULL)
+            return -1;
+        r = fa1_true(&c_in_before_wait, loop, s_in_before_wait);
+        Py_DECREF(loop);
+        if (r <= 0)
+            return r;
+    }
+    PyObject *sock = fa_get(fa, t, write_attr_str, T_SOCK);
+    if (sock == NULL)
+        return -1;
+    r = sock != Py_None;
+    Py_DECREF(sock);
+    return r;
+}
+
+static PyObject *
+TransportWrite_vectorcall(TransportWriteObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (self->write == NULL) {
+        PyErr_SetString(PyExc_ValueError, "TransportWrite was cleared");
+        return NULL;
+    }
+    if (nargs != 2 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames)) || Py_TYPE(args[0]) != self->transport_type
+        || !PyBytes_CheckExact(args[1]) || PyBytes_GET_SIZE(args[1]) == 0)
+        return PyObject_Vectorcall(self->write, args, nargsf, kwnames);
+    PyObject *t = args[0], *data = args[1];
+    Py_ssize_t len = PyBytes_GET_SIZE(data), fd;
+    FastAttrs *fa = fa_lookup(&write_cache, self->transport_type, write_attr_str, T_COUNT);
+    int direct = write_is_direct(self, fa, t, len);
+    if (direct < 0)
+        return NULL;
+    if (!direct)
+        return PyObject_Vectorcall(self->write, args, nargsf, kwnames);
+    if (fa_ssize(fa, t, write_attr_str, T_SOCK_FD, &fd) < 0)
+        return NULL;
+    Py_ssize_t n;
+    int err = 0;
+    if (len >= 65536) {  /* a long copy into the kernel: let other threads run, as socket.send() does */
+        Py_BEGIN_ALLOW_THREADS
+        n = send((int)fd, PyBytes_AS_STRING(data), (size_t)len, self->flags);
+        err = errno;
+        Py_END_ALLOW_THREADS
+    }
+    else {
+        n = send((int)fd, PyBytes_AS_STRING(data), (size_t)len, self->flags);
+        err = errno;
+    }
+    if (n < 0 && err != EAGAIN && err != EWOULDBLOCK && err != EINTR) {
+        /* write()'s `except BaseException as exc: self._fatal_error(exc, ...)`, with the OSError send() raised */
+        errno = err;
+        PyErr_SetFromErrno(PyExc_OSError);
+        if (transport_route(t, s_write_error_message) < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    if (n < 0)
+        n = 0;
+    if (n < len) {
+        PyObject *sent = PyLong_FromSsize_t(n);
+        if (sent == NULL)
+            return NULL;
+        PyObject *r = PyObject_CallMethodObjArgs(t, s_write_rest, data, sent, NULL);
+        Py_DECREF(sent);
+        return r;
+    }
+    PyObject *stats = fa_get(fa, t, write_attr_str, T_STATS);
+    if (stats == NULL)
+        return NULL;
+    PyObject *count = fa1_get(&c_direct_sends, stats, s_direct_sends);
+    PyObject *more = count == NULL ? NULL : PyNumber_Add(count, one_long);
+    Py_XDECREF(count);
+    int ok = more != NULL && fa1_set(&c_direct_sends, stats, s_direct_sends, more) == 0;
+    Py_XDECREF(more);
+    Py_DECREF(stats);
+    if (!ok)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyTypeObject TransportWriteType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "uringws.ring._ringc.TransportWrite",
+    .tp_basicsize = sizeof(TransportWriteObject),
+    .tp_dealloc = (destructor)TransportWrite_dealloc,
+    .tp_vectorcall_offset = offsetof(TransportWriteObject, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_descr_get = TransportWrite_get,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_doc = "TransportWrite(transport_type, write, defer_below, flags): RingSocketTransport.write's direct send, "
+              "in C (a method descriptor).",
+    .tp_traverse = (traverseproc)TransportWrite_traverse,
+    .tp_clear = (inquiry)TransportWrite_clear,
+    .tp_new = TransportWrite_new,
+};
+
+static int
+transportwrite_init_strings(void)
+{
+    for (int i = 0; i < T_COUNT; i++) {
+        if ((write_attr_str[i] = PyUnicode_InternFromString(write_attr_names[i])) == NULL)
+            return -1;
+    }
+    for (int i = 0; i < Q_COUNT; i++) {
+        if ((queue_attr_str[i] = PyUnicode_InternFromString(queue_attr_names[i])) == NULL)
+            return -1;
+    }
+#define S(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return -1
+    S(s_direct_sends, "direct_sends");
+    S(s_write_rest, "_write_rest");
+    S(s_write_error_message, "Fatal write error on socket transport");
+#undef S
+    return 0;
+}
+
 static int
 recvhook_init_strings(void)
 {
@@ -3300,12 +3558,15 @@ module_exec(PyObject *m)
     Py_DECREF(ring_mod);
     if (RingError == NULL || RingClosedError == NULL || Orphaned == NULL || !PyList_Check(Orphaned))
         return -1;
-    if (recvhook_init_strings() < 0 || callsoon_init_strings() < 0 || runonce_init_strings() < 0)
+    if (recvhook_init_strings() < 0 || callsoon_init_strings() < 0 || runonce_init_strings() < 0
+        || transportwrite_init_strings() < 0)
         return -1;
     if (PyType_Ready(&RingType) < 0 || PyType_Ready(&IndexType) < 0 || PyType_Ready(&RecvHookType) < 0
-        || PyType_Ready(&CallSoonType) < 0 || PyType_Ready(&RunOnceType) < 0)
+        || PyType_Ready(&CallSoonType) < 0 || PyType_Ready(&RunOnceType) < 0
+        || PyType_Ready(&TransportWriteType) < 0)
         return -1;
     if (PyModule_AddObjectRef(m, "RunOnce", (PyObject *)&RunOnceType) < 0
+        || PyModule_AddObjectRef(m, "TransportWrite", (PyObject *)&TransportWriteType) < 0
         || PyModule_AddObjectRef(m, "CallSoon", (PyObject *)&CallSoonType) < 0)
         return -1;
     Py_INCREF(&RecvHookType);

@@ -33,6 +33,7 @@ __all__ = [
     "RecvHook",
     "RingIndex",
     "RunOnce",
+    "TransportWrite",
     "available",
 ]
 
@@ -63,6 +64,7 @@ CallSoon: Any = getattr(_core, "CallSoon", None)
 RunOnce: Any = getattr(_core, "RunOnce", None)
 #: The C twin of ``RingSocketTransport._on_recv``, and the compiled ring type it is made for (None, None: pure).
 RecvHook: Any = getattr(_core, "RecvHook", None)
+TransportWrite: Any = getattr(_core, "TransportWrite", None)
 CoreRing: Any = getattr(_core, "Ring", None)
 
 
