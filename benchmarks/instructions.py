@@ -55,6 +55,7 @@ SCENARIOS: dict[str, tuple[int, int, int, int]] = {  # name: (size, connections,
 }
 SCRIPTS = {
     "uringws": ("uringws_server.py", "uring"),
+    "uringws-dispatch": ("uringws_dispatch_server.py", "uring"),
     "websockets": ("websockets_server.py", "asyncio"),
     "websockets-uvloop": ("websockets_server.py", "uvloop"),
     "picows": ("picows_server.py", "uvloop"),

@@ -72,6 +72,8 @@ class ServerSpec:
 
 SERVERS: dict[str, ServerSpec] = {
     "uringws": ServerSpec("uringws_server.py", "uring", ("uringws.server",), "uringws on its io_uring loop"),
+    "uringws-dispatch": ServerSpec("uringws_dispatch_server.py", "uring", ("uringws.server",),
+                                   "uringws, messages to a callback (ws.dispatch), on its io_uring loop"),
     "websockets": ServerSpec("websockets_server.py", "asyncio", ("websockets",), "websockets 17 asyncio, stdlib loop"),
     "websockets-uvloop": ServerSpec("websockets_server.py", "uvloop", ("websockets", "uvloop"),
                                     "websockets 17 asyncio on uvloop"),

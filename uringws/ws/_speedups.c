@@ -1125,6 +1125,236 @@ static PyTypeObject ViewSinkType = {
     .tp_new = ViewSink_new,
 };
 
+/* -- Dispatch: Connection.dispatch()'s delivery ----------------------------------------------------------- */
+
+/* Dispatch(connection, callback, finished)
+ *
+ * The compiled twin of connection._PyDispatch: what Connection.dispatch() puts where a waiting recv() keeps its
+ * future (Connection._recv_waiter), so that the receive side's wake-up (done(), then set_result(None): the ViewSink
+ * above and every Python path) hands the queued messages to callback. set_result() is Connection._deliver() for its
+ * common case: messages popped from the deque and passed to the callback in order, while this object is still the
+ * connection's waiter. A callback's Exception ends
+ * the dispatch: the waiter is cleared and the exception set on `finished`, which dispatch() raises. A message that
+ * holds a share of the memory budget (proto.held) hands the rest to _deliver(), the Python method. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *conn, *callback, *finished;
+} DispatchObject;
+
+enum { D_HELD, D_DELIVER, D_SET_EXCEPTION, D_COUNT };
+static const char *const dispatch_names[D_COUNT] = {"held", "_deliver", "set_exception"};
+static PyObject *dispatch_str[D_COUNT];
+/* Where the Protocol's field `held` is. */
+static FastAttrsCache dispatch_cache;
+static PyObject *deque_type_ws, *deque_popleft_ws;
+
+static PyObject *
+Dispatch_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *conn, *callback, *finished;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
+        PyErr_SetString(PyExc_TypeError, "Dispatch() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OOO:Dispatch", &conn, &callback, &finished)) {
+        return NULL;
+    }
+    DispatchObject *self = PyObject_GC_New(DispatchObject, type);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->conn = Py_NewRef(conn);
+    self->callback = Py_NewRef(callback);
+    self->finished = Py_NewRef(finished);
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+static int
+Dispatch_traverse(DispatchObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->conn);
+    Py_VISIT(self->callback);
+    Py_VISIT(self->finished);
+    return 0;
+}
+
+static int
+Dispatch_clear(DispatchObject *self)
+{
+    Py_CLEAR(self->conn);
+    Py_CLEAR(self->callback);
+    Py_CLEAR(self->finished);
+    return 0;
+}
+
+static void
+Dispatch_dealloc(DispatchObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    Dispatch_clear(self);
+    PyObject_GC_Del(self);
+}
+
+static PyObject *
+Dispatch_done(DispatchObject *self, PyObject *Py_UNUSED(ignored))
+{
+    Py_RETURN_FALSE;  /* always "waiting": every wake-up delivers */
+}
+
+/* The callback raised: 0 if it was an Exception (handed to `finished`, the waiter cleared), -1 to propagate. */
+static int
+dispatch_failed(DispatchObject *self, FastAttrs *cfa)
+{
+    if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+        return -1;
+    }
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    PyErr_NormalizeException(&et, &ev, &tb);
+    if (tb != NULL && ev != NULL) {
+        PyException_SetTraceback(ev, tb);
+    }
+    Py_XDECREF(et);
+    Py_XDECREF(tb);
+    if (ev == NULL) {
+        PyErr_SetString(PyExc_SystemError, "Dispatch: an exception without a value");
+        return -1;
+    }
+    int r = fa_set(cfa, self->conn, view_str, V_RECV_WAITER, Py_None);
+    PyObject *done = r < 0 ? NULL : PyObject_CallMethodNoArgs(self->finished, view_str[V_DONE]);
+    int is_done = done == NULL ? -1 : PyObject_IsTrue(done);
+    Py_XDECREF(done);
+    PyObject *res = is_done == 0 ? PyObject_CallMethodOneArg(self->finished, dispatch_str[D_SET_EXCEPTION], ev)
+                                 : NULL;
+    Py_DECREF(ev);
+    if (is_done < 0 || (is_done == 0 && res == NULL)) {
+        return -1;
+    }
+    Py_XDECREF(res);
+    return 0;
+}
+
+static PyObject *
+Dispatch_set_result(DispatchObject *self, PyObject *Py_UNUSED(value))
+{
+    PyObject *conn = self->conn;
+    if (conn == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Dispatch cleared");
+        return NULL;
+    }
+    FastAttrs *cfa = fa_lookup(&view_cache, Py_TYPE(conn), view_str, V_COUNT);
+    PyObject *messages = fa_get(cfa, conn, view_str, V_MESSAGES);
+    PyObject *proto = messages == NULL ? NULL : fa_get(cfa, conn, view_str, V_PROTO);
+    if (proto == NULL) {
+        Py_XDECREF(messages);
+        return NULL;
+    }
+    PyObject *res = NULL;
+    if (!Py_IS_TYPE(messages, (PyTypeObject *)deque_type_ws) || proto == Py_None) {
+        res = PyObject_CallMethodOneArg(conn, dispatch_str[D_DELIVER], (PyObject *)self);
+        goto done;
+    }
+    FastAttrs *pfa = fa_lookup(&dispatch_cache, Py_TYPE(proto), dispatch_str, D_COUNT);
+    for (;;) {
+        PyObject *waiter = fa_get(cfa, conn, view_str, V_RECV_WAITER);
+        if (waiter == NULL) {
+            goto done;
+        }
+        Py_DECREF(waiter);
+        if (waiter != (PyObject *)self) {
+            res = Py_NewRef(Py_None);  /* a callback ended the dispatch, or it ended */
+            goto done;
+        }
+        Py_ssize_t n = PyObject_Length(messages);
+        if (n < 0) {
+            goto done;
+        }
+        if (n == 0) {
+            break;
+        }
+        int held = fa_true(pfa, proto, dispatch_str, D_HELD);
+        if (held < 0) {
+            goto done;
+        }
+        if (held) {  /* budget shares to release: the Python method */
+            res = PyObject_CallMethodOneArg(conn, dispatch_str[D_DELIVER], (PyObject *)self);
+            goto done;
+        }
+        PyObject *message = PyObject_Vectorcall(deque_popleft_ws, &messages, 1, NULL);
+        if (message == NULL) {
+            goto done;
+        }
+        PyObject *r = PyObject_CallOneArg(self->callback, message);
+        Py_DECREF(message);
+        if (r == NULL) {
+            cfa = fa_lookup(&view_cache, Py_TYPE(conn), view_str, V_COUNT);
+            if (dispatch_failed(self, cfa) == 0) {
+                res = Py_NewRef(Py_None);
+            }
+            goto done;
+        }
+        Py_DECREF(r);
+        /* the callback may have run anything: the entries again */
+        cfa = fa_lookup(&view_cache, Py_TYPE(conn), view_str, V_COUNT);
+        pfa = fa_lookup(&dispatch_cache, Py_TYPE(proto), dispatch_str, D_COUNT);
+    }
+    res = Py_NewRef(Py_None);
+done:
+    Py_DECREF(messages);
+    Py_DECREF(proto);
+    return res;
+}
+
+static PyMethodDef Dispatch_methods[] = {
+    {"done", (PyCFunction)Dispatch_done, METH_NOARGS, "False: a dispatch is always waiting for messages."},
+    {"set_result", (PyCFunction)Dispatch_set_result, METH_O,
+     "set_result(value): deliver the queued messages to the callback (Connection._deliver's common case)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef Dispatch_members[] = {
+    {"conn", T_OBJECT, offsetof(DispatchObject, conn), READONLY, NULL},
+    {"callback", T_OBJECT, offsetof(DispatchObject, callback), READONLY, NULL},
+    {"finished", T_OBJECT, offsetof(DispatchObject, finished), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject DispatchType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "uringws.ws._speedups.Dispatch",
+    .tp_basicsize = sizeof(DispatchObject),
+    .tp_dealloc = (destructor)Dispatch_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Dispatch(connection, callback, finished): Connection.dispatch()'s delivery in C.",
+    .tp_traverse = (traverseproc)Dispatch_traverse,
+    .tp_clear = (inquiry)Dispatch_clear,
+    .tp_methods = Dispatch_methods,
+    .tp_members = Dispatch_members,
+    .tp_new = Dispatch_new,
+};
+
+static int
+dispatch_init(PyObject *module)
+{
+    for (int i = 0; i < D_COUNT; i++) {
+        if ((dispatch_str[i] = PyUnicode_InternFromString(dispatch_names[i])) == NULL) {
+            return -1;
+        }
+    }
+    PyObject *collections = PyImport_ImportModule("collections");
+    deque_type_ws = collections == NULL ? NULL : PyObject_GetAttrString(collections, "deque");
+    Py_XDECREF(collections);
+    deque_popleft_ws = deque_type_ws == NULL ? NULL : PyObject_GetAttrString(deque_type_ws, "popleft");
+    if (deque_popleft_ws == NULL) {
+        return -1;
+    }
+    if (PyType_Ready(&DispatchType) < 0 || PyModule_AddObjectRef(module, "Dispatch", (PyObject *)&DispatchType) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
 static int
 module_exec(PyObject *module)
 {
@@ -1155,6 +1385,9 @@ module_exec(PyObject *module)
         if (view_str[i] == NULL && (view_str[i] = PyUnicode_InternFromString(view_names[i])) == NULL) {
             return -1;
         }
+    }
+    if (dispatch_init(module) < 0) {
+        return -1;
     }
     return 0;
 }

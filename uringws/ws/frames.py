@@ -225,6 +225,8 @@ parse_messages = parse_messages_py
 FrameBuffer: type[FrameBufferPy] = FrameBufferPy
 #: The C twin of ``Connection.received_view``'s common case (``Connection.received_view`` returns one), or None.
 ViewSink: Any = None
+#: The C twin of ``connection._PyDispatch`` (what ``Connection.dispatch()`` puts in place of a recv() waiter), or None.
+Dispatch: Any = None
 #: ``configure_gather(FrameHeader, gather_min, gather_max)``: lets ViewSink start gathering large frames (set by
 #: protocol.py, which owns those limits), or None.
 configure_gather: Any = None
@@ -247,6 +249,7 @@ else:
             parse_messages = parse_messages_py
         FrameBuffer = getattr(_speedups, "FrameBuffer", FrameBufferPy)
         ViewSink = getattr(_speedups, "ViewSink", None)
+        Dispatch = getattr(_speedups, "Dispatch", None)
         configure_gather = getattr(_speedups, "configure_gather", None)
         _loop = "AVX2" if getattr(_speedups, "AVX2", False) else "portable"
         _compiled.register("ws._speedups", True, f"mask ({_loop} loop), frame parser and frame buffer in C")
