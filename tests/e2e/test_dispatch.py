@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
+import types
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -21,9 +22,11 @@ import uringws
 from uringws.client import connect
 from uringws.server import Server, serve
 from uringws.ws import connection as connection_module
-from uringws.ws.connection import PENDING_FAILURE_DELAY, Connection
+from uringws.ws.connection import PENDING_FAILURE_DELAY, Connection, send_nowait_py
 from uringws.ws.exceptions import ConcurrencyError, ConnectionClosedError, ConnectionClosedOK
 from uringws.ws.frames import Dispatch as CDispatch
+from uringws.ws.frames import SendNowait as send_nowait_c
+from uringws.ws.protocol import _JOIN_LIMIT, _OPEN
 
 TWINS = ["python"] + (["compiled"] if CDispatch is not None else [])
 
@@ -256,3 +259,83 @@ def test_send_nowait_kinds_and_errors(tls: tuple[ssl.SSLContext, ssl.SSLContext]
 
     on_ring(body)
     assert results == [b"bin", "text", b"ba", b"mv", b"as binary", "as text", b"L" * 70_000]
+
+
+SIZES = [0, 1, 125, 126, 4095, 4096, 65535, 65536, 70_000, 300_000]
+
+
+@pytest.mark.parametrize("kind", ["python"] + (["compiled"] if send_nowait_c is not None else []))
+def test_send_nowait_twins_write_the_same(kind: str, tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    """The compiled send_nowait (``_speedups.SendNowait``) and the Python function: the same frames at every header
+    size and around the join limit, the same counters."""
+    counters: list[tuple[int, int]] = []
+    calls: list[int] = []
+
+    def spy(ws: Connection, message: Any, text: bool | None = None) -> None:
+        calls.append(len(message))
+        send_nowait_py(ws, message, text)
+
+    async def handler(ws: Connection) -> None:
+        if kind == "python":
+            ws.send_nowait = types.MethodType(send_nowait_py, ws)  # type: ignore[method-assign]
+        before = (ws.proto.messages_out, ws._written)  # type: ignore[union-attr]
+        for n in SIZES:
+            ws.send_nowait(bytes([n % 251]) * n)
+        after = (ws.proto.messages_out, ws._written)  # type: ignore[union-attr]
+        counters.append((after[0] - before[0], after[1] - before[1]))
+        await ws.close()
+
+    async def body() -> None:
+        async with serve(handler, "127.0.0.1", 0, ssl=tls[0], max_size=1 << 20, compression=None) as server:
+            async with connect(url(server), ssl=tls[1], max_size=1 << 20, compression=None) as ws:
+                got = [m async for m in ws]
+        assert got == [bytes([n % 251]) * n for n in SIZES]
+
+    saved = Connection.send_nowait
+    if kind == "compiled":  # the compiled one, calling a spy for what it does not do itself
+        Connection.send_nowait = send_nowait_c(spy, _OPEN, _JOIN_LIMIT)  # type: ignore[method-assign]
+    try:
+        on_ring(body)
+    finally:
+        Connection.send_nowait = saved  # type: ignore[method-assign]
+    header_bytes = sum(2 if n < 126 else 4 if n < 65536 else 10 for n in SIZES)
+    assert counters == [(len(SIZES), sum(SIZES) + header_bytes)]
+    assert calls == []  # the compiled one did all of it
+
+
+def test_send_nowait_refuses_to_interleave_with_a_fragmented_message(
+    tls: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    refused: list[str] = []
+
+    async def handler(ws: Connection) -> None:
+        go_on = asyncio.Event()
+
+        async def fragments() -> Any:
+            yield b"first "
+            await go_on.wait()
+            yield b"last"
+
+        task = asyncio.create_task(ws.send(fragments()))
+        await asyncio.sleep(0.05)  # the first fragment is out, the lock held
+        try:
+            ws.send_nowait(b"between")
+        except ConcurrencyError as exc:
+            refused.append(str(exc))
+        go_on.set()
+        await task
+        ws.send_nowait(b"after")
+
+    async def body() -> None:
+        async with serve(handler, "127.0.0.1", 0, ssl=tls[0], compression=None) as server:
+            async with connect(url(server), ssl=tls[1], compression=None) as ws:
+                got.append(await ws.recv())
+                got.append(await ws.recv())
+
+    got: list[Any] = []
+    try:
+        on_ring(body)
+    except (ConnectionClosedError, TimeoutError) as exc:
+        got.append(type(exc).__name__)
+    assert len(refused) == 1
+    assert got == [b"first last", b"after"]

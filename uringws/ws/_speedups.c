@@ -1355,6 +1355,267 @@ dispatch_init(PyObject *module)
     return 0;
 }
 
+/* -- SendNowait: Connection.send_nowait's common case -------------------------------------------------------- */
+
+/* SendNowait(send_nowait, open_state, join_limit)
+ *
+ * The compiled twin of Connection.send_nowait (uringws/ws/connection.py), set as the class's `send_nowait`: a method
+ * descriptor, so ws.send_nowait(message) makes no bound method. Its common case: a bytes message on an open
+ * connection whose frames go out unmasked and uncompressed (proto._raw_send), no fragmented message in progress,
+ * nothing left in the protocol's output, and a TLS layer's write_if_open to write through. Below join_limit bytes,
+ * the frame (header and payload) is one write; from join_limit, the header and the uncopied payload are written as
+ * a pair, as the Python method does. messages_out and _written count the same. Anything else calls `send_nowait`,
+ * the Python function. */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *send_nowait, *open_state;
+    Py_ssize_t join_limit;
+} SendNowaitObject;
+
+enum { N_PROTO, N_RAW_SEND, N_STATE, N_SEND_OPCODE, N_OUT, N_SEND_LOCK, N_LOCKED, N_WRITE_IF_OPEN, N_WRITTEN,
+       N_MESSAGES_OUT, N_COUNT };
+static const char *const nowait_names[N_COUNT] = {
+    "proto", "_raw_send", "state", "_send_opcode", "_out", "_send_lock", "_locked", "_write_if_open", "_written",
+    "messages_out",
+};
+static PyObject *nowait_str[N_COUNT];
+/* Where the fields of Connections and of their Protocols are. */
+static FastAttrsCache nowait_cache;
+
+static PyObject *SendNowait_vectorcall(SendNowaitObject *self, PyObject *const *args, size_t nargsf,
+                                       PyObject *kwnames);
+
+static PyObject *
+SendNowait_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *send_nowait, *open_state;
+    Py_ssize_t join_limit;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
+        PyErr_SetString(PyExc_TypeError, "SendNowait() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OOn:SendNowait", &send_nowait, &open_state, &join_limit)) {
+        return NULL;
+    }
+    if (join_limit < 126 || join_limit > 65536) {
+        PyErr_SetString(PyExc_ValueError, "SendNowait: join_limit must be between 126 and 65536");
+        return NULL;
+    }
+    SendNowaitObject *self = PyObject_GC_New(SendNowaitObject, type);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = (vectorcallfunc)SendNowait_vectorcall;
+    self->send_nowait = Py_NewRef(send_nowait);
+    self->open_state = Py_NewRef(open_state);
+    self->join_limit = join_limit;
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+static int
+SendNowait_traverse(SendNowaitObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->send_nowait);
+    Py_VISIT(self->open_state);
+    return 0;
+}
+
+static int
+SendNowait_clear(SendNowaitObject *self)
+{
+    Py_CLEAR(self->send_nowait);
+    Py_CLEAR(self->open_state);
+    return 0;
+}
+
+static void
+SendNowait_dealloc(SendNowaitObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    SendNowait_clear(self);
+    PyObject_GC_Del(self);
+}
+
+static PyObject *
+SendNowait_get(PyObject *self, PyObject *obj, PyObject *type)
+{
+    if (obj == NULL || obj == Py_None) {
+        return Py_NewRef(self);
+    }
+    return PyMethod_New(self, obj);
+}
+
+/* obj.<names[i]> += delta: 0, or -1 with an exception set */
+static int
+nowait_add(FastAttrs *fa, PyObject *obj, int i, Py_ssize_t delta)
+{
+    Py_ssize_t v;
+    if (fa_ssize(fa, obj, nowait_str, i, &v) < 0) {
+        return -1;
+    }
+    return fa_set_ssize(fa, obj, nowait_str, i, v + delta);
+}
+
+/* The common case's write_if_open, or None where it does not apply (a new reference; NULL with an exception). */
+static PyObject *
+nowait_writer(SendNowaitObject *self, PyObject *conn, PyObject *proto)
+{
+    FastAttrs *pfa = fa_lookup(&nowait_cache, Py_TYPE(proto), nowait_str, N_COUNT);
+    int r = fa_true(pfa, proto, nowait_str, N_RAW_SEND);
+    if (r <= 0) {
+        return r < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    PyObject *state = fa_get(pfa, proto, nowait_str, N_STATE);
+    if (state == NULL) {
+        return NULL;
+    }
+    Py_DECREF(state);
+    if (state != self->open_state) {
+        return Py_NewRef(Py_None);
+    }
+    if ((r = fa_true(pfa, proto, nowait_str, N_SEND_OPCODE)) != 0
+        || (r = fa_true(pfa, proto, nowait_str, N_OUT)) != 0) {
+        return r < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    FastAttrs *cfa = fa_lookup(&nowait_cache, Py_TYPE(conn), nowait_str, N_COUNT);
+    PyObject *lock = fa_get(cfa, conn, nowait_str, N_SEND_LOCK);
+    if (lock == NULL) {
+        return NULL;
+    }
+    PyObject *locked = PyObject_GetAttr(lock, nowait_str[N_LOCKED]);  /* asyncio.Lock: no slots */
+    Py_DECREF(lock);
+    if (locked == NULL) {
+        return NULL;
+    }
+    r = PyObject_IsTrue(locked);
+    Py_DECREF(locked);
+    if (r != 0) {
+        return r < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    cfa = fa_lookup(&nowait_cache, Py_TYPE(conn), nowait_str, N_COUNT);
+    return fa_get(cfa, conn, nowait_str, N_WRITE_IF_OPEN);
+}
+
+static PyObject *
+SendNowait_vectorcall(SendNowaitObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (self->send_nowait == NULL) {
+        PyErr_SetString(PyExc_ValueError, "SendNowait cleared");
+        return NULL;
+    }
+    if (nargs != 2 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames)) || !PyBytes_CheckExact(args[1])) {
+        return PyObject_Vectorcall(self->send_nowait, args, nargsf, kwnames);
+    }
+    PyObject *conn = args[0], *message = args[1];
+    FastAttrs *cfa = fa_lookup(&nowait_cache, Py_TYPE(conn), nowait_str, N_COUNT);
+    PyObject *proto = fa_get(cfa, conn, nowait_str, N_PROTO);
+    if (proto == NULL) {
+        return NULL;
+    }
+    PyObject *write = proto == Py_None ? Py_NewRef(Py_None) : nowait_writer(self, conn, proto);
+    if (write == NULL) {
+        Py_DECREF(proto);
+        return NULL;
+    }
+    if (write == Py_None) {
+        Py_DECREF(write);
+        Py_DECREF(proto);
+        return PyObject_Vectorcall(self->send_nowait, args, nargsf, kwnames);
+    }
+    Py_ssize_t n = PyBytes_GET_SIZE(message);
+    unsigned char header[10];
+    Py_ssize_t hlen;
+    header[0] = 0x82;  /* FIN, binary */
+    if (n < 126) {
+        header[1] = (unsigned char)n;
+        hlen = 2;
+    }
+    else if (n < 65536) {
+        header[1] = 126;
+        header[2] = (unsigned char)(n >> 8);
+        header[3] = (unsigned char)n;
+        hlen = 4;
+    }
+    else {
+        header[1] = 127;
+        for (int i = 0; i < 8; i++) {
+            header[2 + i] = (unsigned char)((unsigned long long)n >> (56 - 8 * i));
+        }
+        hlen = 10;
+    }
+    PyObject *res = NULL;
+    FastAttrs *pfa = fa_lookup(&nowait_cache, Py_TYPE(proto), nowait_str, N_COUNT);
+    if (nowait_add(pfa, proto, N_MESSAGES_OUT, 1) < 0) {
+        goto done;
+    }
+    if (n < self->join_limit) {  /* one buffer: the frame */
+        PyObject *frame = PyBytes_FromStringAndSize(NULL, hlen + n);
+        if (frame == NULL) {
+            goto done;
+        }
+        memcpy(PyBytes_AS_STRING(frame), header, (size_t)hlen);
+        memcpy(PyBytes_AS_STRING(frame) + hlen, PyBytes_AS_STRING(message), (size_t)n);
+        res = PyObject_CallOneArg(write, frame);
+        Py_DECREF(frame);
+    }
+    else {  /* two: the header, the payload uncopied */
+        PyObject *h = PyBytes_FromStringAndSize((const char *)header, hlen);
+        if (h == NULL) {
+            goto done;
+        }
+        PyObject *pair[2] = {h, message};
+        res = PyObject_Vectorcall(write, pair, 2, NULL);
+        Py_DECREF(h);
+    }
+    if (res != NULL) {
+        cfa = fa_lookup(&nowait_cache, Py_TYPE(conn), nowait_str, N_COUNT);
+        if (nowait_add(cfa, conn, N_WRITTEN, hlen + n) < 0) {
+            Py_CLEAR(res);
+        }
+        else {
+            Py_SETREF(res, Py_NewRef(Py_None));
+        }
+    }
+done:
+    Py_DECREF(write);
+    Py_DECREF(proto);
+    return res;
+}
+
+static PyTypeObject SendNowaitType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "uringws.ws._speedups.SendNowait",
+    .tp_basicsize = sizeof(SendNowaitObject),
+    .tp_dealloc = (destructor)SendNowait_dealloc,
+    .tp_vectorcall_offset = offsetof(SendNowaitObject, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_descr_get = SendNowait_get,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_doc = "SendNowait(send_nowait, open_state, join_limit): Connection.send_nowait's common case in C (a method "
+              "descriptor).",
+    .tp_traverse = (traverseproc)SendNowait_traverse,
+    .tp_clear = (inquiry)SendNowait_clear,
+    .tp_new = SendNowait_new,
+};
+
+static int
+sendnowait_init(PyObject *module)
+{
+    for (int i = 0; i < N_COUNT; i++) {
+        if ((nowait_str[i] = PyUnicode_InternFromString(nowait_names[i])) == NULL) {
+            return -1;
+        }
+    }
+    if (PyType_Ready(&SendNowaitType) < 0
+        || PyModule_AddObjectRef(module, "SendNowait", (PyObject *)&SendNowaitType) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
 static int
 module_exec(PyObject *module)
 {
@@ -1386,7 +1647,7 @@ module_exec(PyObject *module)
             return -1;
         }
     }
-    if (dispatch_init(module) < 0) {
+    if (dispatch_init(module) < 0 || sendnowait_init(module) < 0) {
         return -1;
     }
     return 0;

@@ -34,6 +34,7 @@ from .exceptions import (
     InvalidState,
 )
 from .frames import Dispatch as _CDispatch
+from .frames import SendNowait as _CSendNowait
 from .frames import ViewSink as _ViewSink
 from .frames import serialize_header
 from .handshake import (
@@ -1485,3 +1486,12 @@ class Connection(asyncio.Protocol):
             self._close_transport()
             return
         self._start_open(negotiated, hs.trailing_data)
+
+
+#: Connection.send_nowait, the Python function: the pure twin of the compiled one, which calls it for everything
+#: but its common case (and which tests compare it with).
+send_nowait_py = Connection.send_nowait
+if _CSendNowait is not None:
+    # send_nowait() in C for a bytes message written through the TLS layer's write_if_open (a dispatch callback's
+    # answer, once per message), without a Python frame; a method descriptor, so the call makes no bound method.
+    Connection.send_nowait = _CSendNowait(send_nowait_py, _OPEN, _JOIN_LIMIT)  # type: ignore[method-assign]
