@@ -770,6 +770,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "without their dozen Python calls.\n                    header = serialize_header(_BINARY, n - 1)",
         ("tests/e2e/test_ws_api.py::test_large_binary_echo_over_tls_on_the_ring_loop",),
         "send()'s large-message path writes a length one short",
+        env=RING_PURE,  # compiled, send_nowait is _speedups.SendNowait (its mutants: nowait-*)
     ),
     Mutation(
         "viewsink-mid-message",

@@ -597,32 +597,38 @@ class Connection(asyncio.Protocol):
         :meth:`send`. Raises ``ConnectionClosed`` once closed.
         """
         proto = self.proto
-        if (
-            type(message) is bytes
-            and text is None
-            and proto is not None
-            and proto._raw_send
-            and proto.state is _OPEN
-            and not proto._send_opcode
-            and not proto._out
-            and not self._send_lock._locked  # type: ignore[attr-defined]
-        ):
-            n = len(message)
+        if proto is not None and text is None and not self._send_lock._locked:  # type: ignore[attr-defined]
             frame: bytes | None
-            if n < 126:
-                frame = _BINARY_HEADERS[n] + message
-                proto.messages_out += 1
-            elif n >= _JOIN_LIMIT and self._write_if_open is not None:
-                header = serialize_header(_BINARY, n)
-                proto.messages_out += 1
-                self._write_if_open(header, message)
-                self._written += len(header) + n
-                return
+            # Fast paths: a whole message on a connection whose frames go out raw (a server's, uncompressed) without
+            # the generic dispatch and the data_to_send() list.
+            if (
+                type(message) is bytes
+                and proto._raw_send
+                and proto.state is _OPEN
+                and not proto._send_opcode
+                and not proto._out
+            ):
+                n = len(message)
+                if n < 126:
+                    # proto.frame_message(message), its most common case inline: one Python call fewer per message.
+                    frame = _BINARY_HEADERS[n] + message
+                    proto.messages_out += 1
+                elif n >= _JOIN_LIMIT and self._write_if_open is not None:
+                    # A large one: the header and the payload as two buffers, the payload uncopied, as
+                    # send_binary() and _flush() would write them, without their dozen Python calls.
+                    header = serialize_header(_BINARY, n)
+                    proto.messages_out += 1
+                    self._write_if_open(header, message)  # the two, in order (TLSProtocol._write_pair_if_open)
+                    self._written += len(header) + n
+                    return
+                else:
+                    frame = proto.frame_message(message)
             else:
                 frame = proto.frame_message(message)  # None: the general path below
             if frame is not None:
                 write = self._write_if_open
                 if write is not None:
+                    # Dropped if the TLS transport is closing (counted anyway: the close is reported soon).
                     write(frame)
                     self._written += len(frame)
                 else:
@@ -676,53 +682,19 @@ class Connection(asyncio.Protocol):
         # `text` is not keyword-only as in websockets (which `send(m, text=True)` does not notice): on CPython
         # 3.11 a keyword-only parameter takes the call off its specialized path, +270 instructions per send
         # under callgrind against +72 for this one.
-        proto = self.proto
         # _send_lock._locked is what Lock.locked() returns (asyncio's pure-Python Lock, 3.11-3.13); read directly,
         # it saves a method call per message.
-        if proto is not None and text is None and not self._send_lock._locked:  # type: ignore[attr-defined]
-            frame: bytes | None
-            # Fast paths: a whole binary message on a plain server connection goes out without the generic
-            # dispatch and the data_to_send() list.
-            if (
-                type(message) is bytes
-                and proto._raw_send
-                and proto.state is _OPEN
-                and not proto._send_opcode
-                and not proto._out
-            ):
-                n = len(message)
-                if n < 126:
-                    # proto.frame_message(message), its most common case inline: one Python call fewer per message.
-                    frame = _BINARY_HEADERS[n] + message
-                    proto.messages_out += 1
-                elif n >= _JOIN_LIMIT and self._write_if_open is not None:
-                    # A large one: the header and the payload as two buffers, the payload uncopied, as
-                    # send_binary() and _flush() would write them, without their dozen Python calls.
-                    header = serialize_header(_BINARY, n)
-                    proto.messages_out += 1
-                    self._write_if_open(header, message)  # the two, in order (TLSProtocol._write_pair_if_open)
-                    self._written += len(header) + n
-                    if self._write_paused:
-                        await self._drain()
-                    return
-                else:
-                    frame = proto.frame_message(message)
-            else:
-                frame = proto.frame_message(message)
-            if frame is not None:
-                write = self._write_if_open
-                if write is not None:
-                    # Dropped if the TLS transport is closing (counted anyway: the close is reported soon).
-                    write(frame)
-                    self._written += len(frame)
-                else:
-                    transport = self.transport
-                    if transport is not None and not transport.is_closing():
-                        transport.write(frame)
-                        self._written += len(frame)
-                if self._write_paused:
-                    await self._drain()
-                return
+        if (
+            text is None
+            and (type(message) is bytes or type(message) is str)
+            and self.proto is not None
+            and not self._send_lock._locked  # type: ignore[attr-defined]
+        ):
+            # A whole message: send_nowait() (compiled, _speedups.SendNowait: no Python frame), then the wait.
+            self.send_nowait(message)
+            if self._write_paused:
+                await self._drain()
+            return
         if self._send_lock.locked():
             async with self._send_lock:  # an async fragmented message is being sent: wait for its end
                 await self._send(message, text)
