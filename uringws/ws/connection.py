@@ -112,6 +112,20 @@ def _without_tracebacks(exc: BaseException) -> BaseException:
     return exc
 
 
+def _frame_whole(proto: Protocol, message: str | bytes | bytearray | memoryview, text: bool | None) -> None:
+    """A whole message into the protocol's output, as send() and send_nowait() take it: str as text (``text=False``:
+    as binary, UTF-8), bytes-like as binary (``text=True``: as text, unchecked)."""
+    if isinstance(message, str):
+        if text is False:
+            proto.send_binary(message.encode("utf-8"))
+        else:
+            proto.send_text(message)
+    elif text:
+        proto.send_text(bytes(message))
+    else:
+        proto.send_binary(message)
+
+
 class _PyDispatch:
     """What a dispatch() puts where a waiting recv() keeps its future (``Connection._recv_waiter``): the receive
     side's wake-up (``waiter.done()``, ``waiter.set_result(None)``) delivers the queued messages to the callback.
@@ -644,15 +658,7 @@ class Connection(asyncio.Protocol):
                             "use send() for fragments")
         proto = self._open_proto()
         try:
-            if isinstance(message, str):
-                if text is False:
-                    proto.send_binary(message.encode("utf-8"))
-                else:
-                    proto.send_text(message)
-            elif text:
-                proto.send_text(bytes(message))
-            else:
-                proto.send_binary(message)
+            _frame_whole(proto, message, text)
         except InvalidState:
             raise self._closed_exception() from None
         self._flush()
@@ -704,16 +710,8 @@ class Connection(asyncio.Protocol):
     async def _send(self, message: Any, text: bool | None = None) -> None:
         proto = self._open_proto()
         try:
-            if isinstance(message, str):
-                if text is False:
-                    proto.send_binary(message.encode("utf-8"))
-                else:
-                    proto.send_text(message)
-            elif isinstance(message, bytes | bytearray | memoryview):
-                if text:
-                    proto.send_text(bytes(message))
-                else:
-                    proto.send_binary(message)
+            if isinstance(message, str | bytes | bytearray | memoryview):
+                _frame_whole(proto, message, text)
             elif isinstance(message, dict):
                 raise TypeError("cannot send a dict; encode it (e.g. json.dumps) first")
             elif isinstance(message, AsyncIterable):
