@@ -66,6 +66,37 @@ async def test_a_message_over_the_remaining_budget_closes_only_its_connection() 
 
 
 @run
+async def test_output_waiting_for_a_slow_reader_is_counted() -> None:
+    """An echo that waits for its reader holds its bytes: counted on the budget until they are written, so another
+    connection's large message is refused meanwhile (found by the 128 MiB cgroup test: echoes waiting for their
+    clients, uncounted, took the server past its limit and got it OOM-killed)."""
+    # Loopback's socket buffers take a few MiB of an unread echo (measured: all of 2 MiB, about half of 6 MiB):
+    # what stays here is the rest.
+    async with serve(handler, "127.0.0.1", 0, max_size=16 * MIB, max_memory=10 * MIB, compression=None) as server:
+        assert server.budget is not None
+        slow = await RawClient.open(server.port_bound)
+        payload = os.urandom(8 * MIB)
+        slow.send(masked(0x2, payload))
+        # The echo's header: the server has taken the message (its reservation given back) and is sending it.
+        head = await asyncio.wait_for(slow.reader.readexactly(10), 10)
+        assert head[:2] == b"\x82\x7f", head
+        await asyncio.sleep(0.2)
+        held = server.budget.used
+        assert 3 * MIB <= held <= 8 * MIB + 10, f"the waiting echo is not on the budget: {server.budget}"
+        async with connect(url(server), max_size=16 * MIB) as greedy:
+            await greedy.send(os.urandom(8 * MIB))  # fits the budget, not what the waiting echo leaves of it
+            with pytest.raises(ConnectionClosedError) as info:
+                await greedy.recv()
+        assert info.value.code == 1009 and "memory budget" in info.value.reason, info.value
+        assert server.budget.used == held
+        echoed = await asyncio.wait_for(slow.reader.readexactly(8 * MIB), 10)  # read: written, given back
+        assert echoed == payload
+        await used_becomes(server, 0)
+        assert server.budget.peak >= held
+        slow.writer.close()
+
+
+@run
 async def test_bookkeeping_returns_to_zero_after_abnormal_closes() -> None:
     async with serve(handler, "127.0.0.1", 0, max_size=8 * MIB, max_memory=64 * MIB) as server:
         assert server.budget is not None

@@ -145,3 +145,15 @@ def test_budget_rejects_a_negative_limit_and_over_release() -> None:
     budget.release(10)
     with pytest.raises(RuntimeError, match="more than reserved"):
         budget.release(1)
+
+
+def test_held_bytes_go_over_the_limit_and_refuse_what_follows() -> None:
+    budget = MemoryBudget(2 * MIB)
+    budget.hold(3 * MIB)  # output waiting to be written: never refused
+    assert (budget.used, budget.peak, budget.refused) == (3 * MIB, 3 * MIB, 0)
+    proto, _ = server(budget)
+    proto.receive_data(masked(0x2, os.urandom(BUDGET_MIN))[:100])
+    assert proto.close_sent is not None and proto.close_sent.code == 1009
+    assert budget.refused == 1
+    budget.release(3 * MIB)
+    assert budget.used == 0 and budget.peak == 3 * MIB

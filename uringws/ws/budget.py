@@ -5,7 +5,10 @@ sending one ``max_size`` message can hold many times the memory the machine has.
 (per worker process) bounds that sum. Each connection's frame parser reserves bytes for a large or multi-frame
 message from the moment its first frame header arrives (when the payload buffer is allocated) until the
 application takes the message with ``recv()``; a message whose reservation would take the total above the limit
-fails that connection alone with 1009 (message too big). The deployment guide's "Memory budget" section says
+fails that connection alone with 1009 (message too big). A connection's output that waits to be written while a
+``send()`` or ``drain()`` waits for it (an echo of a large message, a client that reads slowly) is counted too,
+from the wait's start until the buffer drains: it is held whatever the limit, and it makes the reservations after
+it fail instead. The deployment guide's "Memory budget" section says
 what is counted and what is not.
 """
 
@@ -20,7 +23,8 @@ BUDGET_MIN = 64 * 1024
 
 
 class MemoryBudget:
-    """Bytes reserved by the messages being received by one server's connections, against ``limit``.
+    """Bytes reserved by the messages being received by one server's connections (and held by their paused output,
+:meth:`hold`), against ``limit``.
 
     ``limit`` None counts without limiting. Used from the event loop thread only.
     """
@@ -49,6 +53,15 @@ class MemoryBudget:
         if used > self.peak:
             self.peak = used
         return True
+
+    def hold(self, n: int) -> None:
+        """Count ``n`` bytes that are in use whatever the limit (a connection's output waiting to be written while
+        its writing is paused): never refused; ``used`` may go over the limit, and reservations are then refused
+        until the bytes are given back with :meth:`release`."""
+        used = self.used + n
+        self.used = used
+        if used > self.peak:
+            self.peak = used
 
     def release(self, n: int) -> None:
         """Give back ``n`` bytes reserved earlier."""

@@ -159,6 +159,7 @@ class Connection(asyncio.Protocol):
         "_abort_handle",
         "_assembled",
         "_budget",
+        "_budget_held",
         "_client_hs",
         "_close_initiator",
         "_drain_waiters",
@@ -222,6 +223,7 @@ class Connection(asyncio.Protocol):
     ) -> None:
         self.side = side
         self._budget = budget  # the server's memory budget for received messages (uringws.ws.budget)
+        self._budget_held = 0  # output bytes counted on it while a send()/drain() waits (_drain, _release_held)
         #: Where this connection logs: handshake failures, handler errors, and at DEBUG how it closed.
         if logger is None:
             logger = logging.getLogger("uringws.server" if side is Side.SERVER else "uringws.client")
@@ -949,6 +951,8 @@ class Connection(asyncio.Protocol):
                 if not drain.done():
                     drain.set_result(None)
             self._drain_waiters.clear()
+        if self._budget_held:
+            self._release_held()
         task = self._keepalive_task
         if task is not None:
             # Dropped, not kept: the cancelled task keeps its CancelledError, whose traceback holds the frame of
@@ -980,6 +984,8 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self._budget_held:
+            self._release_held()
         if self._read_paused_for_writes:
             self._read_paused_for_writes = False
             transport = self.transport
@@ -1072,6 +1078,13 @@ class Connection(asyncio.Protocol):
             raise InvalidState(f"close_exc is known once the connection is closed; it is {self.state.name}")
         return self._closed_exception()
 
+    def _release_held(self) -> None:
+        """Give the output bytes counted by `_drain` back to the budget (writing resumed, or the connection
+        ended)."""
+        assert self._budget is not None
+        self._budget.release(self._budget_held)
+        self._budget_held = 0
+
     async def _drain(self) -> None:
         if self.lost.done():
             raise self._closed_exception()
@@ -1079,6 +1092,16 @@ class Connection(asyncio.Protocol):
         if self._drain_waiters is None:
             self._drain_waiters = []
         self._drain_waiters.append(waiter)
+        budget = self._budget
+        if budget is not None and not self._budget_held and self.transport is not None:
+            # The output waiting to be written is memory this connection holds (a 15 MiB echo, until its last
+            # byte leaves): counted on the server's budget until it drains, so that other connections' large
+            # messages are refused while it is, instead of the process growing past max_memory. Measured here,
+            # once send() has handed over the whole message (pause_writing() comes in the middle of a write).
+            held = self.transport.get_write_buffer_size()
+            if held >= BUDGET_MIN:
+                budget.hold(held)
+                self._budget_held = held
         await waiter
         if self.lost.done() and (self.proto is None or self.proto.close_rcvd is None):
             raise self._closed_exception()
