@@ -507,6 +507,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "FrameBufferPy takes bytes past its frame",
     ),
     Mutation(
+        "fr-mask-avx2-lane",
+        SPEEDUPS,
+        "XOR32(192); XOR32(224);",
+        "XOR32(192);",
+        ("tests/ws/test_speedups.py",),
+        "the AVX2 mask loop leaves the last 32 bytes of every 256 unmasked",
+    ),
+    Mutation(
         "fr-gather-phase-c",
         SPEEDUPS,
         "Py_ssize_t k = self->filled & 3;",

@@ -218,7 +218,7 @@ def test_doctor_reports_speedups(disabled: bool) -> None:
 
 # -- the AVX2 loop and the portable one ----------------------------------------------------------------------------
 
-# Every length up to 300 (the vector loop's 128- and 32-byte steps and the portable tail) at every start offset
+# Every length up to 300 (the vector loop's 256- and 32-byte steps and the portable tail) at every start offset
 # up to 36 (unaligned loads), plus larger sizes, through apply_mask and a FrameBuffer fed in uneven chunks (the
 # mask's phase carried between chunks), each checked against the pure twin; prints the loop used and a digest.
 _SWEEP = r"""
@@ -229,7 +229,7 @@ data = bytes(rng.getrandbits(8) for _ in range(70000))
 h = hashlib.sha256()
 for mask in (b"\x00\x00\x00\x00", b"\xff\x01\x80\x7f", bytes(rng.getrandbits(8) for _ in range(4))):
     for start in range(37):
-        for n in [*range(301), 511, 512, 513, 1023, 4096, 4163, 65536 + 37]:
+        for n in [*range(301), 511, 512, 513, 767, 768, 800, 1023, 4096, 4163, 65536 + 37]:
             part = memoryview(data)[start : start + n]
             out = _speedups.apply_mask(part, mask)
             assert out == frames.apply_mask_py(part, mask), (mask, start, n)

@@ -80,8 +80,13 @@ static int use_avx2 = 0;
 
 #ifdef HAVE_AVX2_PATH
 /* The same XOR, 32 bytes per instruction. Compiled for AVX2 whatever the build flags say (target attribute)
- * and only ever called after __builtin_cpu_supports("avx2"). Four vectors per iteration so the loads and
- * stores overlap. i stays a multiple of 32, hence of 4: the tail continues with the mask in phase. */
+ * and only ever called after __builtin_cpu_supports("avx2"). Eight vectors per iteration, each loaded, XORed and
+ * stored before the next is loaded: src and dst may be the same buffer (unmasking in place), and in this order the
+ * compiler folds each load into its XOR (two instructions per 32 bytes; loading four before storing any took
+ * four: 123k instructions per MiB against 78k). i stays a multiple of 32, hence of 4: the tail continues with the
+ * mask in phase. */
+#define XOR32(k) _mm256_storeu_si256((__m256i *)(dst + i + (k)), \
+                                     _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(src + i + (k))), m))
 __attribute__((target("avx2"))) static void
 xor_mask_avx2(const unsigned char *src, unsigned char *dst, Py_ssize_t n, const unsigned char *mask)
 {
@@ -89,15 +94,8 @@ xor_mask_avx2(const unsigned char *src, unsigned char *dst, Py_ssize_t n, const 
     Py_ssize_t i = 0;
     memcpy(&m32, mask, 4);
     const __m256i m = _mm256_set1_epi32((int)m32);
-    for (; i + 128 <= n; i += 128) {
-        __m256i v0 = _mm256_loadu_si256((const __m256i *)(src + i));
-        __m256i v1 = _mm256_loadu_si256((const __m256i *)(src + i + 32));
-        __m256i v2 = _mm256_loadu_si256((const __m256i *)(src + i + 64));
-        __m256i v3 = _mm256_loadu_si256((const __m256i *)(src + i + 96));
-        _mm256_storeu_si256((__m256i *)(dst + i), _mm256_xor_si256(v0, m));
-        _mm256_storeu_si256((__m256i *)(dst + i + 32), _mm256_xor_si256(v1, m));
-        _mm256_storeu_si256((__m256i *)(dst + i + 64), _mm256_xor_si256(v2, m));
-        _mm256_storeu_si256((__m256i *)(dst + i + 96), _mm256_xor_si256(v3, m));
+    for (; i + 256 <= n; i += 256) {
+        XOR32(0); XOR32(32); XOR32(64); XOR32(96); XOR32(128); XOR32(160); XOR32(192); XOR32(224);
     }
     for (; i + 32 <= n; i += 32) {
         __m256i v = _mm256_loadu_si256((const __m256i *)(src + i));
@@ -107,6 +105,7 @@ xor_mask_avx2(const unsigned char *src, unsigned char *dst, Py_ssize_t n, const 
         xor_mask_portable(src + i, dst + i, n - i, mask);
     }
 }
+#undef XOR32
 #endif
 
 /* XOR src with the repeated 4-byte mask (mask[0] applies to src[0]) into dst, by the fastest loop available.
