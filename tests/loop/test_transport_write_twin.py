@@ -1,5 +1,6 @@
-"""``RingSocketTransport.write`` in C (``_ringc.TransportWrite``, the class's ``write`` when compiled) against the
-Python function (``transports.write_py``): one script of writes (small and large, from the loop and from a
+"""``RingSocketTransport.write`` and ``_flush`` in C (``_ringc.TransportWrite`` and ``TransportFlush``, the class's
+``write`` and ``_flush`` when compiled) against the Python functions (``transports.write_py``, ``flush_py``): one
+script of writes (small and large, from the loop and from a
 before-wait hook, bytes and other buffers), peer reads, write-buffer limits and loop iterations, run on a transport
 with each, over a socketpair whose small buffers make sends short, must leave the same trace step by step and
 deliver the same bytes in order."""
@@ -58,8 +59,10 @@ def run_script(script: list[Op], compiled: bool) -> tuple[list[Any], bytes, byte
         assert type(transport) is transports.RingSocketTransport
         if compiled:
             assert type(type(transport).write) is fast.TransportWrite
+            assert type(type(transport)._flush) is fast.TransportFlush
         else:
             transport.write = types.MethodType(transports.write_py, transport)
+            transport._flush = types.MethodType(transports.flush_py, transport)
 
         def settle() -> None:
             for _ in range(3):
@@ -150,6 +153,9 @@ ops = st.lists(
                  ("write", 40_000), ("drain", 1 << 20), ("settle", 0), ("settle", 0)])
 @example(script=[("limits", 1024), ("write", 200_000), ("hook-write", 5000), ("settle", 0), ("drain", 1 << 20),
                  ("settle", 0), ("settle", 0), ("write", 16 * 1024)])
+@example(script=[("write", 100), ("settle", 0), ("write", 100), ("write", 5000), ("settle", 0), ("fill", 0),
+                 ("write", 1), ("settle", 0), ("drain", 1 << 20), ("settle", 0), ("limits", 1024), ("write", 5000),
+                 ("settle", 0)])
 def test_same_trace_and_bytes_as_the_python_function(script: list[Op]) -> None:
     compiled, sent, got = run_script(script, True)
     assert got == sent  # everything, in order
@@ -160,35 +166,53 @@ def test_same_trace_and_bytes_as_the_python_function(script: list[Op]) -> None:
 
 @needs_c
 def test_the_direct_send_runs_no_python() -> None:
-    """The compiled write is really taken for the common cases: a large write, and a small one from a hook."""
+    """The compiled write and flush are really taken for the common cases: a large write, a small one from a hook,
+    and a small one from the loop (queued, then sent by the flush before the loop waits)."""
     script: list[Op] = [("write", 40_000), ("settle", 0), ("drain", 1 << 20), ("settle", 0), ("drain", 1 << 20),
                         ("settle", 0), ("hook-write", 100), ("settle", 0)]
+    small: list[Op] = [("write", 100), ("settle", 0)]
     calls: list[str] = []
-    original = transports.write_py
+    original_write, original_flush = transports.write_py, transports.flush_py
 
-    def spy(self: Any, data: Any) -> None:
+    def spy_write(self: Any, data: Any) -> None:
         calls.append("write_py")
-        original(self, data)
+        original_write(self, data)
 
-    compiled_write = transports.RingSocketTransport.write
-    replacement = fast.TransportWrite(transports.RingSocketTransport, spy, transports._DEFER_BELOW,
-                                      transports._DIRECT_FLAGS)
-    transports.RingSocketTransport.write = replacement  # type: ignore[method-assign]
+    def spy_flush(self: Any) -> None:
+        calls.append("flush_py")
+        original_flush(self)
+
+    cls = transports.RingSocketTransport
+    compiled_write, compiled_flush = cls.write, cls._flush
+    cls.write = fast.TransportWrite(cls, spy_write, transports._DEFER_BELOW,  # type: ignore[method-assign]
+                                    transports._DIRECT_FLAGS)
+    cls._flush = fast.TransportFlush(cls, spy_flush, transports._DIRECT_FLAGS)  # type: ignore[method-assign]
     try:
         trace, sent, got = run_script(script, True)
+        # the large write's direct send (the rest of it, a memoryview, queued by _write_rest: flush_py sends it),
+        # the hook's write
+        assert "write_py" not in calls
+        calls.clear()
+        trace_small, sent_small, got_small = run_script(small, True)
     finally:
-        transports.RingSocketTransport.write = compiled_write  # type: ignore[method-assign]
-    assert got == sent
-    assert calls == []  # the large write's direct send (its rest queued by _write_rest), the hook's write
+        cls.write, cls._flush = compiled_write, compiled_flush  # type: ignore[method-assign]
+    assert got == sent and got_small == sent_small
     before, after = trace[-3][-1], trace[-2][-1]
     assert trace[-3][2] == 0  # nothing queued when the hook wrote
     assert after["direct_sends"] == before["direct_sends"] + 1 and after["sends"] == before["sends"]
+    assert calls == []  # the small write queued, and its flush's direct send
+    assert trace_small[0][2] == 100  # it waits in the queue until the loop is about to wait
+    after = trace_small[1][-1]
+    assert trace_small[1][2] == 0 and after["direct_sends"] == 1 and after["sends"] == 0
+    assert after["max_queued"] == 100
 
 
 @needs_c
+@pytest.mark.parametrize("size", [40_000, 100], ids=["write", "flush"])
 @pytest.mark.parametrize("compiled", [True, False])
-def test_a_failed_direct_send_is_a_fatal_write_error(compiled: bool) -> None:
-    """The peer is gone: the direct send fails (EPIPE), the transport reports it and closes, as write() does."""
+def test_a_failed_direct_send_is_a_fatal_write_error(compiled: bool, size: int) -> None:
+    """The peer is gone: the direct send (write()'s, or the flush's of a small write) fails (EPIPE), the transport
+    reports it and closes, as the Python functions do."""
     loop = EventLoop(read_mode="poll")
     a, b = socket.socketpair()
     try:
@@ -196,12 +220,13 @@ def test_a_failed_direct_send_is_a_fatal_write_error(compiled: bool) -> None:
         transport: Any = loop._make_socket_transport(a, proto)  # type: ignore[attr-defined]
         if not compiled:
             transport.write = types.MethodType(transports.write_py, transport)
+            transport._flush = types.MethodType(transports.flush_py, transport)
         loop.call_soon(loop.stop)
         loop.run_forever()
         b.close()
         errors: list[Any] = []
         loop.set_exception_handler(lambda _, ctx: errors.append(ctx))
-        transport.write(b"x" * 40_000)
+        transport.write(b"x" * size)
         for _ in range(3):
             loop.call_soon(loop.stop)
             loop.run_forever()

@@ -83,8 +83,10 @@ _set_result_unless_cancelled = compat.set_result_unless_cancelled
 _RecvHook: Any = _fast.RecvHook
 _CompiledRingCore: Any = _fast.CoreRing
 
-# The compiled twin of RingSocketTransport.write's direct send (None where the compiled ring core is off).
+# The compiled twins of RingSocketTransport.write's direct send and queueing, and of _flush's direct send (None
+# where the compiled ring core is off).
 _TransportWrite: Any = _fast.TransportWrite
+_TransportFlush: Any = _fast.TransportFlush
 
 # States of the send side. At most one operation of the send side is outstanding at any time.
 _IDLE = 0  # nothing in flight
@@ -750,16 +752,34 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
         if queue.completed(n):
             self._resume_protocol()
         if queue._buffered:
-            # Short (the socket buffer is full): the rest goes as the one ring send in flight, which waits
-            # for room in the kernel instead of us polling.
-            stats.direct_short += 1
-            stats.resent_bytes += sum(map(len, bufs)) - n  # of this batch; bytes queued behind it were never sent
-            if not queue._closed:
-                self._submit_send()
+            self._flush_short(bufs, n)
         elif self._release_wanted or self._closing or self._eof:
             # Drained (all of it went): _after_send() has something to do only for these. Its call is skipped
             # in the common case, once per message.
             self._after_send()
+
+    def _flush_short(self, bufs: list[memoryview], n: int) -> None:
+        """_flush's direct send of ``bufs`` took only ``n`` bytes (the socket buffer is full): the rest goes as the
+        one ring send in flight, which waits for room in the kernel instead of us polling."""
+        stats = self._stats
+        stats.direct_short += 1
+        stats.resent_bytes += sum(map(len, bufs)) - n  # of this batch; bytes queued behind it were never sent
+        if not self._queue._closed:
+            self._submit_send()
+
+    def _flush_rest(self, n: int) -> None:
+        """The compiled _flush (`_ringc.TransportFlush`) sent the queue's one chunk directly and the kernel took
+        ``n`` bytes of it (0 <= n < its size): on as _flush goes on after a short send. It takes its path only
+        with the queue unpaused, so there is nothing to resume."""
+        queue = self._queue
+        bufs = queue.next_send()  # the chunk it sent from, in flight now as _flush has it
+        assert bufs is not None
+        stats = self._stats
+        stats.direct_sends += 1
+        if queue._buffered > stats.max_queued:
+            stats.max_queued = queue._buffered
+        queue.completed(n)
+        self._flush_short(bufs, n)
 
     def _submit_send(self) -> None:
         """Submit the queue's next batch as the one send in flight (the remainder of a short send comes first)."""
@@ -967,4 +987,13 @@ if _TransportWrite is not None:
     # transport.write(data) makes no bound method.
     RingSocketTransport.write = _TransportWrite(  # type: ignore[method-assign]
         RingSocketTransport, write_py, _DEFER_BELOW, _DIRECT_FLAGS
+    )
+
+#: RingSocketTransport._flush, the Python function: the pure twin of the compiled flush.
+flush_py = RingSocketTransport._flush
+if _TransportFlush is not None:
+    # _flush() in C for RingSocketTransport itself: the before-wait hook that sends what write() queued, once per
+    # message of a small-message echo, without its four Python calls (next_send, socket.send, completed).
+    RingSocketTransport._flush = _TransportFlush(  # type: ignore[method-assign]
+        RingSocketTransport, flush_py, _DIRECT_FLAGS
     )

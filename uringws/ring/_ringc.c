@@ -2414,18 +2414,28 @@ typedef struct {
     int flags;
 } TransportWriteObject;
 
-enum { T_EOF, T_CONN_LOST, T_QUEUE, T_DIRECT_SEND, T_SEND_STATE, T_LOOP, T_SOCK, T_SOCK_FD, T_STATS, T_COUNT };
+enum {
+    T_EOF, T_CONN_LOST, T_QUEUE, T_DIRECT_SEND, T_SEND_STATE, T_LOOP, T_SOCK, T_SOCK_FD, T_STATS, T_FLUSH_SCHEDULED,
+    T_SELECTOR, T_RELEASE_WANTED, T_CLOSING, T_FLUSH, T_COUNT
+};
 static const char *const write_attr_names[T_COUNT] = {
     "_eof", "_conn_lost", "_queue", "_direct_send", "_send_state", "_loop", "_sock", "_sock_fd", "_stats",
+    "_flush_scheduled", "_selector", "_release_wanted", "_closing", "_flush",
 };
 static PyObject *write_attr_str[T_COUNT];
 static FastAttrsCache write_cache;
-enum { Q_CLOSED, Q_BUFFERED, Q_INFLIGHT, Q_COUNT };
-static const char *const queue_attr_names[Q_COUNT] = {"_closed", "_buffered", "_inflight"};
+enum { Q_CLOSED, Q_BUFFERED, Q_INFLIGHT, Q_CHUNKS, Q_HIGH, Q_PAUSED, Q_OFFSET, Q_COUNT };
+static const char *const queue_attr_names[Q_COUNT] = {
+    "_closed", "_buffered", "_inflight", "_chunks", "_high", "_paused", "_offset",
+};
 static PyObject *queue_attr_str[Q_COUNT];
 static FastAttrsCache queue_cache;
-static FastAttr1 c_direct_sends;
-static PyObject *s_direct_sends, *s_write_rest, *s_write_error_message;
+enum { S_DIRECT_SENDS, S_MAX_QUEUED, S_COUNT };
+static const char *const stats_attr_names[S_COUNT] = {"direct_sends", "max_queued"};
+static PyObject *stats_attr_str[S_COUNT];
+static FastAttrsCache stats_cache;
+static FastAttr1 c_sel_closing, c_before_wait;
+static PyObject *s_write_rest, *s_write_error_message, *s_flush_rest, *s_sel_closing, *s_before_wait_list;
 
 static PyObject *TransportWrite_vectorcall(TransportWriteObject *self, PyObject *const *args, size_t nargsf,
                                            PyObject *kwnames);
@@ -2487,58 +2497,157 @@ TransportWrite_get(PyObject *self, PyObject *obj, PyObject *type)
     return PyMethod_New(self, obj);
 }
 
-/* 1: the direct send applies (the checks of write() before its send(2)), 0: it does not, -1: an exception */
+/* What write() does with bytes of length len (the checks of write() before its send(2) or its queue.write()):
+ * W_DIRECT, the direct send; W_QUEUE, append to the queue and schedule the flush; W_PYTHON, anything else (a write
+ * after write_eof() or after the connection was lost, a closed queue, no socket): the Python function; -1, an
+ * exception. *queue_out: the transport's queue (a new reference) for W_DIRECT and W_QUEUE. */
+enum { W_PYTHON, W_DIRECT, W_QUEUE };
 static int
-write_is_direct(TransportWriteObject *self, FastAttrs *fa, PyObject *t, Py_ssize_t len)
+write_route(TransportWriteObject *self, FastAttrs *fa, PyObject *t, Py_ssize_t len, PyObject **queue_out)
 {
+    *queue_out = NULL;
     int r = fa_true(fa, t, write_attr_str, T_EOF);
     if (r != 0)
-        return r < 0 ? -1 : 0;
+        return r < 0 ? -1 : W_PYTHON;
     Py_ssize_t lost, state;
     if (fa_ssize(fa, t, write_attr_str, T_CONN_LOST, &lost) < 0)
         return -1;
     if (lost)
-        return 0;
-    if ((r = fa_true(fa, t, write_attr_str, T_DIRECT_SEND)) <= 0)
-        return r;
-    if (fa_ssize(fa, t, write_attr_str, T_SEND_STATE, &state) < 0)
-        return -1;
-    if (state != 0)  /* _IDLE */
-        return 0;
+        return W_PYTHON;
     PyObject *queue = fa_get(fa, t, write_attr_str, T_QUEUE);
     if (queue == NULL)
         return -1;
     FastAttrs *qa = fa_lookup(&queue_cache, Py_TYPE(queue), queue_attr_str, Q_COUNT);
     Py_ssize_t buffered = 0;
     PyObject *inflight = NULL;
-    r = fa_true(qa, queue, queue_attr_str, Q_CLOSED);
-    if (r == 0 && fa_ssize(qa, queue, queue_attr_str, Q_BUFFERED, &buffered) < 0)
-        r = -1;
-    if (r == 0 && buffered == 0 && (inflight = fa_get(qa, queue, queue_attr_str, Q_INFLIGHT)) == NULL)
-        r = -1;
-    Py_DECREF(queue);
-    if (r != 0 || buffered != 0) {
-        return r < 0 ? -1 : 0;
+    int route = W_QUEUE;
+    if ((r = fa_true(qa, queue, queue_attr_str, Q_CLOSED)) != 0) {
+        route = r < 0 ? -1 : W_PYTHON;
+        goto done;
     }
-    int idle = inflight == Py_None;
+    if ((r = fa_true(fa, t, write_attr_str, T_DIRECT_SEND)) <= 0) {
+        route = r < 0 ? -1 : W_QUEUE;
+        goto done;
+    }
+    if (fa_ssize(fa, t, write_attr_str, T_SEND_STATE, &state) < 0 || fa_ssize(qa, queue, queue_attr_str, Q_BUFFERED,
+                                                                              &buffered) < 0) {
+        route = -1;
+        goto done;
+    }
+    if (state != 0 || buffered != 0)  /* a send in flight or bytes queued: behind them */
+        goto done;
+    if ((inflight = fa_get(qa, queue, queue_attr_str, Q_INFLIGHT)) == NULL) {
+        route = -1;
+        goto done;
+    }
+    r = inflight == Py_None;
     Py_DECREF(inflight);
-    if (!idle)
-        return 0;
+    if (!r)
+        goto done;
     if (len < self->defer_below) {  /* a short write goes now only from a before-wait hook */
         PyObject *loop = fa_get(fa, t, write_attr_str, T_LOOP);
-        if (loop == NULL)
-            return -1;
+        if (loop == NULL) {
+            route = -1;
+            goto done;
+        }
         r = fa1_true(&c_in_before_wait, loop, s_in_before_wait);
         Py_DECREF(loop);
-        if (r <= 0)
-            return r;
+        if (r <= 0) {
+            route = r < 0 ? -1 : W_QUEUE;
+            goto done;
+        }
     }
     PyObject *sock = fa_get(fa, t, write_attr_str, T_SOCK);
-    if (sock == NULL)
-        return -1;
-    r = sock != Py_None;
+    if (sock == NULL) {
+        route = -1;
+        goto done;
+    }
+    route = sock != Py_None ? W_DIRECT : W_PYTHON;
     Py_DECREF(sock);
+done:
+    if (route == W_DIRECT || route == W_QUEUE)
+        *queue_out = queue;
+    else
+        Py_DECREF(queue);
+    return route;
+}
+
+/* transport._stats.direct_sends += 1 (and max_queued = queued, if larger, when queued >= 0): 0, or -1. */
+static int
+count_direct_send(FastAttrs *fa, PyObject *t, Py_ssize_t queued)
+{
+    PyObject *stats = fa_get(fa, t, write_attr_str, T_STATS);
+    if (stats == NULL)
+        return -1;
+    FastAttrs *sa = fa_lookup(&stats_cache, Py_TYPE(stats), stats_attr_str, S_COUNT);
+    Py_ssize_t count, most = 0;
+    int r = fa_ssize(sa, stats, stats_attr_str, S_DIRECT_SENDS, &count);
+    if (r == 0)
+        r = fa_set_ssize(sa, stats, stats_attr_str, S_DIRECT_SENDS, count + 1);
+    if (r == 0 && queued >= 0 && (r = fa_ssize(sa, stats, stats_attr_str, S_MAX_QUEUED, &most)) == 0 && queued > most)
+        r = fa_set_ssize(sa, stats, stats_attr_str, S_MAX_QUEUED, queued);
+    Py_DECREF(stats);
     return r;
+}
+
+/* write()'s queueing of bytes, as `queue.write(data)` then the flush's scheduling do it: the data appended to the
+ * queue's chunks, and transport._flush put on the selector's before-wait hooks unless it is there or a send is in
+ * flight. A write that would take the queue over its high-water mark calls `write` (the Python function: it pauses
+ * the protocol). Returns None, or NULL with an exception set. */
+static PyObject *
+write_queue(TransportWriteObject *self, FastAttrs *fa, PyObject *t, PyObject *queue, PyObject *const *args,
+            size_t nargsf)
+{
+    PyObject *data = args[1];
+    Py_ssize_t len = PyBytes_GET_SIZE(data), buffered, high, state;
+    FastAttrs *qa = fa_lookup(&queue_cache, Py_TYPE(queue), queue_attr_str, Q_COUNT);
+    if (fa_ssize(qa, queue, queue_attr_str, Q_BUFFERED, &buffered) < 0
+        || fa_ssize(qa, queue, queue_attr_str, Q_HIGH, &high) < 0)
+        return NULL;
+    if (buffered + len > high)
+        return PyObject_Vectorcall(self->write, args, nargsf, NULL);
+    PyObject *chunks = fa_get(qa, queue, queue_attr_str, Q_CHUNKS);
+    if (chunks == NULL)
+        return NULL;
+    int r = PyList_CheckExact(chunks) ? PyList_Append(chunks, data) : -2;
+    Py_DECREF(chunks);
+    if (r == -2)
+        return PyObject_Vectorcall(self->write, args, nargsf, NULL);
+    if (r < 0 || fa_set_ssize(qa, queue, queue_attr_str, Q_BUFFERED, buffered + len) < 0)
+        return NULL;
+    if (fa_ssize(fa, t, write_attr_str, T_SEND_STATE, &state) < 0)
+        return NULL;
+    if (state != 0)
+        Py_RETURN_NONE;  /* the send in flight's completion sends the rest */
+    if ((r = fa_true(fa, t, write_attr_str, T_FLUSH_SCHEDULED)) != 0)
+        return r < 0 ? NULL : Py_NewRef(Py_None);
+    if (fa_set(fa, t, write_attr_str, T_FLUSH_SCHEDULED, Py_True) < 0)
+        return NULL;
+    PyObject *selector = fa_get(fa, t, write_attr_str, T_SELECTOR);
+    if (selector == NULL)
+        return NULL;
+    PyObject *hooks = fa1_get(&c_before_wait, selector, s_before_wait_list);
+    Py_DECREF(selector);
+    if (hooks == NULL)
+        return NULL;
+    PyObject *flush = fa_get(fa, t, write_attr_str, T_FLUSH);  /* bound: the hook is called with no arguments */
+    if (flush == NULL) {
+        Py_DECREF(hooks);
+        return NULL;
+    }
+    if (PyList_CheckExact(hooks)) {
+        r = PyList_Append(hooks, flush);
+    }
+    else {
+        PyObject *res = PyObject_CallMethod(hooks, "append", "O", flush);
+        r = res == NULL ? -1 : 0;
+        Py_XDECREF(res);
+    }
+    Py_DECREF(flush);
+    Py_DECREF(hooks);
+    if (r < 0)
+        return NULL;
+    Py_RETURN_NONE;
 }
 
 static PyObject *
@@ -2552,14 +2661,20 @@ TransportWrite_vectorcall(TransportWriteObject *self, PyObject *const *args, siz
     if (nargs != 2 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames)) || Py_TYPE(args[0]) != self->transport_type
         || !PyBytes_CheckExact(args[1]) || PyBytes_GET_SIZE(args[1]) == 0)
         return PyObject_Vectorcall(self->write, args, nargsf, kwnames);
-    PyObject *t = args[0], *data = args[1];
+    PyObject *t = args[0], *data = args[1], *queue;
     Py_ssize_t len = PyBytes_GET_SIZE(data), fd;
     FastAttrs *fa = fa_lookup(&write_cache, self->transport_type, write_attr_str, T_COUNT);
-    int direct = write_is_direct(self, fa, t, len);
-    if (direct < 0)
+    int route = write_route(self, fa, t, len, &queue);
+    if (route < 0)
         return NULL;
-    if (!direct)
+    if (route == W_PYTHON)
         return PyObject_Vectorcall(self->write, args, nargsf, kwnames);
+    if (route == W_QUEUE) {
+        PyObject *r = write_queue(self, fa, t, queue, args, nargsf);
+        Py_DECREF(queue);
+        return r;
+    }
+    Py_DECREF(queue);
     if (fa_ssize(fa, t, write_attr_str, T_SOCK_FD, &fd) < 0)
         return NULL;
     Py_ssize_t n;
@@ -2592,16 +2707,7 @@ TransportWrite_vectorcall(TransportWriteObject *self, PyObject *const *args, siz
         Py_DECREF(sent);
         return r;
     }
-    PyObject *stats = fa_get(fa, t, write_attr_str, T_STATS);
-    if (stats == NULL)
-        return NULL;
-    PyObject *count = fa1_get(&c_direct_sends, stats, s_direct_sends);
-    PyObject *more = count == NULL ? NULL : PyNumber_Add(count, one_long);
-    Py_XDECREF(count);
-    int ok = more != NULL && fa1_set(&c_direct_sends, stats, s_direct_sends, more) == 0;
-    Py_XDECREF(more);
-    Py_DECREF(stats);
-    if (!ok)
+    if (count_direct_send(fa, t, -1) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -2622,6 +2728,213 @@ static PyTypeObject TransportWriteType = {
     .tp_new = TransportWrite_new,
 };
 
+/* -- TransportFlush: RingSocketTransport._flush, its direct send ---------------------------------------------- */
+
+/* TransportFlush(transport_type, flush, flags)
+ *
+ * The compiled twin of RingSocketTransport._flush (the before-wait hook that sends what write() queued), set as the
+ * class's `_flush`, a method descriptor like TransportWrite. It does the common case: direct sends on, nothing in
+ * flight, the transport and the selector open, the queue unpaused with one bytes chunk (an echo's reply, one
+ * message) and nothing of it sent yet. One send(2) with `flags`; all of it taken, the chunk leaves the queue and the
+ * direct send is counted, as the Python function does after queue.next_send() and queue.completed(n). A short send
+ * (EAGAIN/EINTR: 0 bytes) goes on in transport._flush_rest(n), a failure in transport._fatal_error(exc, message).
+ * Anything else calls `flush`, the Python function. */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyTypeObject *transport_type;
+    PyObject *flush;  /* RingSocketTransport._flush, the Python function */
+    int flags;
+} TransportFlushObject;
+
+static PyObject *TransportFlush_vectorcall(TransportFlushObject *self, PyObject *const *args, size_t nargsf,
+                                           PyObject *kwnames);
+
+static PyObject *
+TransportFlush_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    PyObject *transport_type, *flush;
+    int flags;
+    if (kw != NULL && PyDict_GET_SIZE(kw)) {
+        PyErr_SetString(PyExc_TypeError, "TransportFlush() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "O!Oi:TransportFlush", &PyType_Type, &transport_type, &flush, &flags))
+        return NULL;
+    TransportFlushObject *self = PyObject_GC_New(TransportFlushObject, type);
+    if (self == NULL)
+        return NULL;
+    self->vectorcall = (vectorcallfunc)TransportFlush_vectorcall;
+    self->transport_type = (PyTypeObject *)Py_NewRef(transport_type);
+    self->flush = Py_NewRef(flush);
+    self->flags = flags;
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+static int
+TransportFlush_traverse(TransportFlushObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->transport_type);
+    Py_VISIT(self->flush);
+    return 0;
+}
+
+static int
+TransportFlush_clear(TransportFlushObject *self)
+{
+    Py_CLEAR(self->transport_type);
+    Py_CLEAR(self->flush);
+    return 0;
+}
+
+static void
+TransportFlush_dealloc(TransportFlushObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    TransportFlush_clear(self);
+    PyObject_GC_Del(self);
+}
+
+/* The one bytes chunk the common case sends (a new reference, its queue's chunks list in *chunks_out), NULL with no
+ * exception where the Python function must run, or NULL with an exception set. */
+static PyObject *
+flush_chunk(FastAttrs *fa, PyObject *t, PyObject **chunks_out)
+{
+    *chunks_out = NULL;
+    Py_ssize_t state, v;
+    int r;
+    if (fa_ssize(fa, t, write_attr_str, T_SEND_STATE, &state) < 0)
+        return NULL;
+    if (state != 0)
+        return NULL;
+    static const int off_flags[] = {T_RELEASE_WANTED, T_CLOSING, T_EOF};
+    for (size_t i = 0; i < sizeof(off_flags) / sizeof(off_flags[0]); i++) {
+        if ((r = fa_true(fa, t, write_attr_str, off_flags[i])) != 0)
+            return NULL;  /* r < 0: the exception stays set */
+    }
+    if ((r = fa_true(fa, t, write_attr_str, T_DIRECT_SEND)) <= 0)
+        return NULL;
+    PyObject *selector = fa_get(fa, t, write_attr_str, T_SELECTOR);
+    if (selector == NULL)
+        return NULL;
+    r = fa1_true(&c_sel_closing, selector, s_sel_closing);
+    Py_DECREF(selector);
+    if (r != 0)
+        return NULL;
+    PyObject *queue = fa_get(fa, t, write_attr_str, T_QUEUE);
+    if (queue == NULL)
+        return NULL;
+    FastAttrs *qa = fa_lookup(&queue_cache, Py_TYPE(queue), queue_attr_str, Q_COUNT);
+    PyObject *chunks = NULL, *chunk = NULL, *inflight = NULL;
+    if (fa_true(qa, queue, queue_attr_str, Q_CLOSED) != 0 || fa_true(qa, queue, queue_attr_str, Q_PAUSED) != 0)
+        goto out;
+    if (fa_ssize(qa, queue, queue_attr_str, Q_OFFSET, &v) < 0 || v != 0)
+        goto out;
+    if ((inflight = fa_get(qa, queue, queue_attr_str, Q_INFLIGHT)) == NULL || inflight != Py_None)
+        goto out;
+    if ((chunks = fa_get(qa, queue, queue_attr_str, Q_CHUNKS)) == NULL)
+        goto out;
+    if (!PyList_CheckExact(chunks) || PyList_GET_SIZE(chunks) != 1 || !PyBytes_CheckExact(PyList_GET_ITEM(chunks, 0)))
+        goto out;
+    chunk = PyList_GET_ITEM(chunks, 0);
+    if (fa_ssize(qa, queue, queue_attr_str, Q_BUFFERED, &v) < 0 || v != PyBytes_GET_SIZE(chunk) || v == 0) {
+        chunk = NULL;
+        goto out;
+    }
+    Py_INCREF(chunk);
+    *chunks_out = chunks;
+    chunks = NULL;
+out:
+    Py_XDECREF(inflight);
+    Py_XDECREF(chunks);
+    Py_DECREF(queue);
+    return chunk;
+}
+
+static PyObject *
+TransportFlush_vectorcall(TransportFlushObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (self->flush == NULL) {
+        PyErr_SetString(PyExc_ValueError, "TransportFlush was cleared");
+        return NULL;
+    }
+    if (nargs != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames)) || Py_TYPE(args[0]) != self->transport_type)
+        return PyObject_Vectorcall(self->flush, args, nargsf, kwnames);
+    PyObject *t = args[0], *chunks;
+    FastAttrs *fa = fa_lookup(&write_cache, self->transport_type, write_attr_str, T_COUNT);
+    PyObject *chunk = flush_chunk(fa, t, &chunks);
+    if (chunk == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        return PyObject_Vectorcall(self->flush, args, nargsf, kwnames);
+    }
+    PyObject *result = NULL;
+    Py_ssize_t fd, len = PyBytes_GET_SIZE(chunk), n;
+    int err = 0;
+    if (fa_set(fa, t, write_attr_str, T_FLUSH_SCHEDULED, Py_False) < 0
+        || fa_ssize(fa, t, write_attr_str, T_SOCK_FD, &fd) < 0)
+        goto out;
+    if (len >= 65536) {  /* a long copy into the kernel: let other threads run, as socket.send() does */
+        Py_BEGIN_ALLOW_THREADS
+        n = send((int)fd, PyBytes_AS_STRING(chunk), (size_t)len, self->flags);
+        err = errno;
+        Py_END_ALLOW_THREADS
+    }
+    else {
+        n = send((int)fd, PyBytes_AS_STRING(chunk), (size_t)len, self->flags);
+        err = errno;
+    }
+    if (n == len) {
+        /* queue.next_send() + queue.completed(n) for all of the one chunk, and the count _flush keeps */
+        PyObject *queue = fa_get(fa, t, write_attr_str, T_QUEUE);
+        if (queue == NULL)
+            goto out;
+        FastAttrs *qa = fa_lookup(&queue_cache, Py_TYPE(queue), queue_attr_str, Q_COUNT);
+        int r = PyList_SetSlice(chunks, 0, 1, NULL);
+        if (r == 0)
+            r = fa_set_ssize(qa, queue, queue_attr_str, Q_BUFFERED, 0);
+        Py_DECREF(queue);
+        if (r < 0 || count_direct_send(fa, t, len) < 0)
+            goto out;
+        result = Py_NewRef(Py_None);
+        goto out;
+    }
+    if (n < 0 && err != EAGAIN && err != EWOULDBLOCK && err != EINTR) {
+        errno = err;
+        PyErr_SetFromErrno(PyExc_OSError);
+        if (transport_route(t, s_write_error_message) == 0)
+            result = Py_NewRef(Py_None);
+        goto out;
+    }
+    PyObject *sent = PyLong_FromSsize_t(n < 0 ? 0 : n);
+    if (sent != NULL) {
+        result = PyObject_CallMethodOneArg(t, s_flush_rest, sent);
+        Py_DECREF(sent);
+    }
+out:
+    Py_DECREF(chunk);
+    Py_DECREF(chunks);
+    return result;
+}
+
+static PyTypeObject TransportFlushType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "uringws.ring._ringc.TransportFlush",
+    .tp_basicsize = sizeof(TransportFlushObject),
+    .tp_dealloc = (destructor)TransportFlush_dealloc,
+    .tp_vectorcall_offset = offsetof(TransportFlushObject, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_descr_get = TransportWrite_get,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_doc = "TransportFlush(transport_type, flush, flags): RingSocketTransport._flush's direct send of one queued "
+              "chunk, in C (a method descriptor).",
+    .tp_traverse = (traverseproc)TransportFlush_traverse,
+    .tp_clear = (inquiry)TransportFlush_clear,
+    .tp_new = TransportFlush_new,
+};
+
 static int
 transportwrite_init_strings(void)
 {
@@ -2634,8 +2947,14 @@ transportwrite_init_strings(void)
             return -1;
     }
 #define S(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return -1
-    S(s_direct_sends, "direct_sends");
+    for (int i = 0; i < S_COUNT; i++) {
+        if ((stats_attr_str[i] = PyUnicode_InternFromString(stats_attr_names[i])) == NULL)
+            return -1;
+    }
     S(s_write_rest, "_write_rest");
+    S(s_flush_rest, "_flush_rest");
+    S(s_sel_closing, "closing");
+    S(s_before_wait_list, "before_wait");
     S(s_write_error_message, "Fatal write error on socket transport");
 #undef S
     return 0;
@@ -3563,10 +3882,12 @@ module_exec(PyObject *m)
         return -1;
     if (PyType_Ready(&RingType) < 0 || PyType_Ready(&IndexType) < 0 || PyType_Ready(&RecvHookType) < 0
         || PyType_Ready(&CallSoonType) < 0 || PyType_Ready(&RunOnceType) < 0
-        || PyType_Ready(&TransportWriteType) < 0)
+        || PyType_Ready(&TransportWriteType) < 0
+        || PyType_Ready(&TransportFlushType) < 0)
         return -1;
     if (PyModule_AddObjectRef(m, "RunOnce", (PyObject *)&RunOnceType) < 0
         || PyModule_AddObjectRef(m, "TransportWrite", (PyObject *)&TransportWriteType) < 0
+        || PyModule_AddObjectRef(m, "TransportFlush", (PyObject *)&TransportFlushType) < 0
         || PyModule_AddObjectRef(m, "CallSoon", (PyObject *)&CallSoonType) < 0)
         return -1;
     Py_INCREF(&RecvHookType);

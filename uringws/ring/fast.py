@@ -33,6 +33,7 @@ __all__ = [
     "RecvHook",
     "RingIndex",
     "RunOnce",
+    "TransportFlush",
     "TransportWrite",
     "available",
 ]
@@ -65,6 +66,7 @@ RunOnce: Any = getattr(_core, "RunOnce", None)
 #: The C twin of ``RingSocketTransport._on_recv``, and the compiled ring type it is made for (None, None: pure).
 RecvHook: Any = getattr(_core, "RecvHook", None)
 TransportWrite: Any = getattr(_core, "TransportWrite", None)
+TransportFlush: Any = getattr(_core, "TransportFlush", None)
 CoreRing: Any = getattr(_core, "Ring", None)
 
 
