@@ -420,7 +420,7 @@ class Protocol:
                     break
         except ProtocolError as exc:
             # Anything delivered in this call, or events not yet taken: the application sees them first.
-            if self.defer_failure and (delivered or self._events) and self.state is State.OPEN:
+            if self.defer_failure and (delivered or self._events) and self.state is _OPEN:
                 # Messages that arrived before the error are delivered first; the front-end lets the
                 # application answer them, then calls fail_pending() (Autobahn 3.2, 4.x, 5.15 "strict").
                 self.pending_failure = exc
@@ -649,7 +649,7 @@ class Protocol:
     def _on_control(self, opcode: int, payload: bytes) -> None:
         if opcode == _PING:
             self._events.append(Ping(payload))
-            if self.state is State.OPEN:
+            if self.state is _OPEN:
                 self._send_frame(_PONG, payload)
         elif opcode == _PONG:
             self._events.append(Pong(payload))
@@ -683,7 +683,7 @@ class Protocol:
             self._out.append(payload)
 
     def _check_open(self) -> None:
-        if self.state is not State.OPEN:
+        if self.state is not _OPEN:
             raise InvalidState(f"cannot send data: connection is {self.state.name}")
 
     def _send_data(self, opcode: int, data: bytes, fin: bool) -> None:
@@ -831,7 +831,7 @@ class Protocol:
         """
         if self.failure is None:
             self.failure = exc if exc is not None else ProtocolError(reason or f"connection failed ({code})", code)
-        if self.state is State.OPEN and self.close_sent is None and code != 1006:
+        if self.state is _OPEN and self.close_sent is None and code != 1006:
             # Keep the reason within the 123 bytes a close frame allows.
             data = reason.encode("utf-8")[:123].decode("utf-8", "ignore")
             self._send_close(code, data)
