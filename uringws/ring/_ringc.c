@@ -2572,6 +2572,25 @@ done:
     return route;
 }
 
+/* send(2) of len bytes at buf with flags, as the transports' direct sends do it: a long copy into the kernel (64 KiB
+ * and more) lets other threads run, as socket.send() does. Returns send()'s result, its errno in *err. */
+static Py_ssize_t
+direct_send(int fd, const char *buf, Py_ssize_t len, int flags, int *err)
+{
+    Py_ssize_t n;
+    if (len >= 65536) {
+        Py_BEGIN_ALLOW_THREADS
+        n = send(fd, buf, (size_t)len, flags);
+        *err = errno;
+        Py_END_ALLOW_THREADS
+    }
+    else {
+        n = send(fd, buf, (size_t)len, flags);
+        *err = errno;
+    }
+    return n;
+}
+
 /* transport._stats.direct_sends += 1 (and max_queued = queued, if larger, when queued >= 0): 0, or -1. */
 static int
 count_direct_send(FastAttrs *fa, PyObject *t, Py_ssize_t queued)
@@ -2679,16 +2698,7 @@ TransportWrite_vectorcall(TransportWriteObject *self, PyObject *const *args, siz
         return NULL;
     Py_ssize_t n;
     int err = 0;
-    if (len >= 65536) {  /* a long copy into the kernel: let other threads run, as socket.send() does */
-        Py_BEGIN_ALLOW_THREADS
-        n = send((int)fd, PyBytes_AS_STRING(data), (size_t)len, self->flags);
-        err = errno;
-        Py_END_ALLOW_THREADS
-    }
-    else {
-        n = send((int)fd, PyBytes_AS_STRING(data), (size_t)len, self->flags);
-        err = errno;
-    }
+    n = direct_send((int)fd, PyBytes_AS_STRING(data), len, self->flags, &err);
     if (n < 0 && err != EAGAIN && err != EWOULDBLOCK && err != EINTR) {
         /* write()'s `except BaseException as exc: self._fatal_error(exc, ...)`, with the OSError send() raised */
         errno = err;
@@ -2876,16 +2886,7 @@ TransportFlush_vectorcall(TransportFlushObject *self, PyObject *const *args, siz
     if (fa_set(fa, t, write_attr_str, T_FLUSH_SCHEDULED, Py_False) < 0
         || fa_ssize(fa, t, write_attr_str, T_SOCK_FD, &fd) < 0)
         goto out;
-    if (len >= 65536) {  /* a long copy into the kernel: let other threads run, as socket.send() does */
-        Py_BEGIN_ALLOW_THREADS
-        n = send((int)fd, PyBytes_AS_STRING(chunk), (size_t)len, self->flags);
-        err = errno;
-        Py_END_ALLOW_THREADS
-    }
-    else {
-        n = send((int)fd, PyBytes_AS_STRING(chunk), (size_t)len, self->flags);
-        err = errno;
-    }
+    n = direct_send((int)fd, PyBytes_AS_STRING(chunk), len, self->flags, &err);
     if (n == len) {
         /* queue.next_send() + queue.completed(n) for all of the one chunk, and the count _flush keeps */
         PyObject *queue = fa_get(fa, t, write_attr_str, T_QUEUE);

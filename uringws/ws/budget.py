@@ -23,8 +23,8 @@ BUDGET_MIN = 64 * 1024
 
 
 class MemoryBudget:
-    """Bytes reserved by the messages being received by one server's connections (and held by their paused output,
-:meth:`hold`), against ``limit``.
+    """Bytes reserved by the messages being received by one server's connections, and held by their output waiting
+    to be written (:meth:`hold`), against ``limit``.
 
     ``limit`` None counts without limiting. Used from the event loop thread only.
     """
@@ -49,9 +49,7 @@ class MemoryBudget:
         if limit is not None and used > limit:
             self.refused += 1
             return False
-        self.used = used
-        if used > self.peak:
-            self.peak = used
+        self.hold(n)
         return True
 
     def hold(self, n: int) -> None:

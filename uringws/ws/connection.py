@@ -48,6 +48,7 @@ from .handshake import (
 from .protocol import (
     _BINARY,
     _BINARY_HEADERS,
+    _CLOSED,
     _JOIN_LIMIT,
     _NO_LIMIT,
     _OPEN,
@@ -64,9 +65,6 @@ from .protocol import (
 __all__ = ["Connection", "Data", "LoggerLike", "ProcessRequest", "ProcessResponse"]
 
 _Future = asyncio.Future
-# On CPython 3.11 an enum class's attributes are read through EnumType.__getattr__ (slot_tp_getattr_hook): about 850
-# instructions per `State.CLOSED`, once per message in __anext__'s wait. Module globals are one dict lookup.
-_CLOSED = State.CLOSED
 
 #: A ``logging.Logger`` or ``LoggerAdapter`` (to add context, e.g. a request id), as websockets' ``logger=``.
 LoggerLike: TypeAlias = "logging.Logger | logging.LoggerAdapter[Any]"
