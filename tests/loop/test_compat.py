@@ -183,3 +183,17 @@ def test_no_other_module_binds_internals() -> None:
         for number, line in enumerate(inspect.getsource(module).splitlines(), 1):
             code = line.split("#")[0]
             assert not private.search(code), f"{module.__name__}:{number}: {line.strip()}"
+
+
+def test_get_running_loop_or_none() -> None:
+    assert compat.get_running_loop_or_none is asyncio.events._get_running_loop
+    assert compat.get_running_loop_or_none() is None  # no loop runs here: None, not an error
+
+    async def inside() -> object:
+        return compat.get_running_loop_or_none()
+
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(inside()) is loop
+    finally:
+        loop.close()

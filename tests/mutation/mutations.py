@@ -1040,4 +1040,47 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/tls/test_send_twin.py",),
         "_write_pair_if_open encrypts ahead of plaintext still queued (reordered output)",
     ),
+    Mutation(
+        "anext-leave-waiter",
+        SPEEDUPS,
+        """    Py_CLEAR(self->fut);
+    return anext_clear_waiter(self->conn);""",
+        """    Py_CLEAR(self->fut);
+    return 0;""",
+        ("tests/e2e/test_anext.py",),
+        "the compiled __anext__ leaves _recv_waiter set when its wait is cancelled, closed or dropped (every later "
+        "read raises ConcurrencyError)",
+    ),
+    Mutation(
+        "anext-resume-waiter",
+        SPEEDUPS,
+        "        if (anext_clear_waiter(self->conn) < 0) {",
+        "        if (0) {",
+        ("tests/e2e/test_anext.py",),
+        "the compiled __anext__ keeps the spent Future as _recv_waiter after a wake-up (the next read is refused)",
+    ),
+    Mutation(
+        "anext-held",
+        SPEEDUPS,
+        "            if (held > 0) {  /* the application has it now: off the memory budget */",
+        "            if (0) {",
+        ("tests/e2e/test_anext.py",),
+        "the compiled __anext__ takes a message without releasing its share of the memory budget",
+    ),
+    Mutation(
+        "anext-fragment",
+        SPEEDUPS,
+        "            if (Py_TYPE(message) == (PyTypeObject *)self->owner->fragment_type) {",
+        "            if (0) {",
+        ("tests/e2e/test_anext.py",),
+        "the compiled __anext__ returns a queued Fragment as if it were a message",
+    ),
+    Mutation(
+        "anext-wait-checks",
+        SPEEDUPS,
+        "    if ((r = anext_not_none(pfa, proto, A_PENDING_FAILURE)) == 0\n",
+        "    if ((r = 0) == 0\n",
+        ("tests/e2e/test_anext.py",),
+        "the compiled __anext__ waits with a protocol error pending instead of failing the connection at once",
+    ),
 )

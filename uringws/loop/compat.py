@@ -16,7 +16,17 @@ from __future__ import annotations
 import socket
 import ssl
 import sys
-from asyncio import base_events, constants, format_helpers, futures, selector_events, sslproto, transports, unix_events
+from asyncio import (
+    base_events,
+    constants,
+    events,
+    format_helpers,
+    futures,
+    selector_events,
+    sslproto,
+    transports,
+    unix_events,
+)
 from typing import Any
 
 __all__ = [
@@ -34,6 +44,7 @@ __all__ = [
     "SendfileMode",
     "UnixSelectorEventLoop",
     "format_callback_source",
+    "get_running_loop_or_none",
     "set_nodelay",
     "set_result_unless_cancelled",
     "ssl_protocol_app_transport",
@@ -99,6 +110,9 @@ HANDLE_ATTRIBUTES = ("_cancelled", "_run")
 HANDLE_SLOTS = ("_callback", "_args", "_cancelled", "_loop", "_source_traceback", "_repr", "_context")
 #: the words of Handle._run()'s report of a failed callback (EventLoop._run_once() runs handles itself)
 format_callback_source: Any = _required(format_helpers, "_format_callback_source")
+#: this thread's running loop or None, without raising (C in _asyncio): the compiled Connection.__anext__ makes
+#: its waiter with asyncio.Future() (no keyword dict per message) when the connection's loop is the running one
+get_running_loop_or_none: Any = _required(events, "_get_running_loop")
 
 #: Server._attach()/_detach() take the transport from 3.13 on (before: no argument); a ring transport calls them
 #: so that Server.close()/wait_closed() count its connections

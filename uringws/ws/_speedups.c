@@ -1615,6 +1615,597 @@ sendnowait_init(PyObject *module)
     return 0;
 }
 
+/* -- Anext: `async for message in ws` without a coroutine per message ------------------------------------------ */
+
+/* Anext(anext_py, recv_tail, fragment_type, closed_state, future_type, get_running_loop)
+ *
+ * The compiled twin of Connection.__anext__ (uringws/ws/connection.py), set as the class's `__anext__`: a method
+ * descriptor, so `async for` calls it with the connection and no bound method. It returns an AnextAwait, an
+ * awaitable that runs the Python coroutine's common cases step by step: a whole message already queued is returned
+ * at once; on an open connection with nothing queued, it waits on an asyncio Future set as the connection's
+ * _recv_waiter (which the receive side wakes), then takes the message. Everything else (a failure, a close,
+ * another reader, streaming, a paused read, a fragment) is left to `recv_tail(conn)`, the coroutine the Python
+ * __anext__ ends in, to which the awaitable delegates from then on. Per message this saves the coroutine object,
+ * its frame and its bytecode; the Future and the task's wake-up stay what asyncio makes them. */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *anext_py, *recv_tail, *fragment_type, *closed_state, *future_type, *get_running_loop;
+} AnextObject;
+
+enum { A_MESSAGES, A_READING_PAUSED, A_STREAMING, A_ASSEMBLED, A_RECV_WAITER, A_PROTO, A_LOST, A_LOOP, A_HELD,
+       A_PENDING_FAILURE, A_CLOSE_RCVD, A_FAILURE, A_STATE, A_RELEASE_MESSAGE, A_DONE, A_RESULT, A_BLOCKING,
+       A_THROW, A_CLOSE, A_APPENDLEFT, A_COUNT };
+static const char *const anext_names[A_COUNT] = {
+    "_messages", "_reading_paused", "_streaming", "_assembled", "_recv_waiter", "proto", "lost", "loop", "held",
+    "pending_failure", "close_rcvd", "failure", "state", "release_message", "done", "result",
+    "_asyncio_future_blocking", "throw", "close", "appendleft",
+};
+static PyObject *anext_str[A_COUNT];
+/* Where the fields of Connections and of their Protocols are. */
+static FastAttrsCache anext_cache;
+
+/* The awaitable of one __anext__() call. */
+typedef struct {
+    PyObject_HEAD
+    AnextObject *owner;
+    PyObject *conn;
+    PyObject *fut;   /* the Future waited on (the connection's _recv_waiter) while suspended on it */
+    PyObject *tail;  /* recv_tail(conn), once the awaitable has handed over to it */
+    int state;       /* AW_NEW, AW_RUNNING, AW_DONE */
+} AnextAwaitObject;
+
+enum { AW_NEW, AW_RUNNING, AW_DONE };
+/* anext_step()'s "hand over to recv_tail", beside PYGEN_RETURN (0), PYGEN_ERROR (-1) and PYGEN_NEXT (1) */
+#define AW_TAIL 2
+
+static PyTypeObject AnextAwaitType;
+
+/* obj.<anext_names[i]> is not None: 1, 0, or -1 with an exception set */
+static int
+anext_not_none(FastAttrs *fa, PyObject *obj, int i)
+{
+    PyObject *v = fa_get(fa, obj, anext_str, i);
+    if (v == NULL) {
+        return -1;
+    }
+    Py_DECREF(v);
+    return v != Py_None;
+}
+
+/* The connection's _recv_waiter = None (the Python coroutine's `finally`): 0, or -1 with an exception set. */
+static int
+anext_clear_waiter(PyObject *conn)
+{
+    FastAttrs *cfa = fa_lookup(&anext_cache, Py_TYPE(conn), anext_str, A_COUNT);
+    return fa_set(cfa, conn, anext_str, A_RECV_WAITER, Py_None);
+}
+
+/* A new Future on loop: Future() where loop is the running loop (asyncio's Future then finds it itself, and the
+ * call makes no keyword dict), else Future(loop=loop). */
+static PyObject *
+anext_future(AnextObject *owner, PyObject *loop)
+{
+    PyObject *running = PyObject_CallNoArgs(owner->get_running_loop);
+    if (running == NULL) {
+        return NULL;
+    }
+    Py_DECREF(running);
+    if (running == loop) {
+        return PyObject_CallNoArgs(owner->future_type);
+    }
+    PyObject *kwargs = Py_BuildValue("{sO}", "loop", loop);
+    if (kwargs == NULL) {
+        return NULL;
+    }
+    PyObject *empty = PyTuple_New(0);
+    PyObject *fut = empty == NULL ? NULL : PyObject_Call(owner->future_type, empty, kwargs);
+    Py_XDECREF(empty);
+    Py_DECREF(kwargs);
+    return fut;
+}
+
+/* Connection.__anext__'s loop from its top: PYGEN_RETURN with the message in *result, PYGEN_NEXT with the Future to
+ * wait on in *result (made the connection's _recv_waiter), AW_TAIL, or PYGEN_ERROR. */
+static int
+anext_step(AnextAwaitObject *self, PyObject **result)
+{
+    PyObject *conn = self->conn;
+    FastAttrs *cfa = fa_lookup(&anext_cache, Py_TYPE(conn), anext_str, A_COUNT);
+    PyObject *messages = fa_get(cfa, conn, anext_str, A_MESSAGES);
+    if (messages == NULL) {
+        return PYGEN_ERROR;
+    }
+    int r = PyObject_IsTrue(messages);
+    if (r > 0) {  /* queued: take the first, or leave it all to recv() */
+        r = fa_true(cfa, conn, anext_str, A_READING_PAUSED);
+        if (r == 0) {
+            r = fa_true(cfa, conn, anext_str, A_STREAMING);
+        }
+        if (r == 0 && Py_IS_TYPE(messages, (PyTypeObject *)deque_type_ws)) {
+            PyObject *message = PyObject_Vectorcall(deque_popleft_ws, &messages, 1, NULL);
+            if (message == NULL) {
+                Py_DECREF(messages);
+                return PYGEN_ERROR;
+            }
+            if (Py_TYPE(message) == (PyTypeObject *)self->owner->fragment_type) {
+                /* parsed as fragments for a recv_streaming() that was cancelled: recv() assembles them */
+                PyObject *res = PyObject_CallMethodOneArg(messages, anext_str[A_APPENDLEFT], message);
+                Py_DECREF(message);
+                Py_DECREF(messages);
+                if (res == NULL) {
+                    return PYGEN_ERROR;
+                }
+                Py_DECREF(res);
+                return AW_TAIL;
+            }
+            Py_DECREF(messages);
+            cfa = fa_lookup(&anext_cache, Py_TYPE(conn), anext_str, A_COUNT);
+            PyObject *proto = fa_get(cfa, conn, anext_str, A_PROTO);
+            if (proto == NULL) {
+                Py_DECREF(message);
+                return PYGEN_ERROR;
+            }
+            FastAttrs *pfa = fa_lookup(&anext_cache, Py_TYPE(proto), anext_str, A_COUNT);
+            int held = fa_true(pfa, proto, anext_str, A_HELD);
+            if (held > 0) {  /* the application has it now: off the memory budget */
+                PyObject *res = PyObject_CallMethodOneArg(proto, anext_str[A_RELEASE_MESSAGE], message);
+                Py_XDECREF(res);
+                held = res == NULL ? -1 : 0;
+            }
+            Py_DECREF(proto);
+            if (held < 0) {
+                Py_DECREF(message);
+                return PYGEN_ERROR;
+            }
+            *result = message;
+            return PYGEN_RETURN;
+        }
+        Py_DECREF(messages);
+        return r < 0 ? PYGEN_ERROR : AW_TAIL;
+    }
+    Py_DECREF(messages);
+    if (r < 0) {
+        return PYGEN_ERROR;
+    }
+    /* Nothing queued: wait here on an open connection with nothing unusual going on, else recv() */
+    if ((r = fa_true(cfa, conn, anext_str, A_STREAMING)) != 0 || (r = fa_true(cfa, conn, anext_str, A_ASSEMBLED)) != 0
+        || (r = anext_not_none(cfa, conn, A_RECV_WAITER)) != 0) {
+        return r < 0 ? PYGEN_ERROR : AW_TAIL;
+    }
+    PyObject *proto = fa_get(cfa, conn, anext_str, A_PROTO);
+    if (proto == NULL) {
+        return PYGEN_ERROR;
+    }
+    if (proto == Py_None) {
+        Py_DECREF(proto);
+        return AW_TAIL;
+    }
+    FastAttrs *pfa = fa_lookup(&anext_cache, Py_TYPE(proto), anext_str, A_COUNT);
+    if ((r = anext_not_none(pfa, proto, A_PENDING_FAILURE)) == 0
+        && (r = anext_not_none(pfa, proto, A_CLOSE_RCVD)) == 0
+        && (r = anext_not_none(pfa, proto, A_FAILURE)) == 0) {
+        PyObject *state = fa_get(pfa, proto, anext_str, A_STATE);
+        r = state == NULL ? -1 : state == self->owner->closed_state;
+        Py_XDECREF(state);
+    }
+    Py_DECREF(proto);
+    if (r != 0) {
+        return r < 0 ? PYGEN_ERROR : AW_TAIL;
+    }
+    cfa = fa_lookup(&anext_cache, Py_TYPE(conn), anext_str, A_COUNT);
+    PyObject *lost = fa_get(cfa, conn, anext_str, A_LOST);
+    PyObject *done = lost == NULL ? NULL : PyObject_CallMethodNoArgs(lost, anext_str[A_DONE]);
+    Py_XDECREF(lost);
+    r = done == NULL ? -1 : PyObject_IsTrue(done);
+    Py_XDECREF(done);
+    if (r != 0) {
+        return r < 0 ? PYGEN_ERROR : AW_TAIL;
+    }
+    cfa = fa_lookup(&anext_cache, Py_TYPE(conn), anext_str, A_COUNT);
+    PyObject *loop = fa_get(cfa, conn, anext_str, A_LOOP);
+    if (loop == NULL) {
+        return PYGEN_ERROR;
+    }
+    PyObject *fut = anext_future(self->owner, loop);
+    Py_DECREF(loop);
+    if (fut == NULL) {
+        return PYGEN_ERROR;
+    }
+    cfa = fa_lookup(&anext_cache, Py_TYPE(conn), anext_str, A_COUNT);
+    /* `await waiter`: the Future's own __await__ marks it blocking before it yields it to the task */
+    if (fa_set(cfa, conn, anext_str, A_RECV_WAITER, fut) < 0
+        || PyObject_SetAttr(fut, anext_str[A_BLOCKING], Py_True) < 0) {
+        Py_DECREF(fut);
+        return PYGEN_ERROR;
+    }
+    self->fut = Py_NewRef(fut);
+    *result = fut;
+    return PYGEN_NEXT;
+}
+
+/* Delegate to the tail coroutine: send(arg) */
+static PySendResult
+anext_tail_send(AnextAwaitObject *self, PyObject *arg, PyObject **result)
+{
+    PySendResult r = PyIter_Send(self->tail, arg, result);
+    if (r != PYGEN_NEXT) {
+        self->state = AW_DONE;
+        Py_CLEAR(self->tail);
+    }
+    return r;
+}
+
+static PySendResult
+AnextAwait_am_send(AnextAwaitObject *self, PyObject *arg, PyObject **result)
+{
+    *result = NULL;
+    if (self->tail != NULL) {
+        return anext_tail_send(self, arg, result);
+    }
+    int r;
+    if (self->state == AW_DONE) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited __anext__()");
+        return PYGEN_ERROR;
+    }
+    if (self->state == AW_NEW) {
+        if (arg != Py_None) {
+            PyErr_SetString(PyExc_TypeError, "can't send non-None value to a just-started coroutine");
+            return PYGEN_ERROR;
+        }
+        self->state = AW_RUNNING;
+    }
+    else if (self->fut != NULL) {  /* woken: `await waiter` returns, then its `finally` */
+        PyObject *fut = self->fut;
+        self->fut = NULL;
+        PyObject *res = PyObject_CallMethodNoArgs(fut, anext_str[A_RESULT]);
+        Py_DECREF(fut);
+        if (anext_clear_waiter(self->conn) < 0) {
+            Py_XDECREF(res);
+            res = NULL;
+        }
+        if (res == NULL) {
+            self->state = AW_DONE;
+            return PYGEN_ERROR;
+        }
+        Py_DECREF(res);
+    }
+    r = anext_step(self, result);
+    if (r == AW_TAIL) {
+        self->tail = PyObject_CallOneArg(self->owner->recv_tail, self->conn);
+        if (self->tail == NULL) {
+            self->state = AW_DONE;
+            return PYGEN_ERROR;
+        }
+        return anext_tail_send(self, Py_None, result);
+    }
+    if (r != PYGEN_NEXT) {
+        self->state = AW_DONE;
+    }
+    return (PySendResult)r;
+}
+
+/* StopIteration(value) raised, as a generator's return does */
+static void
+anext_set_stop(PyObject *value)
+{
+    if (value == Py_None) {
+        PyErr_SetNone(PyExc_StopIteration);
+        return;
+    }
+    PyObject *exc = PyObject_CallOneArg(PyExc_StopIteration, value);
+    if (exc != NULL) {
+        PyErr_SetObject(PyExc_StopIteration, exc);
+        Py_DECREF(exc);
+    }
+}
+
+static PyObject *
+anext_send_value(AnextAwaitObject *self, PyObject *arg)
+{
+    PyObject *res;
+    PySendResult r = AnextAwait_am_send(self, arg, &res);
+    if (r == PYGEN_RETURN) {
+        anext_set_stop(res);
+        Py_DECREF(res);
+        return NULL;
+    }
+    return r == PYGEN_NEXT ? res : NULL;
+}
+
+static PyObject *
+AnextAwait_iternext(AnextAwaitObject *self)
+{
+    return anext_send_value(self, Py_None);
+}
+
+static PyObject *
+AnextAwait_send(AnextAwaitObject *self, PyObject *arg)
+{
+    return anext_send_value(self, arg);
+}
+
+/* Leaving the wait (throw or close): the `finally` of the Python coroutine. 0, or -1 with an exception set. */
+static int
+anext_leave(AnextAwaitObject *self)
+{
+    self->state = AW_DONE;
+    if (self->fut == NULL) {
+        return 0;
+    }
+    Py_CLEAR(self->fut);
+    return anext_clear_waiter(self->conn);
+}
+
+static PyObject *
+AnextAwait_throw(AnextAwaitObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 3) {
+        PyErr_Format(PyExc_TypeError, "throw expected 1 to 3 arguments, got %zd", nargs);
+        return NULL;
+    }
+    if (self->tail != NULL) {
+        PyObject *callargs[4] = {self->tail, args[0], nargs > 1 ? args[1] : NULL, nargs > 2 ? args[2] : NULL};
+        PyObject *res = PyObject_VectorcallMethod(anext_str[A_THROW], callargs,
+                                                  (size_t)(nargs + 1) | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        if (res == NULL) {  /* the tail ended (raised, or returned: StopIteration) */
+            self->state = AW_DONE;
+            Py_CLEAR(self->tail);
+        }
+        return res;
+    }
+    PyObject *typ = args[0], *val = nargs > 1 ? args[1] : Py_None, *tb = nargs > 2 ? args[2] : Py_None;
+    if (tb != Py_None && !PyTraceBack_Check(tb)) {
+        PyErr_SetString(PyExc_TypeError, "throw() third argument must be a traceback object");
+        return NULL;
+    }
+    if (!PyExceptionClass_Check(typ) && !PyExceptionInstance_Check(typ)) {
+        PyErr_Format(PyExc_TypeError, "exceptions must be classes or instances deriving from BaseException, not %s",
+                     Py_TYPE(typ)->tp_name);
+        return NULL;
+    }
+    if (PyExceptionInstance_Check(typ) && val != Py_None) {
+        PyErr_SetString(PyExc_TypeError, "instance exception may not have a separate value");
+        return NULL;
+    }
+    if (anext_leave(self) < 0) {
+        return NULL;
+    }
+    if (PyExceptionInstance_Check(typ)) {
+        if (tb != Py_None && PyException_SetTraceback(typ, tb) < 0) {
+            return NULL;
+        }
+        PyErr_SetObject((PyObject *)Py_TYPE(typ), typ);
+    }
+    else {
+        PyErr_SetObject(typ, val);
+        if (tb != Py_None) {
+            PyObject *et, *ev, *etb;
+            PyErr_Fetch(&et, &ev, &etb);
+            PyErr_NormalizeException(&et, &ev, &etb);
+            if (ev != NULL) {
+                PyException_SetTraceback(ev, tb);
+            }
+            Py_XDECREF(etb);
+            PyErr_Restore(et, ev, Py_NewRef(tb));
+        }
+    }
+    return NULL;
+}
+
+static PyObject *
+AnextAwait_close(AnextAwaitObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->tail != NULL) {
+        PyObject *res = PyObject_CallMethodNoArgs(self->tail, anext_str[A_CLOSE]);
+        self->state = AW_DONE;
+        Py_CLEAR(self->tail);
+        return res;
+    }
+    if (anext_leave(self) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+AnextAwait_await(AnextAwaitObject *self)
+{
+    return Py_NewRef(self);
+}
+
+/* Dropped while waiting (its task gone): the `finally` still runs, as a coroutine's finalizer does. */
+static void
+AnextAwait_finalize(AnextAwaitObject *self)
+{
+    if (self->fut == NULL || self->conn == NULL) {
+        return;
+    }
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    if (anext_leave(self) < 0) {
+        PyErr_WriteUnraisable((PyObject *)self);
+    }
+    PyErr_Restore(et, ev, tb);
+}
+
+static int
+AnextAwait_traverse(AnextAwaitObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->owner);
+    Py_VISIT(self->conn);
+    Py_VISIT(self->fut);
+    Py_VISIT(self->tail);
+    return 0;
+}
+
+static int
+AnextAwait_clear(AnextAwaitObject *self)
+{
+    Py_CLEAR(self->owner);
+    Py_CLEAR(self->conn);
+    Py_CLEAR(self->fut);
+    Py_CLEAR(self->tail);
+    return 0;
+}
+
+static void
+AnextAwait_dealloc(AnextAwaitObject *self)
+{
+    if (PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0) {
+        return;  /* resurrected */
+    }
+    PyObject_GC_UnTrack(self);
+    AnextAwait_clear(self);
+    PyObject_GC_Del(self);
+}
+
+static PyMethodDef AnextAwait_methods[] = {
+    {"send", (PyCFunction)AnextAwait_send, METH_O, "send(value): resume, as a coroutine's send()."},
+    {"throw", (PyCFunction)(void (*)(void))AnextAwait_throw, METH_FASTCALL,
+     "throw(exc): raise exc where it waits (leaving the wait), as a coroutine's throw()."},
+    {"close", (PyCFunction)AnextAwait_close, METH_NOARGS, "close(): leave the wait, as a coroutine's close()."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyAsyncMethods AnextAwait_as_async = {
+    .am_await = (unaryfunc)AnextAwait_await,
+    .am_send = (sendfunc)AnextAwait_am_send,
+};
+
+static PyTypeObject AnextAwaitType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "uringws.ws._speedups.AnextAwait",
+    .tp_basicsize = sizeof(AnextAwaitObject),
+    .tp_dealloc = (destructor)AnextAwait_dealloc,
+    .tp_as_async = &AnextAwait_as_async,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "What the compiled Connection.__anext__ returns: an awaitable with a coroutine's send, throw and "
+              "close.",
+    .tp_traverse = (traverseproc)AnextAwait_traverse,
+    .tp_clear = (inquiry)AnextAwait_clear,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)AnextAwait_iternext,
+    .tp_methods = AnextAwait_methods,
+    .tp_finalize = (destructor)AnextAwait_finalize,
+};
+
+static PyObject *Anext_vectorcall(AnextObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames);
+
+static PyObject *
+Anext_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *anext_py, *recv_tail, *fragment_type, *closed_state, *future_type, *get_running_loop;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
+        PyErr_SetString(PyExc_TypeError, "Anext() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OOO!OO!O:Anext", &anext_py, &recv_tail, &PyType_Type, &fragment_type,
+                          &closed_state, &PyType_Type, &future_type, &get_running_loop)) {
+        return NULL;
+    }
+    AnextObject *self = PyObject_GC_New(AnextObject, type);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = (vectorcallfunc)Anext_vectorcall;
+    self->anext_py = Py_NewRef(anext_py);
+    self->recv_tail = Py_NewRef(recv_tail);
+    self->fragment_type = Py_NewRef(fragment_type);
+    self->closed_state = Py_NewRef(closed_state);
+    self->future_type = Py_NewRef(future_type);
+    self->get_running_loop = Py_NewRef(get_running_loop);
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+static int
+Anext_traverse(AnextObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->anext_py);
+    Py_VISIT(self->recv_tail);
+    Py_VISIT(self->fragment_type);
+    Py_VISIT(self->closed_state);
+    Py_VISIT(self->future_type);
+    Py_VISIT(self->get_running_loop);
+    return 0;
+}
+
+static int
+Anext_clear(AnextObject *self)
+{
+    Py_CLEAR(self->anext_py);
+    Py_CLEAR(self->recv_tail);
+    Py_CLEAR(self->fragment_type);
+    Py_CLEAR(self->closed_state);
+    Py_CLEAR(self->future_type);
+    Py_CLEAR(self->get_running_loop);
+    return 0;
+}
+
+static void
+Anext_dealloc(AnextObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    Anext_clear(self);
+    PyObject_GC_Del(self);
+}
+
+static PyObject *
+Anext_vectorcall(AnextObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    if (self->anext_py == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Anext cleared");
+        return NULL;
+    }
+    if (PyVectorcall_NARGS(nargsf) != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
+        return PyObject_Vectorcall(self->anext_py, args, nargsf, kwnames);  /* its TypeError */
+    }
+    AnextAwaitObject *aw = PyObject_GC_New(AnextAwaitObject, &AnextAwaitType);
+    if (aw == NULL) {
+        return NULL;
+    }
+    aw->owner = (AnextObject *)Py_NewRef(self);
+    aw->conn = Py_NewRef(args[0]);
+    aw->fut = NULL;
+    aw->tail = NULL;
+    aw->state = AW_NEW;
+    PyObject_GC_Track(aw);
+    return (PyObject *)aw;
+}
+
+static PyTypeObject AnextType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "uringws.ws._speedups.Anext",
+    .tp_basicsize = sizeof(AnextObject),
+    .tp_dealloc = (destructor)Anext_dealloc,
+    .tp_vectorcall_offset = offsetof(AnextObject, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_descr_get = SendNowait_get,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_doc = "Anext(anext_py, recv_tail, Fragment, closed_state, Future, get_running_loop): Connection.__anext__'s "
+              "common cases in C (a method descriptor).",
+    .tp_traverse = (traverseproc)Anext_traverse,
+    .tp_clear = (inquiry)Anext_clear,
+    .tp_new = Anext_new,
+};
+
+static int
+anext_init(PyObject *module)
+{
+    for (int i = 0; i < A_COUNT; i++) {
+        if ((anext_str[i] = PyUnicode_InternFromString(anext_names[i])) == NULL) {
+            return -1;
+        }
+    }
+    if (PyType_Ready(&AnextAwaitType) < 0 || PyType_Ready(&AnextType) < 0
+        || PyModule_AddObjectRef(module, "Anext", (PyObject *)&AnextType) < 0
+        || PyModule_AddObjectRef(module, "AnextAwait", (PyObject *)&AnextAwaitType) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
 static int
 module_exec(PyObject *module)
 {
@@ -1646,7 +2237,7 @@ module_exec(PyObject *module)
             return -1;
         }
     }
-    if (dispatch_init(module) < 0 || sendnowait_init(module) < 0) {
+    if (dispatch_init(module) < 0 || sendnowait_init(module) < 0 || anext_init(module) < 0) {
         return -1;
     }
     return 0;

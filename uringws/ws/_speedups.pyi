@@ -1,7 +1,8 @@
 """Types of the optional C extension built from _speedups.c (see frames.apply_mask_py,
 frames.parse_messages_py and frames.FrameBufferPy, its pure twins)."""
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any
 
 AVX2: bool  # whether masking uses the AVX2 loop (the CPU has it and URINGWS_NO_AVX2=1 is not set)
 
@@ -24,3 +25,23 @@ class ViewSink:
     """Connection.received_view's common case in C (see uringws/ws/connection.py)."""
     def __init__(self, connection: object, no_limit: int, budget_min: int) -> None: ...
     def __call__(self, view: memoryview) -> None: ...
+
+class Anext:
+    """``Connection.__anext__``'s common cases in C (a method descriptor)."""
+    def __init__(
+        self,
+        anext_py: Callable[[Any], Awaitable[Any]],
+        recv_tail: Callable[[Any], Awaitable[Any]],
+        fragment_type: type,
+        closed_state: object,
+        future_type: type,
+        get_running_loop: Callable[[], object],
+    ) -> None: ...
+    def __call__(self, connection: Any) -> AnextAwait: ...
+
+class AnextAwait:
+    """What the compiled ``__anext__`` returns: an awaitable with a coroutine's send, throw and close."""
+    def __await__(self) -> Generator[Any, None, Any]: ...
+    def send(self, value: object) -> Any: ...
+    def throw(self, exc: BaseException | type[BaseException], value: object = ..., tb: object = ...) -> Any: ...
+    def close(self) -> None: ...

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeAlias, cast
 
+from ..loop.compat import get_running_loop_or_none as _get_running_loop_or_none
 from ..tls.protocol import TLSTransport
 from .budget import BUDGET_MIN, MemoryBudget
 from .config import WSConfig
@@ -33,6 +34,7 @@ from .exceptions import (
     InvalidHandshake,
     InvalidState,
 )
+from .frames import Anext as _CAnext
 from .frames import Dispatch as _CDispatch
 from .frames import SendNowait as _CSendNowait
 from .frames import ViewSink as _ViewSink
@@ -537,6 +539,11 @@ class Connection(asyncio.Protocol):
             finally:
                 self._recv_waiter = None
             messages = self._messages  # the first message replaces _NO_MESSAGES with a deque
+        return await self._anext_recv()
+
+    async def _anext_recv(self) -> Data:
+        """The rest of ``__anext__()`` for everything but its common cases: ``recv()``, and the loop's end at a
+        normal close (the compiled ``__anext__`` hands over to it in the same cases)."""
         try:
             return await self.recv()
         except ConnectionClosedOK:
@@ -1489,3 +1496,13 @@ if _CSendNowait is not None:
     # send_nowait() in C for a bytes message written through the TLS layer's write_if_open (a dispatch callback's
     # answer, once per message), without a Python frame; a method descriptor, so the call makes no bound method.
     Connection.send_nowait = _CSendNowait(send_nowait_py, _OPEN, _JOIN_LIMIT)  # type: ignore[method-assign]
+
+#: Connection.__anext__, the Python coroutine function: the pure twin of the compiled one (which tests compare it
+#: with).
+anext_py = Connection.__anext__
+if _CAnext is not None:
+    # `async for message in ws` without a coroutine per message: __anext__() returns a C awaitable that takes a queued
+    # message, or waits on a Future as _recv_waiter and then takes it; everything else goes on in _anext_recv().
+    Connection.__anext__ = _CAnext(  # type: ignore[method-assign]
+        anext_py, Connection._anext_recv, Fragment, _CLOSED, asyncio.Future, _get_running_loop_or_none
+    )

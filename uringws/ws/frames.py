@@ -229,6 +229,8 @@ ViewSink: Any = None
 Dispatch: Any = None
 #: The C twin of ``Connection.send_nowait``'s common case (a method descriptor the class takes), or None.
 SendNowait: Any = None
+#: The C twin of ``Connection.__anext__``'s common cases (a method descriptor the class takes), or None.
+Anext: Any = None
 #: ``configure_gather(FrameHeader, gather_min, gather_max)``: lets ViewSink start gathering large frames (set by
 #: protocol.py, which owns those limits), or None.
 configure_gather: Any = None
@@ -253,6 +255,7 @@ else:
         ViewSink = getattr(_speedups, "ViewSink", None)
         Dispatch = getattr(_speedups, "Dispatch", None)
         SendNowait = getattr(_speedups, "SendNowait", None)
+        Anext = getattr(_speedups, "Anext", None)
         configure_gather = getattr(_speedups, "configure_gather", None)
         _loop = "AVX2" if getattr(_speedups, "AVX2", False) else "portable"
         _compiled.register("ws._speedups", True, f"mask ({_loop} loop), frame parser and frame buffer in C")
