@@ -1070,7 +1070,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "anext-fragment",
         SPEEDUPS,
-        "            if (Py_TYPE(message) == (PyTypeObject *)self->owner->fragment_type) {",
+        "            if (Py_TYPE(message) == (PyTypeObject *)((AnextObject *)self->owner)->fragment_type) {",
         "            if (0) {",
         ("tests/e2e/test_anext.py",),
         "the compiled __anext__ returns a queued Fragment as if it were a message",
@@ -1082,5 +1082,31 @@ MUTATIONS: tuple[Mutation, ...] = (
         "    if ((r = 0) == 0\n",
         ("tests/e2e/test_anext.py",),
         "the compiled __anext__ waits with a protocol error pending instead of failing the connection at once",
+    ),
+    Mutation(
+        "send-step-lock",
+        SPEEDUPS,
+        "    r = locked == NULL ? -1 : PyObject_IsTrue(locked);",
+        "    r = locked == NULL ? -1 : 0;",
+        ("tests/e2e/test_send_twin.py",),
+        "the compiled send writes a whole message while a fragmented one is being sent (interleaved frames)",
+    ),
+    Mutation(
+        "send-step-paused",
+        SPEEDUPS,
+        """    r = fa_true(cfa, conn, anext_str, A_WRITE_PAUSED);
+    if (r > 0) {""",
+        """    r = fa_true(cfa, conn, anext_str, A_WRITE_PAUSED);
+    if (0) {""",
+        ("tests/e2e/test_send_twin.py",),
+        "the compiled send returns at once while writing is paused (no back-pressure)",
+    ),
+    Mutation(
+        "send-text-ignored",
+        SPEEDUPS,
+        "                 && (nargs + nkw == 2 || args[2] == Py_None)",
+        "                 && 1",
+        ("tests/e2e/test_send_twin.py",),
+        "the compiled send ignores text=: bytes meant as a text message go out as a binary one",
     ),
 )

@@ -1620,7 +1620,7 @@ sendnowait_init(PyObject *module)
 /* Anext(anext_py, recv_tail, fragment_type, closed_state, future_type, get_running_loop)
  *
  * The compiled twin of Connection.__anext__ (uringws/ws/connection.py), set as the class's `__anext__`: a method
- * descriptor, so `async for` calls it with the connection and no bound method. It returns an AnextAwait, an
+ * descriptor, so `async for` calls it with the connection and no bound method. It returns a StepAwait, an
  * awaitable that runs the Python coroutine's common cases step by step: a whole message already queued is returned
  * at once; on an open connection with nothing queued, it waits on an asyncio Future set as the connection's
  * _recv_waiter (which the receive side wakes), then takes the message. Everything else (a failure, a close,
@@ -1635,31 +1635,48 @@ typedef struct {
 
 enum { A_MESSAGES, A_READING_PAUSED, A_STREAMING, A_ASSEMBLED, A_RECV_WAITER, A_PROTO, A_LOST, A_LOOP, A_HELD,
        A_PENDING_FAILURE, A_CLOSE_RCVD, A_FAILURE, A_STATE, A_RELEASE_MESSAGE, A_DONE, A_RESULT, A_BLOCKING,
-       A_THROW, A_CLOSE, A_APPENDLEFT, A_COUNT };
+       A_THROW, A_CLOSE, A_APPENDLEFT, A_SEND_LOCK, A_LOCKED, A_SEND_NOWAIT, A_WRITE_PAUSED, A_DRAIN, A_COUNT };
 static const char *const anext_names[A_COUNT] = {
     "_messages", "_reading_paused", "_streaming", "_assembled", "_recv_waiter", "proto", "lost", "loop", "held",
     "pending_failure", "close_rcvd", "failure", "state", "release_message", "done", "result",
-    "_asyncio_future_blocking", "throw", "close", "appendleft",
+    "_asyncio_future_blocking", "throw", "close", "appendleft", "_send_lock", "_locked", "send_nowait",
+    "_write_paused", "_drain",
 };
 static PyObject *anext_str[A_COUNT];
 /* Where the fields of Connections and of their Protocols are. */
 static FastAttrsCache anext_cache;
 
-/* The awaitable of one __anext__() call. */
+/* Send(send_py): Connection.send's common case in C (a method descriptor, as Anext), the twin of the Python
+ * coroutine function send_py, which it returns (called) for anything but a str or bytes message without `text`.
+ * For those it returns a StepAwait that, once awaited (never at the call: a coroutine made in another thread and
+ * handed to the loop, as sync.py does, must not send there), does what the coroutine's fast path does: on an open
+ * connection with no fragmented message being sent, send_nowait(message), then, if writing is paused, the wait
+ * of _drain(), delegated to; otherwise it hands over to send_py(conn, message). */
 typedef struct {
     PyObject_HEAD
-    AnextObject *owner;
+    vectorcallfunc vectorcall;
+    PyObject *send_py;
+} SendObject;
+
+/* The awaitable of one compiled __anext__() or send() call (`kind`): its first step runs their common case; what it
+ * cannot do there it hands over to a coroutine (`tail`) and delegates to it from then on, as `await` would. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *owner;    /* the AnextObject or SendObject that made it */
     PyObject *conn;
-    PyObject *fut;   /* the Future waited on (the connection's _recv_waiter) while suspended on it */
-    PyObject *tail;  /* recv_tail(conn), once the awaitable has handed over to it */
-    int state;       /* AW_NEW, AW_RUNNING, AW_DONE */
-} AnextAwaitObject;
+    PyObject *message;  /* send(): the message */
+    PyObject *fut;      /* __anext__(): the Future waited on (the connection's _recv_waiter) while suspended on it */
+    PyObject *tail;     /* the coroutine handed over to */
+    int state;          /* AW_NEW, AW_RUNNING, AW_DONE */
+    int kind;           /* AW_ANEXT, AW_SEND */
+} StepAwaitObject;
 
 enum { AW_NEW, AW_RUNNING, AW_DONE };
+enum { AW_ANEXT, AW_SEND };
 /* anext_step()'s "hand over to recv_tail", beside PYGEN_RETURN (0), PYGEN_ERROR (-1) and PYGEN_NEXT (1) */
 #define AW_TAIL 2
 
-static PyTypeObject AnextAwaitType;
+static PyTypeObject StepAwaitType;
 
 /* obj.<anext_names[i]> is not None: 1, 0, or -1 with an exception set */
 static int
@@ -1708,7 +1725,7 @@ anext_future(AnextObject *owner, PyObject *loop)
 /* Connection.__anext__'s loop from its top: PYGEN_RETURN with the message in *result, PYGEN_NEXT with the Future to
  * wait on in *result (made the connection's _recv_waiter), AW_TAIL, or PYGEN_ERROR. */
 static int
-anext_step(AnextAwaitObject *self, PyObject **result)
+anext_step(StepAwaitObject *self, PyObject **result)
 {
     PyObject *conn = self->conn;
     FastAttrs *cfa = fa_lookup(&anext_cache, Py_TYPE(conn), anext_str, A_COUNT);
@@ -1728,7 +1745,7 @@ anext_step(AnextAwaitObject *self, PyObject **result)
                 Py_DECREF(messages);
                 return PYGEN_ERROR;
             }
-            if (Py_TYPE(message) == (PyTypeObject *)self->owner->fragment_type) {
+            if (Py_TYPE(message) == (PyTypeObject *)((AnextObject *)self->owner)->fragment_type) {
                 /* parsed as fragments for a recv_streaming() that was cancelled: recv() assembles them */
                 PyObject *res = PyObject_CallMethodOneArg(messages, anext_str[A_APPENDLEFT], message);
                 Py_DECREF(message);
@@ -1786,7 +1803,7 @@ anext_step(AnextAwaitObject *self, PyObject **result)
         && (r = anext_not_none(pfa, proto, A_CLOSE_RCVD)) == 0
         && (r = anext_not_none(pfa, proto, A_FAILURE)) == 0) {
         PyObject *state = fa_get(pfa, proto, anext_str, A_STATE);
-        r = state == NULL ? -1 : state == self->owner->closed_state;
+        r = state == NULL ? -1 : state == ((AnextObject *)self->owner)->closed_state;
         Py_XDECREF(state);
     }
     Py_DECREF(proto);
@@ -1807,7 +1824,7 @@ anext_step(AnextAwaitObject *self, PyObject **result)
     if (loop == NULL) {
         return PYGEN_ERROR;
     }
-    PyObject *fut = anext_future(self->owner, loop);
+    PyObject *fut = anext_future((AnextObject *)self->owner, loop);
     Py_DECREF(loop);
     if (fut == NULL) {
         return PYGEN_ERROR;
@@ -1824,9 +1841,59 @@ anext_step(AnextAwaitObject *self, PyObject **result)
     return PYGEN_NEXT;
 }
 
+/* send()'s common case (Connection.send's fast path): PYGEN_RETURN (None in *result) once the message is written,
+ * AW_TAIL with self->tail set to _drain() when writing is paused, AW_TAIL without a tail when it is not the common
+ * case after all, or PYGEN_ERROR. */
+static int
+send_step(StepAwaitObject *self, PyObject **result)
+{
+    PyObject *conn = self->conn;
+    FastAttrs *cfa = fa_lookup(&anext_cache, Py_TYPE(conn), anext_str, A_COUNT);
+    int r = anext_not_none(cfa, conn, A_PROTO);
+    if (r <= 0) {
+        return r < 0 ? PYGEN_ERROR : AW_TAIL;
+    }
+    PyObject *lock = fa_get(cfa, conn, anext_str, A_SEND_LOCK);
+    PyObject *locked = lock == NULL ? NULL : PyObject_GetAttr(lock, anext_str[A_LOCKED]);  /* asyncio.Lock: no slots */
+    Py_XDECREF(lock);
+    r = locked == NULL ? -1 : PyObject_IsTrue(locked);
+    Py_XDECREF(locked);
+    if (r != 0) {
+        return r < 0 ? PYGEN_ERROR : AW_TAIL;
+    }
+    PyObject *args[2] = {conn, self->message};
+    PyObject *res = PyObject_VectorcallMethod(anext_str[A_SEND_NOWAIT], args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (res == NULL) {
+        return PYGEN_ERROR;
+    }
+    Py_DECREF(res);
+    cfa = fa_lookup(&anext_cache, Py_TYPE(conn), anext_str, A_COUNT);
+    r = fa_true(cfa, conn, anext_str, A_WRITE_PAUSED);
+    if (r > 0) {
+        self->tail = PyObject_CallMethodNoArgs(conn, anext_str[A_DRAIN]);
+        return self->tail == NULL ? PYGEN_ERROR : AW_TAIL;
+    }
+    if (r < 0) {
+        return PYGEN_ERROR;
+    }
+    *result = Py_NewRef(Py_None);
+    return PYGEN_RETURN;
+}
+
+/* The coroutine to hand over to where the first step found no common case. */
+static PyObject *
+step_make_tail(StepAwaitObject *self)
+{
+    if (self->kind == AW_SEND) {
+        PyObject *args[3] = {self->conn, self->message, Py_None};
+        return PyObject_Vectorcall(((SendObject *)self->owner)->send_py, args, 3, NULL);
+    }
+    return PyObject_CallOneArg(((AnextObject *)self->owner)->recv_tail, self->conn);
+}
+
 /* Delegate to the tail coroutine: send(arg) */
 static PySendResult
-anext_tail_send(AnextAwaitObject *self, PyObject *arg, PyObject **result)
+anext_tail_send(StepAwaitObject *self, PyObject *arg, PyObject **result)
 {
     PySendResult r = PyIter_Send(self->tail, arg, result);
     if (r != PYGEN_NEXT) {
@@ -1837,7 +1904,7 @@ anext_tail_send(AnextAwaitObject *self, PyObject *arg, PyObject **result)
 }
 
 static PySendResult
-AnextAwait_am_send(AnextAwaitObject *self, PyObject *arg, PyObject **result)
+StepAwait_am_send(StepAwaitObject *self, PyObject *arg, PyObject **result)
 {
     *result = NULL;
     if (self->tail != NULL) {
@@ -1870,9 +1937,11 @@ AnextAwait_am_send(AnextAwaitObject *self, PyObject *arg, PyObject **result)
         }
         Py_DECREF(res);
     }
-    r = anext_step(self, result);
+    r = self->kind == AW_SEND ? send_step(self, result) : anext_step(self, result);
     if (r == AW_TAIL) {
-        self->tail = PyObject_CallOneArg(self->owner->recv_tail, self->conn);
+        if (self->tail == NULL) {
+            self->tail = step_make_tail(self);
+        }
         if (self->tail == NULL) {
             self->state = AW_DONE;
             return PYGEN_ERROR;
@@ -1901,10 +1970,10 @@ anext_set_stop(PyObject *value)
 }
 
 static PyObject *
-anext_send_value(AnextAwaitObject *self, PyObject *arg)
+anext_send_value(StepAwaitObject *self, PyObject *arg)
 {
     PyObject *res;
-    PySendResult r = AnextAwait_am_send(self, arg, &res);
+    PySendResult r = StepAwait_am_send(self, arg, &res);
     if (r == PYGEN_RETURN) {
         anext_set_stop(res);
         Py_DECREF(res);
@@ -1914,20 +1983,20 @@ anext_send_value(AnextAwaitObject *self, PyObject *arg)
 }
 
 static PyObject *
-AnextAwait_iternext(AnextAwaitObject *self)
+StepAwait_iternext(StepAwaitObject *self)
 {
     return anext_send_value(self, Py_None);
 }
 
 static PyObject *
-AnextAwait_send(AnextAwaitObject *self, PyObject *arg)
+StepAwait_send(StepAwaitObject *self, PyObject *arg)
 {
     return anext_send_value(self, arg);
 }
 
 /* Leaving the wait (throw or close): the `finally` of the Python coroutine. 0, or -1 with an exception set. */
 static int
-anext_leave(AnextAwaitObject *self)
+anext_leave(StepAwaitObject *self)
 {
     self->state = AW_DONE;
     if (self->fut == NULL) {
@@ -1938,7 +2007,7 @@ anext_leave(AnextAwaitObject *self)
 }
 
 static PyObject *
-AnextAwait_throw(AnextAwaitObject *self, PyObject *const *args, Py_ssize_t nargs)
+StepAwait_throw(StepAwaitObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs < 1 || nargs > 3) {
         PyErr_Format(PyExc_TypeError, "throw expected 1 to 3 arguments, got %zd", nargs);
@@ -1994,7 +2063,7 @@ AnextAwait_throw(AnextAwaitObject *self, PyObject *const *args, Py_ssize_t nargs
 }
 
 static PyObject *
-AnextAwait_close(AnextAwaitObject *self, PyObject *Py_UNUSED(ignored))
+StepAwait_close(StepAwaitObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (self->tail != NULL) {
         PyObject *res = PyObject_CallMethodNoArgs(self->tail, anext_str[A_CLOSE]);
@@ -2009,86 +2078,114 @@ AnextAwait_close(AnextAwaitObject *self, PyObject *Py_UNUSED(ignored))
 }
 
 static PyObject *
-AnextAwait_await(AnextAwaitObject *self)
+StepAwait_await(StepAwaitObject *self)
 {
     return Py_NewRef(self);
 }
 
-/* Dropped while waiting (its task gone): the `finally` still runs, as a coroutine's finalizer does. */
+/* Dropped while waiting (its task gone): the `finally` still runs, as a coroutine's finalizer does. Dropped
+ * before it was awaited: the RuntimeWarning of a coroutine never awaited (a forgotten `await ws.send(...)` sends
+ * nothing, as with the coroutine). */
 static void
-AnextAwait_finalize(AnextAwaitObject *self)
+StepAwait_finalize(StepAwaitObject *self)
 {
-    if (self->fut == NULL || self->conn == NULL) {
+    if (self->conn == NULL || (self->fut == NULL && self->state != AW_NEW)) {
         return;
     }
     PyObject *et, *ev, *tb;
     PyErr_Fetch(&et, &ev, &tb);
-    if (anext_leave(self) < 0) {
+    if (self->state == AW_NEW) {
+        if (PyErr_WarnFormat(PyExc_RuntimeWarning, 1, "coroutine 'Connection.%s' was never awaited",
+                             self->kind == AW_SEND ? "send" : "__anext__") < 0) {
+            PyErr_WriteUnraisable((PyObject *)self);
+        }
+    }
+    else if (anext_leave(self) < 0) {
         PyErr_WriteUnraisable((PyObject *)self);
     }
     PyErr_Restore(et, ev, tb);
 }
 
 static int
-AnextAwait_traverse(AnextAwaitObject *self, visitproc visit, void *arg)
+StepAwait_traverse(StepAwaitObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->owner);
     Py_VISIT(self->conn);
+    Py_VISIT(self->message);
     Py_VISIT(self->fut);
     Py_VISIT(self->tail);
     return 0;
 }
 
 static int
-AnextAwait_clear(AnextAwaitObject *self)
+StepAwait_clear(StepAwaitObject *self)
 {
     Py_CLEAR(self->owner);
     Py_CLEAR(self->conn);
+    Py_CLEAR(self->message);
     Py_CLEAR(self->fut);
     Py_CLEAR(self->tail);
     return 0;
 }
 
 static void
-AnextAwait_dealloc(AnextAwaitObject *self)
+StepAwait_dealloc(StepAwaitObject *self)
 {
     if (PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0) {
         return;  /* resurrected */
     }
     PyObject_GC_UnTrack(self);
-    AnextAwait_clear(self);
+    StepAwait_clear(self);
     PyObject_GC_Del(self);
 }
 
-static PyMethodDef AnextAwait_methods[] = {
-    {"send", (PyCFunction)AnextAwait_send, METH_O, "send(value): resume, as a coroutine's send()."},
-    {"throw", (PyCFunction)(void (*)(void))AnextAwait_throw, METH_FASTCALL,
+static PyMethodDef StepAwait_methods[] = {
+    {"send", (PyCFunction)StepAwait_send, METH_O, "send(value): resume, as a coroutine's send()."},
+    {"throw", (PyCFunction)(void (*)(void))StepAwait_throw, METH_FASTCALL,
      "throw(exc): raise exc where it waits (leaving the wait), as a coroutine's throw()."},
-    {"close", (PyCFunction)AnextAwait_close, METH_NOARGS, "close(): leave the wait, as a coroutine's close()."},
+    {"close", (PyCFunction)StepAwait_close, METH_NOARGS, "close(): leave the wait, as a coroutine's close()."},
     {NULL, NULL, 0, NULL},
 };
 
-static PyAsyncMethods AnextAwait_as_async = {
-    .am_await = (unaryfunc)AnextAwait_await,
-    .am_send = (sendfunc)AnextAwait_am_send,
+static PyAsyncMethods StepAwait_as_async = {
+    .am_await = (unaryfunc)StepAwait_await,
+    .am_send = (sendfunc)StepAwait_am_send,
 };
 
-static PyTypeObject AnextAwaitType = {
+static PyTypeObject StepAwaitType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "uringws.ws._speedups.AnextAwait",
-    .tp_basicsize = sizeof(AnextAwaitObject),
-    .tp_dealloc = (destructor)AnextAwait_dealloc,
-    .tp_as_async = &AnextAwait_as_async,
+    .tp_name = "uringws.ws._speedups.StepAwait",
+    .tp_basicsize = sizeof(StepAwaitObject),
+    .tp_dealloc = (destructor)StepAwait_dealloc,
+    .tp_as_async = &StepAwait_as_async,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "What the compiled Connection.__anext__ returns: an awaitable with a coroutine's send, throw and "
-              "close.",
-    .tp_traverse = (traverseproc)AnextAwait_traverse,
-    .tp_clear = (inquiry)AnextAwait_clear,
+    .tp_doc = "What the compiled Connection.__anext__ and send return: an awaitable with a coroutine's send, throw "
+              "and close.",
+    .tp_traverse = (traverseproc)StepAwait_traverse,
+    .tp_clear = (inquiry)StepAwait_clear,
     .tp_iter = PyObject_SelfIter,
-    .tp_iternext = (iternextfunc)AnextAwait_iternext,
-    .tp_methods = AnextAwait_methods,
-    .tp_finalize = (destructor)AnextAwait_finalize,
+    .tp_iternext = (iternextfunc)StepAwait_iternext,
+    .tp_methods = StepAwait_methods,
+    .tp_finalize = (destructor)StepAwait_finalize,
 };
+
+static PyObject *
+step_await_new(PyObject *owner, PyObject *conn, PyObject *message, int kind)
+{
+    StepAwaitObject *aw = PyObject_GC_New(StepAwaitObject, &StepAwaitType);
+    if (aw == NULL) {
+        return NULL;
+    }
+    aw->owner = Py_NewRef(owner);
+    aw->conn = Py_NewRef(conn);
+    aw->message = Py_XNewRef(message);
+    aw->fut = NULL;
+    aw->tail = NULL;
+    aw->state = AW_NEW;
+    aw->kind = kind;
+    PyObject_GC_Track(aw);
+    return (PyObject *)aw;
+}
 
 static PyObject *Anext_vectorcall(AnextObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames);
 
@@ -2161,17 +2258,7 @@ Anext_vectorcall(AnextObject *self, PyObject *const *args, size_t nargsf, PyObje
     if (PyVectorcall_NARGS(nargsf) != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
         return PyObject_Vectorcall(self->anext_py, args, nargsf, kwnames);  /* its TypeError */
     }
-    AnextAwaitObject *aw = PyObject_GC_New(AnextAwaitObject, &AnextAwaitType);
-    if (aw == NULL) {
-        return NULL;
-    }
-    aw->owner = (AnextObject *)Py_NewRef(self);
-    aw->conn = Py_NewRef(args[0]);
-    aw->fut = NULL;
-    aw->tail = NULL;
-    aw->state = AW_NEW;
-    PyObject_GC_Track(aw);
-    return (PyObject *)aw;
+    return step_await_new((PyObject *)self, args[0], NULL, AW_ANEXT);
 }
 
 static PyTypeObject AnextType = {
@@ -2190,6 +2277,87 @@ static PyTypeObject AnextType = {
     .tp_new = Anext_new,
 };
 
+static PyObject *Send_vectorcall(SendObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames);
+
+static PyObject *
+Send_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *send_py;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
+        PyErr_SetString(PyExc_TypeError, "Send() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "O:Send", &send_py)) {
+        return NULL;
+    }
+    SendObject *self = PyObject_GC_New(SendObject, type);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = (vectorcallfunc)Send_vectorcall;
+    self->send_py = Py_NewRef(send_py);
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+static int
+Send_traverse(SendObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->send_py);
+    return 0;
+}
+
+static int
+Send_clear(SendObject *self)
+{
+    Py_CLEAR(self->send_py);
+    return 0;
+}
+
+static void
+Send_dealloc(SendObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    Send_clear(self);
+    PyObject_GC_Del(self);
+}
+
+static PyObject *
+Send_vectorcall(SendObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    if (self->send_py == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Send cleared");
+        return NULL;
+    }
+    /* send(conn, message), and send(conn, message, None) or send(conn, message, text=None): the common case when
+     * the message is a str or bytes; anything else (the TypeError of a bad call included) is send_py's */
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    int common = nargs + nkw >= 2 && nargs + nkw <= 3 && nargs >= 2
+                 && (nkw == 0 || PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "text") == 0)
+                 && (nargs + nkw == 2 || args[2] == Py_None)
+                 && (PyBytes_CheckExact(args[1]) || PyUnicode_CheckExact(args[1]));
+    if (!common) {
+        return PyObject_Vectorcall(self->send_py, args, nargsf, kwnames);
+    }
+    return step_await_new((PyObject *)self, args[0], args[1], AW_SEND);
+}
+
+static PyTypeObject SendType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "uringws.ws._speedups.Send",
+    .tp_basicsize = sizeof(SendObject),
+    .tp_dealloc = (destructor)Send_dealloc,
+    .tp_vectorcall_offset = offsetof(SendObject, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_descr_get = SendNowait_get,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_doc = "Send(send_py): Connection.send's common case in C (a method descriptor).",
+    .tp_traverse = (traverseproc)Send_traverse,
+    .tp_clear = (inquiry)Send_clear,
+    .tp_new = Send_new,
+};
+
 static int
 anext_init(PyObject *module)
 {
@@ -2198,9 +2366,10 @@ anext_init(PyObject *module)
             return -1;
         }
     }
-    if (PyType_Ready(&AnextAwaitType) < 0 || PyType_Ready(&AnextType) < 0
+    if (PyType_Ready(&StepAwaitType) < 0 || PyType_Ready(&AnextType) < 0 || PyType_Ready(&SendType) < 0
         || PyModule_AddObjectRef(module, "Anext", (PyObject *)&AnextType) < 0
-        || PyModule_AddObjectRef(module, "AnextAwait", (PyObject *)&AnextAwaitType) < 0) {
+        || PyModule_AddObjectRef(module, "Send", (PyObject *)&SendType) < 0
+        || PyModule_AddObjectRef(module, "StepAwait", (PyObject *)&StepAwaitType) < 0) {
         return -1;
     }
     return 0;

@@ -36,6 +36,7 @@ from .exceptions import (
 )
 from .frames import Anext as _CAnext
 from .frames import Dispatch as _CDispatch
+from .frames import Send as _CSend
 from .frames import SendNowait as _CSendNowait
 from .frames import ViewSink as _ViewSink
 from .frames import serialize_header
@@ -1506,3 +1507,11 @@ if _CAnext is not None:
     Connection.__anext__ = _CAnext(  # type: ignore[method-assign]
         anext_py, Connection._anext_recv, Fragment, _CLOSED, asyncio.Future, _get_running_loop_or_none
     )
+
+#: Connection.send, the Python coroutine function: the pure twin of the compiled one, which returns it (called) for
+#: anything but a whole str or bytes message, and hands over to it where its common case does not hold.
+send_py = Connection.send
+if _CSend is not None:
+    # `await ws.send(message)` without a coroutine: an awaitable that, once awaited, calls send_nowait() and waits in
+    # _drain() only if writing is paused.
+    Connection.send = _CSend(send_py)  # type: ignore[method-assign]

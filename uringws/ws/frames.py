@@ -231,6 +231,8 @@ Dispatch: Any = None
 SendNowait: Any = None
 #: The C twin of ``Connection.__anext__``'s common cases (a method descriptor the class takes), or None.
 Anext: Any = None
+#: The C twin of ``Connection.send``'s common case (a method descriptor the class takes), or None.
+Send: Any = None
 #: ``configure_gather(FrameHeader, gather_min, gather_max)``: lets ViewSink start gathering large frames (set by
 #: protocol.py, which owns those limits), or None.
 configure_gather: Any = None
@@ -256,6 +258,7 @@ else:
         Dispatch = getattr(_speedups, "Dispatch", None)
         SendNowait = getattr(_speedups, "SendNowait", None)
         Anext = getattr(_speedups, "Anext", None)
+        Send = getattr(_speedups, "Send", None)
         configure_gather = getattr(_speedups, "configure_gather", None)
         _loop = "AVX2" if getattr(_speedups, "AVX2", False) else "portable"
         _compiled.register("ws._speedups", True, f"mask ({_loop} loop), frame parser and frame buffer in C")
