@@ -1811,7 +1811,8 @@ CallSoon_vectorcall(CallSoonObject *self, PyObject *const *args, size_t nargsf, 
         return NULL;
     }
     if (kwnames != NULL && PyTuple_GET_SIZE(kwnames)) {
-        if (PyTuple_GET_SIZE(kwnames) != 1 || PyUnicode_Compare(PyTuple_GET_ITEM(kwnames, 0), s_context) != 0)
+        PyObject *kw = PyTuple_GET_ITEM(kwnames, 0);  /* asyncio's Future passes the interned "context" itself */
+        if (PyTuple_GET_SIZE(kwnames) != 1 || (kw != s_context && PyUnicode_Compare(kw, s_context) != 0))
             return callsoon_python(self, args, nargsf, kwnames);
         context = args[nargs];
     }
