@@ -10,6 +10,7 @@ import asyncio
 import gc
 import os
 import ssl
+import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -330,3 +331,26 @@ def test_throw_checks_its_arguments() -> None:
         aw.throw(ValueError, "made")
     with pytest.raises(RuntimeError):
         aw.send(None)  # thrown into before it started: finished, as a coroutine is
+
+
+def test_nothing_is_kept_after_the_connection(tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    """500 messages through ``async for`` and ``send()``: afterwards no awaitable is alive and the connection is
+    freed (an awaitable that kept a reference too many would keep it, its parser and its buffers)."""
+    refs: list[weakref.ref[Connection]] = []
+
+    async def handler(ws: Connection) -> None:
+        refs.append(weakref.ref(ws))
+        async for message in ws:
+            await ws.send(message)
+
+    async def body() -> None:
+        async with serve(handler, "127.0.0.1", 0, ssl=tls[0]) as server:
+            async with connect(url(server), ssl=tls[1]) as ws:
+                for i in range(500):
+                    await ws.send(str(i))
+                    assert await ws.recv() == str(i)
+
+    on_ring(body)
+    gc.collect()
+    assert len(refs) == 1 and refs[0]() is None
+    assert not [o for o in gc.get_objects() if type(o).__name__ == "StepAwait"]

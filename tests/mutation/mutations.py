@@ -1109,4 +1109,12 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/e2e/test_send_twin.py",),
         "the compiled send ignores text=: bytes meant as a text message go out as a binary one",
     ),
+    Mutation(
+        "step-await-conn-ref",
+        SPEEDUPS,
+        "    aw->conn = Py_NewRef(conn);",
+        "    aw->conn = Py_NewRef(Py_NewRef(conn));",
+        ("tests/e2e/test_anext.py",),
+        "each compiled __anext__()/send() awaitable keeps a reference too many to its connection (never freed)",
+    ),
 )

@@ -261,7 +261,10 @@ else:
         Send = getattr(_speedups, "Send", None)
         configure_gather = getattr(_speedups, "configure_gather", None)
         _loop = "AVX2" if getattr(_speedups, "AVX2", False) else "portable"
-        _compiled.register("ws._speedups", True, f"mask ({_loop} loop), frame parser and frame buffer in C")
+        _compiled.register(
+            "ws._speedups", True,
+            f"mask ({_loop} loop), frame parser, frame buffer, send and async-for steps in C",
+        )
 
 _unpack_H = struct.Struct("!H").unpack_from
 _unpack_Q = struct.Struct("!Q").unpack_from
