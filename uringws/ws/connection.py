@@ -555,7 +555,7 @@ class Connection(asyncio.Protocol):
 
         The callback-level way to read: no coroutine is resumed per message (``async for`` resumes the handler,
         and asyncio's task machinery with it, once per message), so a handler that answers from the callback
-        (with :meth:`send_nowait`) costs about a third less CPU per small message. ``callback`` runs inside the
+        (with :meth:`send_nowait`) runs about a fifth fewer instructions per small message. ``callback`` runs inside the
         loop's receive path: it must not block; messages already queued go first, in order. It returns (None)
         when the connection closes normally and raises ``ConnectionClosedError`` otherwise, like ``async for``;
         an exception raised by ``callback`` stops the dispatch (later messages stay queued) and is raised here.
