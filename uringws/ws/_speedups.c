@@ -1831,8 +1831,8 @@ anext_step(StepAwaitObject *self, PyObject **result)
     }
     cfa = fa_lookup(&anext_cache, Py_TYPE(conn), anext_str, A_COUNT);
     /* `await waiter`: the Future's own __await__ marks it blocking before it yields it to the task */
-    if (fa_set(cfa, conn, anext_str, A_RECV_WAITER, fut) < 0
-        || PyObject_SetAttr(fut, anext_str[A_BLOCKING], Py_True) < 0) {
+    if (PyObject_SetAttr(fut, anext_str[A_BLOCKING], Py_True) < 0
+        || fa_set(cfa, conn, anext_str, A_RECV_WAITER, fut) < 0) {
         Py_DECREF(fut);
         return PYGEN_ERROR;
     }
@@ -1912,7 +1912,7 @@ StepAwait_am_send(StepAwaitObject *self, PyObject *arg, PyObject **result)
     }
     int r;
     if (self->state == AW_DONE) {
-        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited __anext__()");
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
         return PYGEN_ERROR;
     }
     if (self->state == AW_NEW) {
