@@ -11,20 +11,20 @@ import gc
 import os
 import ssl
 import weakref
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
-import trustme
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import uringws
 from uringws.client import connect
 from uringws.server import Server, serve
 from uringws.ws.connection import PENDING_FAILURE_DELAY, Connection, anext_py
 from uringws.ws.exceptions import ConcurrencyError, ConnectionClosedError
 from uringws.ws.frames import Anext as CAnext
+
+from .test_dispatch import on_ring
+from .test_ws_api import url as wss_url
 
 TWINS = ["python"] + (["compiled"] if CAnext is not None else [])
 #: what Connection.__anext__ is at import: the C one when it was built
@@ -40,16 +40,6 @@ def restore() -> None:
     Connection.__anext__ = COMPILED_ANEXT  # type: ignore[method-assign]
 
 
-@pytest.fixture(scope="module")
-def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    ca = trustme.CA()
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ca.issue_cert("localhost", "127.0.0.1").configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
-    return server_ctx, client_ctx
-
-
 @pytest.fixture(params=TWINS)
 def twin(request: pytest.FixtureRequest) -> Any:
     kind: str = request.param
@@ -59,12 +49,7 @@ def twin(request: pytest.FixtureRequest) -> Any:
 
 
 def url(server: Server) -> str:
-    return f"wss://127.0.0.1:{server.port_bound}/"
-
-
-def on_ring(coro: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    with asyncio.Runner(loop_factory=uringws.new_event_loop) as runner:
-        runner.run(asyncio.wait_for(coro(), 30))
+    return wss_url(server, scheme="wss")
 
 
 def test_the_compiled_one_is_in_use() -> None:

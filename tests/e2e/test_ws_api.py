@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
 import pytest
-import trustme
 import websockets
 import websockets.asyncio.client
 import websockets.asyncio.server
@@ -147,16 +146,6 @@ async def test_echo_sizes_text_binary_fragments(compression: str | None) -> None
             await ws.send("after close")
         with pytest.raises(ConnectionClosedOK):
             await ws.recv()
-
-
-@pytest.fixture(scope="module")
-def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    ca = trustme.CA()
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ca.issue_cert("localhost", "127.0.0.1").configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
-    return server_ctx, client_ctx
 
 
 def test_echo_over_tls(tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
