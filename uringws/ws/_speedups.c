@@ -1893,7 +1893,7 @@ step_make_tail(StepAwaitObject *self)
 
 /* Delegate to the tail coroutine: send(arg) */
 static PySendResult
-anext_tail_send(StepAwaitObject *self, PyObject *arg, PyObject **result)
+step_tail_send(StepAwaitObject *self, PyObject *arg, PyObject **result)
 {
     PySendResult r = PyIter_Send(self->tail, arg, result);
     if (r != PYGEN_NEXT) {
@@ -1908,7 +1908,7 @@ StepAwait_am_send(StepAwaitObject *self, PyObject *arg, PyObject **result)
 {
     *result = NULL;
     if (self->tail != NULL) {
-        return anext_tail_send(self, arg, result);
+        return step_tail_send(self, arg, result);
     }
     int r;
     if (self->state == AW_DONE) {
@@ -1946,7 +1946,7 @@ StepAwait_am_send(StepAwaitObject *self, PyObject *arg, PyObject **result)
             self->state = AW_DONE;
             return PYGEN_ERROR;
         }
-        return anext_tail_send(self, Py_None, result);
+        return step_tail_send(self, Py_None, result);
     }
     if (r != PYGEN_NEXT) {
         self->state = AW_DONE;
