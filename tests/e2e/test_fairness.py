@@ -334,6 +334,39 @@ def test_ping_flood_does_not_stall_another_connection(factory: Any, certs: tuple
     assert max(rtts) < 1.0, (max(rtts), len(rtts))
 
 
+@pytest.mark.parametrize("sending", [True, False], ids=["slow-upload", "silent"])
+def test_keepalive_keeps_a_peer_that_is_sending_us_a_large_frame(sending: bool) -> None:
+    """The peer's pong waits behind a large frame it is still sending (a control frame cannot interrupt a frame): as
+    long as more of that frame arrives within each ping_timeout the connection stays open; a peer that sends
+    nothing more is closed with 1011 after ping_timeout, the frame half-received."""
+
+    async def body() -> None:
+        config = WSConfig(compression=None, ping_interval=0.05, ping_timeout=0.1)
+        conn = Connection(Side.SERVER, config)
+        transport = Transport(conn)
+        conn.transport = transport
+        conn.proto = Protocol(Side.SERVER, message_sink=conn._first_message)  # as the opening handshake wires it
+        size = 1 << 20
+        mask = os.urandom(4)
+        conn.data_received(b"\x82" + bytes([0x80 | 127]) + struct.pack("!Q", size) + mask)  # header only
+        conn._keepalive_task = asyncio.get_running_loop().create_task(conn._keepalive())
+        for _ in range(30):  # 0.6 s: six timeouts
+            await asyncio.sleep(0.02)
+            if any(frame[:1] == b"\x88" for frame in transport.writes):
+                break  # closed (the transport double cannot be closed: nothing more to feed)
+            if sending:
+                conn.data_received(os.urandom(1000))  # more of the frame's payload, a little all the time
+        closed = [frame for frame in transport.writes if frame[:1] == b"\x88"]
+        if sending:
+            assert not closed, transport.writes[-3:]
+            assert conn.proto.bytes_in > 20_000
+        else:
+            assert closed and struct.unpack("!H", closed[0][2:4])[0] == 1011, transport.writes[-3:]
+        conn._keepalive_task.cancel()
+
+    run(body())
+
+
 @pytest.mark.parametrize("reading", [True, False], ids=["slow-reader", "dead"])
 def test_keepalive_keeps_a_peer_that_reads_our_queued_data(reading: bool) -> None:
     """The pong waits behind our data at a slow reader: as long as it takes more of that data within each

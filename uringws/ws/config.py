@@ -58,7 +58,8 @@ class WSConfig:
     ping_interval: float | None = 20.0
     #: Keepalive: seconds to wait for the pong before closing with 1011; None waits forever. A peer that is still
     #: reading what we queued for it (more of it left our buffers within each such period) is kept while its pong
-    #: waits behind that data, so a live slow reader is not cut off; one that reads nothing is closed.
+    #: waits behind that data, so a live slow reader is not cut off; so is a peer still sending us frames (its pong
+    #: may wait behind a large one). One that neither reads nor sends is closed.
     ping_timeout: float | None = 20.0
     #: Seconds allowed for the opening handshake; a server counts them from accept, TLS handshake included.
     open_timeout: float | None = 10.0

@@ -1051,6 +1051,12 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         return self._written - (transport.get_write_buffer_size() if transport is not None else 0)
 
+    def _bytes_received(self) -> int:
+        """WebSocket bytes the peer sent us that the frame parser has taken (a large frame's payload counts as it
+        arrives)."""
+        proto = self.proto
+        return proto.bytes_in if proto is not None else 0
+
     def _resume_threshold(self) -> int:
         max_queue = self.config.max_queue
         return 0 if max_queue is None else max_queue // 4
@@ -1330,7 +1336,7 @@ class Connection(asyncio.Protocol):
                     continue
                 # Our writes of this turn leave right before the loop waits: measure progress from after that.
                 await asyncio.sleep(0)
-                sent = self._bytes_sent()
+                sent, received = self._bytes_sent(), self._bytes_received()
                 while True:
                     try:
                         await asyncio.wait_for(asyncio.shield(waiter), timeout)
@@ -1338,10 +1344,13 @@ class Connection(asyncio.Protocol):
                     except TimeoutError:
                         pass
                     # No pong yet. A peer that took more of what we queued for it within this timeout is alive:
-                    # its pong may wait behind our data, or unread while our full buffer pauses reading.
-                    now_sent = self._bytes_sent()
-                    if now_sent > sent:
-                        sent = now_sent
+                    # its pong may wait behind our data, or unread while our full buffer pauses reading. So is a
+                    # peer that sent us more: its pong may wait behind a large frame it is still sending (a
+                    # control frame cannot interrupt a frame), which a slow or lossy link can make last longer
+                    # than ping_timeout.
+                    now_sent, now_received = self._bytes_sent(), self._bytes_received()
+                    if now_sent > sent or now_received > received:
+                        sent, received = now_sent, now_received
                         continue
                     self.logger.info("keepalive ping timeout after %s s; closing %s", timeout, self.remote_address)
                     self._fail(1011, "keepalive ping timeout")
