@@ -1117,4 +1117,12 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/e2e/test_anext.py",),
         "each compiled __anext__()/send() awaitable keeps a reference too many to its connection (never freed)",
     ),
+    Mutation(
+        "keepalive-ignores-received",
+        CONN,
+        "                    if now_sent > sent or now_received > received:",
+        "                    if now_sent > sent:",
+        ("tests/e2e/test_fairness.py::test_keepalive_keeps_a_peer_that_is_sending_us_a_large_frame",),
+        "keepalive closes (1011) a peer whose pong waits behind a large frame it is still sending us",
+    ),
 )
