@@ -19,12 +19,13 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from _common import free_port
 
 HERE = Path(__file__).resolve().parent
 MODES = ("epoll", "uring", "uring-defer")
@@ -37,12 +38,6 @@ def build(directory: str) -> str:
     exe = os.path.join(directory, "wake_floor")
     subprocess.run([cc, "-O2", "-Wall", "-o", exe, str(HERE / "wake_floor.c")], check=True)
     return exe
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cpu_ns(pid: int) -> int:
