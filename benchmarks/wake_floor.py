@@ -10,7 +10,8 @@ server's CPU time comes from ``/proc/PID/schedstat`` (user + system, nanoseconds
 
 What it answers: how much of `uringws bench` (a)'s server CPU per message is the kernel's (TCP over loopback, the
 sleep and the wake-up) and would be there with no user-space work at all, and whether waiting on io_uring costs
-the kernel more or less than epoll_wait + recv.
+the kernel more or less than epoll_wait + recv. The io_uring modes need Linux 6.1 (multishot RECV, provided buffer
+rings, DEFER_TASKRUN).
 """
 
 from __future__ import annotations
@@ -63,7 +64,12 @@ def one(exe: str, mode: str, seconds: float, spin_us: float) -> dict[str, float]
                                text=True)
         pin(cli.pid, 1)
         before = cpu_ns(srv.pid)  # the client's first round trip is under way: nothing of the accept is counted
-        out, _ = cli.communicate(timeout=seconds + 30)
+        try:
+            out, _ = cli.communicate(timeout=seconds + 30)
+        except subprocess.TimeoutExpired:
+            cli.kill()
+            cli.communicate()
+            raise RuntimeError(f"the client hung against the {mode} server") from None
         after = cpu_ns(srv.pid)
         if cli.returncode != 0:
             raise RuntimeError(f"the client failed against the {mode} server")

@@ -11,10 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from uringws.ring.probe import kernel_version
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "wake_floor.py"
 
-pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
-                                reason="no C compiler")
+pytestmark = [
+    pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler"),
+    pytest.mark.skipif(kernel_version()[:2] < (6, 1), reason="the io_uring modes need Linux 6.1"),
+]
 
 
 def test_every_mode_echoes_and_is_measured(tmp_path: Path) -> None:
