@@ -23,6 +23,8 @@
 #include <Python.h>
 #include <structmember.h>
 #include <string.h>
+#include <stdint.h>
+#include <time.h>
 #include <openssl/ssl.h>
 #include <openssl/err.h>
 #include <openssl/x509.h>
@@ -55,7 +57,7 @@ typedef struct {
  * rather than left for incoming.keep() to copy aside and a later read to copy again. */
 #define ABSORB_PARTIAL 2048
 
-typedef struct {
+typedef struct Engine {
     PyObject_HEAD
     SSL *ssl;
     PyObject *context;     /* the ssl.SSLContext: keeps its SSL_CTX alive while we use it */
@@ -79,7 +81,114 @@ typedef struct {
     /* An error that read_all() met after decrypting data: the data is returned first, the error is raised by
      * the next read_all() or read(). Never dropped: a connection left waiting on it would hang. */
     PyObject *error_pending;
+    /* Kept record buffers (see keep_touch): whether this SSL began in SSL_MODE_RELEASE_BUFFERS, whether it keeps
+     * its buffers now, its operations in the current window, and its place in the least-recently-used list. */
+    char can_keep, kept;
+    unsigned keep_ops;
+    uint64_t keep_window, keep_last;
+    unsigned long keep_thread;
+    struct Engine *keep_prev, *keep_next;
 } Engine;
+
+/* -- Kept record buffers ------------------------------------------------------------------------------------
+ *
+ * CPython's SSLContext sets SSL_MODE_RELEASE_BUFFERS, and an SSL inherits it: OpenSSL frees the 17 KiB read buffer
+ * after each record it has read and the write buffer after each write, and allocates them again for the next
+ * one. That keeps an idle connection small, but a busy one pays a malloc and a free of 17 KiB per record each
+ * way: 1,300 of a ping-pong message's ~30,000 instructions (benchmarks/instructions.py). So a connection that
+ * made KEEP_MIN_OPS reads or writes (read_all() calls, write() calls) within KEEP_WINDOW_NS after its handshake
+ * keeps its buffers: the mode is cleared on its SSL. At most KEEP_MAX connections of the process keep buffers at
+ * once (about 34 KiB each), in a list ordered by last use; the least recently used one goes back to the mode,
+ * and gives its buffers back (SSL_free_buffers), once it has been idle for KEEP_WINDOW_NS, which is checked at
+ * every read or write of a connection that keeps buffers or is counting towards it. A process whose connections
+ * all stop holds at most KEEP_MAX pairs until the next operation of any of its connections. Only the thread that
+ * kept a connection's buffers gives them back (an SSL is only ever used by its loop's thread; the list itself is
+ * under the GIL). */
+#define KEEP_MAX 64
+#define KEEP_MIN_OPS 8
+#define KEEP_WINDOW_NS 1000000000ULL
+
+static Engine *keep_head, *keep_tail;  /* least recently used first */
+static int keep_count;
+
+static uint64_t
+keep_clock(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+static void
+keep_unlink(Engine *e)
+{
+    if (e->keep_prev != NULL)
+        e->keep_prev->keep_next = e->keep_next;
+    else
+        keep_head = e->keep_next;
+    if (e->keep_next != NULL)
+        e->keep_next->keep_prev = e->keep_prev;
+    else
+        keep_tail = e->keep_prev;
+    e->keep_prev = e->keep_next = NULL;
+}
+
+static void
+keep_append(Engine *e)
+{
+    e->keep_prev = keep_tail;
+    e->keep_next = NULL;
+    if (keep_tail != NULL)
+        keep_tail->keep_next = e;
+    else
+        keep_head = e;
+    keep_tail = e;
+}
+
+/* Back to SSL_MODE_RELEASE_BUFFERS. SSL_free_buffers() keeps a buffer that still holds part of a record; OpenSSL
+ * frees it itself once that is done, the mode being set again. */
+static void
+keep_release(Engine *e)
+{
+    keep_unlink(e);
+    keep_count--;
+    e->kept = 0;
+    e->keep_ops = 0;
+    SSL_set_mode(e->ssl, SSL_MODE_RELEASE_BUFFERS);
+    (void)SSL_free_buffers(e->ssl);
+}
+
+/* A read_all() or write() on e: the bookkeeping above. */
+static void
+keep_touch(Engine *e)
+{
+    if (!e->can_keep)
+        return;
+    uint64_t now = keep_clock();
+    Engine *oldest = keep_head;
+    if (oldest != NULL && oldest != e && now - oldest->keep_last > KEEP_WINDOW_NS
+        && oldest->keep_thread == PyThread_get_thread_ident())
+        keep_release(oldest);
+    e->keep_last = now;
+    if (e->kept) {
+        if (e != keep_tail) {
+            keep_unlink(e);
+            keep_append(e);
+        }
+        return;
+    }
+    if (now - e->keep_window > KEEP_WINDOW_NS) {
+        e->keep_window = now;
+        e->keep_ops = 0;
+    }
+    if (++e->keep_ops < KEEP_MIN_OPS || keep_count >= KEEP_MAX || !SSL_is_init_finished(e->ssl))
+        return;
+    SSL_clear_mode(e->ssl, SSL_MODE_RELEASE_BUFFERS);
+    e->kept = 1;
+    e->keep_thread = PyThread_get_thread_ident();
+    keep_append(e);
+    keep_count++;
+}
 
 typedef struct {
     PyObject_HEAD
@@ -469,6 +578,7 @@ Engine_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     SSL_set_bio(self->ssl, bio, bio);
     /* As CPython's newPySSLSocket: writes may be retried from another buffer (our backlog joins parts). */
     SSL_set_mode(self->ssl, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_AUTO_RETRY);
+    self->can_keep = (SSL_get_mode(self->ssl) & SSL_MODE_RELEASE_BUFFERS) != 0;
     if (server_side)
         SSL_set_accept_state(self->ssl);
     else
@@ -479,6 +589,10 @@ Engine_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 static void
 Engine_dealloc(Engine *self)
 {
+    if (self->kept) {
+        keep_unlink(self);
+        keep_count--;
+    }
     if (self->ssl != NULL)
         SSL_free(self->ssl);  /* frees the BIO */
     if (self->lending)
@@ -575,6 +689,7 @@ read_all_into(Engine *self, char *buf, size_t cap, Py_ssize_t partial)
 {
     if (raise_pending(self) < 0)
         return -1;
+    keep_touch(self);
     size_t total = 0;
     int ret = 1;
     while (total < cap) {
@@ -647,6 +762,7 @@ engine_write_raw(Engine *self, const void *buf, Py_ssize_t len, size_t *n)
     *n = 0;
     if (out_reserve(self, len + (len / RECORD_PLAINTEXT + 1) * RECORD_SLACK) < 0)
         return -1;
+    keep_touch(self);
     int ret = SSL_write_ex(self->ssl, buf, (size_t)len, n);
     if (ret > 0)
         return 0;
@@ -839,6 +955,8 @@ static PyGetSetDef Engine_getset[] = {
 static PyMemberDef Engine_members[] = {
     {"server_side", T_INT, offsetof(Engine, server_side), READONLY, "True on the server side."},
     {"context", T_OBJECT, offsetof(Engine, context), READONLY, "The ssl.SSLContext."},
+    {"buffers_kept", T_BOOL, offsetof(Engine, kept), READONLY,
+     "Whether this busy connection keeps OpenSSL's record buffers between records (see the module's notes)."},
     {"more", T_BOOL, offsetof(Engine, more), READONLY,
      "After read_all(): call it again before waiting for input (buffer full, close_notify or error next)."},
     {NULL, 0, 0, 0, NULL},
@@ -2170,7 +2288,14 @@ static PyTypeObject SendType = {
     .tp_new = Send_new,
 };
 
+static PyObject *
+kept_buffers(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromLong(keep_count);
+}
+
 static PyMethodDef module_methods[] = {
+    {"kept_buffers", kept_buffers, METH_NOARGS, "How many connections keep their record buffers now."},
     {"context_matches", context_matches, METH_VARARGS, "Check the SSL_CTX read from an SSLContext."},
     {"scan_records", (PyCFunction)(void (*)(void))scan_records, METH_FASTCALL,
      "scan_records(data, rec_left, partial, hdr, max_body) -> (rec_left, partial, hdr, framed)"},
@@ -2247,7 +2372,10 @@ PyInit__engine(void)
         /* What we were compiled against and what is loaded now: engine.py compares both with the stdlib's. */
         || PyModule_AddObject(m, "OPENSSL_VERSION_NUMBER", PyLong_FromUnsignedLong(OPENSSL_VERSION_NUMBER)) < 0
         || PyModule_AddObject(m, "LOADED_OPENSSL_VERSION_NUMBER", PyLong_FromUnsignedLong(OpenSSL_version_num())) < 0
-        || PyModule_AddIntConstant(m, "SSL_CTX_OFFSET", (long)offsetof(CtxHead, ctx)) < 0) {
+        || PyModule_AddIntConstant(m, "SSL_CTX_OFFSET", (long)offsetof(CtxHead, ctx)) < 0
+        || PyModule_AddIntConstant(m, "KEEP_MAX", KEEP_MAX) < 0
+        || PyModule_AddIntConstant(m, "KEEP_MIN_OPS", KEEP_MIN_OPS) < 0
+        || PyModule_AddObject(m, "KEEP_WINDOW", PyFloat_FromDouble(KEEP_WINDOW_NS / 1e9)) < 0) {
         Py_DECREF(m);
         return NULL;
     }
