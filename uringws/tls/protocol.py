@@ -13,7 +13,8 @@ Memory: asyncio keeps a 256 KiB receive buffer per connection.  Here the receive
 buffer are shared by all connections of a thread (:class:`_SharedBuffers`); a connection owns only its
 ``SSLObject`` and two ``MemoryBIO`` objects (or the compiled engine, :mod:`uringws.tls.engine`, which offers the
 same calls), which are empty while idle (CPython sets ``SSL_MODE_RELEASE_BUFFERS``, so OpenSSL frees its record
-buffers too).  Plaintext waiting behind a paused
+buffers too; the compiled engine lets up to 64 busy connections keep theirs until they have been idle for a
+second, see docs/design.md §9).  Plaintext waiting behind a paused
 TCP transport is kept as the application's own (immutable) objects and encrypted only when the transport can
 take it.
 
