@@ -74,7 +74,8 @@ def test_a_busy_connection_keeps_its_buffers_until_it_is_idle(version: str) -> N
     _release_idle(eng_mod, releasers)
     assert not engine.buffers_kept
     freed = held - _malloc_in_use()
-    assert freed > 32 * 1024, f"{freed} B given back"
+    if held:  # 0 under valgrind, whose malloc keeps no glibc statistics
+        assert freed > 32 * 1024, f"{freed} B given back"
     # Released, the connection still carries data, and becomes busy again like any other.
     _exchange(client, server, eng_mod.KEEP_MIN_OPS)
     assert engine.buffers_kept
@@ -93,3 +94,26 @@ def test_at_most_keep_max_connections_keep_buffers() -> None:
     # A connection that goes away leaves the list (its engine is freed with it).
     del pairs, kept
     assert eng_mod.kept_buffers() == before
+
+
+def test_small_output_of_a_busy_connection_is_copied_out_and_stays_intact() -> None:
+    # A busy connection's small output is copied out of a buffer the engine writes the next records into: what
+    # outgoing.read() returned must not change when it does, and every record must still decrypt in order.
+    eng_mod = _engine_module()
+    client, server = connect("compiled", server_ctx(), client_ctx())
+    _exchange(client, server, eng_mod.KEEP_MIN_OPS)
+    assert server.obj._engine.buffers_kept
+    taken = []
+    for i in range(4):
+        server.obj.write(bytes([65 + i]) * 50)
+        out = server.take()
+        taken.append((out, bytes(bytearray(out))))  # the object handed out, and what it held then
+    big = b"L" * 5000  # over the copy limit: handed over as before
+    server.obj.write(big)
+    taken.append((server.take(), b""))
+    for out, then in taken[:4]:
+        assert out == then
+    for out, _ in taken:
+        client.incoming.write(out)
+    got = b"".join(client.obj.read(6000) for _ in range(5))
+    assert got == b"A" * 50 + b"B" * 50 + b"C" * 50 + b"D" * 50 + big
