@@ -1125,4 +1125,20 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/e2e/test_fairness.py::test_keepalive_keeps_a_peer_that_is_sending_us_a_large_frame",),
         "keepalive closes (1011) a peer whose pong waits behind a large frame it is still sending us",
     ),
+    Mutation(
+        "kept-buffers-never-freed",
+        ENGINE,
+        "    (void)SSL_free_buffers(e->ssl);",
+        "    /* buffers left to OpenSSL */",
+        ("tests/tls/test_kept_buffers.py::test_a_busy_connection_keeps_its_buffers_until_it_is_idle",),
+        "an idle connection that kept its record buffers holds them (34 KiB) until OpenSSL next reads or writes",
+    ),
+    Mutation(
+        "kept-output-shared",
+        ENGINE,
+        "        PyObject *copy = PyBytes_FromStringAndSize(PyBytes_AS_STRING(e->out), e->out_len);",
+        "        PyObject *copy = Py_NewRef(e->out);",
+        ("tests/tls/test_kept_buffers.py::test_small_output_of_a_busy_connection_is_copied_out_and_stays_intact",),
+        "the output buffer handed out is written into again: bytes already queued for the socket change",
+    ),
 )
