@@ -1141,4 +1141,20 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/tls/test_kept_buffers.py::test_small_output_of_a_busy_connection_is_copied_out_and_stays_intact",),
         "the output buffer handed out is written into again: bytes already queued for the socket change",
     ),
+    Mutation(
+        "spare-backlog-shared",
+        ENGINE,
+        "&& Py_REFCNT(backlog) == 1 && spare_count < SPARE_MAX) {",
+        "&& spare_count < SPARE_MAX) {",
+        ("tests/tls/test_send_twin.py::test_a_backlog_referenced_elsewhere_is_not_reused",),
+        "a written backlog deque someone else holds is emptied and handed to the next write anyway",
+    ),
+    Mutation(
+        "spare-backlog-never-kept",
+        ENGINE,
+        "        spare_deques[spare_count++] = backlog;\n        return;\n    }\n    Py_DECREF(backlog);",
+        "        Py_DECREF(backlog);\n        return;\n    }\n    Py_DECREF(backlog);",
+        ("tests/tls/test_send_twin.py::test_the_written_backlog_is_kept_for_the_next_write_not_freed",),
+        "every coalesced write makes and frees a deque again (about 1,000 instructions per message)",
+    ),
 )

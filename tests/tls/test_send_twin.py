@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import sys
+import weakref
 from typing import Any
 
 import pytest
@@ -36,27 +37,22 @@ def run_hooks(selector: Any) -> None:
         hooks = selector.before_wait
 
 
-def run_script(
-    script: list[tuple[str, int]],
-    compiled: bool,
-    high: int,
-    app_high: int,
-    split_pairs: bool = False,
-    calls: list[str] | None = None,
-) -> tuple[bytes, int, list[tuple[bool, int]]]:
-    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    _CERT.configure_cert(sctx)
-    cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    _CA.configure_trust(cctx)
-    loop = asyncio.new_event_loop()  # only for timers; never run
-    # What TLSProtocol looks for on a loop (uringws's RingSelector has it): a list of before-wait hooks.
-    selector = loop._selector  # type: ignore[attr-defined]
-    selector.before_wait = []
-    try:
-        capp, sapp = Sink(), Sink()
-        client = TLSProtocol(loop, capp, cctx, None, False, "localhost")
-        server = TLSProtocol(loop, sapp, sctx, None, True)
-        ct, st_ = MemTransport(), MemTransport(high)
+class Pair:
+    """A client and a server TLSProtocol over in-memory transports, handshaken; the "loop" is the test."""
+
+    def __init__(self, high: int = 1 << 30) -> None:
+        sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        _CERT.configure_cert(sctx)
+        cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        _CA.configure_trust(cctx)
+        self.loop = loop = asyncio.new_event_loop()  # only for timers; never run
+        # What TLSProtocol looks for on a loop (uringws's RingSelector has it): a list of before-wait hooks.
+        self.selector = selector = loop._selector  # type: ignore[attr-defined]
+        selector.before_wait = []
+        self.capp, self.sapp = capp, sapp = Sink(), Sink()
+        self.client = client = TLSProtocol(loop, capp, cctx, None, False, "localhost")
+        self.server = server = TLSProtocol(loop, sapp, sctx, None, True)
+        self.ct, self.st = ct, st_ = MemTransport(), MemTransport(high)
         st_.protocol = server
         client.connection_made(ct)  # type: ignore[arg-type]
         server.connection_made(st_)  # type: ignore[arg-type]
@@ -66,6 +62,20 @@ def run_script(
             deliver(ct, server, 1 << 20)
             deliver(st_, client, 1 << 20)
             run_hooks(selector)
+        assert sapp.transport is not None
+
+
+def run_script(
+    script: list[tuple[str, int]],
+    compiled: bool,
+    high: int,
+    app_high: int,
+    split_pairs: bool = False,
+    calls: list[str] | None = None,
+) -> tuple[bytes, int, list[tuple[bool, int]]]:
+    p = Pair(high)
+    loop, selector, capp, sapp, client, server, st_ = p.loop, p.selector, p.capp, p.sapp, p.client, p.server, p.st
+    try:
         assert sapp.transport is not None
         sapp.transport.set_write_buffer_limits(high=app_high)  # the TLS layer's own high-water mark
         write = server.write_if_open
@@ -168,3 +178,60 @@ def test_a_large_pair_is_one_transport_write_without_the_backlog() -> None:
             assert calls == ["write"] * 3
         else:
             assert "_app_write" not in calls and "_drain_backlog" not in calls and "_encrypt" in calls
+
+
+def test_the_written_backlog_is_kept_for_the_next_write_not_freed() -> None:
+    """A coalesced write's deque, once the hook has written it, is emptied and kept for the next write (of any
+    connection) instead of one new deque per message; the plaintext is unchanged."""
+    p = Pair()
+    try:
+        write = p.server.write_if_open
+        assert type(write) is engine_mod.send_type
+        write(b"one")
+        backlog = weakref.ref(p.server._backlog)
+        run_hooks(p.selector)
+        assert p.server._backlog is None  # an idle connection holds no deque
+        kept = backlog()
+        assert kept is not None and len(kept) == 0 and engine_mod._engine.spare_backlogs() >= 1
+        del kept
+        write(b"two")
+        assert p.server._backlog is backlog()
+        run_hooks(p.selector)
+        deliver(p.st, p.client, 1 << 20)
+        assert bytes(p.capp.data) == b"onetwo"
+    finally:
+        p.loop.close()
+
+
+def test_a_backlog_referenced_elsewhere_is_not_reused() -> None:
+    """A deque that someone else still holds is left alone (not emptied, not handed to another write)."""
+    p = Pair()
+    try:
+        write = p.server.write_if_open
+        write(b"held")
+        held = p.server._backlog
+        run_hooks(p.selector)
+        assert list(held) == [b"held"]  # what the hook wrote, still in the deque the test holds
+        write(b"next")
+        assert p.server._backlog is not held
+        run_hooks(p.selector)
+        deliver(p.st, p.client, 1 << 20)
+        assert bytes(p.capp.data) == b"heldnext"
+    finally:
+        p.loop.close()
+
+
+def test_at_most_spare_max_deques_are_kept() -> None:
+    pairs = [Pair() for _ in range(engine_mod._engine.SPARE_MAX + 8)]
+    try:
+        for p in pairs:
+            p.server.write_if_open(b"x")
+        for p in pairs:
+            run_hooks(p.selector)
+        assert engine_mod._engine.spare_backlogs() == engine_mod._engine.SPARE_MAX
+        for p in pairs:
+            deliver(p.st, p.client, 1 << 20)
+            assert bytes(p.capp.data) == b"x"
+    finally:
+        for p in pairs:
+            p.loop.close()
