@@ -13,7 +13,8 @@ setup(
         # The ring's hot path (SQE preparation, io_uring_enter, CQE dispatch); Linux only, no extra libraries.
         Extension("uringws.ring._ringc", ["uringws/ring/_ringc.c"], depends=["uringws/_fastattr.h"], optional=True),
         # Linked against the system's libssl, which must be the one Python's _ssl uses (checked at import).
-        Extension("uringws.tls._engine", ["uringws/tls/_engine.c"], depends=["uringws/_fastattr.h"],
+        Extension("uringws.tls._engine", ["uringws/tls/_engine.c"],
+                  depends=["uringws/_fastattr.h", "uringws/tls/_tls13.h"],
                   libraries=["ssl", "crypto"], optional=True),
     ]
 )

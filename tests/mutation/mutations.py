@@ -1157,4 +1157,20 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/tls/test_send_twin.py::test_the_written_backlog_is_kept_for_the_next_write_not_freed",),
         "every coalesced write makes and frees a deque again (about 1,000 instructions per message)",
     ),
+    Mutation(
+        "own-records-seq-frozen",
+        "uringws/tls/_tls13.h",
+        "    d->seq++;",
+        "    /* seq stays */",
+        ("tests/tls/test_own_records.py::test_the_client_reads_what_we_seal_and_we_open_what_it_writes",),
+        "every record sealed and opened with the nonce of record 0 (nonce reuse; the peer refuses the second)",
+    ),
+    Mutation(
+        "own-records-wrong-label",
+        "uringws/tls/_tls13.h",
+        '"key", key, key_lens[i])',
+        '"kex", key, key_lens[i])',
+        ("tests/tls/test_own_records.py::test_the_client_reads_what_we_seal_and_we_open_what_it_writes",),
+        "the record key derived with another HKDF label than RFC 8446's",
+    ),
 )

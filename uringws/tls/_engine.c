@@ -31,6 +31,7 @@
 #include <openssl/opensslv.h>
 
 #include "../_fastattr.h"
+#include "_tls13.h"
 
 /* ssl.SSLError and friends, taken from the ssl module at import so isinstance() checks match the stdlib's. */
 static PyObject *SSLError, *SSLZeroReturnError, *SSLWantReadError, *SSLWantWriteError, *SSLSyscallError,
@@ -88,7 +89,21 @@ typedef struct Engine {
     uint64_t keep_window, keep_last;
     unsigned long keep_thread;
     struct Engine *keep_prev, *keep_next;
+    /* TLS 1.3 record protection of our own (_tls13.h), only for an engine made with record_keys=True: the
+     * captured traffic secrets, and each direction's protection once asked for. */
+    Tls13Secrets *secrets;
+    Tls13Dir *rec_read, *rec_write;
 } Engine;
+
+static Tls13Secrets *
+engine_secrets(const SSL *ssl)
+{
+    BIO *b = SSL_get_rbio(ssl);
+    if (b == NULL || BIO_method_type(b) != engine_bio_type)
+        return NULL;
+    Engine *e = BIO_get_data(b);
+    return e == NULL ? NULL : e->secrets;
+}
 
 /* -- Kept record buffers ------------------------------------------------------------------------------------
  *
@@ -551,10 +566,10 @@ context_ctx(PyObject *context)
 static PyObject *
 Engine_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"context", "server_side", NULL};
+    static char *kwlist[] = {"context", "server_side", "record_keys", NULL};
     PyObject *context;
-    int server_side;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Op:Engine", kwlist, &context, &server_side))
+    int server_side, record_keys = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Op|$p:Engine", kwlist, &context, &server_side, &record_keys))
         return NULL;
     SSL_CTX *ctx = context_ctx(context);
     if (ctx == NULL)
@@ -580,6 +595,10 @@ Engine_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     }
     BIO_set_data(bio, self);
     SSL_set_bio(self->ssl, bio, bio);
+    if (record_keys && tls13_keylog_install(ctx) == 0 && (self->secrets = PyMem_Calloc(1, sizeof(Tls13Secrets))) == NULL) {
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
     /* As CPython's newPySSLSocket: writes may be retried from another buffer (our backlog joins parts). */
     SSL_set_mode(self->ssl, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_AUTO_RETRY);
     self->can_keep = (SSL_get_mode(self->ssl) & SSL_MODE_RELEASE_BUFFERS) != 0;
@@ -599,6 +618,12 @@ Engine_dealloc(Engine *self)
     }
     if (self->ssl != NULL)
         SSL_free(self->ssl);  /* frees the BIO */
+    if (self->secrets != NULL) {
+        OPENSSL_cleanse(self->secrets, sizeof *self->secrets);
+        PyMem_Free(self->secrets);
+    }
+    tls13_dir_free(self->rec_read);
+    tls13_dir_free(self->rec_write);
     if (self->lending)
         PyBuffer_Release(&self->lent);
     free(self->in_buf);
@@ -912,6 +937,76 @@ Engine_tls_unique(Engine *self, PyObject *Py_UNUSED(ignored))
     return PyBytes_FromStringAndSize(buf, (Py_ssize_t)len);
 }
 
+/* The record protection of one direction (write: our own side's secret, read: the peer's), made on first use. */
+static Tls13Dir *
+engine_rec(Engine *self, int write)
+{
+    Tls13Dir **slot = write ? &self->rec_write : &self->rec_read;
+    if (*slot != NULL)
+        return *slot;
+    int which = write == self->server_side;  /* 1: the server's secret */
+    if (self->secrets == NULL || !(self->secrets->have & (1 << which))) {
+        PyErr_SetString(PyExc_ValueError, "no traffic secrets captured (record_keys=False, or not TLS 1.3, or the "
+                                          "SSL_CTX has another key log callback)");
+        return NULL;
+    }
+    *slot = tls13_dir_new(self->ssl, self->secrets->secret[which], self->secrets->len[which], write);
+    return *slot;
+}
+
+static PyObject *
+Engine_record_keys(Engine *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(self->secrets != NULL && self->secrets->have == 3);
+}
+
+static PyObject *
+Engine_seal(Engine *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer data;
+    int type;
+    if (nargs != 2 || (type = PyLong_AsLong(args[0]), PyErr_Occurred()) || type < 20 || type > 255) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "_seal(type, data): a content type (20-255) and bytes");
+        return NULL;
+    }
+    Tls13Dir *d = engine_rec(self, 1);
+    if (d == NULL || PyObject_GetBuffer(args[1], &data, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *out = NULL;
+    if (data.len > RECORD_PLAINTEXT)
+        PyErr_SetString(PyExc_ValueError, "more than a record's 16384 bytes");
+    else if ((out = PyBytes_FromStringAndSize(NULL, 5 + data.len + 1 + TLS13_TAG)) != NULL
+             && tls13_seal(d, type, data.buf, (size_t)data.len, (unsigned char *)PyBytes_AS_STRING(out)) < 0) {
+        Py_CLEAR(out);
+        PyErr_SetString(PyExc_ValueError, "sealing failed");
+    }
+    PyBuffer_Release(&data);
+    return out;
+}
+
+static PyObject *
+Engine_open(Engine *self, PyObject *arg)
+{
+    Py_buffer rec;
+    Tls13Dir *d = engine_rec(self, 0);
+    if (d == NULL || PyObject_GetBuffer(arg, &rec, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, rec.len > 5 + TLS13_TAG ? rec.len - 5 - TLS13_TAG : 0), *res = NULL;
+    int type = 0;
+    if (out != NULL) {
+        Py_ssize_t n = tls13_open(d, rec.buf, (size_t)rec.len, (unsigned char *)PyBytes_AS_STRING(out), &type);
+        if (n < 0)
+            PyErr_SetString(SSLError, n == -1 ? "not a TLS 1.3 protected record" : n == -2 ? "bad record mac"
+                                                                                        : "no content type");
+        else if (_PyBytes_Resize(&out, n) == 0)
+            res = Py_BuildValue("iO", type, out);
+    }
+    Py_XDECREF(out);
+    PyBuffer_Release(&rec);
+    return res;
+}
+
 static PyMethodDef Engine_methods[] = {
     {"do_handshake", (PyCFunction)Engine_do_handshake, METH_NOARGS, "SSL_do_handshake, as SSLObject's."},
     {"read", (PyCFunction)(void (*)(void))Engine_read, METH_FASTCALL, "read(len, buffer=None), as SSLObject's."},
@@ -929,6 +1024,12 @@ static PyMethodDef Engine_methods[] = {
     {"session_reused", (PyCFunction)Engine_session_reused, METH_NOARGS, "Whether a session was resumed."},
     {"shared_ciphers", (PyCFunction)Engine_shared_ciphers, METH_NOARGS, "Ciphers both sides offer."},
     {"tls_unique", (PyCFunction)Engine_tls_unique, METH_NOARGS, "tls-unique channel binding or None."},
+    {"_record_keys", (PyCFunction)Engine_record_keys, METH_NOARGS,
+     "Whether both TLS 1.3 application traffic secrets were captured (record_keys=True)."},
+    {"_seal", (PyCFunction)(void (*)(void))Engine_seal, METH_FASTCALL,
+     "_seal(type, data) -> the next TLS 1.3 record we would send, protected with our own record layer."},
+    {"_open", (PyCFunction)Engine_open, METH_O,
+     "_open(record) -> (content type, plaintext): the peer's next TLS 1.3 record, opened with our own record layer."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -2423,7 +2524,8 @@ PyInit__engine(void)
     Py_DECREF(cssl);
     if (SSLContextType == NULL)
         return NULL;
-    engine_bio_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "uringws engine");
+    engine_bio_type = BIO_get_new_index() | BIO_TYPE_SOURCE_SINK;
+    engine_bio_method = BIO_meth_new(engine_bio_type, "uringws engine");
     if (engine_bio_method == NULL || !BIO_meth_set_write(engine_bio_method, bio_write)
         || !BIO_meth_set_read(engine_bio_method, bio_read) || !BIO_meth_set_ctrl(engine_bio_method, bio_ctrl)
         || !BIO_meth_set_create(engine_bio_method, bio_create)
