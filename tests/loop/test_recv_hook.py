@@ -258,6 +258,58 @@ def test_received_view_error_is_fatal(harness_factory: Callable[..., Harness]) -
     assert len(p.lost) == 1 and isinstance(p.lost[0], ValueError)
 
 
+class PlainViews(asyncio.Protocol):
+    """A plain Protocol with received_view() (as uringws's WebSocket connection): ring reads come as lent views;
+    data_received() only for poll-based reads."""
+
+    def __init__(self, *, pause_on_first: bool = False) -> None:
+        self.got: list[bytes] = []
+        self.data: list[bytes] = []
+        self.transport: Any = None
+        self.pause_on_first = pause_on_first
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def received_view(self, view: memoryview) -> None:
+        assert type(view) is memoryview
+        self.got.append(bytes(view))
+        if self.pause_on_first and len(self.got) == 1:
+            self.transport.pause_reading()
+
+    def data_received(self, data: bytes) -> None:
+        self.data.append(data)
+
+
+def test_plain_protocol_with_received_view_gets_ring_reads_as_views(harness_factory: Callable[..., Harness]) -> None:
+    p = PlainViews(pause_on_first=True)
+    h = harness_factory(p)
+    tail = h.spare._tail
+    h.cqe(0, 0, b"ab", _F_MORE | _F_SOCK_NONEMPTY)  # taken at once: no copy aside to join with the rest
+    assert p.got == [b"ab"] and h.tr._held == [] and h.spare._tail == tail + 1
+    h.cqe(1, 0, b"cd")  # paused by the first call: held, in order, then lent once reading resumes
+    assert p.got == [b"ab"] and h.tr._held == [b"cd"]
+    h.tr.resume_reading()
+    h.run()
+    assert p.got == [b"ab", b"cd"] and p.data == []
+
+
+def test_poll_reads_still_use_data_received() -> None:
+    loop = EventLoop(read_mode="poll")
+    sock, peer = socket.socketpair()
+    p = PlainViews()
+    try:
+        tr = transports.RingSocketTransport(loop, sock, p)
+        peer.sendall(b"hello")
+        loop.run_until_complete(asyncio.sleep(0.05))
+        assert b"".join(p.data) == b"hello" and p.got == []
+        tr.abort()
+        loop.run_until_complete(asyncio.sleep(0.01))
+    finally:
+        peer.close()
+        loop.close()
+
+
 def test_buffered_protocol_without_view_sink(harness_factory: Callable[..., Harness]) -> None:
     class Small(asyncio.BufferedProtocol):
         def __init__(self) -> None:

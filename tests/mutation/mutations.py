@@ -1173,4 +1173,13 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/tls/test_own_records.py::test_the_client_reads_what_we_seal_and_we_open_what_it_writes",),
         "the record key derived with another HKDF label than RFC 8446's",
     ),
+    Mutation(
+        "plain-protocol-views-off",
+        TR,
+        "            self._buffered = self._view_sink is not None",
+        "            self._buffered = False",
+        ("tests/loop/test_recv_hook.py::test_plain_protocol_with_received_view_gets_ring_reads_as_views",
+         "tests/e2e/test_plain_views.py"),
+        "a plain Protocol with received_view gets a bytes copy per ring read again (and joins of held reads)",
+    ),
 )

@@ -296,8 +296,11 @@ class RingSocketTransport(_FlowControlMixin, transports.Transport):
             self._view_sink = getattr(protocol, "received_view", None)
         else:
             self._read_cb = self._read_data_received
-            self._buffered = False
-            self._view_sink = None
+            # A plain Protocol may have received_view(view) too (uringws's WebSocket connection does): then ring
+            # reads go to it as views of the receive buffer, as for a BufferedProtocol, instead of a bytes copy
+            # per read (and a join of the reads a busy socket held back). Poll-based reads keep data_received().
+            self._view_sink = getattr(protocol, "received_view", None)
+            self._buffered = self._view_sink is not None
         self._protocol = protocol
         self._protocol_connected = True
 
