@@ -35,7 +35,6 @@ OPS = ("Engine_write", "Engine_seal", "Engine_read_all", "Engine_open")
 
 def child(op: str, size: int, records: int, suite: str) -> None:
     sys.path.insert(0, str(ROOT))
-    sys.path.insert(0, str(ROOT / "tests"))
     import ssl
 
     import trustme

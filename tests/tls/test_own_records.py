@@ -21,7 +21,7 @@ import pytest
 
 from uringws.tls import engine as engine_mod
 
-from .test_engine_parity import CA, CERT, Client, Server, client_ctx, handshake, server_ctx
+from .test_engine_parity import CA, Client, Server, client_ctx, handshake, server_ctx
 
 pytestmark = pytest.mark.skipif(not engine_mod.available(), reason="compiled TLS engine not in use")
 
@@ -214,4 +214,3 @@ def test_each_tls_1_3_suite_against_openssl_s_client(suite: str, tmp_path: Any) 
     assert result.get("cipher") == suite, (result, proc.stderr[-500:])
     assert result["got"] == (APP, b"ping\n")
     assert b"pong from our own record layer" in proc.stdout, proc.stderr[-500:]
-    assert CERT is not None

@@ -64,6 +64,18 @@ class Pair:
             run_hooks(selector)
         assert sapp.transport is not None
 
+    def __enter__(self) -> Pair:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.close()
+
+    def received(self) -> bytes:
+        """What the client has read once the hooks ran and the server's bytes were delivered."""
+        run_hooks(self.selector)
+        deliver(self.st, self.client, 1 << 20)
+        return bytes(self.capp.data)
+
 
 def run_script(
     script: list[tuple[str, int]],
@@ -183,8 +195,7 @@ def test_a_large_pair_is_one_transport_write_without_the_backlog() -> None:
 def test_the_written_backlog_is_kept_for_the_next_write_not_freed() -> None:
     """A coalesced write's deque, once the hook has written it, is emptied and kept for the next write (of any
     connection) instead of one new deque per message; the plaintext is unchanged."""
-    p = Pair()
-    try:
+    with Pair() as p:
         write = p.server.write_if_open
         assert type(write) is engine_mod.send_type
         write(b"one")
@@ -196,17 +207,12 @@ def test_the_written_backlog_is_kept_for_the_next_write_not_freed() -> None:
         del kept
         write(b"two")
         assert p.server._backlog is backlog()
-        run_hooks(p.selector)
-        deliver(p.st, p.client, 1 << 20)
-        assert bytes(p.capp.data) == b"onetwo"
-    finally:
-        p.loop.close()
+        assert p.received() == b"onetwo"
 
 
 def test_a_backlog_referenced_elsewhere_is_not_reused() -> None:
     """A deque that someone else still holds is left alone (not emptied, not handed to another write)."""
-    p = Pair()
-    try:
+    with Pair() as p:
         write = p.server.write_if_open
         write(b"held")
         held = p.server._backlog
@@ -214,11 +220,7 @@ def test_a_backlog_referenced_elsewhere_is_not_reused() -> None:
         assert list(held) == [b"held"]  # what the hook wrote, still in the deque the test holds
         write(b"next")
         assert p.server._backlog is not held
-        run_hooks(p.selector)
-        deliver(p.st, p.client, 1 << 20)
-        assert bytes(p.capp.data) == b"heldnext"
-    finally:
-        p.loop.close()
+        assert p.received() == b"heldnext"
 
 
 def test_at_most_spare_max_deques_are_kept() -> None:
@@ -230,8 +232,7 @@ def test_at_most_spare_max_deques_are_kept() -> None:
             run_hooks(p.selector)
         assert engine_mod._engine.spare_backlogs() == engine_mod._engine.SPARE_MAX
         for p in pairs:
-            deliver(p.st, p.client, 1 << 20)
-            assert bytes(p.capp.data) == b"x"
+            assert p.received() == b"x"
     finally:
         for p in pairs:
             p.loop.close()

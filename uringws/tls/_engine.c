@@ -2437,16 +2437,9 @@ Send_flush(SendObject *self, PyObject *Py_UNUSED(ignored))
             Py_DECREF(now);
             goto error;
         }
-        if (!any && now != backlog) {
-            backlog_release(now);
-            now = NULL;
-        }
     }
-    Py_XDECREF(now);
-    if (backlog != Py_None)
-        backlog_release(backlog);
-    else
-        Py_DECREF(backlog);
+    Py_DECREF(now);
+    backlog_release(backlog);  /* (None, or a deque still the protocol's, is only decref'd) */
     Py_RETURN_NONE;
 error:
     Py_DECREF(backlog);
