@@ -32,11 +32,51 @@ typedef struct {
 
 /* One direction's record protection: the AEAD context with its key, the static IV and the sequence number. */
 typedef struct {
-    EVP_CIPHER_CTX *ctx;
+    uint64_t id;                               /* this key's number: which key a shared context holds */
+    unsigned char key[32];
     unsigned char iv[TLS13_NONCE];
     uint64_t seq;
     int enc;
+    const EVP_MD *md;                          /* the suite's hash, for HKDF */
+    unsigned char secret[TLS13_MAX_SECRET];    /* the current traffic secret, for a KeyUpdate */
+    unsigned char slen;
+    unsigned char key_len;
+    unsigned char suite;                       /* 0, 1, 2: TLS_AES_128_GCM_SHA256, ..._256_..., ChaCha20 */
 } Tls13Dir;
+
+/* The AEAD contexts, one per suite and direction for the whole process, keyed for one Tls13Dir at a time: a
+ * context of its own would cost each connection about 1.3 KiB of OpenSSL's memory for as long as it lives, idle
+ * or not, while setting a key is cheap next to a record (and is skipped while one connection does all the
+ * writing). Only called with the GIL held. */
+static EVP_CIPHER *tls13_ciphers[3];  /* fetched once: AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305 */
+static EVP_CIPHER_CTX *tls13_shared[3][2];
+static uint64_t tls13_shared_id[3][2];
+static uint64_t tls13_next_id = 1;
+
+static EVP_CIPHER_CTX *
+tls13_ctx(Tls13Dir *d)
+{
+    EVP_CIPHER_CTX **c = &tls13_shared[d->suite][d->enc];
+    uint64_t *id = &tls13_shared_id[d->suite][d->enc];
+    if (*c == NULL) {
+        if ((*c = EVP_CIPHER_CTX_new()) == NULL)
+            return NULL;
+        if (EVP_CipherInit_ex(*c, tls13_ciphers[d->suite], NULL, NULL, NULL, d->enc) != 1) {
+            EVP_CIPHER_CTX_free(*c);
+            *c = NULL;
+            return NULL;
+        }
+        *id = 0;
+    }
+    if (*id != d->id) {
+        if (EVP_CipherInit_ex(*c, NULL, NULL, d->key, NULL, d->enc) != 1) {
+            *id = 0;
+            return NULL;
+        }
+        *id = d->id;
+    }
+    return *c;
+}
 
 static int engine_bio_type;  /* set at module init: BIO_method_type() of the engine's BIO */
 
@@ -119,7 +159,43 @@ hkdf_expand_label(const EVP_MD *md, const unsigned char *secret, size_t slen, co
     return 0;
 }
 
-static EVP_CIPHER *tls13_ciphers[3];  /* fetched once: AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305 */
+static void
+tls13_dir_free(Tls13Dir *d)
+{
+    if (d == NULL)
+        return;
+    if (tls13_shared_id[d->suite][d->enc] == d->id)
+        tls13_shared_id[d->suite][d->enc] = 0;  /* (ids are never reused; this only makes it plain) */
+    OPENSSL_cleanse(d->key, sizeof d->key);
+    OPENSSL_cleanse(d->iv, sizeof d->iv);
+    OPENSSL_cleanse(d->secret, sizeof d->secret);
+    PyMem_Free(d);
+}
+
+/* Key and IV from d->secret (RFC 8446 §7.3), sequence number 0. 0, or -1 (OpenSSL failed). */
+static int
+tls13_dir_key(Tls13Dir *d)
+{
+    int ok = hkdf_expand_label(d->md, d->secret, d->slen, "key", d->key, d->key_len) == 0
+             && hkdf_expand_label(d->md, d->secret, d->slen, "iv", d->iv, TLS13_NONCE) == 0;
+    d->seq = 0;
+    d->id = tls13_next_id++;
+    if (!ok)
+        ERR_clear_error();
+    return ok ? 0 : -1;
+}
+
+/* A KeyUpdate in this direction: the next generation's secret, key and IV (RFC 8446 §7.2). 0, or -1. */
+static int
+tls13_dir_update(Tls13Dir *d)
+{
+    unsigned char next[TLS13_MAX_SECRET];
+    if (hkdf_expand_label(d->md, d->secret, d->slen, "traffic upd", next, d->slen) < 0)
+        return -1;
+    memcpy(d->secret, next, d->slen);
+    OPENSSL_cleanse(next, sizeof next);
+    return tls13_dir_key(d);
+}
 
 /* The record protection of one direction from its traffic secret, for the SSL's negotiated TLS 1.3 cipher suite.
  * NULL with a Python exception set if it cannot be made (not TLS 1.3, a suite we do not do, OpenSSL failing). */
@@ -143,34 +219,28 @@ tls13_dir_new(const SSL *ssl, const unsigned char *secret, size_t slen, int enc)
     if (tls13_ciphers[i] == NULL)
         tls13_ciphers[i] = EVP_CIPHER_fetch(NULL, names[i], NULL);
     Tls13Dir *d = PyMem_Calloc(1, sizeof *d);
-    unsigned char key[32];
-    int ok = md != NULL && tls13_ciphers[i] != NULL && d != NULL
-             && hkdf_expand_label(md, secret, slen, "key", key, key_lens[i]) == 0
-             && hkdf_expand_label(md, secret, slen, "iv", d->iv, TLS13_NONCE) == 0
-             && (d->ctx = EVP_CIPHER_CTX_new()) != NULL
-             && EVP_CipherInit_ex(d->ctx, tls13_ciphers[i], NULL, key, NULL, enc) == 1;
-    OPENSSL_cleanse(key, sizeof key);
-    if (!ok) {
-        if (d != NULL) {
-            EVP_CIPHER_CTX_free(d->ctx);
-            PyMem_Free(d);
-        }
+    if (d == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    if (md == NULL || tls13_ciphers[i] == NULL || slen > TLS13_MAX_SECRET) {
+        PyMem_Free(d);
         ERR_clear_error();
         PyErr_SetString(PyExc_ValueError, "cannot set up the record protection");
         return NULL;
     }
     d->enc = enc;
+    d->suite = (unsigned char)i;
+    d->md = md;
+    d->key_len = key_lens[i];
+    memcpy(d->secret, secret, slen);
+    d->slen = (unsigned char)slen;
+    if (tls13_dir_key(d) < 0) {
+        tls13_dir_free(d);
+        PyErr_SetString(PyExc_ValueError, "cannot set up the record protection");
+        return NULL;
+    }
     return d;
-}
-
-static void
-tls13_dir_free(Tls13Dir *d)
-{
-    if (d == NULL)
-        return;
-    EVP_CIPHER_CTX_free(d->ctx);
-    OPENSSL_cleanse(d->iv, sizeof d->iv);
-    PyMem_Free(d);
 }
 
 /* The per-record nonce: the static IV XOR the 64-bit sequence number, left-padded (RFC 8446 §5.3); then seq++. */
@@ -197,11 +267,12 @@ tls13_seal(Tls13Dir *d, int type, const unsigned char *data, size_t len, unsigne
     out[3] = (unsigned char)(clen >> 8);
     out[4] = (unsigned char)clen;
     tls13_nonce(d, nonce);
-    if (EVP_CipherInit_ex(d->ctx, NULL, NULL, NULL, nonce, 1) != 1 || EVP_CipherUpdate(d->ctx, NULL, &n, out, 5) != 1
-        || EVP_CipherUpdate(d->ctx, out + 5, &n, data, (int)len) != 1
-        || EVP_CipherUpdate(d->ctx, out + 5 + len, &n, &ctype, 1) != 1
-        || EVP_CipherFinal_ex(d->ctx, out + 5 + len + 1, &n) != 1
-        || EVP_CIPHER_CTX_ctrl(d->ctx, EVP_CTRL_AEAD_GET_TAG, TLS13_TAG, out + 5 + len + 1) != 1) {
+    EVP_CIPHER_CTX *c = tls13_ctx(d);
+    if (c == NULL || EVP_CipherInit_ex(c, NULL, NULL, NULL, nonce, 1) != 1 || EVP_CipherUpdate(c, NULL, &n, out, 5) != 1
+        || EVP_CipherUpdate(c, out + 5, &n, data, (int)len) != 1
+        || EVP_CipherUpdate(c, out + 5 + len, &n, &ctype, 1) != 1
+        || EVP_CipherFinal_ex(c, out + 5 + len + 1, &n) != 1
+        || EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_AEAD_GET_TAG, TLS13_TAG, out + 5 + len + 1) != 1) {
         ERR_clear_error();
         return -1;
     }
@@ -222,10 +293,11 @@ tls13_open(Tls13Dir *d, const unsigned char *rec, size_t len, unsigned char *out
     unsigned char nonce[TLS13_NONCE];
     int n, m;
     tls13_nonce(d, nonce);
-    if (EVP_CipherInit_ex(d->ctx, NULL, NULL, NULL, nonce, 0) != 1 || EVP_CipherUpdate(d->ctx, NULL, &n, rec, 5) != 1
-        || EVP_CipherUpdate(d->ctx, out, &n, rec + 5, (int)(clen - TLS13_TAG)) != 1
-        || EVP_CIPHER_CTX_ctrl(d->ctx, EVP_CTRL_AEAD_SET_TAG, TLS13_TAG, (void *)(rec + len - TLS13_TAG)) != 1
-        || EVP_CipherFinal_ex(d->ctx, out + n, &m) != 1) {
+    EVP_CIPHER_CTX *c = tls13_ctx(d);
+    if (c == NULL || EVP_CipherInit_ex(c, NULL, NULL, NULL, nonce, 0) != 1 || EVP_CipherUpdate(c, NULL, &n, rec, 5) != 1
+        || EVP_CipherUpdate(c, out, &n, rec + 5, (int)(clen - TLS13_TAG)) != 1
+        || EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_AEAD_SET_TAG, TLS13_TAG, (void *)(rec + len - TLS13_TAG)) != 1
+        || EVP_CipherFinal_ex(c, out + n, &m) != 1) {
         ERR_clear_error();
         return -2;
     }
