@@ -49,7 +49,7 @@ def child(op: str, size: int, records: int, suite: str) -> None:
     cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ca.configure_trust(cctx)
     assert engine_mod._engine is not None, "the compiled TLS engine is not in use"
-    eng = engine_mod._engine.Engine(sctx, True, record_keys=True)
+    eng = engine_mod._engine.Engine(sctx, True, record_keys=True, own_writes=False)
     sobj = engine_mod.CompiledSSLObject(eng)
     cin, cout = ssl.MemoryBIO(), ssl.MemoryBIO()
     cobj = cctx.wrap_bio(cin, cout, server_hostname="localhost")

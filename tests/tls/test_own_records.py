@@ -4,7 +4,8 @@ An engine made with ``record_keys=True`` captures its connection's application t
 callback); from them it derives each direction's key and IV (RFC 8446 §7) and seals and opens records itself
 (§5.2). A stdlib client (OpenSSL's record layer) must read what we seal, and we must open what it writes, byte
 for byte, in order; tampering is caught; no secrets are captured where the engine was not asked to or cannot.
-No connection uses this yet (docs/design.md §9, "An own record layer").
+These engines are made with ``own_writes=False``, so that the tests drive both directions by hand; connections
+seal their own application data (``test_own_writes.py``; docs/design.md §9, "An own record layer").
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class KeyedServer(Server):
     def __init__(self, ctx: ssl.SSLContext, record_keys: bool = True) -> None:
         self.kind = "compiled"
         assert engine_mod._engine is not None
-        self.engine = engine_mod._engine.Engine(ctx, True, record_keys=record_keys)
+        self.engine = engine_mod._engine.Engine(ctx, True, record_keys=record_keys, own_writes=False)
         self.incoming, self.outgoing = self.engine.incoming, self.engine.outgoing
         self.obj = engine_mod.CompiledSSLObject(self.engine)
 

@@ -93,6 +93,13 @@ typedef struct Engine {
      * captured traffic secrets, and each direction's protection once asked for. */
     Tls13Secrets *secrets;
     Tls13Dir *rec_read, *rec_write;
+    /* Own writes (a TLS 1.3 server once its handshake is done): application data is sealed here with rec_write.
+     * OpenSSL still writes what only it knows to write (alerts, close_notify, a KeyUpdate); its records are
+     * sealed under its own write sequence, which stopped when ours took over, and are sealed again with ours
+     * (translate_records). shadow_w is OpenSSL's write protection, made when first needed, at shadow_seq. */
+    char own_w, own_allowed;
+    uint64_t shadow_seq;
+    Tls13Dir *shadow_w;
 } Engine;
 
 static Tls13Secrets *
@@ -244,6 +251,8 @@ out_reserve(Engine *self, Py_ssize_t more)
 
 /* -- BIOs ---------------------------------------------------------------------------------------------------- */
 
+static int translate_records(Engine *self, const unsigned char *data, size_t n);
+
 static int
 bio_write(BIO *bio, const char *data, int n)
 {
@@ -251,6 +260,14 @@ bio_write(BIO *bio, const char *data, int n)
     BIO_clear_retry_flags(bio);
     if (n <= 0)
         return 0;
+    if (self->own_w) {
+        if (translate_records(self, (const unsigned char *)data, (size_t)n) < 0) {
+            PyErr_Clear();
+            self->failed = 1;
+            return -1;
+        }
+        return n;
+    }
     if (out_reserve(self, n) < 0) {
         PyErr_Clear();
         self->failed = 1;
@@ -566,10 +583,11 @@ context_ctx(PyObject *context)
 static PyObject *
 Engine_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"context", "server_side", "record_keys", NULL};
+    static char *kwlist[] = {"context", "server_side", "record_keys", "own_writes", NULL};
     PyObject *context;
-    int server_side, record_keys = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Op|$p:Engine", kwlist, &context, &server_side, &record_keys))
+    int server_side, record_keys = 0, own_writes = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Op|$pp:Engine", kwlist, &context, &server_side, &record_keys,
+                                     &own_writes))
         return NULL;
     SSL_CTX *ctx = context_ctx(context);
     if (ctx == NULL)
@@ -579,6 +597,7 @@ Engine_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     self->context = Py_NewRef(context);
     self->server_side = server_side;
+    self->own_allowed = (char)own_writes;
     self->ssl = SSL_new(ctx);
     if (self->ssl == NULL) {
         Py_DECREF(self);
@@ -624,6 +643,7 @@ Engine_dealloc(Engine *self)
     }
     tls13_dir_free(self->rec_read);
     tls13_dir_free(self->rec_write);
+    tls13_dir_free(self->shadow_w);
     if (self->lending)
         PyBuffer_Release(&self->lent);
     free(self->in_buf);
@@ -633,10 +653,48 @@ Engine_dealloc(Engine *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+static Tls13Dir *engine_rec(Engine *self, int write);
+
+/* A TLS 1.3 server's handshake just completed in a call that wrote out[from:]: those records are its session
+ * tickets, the only records OpenSSL protects with the application traffic secret before we take over, so their
+ * count is its write sequence number. Own writes start there unless something we do not do was negotiated. */
+static void
+own_writes_start(Engine *self, Py_ssize_t from)
+{
+    if (self->own_w || !self->own_allowed || !self->server_side || self->secrets == NULL || self->secrets->have != 3
+        || SSL_version(self->ssl) != TLS1_3_VERSION
+        || SSL_SESSION_get_max_fragment_length(SSL_get_session(self->ssl)) != TLSEXT_max_fragment_length_DISABLED)
+        return;
+    uint64_t records = 0;
+    const unsigned char *p = (const unsigned char *)(self->out != NULL ? PyBytes_AS_STRING(self->out) : "");
+    Py_ssize_t i = from;
+    while (i + 5 <= self->out_len) {
+        if (p[i] != 23)
+            return;  /* not a protected record: not what we know this call to write */
+        i += 5 + ((Py_ssize_t)p[i + 3] << 8 | p[i + 4]);
+        records++;
+    }
+    if (i != self->out_len)
+        return;
+    Tls13Dir *w = engine_rec(self, 1);
+    if (w == NULL) {
+        PyErr_Clear();  /* a suite we do not protect: OpenSSL writes, as without record_keys */
+        return;
+    }
+    w->seq = self->shadow_seq = records;
+    self->own_w = 1;
+    OPENSSL_cleanse(self->secrets, sizeof *self->secrets);  /* rec_write has the one we use */
+    PyMem_Free(self->secrets);
+    self->secrets = NULL;
+}
+
 static PyObject *
 Engine_do_handshake(Engine *self, PyObject *Py_UNUSED(ignored))
 {
+    Py_ssize_t before = self->out != NULL ? self->out_len : 0;
     int ret = SSL_do_handshake(self->ssl);
+    if (ret == 1 && self->secrets != NULL && !self->own_w)
+        own_writes_start(self, before);
     if (ret == 1)
         Py_RETURN_NONE;
     return ssl_error(self, ret, __LINE__);
@@ -792,6 +850,26 @@ engine_write_raw(Engine *self, const void *buf, Py_ssize_t len, size_t *n)
     if (out_reserve(self, len + (len / RECORD_PLAINTEXT + 1) * RECORD_SLACK) < 0)
         return -1;
     keep_touch(self);
+    if (len > 0 && self->own_w && !self->failed && SSL_get_shutdown(self->ssl) == 0 && SSL_is_init_finished(self->ssl)
+        && SSL_get_key_update_type(self->ssl) == SSL_KEY_UPDATE_NONE) {
+        /* Sealed straight into the output, a record per RECORD_PLAINTEXT, as SSL_write would cut them. */
+        const unsigned char *b = buf;
+        Py_ssize_t off = 0;
+        do {
+            Py_ssize_t chunk = len - off > RECORD_PLAINTEXT ? RECORD_PLAINTEXT : len - off;
+            if (out_reserve(self, chunk + 5 + 1 + TLS13_TAG) < 0)
+                return -1;
+            if (tls13_seal(self->rec_write, 23, b + off, (size_t)chunk,
+                           (unsigned char *)PyBytes_AS_STRING(self->out) + self->out_len) < 0) {
+                raise_ssl(SSLError, PY_SSL_ERROR_SSL, "sealing a record failed", 0, __LINE__, NULL);
+                return -1;
+            }
+            self->out_len += chunk + 5 + 1 + TLS13_TAG;
+            off += chunk;
+        } while (off < len);
+        *n = (size_t)len;
+        return 0;
+    }
     int ret = SSL_write_ex(self->ssl, buf, (size_t)len, n);
     if (ret > 0)
         return 0;
@@ -954,10 +1032,74 @@ engine_rec(Engine *self, int write)
     return *slot;
 }
 
+/* Records OpenSSL wrote after own writes began: open each with its write protection (shadow_w) and seal it again
+ * with ours, in order. A KeyUpdate among them moves both to the next secret after its record, as OpenSSL moves
+ * its own. 0, or -1 (not whole records, or a record that does not open: the connection cannot go on). */
+static int
+translate_records(Engine *self, const unsigned char *data, size_t n)
+{
+    unsigned char plain[TLS13_MAX_CIPHERTEXT];
+    size_t i = 0;
+    while (i < n) {
+        if (n - i < 5)
+            return -1;
+        size_t rlen = 5 + ((size_t)data[i + 3] << 8 | data[i + 4]);
+        if (n - i < rlen)
+            return -1;
+        if (data[i] != 23) {  /* not protected: as it is */
+            if (out_reserve(self, (Py_ssize_t)rlen) < 0)
+                return -1;
+            memcpy(PyBytes_AS_STRING(self->out) + self->out_len, data + i, rlen);
+            self->out_len += (Py_ssize_t)rlen;
+            i += rlen;
+            continue;
+        }
+        if (self->shadow_w == NULL) {
+            self->shadow_w = tls13_dir_new(self->ssl, self->rec_write->secret, self->rec_write->slen, 0);
+            if (self->shadow_w == NULL)
+                return -1;
+            self->shadow_w->seq = self->shadow_seq;
+        }
+        int type = 0;
+        Py_ssize_t m = tls13_open(self->shadow_w, data + i, rlen, plain, &type);
+        if (m < 0 || m > RECORD_PLAINTEXT || out_reserve(self, m + 5 + 1 + TLS13_TAG) < 0
+            || tls13_seal(self->rec_write, type, plain, (size_t)m,
+                          (unsigned char *)PyBytes_AS_STRING(self->out) + self->out_len) < 0)
+            return -1;
+        self->out_len += m + 5 + 1 + TLS13_TAG;
+        i += rlen;
+        if (type == 22) {  /* handshake messages: a KeyUpdate ends its record (RFC 8446 §5.1) */
+            for (Py_ssize_t j = 0; j + 4 <= m; j += 4 + ((Py_ssize_t)plain[j + 1] << 16 | plain[j + 2] << 8 | plain[j + 3]))
+                if (plain[j] == 24 && (tls13_dir_update(self->rec_write) < 0 || tls13_dir_update(self->shadow_w) < 0))
+                    return -1;
+        }
+    }
+    OPENSSL_cleanse(plain, sizeof plain);
+    return 0;
+}
+
+/* _key_update(requested): SSL_key_update; the KeyUpdate goes out with the next write (or do_handshake). */
+static PyObject *
+Engine_key_update(Engine *self, PyObject *arg)
+{
+    int requested = PyObject_IsTrue(arg);
+    if (requested < 0)
+        return NULL;
+    if (SSL_key_update(self->ssl, requested ? SSL_KEY_UPDATE_REQUESTED : SSL_KEY_UPDATE_NOT_REQUESTED) != 1)
+        return ssl_error(self, 0, __LINE__);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Engine_own_writes(Engine *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(self->own_w);
+}
+
 static PyObject *
 Engine_record_keys(Engine *self, PyObject *Py_UNUSED(ignored))
 {
-    return PyBool_FromLong(self->secrets != NULL && self->secrets->have == 3);
+    return PyBool_FromLong(self->own_w || (self->secrets != NULL && self->secrets->have == 3));
 }
 
 static PyObject *
@@ -1009,6 +1151,10 @@ Engine_open(Engine *self, PyObject *arg)
 
 static PyMethodDef Engine_methods[] = {
     {"do_handshake", (PyCFunction)Engine_do_handshake, METH_NOARGS, "SSL_do_handshake, as SSLObject's."},
+    {"_key_update", (PyCFunction)Engine_key_update, METH_O,
+     "_key_update(requested): send a KeyUpdate with the next write (SSL_key_update; TLS 1.3)."},
+    {"_own_writes", (PyCFunction)Engine_own_writes, METH_NOARGS,
+     "Whether application data is sealed by the engine itself (a TLS 1.3 server with record_keys=True)."},
     {"read", (PyCFunction)(void (*)(void))Engine_read, METH_FASTCALL, "read(len, buffer=None), as SSLObject's."},
     {"read_all", (PyCFunction)(void (*)(void))Engine_read_all, METH_FASTCALL,
      "read_all(buffer, partial=0) -> int: decrypt all that is available into buffer; see `more`."},
@@ -1025,7 +1171,7 @@ static PyMethodDef Engine_methods[] = {
     {"shared_ciphers", (PyCFunction)Engine_shared_ciphers, METH_NOARGS, "Ciphers both sides offer."},
     {"tls_unique", (PyCFunction)Engine_tls_unique, METH_NOARGS, "tls-unique channel binding or None."},
     {"_record_keys", (PyCFunction)Engine_record_keys, METH_NOARGS,
-     "Whether both TLS 1.3 application traffic secrets were captured (record_keys=True)."},
+     "Whether both TLS 1.3 application traffic secrets were captured (record_keys=True; own writes began)."},
     {"_seal", (PyCFunction)(void (*)(void))Engine_seal, METH_FASTCALL,
      "_seal(type, data) -> the next TLS 1.3 record we would send, protected with our own record layer."},
     {"_open", (PyCFunction)Engine_open, METH_O,
@@ -1073,7 +1219,9 @@ static PyTypeObject EngineType = {
     .tp_basicsize = sizeof(Engine),
     .tp_dealloc = (destructor)Engine_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Engine(context, server_side): one TLS connection over OpenSSL with uringws's own BIOs.",
+    .tp_doc = "Engine(context, server_side, *, record_keys=False, own_writes=True): one TLS connection over OpenSSL "
+              "with uringws's own BIOs. record_keys: capture the TLS 1.3 traffic secrets; own_writes (with them, "
+              "on a server): seal application data here once the handshake is done.",
     .tp_methods = Engine_methods,
     .tp_getset = Engine_getset,
     .tp_members = Engine_members,

@@ -4,6 +4,9 @@ The compiled engine drives OpenSSL directly, with BIOs of its own, from the ``SS
 ``ssl.SSLContext`` (docs/design.md §9).  :func:`unsupported` says why a connection cannot use it; that connection
 then gets ``ssl.SSLObject`` over two ``MemoryBIO`` (logged once per reason, at debug).  ``URINGWS_PURE=1`` switches
 it off for the process, as does ``URINGWS_TLS_ENGINE=0`` for this engine alone.
+
+On a TLS 1.3 connection the engine seals application data itself once the handshake is done (``_tls13.h``), and
+OpenSSL keeps everything else; ``URINGWS_OWN_RECORDS=0`` leaves all records to OpenSSL.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ __all__ = ["CompiledSSLObject", "available", "receive_type", "scan_records", "se
 logger = logging.getLogger("uringws.tls")
 
 _engine: ModuleType | None = None
+# Whether engines capture their traffic secrets, so that a TLS 1.3 server seals its own application data.
+OWN_RECORDS = os.environ.get("URINGWS_OWN_RECORDS", "1") != "0"
 _reason = ""
 # Offsets (in the context object) of the 3.13 PSK callbacks, which ssl.SSLContext does not expose.
 _psk_offsets: tuple[int, ...] = ()
@@ -139,7 +144,7 @@ def new_engine(context: ssl.SSLContext, server_side: bool, session: ssl.SSLSessi
             logger.debug("TLS connection on the stdlib's ssl (not the compiled engine): %s", why)
         return None
     assert _engine is not None
-    return _engine.Engine(context, server_side)
+    return _engine.Engine(context, server_side, record_keys=OWN_RECORDS)
 
 
 class CompiledSSLObject(ssl.SSLObject):
