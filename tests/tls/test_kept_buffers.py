@@ -4,7 +4,9 @@ CPython's SSLContext sets ``SSL_MODE_RELEASE_BUFFERS``: OpenSSL frees a connecti
 and its write buffer after each write, and allocates them again for the next one. The engine clears the mode on a
 connection that makes ``KEEP_MIN_OPS`` reads or writes within ``KEEP_WINDOW`` seconds (at most ``KEEP_MAX`` of
 them at once), and sets it again, freeing the buffers, once that connection has been idle for ``KEEP_WINDOW``
-(checked when another connection reads or writes). These tests drive real engine pairs in memory.
+(checked when another connection reads or writes). These tests drive real engine pairs in memory, on TLS 1.2
+unless they say otherwise: a TLS 1.3 connection whose engine opens and seals its own records leaves OpenSSL's
+record buffers unused and keeps none.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ def _release_idle(engine_module: ModuleType, releasers: list[tuple[Client, Serve
 
 @pytest.mark.parametrize("version", ["TLSv1_3", "TLSv1_2"])
 def test_a_busy_connection_keeps_its_buffers_until_it_is_idle(version: str) -> None:
+    if version == "TLSv1_3" and engine_mod.OWN_RECORDS:
+        pytest.skip("own records: nothing to keep (test_own_records_keep_no_buffers)")
     eng_mod = _engine_module()
     client, server = connect("compiled", server_ctx(version), client_ctx())
     engine = server.obj._engine
@@ -84,7 +88,7 @@ def test_a_busy_connection_keeps_its_buffers_until_it_is_idle(version: str) -> N
 def test_at_most_keep_max_connections_keep_buffers() -> None:
     eng_mod = _engine_module()
     before = eng_mod.kept_buffers()
-    pairs = [connect("compiled", server_ctx(), client_ctx()) for _ in range(eng_mod.KEEP_MAX + 4)]
+    pairs = [connect("compiled", server_ctx("TLSv1_2"), client_ctx()) for _ in range(eng_mod.KEEP_MAX + 4)]
     for pair in pairs:
         _exchange(*pair, eng_mod.KEEP_MIN_OPS)
     kept = [server.obj._engine.buffers_kept for _, server in pairs]
@@ -100,7 +104,7 @@ def test_small_output_of_a_busy_connection_is_copied_out_and_stays_intact() -> N
     # A busy connection's small output is copied out of a buffer the engine writes the next records into: what
     # outgoing.read() returned must not change when it does, and every record must still decrypt in order.
     eng_mod = _engine_module()
-    client, server = connect("compiled", server_ctx(), client_ctx())
+    client, server = connect("compiled", server_ctx("TLSv1_2"), client_ctx())
     _exchange(client, server, eng_mod.KEEP_MIN_OPS)
     assert server.obj._engine.buffers_kept
     taken = []
@@ -117,3 +121,20 @@ def test_small_output_of_a_busy_connection_is_copied_out_and_stays_intact() -> N
         client.incoming.write(out)
     got = b"".join(client.obj.read(6000) for _ in range(5))
     assert got == b"A" * 50 + b"B" * 50 + b"C" * 50 + b"D" * 50 + big
+
+
+@pytest.mark.skipif(not engine_mod.OWN_RECORDS, reason="URINGWS_OWN_RECORDS=0")
+def test_own_records_keep_no_buffers_and_still_release_others() -> None:
+    eng_mod = _engine_module()
+    client, server = connect("compiled", server_ctx(), client_ctx())
+    assert server.obj._engine._own_writes()
+    _exchange(client, server, 2 * eng_mod.KEEP_MIN_OPS)
+    assert not server.obj._engine.buffers_kept
+    # A busy TLS 1.2 connection keeps its buffers; the TLS 1.3 one's traffic gives them back once it is idle.
+    old_client, old_server = connect("compiled", server_ctx("TLSv1_2"), client_ctx())
+    _exchange(old_client, old_server, eng_mod.KEEP_MIN_OPS)
+    assert old_server.obj._engine.buffers_kept
+    time.sleep(eng_mod.KEEP_WINDOW + 0.2)
+    for _ in range(eng_mod.kept_buffers() + 1):
+        _exchange(client, server, 1)
+    assert not old_server.obj._engine.buffers_kept

@@ -159,7 +159,9 @@ def test_a_large_part_of_a_record_goes_to_openssl_not_aside(tls13: bool, part: i
         del p.ct.buf[: len(chunk)]
         p.server.data_received(chunk)
         assert p.sapp.data == messages[0]
-        assert p.server._incoming.pending == (0 if part > 2048 else part)
+        # (A TLS 1.3 engine that opens its own records keeps the part: it is joined with its rest, not absorbed.)
+        own = tls13 and engine_mod.OWN_RECORDS
+        assert p.server._incoming.pending == (0 if part > 2048 and not own else part)
         deliver(p.ct, p.server, records[1])
         assert p.sapp.data == b"".join(messages)
     finally:

@@ -100,6 +100,15 @@ typedef struct Engine {
     char own_w, own_allowed;
     uint64_t shadow_seq;
     Tls13Dir *shadow_w;
+    /* Own reads (from the same moment): whole application records are opened here with rec_read, straight into
+     * the caller's buffer. Any other record (an alert, close_notify, a KeyUpdate), one that does not open, and one
+     * larger than the room left, goes to OpenSSL as `feed`, sealed again for its read protection (shadow_r, made
+     * when first needed, at shadow_r_seq), which sees nothing else; so every error and alert is still OpenSSL's. */
+    char own_r;
+    uint64_t shadow_r_seq;
+    Tls13Dir *shadow_r;
+    unsigned char *feed;
+    size_t feed_len, feed_pos;
 } Engine;
 
 static Tls13Secrets *
@@ -195,6 +204,8 @@ keep_touch(Engine *e)
     if (oldest != NULL && oldest != e && now - oldest->keep_last > KEEP_WINDOW_NS
         && oldest->keep_thread == PyThread_get_thread_ident())
         keep_release(oldest);
+    if (e->own_r && e->own_w)  /* own records: OpenSSL's record buffers stay unused, none to keep */
+        return;
     e->keep_last = now;
     if (e->kept) {
         if (e != keep_tail) {
@@ -286,6 +297,16 @@ bio_read(BIO *bio, char *data, int n)
     if (n <= 0) {
         BIO_set_retry_read(bio);
         return -1;
+    }
+    if (self->feed != NULL) {  /* own reads: OpenSSL sees this record and nothing else */
+        size_t left = self->feed_len - self->feed_pos, take = (size_t)n < left ? (size_t)n : left;
+        if (take == 0) {
+            BIO_set_retry_read(bio);
+            return -1;
+        }
+        memcpy(data, self->feed + self->feed_pos, take);
+        self->feed_pos += take;
+        return (int)take;
     }
     size_t avail = self->in_len - self->in_pos;
     if (avail > 0) {
@@ -644,6 +665,8 @@ Engine_dealloc(Engine *self)
     tls13_dir_free(self->rec_read);
     tls13_dir_free(self->rec_write);
     tls13_dir_free(self->shadow_w);
+    tls13_dir_free(self->shadow_r);
+    free(self->feed);
     if (self->lending)
         PyBuffer_Release(&self->lent);
     free(self->in_buf);
@@ -676,13 +699,16 @@ own_writes_start(Engine *self, Py_ssize_t from)
     }
     if (i != self->out_len)
         return;
-    Tls13Dir *w = engine_rec(self, 1);
-    if (w == NULL) {
+    Tls13Dir *w = engine_rec(self, 1), *r = w == NULL ? NULL : engine_rec(self, 0);
+    if (r == NULL) {
         PyErr_Clear();  /* a suite we do not protect: OpenSSL writes, as without record_keys */
         return;
     }
     w->seq = self->shadow_seq = records;
     self->own_w = 1;
+    /* OpenSSL reads record by record (no read-ahead): it has read nothing under the client's application key. */
+    r->seq = self->shadow_r_seq = 0;
+    self->own_r = 1;
     OPENSSL_cleanse(self->secrets, sizeof *self->secrets);  /* rec_write has the one we use */
     PyMem_Free(self->secrets);
     self->secrets = NULL;
@@ -702,6 +728,52 @@ Engine_do_handshake(Engine *self, PyObject *Py_UNUSED(ignored))
 
 /* read(len, buffer=None): decrypted bytes into buffer (returns the count) or as bytes; 0 / b"" at close_notify
  * (SSLZeroReturnError once our own close_notify went too), like SSLObject.read. */
+static Py_ssize_t read_into(Engine *self, char *buf, size_t cap, Py_ssize_t partial);
+
+/* read(len, buffer) on an engine with own reads: read_all's loop, with read()'s answers (SSLWantReadError when
+ * nothing is there, 0 or b"" at the peer's close_notify). */
+static PyObject *
+own_read_call(Engine *self, Py_ssize_t len, PyObject *buffer)
+{
+    Py_buffer view;
+    PyObject *bytes = NULL;
+    char *dst;
+    if (buffer != Py_None) {
+        if (PyObject_GetBuffer(buffer, &view, PyBUF_WRITABLE) < 0)
+            return NULL;
+        if (len <= 0 || len > view.len)
+            len = view.len;
+        dst = view.buf;
+    }
+    else {
+        if (len < 0) {
+            PyErr_SetString(PyExc_ValueError, "size should not be negative");
+            return NULL;
+        }
+        if ((bytes = PyBytes_FromStringAndSize(NULL, len)) == NULL)
+            return NULL;
+        dst = PyBytes_AS_STRING(bytes);
+    }
+    Py_ssize_t got = len == 0 ? 0 : read_into(self, dst, (size_t)len, -1);
+    if (buffer != Py_None)
+        PyBuffer_Release(&view);
+    if (got == 0 && len > 0)
+        raise_ssl(SSLWantReadError, PY_SSL_ERROR_WANT_READ, "The operation did not complete (read)", 0, __LINE__,
+                  self), got = -1;
+    if (got < 0) {
+        Py_XDECREF(bytes);
+        if (!PyErr_ExceptionMatches(SSLZeroReturnError) || SSL_get_shutdown(self->ssl) != SSL_RECEIVED_SHUTDOWN)
+            return NULL;
+        PyErr_Clear();
+        return buffer != Py_None ? PyLong_FromLong(0) : PyBytes_FromStringAndSize(NULL, 0);
+    }
+    if (buffer != Py_None)
+        return PyLong_FromSsize_t(got);
+    if (got != len && _PyBytes_Resize(&bytes, got) < 0)
+        return NULL;
+    return bytes;
+}
+
 static PyObject *
 Engine_read(Engine *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -714,6 +786,8 @@ Engine_read(Engine *self, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t len = PyLong_AsSsize_t(args[0]);
     if (len == -1 && PyErr_Occurred())
         return NULL;
+    if (self->own_r)
+        return own_read_call(self, len, nargs == 2 ? args[1] : Py_None);
     size_t n = 0;
     int ret;
     if (nargs == 2 && args[1] != Py_None) {
@@ -757,6 +831,170 @@ Engine_read(Engine *self, PyObject *const *args, Py_ssize_t nargs)
     return ssl_error(self, ret, __LINE__);
 }
 
+static int in_append(Engine *e, const char *data, size_t n);
+
+enum { OWN_WANT, OWN_FULL, OWN_SSL };
+
+/* Own reads may go on: OpenSSL holds no decrypted bytes, has no record of ours to read, has seen no close_notify
+ * and no fatal error. */
+static inline int
+own_read_ok(Engine *self)
+{
+    return self->own_r && self->feed == NULL && !(SSL_get_shutdown(self->ssl) & SSL_RECEIVED_SHUTDOWN)
+           && SSL_pending(self->ssl) == 0 && SSL_is_init_finished(self->ssl);
+}
+
+/* Hand one record to OpenSSL as self->feed (taking ownership of f, len bytes). */
+static void
+own_feed_set(Engine *self, unsigned char *f, size_t len)
+{
+    self->feed = f;
+    self->feed_len = len;
+    self->feed_pos = 0;
+}
+
+/* n bytes of content type `type`, sealed for OpenSSL's read protection. 0, or -1 with a Python exception. */
+static int
+own_feed_sealed(Engine *self, int type, const unsigned char *plain, size_t n)
+{
+    if (self->shadow_r == NULL) {
+        self->shadow_r = tls13_dir_new(self->ssl, self->rec_read->secret, self->rec_read->slen, 1);
+        if (self->shadow_r == NULL)
+            return -1;
+        self->shadow_r->seq = self->shadow_r_seq;
+    }
+    unsigned char *f = malloc(5 + n + 1 + TLS13_TAG);
+    if (f == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (tls13_seal(self->shadow_r, type, plain, n, f) < 0) {
+        free(f);
+        PyErr_SetString(SSLError, "sealing a record for OpenSSL failed");
+        return -1;
+    }
+    own_feed_set(self, f, 5 + n + 1 + TLS13_TAG);
+    return 0;
+}
+
+/* A record that did not open (len >= 22 bytes): OpenSSL gets one of the same length that it must refuse
+ * (bad_record_mac) whatever its sequence number: zeros sealed for it, with the tag spoiled. (Spoiling the record
+ * as received would not do: a record tampered by that very bit, or replayed at OpenSSL's stale sequence number,
+ * would open.) 0, or -1 with a Python exception. */
+static int
+own_feed_spoiled(Engine *self, size_t len)
+{
+    static const unsigned char zeros[TLS13_MAX_CIPHERTEXT];
+    if (own_feed_sealed(self, 23, zeros, len - 5 - 1 - TLS13_TAG) < 0)
+        return -1;
+    self->feed[self->feed_len - 1] ^= 1;
+    return 0;
+}
+
+/* Open whole application records from the received bytes (in_buf, then the lent buffer) into buf, as many as fit;
+ * *n: the bytes delivered. OWN_WANT: no whole record is left; OWN_FULL: the next one must wait for the next call
+ * (no room, or it is not ours to open while data is delivered first); OWN_SSL: OpenSSL reads next (a record is in
+ * self->feed, or own reads ended at a malformed header, which OpenSSL then refuses); -1: a Python exception. */
+static int
+own_read(Engine *self, char *buf, size_t cap, size_t *n)
+{
+    unsigned char plain[TLS13_MAX_CIPHERTEXT];
+    size_t got = 0;
+    *n = 0;
+    for (;;) {
+        const unsigned char *p;
+        size_t avail;
+        int from_in = self->in_len > self->in_pos;
+        size_t lent_left = self->lending ? (size_t)self->lent.len - self->lent_pos : 0;
+        if (from_in) {
+            p = (const unsigned char *)self->in_buf + self->in_pos;
+            avail = self->in_len - self->in_pos;
+        }
+        else if (lent_left > 0) {
+            p = (const unsigned char *)self->lent.buf + self->lent_pos;
+            avail = lent_left;
+        }
+        else
+            break;
+        size_t need = avail < 5 ? 5 : 5 + ((size_t)p[3] << 8 | p[4]);
+        if (avail >= 5 && (p[0] != 23 || p[1] != 3 || p[2] != 3 || need - 5 < 1 + TLS13_TAG
+                           || need - 5 > TLS13_MAX_CIPHERTEXT)) {
+            if (got > 0) {
+                *n = got;
+                return OWN_FULL;
+            }
+            self->own_r = 0;  /* OpenSSL reads it and refuses it (wrong type, version or length) */
+            return OWN_SSL;
+        }
+        if (avail < need) {
+            if (!from_in || lent_left == 0)
+                break;
+            /* The record began in in_buf (kept from an earlier receive) and goes on in the lent buffer. */
+            size_t take = need - avail < lent_left ? need - avail : lent_left;
+            if (in_append(self, (const char *)self->lent.buf + self->lent_pos, take) < 0)
+                goto error;
+            self->lent_pos += take;
+            continue;
+        }
+        size_t room = need - 5 - TLS13_TAG;  /* the content, its type and any padding */
+        int fits = room <= cap - got;
+        if (!fits && got > 0) {
+            *n = got;
+            return OWN_FULL;
+        }
+        unsigned char *dst = fits ? (unsigned char *)buf + got : plain;
+        int type = 0;
+        Py_ssize_t m = tls13_open(self->rec_read, p, need, dst, &type);
+        if (m < 0 && got > 0) {
+            self->rec_read->seq--;  /* deliver what came before; the next call hands this one to OpenSSL */
+            *n = got;
+            return OWN_FULL;
+        }
+        int fed = 0;
+        if (m < 0)
+            fed = own_feed_spoiled(self, need);
+        else if (type != 23 || !fits || m > RECORD_PLAINTEXT) {  /* (too long: OpenSSL's record_overflow) */
+            if (dst != plain)
+                memcpy(plain, dst, (size_t)m);
+            fed = own_feed_sealed(self, type, plain, (size_t)m);
+        }
+        if (fed < 0)
+            goto error;
+        if (from_in) {
+            self->in_pos += need;
+            if (self->in_pos == self->in_len) {
+                free(self->in_buf);
+                self->in_buf = NULL;
+                self->in_pos = self->in_len = self->in_cap = 0;
+            }
+        }
+        else
+            self->lent_pos += need;
+        if (self->feed != NULL) {
+            if (m >= 0 && type == 22) {  /* a KeyUpdate ends its record: both read protections move on */
+                for (Py_ssize_t j = 0; j + 4 <= m; j += 4 + ((Py_ssize_t)plain[j + 1] << 16 | plain[j + 2] << 8 | plain[j + 3]))
+                    if (plain[j] == 24 && (tls13_dir_update(self->rec_read) < 0 || tls13_dir_update(self->shadow_r) < 0)) {
+                        PyErr_SetString(SSLError, "KeyUpdate: the next read key could not be made");
+                        goto error;
+                    }
+            }
+            *n = got;
+            return OWN_SSL;
+        }
+        if (!(SSL_get_shutdown(self->ssl) & SSL_SENT_SHUTDOWN))
+            got += (size_t)m;  /* (after our close_notify, OpenSSL drops application data: so do we) */
+        if (got == cap) {
+            *n = got;
+            return OWN_FULL;
+        }
+    }
+    *n = got;
+    return OWN_WANT;
+error:
+    *n = got;
+    return -1;
+}
+
 /* read_all(buffer, partial=0) -> int: decrypt into buffer as much as there is, by as many SSL_read calls as it
  * takes, and return the count. The Python loop this replaces made one call per TLS record. `partial` is what the
  * caller knows of the trailing incomplete record (bytes of it received): while no more than that is unread,
@@ -777,11 +1015,46 @@ read_all_into(Engine *self, char *buf, size_t cap, Py_ssize_t partial)
     if (raise_pending(self) < 0)
         return -1;
     keep_touch(self);
+    return read_into(self, buf, cap, partial);
+}
+
+/* read_all_into without the kept-buffer bookkeeping (read() does none, as before own reads). */
+static Py_ssize_t
+read_into(Engine *self, char *buf, size_t cap, Py_ssize_t partial)
+{
     size_t total = 0;
     int ret = 1;
     while (total < cap) {
         size_t n = 0;
+        if (own_read_ok(self)) {
+            int r = own_read(self, buf + total, cap - total, &n);
+            total += n;
+            if (r < 0) {
+                if (total == 0) {
+                    self->more = 0;
+                    return -1;
+                }
+                stash_error(self);
+                self->more = 1;
+                return (Py_ssize_t)total;
+            }
+            if (r != OWN_SSL) {
+                self->more = r == OWN_FULL;
+                return (Py_ssize_t)total;
+            }
+            if (total == cap)
+                break;
+            n = 0;
+        }
         ret = SSL_read_ex(self->ssl, buf + total, cap - total, &n);
+        if (self->feed != NULL && self->feed_pos == self->feed_len) {
+            free(self->feed);  /* OpenSSL took the record handed to it */
+            self->feed = NULL;
+            if (ret <= 0 && SSL_get_error(self->ssl, ret) == SSL_ERROR_WANT_READ && !self->failed) {
+                ERR_clear_error();  /* a KeyUpdate, say: our own reads go on */
+                continue;
+            }
+        }
         if (ret <= 0)
             break;
         total += n;
@@ -896,11 +1169,41 @@ Engine_pending(Engine *self, PyObject *Py_UNUSED(ignored))
     return PyLong_FromLong(SSL_pending(self->ssl));
 }
 
+/* Own reads, our close_notify sent, the peer's not yet seen: read what was received as read() does (application
+ * data after our close_notify is dropped, as OpenSSL drops it) until the peer's close_notify has been handed to
+ * OpenSSL. 0 (nothing to wait for, or it came), or -1 with an exception (SSLWantReadError: not yet). */
+static int
+own_unwrap_wait(Engine *self)
+{
+    if (!self->own_r || SSL_get_shutdown(self->ssl) != SSL_SENT_SHUTDOWN)
+        return 0;
+    char *scratch = PyMem_Malloc(TLS13_MAX_CIPHERTEXT);
+    if (scratch == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t got = read_into(self, scratch, TLS13_MAX_CIPHERTEXT, -1);
+    PyMem_Free(scratch);
+    if (got < 0 && !PyErr_ExceptionMatches(SSLZeroReturnError))
+        return -1;
+    PyErr_Clear();
+    if (SSL_get_shutdown(self->ssl) & SSL_RECEIVED_SHUTDOWN)
+        return 0;
+    raise_ssl(SSLWantReadError, PY_SSL_ERROR_WANT_READ, "The operation did not complete (read)", 0, __LINE__, self);
+    return -1;
+}
+
 /* unwrap(): send close_notify; None once the peer's arrived too, else SSLWantReadError (as SSLObject.unwrap). */
 static PyObject *
 Engine_unwrap(Engine *self, PyObject *Py_UNUSED(ignored))
 {
+    /* Own reads: OpenSSL must not read the received bytes itself (its read sequence number is stale), which
+     * SSL_shutdown does once our close_notify is out. */
+    if (own_unwrap_wait(self) < 0)
+        return NULL;
     int ret = SSL_shutdown(self->ssl);
+    if (ret == 0 && own_unwrap_wait(self) < 0)
+        return NULL;
     if (ret == 0)
         ret = SSL_shutdown(self->ssl);  /* CPython tries twice: the second waits for the peer's close_notify */
     if (ret >= 0)
@@ -1097,6 +1400,12 @@ Engine_own_writes(Engine *self, PyObject *Py_UNUSED(ignored))
 }
 
 static PyObject *
+Engine_own_reads(Engine *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(self->own_r);
+}
+
+static PyObject *
 Engine_record_keys(Engine *self, PyObject *Py_UNUSED(ignored))
 {
     return PyBool_FromLong(self->own_w || (self->secrets != NULL && self->secrets->have == 3));
@@ -1153,6 +1462,8 @@ static PyMethodDef Engine_methods[] = {
     {"do_handshake", (PyCFunction)Engine_do_handshake, METH_NOARGS, "SSL_do_handshake, as SSLObject's."},
     {"_key_update", (PyCFunction)Engine_key_update, METH_O,
      "_key_update(requested): send a KeyUpdate with the next write (SSL_key_update; TLS 1.3)."},
+    {"_own_reads", (PyCFunction)Engine_own_reads, METH_NOARGS,
+     "Whether whole application records are opened by the engine itself (until a malformed header)."},
     {"_own_writes", (PyCFunction)Engine_own_writes, METH_NOARGS,
      "Whether application data is sealed by the engine itself (a TLS 1.3 server with record_keys=True)."},
     {"read", (PyCFunction)(void (*)(void))Engine_read, METH_FASTCALL, "read(len, buffer=None), as SSLObject's."},

@@ -3,11 +3,10 @@
  * OpenSSL's record layer costs about 7,200 instructions to write a 70-byte record and 5,600 to read one
  * (SSL_write_ex / SSL_read_ex under callgrind, ping-pong); the same AEAD work through EVP directly costs about
  * 3,300 and 3,100, and can read from and write to the caller's buffers (OpenSSL copies every byte into and out of
- * its record buffers: four copies per byte echoed). This file is the first step towards protecting a connection's
- * application records ourselves once OpenSSL has done the handshake (docs/design.md §9, "An own record layer"):
- * the traffic secrets, the key schedule from them, and sealing and opening a record. No connection uses it yet:
- * an engine made with record_keys=True captures its secrets, and the tests seal and open records with them
- * against OpenSSL's own.
+ * its record buffers: four copies per byte echoed). A TLS 1.3 server engine protects its application records
+ * with this once OpenSSL has done the handshake (docs/design.md §9, "An own TLS 1.3 record layer"; the switch and
+ * what stays OpenSSL's are in _engine.c): the traffic secrets, the key schedule from them (and a KeyUpdate's next
+ * generation), and sealing and opening a record.
  *
  * The secrets come from OpenSSL's key log callback (the only way OpenSSL 3.0 gives out TLS 1.3 traffic secrets):
  * installed on the SSL_CTX when no other is there (CPython installs its own only for keylog_filename, and such a

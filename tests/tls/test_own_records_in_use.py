@@ -1,10 +1,12 @@
-"""A TLS 1.3 server engine seals its application data itself; OpenSSL's own records are sealed again in sequence.
+"""A TLS 1.3 server engine seals and opens its application records itself; OpenSSL keeps everything else.
 
 Once the handshake is done, ``write()`` seals records with the engine's protection (``_tls13.h``) instead of
 ``SSL_write``. OpenSSL still writes what only it knows to (alerts, close_notify, KeyUpdate): those records carry
 its write sequence number, which stopped when ours took over, so the engine opens them and seals them again with
-its own. A stdlib client (OpenSSL's record layer) and ``openssl s_client`` must read everything, in order, through
-tickets, key updates both ways, close_notify and fatal alerts.
+its own. Reads open whole application records straight into the caller's buffer; any other record, one that does
+not open and one too large for the room left go to OpenSSL, sealed again for its read state, so that its errors
+and alerts are what they were. A stdlib client (OpenSSL's record layer) and ``openssl s_client`` must read
+everything, in order, through tickets, key updates both ways, close_notify, fatal alerts, replays and tampering.
 """
 
 from __future__ import annotations
@@ -227,3 +229,79 @@ def test_connections_taking_turns_on_the_shared_cipher_context() -> None:
             message = f"round {round_} connection {i}".encode() * (round_ * 2000 + 1)
             server.obj.write(message)
             assert client_reads(client, server.take()) == message
+
+
+def test_reads_are_our_own_and_a_replayed_record_is_refused() -> None:
+    client, server = pair()
+    assert engine(server)._own_reads()
+    client.obj.write(b"first")
+    first = client.outgoing.read()
+    client.obj.write(b"second")
+    second = client.outgoing.read()
+    assert server.deliver(first + second) == (b"firstsecond", "want-read")
+    # The first record again, at OpenSSL's own (stale) read sequence number 0: it must not open anywhere.
+    assert server.deliver(first) == (b"", "SSLError:DECRYPTION_FAILED_OR_BAD_RECORD_MAC")
+    client.incoming.write(server.take())
+    with pytest.raises(ssl.SSLError) as info:
+        client.obj.read(100)
+    assert info.value.reason == "SSLV3_ALERT_BAD_RECORD_MAC"
+
+
+def test_a_record_larger_than_the_read_goes_through_openssl_in_order() -> None:
+    client, server = pair()
+    big = bytes(range(256)) * 64  # one 16 KiB record
+    for m in (big, b"after", b"and more"):
+        client.obj.write(m)
+    server.feed(client.outgoing.read())
+    got = bytearray()
+    while True:
+        try:
+            got += server.obj.read(1000)  # smaller than the record: OpenSSL holds the rest
+        except ssl.SSLWantReadError:
+            break
+    assert bytes(got) == big + b"after" + b"and more"
+    assert engine(server)._own_reads()
+    client.obj.write(b"own again")
+    assert server.deliver(client.outgoing.read()) == (b"own again", "want-read")
+
+
+def test_data_then_close_notify_in_one_delivery() -> None:
+    client, server = pair()
+    client.obj.write(b"goodbye")
+    data = client.outgoing.read()
+    with pytest.raises(ssl.SSLWantReadError):
+        client.obj.unwrap()
+    assert server.deliver(data + client.outgoing.read()) == (b"goodbye", "close_notify")
+    assert server.obj.read(10) == b""
+
+
+def test_a_record_split_at_every_byte_is_joined() -> None:
+    client, server = pair()
+    messages = [b"x" * 3000, b"y" * 17000, b"z"]
+    for m in messages:
+        client.obj.write(m)
+    wire = client.outgoing.read()
+    got = bytearray()
+    for cut in range(0, len(wire), 997):
+        data, how = server.deliver(wire[cut : cut + 997])
+        got += data
+        assert how == "want-read"
+    assert bytes(got) == b"".join(messages)
+
+
+def test_unwrap_with_unread_and_partial_records_waits_for_close_notify() -> None:
+    """OpenSSL's second SSL_shutdown reads the received bytes itself; with own reads that would decrypt under its
+    stale sequence number. The engine reads them (dropping application data after our close_notify, as OpenSSL
+    does) until the peer's close_notify."""
+    client, server = pair()
+    client.obj.write(b"unread")
+    client.obj.write(b"half" * 100)
+    wire = client.outgoing.read()
+    server.feed(wire[:-50])  # one whole record and most of the next, not read
+    with pytest.raises(ssl.SSLWantReadError):
+        server.obj.unwrap()
+    client.incoming.write(server.take())
+    assert client.obj.read(100) == b""  # our close_notify reached the client in sequence
+    assert client.obj.unwrap() is None  # it has ours: it sends its own and is done
+    server.feed(wire[-50:] + client.outgoing.read())
+    assert server.obj.unwrap() is None
