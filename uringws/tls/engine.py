@@ -91,7 +91,16 @@ def _load() -> None:
 
 
 _load()
-_compiled.register("tls._engine", _engine is not None, _reason or "TLS records through OpenSSL with our own BIOs")
+_compiled.register(
+    "tls._engine",
+    _engine is not None,
+    _reason
+    or (
+        "TLS through OpenSSL with our own BIOs; TLS 1.3 application records sealed and opened here"
+        if OWN_RECORDS
+        else "TLS records through OpenSSL with our own BIOs (own TLS 1.3 records off: URINGWS_OWN_RECORDS=0)"
+    ),
+)
 
 #: The C twin of ``TLSProtocol._track_records`` (TLS record boundaries of a received chunk), or None where the
 #: engine is not in use; it serves connections on either engine.
