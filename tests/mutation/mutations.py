@@ -1192,8 +1192,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "own-writes-no-rekey",
         ENGINE,
-        "if (plain[j] == 24 && (tls13_dir_update(self->rec_write) < 0",
-        "if (plain[j] == 99 && (tls13_dir_update(self->rec_write) < 0",
+        "        if (type == 22 && tls13_has_key_update(plain, (size_t)m)\n",
+        "        if (0\n",
         ("tests/tls/test_own_records_in_use.py",),
         "a KeyUpdate OpenSSL writes does not move our write protection to the next secret",
     ),
@@ -1232,8 +1232,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "own-reads-no-rekey",
         ENGINE,
-        "if (plain[j] == 24 && (tls13_dir_update(self->rec_read) < 0",
-        "if (plain[j] == 99 && (tls13_dir_update(self->rec_read) < 0",
+        "            if (m >= 0 && type == 22 && tls13_has_key_update(plain, (size_t)m)\n",
+        "            if (0\n",
         ("tests/tls/test_own_records_in_use.py",),
         "a KeyUpdate from the peer leaves our read protection on the old secret",
     ),

@@ -682,7 +682,7 @@ static Tls13Dir *engine_rec(Engine *self, int write);
  * tickets, the only records OpenSSL protects with the application traffic secret before we take over, so their
  * count is its write sequence number. Own writes start there unless something we do not do was negotiated. */
 static void
-own_writes_start(Engine *self, Py_ssize_t from)
+own_records_start(Engine *self, Py_ssize_t from)
 {
     if (self->own_w || !self->own_allowed || !self->server_side || self->secrets == NULL || self->secrets->have != 3
         || SSL_version(self->ssl) != TLS1_3_VERSION
@@ -720,7 +720,7 @@ Engine_do_handshake(Engine *self, PyObject *Py_UNUSED(ignored))
     Py_ssize_t before = self->out != NULL ? self->out_len : 0;
     int ret = SSL_do_handshake(self->ssl);
     if (ret == 1 && self->secrets != NULL && !self->own_w)
-        own_writes_start(self, before);
+        own_records_start(self, before);
     if (ret == 1)
         Py_RETURN_NONE;
     return ssl_error(self, ret, __LINE__);
@@ -971,12 +971,10 @@ own_read(Engine *self, char *buf, size_t cap, size_t *n)
         else
             self->lent_pos += need;
         if (self->feed != NULL) {
-            if (m >= 0 && type == 22) {  /* a KeyUpdate ends its record: both read protections move on */
-                for (Py_ssize_t j = 0; j + 4 <= m; j += 4 + ((Py_ssize_t)plain[j + 1] << 16 | plain[j + 2] << 8 | plain[j + 3]))
-                    if (plain[j] == 24 && (tls13_dir_update(self->rec_read) < 0 || tls13_dir_update(self->shadow_r) < 0)) {
-                        PyErr_SetString(SSLError, "KeyUpdate: the next read key could not be made");
-                        goto error;
-                    }
+            if (m >= 0 && type == 22 && tls13_has_key_update(plain, (size_t)m)
+                && (tls13_dir_update(self->rec_read) < 0 || tls13_dir_update(self->shadow_r) < 0)) {
+                PyErr_SetString(SSLError, "KeyUpdate: the next read key could not be made");
+                goto error;
             }
             *n = got;
             return OWN_SSL;
@@ -1130,8 +1128,7 @@ engine_write_raw(Engine *self, const void *buf, Py_ssize_t len, size_t *n)
         Py_ssize_t off = 0;
         do {
             Py_ssize_t chunk = len - off > RECORD_PLAINTEXT ? RECORD_PLAINTEXT : len - off;
-            if (out_reserve(self, chunk + 5 + 1 + TLS13_TAG) < 0)
-                return -1;
+            /* (room reserved above: RECORD_SLACK per record covers the 22 bytes a sealed record adds) */
             if (tls13_seal(self->rec_write, 23, b + off, (size_t)chunk,
                            (unsigned char *)PyBytes_AS_STRING(self->out) + self->out_len) < 0) {
                 raise_ssl(SSLError, PY_SSL_ERROR_SSL, "sealing a record failed", 0, __LINE__, NULL);
@@ -1371,11 +1368,9 @@ translate_records(Engine *self, const unsigned char *data, size_t n)
             return -1;
         self->out_len += m + 5 + 1 + TLS13_TAG;
         i += rlen;
-        if (type == 22) {  /* handshake messages: a KeyUpdate ends its record (RFC 8446 §5.1) */
-            for (Py_ssize_t j = 0; j + 4 <= m; j += 4 + ((Py_ssize_t)plain[j + 1] << 16 | plain[j + 2] << 8 | plain[j + 3]))
-                if (plain[j] == 24 && (tls13_dir_update(self->rec_write) < 0 || tls13_dir_update(self->shadow_w) < 0))
-                    return -1;
-        }
+        if (type == 22 && tls13_has_key_update(plain, (size_t)m)
+            && (tls13_dir_update(self->rec_write) < 0 || tls13_dir_update(self->shadow_w) < 0))
+            return -1;
     }
     OPENSSL_cleanse(plain, sizeof plain);
     return 0;

@@ -242,6 +242,17 @@ tls13_dir_new(const SSL *ssl, const unsigned char *secret, size_t slen, int enc)
     return d;
 }
 
+/* Whether a record's handshake messages include a KeyUpdate (type 24), which ends its record (RFC 8446 §5.1):
+ * the direction moves to the next secret right after that record. */
+static int
+tls13_has_key_update(const unsigned char *msgs, size_t len)
+{
+    for (size_t j = 0; j + 4 <= len; j += 4 + ((size_t)msgs[j + 1] << 16 | (size_t)msgs[j + 2] << 8 | msgs[j + 3]))
+        if (msgs[j] == 24)
+            return 1;
+    return 0;
+}
+
 /* The per-record nonce: the static IV XOR the 64-bit sequence number, left-padded (RFC 8446 §5.3); then seq++. */
 static void
 tls13_nonce(Tls13Dir *d, unsigned char *nonce)
