@@ -32,6 +32,16 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(autouse=True, params=["ssl-freed", "ssl-kept"])
+def free_ssl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Each test twice: with the SSL freed after the handshake (the default; the engine then does what OpenSSL did
+    after it, tests/tls/test_ssl_freed.py), and with it kept (URINGWS_FREE_SSL=0), where OpenSSL still handles
+    every record that is not application data, as described above."""
+    freed: bool = request.param == "ssl-freed"
+    monkeypatch.setattr(engine_mod, "FREE_SSL", freed)
+    return freed
+
+
 def pair(tickets: int | None = None, version: str = "TLSv1_3") -> tuple[Client, Server]:
     sctx = server_ctx(version)
     if tickets is not None:
@@ -289,15 +299,22 @@ def test_a_record_split_at_every_byte_is_joined() -> None:
     assert bytes(got) == b"".join(messages)
 
 
-def test_unwrap_with_unread_and_partial_records_waits_for_close_notify() -> None:
+def test_unwrap_with_unread_and_partial_records_waits_for_close_notify(free_ssl: bool) -> None:
     """OpenSSL's second SSL_shutdown reads the received bytes itself; with own reads that would decrypt under its
-    stale sequence number. The engine reads them (dropping application data after our close_notify, as OpenSSL
-    does) until the peer's close_notify."""
+    stale sequence number. The engine that keeps its SSL reads them (dropping the application data) until the
+    peer's close_notify; the one that freed it does what SSL_shutdown does with application data where it waits
+    for close_notify: an error (tests/tls/test_ssl_freed.py compares it with OpenSSL's)."""
     client, server = pair()
     client.obj.write(b"unread")
     client.obj.write(b"half" * 100)
     wire = client.outgoing.read()
     server.feed(wire[:-50])  # one whole record and most of the next, not read
+    if free_ssl:
+        with pytest.raises(ssl.SSLError, match="APPLICATION_DATA_AFTER_CLOSE_NOTIFY"):
+            server.obj.unwrap()
+        client.incoming.write(server.take())
+        assert client.obj.read(100) == b""  # our close_notify went out first
+        return
     with pytest.raises(ssl.SSLWantReadError):
         server.obj.unwrap()
     client.incoming.write(server.take())

@@ -109,7 +109,48 @@ typedef struct Engine {
     Tls13Dir *shadow_r;
     unsigned char *feed;
     size_t feed_len, feed_pos;
+    /* The SSL freed (see gone_start): ssl is NULL, `gone` answers the queries and keeps the state OpenSSL kept
+     * (shutdown, a fatal error), and the engine itself does what OpenSSL still did after the handshake: alerts,
+     * close_notify, KeyUpdate. held: plaintext of a record larger than the room a read had, delivered first. */
+    char free_ssl;
+    /* The peer's handshake messages after the handshake, as a stream (one may span records): hs_len header bytes
+     * of the current one so far (0-4; 5: its body, hs_left bytes of which are still to come). */
+    unsigned char hs[4], hs_len;
+    size_t hs_left;
+    struct Gone *gone;
+    unsigned char *held;
+    size_t held_len, held_pos;
 } Engine;
+
+/* What a freed SSL still answers for (cipher(), version(), getpeercert(), ...), and its state. */
+typedef struct Gone {
+    const SSL_CIPHER *cipher;         /* OpenSSL's static cipher table: lives as long as the library */
+    X509 *peer;                       /* the client's certificate, if it sent one (a reference) */
+    SSL_SESSION *session;             /* only when sessions are cached (stateful): removed on a fatal error */
+    int verify_mode;
+    char reused;
+    char shutdown;                    /* SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN, as SSL_get_shutdown */
+    char dead;                        /* a fatal error, sent or received: nothing more is read or written */
+    unsigned char warn_alert;         /* the last warning-level alert received, as OpenSSL's s3.warn_alert */
+    unsigned char alerts;             /* warning alerts in a row (OpenSSL allows 4) */
+    unsigned char alpn_len, fin_len;
+    unsigned short n_shared;
+    const SSL_CIPHER **shared;        /* into bytes: the server's ciphers the client offered too */
+    unsigned char *alpn, *fin;        /* into bytes: the ALPN protocol, the tls-unique Finished */
+    unsigned char bytes[];
+} Gone;
+
+static inline int
+eng_shutdown(Engine *s)
+{
+    return s->gone != NULL ? s->gone->shutdown : SSL_get_shutdown(s->ssl);
+}
+
+static inline size_t
+eng_pending(Engine *s)
+{
+    return s->gone != NULL ? s->held_len - s->held_pos : (size_t)SSL_pending(s->ssl);
+}
 
 static Tls13Secrets *
 engine_secrets(const SSL *ssl)
@@ -604,11 +645,11 @@ context_ctx(PyObject *context)
 static PyObject *
 Engine_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"context", "server_side", "record_keys", "own_writes", NULL};
+    static char *kwlist[] = {"context", "server_side", "record_keys", "own_writes", "free_ssl", NULL};
     PyObject *context;
-    int server_side, record_keys = 0, own_writes = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Op|$pp:Engine", kwlist, &context, &server_side, &record_keys,
-                                     &own_writes))
+    int server_side, record_keys = 0, own_writes = 1, free_ssl = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Op|$ppp:Engine", kwlist, &context, &server_side, &record_keys,
+                                     &own_writes, &free_ssl))
         return NULL;
     SSL_CTX *ctx = context_ctx(context);
     if (ctx == NULL)
@@ -619,6 +660,7 @@ Engine_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->context = Py_NewRef(context);
     self->server_side = server_side;
     self->own_allowed = (char)own_writes;
+    self->free_ssl = (char)free_ssl;
     self->ssl = SSL_new(ctx);
     if (self->ssl == NULL) {
         Py_DECREF(self);
@@ -667,6 +709,18 @@ Engine_dealloc(Engine *self)
     tls13_dir_free(self->shadow_w);
     tls13_dir_free(self->shadow_r);
     free(self->feed);
+    free(self->held);
+    if (self->gone != NULL) {
+        X509_free(self->gone->peer);
+        if (self->gone->session != NULL && !(self->gone->shutdown & SSL_SENT_SHUTDOWN)) {
+            /* As SSL_free: a cached session whose connection was not shut down is not resumed. */
+            SSL_CTX *ctx = self->context != NULL ? ((CtxHead *)self->context)->ctx : NULL;
+            if (ctx != NULL)
+                SSL_CTX_remove_session(ctx, self->gone->session);
+        }
+        SSL_SESSION_free(self->gone->session);
+        PyMem_Free(self->gone);
+    }
     if (self->lending)
         PyBuffer_Release(&self->lent);
     free(self->in_buf);
@@ -677,6 +731,7 @@ Engine_dealloc(Engine *self)
 }
 
 static Tls13Dir *engine_rec(Engine *self, int write);
+static void gone_start(Engine *self);
 
 /* A TLS 1.3 server's handshake just completed in a call that wrote out[from:]: those records are its session
  * tickets, the only records OpenSSL protects with the application traffic secret before we take over, so their
@@ -712,11 +767,211 @@ own_records_start(Engine *self, Py_ssize_t from)
     OPENSSL_cleanse(self->secrets, sizeof *self->secrets);  /* rec_write has the one we use */
     PyMem_Free(self->secrets);
     self->secrets = NULL;
+    gone_start(self);
+}
+
+/* -- The SSL freed ------------------------------------------------------------------------------------------
+ *
+ * Once own records run both ways, OpenSSL's SSL only still does the rare things: alerts, close_notify and
+ * KeyUpdate, and the queries. It is the largest part of an idle connection's memory (its struct alone is 7.6 KB;
+ * with the cipher contexts, session, key shares, transcript hashes and lists it keeps, about 14 KiB), so it is
+ * freed as soon as the handshake is done, when OpenSSL holds nothing of the connection's (no input, no pending
+ * KeyUpdate, no shutdown), and the engine does the rest itself (RFC 8446 §4.6.3, §6): it seals close_notify,
+ * KeyUpdate and fatal alerts with its write protection, and opens the peer's, raising the errors OpenSSL raises
+ * for them (same library, reason and alert). What the queries answer is kept in a Gone, about 100-300 bytes. */
+
+/* Seal one record of ours of content type `type`: 0, or -1 with a Python exception. */
+static int
+gone_send(Engine *self, int type, const unsigned char *data, size_t n)
+{
+    if (out_reserve(self, (Py_ssize_t)n + 5 + 1 + TLS13_TAG) < 0)
+        return -1;
+    if (tls13_seal(self->rec_write, type, data, n, (unsigned char *)PyBytes_AS_STRING(self->out) + self->out_len) < 0) {
+        raise_ssl(SSLError, PY_SSL_ERROR_SSL, "sealing a record failed", 0, __LINE__, NULL);
+        return -1;
+    }
+    self->out_len += (Py_ssize_t)n + 5 + 1 + TLS13_TAG;
+    return 0;
+}
+
+/* Raise OpenSSL's error `reason` (ERR_LIB_SSL), as ssl_error() would have for SSL_ERROR_SSL. */
+static void
+gone_raise(Engine *self, int reason, int line)
+{
+    raise_ssl(SSLError, PY_SSL_ERROR_SSL, NULL, ERR_PACK(ERR_LIB_SSL, 0, reason), line, self);
+}
+
+/* What OpenSSL answers any read or write with once the connection is over (a fatal error either way, or the
+ * peer's close_notify): SSL_ERROR_ZERO_RETURN if the peer closed with no warning alert, else SSL_ERROR_SYSCALL
+ * with nothing in the error queue, which is SSLEOFError. */
+static void
+gone_after(Engine *self, int line)
+{
+    Gone *g = self->gone;
+    if ((g->shutdown & SSL_RECEIVED_SHUTDOWN) && g->warn_alert == SSL_AD_CLOSE_NOTIFY)
+        raise_ssl(SSLZeroReturnError, PY_SSL_ERROR_ZERO_RETURN, "TLS/SSL connection has been closed (EOF)", 0, line,
+                  self);
+    else
+        raise_ssl(SSLEOFError, PY_SSL_ERROR_EOF, "EOF occurred in violation of protocol", 0, line, self);
+}
+
+/* A fatal error: send `alert` (none if negative, as for one received), end the connection, raise `reason`. -1. */
+static int
+gone_fatal(Engine *self, int alert, int reason, int line)
+{
+    Gone *g = self->gone;
+    if (alert >= 0 && !g->dead) {
+        const unsigned char a[2] = {2, (unsigned char)alert};  /* fatal */
+        if (gone_send(self, 21, a, 2) < 0)
+            return -1;
+    }
+    g->dead = 1;
+    if (g->session != NULL) {  /* as OpenSSL: a session that ended in a fatal error is not resumed */
+        SSL_CTX *ctx = context_ctx(self->context);
+        if (ctx != NULL)
+            SSL_CTX_remove_session(ctx, g->session);
+        PyErr_Clear();
+    }
+    gone_raise(self, reason, line);
+    return -1;
+}
+
+/* A record of the peer's other than application data (its content: p, m bytes). 0: read on; 1: close_notify;
+ * -1: an error (raised; a fatal alert queued for the peer where OpenSSL sends one). Each check and its alert is
+ * OpenSSL 3.0's for the same record (tests/tls/test_ssl_freed.py holds them to it). */
+static int
+gone_control(Engine *self, int type, const unsigned char *p, size_t m)
+{
+    Gone *g = self->gone;
+    if ((type == 21 || type == 22) && m == 0)
+        return gone_fatal(self, SSL_AD_UNEXPECTED_MESSAGE, SSL_R_BAD_LENGTH, __LINE__);
+    if (type == 21) {
+        if (self->hs_len)
+            return gone_fatal(self, SSL_AD_UNEXPECTED_MESSAGE, SSL_R_MIXED_HANDSHAKE_AND_NON_HANDSHAKE_DATA, __LINE__);
+        if (m != 2)
+            return gone_fatal(self, SSL_AD_UNEXPECTED_MESSAGE, SSL_R_INVALID_ALERT, __LINE__);
+        if (p[0] == SSL3_AL_WARNING || p[1] == SSL_AD_USER_CANCELLED) {
+            g->warn_alert = p[1];
+            if (++g->alerts == 5)
+                return gone_fatal(self, SSL_AD_UNEXPECTED_MESSAGE, SSL_R_TOO_MANY_WARN_ALERTS, __LINE__);
+        }
+        if (p[1] == SSL_AD_USER_CANCELLED)
+            return 0;  /* ignored in TLS 1.3, as OpenSSL does */
+        g->shutdown |= SSL_RECEIVED_SHUTDOWN;
+        if (p[1] == SSL_AD_CLOSE_NOTIFY)
+            return 1;
+        return gone_fatal(self, -1, SSL_AD_REASON_OFFSET + p[1], __LINE__);  /* any other alert is fatal */
+    }
+    if (type != 22)
+        return gone_fatal(self, SSL_AD_UNEXPECTED_MESSAGE, SSL_R_BAD_RECORD_TYPE, __LINE__);
+    /* Handshake messages: after the handshake a client may only send KeyUpdate (no post-handshake authentication
+     * was asked for), which ends its record (RFC 8446 §5.1); one may come in pieces over several records. */
+    size_t j = 0;
+    while (j < m) {
+        while (self->hs_len < 4 && j < m)
+            self->hs[self->hs_len++] = p[j++];
+        if (self->hs_len < 4)
+            break;
+        if (self->hs_len == 4) {  /* the header is complete */
+            if (self->hs[0] != SSL3_MT_KEY_UPDATE)
+                return gone_fatal(self, SSL_AD_UNEXPECTED_MESSAGE, SSL_R_UNEXPECTED_MESSAGE, __LINE__);
+            size_t len = (size_t)self->hs[1] << 16 | (size_t)self->hs[2] << 8 | self->hs[3];
+            if (len > 1)
+                return gone_fatal(self, SSL_AD_ILLEGAL_PARAMETER, SSL_R_EXCESSIVE_MESSAGE_SIZE, __LINE__);
+            if (len == 0)
+                return gone_fatal(self, SSL_AD_DECODE_ERROR, SSL_R_BAD_KEY_UPDATE, __LINE__);
+            self->hs_len = 5;
+            if (j == m)
+                break;
+        }
+        int requested = p[j++];
+        self->hs_len = 0;
+        if (requested > 1)
+            return gone_fatal(self, SSL_AD_ILLEGAL_PARAMETER, SSL_R_BAD_KEY_UPDATE, __LINE__);
+        if (j != m)
+            return gone_fatal(self, SSL_AD_UNEXPECTED_MESSAGE, SSL_R_NOT_ON_RECORD_BOUNDARY, __LINE__);
+        if (tls13_dir_update(self->rec_read) < 0)
+            return gone_fatal(self, SSL_AD_INTERNAL_ERROR, ERR_R_INTERNAL_ERROR, __LINE__);
+        if (requested && !(g->shutdown & SSL_SENT_SHUTDOWN)) {
+            /* Answered at once, under the old key, before anything else we write (RFC 8446 §4.6.3). */
+            static const unsigned char answer[5] = {SSL3_MT_KEY_UPDATE, 0, 0, 1, 0};
+            if (gone_send(self, 22, answer, 5) < 0)
+                return -1;
+            if (tls13_dir_update(self->rec_write) < 0)
+                return gone_fatal(self, SSL_AD_INTERNAL_ERROR, ERR_R_INTERNAL_ERROR, __LINE__);
+        }
+    }
+    g->alerts = 0;
+    return 0;
+}
+
+/* After the handshake, if OpenSSL holds nothing: keep what the queries answer, free the SSL. */
+static void
+gone_start(Engine *self)
+{
+    SSL *ssl = self->ssl;
+    if (!self->free_ssl || !self->own_w || !self->own_r || self->failed || self->feed != NULL
+        || SSL_get_shutdown(ssl) != 0 || SSL_has_pending(ssl) || SSL_pending(ssl) != 0
+        || SSL_get_key_update_type(ssl) != SSL_KEY_UPDATE_NONE || (SSL_get_verify_mode(ssl) & SSL_VERIFY_POST_HANDSHAKE)
+        || SSL_get_max_early_data(ssl) != 0)
+        return;
+    SSL_CTX *ctx = SSL_get_SSL_CTX(ssl);
+    STACK_OF(SSL_CIPHER) *server = SSL_get_ciphers(ssl), *client = SSL_get_client_ciphers(ssl);
+    int n_shared = 0;
+    if (server != NULL && client != NULL)
+        for (int i = 0; i < sk_SSL_CIPHER_num(server); i++)
+            n_shared += sk_SSL_CIPHER_find(client, sk_SSL_CIPHER_value(server, i)) >= 0;
+    const unsigned char *alpn = NULL;
+    unsigned int alpn_len = 0;
+    SSL_get0_alpn_selected(ssl, &alpn, &alpn_len);
+    unsigned char fin[EVP_MAX_MD_SIZE];
+    size_t fin_len = (SSL_session_reused(ssl) ^ !self->server_side) ? SSL_get_finished(ssl, fin, sizeof fin)
+                                                                     : SSL_get_peer_finished(ssl, fin, sizeof fin);
+    if (fin_len > sizeof fin || alpn_len > 255)
+        return;
+    Gone *g = PyMem_Calloc(1, sizeof *g + (size_t)n_shared * sizeof(SSL_CIPHER *) + alpn_len + fin_len);
+    if (g == NULL)
+        return;  /* (not freeing it is always right) */
+    g->shared = (const SSL_CIPHER **)g->bytes;
+    g->alpn = g->bytes + (size_t)n_shared * sizeof(SSL_CIPHER *);
+    g->fin = g->alpn + alpn_len;
+    if (server != NULL && client != NULL) {
+        for (int i = 0; i < sk_SSL_CIPHER_num(server); i++)
+            if (sk_SSL_CIPHER_find(client, sk_SSL_CIPHER_value(server, i)) >= 0)
+                g->shared[g->n_shared++] = sk_SSL_CIPHER_value(server, i);
+    }
+    else
+        g->n_shared = 0xffff;  /* None, as OpenSSL answered */
+    if (alpn_len)
+        memcpy(g->alpn, alpn, alpn_len);
+    g->alpn_len = (unsigned char)alpn_len;
+    memcpy(g->fin, fin, fin_len);
+    g->fin_len = (unsigned char)fin_len;
+    g->cipher = SSL_get_current_cipher(ssl);
+    g->peer = SSL_get1_peer_certificate(ssl);
+    g->verify_mode = SSL_get_verify_mode(ssl);
+    g->reused = (char)SSL_session_reused(ssl);
+    if ((SSL_CTX_get_session_cache_mode(ctx) & SSL_SESS_CACHE_SERVER) && (SSL_get_options(ssl) & SSL_OP_NO_TICKET))
+        g->session = SSL_get1_session(ssl);  /* cached: kept so that a fatal error can still remove it */
+    if (self->kept) {
+        keep_unlink(self);
+        keep_count--;
+        self->kept = 0;
+    }
+    /* A completed handshake: freeing it must not drop its session from the cache (OpenSSL drops the sessions of
+     * connections freed without a shutdown). */
+    SSL_set_shutdown(ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+    SSL_free(ssl);  /* and the BIO */
+    self->ssl = NULL;
+    self->gone = g;
+    ERR_clear_error();
 }
 
 static PyObject *
 Engine_do_handshake(Engine *self, PyObject *Py_UNUSED(ignored))
 {
+    if (self->gone != NULL)
+        Py_RETURN_NONE;
     Py_ssize_t before = self->out != NULL ? self->out_len : 0;
     int ret = SSL_do_handshake(self->ssl);
     if (ret == 1 && self->secrets != NULL && !self->own_w)
@@ -762,7 +1017,7 @@ own_read_call(Engine *self, Py_ssize_t len, PyObject *buffer)
                   self), got = -1;
     if (got < 0) {
         Py_XDECREF(bytes);
-        if (!PyErr_ExceptionMatches(SSLZeroReturnError) || SSL_get_shutdown(self->ssl) != SSL_RECEIVED_SHUTDOWN)
+        if (!PyErr_ExceptionMatches(SSLZeroReturnError) || eng_shutdown(self) != SSL_RECEIVED_SHUTDOWN)
             return NULL;
         PyErr_Clear();
         return buffer != Py_None ? PyLong_FromLong(0) : PyBytes_FromStringAndSize(NULL, 0);
@@ -891,6 +1146,48 @@ own_feed_spoiled(Engine *self, size_t len)
     return 0;
 }
 
+/* A record of `need` bytes read from in_buf (from_in) or the lent buffer. */
+static inline void
+own_consume(Engine *self, int from_in, size_t need)
+{
+    if (from_in) {
+        self->in_pos += need;
+        if (self->in_pos == self->in_len) {
+            free(self->in_buf);
+            self->in_buf = NULL;
+            self->in_pos = self->in_len = self->in_cap = 0;
+        }
+    }
+    else
+        self->lent_pos += need;
+}
+
+/* Whether the peer's handshake messages in this record complete a KeyUpdate (they may span records). */
+static int
+hs_key_update(Engine *self, const unsigned char *p, size_t m)
+{
+    int done = 0;
+    size_t j = 0;
+    while (j < m) {
+        while (self->hs_len < 4 && j < m)
+            self->hs[self->hs_len++] = p[j++];
+        if (self->hs_len < 4)
+            break;
+        if (self->hs_len == 4) {
+            self->hs_left = (size_t)self->hs[1] << 16 | (size_t)self->hs[2] << 8 | self->hs[3];
+            self->hs_len = 5;
+        }
+        size_t k = m - j < self->hs_left ? m - j : self->hs_left;
+        j += k;
+        self->hs_left -= k;
+        if (self->hs_left == 0) {
+            done |= self->hs[0] == SSL3_MT_KEY_UPDATE;
+            self->hs_len = 0;
+        }
+    }
+    return done;
+}
+
 /* Open whole application records from the received bytes (in_buf, then the lent buffer) into buf, as many as fit;
  * *n: the bytes delivered. OWN_WANT: no whole record is left; OWN_FULL: the next one must wait for the next call
  * (no room, or it is not ours to open while data is delivered first); OWN_SSL: OpenSSL reads next (a record is in
@@ -923,6 +1220,12 @@ own_read(Engine *self, char *buf, size_t cap, size_t *n)
                 *n = got;
                 return OWN_FULL;
             }
+            if (self->gone != NULL)  /* refused as OpenSSL refuses it (ssl3_get_record) */
+                return p[1] != 3 || p[2] != 3 ? gone_fatal(self, SSL_AD_DECODE_ERROR, SSL_R_WRONG_VERSION_NUMBER, __LINE__)
+                       : p[0] != 23 ? gone_fatal(self, SSL_AD_UNEXPECTED_MESSAGE, SSL_R_BAD_RECORD_TYPE, __LINE__)
+                       : need - 5 > TLS13_MAX_CIPHERTEXT
+                           ? gone_fatal(self, SSL_AD_RECORD_OVERFLOW, SSL_R_ENCRYPTED_LENGTH_TOO_LONG, __LINE__)
+                           : gone_fatal(self, SSL_AD_BAD_RECORD_MAC, SSL_R_DECRYPTION_FAILED_OR_BAD_RECORD_MAC, __LINE__);
             self->own_r = 0;  /* OpenSSL reads it and refuses it (wrong type, version or length) */
             return OWN_SSL;
         }
@@ -950,6 +1253,55 @@ own_read(Engine *self, char *buf, size_t cap, size_t *n)
             *n = got;
             return OWN_FULL;
         }
+        if (self->gone != NULL) {
+            own_consume(self, from_in, need);
+            if (m < 0) {
+                gone_fatal(self, m == -3 ? SSL_AD_UNEXPECTED_MESSAGE : SSL_AD_BAD_RECORD_MAC,
+                           m == -3 ? SSL_R_BAD_RECORD_TYPE : SSL_R_DECRYPTION_FAILED_OR_BAD_RECORD_MAC, __LINE__);
+                goto error;
+            }
+            if (m > RECORD_PLAINTEXT) {
+                gone_fatal(self, SSL_AD_RECORD_OVERFLOW, SSL_R_DATA_LENGTH_TOO_LONG, __LINE__);
+                goto error;
+            }
+            if (type != 23) {
+                int r = gone_control(self, type, dst, (size_t)m);
+                if (r < 0)
+                    goto error;
+                if (r > 0) {
+                    *n = got;
+                    return OWN_SSL;  /* close_notify */
+                }
+                continue;
+            }
+            if (self->hs_len) {  /* in the middle of a handshake message */
+                gone_fatal(self, SSL_AD_UNEXPECTED_MESSAGE, SSL_R_UNEXPECTED_RECORD, __LINE__);
+                goto error;
+            }
+            self->gone->alerts = 0;  /* (application data after our close_notify is still read, as SSL_read does) */
+            if (!fits) {  /* (got is 0 here) what does not fit waits in `held` for the next read */
+                size_t rest = (size_t)m - (cap - got);
+                unsigned char *h = malloc(rest);
+                if (h == NULL) {
+                    PyErr_NoMemory();
+                    goto error;
+                }
+                memcpy(buf + got, plain, cap - got);
+                memcpy(h, plain + (cap - got), rest);
+                self->held = h;
+                self->held_len = rest;
+                self->held_pos = 0;
+                OPENSSL_cleanse(plain, (size_t)m);
+                *n = cap;
+                return OWN_FULL;
+            }
+            got += (size_t)m;
+            if (got == cap) {
+                *n = got;
+                return OWN_FULL;
+            }
+            continue;
+        }
         int fed = 0;
         if (m < 0)
             fed = own_feed_spoiled(self, need);
@@ -960,18 +1312,9 @@ own_read(Engine *self, char *buf, size_t cap, size_t *n)
         }
         if (fed < 0)
             goto error;
-        if (from_in) {
-            self->in_pos += need;
-            if (self->in_pos == self->in_len) {
-                free(self->in_buf);
-                self->in_buf = NULL;
-                self->in_pos = self->in_len = self->in_cap = 0;
-            }
-        }
-        else
-            self->lent_pos += need;
+        own_consume(self, from_in, need);
         if (self->feed != NULL) {
-            if (m >= 0 && type == 22 && tls13_has_key_update(plain, (size_t)m)
+            if (m >= 0 && type == 22 && hs_key_update(self, plain, (size_t)m)
                 && (tls13_dir_update(self->rec_read) < 0 || tls13_dir_update(self->shadow_r) < 0)) {
                 PyErr_SetString(SSLError, "KeyUpdate: the next read key could not be made");
                 goto error;
@@ -979,8 +1322,7 @@ own_read(Engine *self, char *buf, size_t cap, size_t *n)
             *n = got;
             return OWN_SSL;
         }
-        if (!(SSL_get_shutdown(self->ssl) & SSL_SENT_SHUTDOWN))
-            got += (size_t)m;  /* (after our close_notify, OpenSSL drops application data: so do we) */
+        got += (size_t)m;  /* (after our close_notify too: TLS 1.3 closes each direction alone, SSL_read reads on) */
         if (got == cap) {
             *n = got;
             return OWN_FULL;
@@ -1017,9 +1359,67 @@ read_all_into(Engine *self, char *buf, size_t cap, Py_ssize_t partial)
 }
 
 /* read_all_into without the kept-buffer bookkeeping (read() does none, as before own reads). */
+/* read_into with the SSL freed: what `held` has, then own reads; a close_notify and errors as OpenSSL's. */
+static Py_ssize_t
+gone_read_into(Engine *self, char *buf, size_t cap)
+{
+    Gone *g = self->gone;
+    size_t total = 0;
+    if (g->dead) {
+        self->more = 0;
+        gone_after(self, __LINE__);
+        return -1;
+    }
+    if (self->held != NULL) {
+        size_t k = self->held_len - self->held_pos;
+        if (k > cap)
+            k = cap;
+        memcpy(buf, self->held + self->held_pos, k);
+        self->held_pos += k;
+        total = k;
+        if (self->held_pos == self->held_len) {
+            OPENSSL_cleanse(self->held, self->held_len);
+            free(self->held);
+            self->held = NULL;
+            self->held_len = self->held_pos = 0;
+        }
+        if (total == cap) {
+            self->more = 1;
+            return (Py_ssize_t)total;
+        }
+    }
+    if (!(g->shutdown & SSL_RECEIVED_SHUTDOWN)) {
+        size_t n = 0;
+        int r = own_read(self, buf + total, cap - total, &n);
+        total += n;
+        if (r < 0) {
+            if (total == 0) {
+                self->more = 0;
+                return -1;
+            }
+            stash_error(self);
+            self->more = 1;
+            return (Py_ssize_t)total;
+        }
+        if (r != OWN_SSL) {
+            self->more = r == OWN_FULL;
+            return (Py_ssize_t)total;
+        }
+    }
+    if (total > 0) {  /* the close_notify is raised by the next call */
+        self->more = 1;
+        return (Py_ssize_t)total;
+    }
+    self->more = 0;
+    gone_after(self, __LINE__);
+    return -1;
+}
+
 static Py_ssize_t
 read_into(Engine *self, char *buf, size_t cap, Py_ssize_t partial)
 {
+    if (self->gone != NULL)
+        return gone_read_into(self, buf, cap);
     size_t total = 0;
     int ret = 1;
     while (total < cap) {
@@ -1118,11 +1518,19 @@ static int
 engine_write_raw(Engine *self, const void *buf, Py_ssize_t len, size_t *n)
 {
     *n = 0;
+    if (self->gone != NULL && (self->gone->shutdown & SSL_SENT_SHUTDOWN)) {
+        gone_raise(self, SSL_R_PROTOCOL_IS_SHUTDOWN, __LINE__);  /* as SSL_write after SSL_shutdown */
+        return -1;
+    }
+    if (self->gone != NULL && self->gone->dead) {
+        gone_after(self, __LINE__);
+        return -1;
+    }
     if (out_reserve(self, len + (len / RECORD_PLAINTEXT + 1) * RECORD_SLACK) < 0)
         return -1;
     keep_touch(self);
-    if (len > 0 && self->own_w && !self->failed && SSL_get_shutdown(self->ssl) == 0 && SSL_is_init_finished(self->ssl)
-        && SSL_get_key_update_type(self->ssl) == SSL_KEY_UPDATE_NONE) {
+    if (len > 0 && (self->gone != NULL || (self->own_w && !self->failed && SSL_get_shutdown(self->ssl) == 0 && SSL_is_init_finished(self->ssl)
+        && SSL_get_key_update_type(self->ssl) == SSL_KEY_UPDATE_NONE))) {
         /* Sealed straight into the output, a record per RECORD_PLAINTEXT, as SSL_write would cut them. */
         const unsigned char *b = buf;
         Py_ssize_t off = 0;
@@ -1140,6 +1548,8 @@ engine_write_raw(Engine *self, const void *buf, Py_ssize_t len, size_t *n)
         *n = (size_t)len;
         return 0;
     }
+    if (self->gone != NULL)
+        return 0;  /* nothing to write */
     int ret = SSL_write_ex(self->ssl, buf, (size_t)len, n);
     if (ret > 0)
         return 0;
@@ -1163,16 +1573,17 @@ Engine_write(Engine *self, PyObject *data)
 static PyObject *
 Engine_pending(Engine *self, PyObject *Py_UNUSED(ignored))
 {
-    return PyLong_FromLong(SSL_pending(self->ssl));
+    return PyLong_FromSize_t(eng_pending(self));
 }
 
-/* Own reads, our close_notify sent, the peer's not yet seen: read what was received as read() does (application
- * data after our close_notify is dropped, as OpenSSL drops it) until the peer's close_notify has been handed to
- * OpenSSL. 0 (nothing to wait for, or it came), or -1 with an exception (SSLWantReadError: not yet). */
+/* Own reads, our close_notify sent, the peer's not yet seen: read what was received as read() does until the
+ * peer's close_notify has been handed to OpenSSL (or, the SSL freed, seen), dropping application data; with the
+ * SSL freed, application data is an error, as it is to SSL_shutdown. 0 (nothing to wait for, or it came), or -1
+ * with an exception (SSLWantReadError: not yet). */
 static int
 own_unwrap_wait(Engine *self)
 {
-    if (!self->own_r || SSL_get_shutdown(self->ssl) != SSL_SENT_SHUTDOWN)
+    if (!self->own_r || eng_shutdown(self) != SSL_SENT_SHUTDOWN)
         return 0;
     char *scratch = PyMem_Malloc(TLS13_MAX_CIPHERTEXT);
     if (scratch == NULL) {
@@ -1181,10 +1592,15 @@ own_unwrap_wait(Engine *self)
     }
     Py_ssize_t got = read_into(self, scratch, TLS13_MAX_CIPHERTEXT, -1);
     PyMem_Free(scratch);
+    if (got > 0 && self->gone != NULL) {
+        Py_CLEAR(self->error_pending);
+        self->more = 0;
+        return gone_fatal(self, -1, SSL_R_APPLICATION_DATA_AFTER_CLOSE_NOTIFY, __LINE__);
+    }
     if (got < 0 && !PyErr_ExceptionMatches(SSLZeroReturnError))
         return -1;
     PyErr_Clear();
-    if (SSL_get_shutdown(self->ssl) & SSL_RECEIVED_SHUTDOWN)
+    if (eng_shutdown(self) & SSL_RECEIVED_SHUTDOWN)
         return 0;
     raise_ssl(SSLWantReadError, PY_SSL_ERROR_WANT_READ, "The operation did not complete (read)", 0, __LINE__, self);
     return -1;
@@ -1196,6 +1612,21 @@ Engine_unwrap(Engine *self, PyObject *Py_UNUSED(ignored))
 {
     /* Own reads: OpenSSL must not read the received bytes itself (its read sequence number is stale), which
      * SSL_shutdown does once our close_notify is out. */
+    if (self->gone != NULL) {
+        if (self->gone->dead) {
+            gone_raise(self, SSL_R_SHUTDOWN_WHILE_IN_INIT, __LINE__);  /* as SSL_shutdown after a fatal error */
+            return NULL;
+        }
+        if (!(self->gone->shutdown & SSL_SENT_SHUTDOWN)) {
+            static const unsigned char close_notify[2] = {1, SSL_AD_CLOSE_NOTIFY};  /* warning, as OpenSSL's */
+            if (gone_send(self, 21, close_notify, 2) < 0)
+                return NULL;
+            self->gone->shutdown |= SSL_SENT_SHUTDOWN;
+        }
+        if (own_unwrap_wait(self) < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
     if (own_unwrap_wait(self) < 0)
         return NULL;
     int ret = SSL_shutdown(self->ssl);
@@ -1212,7 +1643,9 @@ static PyObject *
 Engine_peer_certificate(Engine *self, PyObject *Py_UNUSED(ignored))
 {
     /* DER of the peer's certificate, or None. */
-    X509 *cert = SSL_get1_peer_certificate(self->ssl);
+    X509 *cert = self->gone != NULL ? self->gone->peer : SSL_get1_peer_certificate(self->ssl);
+    if (cert != NULL && self->gone != NULL)
+        X509_up_ref(cert);
     if (cert == NULL)
         Py_RETURN_NONE;
     unsigned char *der = NULL;
@@ -1230,19 +1663,19 @@ Engine_peer_certificate(Engine *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 Engine_handshake_done(Engine *self, PyObject *Py_UNUSED(ignored))
 {
-    return PyBool_FromLong(SSL_is_init_finished(self->ssl));
+    return PyBool_FromLong(self->gone != NULL || SSL_is_init_finished(self->ssl));
 }
 
 static PyObject *
 Engine_verify_mode(Engine *self, PyObject *Py_UNUSED(ignored))
 {
-    return PyLong_FromLong(SSL_get_verify_mode(self->ssl));
+    return PyLong_FromLong(self->gone != NULL ? self->gone->verify_mode : SSL_get_verify_mode(self->ssl));
 }
 
 static PyObject *
 Engine_cipher(Engine *self, PyObject *Py_UNUSED(ignored))
 {
-    const SSL_CIPHER *c = SSL_get_current_cipher(self->ssl);
+    const SSL_CIPHER *c = self->gone != NULL ? self->gone->cipher : SSL_get_current_cipher(self->ssl);
     if (c == NULL)
         Py_RETURN_NONE;
     return Py_BuildValue("(ssi)", SSL_CIPHER_get_name(c), SSL_CIPHER_get_version(c), SSL_CIPHER_get_bits(c, NULL));
@@ -1251,6 +1684,8 @@ Engine_cipher(Engine *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 Engine_version(Engine *self, PyObject *Py_UNUSED(ignored))
 {
+    if (self->gone != NULL)
+        return PyUnicode_FromString("TLSv1.3");
     if (!SSL_is_init_finished(self->ssl))
         Py_RETURN_NONE;
     return PyUnicode_FromString(SSL_get_version(self->ssl));
@@ -1261,7 +1696,12 @@ Engine_selected_alpn_protocol(Engine *self, PyObject *Py_UNUSED(ignored))
 {
     const unsigned char *p = NULL;
     unsigned int len = 0;
-    SSL_get0_alpn_selected(self->ssl, &p, &len);
+    if (self->gone != NULL) {
+        p = self->gone->alpn;
+        len = self->gone->alpn_len;
+    }
+    else
+        SSL_get0_alpn_selected(self->ssl, &p, &len);
     if (p == NULL || len == 0)
         Py_RETURN_NONE;
     return PyUnicode_FromStringAndSize((const char *)p, len);
@@ -1270,13 +1710,28 @@ Engine_selected_alpn_protocol(Engine *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 Engine_session_reused(Engine *self, PyObject *Py_UNUSED(ignored))
 {
-    return PyBool_FromLong(SSL_session_reused(self->ssl));
+    return PyBool_FromLong(self->gone != NULL ? self->gone->reused : SSL_session_reused(self->ssl));
 }
 
 static PyObject *
 Engine_shared_ciphers(Engine *self, PyObject *Py_UNUSED(ignored))
 {
     /* As CPython 3.11+: the server's ciphers that the client offered too. */
+    if (self->gone != NULL) {
+        if (self->gone->n_shared == 0xffff)
+            Py_RETURN_NONE;
+        PyObject *res = PyList_New(self->gone->n_shared);
+        for (int i = 0; res != NULL && i < self->gone->n_shared; i++) {
+            const SSL_CIPHER *c = self->gone->shared[i];
+            PyObject *t = Py_BuildValue("(ssi)", SSL_CIPHER_get_name(c), SSL_CIPHER_get_version(c),
+                                        SSL_CIPHER_get_bits(c, NULL));
+            if (t == NULL)
+                Py_CLEAR(res);
+            else
+                PyList_SET_ITEM(res, i, t);
+        }
+        return res;
+    }
     STACK_OF(SSL_CIPHER) *server = SSL_get_ciphers(self->ssl);
     STACK_OF(SSL_CIPHER) *client = SSL_get_client_ciphers(self->ssl);
     if (server == NULL || client == NULL)
@@ -1306,6 +1761,11 @@ Engine_tls_unique(Engine *self, PyObject *Py_UNUSED(ignored))
     char buf[EVP_MAX_MD_SIZE];
     size_t len;
     /* As CPython: the first Finished message of the handshake (RFC 5929). */
+    if (self->gone != NULL) {
+        if (self->gone->fin_len == 0)
+            Py_RETURN_NONE;
+        return PyBytes_FromStringAndSize((const char *)self->gone->fin, self->gone->fin_len);
+    }
     if (SSL_session_reused(self->ssl) ^ !self->server_side)
         len = SSL_get_finished(self->ssl, buf, sizeof buf);
     else
@@ -1383,6 +1843,20 @@ Engine_key_update(Engine *self, PyObject *arg)
     int requested = PyObject_IsTrue(arg);
     if (requested < 0)
         return NULL;
+    if (self->gone != NULL) {  /* sent at once, under the old key; what we write next uses the new one */
+        if (self->gone->dead || (self->gone->shutdown & SSL_SENT_SHUTDOWN)) {
+            gone_raise(self, SSL_R_PROTOCOL_IS_SHUTDOWN, __LINE__);
+            return NULL;
+        }
+        const unsigned char msg[5] = {SSL3_MT_KEY_UPDATE, 0, 0, 1, (unsigned char)requested};
+        if (gone_send(self, 22, msg, 5) < 0)
+            return NULL;
+        if (tls13_dir_update(self->rec_write) < 0) {
+            gone_fatal(self, SSL_AD_INTERNAL_ERROR, ERR_R_INTERNAL_ERROR, __LINE__);
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
     if (SSL_key_update(self->ssl, requested ? SSL_KEY_UPDATE_REQUESTED : SSL_KEY_UPDATE_NOT_REQUESTED) != 1)
         return ssl_error(self, 0, __LINE__);
     Py_RETURN_NONE;
@@ -1392,6 +1866,12 @@ static PyObject *
 Engine_own_writes(Engine *self, PyObject *Py_UNUSED(ignored))
 {
     return PyBool_FromLong(self->own_w);
+}
+
+static PyObject *
+Engine_ssl_freed(Engine *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(self->gone != NULL);
 }
 
 static PyObject *
@@ -1457,6 +1937,8 @@ static PyMethodDef Engine_methods[] = {
     {"do_handshake", (PyCFunction)Engine_do_handshake, METH_NOARGS, "SSL_do_handshake, as SSLObject's."},
     {"_key_update", (PyCFunction)Engine_key_update, METH_O,
      "_key_update(requested): send a KeyUpdate with the next write (SSL_key_update; TLS 1.3)."},
+    {"_ssl_freed", (PyCFunction)Engine_ssl_freed, METH_NOARGS,
+     "Whether the SSL was freed after the handshake (own records both ways; see free_ssl)."},
     {"_own_reads", (PyCFunction)Engine_own_reads, METH_NOARGS,
      "Whether whole application records are opened by the engine itself (until a malformed header)."},
     {"_own_writes", (PyCFunction)Engine_own_writes, METH_NOARGS,
@@ -2215,7 +2697,7 @@ Receive_vectorcall(ReceiveObject *self, PyObject *const *args, size_t nargsf, Py
         partial = 0;
     if (e->more)
         partial = -1;  /* the engine still has something to say: never skip this read */
-    if ((Py_ssize_t)in_pending(e) <= partial && SSL_pending(e->ssl) == 0) {
+    if ((Py_ssize_t)in_pending(e) <= partial && eng_pending(e) == 0) {
         ok = 1;
         goto done;
     }
@@ -2927,7 +3409,28 @@ kept_buffers(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
     return PyLong_FromLong(keep_count);
 }
 
+/* _set_ciphersuites(context, suites): SSL_CTX_set_ciphersuites, which ssl.SSLContext does not offer (3.11-3.13);
+ * for tests that must choose a TLS 1.3 suite. */
+static PyObject *
+set_ciphersuites(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *context;
+    const char *suites;
+    if (!PyArg_ParseTuple(args, "Os:_set_ciphersuites", &context, &suites))
+        return NULL;
+    SSL_CTX *ctx = context_ctx(context);
+    if (ctx == NULL)
+        return NULL;
+    if (SSL_CTX_set_ciphersuites(ctx, suites) != 1) {
+        ERR_clear_error();
+        PyErr_Format(PyExc_ValueError, "no TLS 1.3 cipher suite in %s", suites);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
+    {"_set_ciphersuites", set_ciphersuites, METH_VARARGS, "_set_ciphersuites(context, suites): for tests."},
     {"kept_buffers", kept_buffers, METH_NOARGS, "How many connections keep their record buffers now."},
     {"spare_backlogs", spare_backlogs, METH_NOARGS, "How many empty backlog deques wait for the next write."},
     {"context_matches", context_matches, METH_VARARGS, "Check the SSL_CTX read from an SSLContext."},

@@ -6,7 +6,9 @@ then gets ``ssl.SSLObject`` over two ``MemoryBIO`` (logged once per reason, at d
 it off for the process, as does ``URINGWS_TLS_ENGINE=0`` for this engine alone.
 
 On a TLS 1.3 connection the engine seals application data itself once the handshake is done (``_tls13.h``), and
-OpenSSL keeps everything else; ``URINGWS_OWN_RECORDS=0`` leaves all records to OpenSSL.
+OpenSSL keeps everything else; ``URINGWS_OWN_RECORDS=0`` leaves all records to OpenSSL. A TLS 1.3 server
+connection then frees its OpenSSL ``SSL`` (most of its memory) right after the handshake, and the engine also
+does the alerts, close_notify and KeyUpdate that OpenSSL did; ``URINGWS_FREE_SSL=0`` keeps the ``SSL``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ logger = logging.getLogger("uringws.tls")
 _engine: ModuleType | None = None
 # Whether engines capture their traffic secrets, so that a TLS 1.3 server seals its own application data.
 OWN_RECORDS = os.environ.get("URINGWS_OWN_RECORDS", "1") != "0"
+# Whether such a server frees its SSL after the handshake (own records both ways; docs/tls.md).
+FREE_SSL = os.environ.get("URINGWS_FREE_SSL", "1") != "0"
 _reason = ""
 # Offsets (in the context object) of the 3.13 PSK callbacks, which ssl.SSLContext does not expose.
 _psk_offsets: tuple[int, ...] = ()
@@ -97,6 +101,7 @@ _compiled.register(
     _reason
     or (
         "TLS through OpenSSL with our own BIOs; TLS 1.3 application records sealed and opened here"
+        + ("; the SSL freed after a TLS 1.3 server's handshake" if FREE_SSL else " (SSL kept: URINGWS_FREE_SSL=0)")
         if OWN_RECORDS
         else "TLS records through OpenSSL with our own BIOs (own TLS 1.3 records off: URINGWS_OWN_RECORDS=0)"
     ),
@@ -153,7 +158,7 @@ def new_engine(context: ssl.SSLContext, server_side: bool, session: ssl.SSLSessi
             logger.debug("TLS connection on the stdlib's ssl (not the compiled engine): %s", why)
         return None
     assert _engine is not None
-    return _engine.Engine(context, server_side, record_keys=OWN_RECORDS)
+    return _engine.Engine(context, server_side, record_keys=OWN_RECORDS, free_ssl=FREE_SSL)
 
 
 class CompiledSSLObject(ssl.SSLObject):
