@@ -282,6 +282,25 @@ def test_application_data_after_our_close_notify(reader: str, tmp_path: Path, mo
         assert seen["freed"][1] == "SSLError:APPLICATION_DATA_AFTER_CLOSE_NOTIFY"
 
 
+@pytest.mark.parametrize("requested", [0, 1])
+def test_a_key_update_after_our_close_notify(requested: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After our close_notify the peer may still update its key and write: its data is read under the next key,
+    and a requested update is not answered (nothing more goes out after close_notify), as OpenSSL does."""
+    seen = {}
+    for kind in KINDS:
+        peer = Peer(kind, "TLS_AES_128_GCM_SHA256", tmp_path, monkeypatch)
+        obj = peer.server.obj
+        steps = [_attempt(obj.unwrap)]
+        wire = peer.send.seal(22, b"\x18\x00\x00\x01" + bytes([requested]))
+        peer.send.update()
+        peer.server.feed(wire + peer.send.seal(23, b"after the update") + peer.send.seal(21, b"\x01\x00"))
+        steps += [_attempt(lambda: obj.read(100)), _attempt(lambda: obj.read(100)), _attempt(obj.unwrap)]
+        steps.append(peer.recv.open_all(peer.server.take()))
+        seen[kind] = steps
+    assert seen["freed"] == seen["kept"] == seen["pure"], seen
+    assert seen["freed"][1] == b"after the update" and seen["freed"][4] == [(21, b"\x01\x00")]
+
+
 def test_the_queries_answer_as_before_the_ssl_was_freed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     answers = {}
     for kind in KINDS:
