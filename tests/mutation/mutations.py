@@ -1270,6 +1270,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "a KeyUpdate the peer requested is never answered: it keeps writing under a key we stopped using",
     ),
     Mutation(
+        "ssl-freed-key-update-answered-after-close-notify",
+        ENGINE,
+        "        if (requested && !(g->shutdown & SSL_SENT_SHUTDOWN)) {",
+        "        if (requested) {",
+        ("tests/tls/test_ssl_freed.py::test_a_key_update_after_our_close_notify",),
+        "a KeyUpdate requested after our close_notify is answered: a record after close_notify, which OpenSSL never sends",
+    ),
+    Mutation(
         "ssl-freed-fatal-without-alert",
         ENGINE,
         "    if (alert >= 0 && !g->dead) {",
