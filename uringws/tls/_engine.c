@@ -1358,7 +1358,32 @@ read_all_into(Engine *self, char *buf, size_t cap, Py_ssize_t partial)
     return read_into(self, buf, cap, partial);
 }
 
-/* read_all_into without the kept-buffer bookkeeping (read() does none, as before own reads). */
+/* own_read() into buf[*total:cap], its answer made read_into's: 1 when OpenSSL (or, the SSL freed, the peer's
+ * close_notify) comes next and the caller goes on; else 0 with *ret what read_into returns: the count, `more` set
+ * (an error after data is stashed behind it), or -1 with the exception. */
+static int
+own_read_step(Engine *self, char *buf, size_t cap, size_t *total, Py_ssize_t *ret)
+{
+    size_t n = 0;
+    int r = own_read(self, buf + *total, cap - *total, &n);
+    *total += n;
+    if (r == OWN_SSL)
+        return 1;
+    if (r >= 0)
+        self->more = r == OWN_FULL;
+    else if (*total == 0) {
+        self->more = 0;
+        *ret = -1;
+        return 0;
+    }
+    else {
+        stash_error(self);
+        self->more = 1;
+    }
+    *ret = (Py_ssize_t)*total;
+    return 0;
+}
+
 /* read_into with the SSL freed: what `held` has, then own reads; a close_notify and errors as OpenSSL's. */
 static Py_ssize_t
 gone_read_into(Engine *self, char *buf, size_t cap)
@@ -1388,24 +1413,9 @@ gone_read_into(Engine *self, char *buf, size_t cap)
             return (Py_ssize_t)total;
         }
     }
-    if (!(g->shutdown & SSL_RECEIVED_SHUTDOWN)) {
-        size_t n = 0;
-        int r = own_read(self, buf + total, cap - total, &n);
-        total += n;
-        if (r < 0) {
-            if (total == 0) {
-                self->more = 0;
-                return -1;
-            }
-            stash_error(self);
-            self->more = 1;
-            return (Py_ssize_t)total;
-        }
-        if (r != OWN_SSL) {
-            self->more = r == OWN_FULL;
-            return (Py_ssize_t)total;
-        }
-    }
+    Py_ssize_t ret;
+    if (!(g->shutdown & SSL_RECEIVED_SHUTDOWN) && !own_read_step(self, buf, cap, &total, &ret))
+        return ret;
     if (total > 0) {  /* the close_notify is raised by the next call */
         self->more = 1;
         return (Py_ssize_t)total;
@@ -1415,6 +1425,7 @@ gone_read_into(Engine *self, char *buf, size_t cap)
     return -1;
 }
 
+/* read_all_into without the kept-buffer bookkeeping (read() does none, as before own reads). */
 static Py_ssize_t
 read_into(Engine *self, char *buf, size_t cap, Py_ssize_t partial)
 {
@@ -1425,24 +1436,11 @@ read_into(Engine *self, char *buf, size_t cap, Py_ssize_t partial)
     while (total < cap) {
         size_t n = 0;
         if (own_read_ok(self)) {
-            int r = own_read(self, buf + total, cap - total, &n);
-            total += n;
-            if (r < 0) {
-                if (total == 0) {
-                    self->more = 0;
-                    return -1;
-                }
-                stash_error(self);
-                self->more = 1;
-                return (Py_ssize_t)total;
-            }
-            if (r != OWN_SSL) {
-                self->more = r == OWN_FULL;
-                return (Py_ssize_t)total;
-            }
+            Py_ssize_t done;
+            if (!own_read_step(self, buf, cap, &total, &done))
+                return done;
             if (total == cap)
                 break;
-            n = 0;
         }
         ret = SSL_read_ex(self->ssl, buf + total, cap - total, &n);
         if (self->feed != NULL && self->feed_pos == self->feed_len) {
