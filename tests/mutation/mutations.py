@@ -1343,6 +1343,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "with the SSL kept, a KeyUpdate sent in pieces does not move our read key: the next record fails",
     ),
     Mutation(
+        "ssl-freed-padding-past-the-read",
+        ENGINE,
+        "            if (!fits && (size_t)m <= cap - got) {",
+        "            if (0) {",
+        ("tests/tls/test_ssl_freed.py::test_the_freed_ssl_does_what_openssl_does",),
+        "content that fits the read, with padding that does not, asks for a negative-sized buffer: MemoryError",
+    ),
+    Mutation(
         "plain-protocol-views-off",
         TR,
         "            self._buffered = self._view_sink is not None",

@@ -184,6 +184,9 @@ SCRIPTS: dict[str, list[tuple[Any, ...]]] = {
     "change_cipher_spec_inside": [("inner", 20, b"\x01")],
     "unknown_content_type": [("inner", 99, b"?")],
     "padding": [("inner", 23, b"padded", 100)],
+    # Content that fits the 16384-byte read while its padding does not (this once raised MemoryError).
+    "padding_past_the_read": [("inner", 23, b"p" * 16383, 1), ("inner", 23, b"q" * 16300, 200), ("data", b"!")],
+    "full_content_padded": [("inner", 23, b"r" * 16384, 200)],
     "content_too_long": [("inner", 23, b"y" * 16385)],
     "bad_record_mac": [("data", b"ok"), ("raw", header(23, 0x0303, 40) + bytes(40))],
     "wrong_version": [("raw", header(23, 0x0301, 40) + bytes(40))],

@@ -1279,7 +1279,11 @@ own_read(Engine *self, char *buf, size_t cap, size_t *n)
                 goto error;
             }
             self->gone->alerts = 0;  /* (application data after our close_notify is still read, as SSL_read does) */
-            if (!fits) {  /* (got is 0 here) what does not fit waits in `held` for the next read */
+            if (!fits && (size_t)m <= cap - got) {  /* only the padding did not fit */
+                memcpy(buf + got, plain, (size_t)m);
+                OPENSSL_cleanse(plain, (size_t)m);
+            }
+            else if (!fits) {  /* (got is 0 here) what does not fit waits in `held` for the next read */
                 size_t rest = (size_t)m - (cap - got);
                 unsigned char *h = malloc(rest);
                 if (h == NULL) {
