@@ -36,6 +36,7 @@ SELECTOR = "uringws/loop/selector.py"
 ENGINE = "uringws/tls/_engine.c"
 RINGC = "uringws/ring/_ringc.c"
 FASTATTR = "uringws/_fastattr.h"
+TLS13 = "uringws/tls/_tls13.h"
 
 SQ_TESTS = ("tests/loop/test_sendqueue.py",)
 TR_TESTS = (
@@ -1208,10 +1209,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "own-writes-shared-context-not-rekeyed",
         "uringws/tls/_tls13.h",
-        "    if (*id != d->id) {",
-        "    if (*id == 0) {",
-        ("tests/tls/test_own_records_in_use.py::test_connections_taking_turns_on_the_shared_cipher_context",),
-        "the shared AEAD context keeps the key of the first connection that used it: others are sealed under it",
+        "    if (*id != d->id) {\n        if (EVP_CipherInit_ex",
+        "    if (*id == 0) {\n        if (EVP_CipherInit_ex",
+        ("tests/tls/test_aead_paths.py::test_connections_sharing_the_contexts_keep_their_keys",),
+        "the shared EVP AEAD context keeps the key of the first connection that used it: others are sealed under it",
     ),
     Mutation(
         "own-reads-feed-not-spoiled",
@@ -1349,6 +1350,22 @@ MUTATIONS: tuple[Mutation, ...] = (
         "            if (0) {",
         ("tests/tls/test_ssl_freed.py::test_the_freed_ssl_does_what_openssl_does",),
         "content that fits the read, with padding that does not, asks for a negative-sized buffer: MemoryError",
+    ),
+    Mutation(
+        "aead-direct-keeps-the-last-key",
+        TLS13,
+        "    if (*id != d->id) {\n        int ok = d->enc",
+        "    if (*id == 0) {\n        int ok = d->enc",
+        ("tests/tls/test_aead_paths.py",),
+        "the provider's shared context keeps the first connection's key: the others' records fail their tag",
+    ),
+    Mutation(
+        "aead-direct-nonce-not-set",
+        TLS13,
+        "im->einit(p, NULL, 0, nonce, TLS13_NONCE, NULL) == 1",
+        "im->einit(p, NULL, 0, NULL, 0, NULL) == 1",
+        ("tests/tls/test_aead_paths.py",),
+        "every record sealed directly reuses one nonce: the peer cannot open them (and GCM's key is exposed)",
     ),
     Mutation(
         "plain-protocol-views-off",

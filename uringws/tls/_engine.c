@@ -3431,7 +3431,40 @@ set_ciphersuites(PyObject *Py_UNUSED(module), PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* _set_aead_direct(flag): record protection through the provider's functions directly (True, the default where
+ * available) or through EVP (False); returns the previous setting. Both give the same records: for tests. */
+static PyObject *
+set_aead_direct(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    int flag = PyObject_IsTrue(arg);
+    if (flag < 0)
+        return NULL;
+    int was = tls13_direct;
+    tls13_direct = flag;
+    return PyBool_FromLong(was);
+}
+
+/* _aead_paths(): {suite name: "provider" or "evp"} for each suite used so far in this process. */
+static PyObject *
+aead_paths(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    static const char *const names[3] = {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384",
+                                         "TLS_CHACHA20_POLY1305_SHA256"};
+    PyObject *d = PyDict_New();
+    for (int i = 0; d != NULL && i < 3; i++) {
+        if (tls13_ciphers[i] == NULL)
+            continue;
+        PyObject *v = PyUnicode_FromString(tls13_direct && tls13_impl[i].newctx != NULL ? "provider" : "evp");
+        if (v == NULL || PyDict_SetItemString(d, names[i], v) < 0)
+            Py_CLEAR(d);
+        Py_XDECREF(v);
+    }
+    return d;
+}
+
 static PyMethodDef module_methods[] = {
+    {"_set_aead_direct", set_aead_direct, METH_O, "_set_aead_direct(flag) -> previous: for tests."},
+    {"_aead_paths", aead_paths, METH_NOARGS, "_aead_paths() -> {suite: 'provider' | 'evp'}: for tests."},
     {"_set_ciphersuites", set_ciphersuites, METH_VARARGS, "_set_ciphersuites(context, suites): for tests."},
     {"kept_buffers", kept_buffers, METH_NOARGS, "How many connections keep their record buffers now."},
     {"spare_backlogs", spare_backlogs, METH_NOARGS, "How many empty backlog deques wait for the next write."},

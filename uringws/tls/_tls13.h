@@ -16,6 +16,9 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/crypto.h>
+#include <openssl/core_dispatch.h>
+#include <openssl/core_names.h>
+#include <openssl/provider.h>
 
 #define TLS13_MAX_SECRET 48
 #define TLS13_TAG 16
@@ -41,6 +44,7 @@ typedef struct {
     unsigned char slen;
     unsigned char key_len;
     unsigned char suite;                       /* 0, 1, 2: TLS_AES_128_GCM_SHA256, ..._256_..., ChaCha20 */
+    unsigned char slot;                        /* which of tls13_pshared's slots this key uses */
 } Tls13Dir;
 
 /* The AEAD contexts, one per suite and direction for the whole process, keyed for one Tls13Dir at a time: a
@@ -75,6 +79,126 @@ tls13_ctx(Tls13Dir *d)
         *id = d->id;
     }
     return *c;
+}
+
+/* The same AEAD without EVP's bookkeeping: the functions of the provider implementation that EVP_CIPHER_fetch
+ * chose, called directly (OSSL_PROVIDER_query_operation is public API). OpenSSL 3.0's EVP asks the provider for the
+ * IV length at every EVP_CipherInit_ex with an IV (one get_ctx_params: eight OSSL_PARAM_locate/strcmp), that is at
+ * every record; a direct call passes the length, which TLS 1.3 fixes at 12. The calls and their arguments are
+ * those EVP makes (evp_enc.c: einit/dinit with the key, or with the IV; update with outsize = inl; final with
+ * outsize 0; the tag through get/set_ctx_params), so the provider does the same work either way. Used when the
+ * provider has exactly one implementation under the cipher's name with every function below; otherwise EVP is. */
+typedef struct {
+    OSSL_FUNC_cipher_newctx_fn *newctx;
+    OSSL_FUNC_cipher_freectx_fn *freectx;
+    OSSL_FUNC_cipher_encrypt_init_fn *einit;
+    OSSL_FUNC_cipher_decrypt_init_fn *dinit;
+    OSSL_FUNC_cipher_update_fn *update;
+    OSSL_FUNC_cipher_final_fn *final;
+    OSSL_FUNC_cipher_get_ctx_params_fn *get_ctx_params;
+    OSSL_FUNC_cipher_set_ctx_params_fn *set_ctx_params;
+    void *provctx;
+} Tls13Impl;
+
+static Tls13Impl tls13_impl[3];         /* .newctx NULL: not found (or not looked up yet), EVP is used */
+
+/* The provider's contexts, shared as tls13_shared's are, but in TLS13_SLOTS slots per suite and direction, which
+ * keys take in turn. With one context and many connections taking turns (each read or write of the loop is another
+ * connection's), the context would be keyed again at nearly every record (the AES key schedule and GCM's table,
+ * about 250 instructions per message of a 64-byte echo on 50 connections); with slots, only once more than
+ * TLS13_SLOTS keys are in use. A slot's context is allocated when first used and freed (its key cleansed) when its
+ * key goes: at most 2 * TLS13_SLOTS contexts (about 1 KiB each) per suite in use, however many connections. */
+#define TLS13_SLOTS 64
+static void *tls13_pshared[3][2][TLS13_SLOTS];
+static uint64_t tls13_pshared_id[3][2][TLS13_SLOTS];
+static unsigned tls13_next_slot[2];
+static int tls13_direct = 1;            /* 0: EVP for every record (_engine._set_aead_direct, for tests) */
+
+/* Whether `name` is one of the colon-separated names of an OSSL_ALGORITHM (names are case-insensitive). */
+static int
+tls13_names_have(const char *names, const char *name)
+{
+    size_t n = strlen(name);
+    for (const char *p = names; *p;) {
+        const char *e = strchr(p, ':');
+        size_t len = e != NULL ? (size_t)(e - p) : strlen(p);
+        if (len == n && OPENSSL_strncasecmp(p, name, n) == 0)
+            return 1;
+        if (e == NULL)
+            break;
+        p = e + 1;
+    }
+    return 0;
+}
+
+/* Fill tls13_impl[i] from the provider of tls13_ciphers[i], if it has one implementation of `name`. */
+static void
+tls13_impl_find(int i, const char *name)
+{
+    Tls13Impl im = {0};
+    const OSSL_PROVIDER *prov = EVP_CIPHER_get0_provider(tls13_ciphers[i]);
+    int no_store = 0, found = 0;
+    const OSSL_ALGORITHM *algs = prov != NULL ? OSSL_PROVIDER_query_operation(prov, OSSL_OP_CIPHER, &no_store) : NULL;
+    for (const OSSL_ALGORITHM *a = algs; a != NULL && a->algorithm_names != NULL; a++) {
+        if (!tls13_names_have(a->algorithm_names, name))
+            continue;
+        if (found++)
+            break;
+        for (const OSSL_DISPATCH *f = a->implementation; f->function_id != 0; f++) {
+            switch (f->function_id) {
+            case OSSL_FUNC_CIPHER_NEWCTX: im.newctx = OSSL_FUNC_cipher_newctx(f); break;
+            case OSSL_FUNC_CIPHER_FREECTX: im.freectx = OSSL_FUNC_cipher_freectx(f); break;
+            case OSSL_FUNC_CIPHER_ENCRYPT_INIT: im.einit = OSSL_FUNC_cipher_encrypt_init(f); break;
+            case OSSL_FUNC_CIPHER_DECRYPT_INIT: im.dinit = OSSL_FUNC_cipher_decrypt_init(f); break;
+            case OSSL_FUNC_CIPHER_UPDATE: im.update = OSSL_FUNC_cipher_update(f); break;
+            case OSSL_FUNC_CIPHER_FINAL: im.final = OSSL_FUNC_cipher_final(f); break;
+            case OSSL_FUNC_CIPHER_GET_CTX_PARAMS: im.get_ctx_params = OSSL_FUNC_cipher_get_ctx_params(f); break;
+            case OSSL_FUNC_CIPHER_SET_CTX_PARAMS: im.set_ctx_params = OSSL_FUNC_cipher_set_ctx_params(f); break;
+            }
+        }
+    }
+    if (algs != NULL)
+        OSSL_PROVIDER_unquery_operation(prov, OSSL_OP_CIPHER, algs);
+    im.provctx = prov != NULL ? OSSL_PROVIDER_get0_provider_ctx(prov) : NULL;
+    if (found == 1 && im.newctx && im.freectx && im.einit && im.dinit && im.update && im.final && im.get_ctx_params
+        && im.set_ctx_params)
+        tls13_impl[i] = im;
+}
+
+/* The provider's context of d's suite and direction, keyed with d's key; NULL if it cannot be made or keyed. */
+static void *
+tls13_pctx(Tls13Dir *d, const Tls13Impl *im)
+{
+    void **c = &tls13_pshared[d->suite][d->enc][d->slot];
+    uint64_t *id = &tls13_pshared_id[d->suite][d->enc][d->slot];
+    if (*c == NULL) {
+        if ((*c = im->newctx(im->provctx)) == NULL)
+            return NULL;
+        *id = 0;
+    }
+    if (*id != d->id) {
+        int ok = d->enc ? im->einit(*c, d->key, d->key_len, NULL, 0, NULL)
+                        : im->dinit(*c, d->key, d->key_len, NULL, 0, NULL);
+        if (ok != 1) {
+            *id = 0;
+            return NULL;
+        }
+        *id = d->id;
+    }
+    return *c;
+}
+
+/* d's key goes (the direction is freed, or moves to its next key): the slot that holds it is freed with it. */
+static void
+tls13_pctx_release(Tls13Dir *d)
+{
+    unsigned k = d->slot;
+    void **c = &tls13_pshared[d->suite][d->enc][k];
+    if (*c != NULL && tls13_pshared_id[d->suite][d->enc][k] == d->id) {
+        tls13_impl[d->suite].freectx(*c);  /* (the provider cleanses the key schedule) */
+        *c = NULL;
+        tls13_pshared_id[d->suite][d->enc][k] = 0;
+    }
 }
 
 static int engine_bio_type;  /* set at module init: BIO_method_type() of the engine's BIO */
@@ -165,6 +289,7 @@ tls13_dir_free(Tls13Dir *d)
         return;
     if (tls13_shared_id[d->suite][d->enc] == d->id)
         tls13_shared_id[d->suite][d->enc] = 0;  /* (ids are never reused; this only makes it plain) */
+    tls13_pctx_release(d);
     OPENSSL_cleanse(d->key, sizeof d->key);
     OPENSSL_cleanse(d->iv, sizeof d->iv);
     OPENSSL_cleanse(d->secret, sizeof d->secret);
@@ -178,7 +303,10 @@ tls13_dir_key(Tls13Dir *d)
     int ok = hkdf_expand_label(d->md, d->secret, d->slen, "key", d->key, d->key_len) == 0
              && hkdf_expand_label(d->md, d->secret, d->slen, "iv", d->iv, TLS13_NONCE) == 0;
     d->seq = 0;
+    if (d->id)
+        tls13_pctx_release(d);  /* a KeyUpdate: the previous key goes */
     d->id = tls13_next_id++;
+    d->slot = (unsigned char)(tls13_next_slot[d->enc]++ % TLS13_SLOTS);  /* in turn: 64 keys apart in time */
     if (!ok)
         ERR_clear_error();
     return ok ? 0 : -1;
@@ -215,8 +343,11 @@ tls13_dir_new(const SSL *ssl, const unsigned char *secret, size_t slen, int enc)
     }
     int i = (int)(id - 0x1301);
     const EVP_MD *md = SSL_CIPHER_get_handshake_digest(c);
-    if (tls13_ciphers[i] == NULL)
+    if (tls13_ciphers[i] == NULL) {
         tls13_ciphers[i] = EVP_CIPHER_fetch(NULL, names[i], NULL);
+        if (tls13_ciphers[i] != NULL)
+            tls13_impl_find(i, names[i]);
+    }
     Tls13Dir *d = PyMem_Calloc(1, sizeof *d);
     if (d == NULL) {
         PyErr_NoMemory();
@@ -263,6 +394,34 @@ tls13_nonce(Tls13Dir *d, unsigned char *nonce)
     d->seq++;
 }
 
+/* Encrypt a record's content and type (header at out, ciphertext at out + 5, then the tag) through the provider
+ * directly (tls13_impl) or through EVP: 1 done, 0 OpenSSL failed. */
+static int
+tls13_seal_direct(Tls13Dir *d, const Tls13Impl *im, const unsigned char *nonce, const unsigned char *data,
+                  size_t len, const unsigned char *ctype, unsigned char *out)
+{
+    void *p = tls13_pctx(d, im);
+    unsigned char *ct = out + 5, *tag = ct + len + 1;
+    size_t n;
+    OSSL_PARAM get[2] = {OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, tag, TLS13_TAG),
+                         OSSL_PARAM_construct_end()};
+    return p != NULL && im->einit(p, NULL, 0, nonce, TLS13_NONCE, NULL) == 1 && im->update(p, NULL, &n, 5, out, 5) == 1
+           && (len == 0 || im->update(p, ct, &n, len, data, len) == 1) && im->update(p, ct + len, &n, 1, ctype, 1) == 1
+           && im->final(p, tag, &n, 0) == 1 && im->get_ctx_params(p, get) == 1;
+}
+
+static int
+tls13_seal_evp(Tls13Dir *d, const unsigned char *nonce, const unsigned char *data, size_t len,
+               const unsigned char *ctype, unsigned char *out)
+{
+    EVP_CIPHER_CTX *c = tls13_ctx(d);
+    int n;
+    return c != NULL && EVP_CipherInit_ex(c, NULL, NULL, NULL, nonce, 1) == 1 && EVP_CipherUpdate(c, NULL, &n, out, 5) == 1
+           && EVP_CipherUpdate(c, out + 5, &n, data, (int)len) == 1
+           && EVP_CipherUpdate(c, out + 5 + len, &n, ctype, 1) == 1 && EVP_CipherFinal_ex(c, out + 5 + len + 1, &n) == 1
+           && EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_AEAD_GET_TAG, TLS13_TAG, out + 5 + len + 1) == 1;
+}
+
 /* Seal `len` bytes of content type `type` into out: 5 + len + 1 + 16 bytes (header, ciphertext of the content
  * and its type, tag). len <= 16384. 0, or -1 (OpenSSL failed; the direction is unusable). */
 static int
@@ -270,23 +429,46 @@ tls13_seal(Tls13Dir *d, int type, const unsigned char *data, size_t len, unsigne
 {
     size_t clen = len + 1 + TLS13_TAG;
     unsigned char nonce[TLS13_NONCE], ctype = (unsigned char)type;
-    int n;
     out[0] = 23;  /* opaque_type application_data, legacy_record_version 0x0303 */
     out[1] = 3;
     out[2] = 3;
     out[3] = (unsigned char)(clen >> 8);
     out[4] = (unsigned char)clen;
     tls13_nonce(d, nonce);
-    EVP_CIPHER_CTX *c = tls13_ctx(d);
-    if (c == NULL || EVP_CipherInit_ex(c, NULL, NULL, NULL, nonce, 1) != 1 || EVP_CipherUpdate(c, NULL, &n, out, 5) != 1
-        || EVP_CipherUpdate(c, out + 5, &n, data, (int)len) != 1
-        || EVP_CipherUpdate(c, out + 5 + len, &n, &ctype, 1) != 1
-        || EVP_CipherFinal_ex(c, out + 5 + len + 1, &n) != 1
-        || EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_AEAD_GET_TAG, TLS13_TAG, out + 5 + len + 1) != 1) {
+    const Tls13Impl *im = &tls13_impl[d->suite];
+    if (!(tls13_direct && im->newctx != NULL ? tls13_seal_direct(d, im, nonce, data, len, &ctype, out)
+                                             : tls13_seal_evp(d, nonce, data, len, &ctype, out))) {
         ERR_clear_error();
         return -1;
     }
     return 0;
+}
+
+/* Decrypt a whole record's ciphertext (clen bytes from rec + 5, the tag included) into out, as above: 1 done, 0 the
+ * tag does not match (or OpenSSL failed). */
+static int
+tls13_open_direct(Tls13Dir *d, const Tls13Impl *im, const unsigned char *nonce, const unsigned char *rec,
+                  size_t clen, unsigned char *out)
+{
+    void *p = tls13_pctx(d, im);
+    size_t plen = clen - TLS13_TAG, n, m;
+    OSSL_PARAM set[2] = {OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, (void *)(rec + 5 + plen),
+                                                           TLS13_TAG),
+                         OSSL_PARAM_construct_end()};
+    return p != NULL && im->dinit(p, NULL, 0, nonce, TLS13_NONCE, NULL) == 1 && im->update(p, NULL, &n, 5, rec, 5) == 1
+           && im->update(p, out, &n, plen, rec + 5, plen) == 1 && im->set_ctx_params(p, set) == 1
+           && im->final(p, out + n, &m, 0) == 1;
+}
+
+static int
+tls13_open_evp(Tls13Dir *d, const unsigned char *nonce, const unsigned char *rec, size_t clen, unsigned char *out)
+{
+    EVP_CIPHER_CTX *c = tls13_ctx(d);
+    int n, m;
+    return c != NULL && EVP_CipherInit_ex(c, NULL, NULL, NULL, nonce, 0) == 1 && EVP_CipherUpdate(c, NULL, &n, rec, 5) == 1
+           && EVP_CipherUpdate(c, out, &n, rec + 5, (int)(clen - TLS13_TAG)) == 1
+           && EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_AEAD_SET_TAG, TLS13_TAG, (void *)(rec + 5 + clen - TLS13_TAG)) == 1
+           && EVP_CipherFinal_ex(c, out + n, &m) == 1;
 }
 
 /* Open one whole record (header included, `len` bytes) into out (room for len - 5 - 16 bytes): the content's
@@ -301,13 +483,10 @@ tls13_open(Tls13Dir *d, const unsigned char *rec, size_t len, unsigned char *out
     if (clen != len - 5 || clen > TLS13_MAX_CIPHERTEXT)
         return -1;
     unsigned char nonce[TLS13_NONCE];
-    int n, m;
     tls13_nonce(d, nonce);
-    EVP_CIPHER_CTX *c = tls13_ctx(d);
-    if (c == NULL || EVP_CipherInit_ex(c, NULL, NULL, NULL, nonce, 0) != 1 || EVP_CipherUpdate(c, NULL, &n, rec, 5) != 1
-        || EVP_CipherUpdate(c, out, &n, rec + 5, (int)(clen - TLS13_TAG)) != 1
-        || EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_AEAD_SET_TAG, TLS13_TAG, (void *)(rec + len - TLS13_TAG)) != 1
-        || EVP_CipherFinal_ex(c, out + n, &m) != 1) {
+    const Tls13Impl *im = &tls13_impl[d->suite];
+    if (!(tls13_direct && im->newctx != NULL ? tls13_open_direct(d, im, nonce, rec, clen, out)
+                                             : tls13_open_evp(d, nonce, rec, clen, out))) {
         ERR_clear_error();
         return -2;
     }
