@@ -9,6 +9,11 @@ capacity. Servers alternate within each run; the medians and the ratio to the la
 
     python benchmarks/capped_echo.py                       # uringws, uringws-dispatch, picows; 3 runs each
     python benchmarks/capped_echo.py --quota 0.4 --runs 5 --json capped.json
+    python benchmarks/capped_echo.py --tree before=../old-checkout \
+        --servers uringws-dispatch@before,uringws-dispatch,picows   # A/B of a change, in one run
+
+``NAME@LABEL`` runs server NAME from the source tree given as ``--tree LABEL=PATH`` (its ``benchmarks/servers``
+script, with ``PYTHONPATH=PATH``; build its extensions in place first).
 
 Needs root and the cgroup v1 ``cpu`` controller at /sys/fs/cgroup/cpu (or cgroup v2's ``cpu.max``).
 """
@@ -67,11 +72,30 @@ class Cgroup:
                 time.sleep(0.1)  # its processes are still exiting
 
 
-def start_server(name: str, cert: tuple[str, str], cgroup: Cgroup) -> tuple[subprocess.Popen[bytes], int]:
-    spec = SERVERS[name]
-    cmd = ["taskset", "-c", "0", sys.executable, str(HERE / "servers" / spec.script), "--loop", spec.loop,
+def server_command(name: str, cert: tuple[str, str], trees: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """The command and environment of server ``name``: a key of SERVERS, or ``NAME@LABEL`` for NAME from the source
+    tree ``trees[LABEL]``."""
+    base, _, label = name.partition("@")
+    if base not in SERVERS:
+        raise SystemExit(f"unknown server {base!r}: one of {', '.join(SERVERS)}")
+    env = dict(os.environ)
+    servers = HERE / "servers"
+    if label:
+        if label not in trees:
+            raise SystemExit(f"{name}: no --tree {label}=PATH")
+        tree = Path(trees[label]).resolve()
+        servers = tree / "benchmarks" / "servers"
+        env["PYTHONPATH"] = str(tree)
+    spec = SERVERS[base]
+    cmd = ["taskset", "-c", "0", sys.executable, str(servers / spec.script), "--loop", spec.loop,
            "--mode", "echo", "--certfile", cert[0], "--keyfile", cert[1]]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    return cmd, env
+
+
+def start_server(name: str, cert: tuple[str, str], cgroup: Cgroup,
+                 trees: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
+    cmd, env = server_command(name, cert, trees)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
     cgroup.add(proc.pid)
     assert proc.stdout is not None
     deadline = time.monotonic() + 30
@@ -94,7 +118,7 @@ def cpu_times(pid: int) -> tuple[int, int]:
 
 
 def run_one(name: str, cert: tuple[str, str], cgroup: Cgroup, args: argparse.Namespace) -> dict[str, Any]:
-    proc, port = start_server(name, cert, cgroup)
+    proc, port = start_server(name, cert, cgroup, args.trees)
     try:
         cmd = ["taskset", "-c", "1", sys.executable, str(HERE / "loadclient.py"), "--url", f"wss://127.0.0.1:{port}/",
                "--server-pid", str(proc.pid), "--scenario", "echo", "--size", str(args.size),
@@ -131,10 +155,15 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--json", dest="json_path", help="write every run here")
+    parser.add_argument("--tree", action="append", default=[], metavar="LABEL=PATH",
+                        help="a source tree whose servers are named NAME@LABEL in --servers (repeatable)")
     args = parser.parse_args()
+    args.trees = dict(t.split("=", 1) for t in args.tree)
     if shutil.which("taskset") is None:
         raise SystemExit("needs taskset (util-linux)")
     names = args.servers.split(",")
+    for name in names:
+        server_command(name, ("", ""), args.trees)  # unknown names and labels stop here, before any run
     cgroup = Cgroup(args.quota)
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     try:
@@ -145,7 +174,7 @@ def main() -> int:
                 for name in names:
                     r = run_one(name, cert, cgroup, args)
                     runs[name].append(r)
-                    print(f"run {i + 1} {name:17s} {r.get('server_cpu_us_per_msg', float('nan')):7.2f} µs/msg  "
+                    print(f"run {i + 1} {name:24s} {r.get('server_cpu_us_per_msg', float('nan')):7.2f} µs/msg  "
                           f"({r.get('server_sys_share', float('nan')):.0%} system)  "
                           f"server {r.get('server_cpu_pct', 0):5.1f} %  client {r.get('client_cpu_pct', 0):5.1f} %",
                           flush=True)
@@ -158,7 +187,7 @@ def main() -> int:
         vals = [r["server_cpu_us_per_msg"] for r in runs[name]]
         med = statistics.median(vals)
         share = statistics.median(r.get("server_sys_share", float("nan")) for r in runs[name])
-        print(f"  {name:17s} {' '.join(f'{v:.2f}' for v in vals):30s} median {med:.2f}  ÷ {names[-1]} {med / ref:.2f}"
+        print(f"  {name:24s} {' '.join(f'{v:.2f}' for v in vals):30s} median {med:.2f}  ÷ {names[-1]} {med / ref:.2f}"
               f"  (user {med * (1 - share):.2f}, system {med * share:.2f})")
     if args.json_path:
         Path(args.json_path).write_text(json.dumps({"args": vars(args), "runs": runs}, indent=1))

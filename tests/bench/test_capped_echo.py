@@ -44,3 +44,23 @@ def test_the_server_is_held_to_its_quota_and_measured(tmp_path: Path) -> None:
         median = statistics.median(r["server_cpu_us_per_msg"] for r in runs)
         assert f"median {median:.2f}" in proc.stdout, proc.stdout
     assert not list(Path("/sys/fs/cgroup/cpu").glob("uringws-capped-*")), "the cgroup was left behind"
+
+
+def test_a_server_from_another_tree_runs_that_tree(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("capped_echo", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cert = ("c.pem", "k.pem")
+    cmd, env = mod.server_command("uringws-dispatch@old", cert, {"old": str(tmp_path)})
+    assert cmd[4] == str(tmp_path.resolve() / "benchmarks" / "servers" / "uringws_dispatch_server.py")
+    assert env["PYTHONPATH"] == str(tmp_path.resolve())
+    cmd, env = mod.server_command("uringws-dispatch", cert, {"old": str(tmp_path)})
+    assert cmd[4] == str(SCRIPT.parent / "servers" / "uringws_dispatch_server.py")
+    assert env.get("PYTHONPATH") == os.environ.get("PYTHONPATH")
+    with pytest.raises(SystemExit, match="no --tree new=PATH"):
+        mod.server_command("uringws@new", cert, {"old": str(tmp_path)})
+    with pytest.raises(SystemExit, match="unknown server"):
+        mod.server_command("nginx", cert, {})
