@@ -1368,6 +1368,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "every record sealed directly reuses one nonce: the peer cannot open them (and GCM's key is exposed)",
     ),
     Mutation(
+        "aead-slots-never-freed",
+        TLS13,
+        "    if (*c != NULL && tls13_pshared_id[d->suite][d->enc][k] == d->id) {",
+        "    if (0) {",
+        ("tests/tls/test_engine_memory.py",),
+        "the provider's shared contexts outlive their keys: closed connections' keys stay in memory",
+    ),
+    Mutation(
         "plain-protocol-views-off",
         TR,
         "            self._buffered = self._view_sink is not None",
