@@ -1368,6 +1368,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "every record sealed directly reuses one nonce: the peer cannot open them (and GCM's key is exposed)",
     ),
     Mutation(
+        "aead-provider-never-found",
+        TLS13,
+        "        if (len == n && OPENSSL_strncasecmp(p, name, n) == 0)",
+        "        if (0)",
+        ("tests/tls/test_aead_paths.py",),
+        "the provider's implementation is never found: every record goes through EVP, silently slower",
+    ),
+    Mutation(
         "aead-slots-never-freed",
         TLS13,
         "    if (*c != NULL && tls13_pshared_id[d->suite][d->enc][k] == d->id) {",

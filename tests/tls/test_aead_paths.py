@@ -148,3 +148,13 @@ def test_scripts_give_the_same_on_either_path(name: str, tmp_path: Path, monkeyp
             _engine._set_aead_direct(was)
     assert seen[True, "freed"] == seen[False, "freed"], seen
     assert seen[True, "kept"] == seen[False, "kept"], seen
+
+
+def test_doctor_says_which_path_records_take() -> None:
+    from uringws import _compiled
+
+    assert _engine is not None
+    direct = _engine._aead_direct_available()
+    assert direct is True  # OpenSSL 3's default provider: AES-256-GCM has one implementation with every function
+    in_use, reason = _compiled.status()["tls._engine"]
+    assert in_use and "the AEAD provider called directly" in reason, reason

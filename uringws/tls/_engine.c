@@ -3462,7 +3462,25 @@ aead_paths(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
     return d;
 }
 
+/* _aead_direct_available(): whether the provider of AES-256-GCM (as EVP_CIPHER_fetch finds it) can be called
+ * directly, as own TLS 1.3 records then are (for uringws doctor; fetches the cipher if no record has yet). */
+static PyObject *
+aead_direct_available(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    if (tls13_ciphers[1] == NULL) {
+        tls13_ciphers[1] = EVP_CIPHER_fetch(NULL, "AES-256-GCM", NULL);
+        if (tls13_ciphers[1] == NULL) {
+            ERR_clear_error();
+            Py_RETURN_FALSE;
+        }
+        tls13_impl_find(1, "AES-256-GCM");
+    }
+    return PyBool_FromLong(tls13_impl[1].newctx != NULL);
+}
+
 static PyMethodDef module_methods[] = {
+    {"_aead_direct_available", aead_direct_available, METH_NOARGS,
+     "_aead_direct_available() -> bool: the AEAD provider called directly (else through EVP)."},
     {"_set_aead_direct", set_aead_direct, METH_O, "_set_aead_direct(flag) -> previous: for tests."},
     {"_aead_paths", aead_paths, METH_NOARGS, "_aead_paths() -> {suite: 'provider' | 'evp'}: for tests."},
     {"_set_ciphersuites", set_ciphersuites, METH_VARARGS, "_set_ciphersuites(context, suites): for tests."},

@@ -101,6 +101,8 @@ _compiled.register(
     _reason
     or (
         "TLS through OpenSSL with our own BIOs; TLS 1.3 application records sealed and opened here"
+        + (" (the AEAD provider called directly)" if _engine is not None and _engine._aead_direct_available()
+           else " (the AEAD through EVP)")
         + ("; the SSL freed after a TLS 1.3 server's handshake" if FREE_SSL else " (SSL kept: URINGWS_FREE_SSL=0)")
         if OWN_RECORDS
         else "TLS records through OpenSSL with our own BIOs (own TLS 1.3 records off: URINGWS_OWN_RECORDS=0)"
