@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,14 +27,21 @@ pytestmark = pytest.mark.skipif(
 _engine = engine_mod._engine if engine_mod.available() else None
 
 
-@pytest.fixture(params=["provider", "evp"])
-def path(request: pytest.FixtureRequest) -> Iterator[str]:
+@contextmanager
+def aead_direct(flag: bool) -> Iterator[None]:
+    """Own records through the provider directly (True) or through EVP (False) inside the block."""
     assert _engine is not None
-    was = _engine._set_aead_direct(request.param == "provider")
+    was = _engine._set_aead_direct(flag)
     try:
-        yield request.param
+        yield
     finally:
         _engine._set_aead_direct(was)
+
+
+@pytest.fixture(params=["provider", "evp"])
+def path(request: pytest.FixtureRequest) -> Iterator[str]:
+    with aead_direct(request.param == "provider"):
+        yield request.param
 
 
 def sizes(seed: int, count: int) -> list[int]:
@@ -120,8 +128,7 @@ def test_more_connections_than_slots_with_key_updates_and_closes(path: str, tmp_
 
 def test_the_path_may_change_between_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert _engine is not None
-    was = _engine._set_aead_direct(True)
-    try:
+    with aead_direct(True):
         peer = Peer("freed", "TLS_AES_128_GCM_SHA256", tmp_path, monkeypatch)
         for i in range(8):
             _engine._set_aead_direct(i % 3 != 0)
@@ -129,23 +136,17 @@ def test_the_path_may_change_between_records(tmp_path: Path, monkeypatch: pytest
             assert peer.server.deliver(peer.send.seal(23, message)) == (message, "want-read")
             peer.server.obj.write(message)
             assert peer.recv.open_all(peer.server.take()) == ([(23, message)] if message else [])
-    finally:
-        _engine._set_aead_direct(was)
 
 
 @pytest.mark.parametrize("name", ["key_update", "key_update_in_pieces", "padding", "bad_record_mac", "data",
                                   "close_notify_then_data", "fatal_alert"])
 def test_scripts_give_the_same_on_either_path(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert _engine is not None
     seen = {}
     for direct in (True, False):
-        was = _engine._set_aead_direct(direct)
-        try:
+        with aead_direct(direct):
             for kind in KINDS[1:]:
                 seen[direct, kind] = Peer(kind, "TLS_CHACHA20_POLY1305_SHA256", tmp_path, monkeypatch).run(
                     SCRIPTS[name])
-        finally:
-            _engine._set_aead_direct(was)
     assert seen[True, "freed"] == seen[False, "freed"], seen
     assert seen[True, "kept"] == seen[False, "kept"], seen
 

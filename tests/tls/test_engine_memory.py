@@ -20,6 +20,7 @@ import pytest
 
 from uringws.tls import engine as engine_mod
 
+from .test_aead_paths import aead_direct
 from .test_engine_parity import Client, Server, client_ctx, handshake, server_ctx
 
 pytestmark = pytest.mark.skipif(not engine_mod.available(), reason="compiled TLS engine not in use")
@@ -80,11 +81,8 @@ def evp_aead() -> Iterator[None]:
     """Own records through EVP's one context per suite and direction: the provider path's shared contexts (up to
     64 per direction, about 0.8 KiB each, held while their keys live) would show here as about 500 B per connection
     of 200, which is the process's, not a connection's (the test below holds them to their bound)."""
-    was = engine_mod._engine._set_aead_direct(False)
-    try:
+    with aead_direct(False):
         yield
-    finally:
-        engine_mod._engine._set_aead_direct(was)
 
 
 @pytest.mark.parametrize("version", ["TLSv1_3", "TLSv1_2"])
@@ -116,13 +114,10 @@ def test_the_shared_aead_contexts_are_bounded_and_go_with_their_keys() -> None:
     with_slots = _malloc_in_use() - before
     del direct
     after_close = _malloc_in_use() - before
-    was = engine_mod._engine._set_aead_direct(False)
-    try:
+    with aead_direct(False):
         evp = [_idle_server("compiled", sctx, cctx, True) for _ in range(N)]
         without = _malloc_in_use() - before
         del evp
-    finally:
-        engine_mod._engine._set_aead_direct(was)
     slots = with_slots - without
     report = f"{N} idle connections: {with_slots} B with the slots, {without} B on EVP, {after_close} B after closing"
     # 128 contexts of about 0.8 KiB: bounded by the slots, not by the connections.

@@ -3467,15 +3467,7 @@ aead_paths(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 static PyObject *
 aead_direct_available(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 {
-    if (tls13_ciphers[1] == NULL) {
-        tls13_ciphers[1] = EVP_CIPHER_fetch(NULL, "AES-256-GCM", NULL);
-        if (tls13_ciphers[1] == NULL) {
-            ERR_clear_error();
-            Py_RETURN_FALSE;
-        }
-        tls13_impl_find(1, "AES-256-GCM");
-    }
-    return PyBool_FromLong(tls13_impl[1].newctx != NULL);
+    return PyBool_FromLong(tls13_cipher(1) != NULL && tls13_impl[1].newctx != NULL);
 }
 
 static PyMethodDef module_methods[] = {

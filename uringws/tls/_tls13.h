@@ -201,6 +201,22 @@ tls13_pctx_release(Tls13Dir *d)
     }
 }
 
+/* Suite i's AEAD (0, 1, 2: AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305), fetched on first use with the provider
+ * functions that tls13_impl_find finds for it; NULL if OpenSSL has none (its error cleared). */
+static EVP_CIPHER *
+tls13_cipher(int i)
+{
+    static const char *const names[3] = {"AES-128-GCM", "AES-256-GCM", "ChaCha20-Poly1305"};
+    if (tls13_ciphers[i] == NULL) {
+        tls13_ciphers[i] = EVP_CIPHER_fetch(NULL, names[i], NULL);
+        if (tls13_ciphers[i] == NULL)
+            ERR_clear_error();
+        else
+            tls13_impl_find(i, names[i]);
+    }
+    return tls13_ciphers[i];
+}
+
 static int engine_bio_type;  /* set at module init: BIO_method_type() of the engine's BIO */
 
 static int
@@ -329,7 +345,6 @@ tls13_dir_update(Tls13Dir *d)
 static Tls13Dir *
 tls13_dir_new(const SSL *ssl, const unsigned char *secret, size_t slen, int enc)
 {
-    static const char *const names[3] = {"AES-128-GCM", "AES-256-GCM", "ChaCha20-Poly1305"};
     static const size_t key_lens[3] = {16, 32, 32};
     const SSL_CIPHER *c = SSL_get_current_cipher(ssl);
     if (c == NULL || SSL_version(ssl) != TLS1_3_VERSION) {
@@ -343,17 +358,13 @@ tls13_dir_new(const SSL *ssl, const unsigned char *secret, size_t slen, int enc)
     }
     int i = (int)(id - 0x1301);
     const EVP_MD *md = SSL_CIPHER_get_handshake_digest(c);
-    if (tls13_ciphers[i] == NULL) {
-        tls13_ciphers[i] = EVP_CIPHER_fetch(NULL, names[i], NULL);
-        if (tls13_ciphers[i] != NULL)
-            tls13_impl_find(i, names[i]);
-    }
+    EVP_CIPHER *cipher = tls13_cipher(i);
     Tls13Dir *d = PyMem_Calloc(1, sizeof *d);
     if (d == NULL) {
         PyErr_NoMemory();
         return NULL;
     }
-    if (md == NULL || tls13_ciphers[i] == NULL || slen > TLS13_MAX_SECRET) {
+    if (md == NULL || cipher == NULL || slen > TLS13_MAX_SECRET) {
         PyMem_Free(d);
         ERR_clear_error();
         PyErr_SetString(PyExc_ValueError, "cannot set up the record protection");
