@@ -135,6 +135,7 @@ enum {
 #define IORING_OFF_SQES 0x10000000ULL
 #define IORING_SQ_CQ_OVERFLOW (1U << 1)
 #define IORING_SQ_TASKRUN (1U << 2)
+#define IORING_SETUP_DEFER_TASKRUN (1U << 13)
 #define IORING_ENTER_GETEVENTS 1U
 #define IORING_ENTER_EXT_ARG (1U << 3)
 #define U32 0xFFFFFFFFULL
@@ -184,6 +185,15 @@ typedef struct {
     PyObject *on_callback_error;
     struct ktimespec wait_ts;
     struct getevents_arg wait_arg;
+    /* Completion batching (DEFER_TASKRUN rings only): after a wait() that dispatched CQEs of two operations or
+     * more, the next blocking wait asks the kernel for batch_count completions and gives up after batch_wait
+     * seconds (or the caller's timeout, if shorter). 0 (the default) never waits for more than one. */
+    double batch_wait;
+    unsigned batch_count;
+    Py_ssize_t last_dispatched; /* CQEs the last wait() dispatched */
+    unsigned last_sources;      /* operations (runs of one user_data) among them, counted only when batching */
+    unsigned batch_n;           /* CQEs in batch[] from the last reap */
+    unsigned long long batched_waits; /* waits that asked for a batch */
 } RingObject;
 
 /* ------------------------------------------------------------------------------------------------ arguments */
@@ -1112,6 +1122,7 @@ reap(RingObject *self)
         n = self->cq_entries; /* cannot happen with a sane kernel; never read past the batch */
     for (unsigned i = 0; i < n; i++)
         self->batch[i] = self->cqes[(head + i) & self->cq_mask];
+    self->batch_n = n;
     /* The release store: the copies above are complete before the kernel may reuse these slots. */
     __atomic_store_n(self->cq_khead, head + n, __ATOMIC_RELEASE);
     return n;
@@ -3162,6 +3173,21 @@ Ring_submit(RingObject *self, PyObject *Py_UNUSED(ignored))
     return r < 0 ? NULL : PyLong_FromLong(r);
 }
 
+/* The operations among the CQEs the last wait() dispatched: runs of one user_data in the last reap (a socket's
+ * multishot RECV posting several CQEs is one), or the count itself below two. A wait for more completions pays
+ * only with several operations completing: the kernel queues one wake-up item per operation, not per CQE, so
+ * one busy socket alone never fills a batch. */
+static unsigned
+count_sources(RingObject *self)
+{
+    if (self->last_dispatched < 2 || self->batch_n == 0)
+        return (unsigned)self->last_dispatched;
+    unsigned runs = 1;
+    for (unsigned i = 1; i < self->batch_n; i++)
+        runs += self->batch[i].user_data != self->batch[i - 1].user_data;
+    return runs;
+}
+
 static PyObject *
 Ring_wait(RingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -3199,6 +3225,17 @@ Ring_wait(RingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *k
         if (to_submit || flags)
             r = ring_enter(self, to_submit, 0, flags, 0, NULL, 0);
     }
+    else if (self->batch_wait > 0 && self->last_sources >= 2 && self->ext_arg) {
+        /* Busy: wait for a batch (the kernel wakes a DEFER_TASKRUN ring's waiter only once batch_count
+         * completions are pending), for batch_wait at most; on ETIME, whatever came is dispatched. */
+        self->batched_waits++;
+        double t = forever || timeout > self->batch_wait ? self->batch_wait : timeout;
+        self->wait_ts.tv_sec = (int64_t)t;
+        self->wait_ts.tv_nsec = (int64_t)((t - (double)self->wait_ts.tv_sec) * 1e9);
+        self->wait_arg.ts = (uint64_t)(uintptr_t)&self->wait_ts;
+        r = ring_enter(self, to_submit, self->batch_count, IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, 1,
+                       &self->wait_arg, sizeof self->wait_arg);
+    }
     else if (forever) {
         r = ring_enter(self, to_submit, 1, IORING_ENTER_GETEVENTS, 1, NULL, 0);
     }
@@ -3232,7 +3269,13 @@ Ring_wait(RingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *k
     }
     if (r < 0)
         return NULL;
-    return dispatch(self);
+    PyObject *n = dispatch(self);
+    if (n != NULL) {
+        self->last_dispatched = PyLong_AsSsize_t(n);
+        if (self->batch_wait > 0)
+            self->last_sources = count_sources(self);
+    }
+    return n;
 }
 
 static PyObject *
@@ -3476,6 +3519,63 @@ Ring_set_chain(RingObject *self, PyObject *v, void *c)
 }
 
 static PyObject *
+Ring_get_batch_wait(RingObject *self, void *c)
+{
+    return PyFloat_FromDouble(self->batch_wait);
+}
+
+static int
+Ring_set_batch_wait(RingObject *self, PyObject *v, void *c)
+{
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete batch_wait");
+        return -1;
+    }
+    double t = PyFloat_AsDouble(v);
+    if (t == -1.0 && PyErr_Occurred())
+        return -1;
+    if (!(t >= 0.0 && t <= 1.0)) {
+        PyErr_SetString(PyExc_ValueError, "batch_wait must be between 0 and 1 second");
+        return -1;
+    }
+    if (t > 0.0 && !(self->setup_flags & IORING_SETUP_DEFER_TASKRUN)) {
+        PyErr_SetString(PyExc_ValueError, "batch_wait needs a ring set up with IORING_SETUP_DEFER_TASKRUN "
+                                          "(elsewhere every completion wakes the waiter)");
+        return -1;
+    }
+    if (t > 0.0 && !self->ext_arg) {
+        PyErr_SetString(PyExc_ValueError, "batch_wait needs IORING_FEAT_EXT_ARG (Linux 5.11)");
+        return -1;
+    }
+    self->batch_wait = t;
+    return 0;
+}
+
+static PyObject *
+Ring_get_batch_count(RingObject *self, void *c)
+{
+    return PyLong_FromUnsignedLong(self->batch_count);
+}
+
+static int
+Ring_set_batch_count(RingObject *self, PyObject *v, void *c)
+{
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete batch_count");
+        return -1;
+    }
+    long n = PyLong_AsLong(v);
+    if (n == -1 && PyErr_Occurred())
+        return -1;
+    if (n < 1 || n > (long)self->cq_entries) {
+        PyErr_Format(PyExc_ValueError, "batch_count must be between 1 and the CQ's %u entries", self->cq_entries);
+        return -1;
+    }
+    self->batch_count = (unsigned)n;
+    return 0;
+}
+
+static PyObject *
 Ring_get_sq_kflags(RingObject *self, void *c)
 {
     if (self->sq_kflags == NULL || self->sq_map == NULL)
@@ -3524,6 +3624,7 @@ Ring_new(PyTypeObject *type, PyObject *args, PyObject *kw)
         return NULL;
     self->fd = -1;
     self->closed = 1;
+    self->batch_count = 16;
     self->backlog = PyList_New(0);
     if (self->backlog == NULL) {
         Py_DECREF(self);
@@ -3624,6 +3725,12 @@ static PyMemberDef Ring_members[] = {
     {"_ext_arg", T_INT, offsetof(RingObject, ext_arg), 0, "waits use IORING_ENTER_EXT_ARG"},
     {"_sq_mask", T_UINT, offsetof(RingObject, sq_mask), READONLY, "SQ ring mask"},
     {"_in_dispatch", T_INT, offsetof(RingObject, in_dispatch), READONLY, "callbacks are running"},
+    {"_last_dispatched", T_PYSSIZET, offsetof(RingObject, last_dispatched), READONLY,
+     "CQEs the last wait() dispatched"},
+    {"_last_sources", T_UINT, offsetof(RingObject, last_sources), READONLY,
+     "operations among the CQEs the last wait() dispatched (counted only with batch_wait)"},
+    {"batched_waits", T_ULONGLONG, offsetof(RingObject, batched_waits), READONLY,
+     "waits that asked the kernel for a batch (see batch_wait)"},
     {"_backlog", T_OBJECT, offsetof(RingObject, backlog), READONLY, "consumed, undelivered CQEs"},
     {"on_callback_error", T_OBJECT, offsetof(RingObject, on_callback_error), 0, "hook(exc, user_data) or None"},
     {NULL, 0, 0, 0, NULL},
@@ -3637,6 +3744,10 @@ static PyGetSetDef Ring_getset[] = {
     {"_pending", (getter)Ring_get_pending, NULL, "{user_data: callback} of the operations in flight (a copy)", NULL},
     {"_keep", (getter)Ring_get_keep, NULL, "{user_data: keepalive} of the operations in flight (a copy)", NULL},
     {"_chain", (getter)Ring_get_chain, (setter)Ring_set_chain, "unsubmitted SQEs of an open link chain", NULL},
+    {"batch_wait", (getter)Ring_get_batch_wait, (setter)Ring_set_batch_wait,
+     "seconds a busy ring's wait() may hold out for batch_count completions (0: never; DEFER_TASKRUN rings)", NULL},
+    {"batch_count", (getter)Ring_get_batch_count, (setter)Ring_set_batch_count,
+     "completions a batched wait() asks for", NULL},
     {"_sq_flags", (getter)Ring_get_sq_kflags, NULL, "the kernel's SQ ring flags", NULL},
     {"_sqes", (getter)Ring_get_sqes, NULL, "a writable view of the SQE array (tests)", NULL},
     {NULL, NULL, NULL, NULL, NULL},

@@ -44,6 +44,14 @@ class Ring:
     _keep: dict[int, Any]
     _backlog: list[tuple[int, int, int]]
     _chain: int
+    batch_wait: float
+    batch_count: int
+    @property
+    def batched_waits(self) -> int: ...
+    @property
+    def _last_dispatched(self) -> int: ...
+    @property
+    def _last_sources(self) -> int: ...
     @property
     def closed(self) -> bool: ...
     @property

@@ -56,6 +56,7 @@ from .io_uring import (
     IORING_RECV_MULTISHOT,
     IORING_SETUP_COOP_TASKRUN,
     IORING_SETUP_CQSIZE,
+    IORING_SETUP_DEFER_TASKRUN,
     IORING_SETUP_SUBMIT_ALL,
     IORING_SETUP_TASKRUN_FLAG,
     IORING_SQ_CQ_OVERFLOW,
@@ -237,6 +238,13 @@ class Ring(_RingLifecycle):
         self._wait_arg.ts = ctypes.addressof(self._wait_ts)
         self._wait_argp = ctypes.c_void_p(ctypes.addressof(self._wait_arg))
         self._wait_argsz = ctypes.c_size_t(ctypes.sizeof(io_uring_getevents_arg))
+        self._batch_wait = 0.0
+        self._batch_count = 16
+        self._last_dispatched = 0  # CQEs the last wait() dispatched
+        self._last_sources = 0  # operations among them (see _count_sources), counted only when batching
+        self._batch_cqes: list[tuple[int, int, int]] = []  # the last batch _dispatch() delivered
+        #: waits that asked the kernel for a batch (see `batch_wait`)
+        self.batched_waits = 0
         self._closed = False
 
     # ------------------------------------------------------------------------------------------------ set-up
@@ -303,6 +311,42 @@ class Ring(_RingLifecycle):
 
     def fileno(self) -> int:
         return self.fd
+
+    @property
+    def batch_wait(self) -> float:
+        """Seconds a busy ring's ``wait()`` may hold out for `batch_count` completions; 0 (the default): never.
+
+        After a ``wait()`` that dispatched completions of two operations or more, the next blocking wait asks
+        the kernel for `batch_count` of them and gives up after ``batch_wait`` (or the caller's timeout, if
+        shorter), dispatching whatever came. Only a ring set up with ``IORING_SETUP_DEFER_TASKRUN`` can do this:
+        elsewhere every completion wakes the waiter. It trades up to ``batch_wait`` of latency (plus the kernel's
+        timer slack) for fewer wake-ups and larger batches under load.
+        """
+        return self._batch_wait
+
+    @batch_wait.setter
+    def batch_wait(self, value: float) -> None:
+        t = float(value)
+        if not 0.0 <= t <= 1.0:
+            raise ValueError("batch_wait must be between 0 and 1 second")
+        if t > 0.0 and not self.setup_flags & IORING_SETUP_DEFER_TASKRUN:
+            raise ValueError("batch_wait needs a ring set up with IORING_SETUP_DEFER_TASKRUN "
+                             "(elsewhere every completion wakes the waiter)")
+        if t > 0.0 and not self._ext_arg:
+            raise ValueError("batch_wait needs IORING_FEAT_EXT_ARG (Linux 5.11)")
+        self._batch_wait = t
+
+    @property
+    def batch_count(self) -> int:
+        """Completions a batched ``wait()`` asks for (see `batch_wait`); 16 by default."""
+        return self._batch_count
+
+    @batch_count.setter
+    def batch_count(self, value: int) -> None:
+        n = int(value)
+        if not 1 <= n <= self.cq_entries:
+            raise ValueError(f"batch_count must be between 1 and the CQ's {self.cq_entries} entries")
+        self._batch_count = n
 
     # ------------------------------------------------------------------------------------------------ SQEs
     # The hot operations (nop, send, recv) inline the slot claim: a Python method call costs as much as the
@@ -607,6 +651,17 @@ class Ring(_RingLifecycle):
                 flags = IORING_ENTER_GETEVENTS  # run deferred task work / flush overflowed CQEs
             if to_submit or flags:
                 self._enter(to_submit, 0, flags, block=False)
+        elif self._batch_wait and self._last_sources >= 2 and self._ext_arg:
+            # Busy: wait for a batch (the kernel wakes a DEFER_TASKRUN ring's waiter only once batch_count
+            # completions are pending), for batch_wait at most; on ETIME, whatever came is dispatched.
+            self.batched_waits += 1
+            t = self._batch_wait if timeout is None or timeout > self._batch_wait else timeout
+            sec = int(t)
+            ts = self._wait_ts
+            ts.tv_sec = sec
+            ts.tv_nsec = int((t - sec) * 1e9)
+            self._enter(to_submit, self._batch_count, IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, block=True,
+                        arg=self._wait_argp, argsz=self._wait_argsz)
         elif timeout is None:
             # No timeout needs no EXT_ARG (its ts would be NULL): the plain wait, the idle loop's usual one.
             self._enter(to_submit, 1, IORING_ENTER_GETEVENTS, block=True)
@@ -626,7 +681,26 @@ class Ring(_RingLifecycle):
                 self.timeout(timeout, None, count=1)
                 to_submit = self.unsubmitted
             self._enter(to_submit, 1, IORING_ENTER_GETEVENTS, block=True)
-        return self._dispatch()
+        n = self._last_dispatched = self._dispatch()
+        if self._batch_wait:
+            self._last_sources = self._count_sources(n)
+        return n
+
+    def _count_sources(self, n: int) -> int:
+        """The operations among the CQEs the last wait() dispatched: runs of one user_data in its last batch (a
+        socket's multishot RECV posting several CQEs is one), or the count itself below two. A wait for more
+        completions pays only with several operations completing: the kernel queues one wake-up item per
+        operation, not per CQE, so one busy socket alone never fills a batch."""
+        cqes = self._batch_cqes
+        if n < 2 or not cqes:
+            return n
+        runs = 1
+        prev = cqes[0][0]
+        for ud, _res, _flags in cqes:
+            if ud != prev:
+                runs += 1
+                prev = ud
+        return runs
 
     # ------------------------------------------------------------------------------------------------ CQEs
     def _read_cqes(self) -> list[tuple[int, int, int]]:
@@ -685,6 +759,7 @@ class Ring(_RingLifecycle):
             else:
                 return total
             total += len(cqes)
+            self._batch_cqes = cqes
             self._in_dispatch = True
             it = iter(cqes)
             try:
