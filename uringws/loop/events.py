@@ -30,6 +30,7 @@ from ..ring import bufring as _bufring
 from ..ring.fast import RING_CLASS, RING_CLASSES
 from ..ring.fast import CallSoon as _CallSoon
 from ..ring.fast import RunOnce as _RunOnce
+from ..ring.io_uring import IORING_SETUP_DEFER_TASKRUN, IORING_SETUP_SINGLE_ISSUER
 from ..ring.probe import availability, kernel_version
 from . import compat
 from .selector import RingSelector
@@ -145,13 +146,19 @@ class EventLoop(_IterationFields, _UnixSelectorEventLoop):
                  ring_factory: Callable[[int], Any] | None = None, ring_entries: int = DEFAULT_RING_ENTRIES,
                  direct_send: bool = True, transport_class: type[RingSocketTransport] | None = None,
                  read_mode: str = "auto", recv_buffers: int | None = None, recv_buffer_size: int | None = None,
-                 recv_incremental: bool | None = None) -> None:
+                 recv_incremental: bool | None = None, batch_wait: float = 0.0, batch_count: int = 16) -> None:
         if backend not in ("io_uring", "epoll"):
             raise ValueError(f"backend must be 'io_uring' or 'epoll', not {backend!r}")
         self._bufring: Any = None
         self.read_mode = "poll"
         self.read_stats = ReadStats()
         self._closed = True  # until asyncio's __init__ ran: lets __del__ cope with a failed construction
+        if not 0.0 <= batch_wait <= 1.0:
+            raise ValueError("batch_wait must be between 0 and 1 second")
+        if batch_wait and backend == "epoll":
+            raise ValueError("batch_wait needs the io_uring backend")
+        # batch_wait's ring is bound to this thread (IORING_SETUP_SINGLE_ISSUER): its ident, else None
+        self._ring_thread: int | None = None
         if read_mode not in _READ_MODES:
             raise ValueError(f"read_mode must be one of {_READ_MODES}, not {read_mode!r}")
         self.backend = backend
@@ -181,8 +188,19 @@ class EventLoop(_IterationFields, _UnixSelectorEventLoop):
                 raise ValueError("ring/ring_factory make no sense with the epoll backend")
             selector = selectors.EpollSelector()
         else:
-            if ring is None:
+            if ring is None and batch_wait and ring_factory is None:
+                ring = _batching_ring(ring_entries)
+            elif ring is None:
                 ring = (ring_factory or RING_CLASS)(ring_entries)
+            if batch_wait:
+                if not getattr(ring, "setup_flags", 0) & IORING_SETUP_DEFER_TASKRUN:
+                    if ring_factory is not None:
+                        ring.close()  # ours (a ring passed in stays the caller's)
+                    raise ValueError("batch_wait needs a ring set up with IORING_SETUP_DEFER_TASKRUN; the ring "
+                                     "given (ring or ring_factory) was not")
+                ring.batch_wait = batch_wait
+                ring.batch_count = batch_count
+                self._ring_thread = threading.get_ident()
             self._ring = ring
             ring.on_callback_error = self._on_ring_callback_error
             selector = RingSelector(ring)
@@ -585,6 +603,19 @@ class EventLoop(_IterationFields, _UnixSelectorEventLoop):
             pause.timer.cancel()
         super()._stop_serving(sock)
 
+    def _check_ring_thread(self, what: str) -> None:
+        if self._ring_thread is not None and self._ring_thread != threading.get_ident():
+            raise RuntimeError(
+                f"cannot {what} this loop in another thread than the one that created it: with batch_wait its "
+                "io_uring ring is set up with IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN, which "
+                "only the creating thread may enter (create the loop in the thread that runs it)")
+
+    def _check_running(self) -> None:
+        # asyncio's check at the top of run_forever() and run_until_complete() (3.11-3.13): refusing there, before
+        # run_until_complete() wraps its argument in a task, leaves nothing behind.
+        super()._check_running()
+        self._check_ring_thread("run")
+
     # -- closing ------------------------------------------------------------------------------------------
     def close(self) -> None:
         """Close the loop; on the ring backend, cancel and reap every ring operation, then close the ring."""
@@ -592,6 +623,7 @@ class EventLoop(_IterationFields, _UnixSelectorEventLoop):
             raise RuntimeError("Cannot close a running event loop")
         if self.is_closed():
             return
+        self._check_ring_thread("close")
         try:
             super().close()
         finally:
@@ -630,6 +662,18 @@ def _sockname(sock: socket.socket) -> str:
     return f"{name[0]}:{name[1]}" if isinstance(name, tuple) else repr(name)
 
 
+def _batching_ring(entries: int) -> Any:
+    """A ring on which ``batch_wait`` works: the preferred flags plus SINGLE_ISSUER | DEFER_TASKRUN (Linux 6.1)."""
+    flags = RING_CLASS.PREFERRED_SETUP_FLAGS | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN
+    try:
+        return RING_CLASS(entries, setup_flags=flags)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        raise ValueError(f"batch_wait needs IORING_SETUP_DEFER_TASKRUN (Linux 6.1), which this kernel refused: "
+                         f"{exc}") from None
+
+
 _fallback_logged = False
 
 
@@ -659,5 +703,8 @@ def new_event_loop(*, loop_class: type[EventLoop] | None = None, **kwargs: Any) 
     kwargs.pop("ring", None)
     kwargs.pop("ring_factory", None)
     kwargs.pop("ring_entries", None)
+    if kwargs.pop("batch_wait", 0.0):
+        log.warning("uringws: batch_wait has no effect on the epoll backend")
+    kwargs.pop("batch_count", None)
     kwargs["backend"] = "epoll"  # also when the caller asked for io_uring (URINGWS_BACKEND=epoll overrides it)
     return cls(**kwargs)
