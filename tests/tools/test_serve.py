@@ -340,3 +340,31 @@ def test_metrics_after_torture_with_short_sends(echo_proc: tuple[int, subprocess
         assert short > 0, m
         assert m["uringws_send_resent_bytes_total"] > 0, m
         assert m["uringws_send_queue_max_bytes"] > 4096, m
+
+
+def test_batch_wait_reaches_the_loop(data_home: dict[str, str]) -> None:
+    """--batch-wait-us turns on the loop's completion batching: the banner says so and echoes stay intact."""
+    from websockets.sync.client import connect
+
+    port = free_port()
+    proc = start(["--port", str(port), "--app", "echo", "--no-tls", "--batch-wait-us", "50"], data_home, port)
+    try:
+        with connect(f"ws://127.0.0.1:{port}/") as ws:
+            for i in range(50):
+                ws.send(f"m{i}")
+            assert [ws.recv(timeout=10) for _ in range(50)] == [f"m{i}" for i in range(50)]
+    finally:
+        out = stop(proc)
+    assert proc.returncode == 0, out
+    assert "completion batching up to 50 us" in out, out
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--batch-wait-us", "-5"], "between 0 and 1 second"),
+    (["--batch-wait-us", "50", "--backend", "epoll"], "needs the io_uring backend"),
+])
+def test_batch_wait_errors(data_home: dict[str, str], args: list[str], words: str) -> None:
+    r = subprocess.run(serve_cmd("--port", str(free_port()), "--no-tls", *args), env=data_home,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r
+    assert words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -46,6 +46,7 @@ class ServeOptions:
     app_dir: str = "."  # where MODULE of --app MODULE:HANDLER is looked up first
     tls: bool = True
     backend: str = "auto"  # auto | uring | epoll
+    batch_wait: float = 0.0  # seconds a busy io_uring loop may wait for a batch of completions (0: never)
     max_size: int | None = 16 << 20
     max_queue: int | None = 16
     max_memory: int | None = 256 << 20  # server-wide budget for messages being received (per worker process)
@@ -194,7 +195,7 @@ def make_tls(opts: ServeOptions) -> tuple[ssl.SSLContext, str]:
 
 
 # --- backend -----------------------------------------------------------------------------------------------------
-def loop_factory(backend: str) -> tuple[Callable[[], asyncio.AbstractEventLoop], str]:
+def loop_factory(backend: str, batch_wait: float = 0.0) -> tuple[Callable[[], asyncio.AbstractEventLoop], str]:
     from ..ring.probe import availability
 
     avail = availability()
@@ -202,6 +203,16 @@ def loop_factory(backend: str) -> tuple[Callable[[], asyncio.AbstractEventLoop],
         raise UsageError(f"--backend uring: io_uring is not usable here: {avail.reason}")
     from ..tls import new_event_loop
 
+    if batch_wait:
+        if backend == "epoll" or not avail.usable:
+            why = "--backend epoll" if backend == "epoll" else avail.reason
+            raise UsageError(f"--batch-wait-us needs the io_uring backend ({why})")
+        try:
+            new_event_loop(backend="io_uring", batch_wait=batch_wait).close()  # fail here, not in every worker
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--batch-wait-us: {exc}") from None
+        return ((lambda: new_event_loop(backend="io_uring", batch_wait=batch_wait)),
+                f"io_uring, completion batching up to {batch_wait * 1e6:g} us")
     if backend == "epoll":
         return (lambda: new_event_loop(backend="epoll")), "epoll (asked for with --backend epoll)"
     if avail.usable:
@@ -440,7 +451,7 @@ def main(opts: ServeOptions, out: Any = sys.stdout, worker: Any = None) -> int:
     try:
         if opts.app not in ("demo", "echo"):
             load_handler(opts.app, opts.app_dir)  # fail before binding anything
-        factory, backend_line = loop_factory(opts.backend)
+        factory, backend_line = loop_factory(opts.backend, opts.batch_wait)
         tls = make_tls(opts) if opts.tls else None
         if opts.workers > 1 and worker is None:
             return supervise(opts, backend_line, tls, out)
