@@ -31,7 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--certfile", help="PEM certificate chain; without it the server speaks plain ws://")
     p.add_argument("--keyfile")
     p.add_argument("--mode", choices=["echo", "broadcast"], default="echo")
-    p.add_argument("--loop", choices=["asyncio", "uvloop", "uring"], default="asyncio")
+    p.add_argument("--loop", choices=["asyncio", "uvloop", "uring", "uring-batch"], default="asyncio")
     return p.parse_args(argv)
 
 
@@ -57,6 +57,9 @@ def ready(port: int) -> None:
     sys.stdout.flush()
 
 
+BATCH_WAIT = 50e-6  # seconds: the "uring-batch" loop's batch_wait
+
+
 def run(main: Callable[[], Coroutine[Any, Any, None]], loop_name: str) -> None:
     """Run ``main`` forever on the requested event loop."""
     raise_fd_limit()
@@ -69,6 +72,13 @@ def run(main: Callable[[], Coroutine[Any, Any, None]], loop_name: str) -> None:
         from uringws import new_event_loop
 
         factory = new_event_loop
+    elif loop_name == "uring-batch":
+        # The same loop with completion batching (new_event_loop(batch_wait=...)): under load a wait may hold
+        # out up to 50 us for 16 completions.
+        from uringws import new_event_loop
+
+        def factory() -> asyncio.AbstractEventLoop:
+            return new_event_loop(batch_wait=BATCH_WAIT)
     else:
         factory = asyncio.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
