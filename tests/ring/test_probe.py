@@ -64,6 +64,7 @@ def test_probe_lists_the_ops_uringws_uses() -> None:
     d = p.as_dict()
     assert d["kernel"] == ".".join(map(str, kernel_version()))
     assert d["fast_paths"]["multishot_poll"] is (kernel_version()[:2] >= (5, 13))
+    assert d["fast_paths"]["completion_batching"] is (kernel_version()[:2] >= (6, 1))
     assert "CQSIZE" in p.setup_flag_names
 
 

@@ -136,6 +136,13 @@ class EventLoop(_IterationFields, _UnixSelectorEventLoop):
     (``"ring"`` where supported on a real `Ring` with the stock transport, else ``"poll"``: ring doubles such as
     FaultyRing and a ``transport_class`` replacement get ``"poll"``; the environment variable
     ``URINGWS_READ_MODE=poll`` turns ``"auto"`` into ``"poll"``). The mode in use is in ``loop.read_mode``.
+
+    ``batch_wait`` (seconds, default 0: off) turns on completion batching: after an iteration in which two or more
+    operations completed, the loop waits until ``batch_count`` (default 16) completions are pending or
+    ``batch_wait`` has passed (never past its next timer). Less CPU per message under streaming load, up to
+    ``batch_wait`` more latency where a few clients wait for each answer (docs/deployment.md, "Completion
+    batching"). It needs Linux 6.1 (``IORING_SETUP_DEFER_TASKRUN``; ValueError without), and the loop must then
+    run and close in the thread that created it (``IORING_SETUP_SINGLE_ISSUER``; RuntimeError otherwise).
     """
 
     # BaseEventLoop's own state, which _run_once() uses and typeshed does not declare (annotations only).

@@ -47,6 +47,7 @@ _VERSION_GATED = {
     "send_zc": (6, 0),
     "send_bundle": (6, 10),
     "cancel_any": (5, 19),
+    "completion_batching": (6, 1),  # IORING_SETUP_DEFER_TASKRUN: EventLoop(batch_wait=...)
 }
 
 
