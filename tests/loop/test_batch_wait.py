@@ -7,7 +7,7 @@ import asyncio
 import hashlib
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import trustme
@@ -112,35 +112,31 @@ def test_websocket_echo_over_tls_batched() -> None:
     assert batched and batched[0] > 0
 
 
-def test_running_in_another_thread_is_refused(loop: uringws.loop.EventLoop) -> None:
+def errors_in_a_thread(fn: Callable[[], object]) -> list[BaseException]:
+    """Run ``fn`` in a thread of its own; what it raised."""
     errors: list[BaseException] = []
 
     def run() -> None:
         try:
-            loop.run_forever()
+            fn()
         except BaseException as exc:  # noqa: BLE001 - handed to the test thread
             errors.append(exc)
 
     t = threading.Thread(target=run)
     t.start()
     t.join()
+    return errors
+
+
+def test_running_in_another_thread_is_refused(loop: uringws.loop.EventLoop) -> None:
+    errors = errors_in_a_thread(loop.run_forever)
     assert len(errors) == 1 and isinstance(errors[0], RuntimeError), errors
     assert "thread" in str(errors[0]) and "SINGLE_ISSUER" in str(errors[0])
     assert loop.run_until_complete(asyncio.sleep(0, "still runs here")) == "still runs here"
 
 
 def test_closing_in_another_thread_is_refused(loop: uringws.loop.EventLoop) -> None:
-    errors: list[BaseException] = []
-
-    def close() -> None:
-        try:
-            loop.close()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
-            errors.append(exc)
-
-    t = threading.Thread(target=close)
-    t.start()
-    t.join()
+    errors = errors_in_a_thread(loop.close)
     assert len(errors) == 1 and isinstance(errors[0], RuntimeError), errors
     assert not loop.is_closed()
     loop.close()  # in its own thread: fine
