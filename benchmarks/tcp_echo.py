@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-SERVERS = ("stdlib", "uvloop", "uringws", "uringws-ring")
+SERVERS = ("stdlib", "uvloop", "uringws", "uringws-ring", "uringws-batch")
 
 
 def proc_cpu(pid: int) -> float:
@@ -54,8 +54,10 @@ def serve(kind: str) -> None:
     elif kind.startswith("uringws"):
         import uringws.loop
 
-        # "uringws-ring": every send goes through the ring (no direct send(2) fast path in write()).
-        loop = uringws.loop.new_event_loop(direct_send=kind == "uringws")
+        # "uringws-ring": every send goes through the ring (no direct send(2) fast path in write());
+        # "uringws-batch": completion batching (batch_wait=50 us).
+        loop = uringws.loop.new_event_loop(direct_send=kind != "uringws-ring",
+                                           batch_wait=50e-6 if kind == "uringws-batch" else 0.0)
         if loop.backend != "io_uring":  # type: ignore[attr-defined]
             print("uringws fell back to epoll; this benchmark would not measure io_uring", file=sys.stderr)
     else:
@@ -184,7 +186,7 @@ def main() -> None:
     for k in kinds:
         m = med[k]
         print(f"{k:8s} {m['msg_s']:9.0f} {m['us_msg']:7.2f} {m['mib_s']:8.1f} {m['ms_mib']:7.2f}")
-    for ours in ("uringws", "uringws-ring"):
+    for ours in ("uringws", "uringws-ring", "uringws-batch"):
         if ours not in med:
             continue
         for ref in ("stdlib", "uvloop"):
