@@ -190,8 +190,8 @@ typedef struct {
      * seconds (or the caller's timeout, if shorter). 0 (the default) never waits for more than one. */
     double batch_wait;
     unsigned batch_count;
-    Py_ssize_t last_dispatched; /* CQEs the last wait() dispatched */
-    unsigned last_sources;      /* operations (runs of one user_data) among them, counted only when batching */
+    Py_ssize_t last_dispatched; /* CQEs the last wait() dispatched, counted only when batching */
+    unsigned last_sources;      /* operations (runs of one user_data) among them */
     unsigned batch_n;           /* CQEs in batch[] from the last reap */
     unsigned long long batched_waits; /* waits that asked for a batch */
 } RingObject;
@@ -3270,10 +3270,9 @@ Ring_wait(RingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *k
     if (r < 0)
         return NULL;
     PyObject *n = dispatch(self);
-    if (n != NULL) {
+    if (n != NULL && self->batch_wait > 0) {  /* nothing more per iteration while batching is off */
         self->last_dispatched = PyLong_AsSsize_t(n);
-        if (self->batch_wait > 0)
-            self->last_sources = count_sources(self);
+        self->last_sources = count_sources(self);
     }
     return n;
 }
@@ -3726,7 +3725,7 @@ static PyMemberDef Ring_members[] = {
     {"_sq_mask", T_UINT, offsetof(RingObject, sq_mask), READONLY, "SQ ring mask"},
     {"_in_dispatch", T_INT, offsetof(RingObject, in_dispatch), READONLY, "callbacks are running"},
     {"_last_dispatched", T_PYSSIZET, offsetof(RingObject, last_dispatched), READONLY,
-     "CQEs the last wait() dispatched"},
+     "CQEs the last wait() dispatched (counted only with batch_wait)"},
     {"_last_sources", T_UINT, offsetof(RingObject, last_sources), READONLY,
      "operations among the CQEs the last wait() dispatched (counted only with batch_wait)"},
     {"batched_waits", T_ULONGLONG, offsetof(RingObject, batched_waits), READONLY,

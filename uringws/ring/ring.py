@@ -240,8 +240,8 @@ class Ring(_RingLifecycle):
         self._wait_argsz = ctypes.c_size_t(ctypes.sizeof(io_uring_getevents_arg))
         self._batch_wait = 0.0
         self._batch_count = 16
-        self._last_dispatched = 0  # CQEs the last wait() dispatched
-        self._last_sources = 0  # operations among them (see _count_sources), counted only when batching
+        self._last_dispatched = 0  # CQEs the last wait() dispatched, counted only when batching
+        self._last_sources = 0  # operations among them (see _count_sources)
         self._batch_cqes: list[tuple[int, int, int]] = []  # the last batch _dispatch() delivered
         #: waits that asked the kernel for a batch (see `batch_wait`)
         self.batched_waits = 0
@@ -681,8 +681,9 @@ class Ring(_RingLifecycle):
                 self.timeout(timeout, None, count=1)
                 to_submit = self.unsubmitted
             self._enter(to_submit, 1, IORING_ENTER_GETEVENTS, block=True)
-        n = self._last_dispatched = self._dispatch()
-        if self._batch_wait:
+        n = self._dispatch()
+        if self._batch_wait:  # nothing more per iteration while batching is off
+            self._last_dispatched = n
             self._last_sources = self._count_sources(n)
         return n
 
